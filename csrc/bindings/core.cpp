@@ -1,0 +1,280 @@
+// pybind11 glue for the header-only core: converts, checks shapes, releases the GIL.
+// Every argument error surfaces in Python as ValueError (std::invalid_argument).
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "einet/distributions.hpp"
+#include "einet/objective.hpp"
+#include "einet/search.hpp"
+
+namespace py = pybind11;
+
+namespace {
+
+using Doubles = py::array_t<double, py::array::c_style | py::array::forcecast>;
+
+std::string shape_of(const py::array& a) {
+    std::ostringstream out;
+    out << "(";
+    for (py::ssize_t d = 0; d < a.ndim(); ++d) out << (d ? ", " : "") << a.shape(d);
+    out << (a.ndim() == 1 ? ",)" : ")");
+    return out.str();
+}
+
+einet::Span<double> vector_of(const Doubles& a, const char* name) {
+    if (a.ndim() != 1) {
+        throw std::invalid_argument(std::string(name) + " must be 1-D, got shape " + shape_of(a));
+    }
+    return {a.data(), static_cast<std::size_t>(a.shape(0))};
+}
+
+/// Plans arrive as bool (viewed as bytes, zero-copy) or integer arrays holding only 0 and 1;
+/// anything else would be silently truncated by a cast, so it is refused.
+py::array_t<std::uint8_t, py::array::c_style> plan_bytes(const py::array& mask) {
+    const char kind = mask.dtype().kind();
+    if (kind == 'b') {
+        return py::array_t<std::uint8_t, py::array::c_style>::ensure(
+            py::array(mask).attr("view")(py::dtype::of<std::uint8_t>()));
+    }
+    if (kind != 'i' && kind != 'u') {
+        throw std::invalid_argument("a plan must hold booleans or the integers 0 and 1, got dtype " +
+                                    std::string(py::str(mask.dtype())));
+    }
+    auto wide = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(mask);
+    py::array_t<std::uint8_t, py::array::c_style> bytes(std::vector<py::ssize_t>(wide.shape(), wide.shape() + wide.ndim()));
+    const std::int64_t* in = wide.data();
+    std::uint8_t* out = bytes.mutable_data();
+    for (py::ssize_t i = 0; i < wide.size(); ++i) {
+        if (in[i] != 0 && in[i] != 1) {
+            throw std::invalid_argument("a plan must hold only 0 and 1, got " + std::to_string(in[i]));
+        }
+        out[i] = static_cast<std::uint8_t>(in[i]);
+    }
+    return bytes;
+}
+
+einet::Instance make_instance(const Doubles& scores, const Doubles& conv, const Doubles& branch, std::size_t start,
+                              double elapsed, double held, const std::string& rule) {
+    return einet::Instance{vector_of(conv, "conv"),    vector_of(branch, "branch"), vector_of(scores, "scores"),
+                           start, elapsed, held, einet::parse_rule(rule)};
+}
+
+/// The native distribution behind a Python one (a copy: O(1) for every type).
+einet::Distribution to_distribution(const py::handle& dist) {
+    if (py::isinstance<einet::Uniform>(dist)) return dist.cast<einet::Uniform>();
+    if (py::isinstance<einet::Normal>(dist)) return dist.cast<einet::Normal>();
+    if (py::isinstance<einet::Exponential>(dist)) return dist.cast<einet::Exponential>();
+    if (py::isinstance<einet::Empirical>(dist)) return dist.cast<einet::Empirical>();
+    if (py::isinstance<einet::Deterministic>(dist)) return dist.cast<einet::Deterministic>();
+    throw py::type_error("dist must be an einet distribution (Uniform, Normal, Exponential, Empirical, "
+                         "Deterministic), got " + std::string(py::str(py::type::of(dist).attr("__name__"))));
+}
+
+einet::SearchOptions make_options(const std::string& method, std::size_t depth, std::uint64_t budget,
+                                  std::uint64_t seed) {
+    return einet::SearchOptions{einet::parse_method(method), depth, budget, seed};
+}
+
+py::array_t<bool> as_bool_array(const std::vector<std::uint8_t>& mask) {
+    py::array_t<bool> out(static_cast<py::ssize_t>(mask.size()));
+    std::copy(mask.begin(), mask.end(), out.mutable_data());
+    return out;
+}
+
+template <class Dist>
+py::array_t<double> vectorized_cdf(const Dist& dist, const Doubles& t) {
+    py::array_t<double> out(std::vector<py::ssize_t>(t.shape(), t.shape() + t.ndim()));
+    const double* in = t.data();
+    double* values = out.mutable_data();
+    for (py::ssize_t i = 0; i < t.size(); ++i) values[i] = dist.cdf(in[i]);
+    return out;
+}
+
+template <class Dist, class Class>
+void add_cdf(Class& cls) {
+    cls.def("cdf", [](const Dist& d, double t) { return d.cdf(t); }, py::arg("t"), "F(t) for one time, in seconds.");
+    cls.def("cdf", &vectorized_cdf<Dist>, py::arg("t"), "F(t) elementwise over an array of times.");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "einet's native planner: exit-time distributions, the accuracy expectation and the searches.";
+#ifdef EINET_VERSION
+    m.attr("__version__") = EINET_VERSION;
+#else
+    m.attr("__version__") = "dev";
+#endif
+    m.attr("TIE_TOLERANCE") = einet::kTieTolerance;
+    m.attr("MAX_EXHAUSTIVE_BLOCKS") = einet::kMaxExhaustiveBlocks;
+
+    py::class_<einet::Uniform> uniform(m, "Uniform", "Exit time uniform on [low, high]: F(t) = (t - low) / (high - low), clamped.");
+    uniform.def(py::init<double, double>(), py::arg("low"), py::arg("high"))
+        .def_readonly("low", &einet::Uniform::low)
+        .def_readonly("high", &einet::Uniform::high)
+        .def("__repr__", [](const einet::Uniform& d) {
+            return "Uniform(low=" + std::string(py::repr(py::float_(d.low))) +
+                   ", high=" + std::string(py::repr(py::float_(d.high))) + ")";
+        })
+        .def(py::pickle([](const einet::Uniform& d) { return py::make_tuple(d.low, d.high); },
+                        [](const py::tuple& s) { return einet::Uniform(s[0].cast<double>(), s[1].cast<double>()); }));
+    add_cdf<einet::Uniform>(uniform);
+
+    py::class_<einet::Normal> normal(m, "Normal", "Exit time normal(mean, std) truncated to t >= 0 and renormalised.");
+    normal.def(py::init<double, double>(), py::arg("mean"), py::arg("std"))
+        .def_readonly("mean", &einet::Normal::mean)
+        .def_readonly("std", &einet::Normal::std)
+        .def("__repr__", [](const einet::Normal& d) {
+            return "Normal(mean=" + std::string(py::repr(py::float_(d.mean))) +
+                   ", std=" + std::string(py::repr(py::float_(d.std))) + ")";
+        })
+        .def(py::pickle([](const einet::Normal& d) { return py::make_tuple(d.mean, d.std); },
+                        [](const py::tuple& s) { return einet::Normal(s[0].cast<double>(), s[1].cast<double>()); }));
+    add_cdf<einet::Normal>(normal);
+
+    py::class_<einet::Exponential> exponential(m, "Exponential", "Exit time exponential: F(t) = 1 - exp(-rate t).");
+    exponential.def(py::init<double>(), py::arg("rate"))
+        .def_readonly("rate", &einet::Exponential::rate)
+        .def("__repr__", [](const einet::Exponential& d) {
+            return "Exponential(rate=" + std::string(py::repr(py::float_(d.rate))) + ")";
+        })
+        .def(py::pickle([](const einet::Exponential& d) { return py::make_tuple(d.rate); },
+                        [](const py::tuple& s) { return einet::Exponential(s[0].cast<double>()); }));
+    add_cdf<einet::Exponential>(exponential);
+
+    py::class_<einet::Empirical> empirical(m, "Empirical", "Exit time drawn from measured samples: F(t) = share of samples <= t.");
+    empirical
+        .def(py::init([](const Doubles& samples) {
+                 const auto view = vector_of(samples, "samples");
+                 return einet::Empirical(std::vector<double>(view.begin(), view.end()));
+             }),
+             py::arg("samples"))
+        .def_property_readonly("samples",
+                               [](const einet::Empirical& d) {
+                                   return py::array_t<double>(static_cast<py::ssize_t>(d.sorted->size()),
+                                                              d.sorted->data());
+                               },
+                               "The samples, sorted.")
+        .def("__repr__", [](const einet::Empirical& d) {
+            return "Empirical(<" + std::to_string(d.sorted->size()) + " samples>)";
+        })
+        .def(py::pickle(
+            [](const einet::Empirical& d) {
+                return py::make_tuple(py::array_t<double>(static_cast<py::ssize_t>(d.sorted->size()), d.sorted->data()));
+            },
+            [](const py::tuple& s) {
+                const auto samples = s[0].cast<Doubles>();
+                return einet::Empirical(std::vector<double>(samples.data(), samples.data() + samples.size()));
+            }));
+    add_cdf<einet::Empirical>(empirical);
+
+    py::class_<einet::Deterministic> deterministic(m, "Deterministic", "A known deadline d: F(t) = 1 if t >= d else 0.");
+    deterministic.def(py::init<double>(), py::arg("deadline"))
+        .def_readonly("deadline", &einet::Deterministic::deadline)
+        .def("__repr__", [](const einet::Deterministic& d) {
+            return "Deterministic(deadline=" + std::string(py::repr(py::float_(d.deadline))) + ")";
+        })
+        .def(py::pickle([](const einet::Deterministic& d) { return py::make_tuple(d.deadline); },
+                        [](const py::tuple& s) { return einet::Deterministic(s[0].cast<double>()); }));
+    add_cdf<einet::Deterministic>(deterministic);
+
+    m.def(
+        "expected_accuracy",
+        [](const py::array& mask, const Doubles& scores, const Doubles& conv, const Doubles& branch,
+           const py::handle& dist_object, std::size_t start, double elapsed, double held,
+           const std::string& rule) -> py::object {
+            const auto dist = to_distribution(dist_object);
+            const auto in = make_instance(scores, conv, branch, start, elapsed, held, rule);
+            const auto bytes = plan_bytes(mask);
+            if (bytes.ndim() == 1) {
+                const einet::Span<std::uint8_t> plan{bytes.data(), static_cast<std::size_t>(bytes.shape(0))};
+                return py::float_(einet::expected_accuracy(in, dist, plan));
+            }
+            if (bytes.ndim() != 2) {
+                throw std::invalid_argument("plans must be 1-D or 2-D, got shape " + shape_of(bytes));
+            }
+            einet::validate(in);
+            if (static_cast<std::size_t>(bytes.shape(1)) != in.remaining()) {
+                throw std::invalid_argument("plans have shape " + shape_of(bytes) + " but " +
+                                            std::to_string(in.remaining()) + " blocks remain");
+            }
+            const auto count = static_cast<std::size_t>(bytes.shape(0));
+            py::array_t<double> values(static_cast<py::ssize_t>(count));
+            double* out = values.mutable_data();
+            {
+                py::gil_scoped_release release;
+                einet::expected_accuracy_batch(in, dist, bytes.data(), count, out);
+            }
+            return std::move(values);
+        },
+        py::arg("mask"), py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("start"),
+        py::arg("elapsed"), py::arg("held"), py::arg("rule"),
+        "E of one plan (1-D mask) or of many plans (2-D, one per row).");
+
+    m.def(
+        "search",
+        [](const Doubles& scores, const Doubles& conv, const Doubles& branch, const py::handle& dist_object,
+           const std::string& method, std::size_t depth, std::uint64_t budget, std::uint64_t seed, std::size_t start,
+           double elapsed, double held, const std::string& rule) {
+            const auto dist = to_distribution(dist_object);
+            const auto in = make_instance(scores, conv, branch, start, elapsed, held, rule);
+            const auto options = make_options(method, depth, budget, seed);
+            einet::Plan plan;
+            {
+                py::gil_scoped_release release;
+                plan = einet::search(in, dist, options);
+            }
+            return py::make_tuple(as_bool_array(plan.mask), plan.value, plan.evaluations);
+        },
+        py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("method"), py::arg("depth"),
+        py::arg("budget"), py::arg("seed"), py::arg("start"), py::arg("elapsed"), py::arg("held"), py::arg("rule"),
+        "One sample's search: (mask, value, evaluations).");
+
+    m.def(
+        "search_batch",
+        [](const Doubles& scores, const Doubles& conv, const Doubles& branch, const py::handle& dist_object,
+           const std::string& method, std::size_t depth, std::uint64_t budget, std::uint64_t seed, std::size_t start,
+           const Doubles& elapsed, const Doubles& held, const std::string& rule, std::size_t threads) {
+            const auto dist = to_distribution(dist_object);
+            const auto conv_view = vector_of(conv, "conv");
+            const auto branch_view = vector_of(branch, "branch");
+            if (scores.ndim() != 2) {
+                throw std::invalid_argument("batch scores must be 2-D [samples, blocks], got shape " + shape_of(scores));
+            }
+            const auto count = static_cast<std::size_t>(scores.shape(0));
+            if (static_cast<std::size_t>(scores.shape(1)) != conv_view.size()) {
+                throw std::invalid_argument("batch scores have shape " + shape_of(scores) + " but the ET-profile has " +
+                                            std::to_string(conv_view.size()) + " blocks");
+            }
+            for (const auto* per_sample : {&elapsed, &held}) {
+                if (per_sample->ndim() != 1 || static_cast<std::size_t>(per_sample->shape(0)) != count) {
+                    throw std::invalid_argument("elapsed and held need one entry per sample (" + std::to_string(count) +
+                                                "), got shape " + shape_of(*per_sample));
+                }
+            }
+            if (start > conv_view.size()) einet::validate_state(start, 0.0, 0.0, conv_view.size());
+            const auto n = static_cast<py::ssize_t>(conv_view.size() - start);
+            const auto options = make_options(method, depth, budget, seed);
+            const auto parsed_rule = einet::parse_rule(rule);
+            py::array_t<bool> masks({static_cast<py::ssize_t>(count), n});
+            py::array_t<double> values(static_cast<py::ssize_t>(count));
+            py::array_t<std::uint64_t> evaluations(static_cast<py::ssize_t>(count));
+            const einet::BatchOutput out{reinterpret_cast<std::uint8_t*>(masks.mutable_data()), values.mutable_data(),
+                                         evaluations.mutable_data()};
+            {
+                py::gil_scoped_release release;
+                einet::search_batch(conv_view, branch_view, scores.data(), count, start, elapsed.data(), held.data(),
+                                    parsed_rule, dist, options, out, threads);
+            }
+            return py::make_tuple(masks, values, evaluations);
+        },
+        py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("method"), py::arg("depth"),
+        py::arg("budget"), py::arg("seed"), py::arg("start"), py::arg("elapsed"), py::arg("held"), py::arg("rule"),
+        py::arg("threads"), "Many samples' searches over all cores: (masks, values, evaluations).");
+}

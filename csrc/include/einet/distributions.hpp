@@ -1,0 +1,115 @@
+// Distributions of the forced-exit time tau, each a small value type with cdf(t).
+//
+// Parameters are validated in the constructors (std::invalid_argument), so a
+// distribution that exists is always usable: the hot loops never check again.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <variant>
+#include <vector>
+
+namespace einet {
+
+namespace detail {
+inline void require_finite(double value, const char* name) {
+    if (!std::isfinite(value)) {
+        throw std::invalid_argument(std::string(name) + " must be finite, got " + std::to_string(value));
+    }
+}
+
+// Standard normal CDF through erfc: accurate in both tails.
+inline double standard_normal_cdf(double z) { return 0.5 * std::erfc(-z / std::sqrt(2.0)); }
+}  // namespace detail
+
+/// F(t) = (t - low) / (high - low), clamped to [0, 1].
+struct Uniform {
+    double low, high;
+    Uniform(double low_, double high_) : low(low_), high(high_) {
+        detail::require_finite(low, "Uniform low");
+        detail::require_finite(high, "Uniform high");
+        if (!(low < high)) {
+            throw std::invalid_argument("Uniform needs low < high, got low=" + std::to_string(low) +
+                                        " high=" + std::to_string(high));
+        }
+    }
+    double cdf(double t) const {
+        if (t <= low) return 0.0;
+        if (t >= high) return 1.0;
+        return (t - low) / (high - low);
+    }
+};
+
+/// Normal(mean, std) truncated to t >= 0 and renormalised.
+struct Normal {
+    double mean, std;
+    double mass_below_zero;  // Phi(-mean/std), cached: it is in every evaluation.
+    Normal(double mean_, double std_) : mean(mean_), std(std_), mass_below_zero(0.0) {
+        detail::require_finite(mean, "Normal mean");
+        detail::require_finite(std, "Normal std");
+        if (!(std > 0.0)) throw std::invalid_argument("Normal needs std > 0, got std=" + std::to_string(std));
+        mass_below_zero = detail::standard_normal_cdf(-mean / std);
+        if (!(mass_below_zero < 1.0)) {
+            throw std::invalid_argument("Normal(mean=" + std::to_string(mean) + ", std=" + std::to_string(std) +
+                                        ") has no mass at t >= 0");
+        }
+    }
+    double cdf(double t) const {
+        if (t <= 0.0) return 0.0;
+        return (detail::standard_normal_cdf((t - mean) / std) - mass_below_zero) / (1.0 - mass_below_zero);
+    }
+};
+
+/// F(t) = 1 - exp(-rate t) for t > 0.
+struct Exponential {
+    double rate;
+    explicit Exponential(double rate_) : rate(rate_) {
+        detail::require_finite(rate, "Exponential rate");
+        if (!(rate > 0.0)) throw std::invalid_argument("Exponential needs rate > 0, got rate=" + std::to_string(rate));
+    }
+    double cdf(double t) const {
+        if (t <= 0.0) return 0.0;
+        return -std::expm1(-rate * t);
+    }
+};
+
+/// F(t) = fraction of samples <= t: a measured trace of exit times.
+struct Empirical {
+    // Shared and immutable, so copying a distribution (into a thread, a variant) is O(1).
+    std::shared_ptr<const std::vector<double>> sorted;
+    explicit Empirical(std::vector<double> samples) {
+        if (samples.empty()) throw std::invalid_argument("Empirical needs at least one sample, got none");
+        for (double s : samples) detail::require_finite(s, "Empirical sample");
+        std::sort(samples.begin(), samples.end());
+        sorted = std::make_shared<const std::vector<double>>(std::move(samples));
+    }
+    double cdf(double t) const {
+        const auto& s = *sorted;
+        const auto count = std::upper_bound(s.begin(), s.end(), t) - s.begin();
+        return static_cast<double>(count) / static_cast<double>(s.size());
+    }
+};
+
+/// A known deadline d: F(t) = 1 if t >= d else 0 (the predictable case).
+struct Deterministic {
+    double deadline;
+    explicit Deterministic(double deadline_) : deadline(deadline_) {
+        detail::require_finite(deadline, "Deterministic deadline");
+        if (deadline < 0.0) {
+            throw std::invalid_argument("Deterministic needs deadline >= 0, got deadline=" + std::to_string(deadline));
+        }
+    }
+    double cdf(double t) const { return t >= deadline ? 1.0 : 0.0; }
+};
+
+/// Any of the above; searches are templated on the concrete type and dispatched once per call.
+using Distribution = std::variant<Uniform, Normal, Exponential, Empirical, Deterministic>;
+
+inline double cdf(const Distribution& dist, double t) {
+    return std::visit([t](const auto& d) { return d.cdf(t); }, dist);
+}
+
+}  // namespace einet

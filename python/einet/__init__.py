@@ -1,0 +1,37 @@
+"""einet: elastic DNN inference with unpredictable exit.
+
+``import einet`` gives the planner (numpy only); the torch parts live in
+``einet.models``, ``einet.profiling``, ``einet.predictor`` and ``einet.runtime``
+and need the ``einet[torch]`` extra.
+"""
+
+try:
+    from . import _core
+except ImportError as error:  # pragma: no cover - only without a built extension
+    raise ImportError(
+        "einet's native module einet._core is missing: build and install the package with "
+        "`pip install .` (or `pip install -e .`) from the source tree, not by adding python/ to sys.path"
+    ) from error
+
+from . import reference
+from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
+from .planner import BatchPlans, Distribution, ETProfile, Plan, expected_accuracy, search, search_batch
+
+__version__: str = _core.__version__
+
+__all__ = [
+    "BatchPlans",
+    "Deterministic",
+    "Distribution",
+    "ETProfile",
+    "Empirical",
+    "Exponential",
+    "Normal",
+    "Plan",
+    "Uniform",
+    "__version__",
+    "expected_accuracy",
+    "reference",
+    "search",
+    "search_batch",
+]

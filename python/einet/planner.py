@@ -1,0 +1,193 @@
+"""The planner's Python API: thin, checked wrappers over the native core ``einet._core``.
+
+Everything here works with numpy alone (no torch). Times are in seconds, scores
+are probabilities in [0, 1], and a plan (``mask``) has one boolean per remaining
+block ``start..N-1``: True where that block's exit branch runs.
+"""
+
+from __future__ import annotations
+
+import operator
+from dataclasses import dataclass
+from typing import Union
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
+
+Distribution = Union[Uniform, Normal, Exponential, Empirical, Deterministic]
+ArrayLike = npt.ArrayLike
+
+RULES = ("latest", "best")
+METHODS = ("exhaustive", "greedy", "hybrid", "random")
+
+
+def _times(values: ArrayLike, name: str) -> npt.NDArray[np.float64]:
+    times = np.array(values, dtype=np.float64)
+    if times.ndim != 1:
+        raise ValueError(f"{name} times must be 1-D, got shape {times.shape}")
+    bad = ~np.isfinite(times) | (times < 0)
+    if bad.any():
+        i = int(np.argmax(bad))
+        raise ValueError(f"{name} time[{i}] must be finite and >= 0, got {times[i]}")
+    times.flags.writeable = False
+    return times
+
+
+class ETProfile:
+    """Per-block execution times of a multi-exit model: conv part and exit branch, in seconds.
+
+    Block i runs its conv part (``conv[i]``) and then, if the plan says so, its
+    branch (``branch[i]``). The arrays are read-only so a profile can be shared.
+    """
+
+    def __init__(self, conv: ArrayLike, branch: ArrayLike) -> None:
+        self.conv = _times(conv, "conv")
+        self.branch = _times(branch, "branch")
+        if self.conv.size == 0:
+            raise ValueError("an ETProfile needs at least one block, got none")
+        if self.conv.shape != self.branch.shape:
+            raise ValueError(f"conv and branch differ in length: {self.conv.size} vs {self.branch.size}")
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.conv.size)
+
+    def total(self) -> float:
+        """Time of the full inference with every branch run: the natural scale for exit times."""
+        return float(self.conv.sum() + self.branch.sum())
+
+    def __repr__(self) -> str:
+        return f"ETProfile(conv={self.conv.tolist()}, branch={self.branch.tolist()})"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, ETProfile):
+            return NotImplemented
+        return bool(np.array_equal(self.conv, other.conv) and np.array_equal(self.branch, other.branch))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A search result: which branches to run, its accuracy expectation, plans evaluated."""
+
+    mask: npt.NDArray[np.bool_]
+    value: float
+    evaluations: int
+
+
+@dataclass(frozen=True)
+class BatchPlans:
+    """Search results for many samples: ``masks[b]`` is sample b's plan."""
+
+    masks: npt.NDArray[np.bool_]
+    values: npt.NDArray[np.float64]
+    evaluations: npt.NDArray[np.uint64]
+
+
+def _count(value: int, name: str) -> int:
+    """A non-negative integer argument; ValueError (not a C++ overflow) for anything else."""
+    try:
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+    if number < 0:
+        raise ValueError(f"{name} must be >= 0, got {number}")
+    return number
+
+
+def _check_et(et: ETProfile) -> None:
+    if not isinstance(et, ETProfile):
+        raise TypeError(f"et must be an einet.ETProfile, got {type(et).__name__}")
+
+
+def expected_accuracy(
+    mask: ArrayLike,
+    scores: ArrayLike,
+    et: ETProfile,
+    dist: Distribution,
+    start: int = 0,
+    elapsed: float = 0.0,
+    held: float = 0.0,
+    rule: str = "latest",
+) -> float | npt.NDArray[np.float64]:
+    """E(x): the probability that the answer held at the forced exit is right (DESIGN.md section 2).
+
+    ``mask`` is one plan (1-D, length N - start) or many plans (2-D, one per row);
+    ``scores`` has one entry per block. Many plans are evaluated in one native call.
+    """
+    _check_et(et)
+    return _core.expected_accuracy(
+        np.asarray(mask), scores, et.conv, et.branch, dist, _count(start, "start"), elapsed, held, rule
+    )
+
+
+def search(
+    scores: ArrayLike,
+    et: ETProfile,
+    dist: Distribution,
+    method: str = "hybrid",
+    depth: int = 4,
+    start: int = 0,
+    elapsed: float = 0.0,
+    held: float = 0.0,
+    rule: str = "latest",
+    budget: int = 1000,
+    seed: int = 0,
+) -> Plan:
+    """The plan of blocks ``start..N-1`` that maximises E, found by ``method``.
+
+    Methods: ``exhaustive`` (every plan, at most 25 blocks), ``greedy``,
+    ``hybrid`` (all 2^depth settings of the next ``depth`` branches, each
+    completed greedily; the paper's method) and ``random`` (best of ``budget``
+    random plans from ``seed``).
+    """
+    _check_et(et)
+    mask, value, evaluations = _core.search(
+        scores, et.conv, et.branch, dist, method, _count(depth, "depth"), _count(budget, "budget"),
+        _count(seed, "seed"), _count(start, "start"), elapsed, held, rule,
+    )
+    return Plan(mask, value, evaluations)
+
+
+def search_batch(
+    scores: ArrayLike,
+    et: ETProfile,
+    dist: Distribution,
+    method: str = "hybrid",
+    depth: int = 4,
+    start: int = 0,
+    elapsed: ArrayLike = 0.0,
+    held: ArrayLike = 0.0,
+    rule: str = "latest",
+    budget: int = 1000,
+    seed: int = 0,
+    threads: int | None = None,
+) -> BatchPlans:
+    """``search`` for every row of ``scores`` [B, N] in one native call, on ``threads`` cores (default: all).
+
+    ``elapsed`` and ``held`` are scalars or one value per sample. The GIL is
+    released, so other Python threads keep running meanwhile.
+    """
+    _check_et(et)
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"batch scores must be 2-D [samples, blocks], got shape {scores.shape}")
+    per_sample = (scores.shape[0],)
+    try:
+        elapsed = np.ascontiguousarray(np.broadcast_to(np.asarray(elapsed, dtype=np.float64), per_sample))
+        held = np.ascontiguousarray(np.broadcast_to(np.asarray(held, dtype=np.float64), per_sample))
+    except ValueError:
+        raise ValueError(
+            f"elapsed and held must be scalars or have one entry per sample ({per_sample[0]}), "
+            f"got shapes {np.shape(elapsed)} and {np.shape(held)}"
+        ) from None
+    masks, values, evaluations = _core.search_batch(
+        scores, et.conv, et.branch, dist, method, _count(depth, "depth"), _count(budget, "budget"),
+        _count(seed, "seed"), _count(start, "start"), elapsed, held, rule,
+        0 if threads is None else _count(threads, "threads"),
+    )
+    return BatchPlans(masks, values, evaluations)

@@ -1,0 +1,184 @@
+"""The pure-Python planner: the correctness oracle for the native core and the speed baseline.
+
+Written the way a careful researcher would write it in plain Python: a loop over
+blocks per evaluation and every search calling :func:`expected_accuracy` on
+whole plans, no incremental tricks. It takes the same arguments and returns the
+same types as :mod:`einet.planner`, and follows the same tie rules (values
+within ``TIE_TOLERANCE`` are equal; then fewer branches, then the
+lexicographically smaller mask). It does not validate its input.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import numpy.typing as npt
+
+from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
+from .planner import ArrayLike, BatchPlans, Distribution, ETProfile, Plan
+
+TIE_TOLERANCE = 1e-12
+_MASK64 = (1 << 64) - 1
+
+
+def cdf(dist: Distribution, t: float) -> float:
+    """F(t) of an exit-time distribution, from its parameters alone (DESIGN.md section 2)."""
+    if isinstance(dist, Uniform):
+        if t <= dist.low:
+            return 0.0
+        if t >= dist.high:
+            return 1.0
+        return (t - dist.low) / (dist.high - dist.low)
+    if isinstance(dist, Normal):
+        if t <= 0.0:
+            return 0.0
+
+        def phi(z: float) -> float:
+            return 0.5 * math.erfc(-z / math.sqrt(2.0))
+
+        below_zero = phi(-dist.mean / dist.std)
+        return (phi((t - dist.mean) / dist.std) - below_zero) / (1.0 - below_zero)
+    if isinstance(dist, Exponential):
+        return -math.expm1(-dist.rate * t) if t > 0.0 else 0.0
+    if isinstance(dist, Empirical):
+        samples = dist.samples
+        return sum(1 for s in samples if s <= t) / len(samples)
+    if isinstance(dist, Deterministic):
+        return 1.0 if t >= dist.deadline else 0.0
+    raise TypeError(f"unknown distribution {dist!r}")
+
+
+def _evaluate(mask: Sequence[int], scores: Sequence[float], et: ETProfile, dist: Distribution,
+              start: int, elapsed: float, held: float, rule: str) -> float:
+    t = elapsed
+    before = cdf(dist, t)
+    value = 0.0
+    for i, run_branch in enumerate(mask):
+        block = start + i
+        t += float(et.conv[block])
+        if run_branch:
+            t += float(et.branch[block])
+            now = cdf(dist, t)
+            value += held * (now - before)
+            before = now
+            held = scores[block] if rule == "latest" else max(held, scores[block])
+    return value + held * (1.0 - before)
+
+
+def expected_accuracy(mask: ArrayLike, scores: ArrayLike, et: ETProfile, dist: Distribution, start: int = 0,
+                      elapsed: float = 0.0, held: float = 0.0,
+                      rule: str = "latest") -> float | npt.NDArray[np.float64]:
+    """E(x) of one plan (1-D mask) or of each row of a 2-D mask."""
+    masks = np.asarray(mask)
+    score_list = [float(s) for s in np.asarray(scores, dtype=np.float64)]
+    if masks.ndim == 2:
+        return np.array([_evaluate([int(v) for v in row], score_list, et, dist, start, elapsed, held, rule)
+                         for row in masks])
+    return _evaluate([int(v) for v in masks], score_list, et, dist, start, elapsed, held, rule)
+
+
+def _preferred(a_value: float, a_mask: list[int], b_value: float, b_mask: list[int]) -> bool:
+    if a_value > b_value + TIE_TOLERANCE:
+        return True
+    if b_value > a_value + TIE_TOLERANCE:
+        return False
+    if sum(a_mask) != sum(b_mask):
+        return sum(a_mask) < sum(b_mask)
+    return a_mask < b_mask
+
+
+def _greedy_from(mask: list[int], first: int, evaluate) -> tuple[list[int], float, int]:  # type: ignore[no-untyped-def]
+    """Add the branch (at a position >= first) that raises E most, until none does."""
+    mask = list(mask)
+    current = evaluate(mask)
+    evaluations = 1
+    while True:
+        chosen, chosen_value = None, current + TIE_TOLERANCE
+        for j in range(first, len(mask)):
+            if mask[j]:
+                continue
+            value = evaluate(mask[:j] + [1] + mask[j + 1:])
+            evaluations += 1
+            # Equal raises go to the later branch: the lexicographically smaller mask.
+            if (value > chosen_value) if chosen is None else (value >= chosen_value - TIE_TOLERANCE):
+                chosen, chosen_value = j, value
+        if chosen is None:
+            return mask, current, evaluations
+        mask[chosen] = 1
+        current = evaluate(mask)
+
+
+def _splitmix64(state: int) -> tuple[int, int]:
+    state = (state + 0x9E3779B97F4A7C15) & _MASK64
+    z = state
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return state, z ^ (z >> 31)
+
+
+def search(scores: ArrayLike, et: ETProfile, dist: Distribution, method: str = "hybrid", depth: int = 4,
+           start: int = 0, elapsed: float = 0.0, held: float = 0.0, rule: str = "latest", budget: int = 1000,
+           seed: int = 0) -> Plan:
+    """The same searches as :func:`einet.search`, by whole-plan evaluation."""
+    score_list = [float(s) for s in np.asarray(scores, dtype=np.float64)]
+    n = et.num_blocks - start
+
+    def evaluate(mask: list[int]) -> float:
+        return _evaluate(mask, score_list, et, dist, start, elapsed, held, rule)
+
+    if method == "exhaustive":
+        best_mask, best_value = None, -math.inf
+        for plan in itertools.product([0, 1], repeat=n):
+            value = evaluate(list(plan))
+            if best_mask is None or _preferred(value, list(plan), best_value, best_mask):
+                best_mask, best_value = list(plan), value
+        result = (best_mask, best_value, 2 ** n)
+    elif method == "greedy":
+        result = _greedy_from([0] * n, 0, evaluate)
+    elif method == "hybrid":
+        k = min(depth, n)
+        best_mask, best_value, evaluations = _greedy_from([0] * n, 0, evaluate)
+        for bits in range(2 ** k):
+            prefix = [(bits >> i) & 1 for i in range(k)] + [0] * (n - k)
+            mask, value, count = _greedy_from(prefix, k, evaluate)
+            evaluations += count
+            if _preferred(value, mask, best_value, best_mask):
+                best_mask, best_value = mask, value
+        result = (best_mask, best_value, evaluations)
+    elif method == "random":
+        best_mask, best_value = None, -math.inf
+        state, word = seed, 0
+        for _ in range(budget):
+            plan = []
+            for i in range(n):
+                if i % 64 == 0:
+                    state, word = _splitmix64(state)
+                plan.append((word >> (i % 64)) & 1)
+            value = evaluate(plan)
+            if best_mask is None or _preferred(value, plan, best_value, best_mask):
+                best_mask, best_value = plan, value
+        result = (best_mask, best_value, budget)
+    else:
+        raise ValueError(f"unknown method {method!r}")
+    mask, value, evaluations = result
+    return Plan(np.array(mask, dtype=bool), value, evaluations)
+
+
+def search_batch(scores: ArrayLike, et: ETProfile, dist: Distribution, method: str = "hybrid", depth: int = 4,
+                 start: int = 0, elapsed: ArrayLike = 0.0, held: ArrayLike = 0.0, rule: str = "latest",
+                 budget: int = 1000, seed: int = 0, threads: int | None = None) -> BatchPlans:
+    """:func:`search` for every row of ``scores``, one after another (``threads`` is ignored)."""
+    rows = np.asarray(scores, dtype=np.float64)
+    elapsed_all = np.broadcast_to(np.asarray(elapsed, dtype=np.float64), (rows.shape[0],))
+    held_all = np.broadcast_to(np.asarray(held, dtype=np.float64), (rows.shape[0],))
+    plans = [search(row, et, dist, method, depth, start, float(t0), float(h), rule, budget, seed)
+             for row, t0, h in zip(rows, elapsed_all, held_all)]
+    n = et.num_blocks - start
+    return BatchPlans(
+        np.array([p.mask for p in plans], dtype=bool).reshape(len(plans), n),
+        np.array([p.value for p in plans], dtype=np.float64),
+        np.array([p.evaluations for p in plans], dtype=np.uint64),
+    )
