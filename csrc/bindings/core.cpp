@@ -42,10 +42,11 @@ py::array_t<std::uint8_t, py::array::c_style> plan_bytes(const py::array& mask) 
         return py::array_t<std::uint8_t, py::array::c_style>::ensure(
             py::array(mask).attr("view")(py::dtype::of<std::uint8_t>()));
     }
-    if (kind != 'i' && kind != 'u') {
+    if (kind != 'i' && kind != 'u' && mask.size() != 0) {
         throw std::invalid_argument("a plan must hold booleans or the integers 0 and 1, got dtype " +
                                     std::string(py::str(mask.dtype())));
     }
+    // An empty plan (nothing left to run) may come as any dtype, e.g. np.asarray([]).
     auto wide = py::array_t<std::int64_t, py::array::c_style | py::array::forcecast>::ensure(mask);
     py::array_t<std::uint8_t, py::array::c_style> bytes(std::vector<py::ssize_t>(wide.shape(), wide.shape() + wide.ndim()));
     const std::int64_t* in = wide.data();

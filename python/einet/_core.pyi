@@ -1,0 +1,68 @@
+"""Typed stubs for the native module einet._core (kept in step by tests/test_stubs.py)."""
+
+from typing import Union, overload
+
+import numpy as np
+import numpy.typing as npt
+
+__version__: str
+TIE_TOLERANCE: float
+MAX_EXHAUSTIVE_BLOCKS: int
+
+class Uniform:
+    low: float
+    high: float
+    def __init__(self, low: float, high: float) -> None: ...
+    @overload
+    def cdf(self, t: float) -> float: ...
+    @overload
+    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
+class Normal:
+    mean: float
+    std: float
+    def __init__(self, mean: float, std: float) -> None: ...
+    @overload
+    def cdf(self, t: float) -> float: ...
+    @overload
+    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
+class Exponential:
+    rate: float
+    def __init__(self, rate: float) -> None: ...
+    @overload
+    def cdf(self, t: float) -> float: ...
+    @overload
+    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
+class Empirical:
+    samples: npt.NDArray[np.float64]
+    def __init__(self, samples: npt.ArrayLike) -> None: ...
+    @overload
+    def cdf(self, t: float) -> float: ...
+    @overload
+    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
+class Deterministic:
+    deadline: float
+    def __init__(self, deadline: float) -> None: ...
+    @overload
+    def cdf(self, t: float) -> float: ...
+    @overload
+    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
+_Distribution = Union[Uniform, Normal, Exponential, Empirical, Deterministic]
+
+def expected_accuracy(
+    mask: npt.NDArray[np.generic], scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike,
+    dist: _Distribution, start: int, elapsed: float, held: float, rule: str,
+) -> float | npt.NDArray[np.float64]: ...
+def search(
+    scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike, dist: _Distribution, method: str,
+    depth: int, budget: int, seed: int, start: int, elapsed: float, held: float, rule: str,
+) -> tuple[npt.NDArray[np.bool_], float, int]: ...
+def search_batch(
+    scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike, dist: _Distribution, method: str,
+    depth: int, budget: int, seed: int, start: int, elapsed: npt.ArrayLike, held: npt.ArrayLike, rule: str,
+    threads: int,
+) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.uint64]]: ...
