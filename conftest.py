@@ -47,3 +47,8 @@ def random_instance(rng: np.random.Generator, n: int, kind: str = "uniform") -> 
 @pytest.fixture
 def make_instance():
     return random_instance
+
+
+@pytest.fixture
+def make_distribution():
+    return exit_distribution

@@ -165,11 +165,8 @@ def test_no_blocks_left_is_the_held_answer():
 
 
 @pytest.mark.parametrize("kind", DIST_KINDS)
-def test_cdf_matches_reference(kind):
-    rng = np.random.default_rng(3)
-    from conftest import exit_distribution
-
-    dist = exit_distribution(kind, 10.0, rng)
+def test_cdf_matches_reference(kind, make_distribution):
+    dist = make_distribution(kind, 10.0, np.random.default_rng(3))
     times = np.linspace(-1.0, 12.0, 131)
     native = dist.cdf(times)
     np.testing.assert_allclose(native, [reference.cdf(dist, float(t)) for t in times], rtol=0, atol=1e-15)
@@ -178,10 +175,8 @@ def test_cdf_matches_reference(kind):
 
 
 @pytest.mark.parametrize("kind", DIST_KINDS)
-def test_distributions_pickle_and_repr(kind):
-    from conftest import exit_distribution
-
-    dist = exit_distribution(kind, 10.0, np.random.default_rng(3))
+def test_distributions_pickle_and_repr(kind, make_distribution):
+    dist = make_distribution(kind, 10.0, np.random.default_rng(3))
     clone = pickle.loads(pickle.dumps(dist))
     assert type(clone) is type(dist)
     assert clone.cdf(4.2) == dist.cdf(4.2)

@@ -9,6 +9,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <variant>
 #include <vector>
 
@@ -27,6 +28,7 @@ inline double standard_normal_cdf(double z) { return 0.5 * std::erfc(-z / std::s
 
 /// F(t) = (t - low) / (high - low), clamped to [0, 1].
 struct Uniform {
+    static constexpr bool kCheapCdf = true;  // a few flops: worth evaluating without branching
     double low, high;
     Uniform(double low_, double high_) : low(low_), high(high_) {
         detail::require_finite(low, "Uniform low");
@@ -36,11 +38,7 @@ struct Uniform {
                                         " high=" + std::to_string(high));
         }
     }
-    double cdf(double t) const {
-        if (t <= low) return 0.0;
-        if (t >= high) return 1.0;
-        return (t - low) / (high - low);
-    }
+    double cdf(double t) const { return std::min(1.0, std::max(0.0, (t - low) / (high - low))); }
 };
 
 /// Normal(mean, std) truncated to t >= 0 and renormalised.
@@ -95,6 +93,7 @@ struct Empirical {
 
 /// A known deadline d: F(t) = 1 if t >= d else 0 (the predictable case).
 struct Deterministic {
+    static constexpr bool kCheapCdf = true;
     double deadline;
     explicit Deterministic(double deadline_) : deadline(deadline_) {
         detail::require_finite(deadline, "Deterministic deadline");
@@ -102,8 +101,14 @@ struct Deterministic {
             throw std::invalid_argument("Deterministic needs deadline >= 0, got deadline=" + std::to_string(deadline));
         }
     }
-    double cdf(double t) const { return t >= deadline ? 1.0 : 0.0; }
+    double cdf(double t) const { return static_cast<double>(t >= deadline); }
 };
+
+/// Whether Dist's CDF is so cheap that evaluating it at every block beats branching on the plan.
+template <class Dist, class = void>
+struct has_cheap_cdf : std::false_type {};
+template <class Dist>
+struct has_cheap_cdf<Dist, std::void_t<decltype(Dist::kCheapCdf)>> : std::bool_constant<Dist::kCheapCdf> {};
 
 /// Any of the above; searches are templated on the concrete type and dispatched once per call.
 using Distribution = std::variant<Uniform, Normal, Exponential, Empirical, Deterministic>;

@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -33,6 +34,19 @@ struct Span {
     const T* begin() const { return ptr; }
     const T* end() const { return ptr + len; }
 };
+
+/// `run ? a : b` without a branch: the plan's bits are random, and a mispredicted
+/// branch costs more than computing both sides. Selects exact bit patterns.
+inline double select(bool run, double a, double b) {
+    std::uint64_t a_bits, b_bits;
+    std::memcpy(&a_bits, &a, sizeof a);
+    std::memcpy(&b_bits, &b, sizeof b);
+    const std::uint64_t keep_a = std::uint64_t{0} - static_cast<std::uint64_t>(run);
+    const std::uint64_t bits = (a_bits & keep_a) | (b_bits & ~keep_a);
+    double out;
+    std::memcpy(&out, &bits, sizeof out);
+    return out;
+}
 
 /// Which finished branch's answer is held when the inference is stopped.
 enum class Rule { latest, best };
@@ -130,7 +144,9 @@ inline void validate_mask(Span<std::uint8_t> mask, std::size_t remaining) {
 }
 
 /// E(x) for the plan `mask` (one entry per remaining block), in one pass over the blocks.
-/// F is evaluated only where a branch finishes, so the cost is N additions and r CDFs.
+/// F is evaluated only where a branch finishes, so the cost is N additions and r CDFs;
+/// for distributions with a cheap CDF the loop runs without branching on the plan, since
+/// mispredicted branches on a random plan cost more than the extra CDFs.
 template <class Dist>
 double expected_accuracy(const Instance& in, const Dist& dist, const std::uint8_t* mask) {
     double t = in.elapsed;
@@ -139,7 +155,14 @@ double expected_accuracy(const Instance& in, const Dist& dist, const std::uint8_
     double value = 0.0;
     for (std::size_t block = in.start, i = 0; block < in.num_blocks(); ++block, ++i) {
         t += in.conv[block];
-        if (mask[i]) {
+        if constexpr (has_cheap_cdf<Dist>::value) {
+            const bool run = mask[i] != 0;
+            t += select(run, in.branch[block], 0.0);  // adding 0.0 is exact: same rounding as the branchy form
+            const double now = select(run, dist.cdf(t), before);
+            value += held * (now - before);           // adds exactly 0 when the branch does not run
+            before = now;
+            held = select(run, held_after(in.rule, held, in.scores[block]), held);
+        } else if (mask[i]) {
             t += in.branch[block];
             const double now = dist.cdf(t);
             value += held * (now - before);
@@ -162,7 +185,12 @@ inline void expected_accuracy_batch(const Instance& in, const Distribution& dist
                                     std::size_t count, double* out) {
     validate(in);
     const std::size_t n = in.remaining();
-    for (std::size_t p = 0; p < count; ++p) validate_mask({masks + p * n, n}, n);
+    // One vectorisable pass finds whether any entry is not 0/1; only then look for which.
+    std::uint8_t any_bits = 0;
+    for (std::size_t i = 0; i < count * n; ++i) any_bits |= masks[i];
+    if (any_bits > 1) {
+        for (std::size_t p = 0; p < count; ++p) validate_mask({masks + p * n, n}, n);
+    }
     std::visit(
         [&](const auto& d) {
             for (std::size_t p = 0; p < count; ++p) out[p] = expected_accuracy(in, d, masks + p * n);
