@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import os
 
+import einet
 import numpy as np
 import pytest
-from timing import best_time, median_seconds
-
-import einet
 from einet import reference
+from timing import best_time, median_seconds
 
 PLANS = 10_000
 

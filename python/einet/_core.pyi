@@ -1,6 +1,6 @@
 """Typed stubs for the native module einet._core (kept in step by tests/test_stubs.py)."""
 
-from typing import Union, overload
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
@@ -51,7 +51,7 @@ class Deterministic:
     @overload
     def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 
-_Distribution = Union[Uniform, Normal, Exponential, Empirical, Deterministic]
+_Distribution = Uniform | Normal | Exponential | Empirical | Deterministic
 
 def expected_accuracy(
     mask: npt.NDArray[np.generic], scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike,

@@ -10,9 +10,10 @@ lexicographically smaller mask). It does not validate its input.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import numpy.typing as npt
@@ -44,8 +45,8 @@ def cdf(dist: Distribution, t: float) -> float:
     if isinstance(dist, Exponential):
         return -math.expm1(-dist.rate * t) if t > 0.0 else 0.0
     if isinstance(dist, Empirical):
-        samples = dist.samples
-        return sum(1 for s in samples if s <= t) / len(samples)
+        samples = dist.samples  # sorted
+        return bisect.bisect_right(samples, t) / len(samples)
     if isinstance(dist, Deterministic):
         return 1.0 if t >= dist.deadline else 0.0
     raise TypeError(f"unknown distribution {dist!r}")
@@ -90,17 +91,19 @@ def _preferred(a_value: float, a_mask: list[int], b_value: float, b_mask: list[i
     return a_mask < b_mask
 
 
-def _greedy_from(mask: list[int], first: int, evaluate) -> tuple[list[int], float, int]:  # type: ignore[no-untyped-def]
+def _greedy_from(mask: list[int], first: int,
+                 evaluate: Callable[[list[int]], float]) -> tuple[list[int], float, int]:
     """Add the branch (at a position >= first) that raises E most, until none does."""
     mask = list(mask)
     current = evaluate(mask)
     evaluations = 1
     while True:
-        chosen, chosen_value = None, current + TIE_TOLERANCE
+        chosen: int | None = None
+        chosen_value = current + TIE_TOLERANCE
         for j in range(first, len(mask)):
             if mask[j]:
                 continue
-            value = evaluate(mask[:j] + [1] + mask[j + 1:])
+            value = evaluate([*mask[:j], 1, *mask[j + 1:]])
             evaluations += 1
             # Equal raises go to the later branch: the lexicographically smaller mask.
             if (value > chosen_value) if chosen is None else (value >= chosen_value - TIE_TOLERANCE):
@@ -119,6 +122,29 @@ def _splitmix64(state: int) -> tuple[int, int]:
     return state, z ^ (z >> 31)
 
 
+def _best_of(plans: Iterable[list[int]], evaluate: Callable[[list[int]], float]) -> tuple[list[int], float]:
+    """The preferred plan among `plans` (at least one)."""
+    best_mask: list[int] = []
+    best_value = -math.inf
+    for plan in plans:
+        value = evaluate(plan)
+        if best_value == -math.inf or _preferred(value, plan, best_value, best_mask):
+            best_mask, best_value = plan, value
+    return best_mask, best_value
+
+
+def _random_plans(n: int, budget: int, seed: int) -> Iterator[list[int]]:
+    """`budget` plans; bit i is bit (i mod 64) of the (i // 64)-th splitmix64 draw, as in the core."""
+    state, word = seed, 0
+    for _ in range(budget):
+        plan = []
+        for i in range(n):
+            if i % 64 == 0:
+                state, word = _splitmix64(state)
+            plan.append((word >> (i % 64)) & 1)
+        yield plan
+
+
 def search(scores: ArrayLike, et: ETProfile, dist: Distribution, method: str = "hybrid", depth: int = 4,
            start: int = 0, elapsed: float = 0.0, held: float = 0.0, rule: str = "latest", budget: int = 1000,
            seed: int = 0) -> Plan:
@@ -130,40 +156,24 @@ def search(scores: ArrayLike, et: ETProfile, dist: Distribution, method: str = "
         return _evaluate(mask, score_list, et, dist, start, elapsed, held, rule)
 
     if method == "exhaustive":
-        best_mask, best_value = None, -math.inf
-        for plan in itertools.product([0, 1], repeat=n):
-            value = evaluate(list(plan))
-            if best_mask is None or _preferred(value, list(plan), best_value, best_mask):
-                best_mask, best_value = list(plan), value
-        result = (best_mask, best_value, 2 ** n)
+        mask, value = _best_of((list(plan) for plan in itertools.product([0, 1], repeat=n)), evaluate)
+        evaluations = 2**n
     elif method == "greedy":
-        result = _greedy_from([0] * n, 0, evaluate)
+        mask, value, evaluations = _greedy_from([0] * n, 0, evaluate)
     elif method == "hybrid":
         k = min(depth, n)
-        best_mask, best_value, evaluations = _greedy_from([0] * n, 0, evaluate)
-        for bits in range(2 ** k):
+        mask, value, evaluations = _greedy_from([0] * n, 0, evaluate)
+        for bits in range(2**k):
             prefix = [(bits >> i) & 1 for i in range(k)] + [0] * (n - k)
-            mask, value, count = _greedy_from(prefix, k, evaluate)
+            candidate, candidate_value, count = _greedy_from(prefix, k, evaluate)
             evaluations += count
-            if _preferred(value, mask, best_value, best_mask):
-                best_mask, best_value = mask, value
-        result = (best_mask, best_value, evaluations)
+            if _preferred(candidate_value, candidate, value, mask):
+                mask, value = candidate, candidate_value
     elif method == "random":
-        best_mask, best_value = None, -math.inf
-        state, word = seed, 0
-        for _ in range(budget):
-            plan = []
-            for i in range(n):
-                if i % 64 == 0:
-                    state, word = _splitmix64(state)
-                plan.append((word >> (i % 64)) & 1)
-            value = evaluate(plan)
-            if best_mask is None or _preferred(value, plan, best_value, best_mask):
-                best_mask, best_value = plan, value
-        result = (best_mask, best_value, budget)
+        mask, value = _best_of(_random_plans(n, budget, seed), evaluate)
+        evaluations = budget
     else:
         raise ValueError(f"unknown method {method!r}")
-    mask, value, evaluations = result
     return Plan(np.array(mask, dtype=bool), value, evaluations)
 
 

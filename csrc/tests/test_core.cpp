@@ -1,0 +1,180 @@
+// C++ test driver for the header-only core, run under AddressSanitizer and UBSan:
+//   cmake -S . -B build/sanitize -DEINET_SANITIZE=ON && cmake --build build/sanitize && ctest --test-dir build/sanitize
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <random>
+#include <stdexcept>
+#include <vector>
+
+#include "einet/distributions.hpp"
+#include "einet/objective.hpp"
+#include "einet/predictor.hpp"
+#include "einet/search.hpp"
+
+namespace {
+
+int failures = 0;
+
+void check(bool ok, const char* what, int line) {
+    if (!ok) {
+        std::fprintf(stderr, "FAILED line %d: %s\n", line, what);
+        ++failures;
+    }
+}
+#define CHECK(expr) check((expr), #expr, __LINE__)
+
+template <class Call>
+bool throws_invalid_argument(Call call) {
+    try {
+        call();
+    } catch (const std::invalid_argument&) {
+        return true;
+    }
+    return false;
+}
+
+struct Case {
+    std::vector<double> conv, branch, scores;
+    einet::Distribution dist;
+    einet::Instance instance(std::size_t start, double elapsed, double held, einet::Rule rule) const {
+        return {{conv.data(), conv.size()}, {branch.data(), branch.size()}, {scores.data(), scores.size()},
+                start, elapsed, held, rule};
+    }
+};
+
+Case random_case(std::mt19937_64& rng, std::size_t n, int kind) {
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    Case c{{}, {}, {}, einet::Uniform(0.0, 1.0)};
+    double total = 0.0;
+    for (std::size_t i = 0; i < n; ++i) {
+        c.conv.push_back(0.2 + unit(rng));
+        c.branch.push_back(0.5 * unit(rng));
+        c.scores.push_back(unit(rng));
+        total += c.conv.back() + c.branch.back();
+    }
+    switch (kind) {
+        case 0: c.dist = einet::Uniform(0.0, total); break;
+        case 1: c.dist = einet::Normal(total / 2, total / 4); break;
+        case 2: c.dist = einet::Exponential(2.0 / total); break;
+        case 3: {
+            std::vector<double> samples;
+            for (int i = 0; i < 50; ++i) samples.push_back(total * unit(rng));
+            c.dist = einet::Empirical(samples);
+            break;
+        }
+        default: c.dist = einet::Deterministic(0.6 * total);
+    }
+    return c;
+}
+
+void test_searches_agree(std::mt19937_64& rng) {
+    for (int trial = 0; trial < 400; ++trial) {
+        const std::size_t n = 1 + trial % 12;
+        const Case c = random_case(rng, n, trial % 5);
+        const std::size_t start = static_cast<std::size_t>(trial) % (n + 1);
+        const auto rule = trial % 2 ? einet::Rule::best : einet::Rule::latest;
+        const auto in = c.instance(start, 0.3 * (trial % 3), 0.1 * (trial % 4), rule);
+        const auto exhaustive = einet::search(in, c.dist, {einet::Method::exhaustive});
+        const auto hybrid = einet::search(in, c.dist, {einet::Method::hybrid, 3});
+        const auto greedy = einet::search(in, c.dist, {einet::Method::greedy});
+        const auto random = einet::search(in, c.dist, {einet::Method::random, 4, 64, 9});
+        CHECK(exhaustive.value >= hybrid.value - 1e-12);
+        CHECK(hybrid.value >= greedy.value - 1e-12);
+        CHECK(exhaustive.value >= random.value - 1e-12);
+        for (const auto* plan : {&exhaustive, &hybrid, &greedy, &random}) {
+            CHECK(plan->mask.size() == in.remaining());
+            const double value = einet::expected_accuracy(in, c.dist, {plan->mask.data(), plan->mask.size()});
+            CHECK(std::fabs(value - plan->value) <= 1e-12);
+        }
+    }
+}
+
+void test_incremental_matches_full(std::mt19937_64& rng) {
+    std::bernoulli_distribution coin(0.4);
+    for (int trial = 0; trial < 300; ++trial) {
+        const std::size_t n = 1 + trial % 20;
+        const Case c = random_case(rng, n, trial % 5);
+        const auto in = c.instance(0, 0.1, 0.2, trial % 2 ? einet::Rule::best : einet::Rule::latest);
+        std::visit(
+            [&](const auto& d) {
+                std::vector<std::uint8_t> mask(n);
+                for (auto& bit : mask) bit = coin(rng);
+                einet::IncrementalPlan<std::decay_t<decltype(d)>> plan(in, d);
+                plan.assign(mask.data());
+                CHECK(std::fabs(plan.value() - einet::expected_accuracy(in, d, mask.data())) <= 1e-12);
+                for (std::size_t j = 0; j < n; ++j) {
+                    if (mask[j]) continue;
+                    auto grown = mask;
+                    grown[j] = 1;
+                    CHECK(std::fabs(plan.value_with(j) - einet::expected_accuracy(in, d, grown.data())) <= 1e-12);
+                }
+            },
+            c.dist);
+    }
+}
+
+void test_batches(std::mt19937_64& rng) {
+    const std::size_t n = 14, count = 37;
+    const Case c = random_case(rng, n, 1);
+    std::vector<double> scores(count * n), elapsed(count, 0.5), held(count, 0.1), values(count);
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    for (auto& s : scores) s = unit(rng);
+    std::vector<std::uint8_t> masks(count * (n - 2));
+    std::vector<std::uint64_t> evaluations(count);
+    einet::search_batch({c.conv.data(), n}, {c.branch.data(), n}, scores.data(), count, 2, elapsed.data(),
+                        held.data(), einet::Rule::latest, c.dist, {}, {masks.data(), values.data(), evaluations.data()},
+                        2);
+    for (std::size_t row = 0; row < count; ++row) {
+        Case single = c;
+        single.scores.assign(scores.begin() + row * n, scores.begin() + (row + 1) * n);
+        const auto plan = einet::search(single.instance(2, 0.5, 0.1, einet::Rule::latest), c.dist, {});
+        CHECK(plan.value == values[row]);
+        CHECK(std::equal(plan.mask.begin(), plan.mask.end(), masks.begin() + row * (n - 2)));
+    }
+    std::vector<double> out(count);
+    const auto in = c.instance(2, 0.5, 0.1, einet::Rule::best);
+    einet::expected_accuracy_batch(in, c.dist, masks.data(), count, out.data());
+    for (std::size_t row = 0; row < count; ++row) {
+        CHECK(out[row] == einet::expected_accuracy(in, c.dist, {masks.data() + row * (n - 2), n - 2}));
+    }
+}
+
+void test_errors(std::mt19937_64& rng) {
+    const Case c = random_case(rng, 4, 0);
+    CHECK(throws_invalid_argument([] { einet::Uniform(1.0, 1.0); }));
+    CHECK(throws_invalid_argument([] { einet::Normal(0.0, 0.0); }));
+    CHECK(throws_invalid_argument([] { einet::Exponential(-1.0); }));
+    CHECK(throws_invalid_argument([] { einet::Empirical(std::vector<double>{}); }));
+    CHECK(throws_invalid_argument([] { einet::Deterministic(NAN); }));
+    CHECK(throws_invalid_argument([&] { einet::search(c.instance(5, 0.0, 0.0, einet::Rule::latest), c.dist, {}); }));
+    CHECK(throws_invalid_argument([&] { einet::search(c.instance(0, -1.0, 0.0, einet::Rule::latest), c.dist, {}); }));
+    CHECK(throws_invalid_argument([&] { einet::search(c.instance(0, 0.0, 1.5, einet::Rule::latest), c.dist, {}); }));
+    CHECK(throws_invalid_argument([] { einet::parse_method("simplex"); }));
+    CHECK(throws_invalid_argument([] { einet::parse_rule("first"); }));
+    Case bad = c;
+    bad.scores[2] = NAN;
+    CHECK(throws_invalid_argument([&] { einet::search(bad.instance(0, 0.0, 0.0, einet::Rule::latest), c.dist, {}); }));
+    const std::vector<std::uint8_t> two{0, 2, 0, 1};
+    CHECK(throws_invalid_argument(
+        [&] { einet::expected_accuracy(c.instance(0, 0.0, 0.0, einet::Rule::latest), c.dist, {two.data(), 4}); }));
+    const Case big = random_case(rng, 26, 0);
+    CHECK(throws_invalid_argument(
+        [&] { einet::search(big.instance(0, 0.0, 0.0, einet::Rule::latest), big.dist, {einet::Method::exhaustive}); }));
+}
+
+}  // namespace
+
+int main() {
+    std::mt19937_64 rng(12345);
+    test_searches_agree(rng);
+    test_incremental_matches_full(rng);
+    test_batches(rng);
+    test_errors(rng);
+    if (failures) {
+        std::fprintf(stderr, "%d check(s) failed\n", failures);
+        return EXIT_FAILURE;
+    }
+    std::printf("einet core: all checks passed\n");
+    return EXIT_SUCCESS;
+}
