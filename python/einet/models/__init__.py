@@ -1,0 +1,26 @@
+"""Multi-exit networks (needs the ``einet[torch]`` extra): the protocol, the zoo, the converter, training."""
+
+from .base import Branch, MultiExitNetwork
+from .convert import ConversionError, convert
+from .training import History, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+from .zoo import ZOO, b_alexnet, build, flex_vgg16, msdnet, resnet50_fine, vgg16_fine
+
+__all__ = [
+    "ZOO",
+    "Branch",
+    "ConversionError",
+    "History",
+    "MultiExitNetwork",
+    "TrainConfig",
+    "b_alexnet",
+    "build",
+    "convert",
+    "evaluate",
+    "flex_vgg16",
+    "load_checkpoint",
+    "msdnet",
+    "resnet50_fine",
+    "save_checkpoint",
+    "train",
+    "vgg16_fine",
+]

@@ -1,0 +1,92 @@
+"""The multi-exit protocol every einet model follows, and the paper's exit branch.
+
+A multi-exit network is N blocks. Block i is a backbone segment (its *conv
+part*, ``forward_block(i, h)``) followed by an exit *branch*
+(``forward_exit(i, h)``) that turns the block's output into class logits.
+Running the blocks one by one and any branch on a block's output gives exactly
+what ``forward`` gives for that exit: the runtime relies on it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class MultiExitNetwork(nn.Module):
+    """Blocks and exits held as two ModuleLists; ``forward`` returns every exit's logits."""
+
+    def __init__(self, blocks: list[nn.Module], exits: list[nn.Module]) -> None:
+        super().__init__()
+        if len(blocks) != len(exits) or not blocks:
+            raise ValueError(f"need as many exits as blocks (at least one), got {len(blocks)} and {len(exits)}")
+        self.blocks = nn.ModuleList(blocks)
+        self.exits = nn.ModuleList(exits)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.blocks)
+
+    def forward_block(self, i: int, h: Any) -> Any:
+        """Conv part i: block i-1's output (or the input) to block i's output."""
+        return self.blocks[i](h)
+
+    def forward_exit(self, i: int, h: Any) -> torch.Tensor:
+        """Branch i: block i's output to logits."""
+        return self.exits[i](h)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        logits = []
+        h: Any = x
+        for i in range(self.num_exits):
+            h = self.forward_block(i, h)
+            logits.append(self.forward_exit(i, h))
+        return logits
+
+    def backbone_parameters(self) -> list[nn.Parameter]:
+        return [p for block in self.blocks for p in block.parameters()]
+
+    def branch_parameters(self, include_last: bool = True) -> list[nn.Parameter]:
+        exits = self.exits if include_last else self.exits[:-1]
+        return [p for branch in exits for p in branch.parameters()]
+
+
+class Branch(nn.Module):
+    """The paper's exit branch: one conv layer (with BN and ReLU) and two fully connected layers.
+
+    The input is first average-pooled to at most ``pool_in`` x ``pool_in`` so that the
+    conv stays cheap next to its block at any resolution; after the conv it is pooled
+    to ``pool_out`` x ``pool_out`` before the FC layers.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, conv_channels: int | None = None, hidden: int = 128,
+                 pool_in: int = 8, pool_out: int = 2) -> None:
+        super().__init__()
+        conv_channels = conv_channels or in_channels
+        self.pool_in = pool_in
+        self.conv = nn.Sequential(
+            nn.Conv2d(in_channels, conv_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(conv_channels),
+            nn.ReLU(inplace=True),
+            nn.AdaptiveAvgPool2d(pool_out),
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(conv_channels * pool_out * pool_out, hidden),
+            nn.ReLU(inplace=True),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.shape[-1] > self.pool_in or h.shape[-2] > self.pool_in:
+            h = nn.functional.adaptive_avg_pool2d(h, (min(h.shape[-2], self.pool_in), min(h.shape[-1], self.pool_in)))
+        return self.classifier(self.conv(h))
+
+
+def channels(base: int, width: float) -> int:
+    """A channel count scaled by the width multiplier (at least 4)."""
+    if width <= 0:
+        raise ValueError(f"width must be > 0, got {width}")
+    return max(4, round(base * width))

@@ -1,0 +1,99 @@
+"""Training: joint and branch-only, atomic resumable checkpoints, reproducible seeds."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from einet.data import ImageArrays, ImageDataset  # noqa: E402
+from einet.models import TrainConfig, build, evaluate, load_checkpoint, train  # noqa: E402
+
+SPEC = {"name": "b_alexnet", "num_classes": 3, "in_channels": 1, "width": 0.125}
+
+
+def toy_dataset(count: int = 96) -> ImageDataset:
+    """Three easily separable classes: bright top, bright left, dark."""
+    rng = np.random.default_rng(0)
+    labels = np.arange(count) % 3
+    images = rng.integers(0, 40, (count, 16, 16, 1), dtype=np.uint8)
+    images[labels == 0, :8] += 200
+    images[labels == 1, :, :8] += 200
+    return ImageDataset(ImageArrays(images, labels, ("top", "left", "dark")), augment=False)
+
+
+def make_model():
+    spec = dict(SPEC)
+    return build(spec.pop("name"), **spec)
+
+
+def test_joint_training_learns_and_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    model = make_model()
+    data = toy_dataset()
+    config = TrainConfig(epochs=6, batch_size=16, optimizer="adam", lr=3e-3, schedule="cosine", seed=0)
+    history = train(model, data, data, config, checkpoint=tmp_path / "m.pt", model_spec=SPEC, progress=False)
+    assert len(history.loss) == 6 and history.loss[-1] < history.loss[0]
+    assert history.test_accuracy[-1][-1] > 0.9
+    restored, _state = load_checkpoint(tmp_path / "m.pt")
+    assert evaluate(restored, data) == evaluate(model, data)
+    assert not (tmp_path / "m.pt.partial").exists()
+
+
+def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
+    import einet.models.training as training
+
+    data = toy_dataset()
+    torch.manual_seed(0)
+    straight = train(make_model(), data, None, TrainConfig(epochs=2, batch_size=32, seed=3), progress=False)
+
+    def save_then_interrupt(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    real_save = training.save_checkpoint
+    monkeypatch.setattr(training, "save_checkpoint", save_then_interrupt)
+    torch.manual_seed(0)
+    with pytest.raises(KeyboardInterrupt):
+        train(make_model(), data, None, TrainConfig(epochs=2, batch_size=32, seed=3), checkpoint=tmp_path / "c.pt",
+              model_spec=SPEC, progress=False)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
+    with pytest.raises(ValueError, match="resume it with the same settings"):
+        train(make_model(), data, None, TrainConfig(epochs=5, batch_size=32, seed=3), checkpoint=tmp_path / "c.pt",
+              progress=False)
+    torch.manual_seed(0)
+    resumed = train(make_model(), data, None, TrainConfig(epochs=2, batch_size=32, seed=3),
+                    checkpoint=tmp_path / "c.pt", model_spec=SPEC, progress=False)
+    assert len(resumed.loss) == 2
+    assert resumed.loss == pytest.approx(straight.loss, rel=1e-4)
+
+
+def test_branch_only_training_keeps_the_backbone(tmp_path):
+    model = make_model()
+    before = {k: v.clone() for k, v in model.blocks.state_dict().items()}
+    train(model, toy_dataset(), None, TrainConfig(epochs=1, batch_size=32, freeze_backbone=True), progress=False)
+    after = model.blocks.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN statistics included
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"epochs": 0}, "epochs and batch_size"),
+        ({"lr": 0.0}, "lr must be > 0"),
+        ({"optimizer": "lbfgs"}, "unknown optimizer"),
+        ({"schedule": "warm"}, "unknown schedule"),
+    ],
+)
+def test_bad_config(config, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**config)
+
+
+def test_bad_exit_weights_and_checkpoint(tmp_path):
+    with pytest.raises(ValueError, match="exit_weights must be 3"):
+        train(make_model(), toy_dataset(), None, TrainConfig(exit_weights=[1.0, 1.0]), progress=False)
+    (tmp_path / "junk.pt").write_bytes(b"junk")
+    with pytest.raises(ValueError, match="not a readable einet checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
