@@ -11,6 +11,7 @@
 
 #include "einet/distributions.hpp"
 #include "einet/objective.hpp"
+#include "einet/predictor.hpp"
 #include "einet/search.hpp"
 
 namespace py = pybind11;
@@ -86,6 +87,38 @@ py::array_t<bool> as_bool_array(const std::vector<std::uint8_t>& mask) {
     py::array_t<bool> out(static_cast<py::ssize_t>(mask.size()));
     std::copy(mask.begin(), mask.end(), out.mutable_data());
     return out;
+}
+
+einet::Predictor make_predictor(const std::vector<Doubles>& weights, const std::vector<Doubles>& biases,
+                                bool calibrated) {
+    if (weights.size() != biases.size()) {
+        throw std::invalid_argument("got " + std::to_string(weights.size()) + " weight matrices but " +
+                                    std::to_string(biases.size()) + " bias vectors");
+    }
+    std::vector<einet::DenseLayer> layers;
+    for (std::size_t k = 0; k < weights.size(); ++k) {
+        if (weights[k].ndim() != 2) {
+            throw std::invalid_argument("weight " + std::to_string(k) + " must be 2-D [out, in], got shape " +
+                                        shape_of(weights[k]));
+        }
+        const auto bias = vector_of(biases[k], "bias");
+        einet::DenseLayer layer;
+        layer.outputs = static_cast<std::size_t>(weights[k].shape(0));
+        layer.inputs = static_cast<std::size_t>(weights[k].shape(1));
+        layer.weight.assign(weights[k].data(), weights[k].data() + weights[k].size());
+        layer.bias.assign(bias.begin(), bias.end());
+        layers.push_back(std::move(layer));
+    }
+    return einet::Predictor(std::move(layers), calibrated);
+}
+
+py::array_t<std::uint8_t, py::array::c_style> observation_mask(const py::array& mask, std::size_t n) {
+    auto bytes = plan_bytes(mask);
+    if (bytes.ndim() != 1 || static_cast<std::size_t>(bytes.shape(0)) != n) {
+        throw std::invalid_argument("the observation mask must have shape (" + std::to_string(n) + ",), got " +
+                                    shape_of(bytes));
+    }
+    return bytes;
 }
 
 template <class Dist>
@@ -184,6 +217,58 @@ PYBIND11_MODULE(_core, m) {
         .def(py::pickle([](const einet::Deterministic& d) { return py::make_tuple(d.deadline); },
                         [](const py::tuple& s) { return einet::Deterministic(s[0].cast<double>()); }));
     add_cdf<einet::Deterministic>(deterministic);
+
+    py::class_<einet::Predictor>(m, "Predictor",
+                                 "The confidence-score predictor's MLP, run natively (ReLU hidden layers, sigmoid out).")
+        .def(py::init(&make_predictor), py::arg("weights"), py::arg("biases"), py::arg("calibrated"))
+        .def_property_readonly("num_exits", &einet::Predictor::num_exits)
+        .def_property_readonly("calibrated", &einet::Predictor::calibrated)
+        .def(
+            "predict",
+            [](const einet::Predictor& predictor, const Doubles& observed, const py::array& mask) {
+                const std::size_t n = predictor.num_exits();
+                const auto scores = vector_of(observed, "observed");
+                if (scores.size() != n) {
+                    throw std::invalid_argument("observed must have shape (" + std::to_string(n) + ",), got " +
+                                                shape_of(observed));
+                }
+                const auto bytes = observation_mask(mask, n);
+                einet::validate_mask({bytes.data(), n}, n);
+                py::array_t<double> out(static_cast<py::ssize_t>(n));
+                predictor.predict(scores.ptr, bytes.data(), out.mutable_data());
+                return out;
+            },
+            py::arg("observed"), py::arg("mask"), "Every exit's score from the observed ones.");
+
+    m.def(
+        "online_step",
+        [](const einet::Predictor& predictor, const Doubles& observed, const py::array& mask, const Doubles& conv,
+           const Doubles& branch, const py::handle& dist_object, const std::string& method, std::size_t depth,
+           std::uint64_t budget, std::uint64_t seed, std::size_t start, double elapsed, std::int64_t held_exit,
+           double held_default, const std::string& rule) {
+            const auto dist = to_distribution(dist_object);
+            const auto conv_view = vector_of(conv, "conv");
+            const auto branch_view = vector_of(branch, "branch");
+            const auto observed_view = vector_of(observed, "observed");
+            const auto bytes = observation_mask(mask, conv_view.size());
+            const auto options = make_options(method, depth, budget, seed);
+            const auto parsed_rule = einet::parse_rule(rule);
+            einet::OnlineStep step;
+            {
+                py::gil_scoped_release release;
+                step = einet::online_step(predictor, conv_view, branch_view, observed_view,
+                                          {bytes.data(), static_cast<std::size_t>(bytes.shape(0))}, start, elapsed,
+                                          held_exit, held_default, parsed_rule, dist, options);
+            }
+            py::array_t<double> scores(static_cast<py::ssize_t>(step.scores.size()));
+            std::copy(step.scores.begin(), step.scores.end(), scores.mutable_data());
+            return py::make_tuple(as_bool_array(step.plan.mask), step.plan.value, step.plan.evaluations, scores,
+                                  step.held);
+        },
+        py::arg("predictor"), py::arg("observed"), py::arg("mask"), py::arg("conv"), py::arg("branch"),
+        py::arg("dist"), py::arg("method"), py::arg("depth"), py::arg("budget"), py::arg("seed"), py::arg("start"),
+        py::arg("elapsed"), py::arg("held_exit"), py::arg("held_default"), py::arg("rule"),
+        "Predict every exit's score, then search the remaining blocks: (mask, value, evaluations, scores, held).");
 
     m.def(
         "expected_accuracy",

@@ -15,7 +15,18 @@ except ImportError as error:  # pragma: no cover - only without a built extensio
 
 from . import reference
 from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
-from .planner import BatchPlans, Distribution, ETProfile, Plan, expected_accuracy, search, search_batch
+from ._core import Predictor as NativePredictor
+from .planner import (
+    BatchPlans,
+    Distribution,
+    ETProfile,
+    OnlineStep,
+    Plan,
+    expected_accuracy,
+    online_step,
+    search,
+    search_batch,
+)
 
 __version__: str = _core.__version__
 
@@ -26,11 +37,14 @@ __all__ = [
     "ETProfile",
     "Empirical",
     "Exponential",
+    "NativePredictor",
     "Normal",
+    "OnlineStep",
     "Plan",
     "Uniform",
     "__version__",
     "expected_accuracy",
+    "online_step",
     "reference",
     "search",
     "search_batch",

@@ -51,6 +51,14 @@ class Deterministic:
     @overload
     def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 
+class Predictor:
+    num_exits: int
+    calibrated: bool
+    def __init__(
+        self, weights: list[npt.NDArray[np.float64]], biases: list[npt.NDArray[np.float64]], calibrated: bool
+    ) -> None: ...
+    def predict(self, observed: npt.ArrayLike, mask: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]: ...
+
 _Distribution = Uniform | Normal | Exponential | Empirical | Deterministic
 
 def expected_accuracy(
@@ -66,3 +74,8 @@ def search_batch(
     depth: int, budget: int, seed: int, start: int, elapsed: npt.ArrayLike, held: npt.ArrayLike, rule: str,
     threads: int,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.uint64]]: ...
+def online_step(
+    predictor: Predictor, observed: npt.ArrayLike, mask: npt.NDArray[np.generic], conv: npt.ArrayLike,
+    branch: npt.ArrayLike, dist: _Distribution, method: str, depth: int, budget: int, seed: int, start: int,
+    elapsed: float, held_exit: int, held_default: float, rule: str,
+) -> tuple[npt.NDArray[np.bool_], float, int, npt.NDArray[np.float64], float]: ...

@@ -16,6 +16,7 @@ import numpy.typing as npt
 
 from . import _core
 from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
+from ._core import Predictor as NativePredictor
 
 Distribution = Union[Uniform, Normal, Exponential, Empirical, Deterministic]
 ArrayLike = npt.ArrayLike
@@ -191,3 +192,41 @@ def search_batch(
         0 if threads is None else _count(threads, "threads"),
     )
     return BatchPlans(masks, values, evaluations)
+
+
+@dataclass(frozen=True)
+class OnlineStep:
+    """One online step's result: the plan of the remaining blocks, every exit's score, the held score."""
+
+    plan: Plan
+    scores: npt.NDArray[np.float64]
+    held: float
+
+
+def online_step(
+    predictor: NativePredictor,
+    observed: ArrayLike,
+    observed_mask: ArrayLike,
+    et: ETProfile,
+    dist: Distribution,
+    start: int,
+    elapsed: float,
+    held_exit: int = -1,
+    held: float = 0.0,
+    rule: str = "latest",
+    method: str = "hybrid",
+    depth: int = 4,
+    budget: int = 1000,
+    seed: int = 0,
+) -> OnlineStep:
+    """Predict unobserved exit scores natively, then plan blocks ``start..N-1``: one native call.
+
+    ``observed`` holds the confidences seen so far (read only where ``observed_mask``
+    is set); ``held_exit`` is the exit whose answer is held (-1: none, credited ``held``).
+    """
+    _check_et(et)
+    mask, value, evaluations, scores, held_score = _core.online_step(
+        predictor, observed, np.asarray(observed_mask), et.conv, et.branch, dist, method, _count(depth, "depth"),
+        _count(budget, "budget"), _count(seed, "seed"), _count(start, "start"), elapsed, int(held_exit), held, rule,
+    )
+    return OnlineStep(Plan(mask, value, evaluations), scores, held_score)

@@ -1,1 +1,121 @@
+// The confidence-score predictor's forward pass, and the whole online step in one call.
+//
+// The predictor is an MLP trained in torch (einet/predictor.py) and exported as
+// dense layers: input = [observed scores (0 where not observed), observation
+// mask], ReLU hidden layers, sigmoid output = every exit's score. The online
+// step predicts the unobserved scores and searches the remaining blocks.
 #pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "objective.hpp"
+#include "search.hpp"
+
+namespace einet {
+
+struct DenseLayer {
+    std::size_t inputs = 0, outputs = 0;
+    std::vector<double> weight;  // row-major [outputs, inputs], as torch's nn.Linear stores it
+    std::vector<double> bias;    // [outputs]
+};
+
+class Predictor {
+public:
+    /// `calibrated`: the output is each exit's probability of being right (trained on correctness);
+    /// otherwise it predicts the confidence itself, and observed exits keep their observed value.
+    Predictor(std::vector<DenseLayer> layers, bool calibrated) : layers_(std::move(layers)), calibrated_(calibrated) {
+        if (layers_.empty()) throw std::invalid_argument("a predictor needs at least one layer");
+        for (std::size_t k = 0; k < layers_.size(); ++k) {
+            const DenseLayer& layer = layers_[k];
+            if (layer.weight.size() != layer.inputs * layer.outputs || layer.bias.size() != layer.outputs) {
+                throw std::invalid_argument("layer " + std::to_string(k) + ": weight/bias sizes do not match " +
+                                            std::to_string(layer.outputs) + "x" + std::to_string(layer.inputs));
+            }
+            if (k > 0 && layer.inputs != layers_[k - 1].outputs) {
+                throw std::invalid_argument("layer " + std::to_string(k) + " takes " + std::to_string(layer.inputs) +
+                                            " inputs but layer " + std::to_string(k - 1) + " gives " +
+                                            std::to_string(layers_[k - 1].outputs));
+            }
+            for (double w : layer.weight) {
+                if (!std::isfinite(w)) throw std::invalid_argument("layer " + std::to_string(k) + " has a non-finite weight");
+            }
+            for (double b : layer.bias) {
+                if (!std::isfinite(b)) throw std::invalid_argument("layer " + std::to_string(k) + " has a non-finite bias");
+            }
+        }
+        if (layers_.front().inputs != 2 * layers_.back().outputs) {
+            throw std::invalid_argument("the first layer takes " + std::to_string(layers_.front().inputs) +
+                                        " inputs; a predictor of " + std::to_string(layers_.back().outputs) +
+                                        " exits takes 2 x that many");
+        }
+    }
+
+    std::size_t num_exits() const { return layers_.back().outputs; }
+    bool calibrated() const { return calibrated_; }
+    const std::vector<DenseLayer>& layers() const { return layers_; }
+
+    /// Every exit's score from the observed ones (`observed[j]` counts only where mask[j] is 1).
+    void predict(const double* observed, const std::uint8_t* mask, double* scores) const {
+        const std::size_t n = num_exits();
+        std::vector<double> current(2 * n), next;
+        for (std::size_t j = 0; j < n; ++j) {
+            current[j] = mask[j] ? observed[j] : 0.0;
+            current[n + j] = mask[j] ? 1.0 : 0.0;
+        }
+        for (std::size_t k = 0; k < layers_.size(); ++k) {
+            const DenseLayer& layer = layers_[k];
+            next.assign(layer.outputs, 0.0);
+            for (std::size_t o = 0; o < layer.outputs; ++o) {
+                const double* row = layer.weight.data() + o * layer.inputs;
+                double sum = layer.bias[o];
+                for (std::size_t i = 0; i < layer.inputs; ++i) sum += row[i] * current[i];
+                next[o] = k + 1 < layers_.size() ? std::max(0.0, sum) : 1.0 / (1.0 + std::exp(-sum));
+            }
+            current.swap(next);
+        }
+        for (std::size_t j = 0; j < n; ++j) scores[j] = (!calibrated_ && mask[j]) ? observed[j] : current[j];
+    }
+
+private:
+    std::vector<DenseLayer> layers_;
+    bool calibrated_;
+};
+
+struct OnlineStep {
+    Plan plan;                   // over blocks start..N-1
+    std::vector<double> scores;  // every exit's score, observed or predicted
+    double held = 0.0;           // the score credited to the answer already held
+};
+
+/// One online step: predict every exit's score from what has been observed, then search the
+/// remaining blocks. `held_exit` is the exit whose answer is held (-1: none, credited `held_default`).
+inline OnlineStep online_step(const Predictor& predictor, Span<double> conv, Span<double> branch, Span<double> observed,
+                              Span<std::uint8_t> observed_mask, std::size_t start, double elapsed,
+                              std::int64_t held_exit, double held_default, Rule rule, const Distribution& dist,
+                              const SearchOptions& options) {
+    const std::size_t n = conv.size();
+    if (predictor.num_exits() != n) {
+        throw std::invalid_argument("the predictor covers " + std::to_string(predictor.num_exits()) +
+                                    " exits but the ET-profile has " + std::to_string(n) + " blocks");
+    }
+    validate_scores(observed, n);
+    validate_mask(observed_mask, n);
+    if (held_exit < -1 || held_exit >= static_cast<std::int64_t>(n) ||
+        (held_exit >= 0 && !observed_mask[static_cast<std::size_t>(held_exit)])) {
+        throw std::invalid_argument("held_exit=" + std::to_string(held_exit) + " must be -1 or an observed exit");
+    }
+    OnlineStep step;
+    step.scores.resize(n);
+    predictor.predict(observed.ptr, observed_mask.ptr, step.scores.data());
+    step.held = held_exit >= 0 ? step.scores[static_cast<std::size_t>(held_exit)] : held_default;
+    const Instance in{conv, branch, {step.scores.data(), n}, start, elapsed, step.held, rule};
+    step.plan = search(in, dist, options);
+    return step;
+}
+
+}  // namespace einet

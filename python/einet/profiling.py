@@ -1,0 +1,295 @@
+"""Block-wise profiles of a multi-exit model, and the one file format for profiles and predictors.
+
+- ET-profile (execution time): per block, the conv-part and branch times on a
+  device, after warm-up, over repeats: median (what the planner uses) and the
+  90th/99th percentiles. CPU: a monotonic nanosecond clock. CUDA: CUDA events,
+  synchronising once per repeat, not per block.
+- CS-profile (confidence score): per sample and exit, the confidence (max
+  softmax), the predicted class and whether it is right.
+
+Files are ``.npz`` archives read with ``allow_pickle=False``: named arrays plus
+a JSON header (format version, kind, metadata). Loading checks the version, the
+kind, every required array and its shape; writing goes to a temporary file that
+is renamed, so an interrupted write never leaves a half file behind.
+The profile classes need numpy only; measuring needs torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .planner import ETProfile
+
+if TYPE_CHECKING:
+    import torch
+
+    from .data import ImageDataset
+    from .models.base import MultiExitNetwork
+
+FORMAT_VERSION = 1
+
+
+class ProfileFormatError(ValueError):
+    """A profile or predictor file is unreadable, of another version or kind, or fails its schema."""
+
+
+def write_arrays(path: str | os.PathLike[str], kind: str, arrays: Mapping[str, np.ndarray],
+                 meta: Mapping[str, Any] | None = None) -> Path:
+    """Atomically write named arrays and a JSON header to `path` (.npz)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    header = json.dumps({"format": "einet", "version": FORMAT_VERSION, "kind": kind, "meta": dict(meta or {})})
+    partial = path.with_name(path.name + ".partial")
+    with open(partial, "wb") as f:
+        np.savez_compressed(f, __header__=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)
+    os.replace(partial, path)
+    return path
+
+
+def read_arrays(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by :func:`write_arrays`, checking its format, version and kind."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:  # our handle: closed on errors too
+            arrays = {name: archive[name] for name in archive.files}
+    except FileNotFoundError:
+        raise ProfileFormatError(f"missing file {path}") from None
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
+        raise ProfileFormatError(f"{path} is not a readable einet file (truncated or corrupt?): {error}") from None
+    if "__header__" not in arrays:
+        raise ProfileFormatError(f"{path} has no einet header")
+    try:
+        header = json.loads(arrays.pop("__header__").tobytes().decode())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ProfileFormatError(f"{path} has a corrupt header: {error}") from None
+    if header.get("format") != "einet" or header.get("version") != FORMAT_VERSION:
+        raise ProfileFormatError(f"{path} is format {header.get('format')!r} version {header.get('version')!r}; "
+                                 f"this einet reads version {FORMAT_VERSION}")
+    if header.get("kind") != kind:
+        raise ProfileFormatError(f"{path} holds a {header.get('kind')!r}, not a {kind!r}")
+    return arrays, header.get("meta", {})
+
+
+def _require(path: Path | str, arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> None:
+    """Each named array must exist with the given shape; negative entries (BLOCKS, SAMPLES) name
+    sizes that must agree across arrays."""
+    sizes: dict[int, int] = {}
+    for name, shape in shapes.items():
+        if name not in arrays:
+            raise ProfileFormatError(f"{path} misses the array {name!r}")
+        actual = arrays[name].shape
+        if len(actual) != len(shape):
+            raise ProfileFormatError(f"{path}: {name} must be {len(shape)}-D, got shape {actual}")
+        for want, got in zip(shape, actual):
+            if (want >= 0 and want != got) or (want < 0 and sizes.setdefault(want, got) != got):
+                raise ProfileFormatError(f"{path}: {name} has shape {actual}, inconsistent with the other arrays")
+
+
+# Named dimensions for _require: negative numbers stand for sizes shared across arrays.
+BLOCKS, SAMPLES = -1, -2
+
+
+@dataclass(frozen=True)
+class ETRecord:
+    """A measured ET-profile: medians (the planner's ETProfile), tail percentiles and provenance."""
+
+    conv: np.ndarray
+    branch: np.ndarray
+    conv_p90: np.ndarray
+    conv_p99: np.ndarray
+    branch_p90: np.ndarray
+    branch_p99: np.ndarray
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def profile(self) -> ETProfile:
+        return ETProfile(self.conv, self.branch)
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        names = ("conv", "branch", "conv_p90", "conv_p99", "branch_p90", "branch_p99")
+        return write_arrays(path, "et-profile", {n: np.asarray(getattr(self, n), np.float64) for n in names},
+                            self.meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> ETRecord:
+        arrays, meta = read_arrays(path, "et-profile")
+        names = ("conv", "branch", "conv_p90", "conv_p99", "branch_p90", "branch_p99")
+        _require(path, arrays, {n: (BLOCKS,) for n in names})
+        record = cls(**{n: arrays[n].astype(np.float64) for n in names}, meta=meta)
+        record.profile  # noqa: B018 - validates the times (finite, >= 0)
+        return record
+
+
+@dataclass(frozen=True)
+class CSProfile:
+    """Per sample and exit: confidence (max softmax), predicted class, correctness; plus the labels."""
+
+    confidence: np.ndarray  # float32 [S, N]
+    prediction: np.ndarray  # int64 [S, N]
+    correct: np.ndarray  # bool [S, N]
+    labels: np.ndarray  # int64 [S]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        s, n = self.confidence.shape if self.confidence.ndim == 2 else (-1, -1)
+        if s < 0 or self.prediction.shape != (s, n) or self.correct.shape != (s, n) or self.labels.shape != (s,):
+            raise ProfileFormatError(
+                f"CS-profile arrays disagree: confidence {self.confidence.shape}, prediction {self.prediction.shape},"
+                f" correct {self.correct.shape}, labels {self.labels.shape}")
+        if s and not (np.all(self.confidence >= 0) and np.all(self.confidence <= 1)):
+            raise ProfileFormatError("CS-profile confidences must lie in [0, 1]")
+
+    @property
+    def num_samples(self) -> int:
+        return int(self.labels.size)
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.confidence.shape[1])
+
+    def accuracy_per_exit(self) -> np.ndarray:
+        return self.correct.mean(axis=0)
+
+    def subset(self, indices: np.ndarray) -> CSProfile:
+        return CSProfile(self.confidence[indices], self.prediction[indices], self.correct[indices],
+                         self.labels[indices], dict(self.meta))
+
+    def save(self, path: str | os.PathLike[str]) -> Path:
+        return write_arrays(path, "cs-profile", {
+            "confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int16),
+            "correct": self.correct.astype(bool), "labels": self.labels.astype(np.int16)}, self.meta)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> CSProfile:
+        arrays, meta = read_arrays(path, "cs-profile")
+        _require(path, arrays, {"confidence": (SAMPLES, BLOCKS), "prediction": (SAMPLES, BLOCKS),
+                                "correct": (SAMPLES, BLOCKS), "labels": (SAMPLES,)})
+        return cls(arrays["confidence"].astype(np.float32), arrays["prediction"].astype(np.int64),
+                   arrays["correct"].astype(bool), arrays["labels"].astype(np.int64), meta)
+
+
+def environment(device: str, batch_size: int, dtype: str) -> dict[str, Any]:
+    """Where a profile was measured: device name, batch size, dtype and library versions."""
+    import torch
+
+    from . import __version__
+
+    name = torch.cuda.get_device_name(device) if device.startswith("cuda") else (platform.processor()
+                                                                                   or platform.machine())
+    return {"device": device, "device_name": name, "batch_size": batch_size, "dtype": dtype,
+            "threads": torch.get_num_threads(), "torch": torch.__version__, "einet": __version__,
+            "numpy": np.__version__, "python": platform.python_version(),
+            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def _timer(device: torch.device) -> Any:
+    """A clock for one block: returns a start() / stop() pair; CUDA events on GPU, ns counter on CPU."""
+    import torch
+
+    if device.type == "cuda":
+        class CudaTimer:
+            def __init__(self) -> None:
+                self.start_event = torch.cuda.Event(enable_timing=True)
+                self.stop_event = torch.cuda.Event(enable_timing=True)
+
+            def start(self) -> None:
+                self.start_event.record()
+
+            def stop(self) -> None:
+                self.stop_event.record()
+
+            def seconds(self) -> float:  # after the repeat's one synchronize
+                return float(self.start_event.elapsed_time(self.stop_event)) / 1e3
+
+        return CudaTimer
+
+    class CpuTimer:
+        def start(self) -> None:
+            self.begin = time.perf_counter_ns()
+
+        def stop(self) -> None:
+            self.end = time.perf_counter_ns()
+
+        def seconds(self) -> float:
+            return (self.end - self.begin) / 1e9
+
+    return CpuTimer
+
+
+def profile_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: str = "cpu", batch_size: int = 1,
+               warmup: int = 10, repeats: int = 50, dtype: str = "float32", progress: bool = True,
+               name: str | None = None) -> ETRecord:
+    """Measure every block's conv-part and branch time on `device` (inputs of `input_shape` without batch)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    if repeats < 1 or warmup < 0 or batch_size < 1:
+        raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 1; got {repeats}, {warmup}, {batch_size}")
+    target = torch.device(device)
+    torch_dtype = getattr(torch, dtype)
+    model = model.to(target, torch_dtype).eval()
+    x = torch.randn(batch_size, *input_shape, device=target, dtype=torch_dtype)
+    timer = _timer(target)
+    n = model.num_exits
+    conv_timers = [timer() for _ in range(n)]
+    branch_timers = [timer() for _ in range(n)]
+    conv = np.zeros((repeats, n))
+    branch = np.zeros((repeats, n))
+    with torch.inference_mode():
+        for r in tqdm(range(warmup + repeats), desc="ET-profile", disable=not progress, leave=False):
+            h = x
+            for i in range(n):
+                conv_timers[i].start()
+                h = model.forward_block(i, h)
+                conv_timers[i].stop()
+                branch_timers[i].start()
+                model.forward_exit(i, h)
+                branch_timers[i].stop()
+            if target.type == "cuda":
+                torch.cuda.synchronize(target)
+            if r >= warmup:
+                conv[r - warmup] = [t.seconds() for t in conv_timers]
+                branch[r - warmup] = [t.seconds() for t in branch_timers]
+    meta = environment(device, batch_size, dtype) | {"model": name or type(model).__name__, "repeats": repeats,
+                                                      "warmup": warmup, "input_shape": list(input_shape)}
+    q = {p: (np.percentile(conv, p, axis=0), np.percentile(branch, p, axis=0)) for p in (50, 90, 99)}
+    return ETRecord(q[50][0], q[50][1], q[90][0], q[99][0], q[90][1], q[99][1], meta)
+
+
+def profile_cs(model: MultiExitNetwork, dataset: ImageDataset, device: str = "cpu", batch_size: int = 500,
+               progress: bool = True, name: str | None = None, split: str | None = None) -> CSProfile:
+    """Every exit's confidence, prediction and correctness on every sample of `dataset`."""
+    import torch
+    from tqdm.auto import tqdm
+
+    target = torch.device(device)
+    model = model.to(target).eval()
+    augment, dataset.augment = dataset.augment, False
+    confidence, prediction, labels = [], [], []
+    try:
+        with torch.inference_mode():
+            batches = dataset.batches(batch_size)
+            for images, y in tqdm(batches, total=-(-len(dataset) // batch_size), desc="CS-profile",
+                                  disable=not progress, leave=False):
+                probabilities = torch.stack([logits.float().softmax(1) for logits in model(images.to(target))], 1)
+                best = probabilities.max(dim=2)
+                confidence.append(best.values.cpu())
+                prediction.append(best.indices.cpu())
+                labels.append(y)
+    finally:
+        dataset.augment = augment
+    conf = torch.cat(confidence).numpy()
+    pred = torch.cat(prediction).numpy().astype(np.int64)
+    lab = torch.cat(labels).numpy().astype(np.int64)
+    meta = {"model": name or type(model).__name__, "device": device, "samples": int(lab.size), "split": split}
+    return CSProfile(np.clip(conf, 0.0, 1.0), pred, pred == lab[:, None], lab, meta)
