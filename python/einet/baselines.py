@@ -1,0 +1,163 @@
+"""Exit policies: EINet and the baselines it is compared with (DESIGN.md section 8).
+
+A policy decides, block by block, whether to run the exit branch, and may stop
+the inference early. The same objects drive the trace-driven simulator
+(:mod:`einet.simulate`, fed with CS-profile confidences and ET-profile times)
+and the real-time runtime (:mod:`einet.runtime`, fed with the live model), so
+what is evaluated is what runs. The protocol:
+
+- ``begin(oracle=None)`` before each sample (``oracle``: the sample's per-exit
+  correctness, which only the clairvoyant ceiling may read);
+- ``run_branch(block, elapsed)`` after block's conv part: run its branch?
+- ``observe(block, confidence, elapsed)`` after a branch ran: True stops the inference.
+
+Numpy and the native planner only: no torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .planner import Distribution, ETProfile, NativePredictor, online_step, search
+
+
+class Policy:
+    """Base class: run every branch, never stop early (the multi-exit network without skipping)."""
+
+    name = "all exits"
+    needs_oracle = False
+
+    def begin(self, oracle: np.ndarray | None = None) -> None:
+        """A new sample starts."""
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        return True
+
+    def observe(self, block: int, confidence: float, elapsed: float) -> bool:
+        return False
+
+
+class FixedPlan(Policy):
+    """A plan fixed before the inference: the same branches for every sample."""
+
+    def __init__(self, mask: Sequence[bool], name: str) -> None:
+        self.mask = np.asarray(mask, dtype=bool)
+        if not self.mask.any():
+            raise ValueError(f"{name}: a fixed plan must run at least one branch")
+        self.name = name
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        return bool(self.mask[block])
+
+
+def static_plan(num_exits: int, fraction: float) -> FixedPlan:
+    """Run `fraction` of the exits, evenly spaced, the last always on (the paper's static plans)."""
+    if not 0.0 < fraction <= 1.0:
+        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+    count = max(1, round(fraction * num_exits))
+    chosen = {int(np.ceil((j + 1) * num_exits / count)) - 1 for j in range(count)}
+    mask = np.zeros(num_exits, dtype=bool)
+    mask[sorted(chosen)] = True
+    return FixedPlan(mask, f"static {round(100 * fraction)}%")
+
+
+def single_exit(num_exits: int) -> FixedPlan:
+    """The classic single-exit model: only the final classifier."""
+    mask = np.zeros(num_exits, dtype=bool)
+    mask[-1] = True
+    return FixedPlan(mask, "single-exit")
+
+
+def statistics_plan(mean_accuracy: Sequence[float], et: ETProfile, dist: Distribution, rule: str = "latest",
+                    method: str = "hybrid") -> FixedPlan:
+    """The statistics near-optimal plan: the search on dataset-mean exit accuracies, one plan for all."""
+    plan = search(np.asarray(mean_accuracy, dtype=np.float64), et, dist, method=method, rule=rule)
+    mask = plan.mask if plan.mask.any() else single_exit(et.num_blocks).mask
+    return FixedPlan(mask, "statistics")
+
+
+class ConfidenceThreshold(Policy):
+    """Classic early exit: run every branch in order, stop at the first confidence >= threshold."""
+
+    def __init__(self, threshold: float) -> None:
+        if not 0.0 < threshold <= 1.0:
+            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+        self.threshold = threshold
+        self.name = f"dynamic {round(100 * threshold)}%"
+
+    def observe(self, block: int, confidence: float, elapsed: float) -> bool:
+        return confidence >= self.threshold
+
+
+class EINet(Policy):
+    """Per-sample elastic planning: after every branch, predict the unseen exits' scores and re-plan.
+
+    One native call per step (:func:`einet.online_step`). ``method="random"``
+    gives the paper's "EINet with random search" ablation.
+    """
+
+    def __init__(self, predictor: NativePredictor, et: ETProfile, dist: Distribution, rule: str = "latest",
+                 method: str = "hybrid", depth: int = 4, budget: int = 1000, seed: int = 0,
+                 name: str | None = None) -> None:
+        if predictor.num_exits != et.num_blocks:
+            raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
+                             f"{et.num_blocks} blocks")
+        self.predictor, self.et, self.dist, self.rule = predictor, et, dist, rule
+        self.options = {"method": method, "depth": depth, "budget": budget, "seed": seed}
+        self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
+        n = et.num_blocks
+        self.observed = np.zeros(n)
+        self.mask = np.zeros(n, dtype=bool)
+        self.first_plan = self._plan(start=0, elapsed=0.0, held_exit=-1).plan.mask  # the same for every sample
+
+    def _plan(self, start: int, elapsed: float, held_exit: int):  # type: ignore[no-untyped-def]
+        return online_step(self.predictor, self.observed, self.mask, self.et, self.dist, start, elapsed,
+                           held_exit=held_exit, rule=self.rule, **self.options)
+
+    def begin(self, oracle: np.ndarray | None = None) -> None:
+        self.observed[:] = 0.0
+        self.mask[:] = False
+        self.plan, self.plan_start, self.held_exit = self.first_plan, 0, -1
+        self.best_confidence = -1.0
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        return bool(self.plan[block - self.plan_start])
+
+    def observe(self, block: int, confidence: float, elapsed: float) -> bool:
+        self.observed[block] = confidence
+        self.mask[block] = True
+        if self.rule == "latest" or confidence > self.best_confidence:
+            self.held_exit, self.best_confidence = block, max(confidence, self.best_confidence)
+        if block + 1 < self.et.num_blocks:
+            self.plan = self._plan(block + 1, elapsed, self.held_exit).plan.mask
+            self.plan_start = block + 1
+        return False
+
+
+class Clairvoyant(Policy):
+    """A ceiling no real policy can pass: the best plan given the sample's true per-exit correctness.
+
+    It still does not know tau. Exhaustive search up to 20 blocks, hybrid beyond.
+    """
+
+    name = "clairvoyant"
+    needs_oracle = True
+
+    def __init__(self, et: ETProfile, dist: Distribution, rule: str = "latest") -> None:
+        self.et, self.dist, self.rule = et, dist, rule
+        self.method = "exhaustive" if et.num_blocks <= 20 else "hybrid"
+        self._cache: dict[bytes, np.ndarray] = {}
+
+    def begin(self, oracle: np.ndarray | None = None) -> None:
+        if oracle is None:
+            raise ValueError("the clairvoyant policy needs each sample's per-exit correctness (simulation only)")
+        key = np.asarray(oracle, dtype=bool).tobytes()
+        if key not in self._cache:
+            scores = np.asarray(oracle, dtype=np.float64)
+            self._cache[key] = search(scores, self.et, self.dist, method=self.method, rule=self.rule).mask
+        self.mask = self._cache[key]
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        return bool(self.mask[block])
