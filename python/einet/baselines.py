@@ -161,3 +161,22 @@ class Clairvoyant(Policy):
 
     def run_branch(self, block: int, elapsed: float) -> bool:
         return bool(self.mask[block])
+
+
+RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"
+
+
+def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor,
+                      mean_accuracy: Sequence[float], rule: str = "latest") -> list[Policy]:
+    """Every policy of the paper's comparison for one exit-time distribution, EINet first, the
+    clairvoyant ceiling last. `mean_accuracy`: per-exit accuracy on held-out data (statistics plan)."""
+    n = et.num_blocks
+    return [
+        EINet(predictor, et, dist, rule),
+        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)"),
+        static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),
+        ConfidenceThreshold(0.90), ConfidenceThreshold(0.95), ConfidenceThreshold(0.99),
+        statistics_plan(mean_accuracy, et, dist, rule),
+        single_exit(n),
+        Clairvoyant(et, dist, rule),
+    ]

@@ -15,11 +15,13 @@ reading a finished branch's confidence, which the planner needs.
 
 from __future__ import annotations
 
+import queue
+import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Any, Union
 
 import torch
 
@@ -29,6 +31,7 @@ from .models.base import MultiExitNetwork
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
 POLL_SECONDS = 1e-4  # how often a callable interrupt is asked
+SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,8 @@ class _Published:
 class ElasticRuntime:
     """Runs one sample at a time with `policy`, returning the best answer held when stopped."""
 
-    def __init__(self, model: MultiExitNetwork, policy: Policy, rule: str = "latest", device: str = "cpu") -> None:
+    def __init__(self, model: MultiExitNetwork, policy: Policy, rule: str = "latest", device: str = "cpu",
+                 threads: int | None = None) -> None:
         if rule not in ("latest", "best"):
             raise ValueError(f"unknown rule {rule!r}: expected 'latest' or 'best'")
         if policy.needs_oracle:
@@ -74,7 +78,25 @@ class ElasticRuntime:
         self.model = model.to(self.device).eval()
         self.policy = policy
         self.rule = rule
-        self._worker: threading.Thread | None = None
+        self.threads = threads or torch.get_num_threads()  # torch's intra-op threads are per calling thread
+        # One long-lived worker: a fresh thread per sample would also build a fresh OpenMP team
+        # inside torch, costing more than a small model's whole inference.
+        self._jobs: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
+        self._idle = threading.Event()
+        self._idle.set()
+        self._worker = threading.Thread(target=self._serve, daemon=True, name="einet-runtime")
+        self._worker.start()
+        # A waiting caller needs the GIL back within its latency budget, not Python's default 5 ms.
+        self._switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
+
+    def _serve(self) -> None:
+        torch.set_num_threads(self.threads)
+        while (job := self._jobs.get()) is not None:
+            try:
+                self._run(*job)
+            finally:
+                self._idle.set()
 
     def _run(self, x: torch.Tensor, started: float, stop: threading.Event, held: _Published,
              done: threading.Event) -> None:
@@ -107,13 +129,14 @@ class ElasticRuntime:
 
     def infer(self, x: torch.Tensor, interrupt: Interrupt = None) -> Answer:
         """Elastic inference of one sample (batch of one) until it ends or `interrupt` fires."""
-        if self._worker is not None:
-            self._worker.join()  # the previous, interrupted sample's block in flight
+        if self._worker is None:
+            raise RuntimeError("this runtime is closed")
+        self._idle.wait()  # the previous, interrupted sample's block in flight
+        self._idle.clear()
         stop, done, held = threading.Event(), threading.Event(), _Published()
         self.policy.begin()
         started = time.perf_counter()
-        self._worker = threading.Thread(target=self._run, args=(x, started, stop, held, done), daemon=True)
-        self._worker.start()
+        self._jobs.put((x, started, stop, held, done))
         interrupted = self._wait(done, interrupt, started)
         cutoff = time.perf_counter() - started
         if interrupted:
@@ -149,6 +172,15 @@ class ElasticRuntime:
         raise TypeError(f"interrupt must be seconds, a threading.Event or a callable, got {type(interrupt).__name__}")
 
     def close(self) -> None:
+        """Finish the block in flight, stop the worker and restore Python's thread switch interval."""
         if self._worker is not None:
+            self._jobs.put(None)
             self._worker.join()
             self._worker = None
+            sys.setswitchinterval(self._switch_interval)
+
+    def __enter__(self) -> ElasticRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

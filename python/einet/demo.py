@@ -1,0 +1,82 @@
+"""``einet demo``: the whole pipeline on the MNIST slice shipped inside the package.
+
+Train a fine-grained multi-exit VGG-16 (14 exits, narrow), profile it on this
+machine, fit the confidence-score predictor on held-out data, compare EINet
+with every baseline in the trace-driven simulator, then run EINet for real
+under random interrupts and check it against the simulator's prediction.
+No ../shared, no downloads; about two minutes on two cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from importlib.resources import as_file, files
+
+import numpy as np
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    import torch
+
+    from .baselines import EINet
+    from .cli import _comparison
+    from .data import dataset_for, load_mnist
+    from .models import TrainConfig, build, train
+    from .predictor import fit_predictor
+    from .profiling import profile_cs, profile_et
+    from .runtime import ElasticRuntime
+    from .simulate import compare, evaluate, full_inference_time, markdown_table, relative_distribution
+    from .simulate import sample_exit_times
+
+    started = time.perf_counter()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    with as_file(files("einet") / "resources") as root:
+        train_all, test = load_mnist(root, "train"), load_mnist(root, "test")
+    train_part, holdout = train_all.split(0.2, seed=0)
+    print(f"[1/5] training a 14-exit VGG-16 (width 1/8) on {len(train_part)} MNIST images "
+          f"({len(holdout)} held out for the predictor, {len(test)} for testing)")
+    model = build("vgg16_fine", num_classes=10, in_channels=1, width=0.125)
+    history = train(model, dataset_for("mnist", train_part, True), dataset_for("mnist", test, False),
+                    TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05, seed=0))
+    print("      test accuracy per exit (%): " + " ".join(f"{100 * a:.0f}" for a in history.test_accuracy[-1]))
+
+    print("[2/5] profiling block times on this machine (batch 1) and exit confidences")
+    record = profile_et(model, (1, 28, 28), warmup=10, repeats=40, name="vgg16_fine (width 0.125)")
+    holdout_cs = profile_cs(model, dataset_for("mnist", holdout, False), split="holdout")
+    test_cs = profile_cs(model, dataset_for("mnist", test, False), split="test")
+    et = record.profile
+    print(f"      full inference {1e3 * full_inference_time(et):.2f} ms; "
+          f"all 14 branches add {1e3 * et.branch[:-1].sum():.2f} ms")
+
+    print("[3/5] fitting the confidence-score predictor (correctness target) on the held-out split")
+    predictor, _ = fit_predictor(holdout_cs, "correctness", hidden=(64, 64), epochs=80, seed=0)
+    native = predictor.to_native()
+
+    print("[4/5] trace-driven comparison, exit time uniform over one full inference")
+    dist = relative_distribution("uniform", full_inference_time(et))
+    results = _comparison(et, dist, native, holdout_cs, test_cs, "latest", draws=100)
+    print()
+    print(markdown_table(compare(results), "Accuracy when the inference is stopped at a random moment"))
+
+    print(f"[5/5] EINet for real: {args.samples} test images, each interrupted by a timer at a random moment")
+    runtime = ElasticRuntime(model, EINet(native, et, dist))
+    chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
+    deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
+    images = dataset_for("mnist", test, False).images
+    right, latencies = 0, []
+    for index, deadline in zip(chosen, deadlines):
+        answer = runtime.infer(images[index:index + 1], interrupt=float(deadline))
+        right += answer.prediction is not None and answer.prediction == int(test.labels[index])
+        if answer.interrupted:
+            latencies.append(answer.elapsed - deadline)
+    runtime.close()
+    predicted = evaluate(EINet(native, et, dist), test_cs.subset(chosen), et, dist, draws=200)
+    print(f"      real-time accuracy {100 * right / args.samples:.1f}%; the simulator predicts "
+          f"{100 * predicted.expected:.1f}% for these images")
+    if latencies:
+        print(f"      interrupt latency: median {1e3 * np.median(latencies):.2f} ms, "
+              f"max {1e3 * np.max(latencies):.2f} ms")
+    print(f"done in {time.perf_counter() - started:.0f} s")
+    return 0
