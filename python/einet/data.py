@@ -373,6 +373,11 @@ class ImageDataset:
     def __len__(self) -> int:
         return int(self.labels.numel())
 
+    def to(self, device: str | torch.device) -> ImageDataset:
+        """Move the tensors (e.g. to a GPU, where batches and augmentation then stay)."""
+        self.images, self.labels = self.images.to(device), self.labels.to(device)
+        return self
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
@@ -396,14 +401,18 @@ def _augment(images: torch.Tensor, pad: int, generator: torch.Generator | None) 
     import torch.nn.functional as F
 
     n, c, h, w = images.shape
+    device = images.device
+    if device.type != "cpu":
+        generator = None  # a CPU generator cannot draw on the GPU: use the device's (seeded by manual_seed)
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None]
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :]
-    out = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    rows = (dy[:, None] + torch.arange(h, device=device)[None, :])[:, None, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=device)[None, :])[:, None, None, :]
+    index_n = torch.arange(n, device=device)[:, None, None, None]
+    out = padded[index_n, torch.arange(c, device=device)[None, :, None, None], rows, cols]
     if c == 3:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = torch.rand(n, generator=generator, device=device) < 0.5
         out[flip] = out[flip].flip(3)
     return out
 

@@ -285,7 +285,7 @@ def profile_cs(model: MultiExitNetwork, dataset: ImageDataset, device: str = "cp
                 best = probabilities.max(dim=2)
                 confidence.append(best.values.cpu())
                 prediction.append(best.indices.cpu())
-                labels.append(y)
+                labels.append(y.cpu())
     finally:
         dataset.augment = augment
     conf = torch.cat(confidence).numpy()

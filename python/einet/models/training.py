@@ -39,6 +39,7 @@ class TrainConfig:
     freeze_backbone: bool = False
     seed: int = 0
     threads: int | None = None
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -101,14 +102,15 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_
 
 @torch.no_grad()
 def evaluate(model: MultiExitNetwork, dataset: ImageDataset, batch_size: int = 500) -> list[float]:
-    """Per-exit accuracy on a dataset (no augmentation)."""
+    """Per-exit accuracy on a dataset (no augmentation), on the model's device."""
     model.eval()
+    device = next(model.parameters()).device
     augment, dataset.augment = dataset.augment, False
     correct = torch.zeros(model.num_exits)
     try:
         for images, labels in dataset.batches(batch_size):
-            for i, logits in enumerate(model(images)):
-                correct[i] += (logits.argmax(1) == labels).sum()
+            for i, logits in enumerate(model(images.to(device))):
+                correct[i] += (logits.argmax(1) == labels.to(device)).sum().cpu()
     finally:
         dataset.augment = augment
     return (correct / len(dataset)).tolist()
@@ -129,7 +131,8 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)
-    weights = exit_weights(model, config)
+    weights = exit_weights(model, config).to(config.device)
+    model.to(config.device)
     optimizer = _optimizer(_trainable(model, config), config)
     steps = math.ceil(len(train_set) / config.batch_size)
     scheduler = _scheduler(optimizer, config, steps)
@@ -152,11 +155,13 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
         _set_train_mode(model, config)
-        total, seen = 0.0, 0
-        correct = torch.zeros(model.num_exits)
+        total, seen = torch.zeros((), device=config.device), 0
+        correct = torch.zeros(model.num_exits, device=config.device)
         bar = tqdm(train_set.batches(config.batch_size, shuffle=True, generator=generator), total=steps,
                    desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
         for images, labels in bar:
+            images = images.to(config.device, non_blocking=True)
+            labels = labels.to(config.device, non_blocking=True)
             outputs = model(images)
             losses = torch.stack([loss_fn(logits, labels) for logits in outputs])
             loss = (losses * weights).sum()
@@ -164,13 +169,15 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
             loss.backward()
             optimizer.step()
             scheduler.step()
-            total += float(loss.detach()) * len(labels)
             seen += len(labels)
             with torch.no_grad():
+                total += loss.detach() * len(labels)  # kept on the device: no sync per step
                 for i, logits in enumerate(outputs):
                     correct[i] += (logits.argmax(1) == labels).sum()
-            bar.set_postfix(loss=f"{total / seen:.3f}", acc=" ".join(f"{100 * c / seen:.0f}" for c in correct))
-        history.loss.append(total / seen)
+            if progress and bar.n % 10 == 0:
+                bar.set_postfix(loss=f"{float(total) / seen:.3f}",
+                                acc=" ".join(f"{100 * c / seen:.0f}" for c in correct.tolist()))
+        history.loss.append(float(total) / seen)
         history.test_accuracy.append(evaluate(model, test_set) if test_set is not None else [])
         history.seconds.append(time.perf_counter() - started)
         if progress:
