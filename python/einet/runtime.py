@@ -2,8 +2,10 @@
 
 A worker thread runs the model block by block. After each block's conv part
 the policy decides whether to run its branch; every finished branch's answer
-is published at once (rule ``latest`` or ``best``), its confidence goes to the
-policy, which re-plans (EINet: one native predict-and-search call). The caller
+is published at once (rule ``latest`` or ``best``), and its confidence goes to
+the policy, which re-plans (EINet: one native predict-and-search call). The
+policy hears of a branch right after the next block has been issued, so on
+CUDA the planning overlaps that block's kernels instead of idling the GPU. The caller
 waits for the inference or a forced exit, whichever comes first: a deadline in
 seconds, a ``threading.Event``, or a callable returning True. On a forced exit
 the held answer comes back at once; the block in flight is not waited for (the
@@ -103,10 +105,18 @@ class ElasticRuntime:
         try:
             with torch.inference_mode():
                 h = x.to(self.device, non_blocking=True)
+                pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
                 for i in range(self.model.num_exits):
                     if stop.is_set():
                         return
-                    h = self.model.forward_block(i, h)
+                    h = self.model.forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
+                    if pending is not None:
+                        before = time.perf_counter()
+                        finish = self.policy.observe(*pending)
+                        held.planning += time.perf_counter() - before
+                        pending = None
+                        if finish:
+                            return
                     if stop.is_set():
                         return
                     before = time.perf_counter()
@@ -117,13 +127,10 @@ class ElasticRuntime:
                     probabilities = self.model.forward_exit(i, h).float().softmax(-1)
                     confidence_t, prediction_t = probabilities.max(-1)
                     confidence, prediction = float(confidence_t), int(prediction_t)  # the one sync per branch
-                    before = time.perf_counter()
+                    finished = time.perf_counter() - started
                     with held.lock:
-                        held.answers.append((before - started, i, prediction, confidence))
-                    finish = self.policy.observe(i, confidence, before - started)
-                    held.planning += time.perf_counter() - before
-                    if finish:
-                        return
+                        held.answers.append((finished, i, prediction, confidence))
+                    pending = (i, confidence, finished)
         finally:
             done.set()
 

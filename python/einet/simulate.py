@@ -91,6 +91,7 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile) -> Trace:
                 q += 1
                 if policy.observe(i, row[i], t):
                     break
+                t += policy.overhead
     return Trace(times, exits)
 
 
