@@ -105,3 +105,31 @@ def test_bad_arguments():
         ElasticRuntime(slow_model(), Clairvoyant(et, einet.Uniform(0, 8)))
     with pytest.raises(TypeError, match="interrupt must be"):
         ElasticRuntime(slow_model(0.001), Policy()).infer(X, interrupt="soon")
+
+
+class Failing(nn.Module):
+    def forward(self, h):
+        raise RuntimeError("block failed")
+
+
+def test_a_failing_block_raises_in_the_caller_and_the_runtime_stays_usable():
+    model = MultiExitNetwork([Sleep(0.0), Failing()], [Constant(0, 0.9), Constant(1, 0.9)])
+    runtime = ElasticRuntime(model, Policy())
+    with pytest.raises(RuntimeError, match="block failed"):
+        runtime.infer(X)
+    with pytest.raises(RuntimeError, match="block failed"):
+        runtime.infer(X)
+    runtime.close()
+
+
+def test_interrupted_planning_never_leaks_into_the_next_sample():
+    import einet
+    from einet.baselines import EINet
+    from einet.predictor import ConfidencePredictor
+
+    et = einet.ETProfile([0.002] * 4, [0.001] * 4)
+    policy = EINet(ConfidencePredictor(4, (8,)).to_native(), et, einet.Uniform(0, 0.012))
+    with ElasticRuntime(slow_model(0.002), policy) as runtime:
+        for k in range(60):  # interrupts at every phase of the inference
+            answer = runtime.infer(X, interrupt=0.0005 * (k % 20))
+            assert answer.exit is None or answer.exit in answer.exits_run

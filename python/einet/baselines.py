@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from . import _core
 from .planner import Distribution, ETProfile, NativePredictor, online_step, search
 
 
@@ -113,16 +114,21 @@ class EINet(Policy):
         self.overhead = overhead
         self.predictor, self.dist, self.rule = predictor, dist, rule
         self.et = ETProfile(et.conv, et.branch + overhead) if overhead else et
-        self.options = {"method": method, "depth": depth, "budget": budget, "seed": seed}
         self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
         n = et.num_blocks
         self.observed = np.zeros(n)
         self.mask = np.zeros(n, dtype=bool)
-        self.first_plan = self._plan(start=0, elapsed=0.0, held_exit=-1).plan.mask  # the same for every sample
+        # Checked once here through the public API; the online steps then call the core directly,
+        # since the wrapper's argument checks would cost more than the native step itself.
+        first = online_step(predictor, self.observed, self.mask, self.et, dist, 0, 0.0, rule=rule, method=method,
+                            depth=depth, budget=budget, seed=seed)
+        self.first_plan = first.plan.mask  # no observation yet: the same for every sample
+        self._search = (method, depth, budget, seed)
 
-    def _plan(self, start: int, elapsed: float, held_exit: int):  # type: ignore[no-untyped-def]
-        return online_step(self.predictor, self.observed, self.mask, self.et, self.dist, start, elapsed,
-                           held_exit=held_exit, rule=self.rule, **self.options)
+    def _plan(self, start: int, elapsed: float, held_exit: int) -> np.ndarray:
+        mask, *_ = _core.online_step(self.predictor, self.observed, self.mask, self.et.conv, self.et.branch,
+                                     self.dist, *self._search, start, elapsed, held_exit, 0.0, self.rule)
+        return mask
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         self.observed[:] = 0.0
@@ -139,7 +145,7 @@ class EINet(Policy):
         if self.rule == "latest" or confidence > self.best_confidence:
             self.held_exit, self.best_confidence = block, max(confidence, self.best_confidence)
         if block + 1 < self.et.num_blocks:
-            self.plan = self._plan(block + 1, elapsed, self.held_exit).plan.mask
+            self.plan = self._plan(block + 1, elapsed, self.held_exit)
             self.plan_start = block + 1
         return False
 

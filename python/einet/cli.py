@@ -76,7 +76,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     shape = (holdout.channels, *holdout.images.shape[1:3])
     name = f"{spec['name']} (width {spec.get('width', 1.0)})"
     record = profile_et(model, shape, device=args.device, batch_size=args.batch_size, warmup=args.warmup,
-                        repeats=args.repeats, name=name)
+                        repeats=args.repeats, name=name, threads=args.runtime_threads)
     record.save(out / "et.npz")
     for split, arrays in (("holdout", holdout), ("test", test)):
         profile_cs(model, dataset_for(args.dataset, arrays, train=False), device=args.device, name=name,
@@ -207,7 +207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--repeats", type=int, default=100)
     p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
     p.add_argument("--seed", type=int, default=0, help="as given to `einet train`")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=2, help="torch threads for the CS-profiles")
+    p.add_argument("--runtime-threads", type=int, default=1,
+                   help="torch threads the runtime will use (the ET-profile is measured with them)")
     p.set_defaults(run=cmd_profile)
 
     p = commands.add_parser("fit-predictor", help="train the confidence-score predictor on a held-out CS-profile")

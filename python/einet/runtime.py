@@ -3,9 +3,11 @@
 A worker thread runs the model block by block. After each block's conv part
 the policy decides whether to run its branch; every finished branch's answer
 is published at once (rule ``latest`` or ``best``), and its confidence goes to
-the policy, which re-plans (EINet: one native predict-and-search call). The
-policy hears of a branch right after the next block has been issued, so on
-CUDA the planning overlaps that block's kernels instead of idling the GPU. The caller
+the policy, which re-plans (EINet: one native predict-and-search call) right
+after the next block has been issued: the plan is only needed once that block
+ends, so on CUDA the planning overlaps the queued kernels instead of idling the
+GPU. (On a CPU a planner thread would overlap too, but handing work between
+threads costs more than the ~10-40 us a re-planning step takes.) The caller
 waits for the inference or a forced exit, whichever comes first: a deadline in
 seconds, a ``threading.Event``, or a callable returning True. On a forced exit
 the held answer comes back at once; the block in flight is not waited for (the
@@ -27,13 +29,17 @@ from typing import Any, Union
 
 import torch
 
+import numpy as np
+
 from .baselines import Policy
 from .models.base import MultiExitNetwork
+from .profiling import ETRecord
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
 POLL_SECONDS = 1e-4  # how often a callable interrupt is asked
 SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
+SPIN_SECONDS = 2e-3  # how long the idle worker polls for the next sample before blocking
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class _Published:
     lock: threading.Lock = field(default_factory=threading.Lock)
     answers: list[tuple[float, int, int, float]] = field(default_factory=list)
     planning: float = 0.0
+    error: BaseException | None = None
 
     def held(self, rule: str, cutoff: float) -> tuple[int, int, float] | None:
         """The answer held at `cutoff` seconds: the latest, or the most confident, finished by then."""
@@ -71,7 +78,7 @@ class ElasticRuntime:
     """Runs one sample at a time with `policy`, returning the best answer held when stopped."""
 
     def __init__(self, model: MultiExitNetwork, policy: Policy, rule: str = "latest", device: str = "cpu",
-                 threads: int | None = None) -> None:
+                 threads: int = 1) -> None:
         if rule not in ("latest", "best"):
             raise ValueError(f"unknown rule {rule!r}: expected 'latest' or 'best'")
         if policy.needs_oracle:
@@ -80,7 +87,9 @@ class ElasticRuntime:
         self.model = model.to(self.device).eval()
         self.policy = policy
         self.rule = rule
-        self.threads = threads or torch.get_num_threads()  # torch's intra-op threads are per calling thread
+        # torch's intra-op threads for the worker. One by default: a batch of one gains little from more
+        # on a small CPU, and a second core stays free for the caller; profile_et uses the same default.
+        self.threads = threads
         # One long-lived worker: a fresh thread per sample would also build a fresh OpenMP team
         # inside torch, costing more than a small model's whole inference.
         self._jobs: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
@@ -92,47 +101,60 @@ class ElasticRuntime:
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
 
+    def _next_job(self) -> tuple[Any, ...] | None:
+        """The next sample: polled for a moment first, since waking a blocked thread costs ~0.1 ms
+        (measured on a 2-core VM), a large share of a small model's inference."""
+        deadline = time.perf_counter() + SPIN_SECONDS
+        while time.perf_counter() < deadline:
+            try:
+                return self._jobs.get_nowait()
+            except queue.Empty:
+                time.sleep(0)
+        return self._jobs.get()
+
     def _serve(self) -> None:
         torch.set_num_threads(self.threads)
-        while (job := self._jobs.get()) is not None:
+        while (job := self._next_job()) is not None:
+            *arguments, held, done = job
             try:
-                self._run(*job)
+                self._run(*arguments, held)
+            except BaseException as error:  # handed to the caller, who re-raises it
+                held.error = error
             finally:
+                done.set()
                 self._idle.set()
 
-    def _run(self, x: torch.Tensor, started: float, stop: threading.Event, held: _Published,
-             done: threading.Event) -> None:
-        try:
-            with torch.inference_mode():
-                h = x.to(self.device, non_blocking=True)
-                pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
-                for i in range(self.model.num_exits):
-                    if stop.is_set():
-                        return
-                    h = self.model.forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
-                    if pending is not None:
-                        before = time.perf_counter()
-                        finish = self.policy.observe(*pending)
-                        held.planning += time.perf_counter() - before
-                        pending = None
-                        if finish:
-                            return
-                    if stop.is_set():
-                        return
+    def _run(self, x: torch.Tensor, started: float, stop: threading.Event, held: _Published) -> None:
+        with torch.inference_mode():
+            h = x.to(self.device, non_blocking=True)
+            pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
+            for i in range(self.model.num_exits):
+                if stop.is_set():
+                    return
+                h = self.model.forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
+                if pending is not None:
                     before = time.perf_counter()
-                    run = self.policy.run_branch(i, before - started)
+                    finish = self.policy.observe(*pending)
                     held.planning += time.perf_counter() - before
-                    if not run:
-                        continue
-                    probabilities = self.model.forward_exit(i, h).float().softmax(-1)
-                    confidence_t, prediction_t = probabilities.max(-1)
-                    confidence, prediction = float(confidence_t), int(prediction_t)  # the one sync per branch
-                    finished = time.perf_counter() - started
-                    with held.lock:
-                        held.answers.append((finished, i, prediction, confidence))
-                    pending = (i, confidence, finished)
-        finally:
-            done.set()
+                    pending = None
+                    if finish:
+                        return
+                if stop.is_set():
+                    return
+                before = time.perf_counter()
+                run = self.policy.run_branch(i, before - started)
+                held.planning += time.perf_counter() - before
+                if not run:
+                    continue
+                probabilities = self.model.forward_exit(i, h).float().softmax(-1)
+                confidence_t, prediction_t = probabilities.max(-1)
+                confidence, prediction = float(confidence_t), int(prediction_t)  # the one sync per branch
+                finished = time.perf_counter() - started
+                with held.lock:
+                    held.answers.append((finished, i, prediction, confidence))
+                pending = (i, confidence, finished)
+            if pending is not None:  # the last block's branch: the policy still hears of it
+                self.policy.observe(*pending)
 
     def infer(self, x: torch.Tensor, interrupt: Interrupt = None) -> Answer:
         """Elastic inference of one sample (batch of one) until it ends or `interrupt` fires."""
@@ -150,6 +172,8 @@ class ElasticRuntime:
             stop.set()
             if isinstance(interrupt, (int, float)):
                 cutoff = min(cutoff, float(interrupt))  # an answer finished after the deadline does not count
+        if held.error is not None:
+            raise held.error
         answer = held.held(self.rule, cutoff)
         exits_run = tuple(a[1] for a in held.answers if a[0] <= cutoff)
         elapsed = time.perf_counter() - started
@@ -178,6 +202,25 @@ class ElasticRuntime:
             return False
         raise TypeError(f"interrupt must be seconds, a threading.Event or a callable, got {type(interrupt).__name__}")
 
+    def profile(self, x: torch.Tensor, warmup: int = 20, repeats: int = 200) -> ETRecord:
+        """An ET-profile measured through this runtime: every branch run, each block's conv time taken
+        from the previous answer (or the call) to the end of its conv part, each branch's time to its
+        published answer. It carries everything the runtime adds to the model (hand-over to the
+        worker, reading answers back), so simulations with it predict this runtime."""
+        recorder = _Recorder(self.model.num_exits)
+        policy, self.policy = self.policy, recorder
+        try:
+            for r in range(warmup + repeats):
+                recorder.round = r - warmup
+                self.infer(x)
+        finally:
+            self.policy = policy
+        q = {p: (np.percentile(recorder.conv, p, axis=0), np.percentile(recorder.branch, p, axis=0))
+             for p in (50, 90, 99)}
+        meta = {"device": str(self.device), "threads": self.threads, "repeats": repeats, "warmup": warmup,
+                "measured": "through the elastic runtime"}
+        return ETRecord(q[50][0], q[50][1], q[90][0], q[99][0], q[90][1], q[99][1], meta)
+
     def close(self) -> None:
         """Finish the block in flight, stop the worker and restore Python's thread switch interval."""
         if self._worker is not None:
@@ -191,3 +234,64 @@ class ElasticRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+class _Recorder(Policy):
+    """Runs every branch and records when each block's conv part and branch ended."""
+
+    name = "recorder"
+
+    def __init__(self, num_exits: int) -> None:
+        self.round = -1
+        self.conv: np.ndarray = np.zeros((0, num_exits))
+        self.branch: np.ndarray = np.zeros((0, num_exits))
+        self.last = 0.0
+
+    def begin(self, oracle: np.ndarray | None = None) -> None:
+        self.last = 0.0
+        if self.round >= 0:
+            self.conv = np.vstack([self.conv, np.zeros(self.conv.shape[1])])
+            self.branch = np.vstack([self.branch, np.zeros(self.branch.shape[1])])
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        if self.round >= 0:
+            self.conv[-1, block] = elapsed - self.last
+        self.last = elapsed
+        return True
+
+    def observe(self, block: int, confidence: float, elapsed: float) -> bool:
+        if self.round >= 0:
+            self.branch[-1, block] = elapsed - self.last
+        self.last = elapsed
+        return False
+
+
+@dataclass(frozen=True)
+class RealtimeReport:
+    """Elastic inference under real timer interrupts over many samples."""
+
+    accuracy: float  # share of samples whose returned answer was right (no answer: wrong)
+    latencies: tuple[float, ...]  # seconds from each forced exit to the answer's return
+    planning_share: float  # time in the policy / total inference time, over the runs not interrupted
+    samples: int
+
+
+def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadlines: Any,
+                       uninterrupted: int = 100, progress: bool = True) -> RealtimeReport:
+    """Each image (a row of `images`) interrupted at its deadline (seconds); then `uninterrupted`
+    images run to the end to measure the planner's share of the inference time."""
+    from tqdm.auto import tqdm
+
+    right, latencies = 0, []
+    for k in tqdm(range(len(deadlines)), desc="real-time", disable=not progress, leave=False):
+        answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]))
+        right += answer.prediction is not None and answer.prediction == int(labels[k])
+        if answer.interrupted:
+            latencies.append(answer.elapsed - float(deadlines[k]))
+    planning, total = 0.0, 0.0
+    for k in range(min(uninterrupted, len(deadlines))):
+        answer = runtime.infer(images[k:k + 1])
+        planning += answer.planning_seconds
+        total += answer.elapsed
+    return RealtimeReport(right / len(deadlines), tuple(latencies), planning / total if total else 0.0,
+                          len(deadlines))

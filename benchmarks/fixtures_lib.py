@@ -1,0 +1,31 @@
+"""The committed profiles of trained models (benchmarks/fixtures/<name>/), and where they came from.
+
+Each folder holds et.npz (ET-profile), cs-holdout.npz and cs-test.npz
+(CS-profiles of the held-out part of the training split and of the test split),
+predictor.npz (correctness target) and predictor-confidence.npz (the paper's
+confidence target). FIXTURES names the command that regenerates each.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent / "fixtures"
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+FIXTURES = {
+    "b_alexnet_w05_cpu": "einet profile --checkpoint runs/b_alexnet_w05.pt --dataset cifar10 "
+                         "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/b_alexnet_w05_cpu",
+    "vgg16_fine_w025_cpu": "einet profile --checkpoint runs/vgg16_fine_w025.pt --dataset cifar10 "
+                           "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/vgg16_fine_w025_cpu",
+    "vgg16_fine_w05_cuda": "python scripts/cuda_check.py --data cifar10-jpeg.zip --out benchmarks/fixtures/"
+                           "vgg16_fine_w05_cuda  (on a GPU machine; trains, profiles and fits the predictor)",
+}
+
+
+def available() -> list[str]:
+    return [name for name in FIXTURES if (HERE / name / "cs-test.npz").exists()]
+
+
+def folder(name: str) -> Path:
+    return HERE / name
