@@ -100,16 +100,26 @@ class EINet(Policy):
     gives the paper's "EINet with random search" ablation. ``overhead``: the
     seconds one re-planning step takes where it cannot overlap the model (CPU);
     the planner and the simulator both charge it after every branch.
+
+    Two refinements over the paper, both off by default: ``prior`` (held-out
+    per-exit accuracies) sets the first plan, before anything is observed, from
+    exact dataset statistics instead of the predictor's estimate of them; and
+    ``margin`` keeps the current plan unless a re-plan promises more than that
+    much extra accuracy under the predicted scores.
     """
 
     def __init__(self, predictor: NativePredictor, et: ETProfile, dist: Distribution, rule: str = "latest",
                  method: str = "hybrid", depth: int = 4, budget: int = 1000, seed: int = 0,
-                 name: str | None = None, overhead: float = 0.0) -> None:
+                 name: str | None = None, overhead: float = 0.0, prior: Sequence[float] | None = None,
+                 margin: float = 0.0) -> None:
         if predictor.num_exits != et.num_blocks:
             raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
                              f"{et.num_blocks} blocks")
         if not overhead >= 0:
             raise ValueError(f"overhead must be >= 0 seconds, got {overhead}")
+        if not margin >= 0:
+            raise ValueError(f"margin must be >= 0, got {margin}")
+        self.margin = margin
         # The planner charges its own re-planning time to every branch it considers running.
         self.overhead = overhead
         self.predictor, self.dist, self.rule = predictor, dist, rule
@@ -120,14 +130,28 @@ class EINet(Policy):
         self.mask = np.zeros(n, dtype=bool)
         # Checked once here through the public API; the online steps then call the core directly,
         # since the wrapper's argument checks would cost more than the native step itself.
-        first = online_step(predictor, self.observed, self.mask, self.et, dist, 0, 0.0, rule=rule, method=method,
-                            depth=depth, budget=budget, seed=seed)
-        self.first_plan = first.plan.mask  # no observation yet: the same for every sample
+        if prior is None:
+            first = online_step(predictor, self.observed, self.mask, self.et, dist, 0, 0.0, rule=rule,
+                                method=method, depth=depth, budget=budget, seed=seed).plan
+        else:  # nothing observed yet: the held-out exit accuracies are the best estimate of the scores
+            first = search(np.asarray(prior, dtype=np.float64), self.et, dist, method=method, depth=depth,
+                           rule=rule, budget=budget, seed=seed)
+        self.first_plan = first.mask  # the same for every sample
         self._search = (method, depth, budget, seed)
 
     def _plan(self, start: int, elapsed: float, held_exit: int) -> np.ndarray:
-        mask, *_ = _core.online_step(self.predictor, self.observed, self.mask, self.et.conv, self.et.branch,
-                                     self.dist, *self._search, start, elapsed, held_exit, 0.0, self.rule)
+        """The new plan of blocks start..N-1, unless it beats the rest of the current one, under the
+        same predicted scores, by no more than `margin`: predictions are noisy, and a plan switched
+        on a predicted gain of 0.1% is as likely to lose as to win."""
+        mask, value, _, scores, held = _core.online_step(self.predictor, self.observed, self.mask, self.et.conv,
+                                                         self.et.branch, self.dist, *self._search, start, elapsed,
+                                                         held_exit, 0.0, self.rule)
+        if self.margin > 0:
+            current = self.plan[start - self.plan_start:]
+            kept = _core.expected_accuracy(current, scores, self.et.conv, self.et.branch, self.dist, start, elapsed,
+                                           held, self.rule)
+            if value <= kept + self.margin:
+                return current
         return mask
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
@@ -178,6 +202,7 @@ class Clairvoyant(Policy):
 
 
 RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"
+HEDGE_MARGIN = 0.005  # "EINet (prior + margin)": re-plan only for half a point of predicted accuracy
 
 
 def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor,
@@ -188,6 +213,8 @@ def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredic
     n = et.num_blocks
     return [
         EINet(predictor, et, dist, rule, overhead=overhead),
+        EINet(predictor, et, dist, rule, overhead=overhead, prior=mean_accuracy, margin=HEDGE_MARGIN,
+              name="EINet (prior + margin)"),
         EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)",
               overhead=overhead),
         static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),

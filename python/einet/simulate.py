@@ -24,9 +24,11 @@ from .profiling import CSProfile
 
 
 def full_inference_time(et: ETProfile) -> float:
-    """The single-exit network's latency: every conv part and the final classifier, no other branch.
-    Exit-time distributions are expressed relative to it."""
-    return float(et.conv.sum() + et.branch[-1])
+    """The multi-exit network's full inference: every block and every branch (static 100%).
+    Exit-time distributions are expressed relative to it, so a policy that skips branches can
+    reach the last exit inside the horizon, and the single-exit model finishes at
+    (sum conv + last branch) / total of it."""
+    return et.total()
 
 
 def relative_distribution(kind: str, full_time: float, scale: float = 1.0) -> Distribution:
