@@ -217,10 +217,15 @@ def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, title: 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for name, points in curves.items():
+    colours = plt.get_cmap("tab20").colors
+    for k, (name, points) in enumerate(curves.items()):
         xs, ys = zip(*points)
-        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=name,
-                linewidth=2.5 if name == "EINet" else 1.2)
+        style = {"color": colours[(2 * k) % 20], "linewidth": 1.2, "linestyle": "-"}
+        if name == "EINet":
+            style.update(color="black", linewidth=2.5)
+        elif name == "clairvoyant":
+            style.update(color="grey", linestyle="--")
+        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=name, **style)
     ax.set_xlabel("mean exit time / full inference time")
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
