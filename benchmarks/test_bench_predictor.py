@@ -138,3 +138,28 @@ def test_et_profile_repeatability(benchmark, speed_goal):
     difference = np.abs(second.conv - first.conv) / first.conv
     benchmark.extra_info["max_relative_difference"] = float(difference.max())
     speed_goal(difference.max() <= 0.10, f"conv medians differ by up to {100 * difference.max():.1f}%")
+
+
+def test_which_target_plans_better(benchmark):
+    """EINet's accuracy with the paper's confidence target vs our correctness target (exact, all test images)."""
+    from einet.baselines import EINet
+    from einet.simulate import evaluate, full_inference_time, relative_distribution
+
+    def run() -> list[str]:
+        lines = ["EINet's accuracy (%, exact) by predictor target "
+                 "(`python -m pytest benchmarks/test_bench_predictor.py -k target`).", "",
+                 "| model | exit time | confidence target (paper) | correctness target (ours) |", "|---|---|---:|---:|"]
+        for name in available():
+            et = ETRecord.load(folder(name) / "et.npz").profile
+            test = CSProfile.load(folder(name) / "cs-test.npz")
+            for kind in ("uniform", "normal"):
+                dist = relative_distribution(kind, full_inference_time(et))
+                values = [evaluate(EINet(load_predictor(folder(name) / file).to_native(), et, dist), test, et, dist,
+                                   draws=1).expected for file in ("predictor-confidence.npz", "predictor.npz")]
+                lines.append(f"| {name} | {kind} | {100 * values[0]:.2f} | {100 * values[1]:.2f} |")
+        return lines
+
+    lines = benchmark.pedantic(run, rounds=1, iterations=1)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "predictor_targets.md").write_text("\n".join(lines) + "\n")
+    assert len(lines) > 4
