@@ -1,6 +1,7 @@
 """Shared fixtures for tests/ and benchmarks/."""
 
 import pytest
+
 from einet.synthetic import exit_distribution, random_problem
 
 

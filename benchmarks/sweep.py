@@ -16,10 +16,11 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from timing import best_time
+
 import einet
 from einet import reference
 from einet.synthetic import DISTRIBUTION_KINDS, random_problem
-from timing import best_time
 
 SIZES = (3, 5, 14, 21, 40)
 

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import os
 
-import einet
 import numpy as np
 import pytest
-from einet import reference
 from timing import best_time, median_seconds
+
+import einet
+from einet import reference
 
 PLANS = 10_000
 

@@ -7,8 +7,9 @@ Run: python -m pytest benchmarks/test_bench_quality.py -s
 
 from __future__ import annotations
 
-import einet
 import numpy as np
+
+import einet
 from einet.synthetic import DISTRIBUTION_KINDS as DISTRIBUTIONS
 
 

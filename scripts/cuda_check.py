@@ -23,7 +23,7 @@ import torch
 
 from einet import data
 from einet.baselines import EINet
-from einet.models import TrainConfig, build, save_checkpoint, train
+from einet.models import TrainConfig, build, train
 from einet.predictor import fit_predictor, save_predictor
 from einet.profiling import profile_cs, profile_et
 from einet.runtime import ElasticRuntime
@@ -111,7 +111,8 @@ def main() -> None:
     summary |= {
         "runtime_accuracy": right / args.samples, "simulated_accuracy": predicted.expected,
         "simulated_ci95": predicted.ci95, "interrupts": len(latencies),
-        "latency_median_ms": 1e3 * float(np.median(latencies)), "latency_p99_ms": 1e3 * float(np.percentile(latencies, 99)),
+        "latency_median_ms": 1e3 * float(np.median(latencies)),
+        "latency_p99_ms": 1e3 * float(np.percentile(latencies, 99)),
         "planning_share": float(np.sum(planning) / np.sum(elapsed)),
     }
     save()

@@ -38,7 +38,8 @@ def main() -> None:
     print("# The model zoo\n")
     print("Every model follows the multi-exit protocol (`num_exits`, `forward_block`, `forward_exit`, `forward`);")
     print("figures for CIFAR-10 inputs (3x32x32, 10 classes) at width 1.0, one image;")
-    print("MACs = multiply-accumulates of conv and FC layers. Regenerate: `python scripts/model_table.py > docs/models.md`.\n")
+    print("MACs = multiply-accumulates of conv and FC layers.")
+    print("Regenerate: `python scripts/model_table.py > docs/models.md`.\n")
     print("| model | exits | parameters | conv-part MMACs per block | branch MMACs per block |")
     print("|---|---:|---:|---|---|")
     for name, kwargs in MODELS:
@@ -50,12 +51,12 @@ def main() -> None:
             for i in range(model.num_exits):
                 state = {}
 
-                def run_block(i=i, h=h, state=state) -> None:  # type: ignore[no-untyped-def]
+                def run_block(model=model, i=i, h=h, state=state) -> None:  # type: ignore[no-untyped-def]
                     state["h"] = model.forward_block(i, h)
 
                 conv.append(macs(model.blocks[i], run_block))
                 h = state["h"]
-                branch.append(macs(model.exits[i], lambda i=i, h=h: model.forward_exit(i, h)))
+                branch.append(macs(model.exits[i], lambda model=model, i=i, h=h: model.forward_exit(i, h)))
         params = sum(p.numel() for p in model.parameters())
         fmt = lambda values: " ".join(f"{v / 1e6:.1f}" for v in values)  # noqa: E731
         print(f"| {name} | {model.num_exits} | {params / 1e6:.2f} M | {fmt(conv)} | {fmt(branch)} |")

@@ -10,7 +10,7 @@ import pytest
 
 pytest.importorskip("torch")
 
-from einet.cli import main  # noqa: E402
+from einet.cli import main
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "vgg16_fine_w05_cuda"
 

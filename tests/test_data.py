@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from einet import data
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

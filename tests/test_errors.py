@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import math
 
-import einet
 import numpy as np
 import pytest
+
+import einet
 
 ET = einet.ETProfile([1.0, 1.0, 1.0], [0.5, 0.5, 0.5])
 SCORES = [0.3, 0.6, 0.9]

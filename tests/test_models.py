@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
 from einet.models import ConversionError, MultiExitNetwork, build, convert, msdnet  # noqa: E402
 from einet.models.zoo import Bottleneck  # noqa: E402
-from torch import nn  # noqa: E402
 
 EXITS = {"b_alexnet": 3, "flex_vgg16": 5, "vgg16_fine": 14, "resnet50_fine": 6, "msdnet21": 21, "msdnet40": 40}
 

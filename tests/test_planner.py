@@ -5,13 +5,14 @@ from __future__ import annotations
 import itertools
 import pickle
 
-import einet
 import numpy as np
 import pytest
-from einet import reference
-from einet.synthetic import DISTRIBUTION_KINDS as DIST_KINDS
 from hypothesis import given, settings
 from hypothesis import strategies as st
+
+import einet
+from einet import reference
+from einet.synthetic import DISTRIBUTION_KINDS as DIST_KINDS
 
 unit = st.floats(0.0, 1.0)
 

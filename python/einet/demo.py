@@ -26,8 +26,14 @@ def run_demo(args: argparse.Namespace) -> int:
     from .predictor import fit_predictor
     from .profiling import profile_cs, profile_et
     from .runtime import ElasticRuntime
-    from .simulate import compare, evaluate, full_inference_time, markdown_table, relative_distribution
-    from .simulate import sample_exit_times
+    from .simulate import (
+        compare,
+        evaluate,
+        full_inference_time,
+        markdown_table,
+        relative_distribution,
+        sample_exit_times,
+    )
 
     started = time.perf_counter()
     torch.set_num_threads(args.threads)

@@ -27,9 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
-import torch
-
 import numpy as np
+import torch
 
 from .baselines import Policy
 from .models.base import MultiExitNetwork
