@@ -26,7 +26,7 @@ from einet.baselines import EINet
 from einet.models import TrainConfig, build, train
 from einet.predictor import fit_predictor, save_predictor
 from einet.profiling import profile_cs, profile_et
-from einet.runtime import ElasticRuntime
+from einet.runtime import ElasticRuntime, run_with_deadlines
 from einet.simulate import evaluate, full_inference_time, relative_distribution, sample_exit_times
 
 
@@ -71,8 +71,9 @@ def main() -> None:
 
     summary["device"] = torch.cuda.get_device_name(0) if device == "cuda" else device
     name = f"vgg16_fine (width {args.width}), {summary['device']}"
-    records = [profile_et(model, (3, 32, 32), device=device, warmup=30, repeats=200, progress=False, name=name)
-               for _ in range(2)]
+    examples = data.dataset_for("cifar10", holdout, False).images[torch.randperm(len(holdout))[:200]]
+    records = [profile_et(model, (3, 32, 32), device=device, warmup=30, repeats=200, progress=False, name=name,
+                          samples=examples) for _ in range(2)]
     records[0].save(out / "et.npz")
     summary["et_repeatability_max_rel_diff"] = float(np.max(np.abs(records[1].conv - records[0].conv)
                                                             / records[0].conv))
@@ -97,23 +98,16 @@ def main() -> None:
     with ElasticRuntime(model, EINet(native, et, dist), device=device) as runtime:
         for k in range(20):  # warm-up
             runtime.infer(images[k:k + 1].to(device))
-        right, latencies, planning, elapsed = 0, [], [], []
-        for index, deadline in zip(chosen, deadlines):
-            answer = runtime.infer(images[index:index + 1].to(device), interrupt=float(deadline))
-            right += answer.prediction is not None and answer.prediction == int(test.labels[index])
-            if answer.interrupted:
-                latencies.append(answer.elapsed - deadline)
-        for index in chosen[:200]:  # uninterrupted: the planner's share of the whole inference
-            answer = runtime.infer(images[index:index + 1].to(device))
-            planning.append(answer.planning_seconds)
-            elapsed.append(answer.elapsed)
+        report = run_with_deadlines(runtime, images[chosen].to(device), test.labels[chosen], deadlines,
+                                    uninterrupted=200, progress=False)
     predicted = evaluate(EINet(native, et, dist), test_cs.subset(chosen), et, dist, draws=200)
+    latencies = report.latencies
     summary |= {
-        "runtime_accuracy": right / args.samples, "simulated_accuracy": predicted.expected,
+        "runtime_accuracy": report.accuracy, "simulated_accuracy": predicted.expected,
         "simulated_ci95": predicted.ci95, "interrupts": len(latencies),
         "latency_median_ms": 1e3 * float(np.median(latencies)),
         "latency_p99_ms": 1e3 * float(np.percentile(latencies, 99)),
-        "planning_share": float(np.sum(planning) / np.sum(elapsed)),
+        "planning_share": report.planning_share,
     }
     save()
     print(json.dumps(summary, indent=2))

@@ -133,3 +133,18 @@ def test_interrupted_planning_never_leaks_into_the_next_sample():
         for k in range(60):  # interrupts at every phase of the inference
             answer = runtime.infer(X, interrupt=0.0005 * (k % 20))
             assert answer.exit is None or answer.exit in answer.exits_run
+
+
+def test_calibrate_adds_what_the_runtime_costs():
+    import einet
+
+    runtime = ElasticRuntime(slow_model(0.002), Policy())
+    with pytest.raises(ValueError, match="run some uninterrupted inferences"):
+        runtime.calibrate(einet.ETProfile([0.002] * 4, [0.0] * 4))
+    for _ in range(5):
+        runtime.infer(X)
+    et = einet.ETProfile([0.001] * 4, [0.0] * 4)  # claims half the real block time
+    calibrated = runtime.calibrate(et)
+    assert calibrated.conv[1] == pytest.approx(0.002, rel=0.3)  # the missing millisecond is found
+    assert calibrated.conv[0] > calibrated.conv[1]  # plus the hand-over to the worker
+    runtime.close()

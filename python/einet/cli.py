@@ -75,8 +75,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     holdout, test = _splits(args)
     shape = (holdout.channels, *holdout.images.shape[1:3])
     name = f"{spec['name']} (width {spec.get('width', 1.0)})"
+    # Real inputs, drawn across classes: block times depend on the data.
+    examples = dataset_for(args.dataset, holdout.subset(np.random.default_rng(0).permutation(len(holdout))[:200]),
+                           train=False).images
     record = profile_et(model, shape, device=args.device, batch_size=args.batch_size, warmup=args.warmup,
-                        repeats=args.repeats, name=name, threads=args.runtime_threads)
+                        repeats=args.repeats, name=name, threads=args.runtime_threads, samples=examples)
     record.save(out / "et.npz")
     for split, arrays in (("holdout", holdout), ("test", test)):
         profile_cs(model, dataset_for(args.dataset, arrays, train=False), device=args.device, name=name,
@@ -204,7 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="cpu")
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=100)
+    p.add_argument("--repeats", type=int, default=400)
     p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
     p.add_argument("--seed", type=int, default=0, help="as given to `einet train`")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the CS-profiles")

@@ -25,7 +25,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .models import TrainConfig, build, train
     from .predictor import fit_predictor
     from .profiling import profile_cs, profile_et
-    from .runtime import ElasticRuntime
+    from .runtime import ElasticRuntime, run_with_deadlines
     from .simulate import (
         compare,
         evaluate,
@@ -49,7 +49,9 @@ def run_demo(args: argparse.Namespace) -> int:
     print("      test accuracy per exit (%): " + " ".join(f"{100 * a:.0f}" for a in history.test_accuracy[-1]))
 
     print("[2/5] profiling block times on this machine (batch 1) and exit confidences")
-    record = profile_et(model, (1, 28, 28), warmup=10, repeats=40, name="vgg16_fine (width 0.125)")
+    examples = dataset_for("mnist", holdout, False).images[:100]  # real inputs: block times depend on them
+    record = profile_et(model, (1, 28, 28), warmup=10, repeats=100, name="vgg16_fine (width 0.125)",
+                        samples=examples)
     holdout_cs = profile_cs(model, dataset_for("mnist", holdout, False), split="holdout")
     test_cs = profile_cs(model, dataset_for("mnist", test, False), split="test")
     et = record.profile
@@ -67,22 +69,19 @@ def run_demo(args: argparse.Namespace) -> int:
     print(markdown_table(compare(results), "Accuracy when the inference is stopped at a random moment"))
 
     print(f"[5/5] EINet for real: {args.samples} test images, each interrupted by a timer at a random moment")
-    runtime = ElasticRuntime(model, EINet(native, et, dist))
     chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
     deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
     images = dataset_for("mnist", test, False).images
-    right, latencies = 0, []
-    for index, deadline in zip(chosen, deadlines):
-        answer = runtime.infer(images[index:index + 1], interrupt=float(deadline))
-        right += answer.prediction is not None and answer.prediction == int(test.labels[index])
-        if answer.interrupted:
-            latencies.append(answer.elapsed - deadline)
-    runtime.close()
+    with ElasticRuntime(model, EINet(native, et, dist)) as runtime:
+        for k in range(20):  # warm-up
+            runtime.infer(images[k:k + 1])
+        report = run_with_deadlines(runtime, images[chosen], test.labels[chosen], deadlines)
     predicted = evaluate(EINet(native, et, dist), test_cs.subset(chosen), et, dist, draws=200)
-    print(f"      real-time accuracy {100 * right / args.samples:.1f}%; the simulator predicts "
+    print(f"      real-time accuracy {100 * report.accuracy:.1f}%; the simulator predicts "
           f"{100 * predicted.expected:.1f}% for these images")
-    if latencies:
-        print(f"      interrupt latency: median {1e3 * np.median(latencies):.2f} ms, "
-              f"max {1e3 * np.max(latencies):.2f} ms")
+    if report.latencies:
+        print(f"      interrupt latency: median {1e3 * np.median(report.latencies):.2f} ms, "
+              f"max {1e3 * np.max(report.latencies):.2f} ms; planning {100 * report.planning_share:.1f}% "
+              "of the inference time")
     print(f"done in {time.perf_counter() - started:.0f} s")
     return 0

@@ -23,6 +23,7 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Union
@@ -32,6 +33,7 @@ import torch
 
 from .baselines import Policy
 from .models.base import MultiExitNetwork
+from .planner import ETProfile
 from .profiling import ETRecord
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
@@ -97,6 +99,10 @@ class ElasticRuntime:
         self._worker = threading.Thread(target=self._serve, daemon=True, name="einet-runtime")
         self._worker.start()
         # A waiting caller needs the GIL back within its latency budget, not Python's default 5 ms.
+        # What the runtime adds to the model, measured as it runs (see calibrate()).
+        self.dispatch_seconds: deque[float] = deque(maxlen=1000)  # from infer() to the first block starting
+        self.planning_seconds: deque[float] = deque(maxlen=1000)  # policy time after each branch run
+        self._answer_times: deque[list[tuple[float, int]]] = deque(maxlen=1000)  # (finish time, exit) per sample
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
 
@@ -124,6 +130,7 @@ class ElasticRuntime:
                 self._idle.set()
 
     def _run(self, x: torch.Tensor, started: float, stop: threading.Event, held: _Published) -> None:
+        self.dispatch_seconds.append(time.perf_counter() - started)
         with torch.inference_mode():
             h = x.to(self.device, non_blocking=True)
             pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
@@ -134,7 +141,9 @@ class ElasticRuntime:
                 if pending is not None:
                     before = time.perf_counter()
                     finish = self.policy.observe(*pending)
-                    held.planning += time.perf_counter() - before
+                    spent = time.perf_counter() - before
+                    held.planning += spent
+                    self.planning_seconds.append(spent)
                     pending = None
                     if finish:
                         return
@@ -173,6 +182,8 @@ class ElasticRuntime:
                 cutoff = min(cutoff, float(interrupt))  # an answer finished after the deadline does not count
         if held.error is not None:
             raise held.error
+        if not interrupted:
+            self._answer_times.append([(a[0], a[1]) for a in held.answers])
         answer = held.held(self.rule, cutoff)
         exits_run = tuple(a[1] for a in held.answers if a[0] <= cutoff)
         elapsed = time.perf_counter() - started
@@ -200,6 +211,30 @@ class ElasticRuntime:
                     return True
             return False
         raise TypeError(f"interrupt must be seconds, a threading.Event or a callable, got {type(interrupt).__name__}")
+
+    def calibrate(self, et: ETProfile) -> ETProfile:
+        """`et` with what this runtime adds, as measured over its recent uninterrupted inferences:
+        the hand-over from infer() to the worker (added to block 0), the policy's time after each
+        branch (added to every branch) and any remaining per-block cost (added to every block).
+        Plan and simulate with it to predict this runtime."""
+        if not self._answer_times:
+            raise ValueError("run some uninterrupted inferences first: there is nothing to calibrate from")
+        dispatch = float(np.median(self.dispatch_seconds))
+        planning = float(np.median(self.planning_seconds)) if self.planning_seconds else 0.0
+        # Whatever else each block costs here (Python between blocks, reading answers back): the
+        # median gap, per block, between when answers came and when `et` says they would.
+        per_block = []
+        for answers in self._answer_times:
+            if not answers:
+                continue
+            finished, last = answers[-1]
+            ran = [exit_index for _, exit_index in answers]
+            predicted = dispatch + et.conv[:last + 1].sum() + et.branch[ran].sum() + planning * (len(ran) - 1)
+            per_block.append((finished - predicted) / (last + 1))
+        extra = max(0.0, float(np.median(per_block))) if per_block else 0.0
+        conv = et.conv + extra
+        conv[0] += dispatch
+        return ETProfile(conv, et.branch + planning)
 
     def profile(self, x: torch.Tensor, warmup: int = 20, repeats: int = 200) -> ETRecord:
         """An ET-profile measured through this runtime: every branch run, each block's conv time taken
