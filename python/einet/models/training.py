@@ -92,7 +92,9 @@ def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.O
 def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int) -> Any:
     total = config.epochs * steps_per_epoch
     if config.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=total, pct_start=0.25)
+        # torch's OneCycleLR divides by zero when its phases are shorter than a step: tiny runs get 10 steps
+        return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=config.lr, total_steps=max(total, 10),
+                                                   pct_start=0.25)
     if config.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
     if config.schedule == "step":
