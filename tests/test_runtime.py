@@ -145,6 +145,6 @@ def test_calibrate_adds_what_the_runtime_costs():
         runtime.infer(X)
     et = einet.ETProfile([0.001] * 4, [0.0] * 4)  # claims half the real block time
     calibrated = runtime.calibrate(et)
-    assert calibrated.conv[1] == pytest.approx(0.002, rel=0.3)  # the missing millisecond is found
+    assert calibrated.conv[1] >= 0.0019  # the missing millisecond is found (sleep never returns early)
     assert calibrated.conv[0] > calibrated.conv[1]  # plus the hand-over to the worker
     runtime.close()
