@@ -16,6 +16,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 FIXTURES = {
     "b_alexnet_w05_cpu": "einet profile --checkpoint runs/b_alexnet_w05.pt --dataset cifar10 "
                          "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/b_alexnet_w05_cpu",
+    "b_alexnet_w025_cpu": "einet profile --checkpoint runs/b_alexnet_w025.pt --dataset cifar10 "
+                          "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/b_alexnet_w025_cpu",
     "vgg16_fine_w025_cpu": "einet profile --checkpoint runs/vgg16_fine_w025.pt --dataset cifar10 "
                            "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/vgg16_fine_w025_cpu",
     "vgg16_fine_w05_cuda": "python scripts/cuda_check.py --data cifar10-jpeg.zip --out benchmarks/fixtures/"

@@ -25,10 +25,11 @@ torch = pytest.importorskip("torch")
 from einet.predictor import load_predictor  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
+COMPRESSED = {"b_alexnet_w05_cpu": "b_alexnet_w025_cpu"}  # fixture of the half-width model
 
 
 def comparison(name: str, kind: str, draws: int):
-    from einet.baselines import standard_policies
+    from einet.baselines import single_exit, standard_policies
     from einet.simulate import evaluate
 
     et = ETRecord.load(folder(name) / "et.npz").profile
@@ -37,7 +38,15 @@ def comparison(name: str, kind: str, draws: int):
     native = load_predictor(folder(name) / "predictor.npz").to_native()
     dist = relative_distribution(kind, full_inference_time(et))
     policies = standard_policies(et, dist, native, holdout.accuracy_per_exit())
-    return compare([evaluate(p, test, et, dist, draws=draws) for p in policies]), test
+    results = [evaluate(p, test, et, dist, draws=draws) for p in policies]
+    compressed = COMPRESSED.get(name)
+    if compressed in available():  # the same network at half width, trained the same way: its final exit only
+        small_et = ETRecord.load(folder(compressed) / "et.npz").profile
+        policy = single_exit(small_et.num_blocks)
+        policy.name = "compressed single-exit"
+        results.append(evaluate(policy, CSProfile.load(folder(compressed) / "cs-test.npz"), small_et, dist,
+                                draws=draws))
+    return compare(results), test
 
 
 @pytest.mark.parametrize("kind", ["uniform", "normal"])
@@ -55,8 +64,9 @@ def test_einet_against_every_baseline(benchmark, name, kind):
     # Never below a static, dynamic or single-exit plan (ties within 0.1 pp). (With B-AlexNet's three exits, every plan
     # that runs the first two branches ties: the third answer only lands at the horizon.)
     for policy in ("static 25%", "static 50%", "static 100%", "dynamic 90%", "dynamic 95%", "dynamic 99%",
-                   "single-exit"):
-        assert einet >= by[policy]["expected"] - 1e-3, (policy, rows)
+                   "single-exit", "compressed single-exit"):
+        if policy in by:
+            assert einet >= by[policy]["expected"] - 1e-3, (policy, rows)
     # The statistics plan and random-search EINet tie with EINet on these models (see the README):
     # never more than half a point apart.
     for policy in ("statistics", "EINet (random search)"):
