@@ -10,7 +10,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .planner import Deterministic, Distribution, Empirical, ETProfile, Exponential, Normal, Uniform
+from .planner import Deterministic, Distribution, Empirical, ETProfile
+from .simulate import relative_distribution
 
 DISTRIBUTION_KINDS = ("uniform", "normal", "exponential", "empirical", "deterministic")
 
@@ -24,12 +25,8 @@ def exit_distribution(kind: str, total: float, rng: np.random.Generator | None =
     """
     if not total > 0:
         raise ValueError(f"total must be > 0, got {total}")
-    if kind == "uniform":
-        return Uniform(0.0, total)
-    if kind == "normal":
-        return Normal(total / 2, total / 4)
-    if kind == "exponential":
-        return Exponential(2.0 / total)
+    if kind in ("uniform", "normal", "exponential"):
+        return relative_distribution(kind, total)
     if kind == "empirical":
         return Empirical((rng or np.random.default_rng(0)).uniform(0.0, total, 200))
     if kind == "deterministic":
