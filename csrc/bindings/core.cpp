@@ -240,6 +240,29 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("observed"), py::arg("mask"), "Every exit's score from the observed ones.");
 
+    py::class_<einet::OnlineSession>(m, "OnlineSession",
+                                     "EINet's per-sample loop held natively: begin(), run_branch(block), "
+                                     "observe(block, confidence, elapsed).")
+        .def(py::init([](const einet::Predictor& predictor, const Doubles& conv, const Doubles& branch,
+                         const py::handle& dist_object, const std::string& rule, const std::string& method,
+                         std::size_t depth, std::uint64_t budget, std::uint64_t seed, const py::array& first_plan,
+                         double margin) {
+                 const auto conv_view = vector_of(conv, "conv");
+                 const auto branch_view = vector_of(branch, "branch");
+                 const auto plan = plan_bytes(first_plan);
+                 return einet::OnlineSession(
+                     predictor, {conv_view.begin(), conv_view.end()}, {branch_view.begin(), branch_view.end()},
+                     to_distribution(dist_object), einet::parse_rule(rule), make_options(method, depth, budget, seed),
+                     {plan.data(), plan.data() + plan.size()}, margin);
+             }),
+             py::arg("predictor"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("rule"),
+             py::arg("method"), py::arg("depth"), py::arg("budget"), py::arg("seed"), py::arg("first_plan"),
+             py::arg("margin"))
+        .def("begin", &einet::OnlineSession::begin)
+        .def("run_branch", &einet::OnlineSession::run_branch, py::arg("block"))
+        .def("observe", &einet::OnlineSession::observe, py::arg("block"), py::arg("confidence"), py::arg("elapsed"),
+             py::call_guard<py::gil_scoped_release>());
+
     m.def(
         "online_step",
         [](const einet::Predictor& predictor, const Doubles& observed, const py::array& mask, const Doubles& conv,

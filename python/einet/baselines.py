@@ -117,60 +117,31 @@ class EINet(Policy):
                              f"{et.num_blocks} blocks")
         if not overhead >= 0:
             raise ValueError(f"overhead must be >= 0 seconds, got {overhead}")
-        if not margin >= 0:
-            raise ValueError(f"margin must be >= 0, got {margin}")
-        self.margin = margin
         # The planner charges its own re-planning time to every branch it considers running.
         self.overhead = overhead
         self.predictor, self.dist, self.rule = predictor, dist, rule
         self.et = ETProfile(et.conv, et.branch + overhead) if overhead else et
         self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
-        n = et.num_blocks
-        self.observed = np.zeros(n)
-        self.mask = np.zeros(n, dtype=bool)
-        # Checked once here through the public API; the online steps then call the core directly,
-        # since the wrapper's argument checks would cost more than the native step itself.
         if prior is None:
-            first = online_step(predictor, self.observed, self.mask, self.et, dist, 0, 0.0, rule=rule,
+            nothing = np.zeros(et.num_blocks)
+            first = online_step(predictor, nothing, nothing.astype(bool), self.et, dist, 0, 0.0, rule=rule,
                                 method=method, depth=depth, budget=budget, seed=seed).plan
         else:  # nothing observed yet: the held-out exit accuracies are the best estimate of the scores
             first = search(np.asarray(prior, dtype=np.float64), self.et, dist, method=method, depth=depth,
                            rule=rule, budget=budget, seed=seed)
         self.first_plan = first.mask  # the same for every sample
-        self._search = (method, depth, budget, seed)
-
-    def _plan(self, start: int, elapsed: float, held_exit: int) -> np.ndarray:
-        """The new plan of blocks start..N-1, unless it beats the rest of the current one, under the
-        same predicted scores, by no more than `margin`: predictions are noisy, and a plan switched
-        on a predicted gain of 0.1% is as likely to lose as to win."""
-        mask, value, _, scores, held = _core.online_step(self.predictor, self.observed, self.mask, self.et.conv,
-                                                         self.et.branch, self.dist, *self._search, start, elapsed,
-                                                         held_exit, 0.0, self.rule)
-        if self.margin > 0:
-            current = self.plan[start - self.plan_start:]
-            kept = _core.expected_accuracy(current, scores, self.et.conv, self.et.branch, self.dist, start, elapsed,
-                                           held, self.rule)
-            if value <= kept + self.margin:
-                return current
-        return mask
+        # The per-sample loop runs natively: one short call per block, which matters between blocks.
+        self.session = _core.OnlineSession(predictor, self.et.conv, self.et.branch, dist, rule, method, depth, budget,
+                                           seed, self.first_plan, margin)
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
-        self.observed[:] = 0.0
-        self.mask[:] = False
-        self.plan, self.plan_start, self.held_exit = self.first_plan, 0, -1
-        self.best_confidence = -1.0
+        self.session.begin()
 
     def run_branch(self, block: int, elapsed: float) -> bool:
-        return bool(self.plan[block - self.plan_start])
+        return self.session.run_branch(block)
 
     def observe(self, block: int, confidence: float, elapsed: float) -> bool:
-        self.observed[block] = confidence
-        self.mask[block] = True
-        if self.rule == "latest" or confidence > self.best_confidence:
-            self.held_exit, self.best_confidence = block, max(confidence, self.best_confidence)
-        if block + 1 < self.et.num_blocks:
-            self.plan = self._plan(block + 1, elapsed, self.held_exit)
-            self.plan_start = block + 1
+        self.session.observe(block, confidence, elapsed)
         return False
 
 
