@@ -240,9 +240,9 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--scales", nargs="+", default=["0.25", "0.5", "0.75", "1.0", "1.25", "1.5", "2.0"])
     report_parser.add_argument("--out", required=True, help="PNG path")
 
-    p = commands.add_parser("demo", help="the whole pipeline on embedded MNIST data, in about two minutes")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--samples", type=int, default=300, help="test samples run under real interrupts")
+    p = commands.add_parser("demo", help="the whole pipeline on embedded MNIST data, in under a minute")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--samples", type=int, default=1000, help="test samples run under real interrupts")
     p.add_argument("--threads", type=int, default=2)
     p.set_defaults(run=cmd_demo)
     return parser

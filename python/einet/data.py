@@ -118,7 +118,8 @@ def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
     expected = int(np.prod(shape)) * dtype.itemsize
     if len(data) - header != expected:
         raise DatasetError(f"{path} holds {len(data) - header} bytes of data but its header {shape} needs {expected}")
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape)
+    # A copy: frombuffer views are read-only, which torch.from_numpy warns about.
+    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).copy()
 
 
 def _find(root: Path, stem: str) -> Path:

@@ -4,7 +4,7 @@ Train a fine-grained multi-exit VGG-16 (14 exits, narrow), profile it on this
 machine, fit the confidence-score predictor on held-out data, compare EINet
 with every baseline in the trace-driven simulator, then run EINet for real
 under random interrupts and check it against the simulator's prediction.
-No ../shared, no downloads; about two minutes on two cores.
+No ../shared, no downloads; under a minute on two cores.
 """
 
 from __future__ import annotations
