@@ -134,6 +134,7 @@ def test_planner_share_on_a_fine_grained_model(benchmark, speed_goal, capsys):
     weights do not change the timing, the VGG fixture's predictor drives the planning."""
     from einet.baselines import EINet
     from einet.models import build
+    from einet.profiling import profile_et
     from einet.runtime import ElasticRuntime
 
     name = "vgg16_fine_w05_cuda"
@@ -143,11 +144,9 @@ def test_planner_share_on_a_fine_grained_model(benchmark, speed_goal, capsys):
     torch.manual_seed(0)
     model = build("vgg16_fine", width=0.5)
     x = torch.randn(1, 3, 32, 32)
-    with ElasticRuntime(model, EINet(native, ETRecord.load(folder(name) / "et.npz").profile,
-                                     relative_distribution("uniform", 1.0))) as runtime:
-        record = runtime.profile(x, warmup=5, repeats=5 if benchmark.disabled else 30)
-        et = record.profile
-        runtime.policy = EINet(native, et, relative_distribution("uniform", full_inference_time(et)))
+    et = profile_et(model, (3, 32, 32), warmup=5, repeats=5 if benchmark.disabled else 50, progress=False,
+                    samples=x).profile
+    with ElasticRuntime(model, EINet(native, et, relative_distribution("uniform", full_inference_time(et)))) as runtime:
         answers = benchmark.pedantic(lambda: [runtime.infer(x) for _ in range(10 if benchmark.disabled else 200)],
                                      rounds=1, iterations=1)
     share = sum(a.planning_seconds for a in answers) / sum(a.elapsed for a in answers)

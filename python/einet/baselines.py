@@ -29,7 +29,6 @@ class Policy:
 
     name = "all exits"
     needs_oracle = False
-    overhead = 0.0  # seconds the policy itself takes after each branch (EINet: re-planning)
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         """A new sample starts."""
@@ -97,9 +96,9 @@ class EINet(Policy):
     """Per-sample elastic planning: after every branch, predict the unseen exits' scores and re-plan.
 
     One native call per step (:func:`einet.online_step`). ``method="random"``
-    gives the paper's "EINet with random search" ablation. ``overhead``: the
-    seconds one re-planning step takes where it cannot overlap the model (CPU);
-    the planner and the simulator both charge it after every branch.
+    gives the paper's "EINet with random search" ablation. To predict a real
+    runtime, plan with the ET-profile from :meth:`einet.runtime.ElasticRuntime.calibrate`,
+    which includes the time this policy itself takes.
 
     Two refinements over the paper, both off by default: ``prior`` (held-out
     per-exit accuracies) sets the first plan, before anything is observed, from
@@ -110,17 +109,11 @@ class EINet(Policy):
 
     def __init__(self, predictor: NativePredictor, et: ETProfile, dist: Distribution, rule: str = "latest",
                  method: str = "hybrid", depth: int = 4, budget: int = 1000, seed: int = 0,
-                 name: str | None = None, overhead: float = 0.0, prior: Sequence[float] | None = None,
-                 margin: float = 0.0) -> None:
+                 name: str | None = None, prior: Sequence[float] | None = None, margin: float = 0.0) -> None:
         if predictor.num_exits != et.num_blocks:
             raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
                              f"{et.num_blocks} blocks")
-        if not overhead >= 0:
-            raise ValueError(f"overhead must be >= 0 seconds, got {overhead}")
-        # The planner charges its own re-planning time to every branch it considers running.
-        self.overhead = overhead
-        self.predictor, self.dist, self.rule = predictor, dist, rule
-        self.et = ETProfile(et.conv, et.branch + overhead) if overhead else et
+        self.predictor, self.dist, self.rule, self.et = predictor, dist, rule, et
         self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
         if prior is None:
             nothing = np.zeros(et.num_blocks)
@@ -177,17 +170,14 @@ HEDGE_MARGIN = 0.005  # "EINet (prior + margin)": re-plan only for half a point 
 
 
 def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor,
-                      mean_accuracy: Sequence[float], rule: str = "latest", overhead: float = 0.0) -> list[Policy]:
+                      mean_accuracy: Sequence[float], rule: str = "latest") -> list[Policy]:
     """Every policy of the paper's comparison for one exit-time distribution, EINet first, the
-    clairvoyant ceiling last. `mean_accuracy`: per-exit accuracy on held-out data (statistics plan);
-    `overhead`: EINet's re-planning time per branch."""
+    clairvoyant ceiling last. `mean_accuracy`: per-exit accuracy on held-out data (statistics plan)."""
     n = et.num_blocks
     return [
-        EINet(predictor, et, dist, rule, overhead=overhead),
-        EINet(predictor, et, dist, rule, overhead=overhead, prior=mean_accuracy, margin=HEDGE_MARGIN,
-              name="EINet (prior + margin)"),
-        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)",
-              overhead=overhead),
+        EINet(predictor, et, dist, rule),
+        EINet(predictor, et, dist, rule, prior=mean_accuracy, margin=HEDGE_MARGIN, name="EINet (prior + margin)"),
+        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)"),
         static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),
         ConfidenceThreshold(0.90), ConfidenceThreshold(0.95), ConfidenceThreshold(0.99),
         statistics_plan(mean_accuracy, et, dist, rule),

@@ -34,13 +34,11 @@ import torch
 from .baselines import Policy
 from .models.base import MultiExitNetwork
 from .planner import ETProfile
-from .profiling import ETRecord
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
 POLL_SECONDS = 1e-4  # how often a callable interrupt is asked
 SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
-SPIN_SECONDS = 2e-3  # how long the idle worker polls for the next sample before blocking
 
 
 @dataclass(frozen=True)
@@ -106,20 +104,9 @@ class ElasticRuntime:
         self._switch_interval = sys.getswitchinterval()
         sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
 
-    def _next_job(self) -> tuple[Any, ...] | None:
-        """The next sample: polled for a moment first, since waking a blocked thread costs ~0.1 ms
-        (measured on a 2-core VM), a large share of a small model's inference."""
-        deadline = time.perf_counter() + SPIN_SECONDS
-        while time.perf_counter() < deadline:
-            try:
-                return self._jobs.get_nowait()
-            except queue.Empty:
-                time.sleep(0)
-        return self._jobs.get()
-
     def _serve(self) -> None:
         torch.set_num_threads(self.threads)
-        while (job := self._next_job()) is not None:
+        while (job := self._jobs.get()) is not None:
             *arguments, held, done = job
             try:
                 self._run(*arguments, held)
@@ -236,25 +223,6 @@ class ElasticRuntime:
         conv[0] += dispatch
         return ETProfile(conv, et.branch + planning)
 
-    def profile(self, x: torch.Tensor, warmup: int = 20, repeats: int = 200) -> ETRecord:
-        """An ET-profile measured through this runtime: every branch run, each block's conv time taken
-        from the previous answer (or the call) to the end of its conv part, each branch's time to its
-        published answer. It carries everything the runtime adds to the model (hand-over to the
-        worker, reading answers back), so simulations with it predict this runtime."""
-        recorder = _Recorder(self.model.num_exits)
-        policy, self.policy = self.policy, recorder
-        try:
-            for r in range(warmup + repeats):
-                recorder.round = r - warmup
-                self.infer(x)
-        finally:
-            self.policy = policy
-        q = {p: (np.percentile(recorder.conv, p, axis=0), np.percentile(recorder.branch, p, axis=0))
-             for p in (50, 90, 99)}
-        meta = {"device": str(self.device), "threads": self.threads, "repeats": repeats, "warmup": warmup,
-                "measured": "through the elastic runtime"}
-        return ETRecord(q[50][0], q[50][1], q[90][0], q[99][0], q[90][1], q[99][1], meta)
-
     def close(self) -> None:
         """Finish the block in flight, stop the worker and restore Python's thread switch interval."""
         if self._worker is not None:
@@ -268,36 +236,6 @@ class ElasticRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-class _Recorder(Policy):
-    """Runs every branch and records when each block's conv part and branch ended."""
-
-    name = "recorder"
-
-    def __init__(self, num_exits: int) -> None:
-        self.round = -1
-        self.conv: np.ndarray = np.zeros((0, num_exits))
-        self.branch: np.ndarray = np.zeros((0, num_exits))
-        self.last = 0.0
-
-    def begin(self, oracle: np.ndarray | None = None) -> None:
-        self.last = 0.0
-        if self.round >= 0:
-            self.conv = np.vstack([self.conv, np.zeros(self.conv.shape[1])])
-            self.branch = np.vstack([self.branch, np.zeros(self.branch.shape[1])])
-
-    def run_branch(self, block: int, elapsed: float) -> bool:
-        if self.round >= 0:
-            self.conv[-1, block] = elapsed - self.last
-        self.last = elapsed
-        return True
-
-    def observe(self, block: int, confidence: float, elapsed: float) -> bool:
-        if self.round >= 0:
-            self.branch[-1, block] = elapsed - self.last
-        self.last = elapsed
-        return False
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,6 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile) -> Trace:
                 q += 1
                 if policy.observe(i, row[i], t):
                     break
-                t += policy.overhead
     return Trace(times, exits)
 
 
