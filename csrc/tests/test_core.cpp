@@ -163,6 +163,45 @@ void test_errors(std::mt19937_64& rng) {
         [&] { einet::search(big.instance(0, 0.0, 0.0, einet::Rule::latest), big.dist, {einet::Method::exhaustive}); }));
 }
 
+void test_predictor_and_session(std::mt19937_64& rng) {
+    const std::size_t n = 6, hidden = 8;
+    std::normal_distribution<double> weight(0.0, 0.5);
+    einet::DenseLayer first{2 * n, hidden, std::vector<double>(2 * n * hidden), std::vector<double>(hidden)};
+    einet::DenseLayer last{hidden, n, std::vector<double>(hidden * n), std::vector<double>(n)};
+    for (auto* layer : {&first, &last}) {
+        for (auto& w : layer->weight) w = weight(rng);
+        for (auto& b : layer->bias) b = weight(rng);
+    }
+    const einet::Predictor predictor({first, last}, true);
+    const Case c = random_case(rng, n, 1);
+    std::vector<double> observed(n, 0.0), scores(n);
+    std::vector<std::uint8_t> seen(n, 0);
+    observed[0] = 0.7;
+    seen[0] = 1;
+    predictor.predict(observed.data(), seen.data(), scores.data());
+    for (double s : scores) CHECK(s > 0.0 && s < 1.0);
+    const auto step = einet::online_step(predictor, {c.conv.data(), n}, {c.branch.data(), n}, {observed.data(), n},
+                                         {seen.data(), n}, 1, 0.5, 0, 0.0, einet::Rule::latest, c.dist, {});
+    CHECK(step.plan.mask.size() == n - 1);
+    CHECK(step.held == scores[0]);
+    einet::OnlineSession session(predictor, c.conv, c.branch, c.dist, einet::Rule::latest, {},
+                                 std::vector<std::uint8_t>(n, 1), 0.01);
+    for (int sample = 0; sample < 20; ++sample) {
+        session.begin();
+        double t = 0.0;
+        for (std::size_t b = 0; b < n; ++b) {
+            t += c.conv[b];
+            if (session.run_branch(b)) {
+                t += c.branch[b];
+                session.observe(b, 0.05 * static_cast<double>(sample), t);
+            }
+        }
+    }
+    CHECK(throws_invalid_argument([&] { session.observe(n, 0.5, 1.0); }));
+    CHECK(throws_invalid_argument([&] { session.observe(0, 1.5, 1.0); }));
+    CHECK(throws_invalid_argument([&] { einet::Predictor({last}, true); }));
+}
+
 }  // namespace
 
 int main() {
@@ -171,6 +210,7 @@ int main() {
     test_incremental_matches_full(rng);
     test_batches(rng);
     test_errors(rng);
+    test_predictor_and_session(rng);
     if (failures) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return EXIT_FAILURE;

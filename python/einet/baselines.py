@@ -95,8 +95,9 @@ class ConfidenceThreshold(Policy):
 class EINet(Policy):
     """Per-sample elastic planning: after every branch, predict the unseen exits' scores and re-plan.
 
-    One native call per step (:func:`einet.online_step`). ``method="random"``
-    gives the paper's "EINet with random search" ablation. To predict a real
+    The per-sample loop runs natively (``einet._core.OnlineSession``): each step
+    is one short call, since it sits between two blocks of the inference.
+    ``method="random"`` gives the paper's "EINet with random search" ablation. To predict a real
     runtime, plan with the ET-profile from :meth:`einet.runtime.ElasticRuntime.calibrate`,
     which includes the time this policy itself takes.
 
@@ -113,19 +114,17 @@ class EINet(Policy):
         if predictor.num_exits != et.num_blocks:
             raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
                              f"{et.num_blocks} blocks")
-        self.predictor, self.dist, self.rule, self.et = predictor, dist, rule, et
         self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
         if prior is None:
             nothing = np.zeros(et.num_blocks)
-            first = online_step(predictor, nothing, nothing.astype(bool), self.et, dist, 0, 0.0, rule=rule,
+            first = online_step(predictor, nothing, nothing.astype(bool), et, dist, 0, 0.0, rule=rule,
                                 method=method, depth=depth, budget=budget, seed=seed).plan
         else:  # nothing observed yet: the held-out exit accuracies are the best estimate of the scores
-            first = search(np.asarray(prior, dtype=np.float64), self.et, dist, method=method, depth=depth,
+            first = search(np.asarray(prior, dtype=np.float64), et, dist, method=method, depth=depth,
                            rule=rule, budget=budget, seed=seed)
-        self.first_plan = first.mask  # the same for every sample
-        # The per-sample loop runs natively: one short call per block, which matters between blocks.
-        self.session = _core.OnlineSession(predictor, self.et.conv, self.et.branch, dist, rule, method, depth, budget,
-                                           seed, self.first_plan, margin)
+        # The first plan is the same for every sample; re-plans happen natively after each branch.
+        self.session = _core.OnlineSession(predictor, et.conv, et.branch, dist, rule, method, depth, budget, seed,
+                                           first.mask, margin)
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         self.session.begin()
