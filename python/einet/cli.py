@@ -248,9 +248,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+TORCH_EXTRA = {"torch", "tqdm", "PIL", "matplotlib"}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return int(args.run(args))
+    try:
+        return int(args.run(args))
+    except ModuleNotFoundError as error:
+        if error.name not in TORCH_EXTRA:
+            raise
+        extra = "plot" if error.name == "matplotlib" else "torch"
+        print(f"einet {args.command} needs {error.name}: pip install 'einet[{extra}]'", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
