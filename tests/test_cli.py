@@ -42,3 +42,9 @@ def test_fit_predictor_refuses_the_test_split(tmp_path):
         pytest.skip("fixture missing")
     with pytest.raises(ValueError, match="test-split"):
         main(["fit-predictor", "--cs", str(FIXTURE / "cs-test.npz"), "--out", str(tmp_path / "p.npz")])
+
+
+def test_demo_runs_end_to_end_on_the_embedded_data(capsys):
+    assert main(["demo", "--epochs", "1", "--samples", "30"]) == 0
+    out = capsys.readouterr().out
+    assert "| EINet |" in out and "real-time accuracy" in out and "done in" in out
