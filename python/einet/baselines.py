@@ -64,11 +64,11 @@ def static_plan(num_exits: int, fraction: float) -> FixedPlan:
     return FixedPlan(mask, f"static {round(100 * fraction)}%")
 
 
-def single_exit(num_exits: int) -> FixedPlan:
+def single_exit(num_exits: int, name: str = "single-exit") -> FixedPlan:
     """The classic single-exit model: only the final classifier."""
     mask = np.zeros(num_exits, dtype=bool)
     mask[-1] = True
-    return FixedPlan(mask, "single-exit")
+    return FixedPlan(mask, name)
 
 
 def statistics_plan(mean_accuracy: Sequence[float], et: ETProfile, dist: Distribution, rule: str = "latest",

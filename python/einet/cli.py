@@ -101,43 +101,22 @@ def cmd_fit_predictor(args: argparse.Namespace) -> int:
     return 0
 
 
-def _comparison(et: Any, dist: Any, native: Any, holdout: Any, test: Any, rule: str, draws: int,
-                extra: Sequence[Any] = ()) -> list[Any]:
-    from .baselines import standard_policies
-    from .simulate import evaluate
-
-    policies = standard_policies(et, dist, native, holdout.accuracy_per_exit(), rule)
-    return [evaluate(p, test, et, dist, draws=draws, rule=rule) for p in policies] + list(extra)
-
-
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .baselines import single_exit
     from .predictor import load_predictor
     from .profiling import CSProfile, ETRecord
-    from .simulate import (
-        compare,
-        csv_table,
-        evaluate,
-        full_inference_time,
-        markdown_table,
-        relative_distribution,
-    )
+    from .simulate import compare, csv_table, evaluate_all, full_inference_time, markdown_table, relative_distribution
 
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
     native = load_predictor(args.predictor).to_native()
     full = full_inference_time(et)
-    extra = []
+    compressed = None
     if args.compressed:
-        small_et = ETRecord.load(Path(args.compressed) / "et.npz").profile
-        small_cs = CSProfile.load(Path(args.compressed) / "cs-test.npz")
-        policy = single_exit(small_et.num_blocks)
-        policy.name = "compressed single-exit"
-        dist = relative_distribution(args.dist, full, args.scale)
-        extra.append(evaluate(policy, small_cs, small_et, dist, draws=args.draws, rule=args.rule))
+        compressed = (ETRecord.load(Path(args.compressed) / "et.npz").profile,
+                      CSProfile.load(Path(args.compressed) / "cs-test.npz"))
     dist = relative_distribution(args.dist, full, args.scale)
-    results = _comparison(et, dist, native, holdout, test, args.rule, args.draws, extra)
+    results = evaluate_all(et, dist, native, holdout, test, args.rule, args.draws, compressed)
     rows = compare(results)
     title = (f"{test.meta.get('model', 'model')}, {args.dist} exit time (scale {args.scale} x full inference "
              f"{full * 1e3:.2f} ms), rule {args.rule}, {test.num_samples} test samples x {args.draws} draws")

@@ -20,7 +20,6 @@ def run_demo(args: argparse.Namespace) -> int:
     import torch
 
     from .baselines import EINet
-    from .cli import _comparison
     from .data import dataset_for, load_mnist
     from .models import TrainConfig, build, train
     from .predictor import fit_predictor
@@ -29,6 +28,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .simulate import (
         compare,
         evaluate,
+        evaluate_all,
         full_inference_time,
         markdown_table,
         relative_distribution,
@@ -64,7 +64,7 @@ def run_demo(args: argparse.Namespace) -> int:
 
     print("[4/5] trace-driven comparison, exit time uniform over one full inference")
     dist = relative_distribution("uniform", full_inference_time(et))
-    results = _comparison(et, dist, native, holdout_cs, test_cs, "latest", draws=100)
+    results = evaluate_all(et, dist, native, holdout_cs, test_cs, "latest", draws=100)
     print()
     print(markdown_table(compare(results), "Accuracy when the inference is stopped at a random moment"))
 

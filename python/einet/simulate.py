@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .baselines import Policy
-from .planner import Deterministic, Distribution, Empirical, ETProfile, Exponential, Normal, Uniform
+from .baselines import Policy, single_exit, standard_policies
+from .planner import Deterministic, Distribution, Empirical, ETProfile, Exponential, NativePredictor, Normal, Uniform
 from .profiling import CSProfile
 
 
@@ -140,13 +140,26 @@ def evaluate(policy: Policy, cs: CSProfile, et: ETProfile, dist: Distribution, d
     finished_by = (trace.times[:, None, :] <= taus[:, :, None]).sum(-1)  # [S, M]: branches done at tau
     right = np.take_along_axis(held, finished_by, 1)
     per_sample = right.mean(1)
-    cdf = dist.cdf(np.where(np.isfinite(trace.times), trace.times, np.inf))
-    cdf = np.where(np.isfinite(trace.times), cdf, 1.0)
+    cdf = np.where(np.isfinite(trace.times), dist.cdf(trace.times), 1.0)  # no more branches: all mass is in
     mass = np.diff(np.concatenate([np.zeros((cs.num_samples, 1)), cdf, np.ones((cs.num_samples, 1))], 1), axis=1)
     expected = float((mass * held).sum(1).mean())
     ci = 1.96 * float(per_sample.std(ddof=1)) / math.sqrt(cs.num_samples) if cs.num_samples > 1 else math.nan
     return PolicyResult(policy.name, float(per_sample.mean()), ci, expected,
                         float((trace.exits >= 0).sum(1).mean()), per_sample)
+
+
+def evaluate_all(et: ETProfile, dist: Distribution, predictor: NativePredictor, holdout: CSProfile, test: CSProfile,
+                 rule: str = "latest", draws: int = 100,
+                 compressed: tuple[ETProfile, CSProfile] | None = None) -> list[PolicyResult]:
+    """Every policy of the paper's comparison on `test` (the statistics plan from `holdout`), plus, when
+    its (ET, CS) profiles are given, the compressed single-exit model: the same network at half width."""
+    results = [evaluate(p, test, et, dist, draws=draws, rule=rule)
+               for p in standard_policies(et, dist, predictor, holdout.accuracy_per_exit(), rule)]
+    if compressed is not None:
+        small_et, small_cs = compressed
+        policy = single_exit(small_et.num_blocks, name="compressed single-exit")
+        results.append(evaluate(policy, small_cs, small_et, dist, draws=draws, rule=rule))
+    return results
 
 
 def compare(results: Sequence[PolicyResult], reference: str = "EINet", floor: str = "statistics",

@@ -170,9 +170,9 @@ public:
         const std::size_t start = block + 1;
         OnlineStep step = online_step(predictor_, {conv_.data(), n}, {branch_.data(), n}, {observed_.data(), n},
                                       {seen_.data(), n}, start, elapsed, held_exit_, 0.0, rule_, dist_, options_);
-        std::vector<std::uint8_t> current(n - start);
-        for (std::size_t b = start; b < n; ++b) current[b - start] = run_branch(b) ? 1 : 0;
-        if (margin_ > 0.0) {
+        if (margin_ > 0.0) {  // keep the current plan unless the new one is clearly better
+            std::vector<std::uint8_t> current(n - start);
+            for (std::size_t b = start; b < n; ++b) current[b - start] = run_branch(b) ? 1 : 0;
             const Instance in{{conv_.data(), n}, {branch_.data(), n}, {step.scores.data(), n}, start, elapsed,
                               step.held, rule_};
             const double kept = std::visit([&](const auto& d) { return expected_accuracy(in, d, current.data()); },

@@ -199,8 +199,7 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, model_spec: 
     path.parent.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "spec": model_spec or {}}
     for key, value in extra.items():
-        if isinstance(value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler,
-                              torch.optim.lr_scheduler.OneCycleLR)):
+        if isinstance(value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
             state[key] = value.state_dict()
         elif isinstance(value, torch.Generator):
             state[key] = value.get_state()
