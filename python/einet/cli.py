@@ -31,15 +31,16 @@ def cmd_train(args: argparse.Namespace) -> int:
         train_arrays, _ = train_arrays.split(args.holdout, seed=args.seed)
     spec = {"name": args.model, "num_classes": train_arrays.num_classes, "in_channels": train_arrays.channels,
             "width": args.width}
+    torch.manual_seed(args.seed)  # the initial weights too
     model = build(**spec)  # type: ignore[arg-type]
     config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                          schedule=args.schedule, seed=args.seed, freeze_backbone=False,
-                         exit_weights=args.exit_weights)
+                         exit_weights=args.exit_weights, recipe=args.recipe)
     started = time.perf_counter()
     history = train(model, data.dataset_for(args.dataset, train_arrays, train=True),
                     data.dataset_for(args.dataset, test_arrays, train=False), config, checkpoint=args.out,
                     model_spec=spec)
-    summary = {"model": spec, "epochs": args.epochs, "seconds_this_run": time.perf_counter() - started,
+    summary = {"model": spec, "recipe": args.recipe, "epochs": args.epochs, "seconds_this_run": time.perf_counter() - started,
                "seconds_total": sum(history.seconds), "test_accuracy_per_exit": history.test_accuracy[-1],
                "threads": args.threads, "command": " ".join(["einet", *sys.argv[1:]])}
     Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -173,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "step", "constant"])
     p.add_argument("--exit-weights", type=float, nargs="+", default=None)
+    p.add_argument("--recipe", default="joint", choices=["joint", "distill", "distill-ensemble"],
+                   help="joint: every exit's cross-entropy (the paper); distill: plus self-distillation from the "
+                        "final exit; distill-ensemble: from the ensemble of all exits (default: %(default)s)")
     p.add_argument("--holdout", type=float, default=0.1, help="share of the training split held out for the predictor")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

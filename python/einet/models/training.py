@@ -23,6 +23,13 @@ from .base import MultiExitNetwork
 
 CHECKPOINT_VERSION = 1
 
+# How the exits learn. ``joint``: the weighted sum of every exit's cross-entropy (the paper).
+# ``distill``: plus self-distillation from the final exit (Phuong & Lampert, ICCV 2019; BYOT).
+# ``distill-ensemble``: plus distillation from the detached geometric ensemble of all exits, a
+# teacher that early exits can follow more closely than the final one (as in ensemble-teacher
+# self-distillation for anytime networks).
+RECIPES = ("joint", "distill", "distill-ensemble")
+
 
 @dataclass
 class TrainConfig:
@@ -40,6 +47,9 @@ class TrainConfig:
     seed: int = 0
     threads: int | None = None
     device: str = "cpu"
+    recipe: str = "joint"
+    temperature: float = 3.0  # of the distillation targets
+    distill_weight: float = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || exit)
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -50,6 +60,11 @@ class TrainConfig:
             raise ValueError(f"unknown optimizer {self.optimizer!r}: expected 'sgd' or 'adam'")
         if self.schedule not in ("onecycle", "cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}: expected onecycle, cosine, step or constant")
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
+        if not self.temperature > 0 or not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"need temperature > 0 and 0 <= distill_weight <= 1, got {self.temperature} and "
+                             f"{self.distill_weight}")
 
 
 @dataclass
@@ -66,6 +81,27 @@ def exit_weights(model: MultiExitNetwork, config: TrainConfig) -> torch.Tensor:
     if len(weights) != model.num_exits or any(not (w >= 0 and math.isfinite(w)) for w in weights):
         raise ValueError(f"exit_weights must be {model.num_exits} finite values >= 0, got {list(weights)}")
     return torch.tensor(weights, dtype=torch.float32)
+
+
+def exit_losses(outputs: Sequence[torch.Tensor], labels: torch.Tensor, config: TrainConfig) -> torch.Tensor:
+    """[N]: each exit's training loss under the config's recipe."""
+    ce = torch.stack([nn.functional.cross_entropy(logits, labels) for logits in outputs])
+    if config.recipe == "joint":
+        return ce
+    t = config.temperature
+    with torch.no_grad():
+        if config.recipe == "distill":
+            teacher_logits = outputs[-1].detach()
+        else:  # geometric ensemble: the mean of every exit's log-probabilities
+            teacher_logits = torch.stack([o.detach().log_softmax(1) for o in outputs]).mean(0)
+        teacher = (teacher_logits / t).log_softmax(1)
+    kl = torch.stack([nn.functional.kl_div((logits / t).log_softmax(1), teacher, log_target=True,
+                                           reduction="batchmean") for logits in outputs])
+    w = config.distill_weight
+    mixed = (1 - w) * ce + w * t * t * kl
+    if config.recipe == "distill":  # the teacher itself learns from the labels alone
+        mixed = torch.cat([mixed[:-1], ce[-1:]])
+    return mixed
 
 
 def _trainable(model: MultiExitNetwork, config: TrainConfig) -> list[nn.Parameter]:
@@ -142,7 +178,8 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
     path = Path(checkpoint) if checkpoint else None
     if path and path.exists():
         state = _read(path)
-        stored = {k: state.get("config", {}).get(k) for k in ("epochs", "batch_size", "schedule", "lr")}
+        stored = {k: state.get("config", {}).get(k, "joint" if k == "recipe" else None)
+                  for k in ("epochs", "batch_size", "schedule", "lr", "recipe")}
         wanted = {k: getattr(config, k) for k in stored}
         if stored != wanted:
             raise ValueError(f"{path} was trained with {stored}; resume it with the same settings, not {wanted}")
@@ -153,7 +190,6 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
         torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
         history = History(**state["history"])
         first_epoch = len(history.loss)
-    loss_fn = nn.CrossEntropyLoss()
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
         _set_train_mode(model, config)
@@ -165,8 +201,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
             images = images.to(config.device, non_blocking=True)
             labels = labels.to(config.device, non_blocking=True)
             outputs = model(images)
-            losses = torch.stack([loss_fn(logits, labels) for logits in outputs])
-            loss = (losses * weights).sum()
+            loss = (exit_losses(outputs, labels, config) * weights).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
