@@ -2,14 +2,19 @@
 
 - MNIST and Fashion-MNIST: the four IDX files (gzipped or not).
 - CIFAR-10 and CIFAR-100: the python-version batch folders, read with an
-  unpickler that only admits numpy arrays and plain containers.
+  unpickler that only admits plain numeric numpy arrays and plain containers.
 - Any class-folder image layout (``root/<split>/<class>/*.jpg|png``), as a
-  directory or a zip of one; decoded once with Pillow and cached as ``.npy``.
+  directory or a zip of one; decoded once with Pillow and cached (see
+  :func:`cache_dir`).
 
 Every loader returns an :class:`ImageArrays` (uint8 images ``[N, H, W, C]``,
 int64 labels, class names); :class:`ImageDataset` turns it into normalised
-float tensors with the standard augmentations. Corrupt or truncated files raise
-:class:`DatasetError` (a ValueError) naming the file and what is wrong.
+float tensors with the standard augmentations. Files are untrusted input: a
+corrupt, truncated, oversized or crafted file raises :class:`DatasetError` (a
+ValueError) naming the file and what is wrong, never runs code from the file,
+and never makes the loader allocate much more than the caps below. The caps are
+module constants: assign a larger value (``einet.data.MAX_IDX_BYTES = ...``)
+for a genuine file above one.
 """
 
 from __future__ import annotations
@@ -17,22 +22,34 @@ from __future__ import annotations
 import gzip
 import hashlib
 import io
+import math
 import os
 import pickle
 import struct
 import tempfile
+import warnings
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
-from pathlib import Path
-from typing import TYPE_CHECKING
+from functools import partial
+from pathlib import Path, PureWindowsPath
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 if TYPE_CHECKING:
     import torch
+    from PIL import Image
 
 SPLITS = ("train", "test")
+
+# Size caps, generous for the real datasets: the largest MNIST-family IDX file
+# (EMNIST ByClass images) holds 547 MB, the largest CIFAR file (CIFAR-100 'train')
+# 155 MB, and encoded images are rarely above a few MB.
+MAX_IDX_BYTES = 1 << 30  # decompressed payload of one IDX file
+MAX_CIFAR_FILE_BYTES = 256 << 20  # one CIFAR python-version file (batch or meta)
+MAX_IMAGE_BYTES = 64 << 20  # one encoded image file (or zip member) of an image folder
 
 # Per-channel mean and std of the training sets, on pixel values scaled to [0, 1].
 NORMALISATION = {
@@ -44,7 +61,35 @@ NORMALISATION = {
 
 
 class DatasetError(ValueError):
-    """A dataset file is missing, corrupt, truncated or not in the expected format."""
+    """A dataset file is missing, corrupt, truncated, too large or not in the expected format."""
+
+
+@contextmanager
+def _malformed(description: str) -> Iterator[None]:
+    """Re-raise anything decoding a file raises as a DatasetError that starts with `description` (naming the file).
+
+    Decoders of untrusted bytes (gzip, pickle, zipfile, Pillow) raise a wide and
+    undocumented range of exceptions on bad input: zlib.error, LookupError,
+    OverflowError, RuntimeError (an encrypted zip member), NotImplementedError
+    (deflate64), Pillow's DecompressionBombError, SyntaxError... All of them mean
+    that the file is bad, so all are translated here, around the decoding calls only.
+    """
+    try:
+        yield
+    except DatasetError:
+        raise
+    except FileNotFoundError as error:
+        raise DatasetError(f"missing file {error.filename}") from None
+    except Exception as error:
+        raise DatasetError(f"{description}: {type(error).__name__}: {error}") from None
+
+
+def _check_size(what: object, size: int, cap: str) -> None:
+    """Refuse `size` bytes above the module constant named `cap` (named in the message, so it can be raised)."""
+    limit = globals()[cap]
+    if size > limit:
+        raise DatasetError(f"{what} holds {size} bytes, above {cap} = {limit}; "
+                           f"if the file is genuine, raise einet.data.{cap}")
 
 
 @dataclass(frozen=True)
@@ -89,37 +134,42 @@ class ImageArrays:
 # ---------------------------------------------------------------- IDX (MNIST)
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_CHUNK = 1 << 24
 
 
-def _read_bytes(path: Path) -> bytes:
-    try:
-        if path.suffix == ".gz":
-            with gzip.open(path, "rb") as f:
-                return f.read()
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise DatasetError(f"missing file {path}") from None
-    except (OSError, EOFError, gzip.BadGzipFile) as error:
-        raise DatasetError(f"{path} is corrupt or truncated: {error}") from None
+def _read_up_to(file: BinaryIO, limit: int) -> bytearray:
+    """At most `limit` bytes, read in chunks: memory follows what the file really holds, not what it claims."""
+    data = bytearray()
+    while len(data) < limit and (chunk := file.read(min(_CHUNK, limit - len(data)))):
+        data += chunk
+    return data
 
 
 def read_idx(path: str | os.PathLike[str]) -> np.ndarray:
-    """One IDX file (the MNIST format), gzipped or not, as an array of its declared shape."""
+    """One IDX file (the MNIST format), gzipped or not, as an array of its declared shape.
+
+    The header's shape is checked against MAX_IDX_BYTES before any payload is
+    read, and the payload is read in chunks up to that size (plus one byte, to
+    detect extra data): a small gzip that inflates to gigabytes, or a header
+    claiming a huge shape, is refused without allocating it.
+    """
     path = Path(path)
-    data = _read_bytes(path)
-    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_TYPES:
-        raise DatasetError(f"{path} is not an IDX file (bad magic number {data[:4].hex()})")
-    ndim = data[3]
-    header = 4 + 4 * ndim
-    if len(data) < header:
-        raise DatasetError(f"{path} is truncated inside its header")
-    shape = struct.unpack(f">{ndim}I", data[4:header])
-    dtype = np.dtype(_IDX_TYPES[data[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(data) - header != expected:
-        raise DatasetError(f"{path} holds {len(data) - header} bytes of data but its header {shape} needs {expected}")
-    # A copy: frombuffer views are read-only, which torch.from_numpy warns about.
-    return np.frombuffer(data, dtype=dtype, offset=header).reshape(shape).copy()
+    with _malformed(f"{path} is corrupt or truncated"), (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+        magic = f.read(4)
+        if len(magic) < 4 or magic[:2] != b"\0\0" or magic[2] not in _IDX_TYPES:
+            raise DatasetError(f"{path} is not an IDX file (bad magic number {magic.hex()})")
+        dims = f.read(4 * magic[3])
+        if len(dims) < 4 * magic[3]:
+            raise DatasetError(f"{path} is truncated inside its header")
+        shape = struct.unpack(f">{magic[3]}I", dims)
+        dtype = np.dtype(_IDX_TYPES[magic[2]])
+        size = math.prod(shape) * dtype.itemsize
+        _check_size(f"{path} (header {shape})", size, "MAX_IDX_BYTES")
+        payload = _read_up_to(f, size + 1)
+    if len(payload) != size:
+        held = f"more than {size}" if len(payload) > size else len(payload)
+        raise DatasetError(f"{path} holds {held} bytes of data but its header {shape} needs {size}")
+    return np.frombuffer(payload, dtype=dtype).reshape(shape)  # writable: a view of the bytearray
 
 
 def _find(root: Path, stem: str) -> Path:
@@ -151,40 +201,113 @@ FASHION_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sanda
 
 
 # ---------------------------------------------------------------- CIFAR python batches
+#
+# numpy's own pickle constructors trust the file: _reconstruct allocates any shape,
+# scalar() without data allocates whatever size its dtype claims, and an array state
+# whose dtype claims object items makes numpy read past the data (a segfault). So the
+# unpickler maps numpy's names to the checked stand-ins below, which only rebuild plain
+# numeric arrays from bytes of exactly the right length.
+
+_PLAIN_KINDS = "biuf"  # bool, integers, floats
+
+
+def _text(value: object) -> object:
+    """Python 2 pickles (the CIFAR files) hold str, which encoding='bytes' turns into bytes."""
+    return value.decode("ascii") if isinstance(value, bytes) else value
+
+
+class _PickledDtype:
+    """A pickled numpy dtype, kept to a plain numeric type and its byte order."""
+
+    def __init__(self, spec: object, align: object = False, copy: object = True) -> None:
+        spec = _text(spec)
+        if not isinstance(spec, str) or np.dtype(spec).kind not in _PLAIN_KINDS:
+            raise pickle.UnpicklingError(f"refusing numpy dtype {spec!r}")
+        self.dtype = np.dtype(spec)
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        byteorder = _text(state[1])
+        if byteorder in ("<", ">"):
+            self.dtype = self.dtype.newbyteorder(byteorder)
+
+
+class _PickledArray(np.ndarray):
+    """A pickled numpy array: its state is checked before numpy's own __setstate__ sees it."""
+
+    def __setstate__(self, state: tuple[object, ...]) -> None:
+        version, shape, dtype, fortran, data = state
+        if not (isinstance(dtype, _PickledDtype) and isinstance(shape, tuple)
+                and all(isinstance(n, int) and n >= 0 for n in shape)
+                and isinstance(data, bytes) and len(data) == math.prod(shape) * dtype.dtype.itemsize):
+            raise pickle.UnpicklingError("malformed numpy array (dtype, shape and data do not agree)")
+        super().__setstate__((version, shape, dtype.dtype, bool(fortran), data))
+
+
+_NDARRAY = object()  # what 'numpy.ndarray' unpickles to: only _reconstruct accepts it
+
+
+def _reconstruct(cls: object, shape: object, typecode: object) -> _PickledArray:
+    """numpy's array constructor; numpy always pickles shape (0,) and sets the real one in __setstate__."""
+    if cls is not _NDARRAY:
+        raise pickle.UnpicklingError("_reconstruct of something other than numpy.ndarray")
+    return _PickledArray(0, np.uint8)
+
+
+def _scalar(dtype: object, data: object = None) -> object:
+    """numpy's scalar constructor, from exactly one item's bytes."""
+    if not (isinstance(dtype, _PickledDtype) and isinstance(data, bytes) and len(data) == dtype.dtype.itemsize):
+        raise pickle.UnpicklingError("malformed numpy scalar")
+    return np.frombuffer(data, dtype.dtype)[0]
+
+
+def _latin1(text: object, encoding: object) -> bytes:
+    """_codecs.encode as pickles use it (bytes under protocol 2 are latin-1 text); other codecs are refused."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with {encoding!r}")
+    return text.encode("latin1")
+
+
+_PICKLE_GLOBALS = {
+    ("numpy", "ndarray"): _NDARRAY, ("numpy", "dtype"): _PickledDtype, ("_codecs", "encode"): _latin1,
+    **{(module, "_reconstruct"): _reconstruct for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(module, "scalar"): _scalar for module in ("numpy.core.multiarray", "numpy._core.multiarray")},
+}
+
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Admits what CIFAR batches hold (dicts, lists, bytes, numpy arrays) and nothing that can run code."""
-
-    _ALLOWED: frozenset[tuple[str, str]] = frozenset({
-        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-        ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-        ("numpy._core.multiarray", "scalar"), ("_codecs", "encode"),
-    })
+    """Admits what CIFAR files hold (dicts, lists, bytes, plain numeric numpy arrays) and nothing that can run code."""
 
     def find_class(self, module: str, name: str) -> object:
-        if (module, name) in self._ALLOWED:
-            return super().find_class(module, name)
+        if (module, name) in _PICKLE_GLOBALS:
+            return _PICKLE_GLOBALS[module, name]
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
 
-def _load_batch(path: Path) -> dict[bytes, object]:
-    try:
-        with open(path, "rb") as f:
-            batch = _ArraysOnlyUnpickler(f, encoding="bytes").load()
-    except FileNotFoundError:
-        raise DatasetError(f"missing CIFAR batch {path}") from None
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as error:
-        raise DatasetError(f"{path} is not a readable CIFAR batch: {error}") from None
-    if not isinstance(batch, dict) or b"data" not in batch:
-        raise DatasetError(f"{path} is not a CIFAR batch (no 'data' entry)")
-    return batch
+def _unpickle(path: Path) -> object:
+    with _malformed(f"{path} is not a readable CIFAR file"), open(path, "rb") as f:
+        _check_size(path, os.fstat(f.fileno()).st_size, "MAX_CIFAR_FILE_BYTES")
+        return _ArraysOnlyUnpickler(f, encoding="bytes").load()
 
 
-def _cifar_images(path: Path, batch: dict[bytes, object]) -> np.ndarray:
-    data = np.asarray(batch[b"data"], dtype=np.uint8)
-    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
-        raise DatasetError(f"{path}: data must be [N, 3072], got {data.shape}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+def _load_batch(path: Path, labels_key: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N, 32, 32, 3], labels [N]) of one batch file."""
+    batch = _unpickle(path)
+    if not isinstance(batch, dict) or b"data" not in batch or labels_key not in batch:
+        raise DatasetError(f"{path} is not a CIFAR batch (no {b'data'!r} and {labels_key!r} entries)")
+    with _malformed(f"{path} is not a CIFAR batch"):
+        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[labels_key])
+    if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"{path}: data must be uint8 [N, 3072], got {data.dtype} {data.shape}")
+    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
+        raise DatasetError(f"{path}: {labels_key.decode()} must be {data.shape[0]} integers, "
+                           f"got {labels.dtype} {labels.shape}")
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+
+
+def _load_meta(path: Path, key: bytes) -> tuple[str, ...]:
+    meta = _unpickle(path)
+    with _malformed(f"{path} is not a CIFAR meta file with {key.decode()}"):
+        return tuple(name.decode() for name in meta[key])
 
 
 def _cifar_folder(root: Path, marker: str) -> Path:
@@ -199,123 +322,170 @@ def load_cifar10(root: str | os.PathLike[str], split: str = "train") -> ImageArr
     _check_split(split)
     folder = _cifar_folder(Path(root), "batches.meta")
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    images, labels = [], []
-    for name in names:
-        batch = _load_batch(folder / name)
-        images.append(_cifar_images(folder / name, batch))
-        labels.append(np.asarray(batch.get(b"labels"), dtype=np.int64))
-        if labels[-1].shape != (images[-1].shape[0],):
-            raise DatasetError(f"{folder / name}: {images[-1].shape[0]} images but labels {labels[-1].shape}")
-    meta = _load_batch_meta(folder / "batches.meta", b"label_names")
-    return ImageArrays(np.concatenate(images), np.concatenate(labels), meta)
+    images, labels = zip(*(_load_batch(folder / name, b"labels") for name in names))
+    classes = _load_meta(folder / "batches.meta", b"label_names")
+    return ImageArrays(np.concatenate(images), np.concatenate(labels), classes)
 
 
 def load_cifar100(root: str | os.PathLike[str], split: str = "train") -> ImageArrays:
     """CIFAR-100 (fine labels) from its python-version files (``train``, ``test``, ``meta``)."""
     _check_split(split)
     folder = _cifar_folder(Path(root), "meta")
-    batch = _load_batch(folder / split)
-    images = _cifar_images(folder / split, batch)
-    labels = np.asarray(batch.get(b"fine_labels"), dtype=np.int64)
-    if labels.shape != (images.shape[0],):
-        raise DatasetError(f"{folder / split}: {images.shape[0]} images but fine_labels {labels.shape}")
-    return ImageArrays(images, labels, _load_batch_meta(folder / "meta", b"fine_label_names"))
-
-
-def _load_batch_meta(path: Path, key: bytes) -> tuple[str, ...]:
-    try:
-        with open(path, "rb") as f:
-            meta = _ArraysOnlyUnpickler(f, encoding="bytes").load()
-        return tuple(name.decode() for name in meta[key])
-    except FileNotFoundError:
-        raise DatasetError(f"missing {path}") from None
-    except (pickle.UnpicklingError, EOFError, KeyError, TypeError, AttributeError) as error:
-        raise DatasetError(f"{path} is not a readable CIFAR meta file: {error}") from None
+    images, labels = _load_batch(folder / split, b"fine_labels")
+    return ImageArrays(images, labels, _load_meta(folder / "meta", b"fine_label_names"))
 
 
 # ---------------------------------------------------------------- class folders
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+_CACHE_FORMAT = 2  # bump when the cached content changes
 
 
 def cache_dir() -> Path:
-    """Where decoded image folders are cached: $EINET_CACHE, else a folder in the system temp dir."""
-    return Path(os.environ.get("EINET_CACHE", Path(tempfile.gettempdir()) / "einet-cache"))
+    """Where decoded image folders are cached: $EINET_CACHE_DIR if set, else ``einet/`` in the user's cache
+    directory ($XDG_CACHE_HOME, else ~/.cache): never a shared temporary folder, where others could plant entries."""
+    if os.environ.get("EINET_CACHE_DIR"):
+        return Path(os.environ["EINET_CACHE_DIR"])
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    return (Path(xdg) if os.path.isabs(xdg) else Path.home() / ".cache") / "einet"
 
 
 def load_image_folder(source: str | os.PathLike[str], split: str | None = "train", cache: bool = True) -> ImageArrays:
     """A class-folder layout ``[prefix/]split/<class>/<image>``, from a directory or a zip of one.
 
     Classes are the sorted folder names (the usual label order). All images must
-    share one size. Decoded arrays are cached (keyed by the source's path, size
-    and modification time), so the second load is instant.
+    share one size; 16-bit grey images are scaled to 8 bits (their high byte, as
+    Pillow does for 16-bit colour). Decoded arrays are cached in :func:`cache_dir`,
+    so the second load is fast; an entry is used only if it was made from the
+    source as it is now and its arrays still hash to what was written, else it is
+    rebuilt.
     """
     source = Path(source)
     if not source.exists():
         raise DatasetError(f"missing image folder or zip {source}")
-    stat = source.stat()
-    key = hashlib.sha1(f"{source.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{split}".encode()).hexdigest()[:16]
-    cached = cache_dir() / f"{source.stem}-{split}-{key}.npz"
-    if cache and cached.exists():
-        with np.load(cached, allow_pickle=False) as stored:
-            return ImageArrays(stored["images"], stored["labels"], tuple(str(c) for c in stored["classes"]))
-    arrays = _decode_folder(source, split)
-    if cache:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        partial = cached.with_suffix(".partial.npz")
-        np.savez(partial, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes))
-        os.replace(partial, cached)
+    if not cache:
+        return _decode_folder(source, split)
+    fingerprint = _fingerprint(source, split)
+    entry = cache_dir() / f"{source.stem}-{split}-{fingerprint[:16]}.npz"
+    arrays = _read_cache(entry, fingerprint)
+    if arrays is None:
+        arrays = _decode_folder(source, split)
+        try:
+            _write_cache(entry, arrays, fingerprint)
+        except OSError as error:
+            warnings.warn(f"could not cache the decoded {source} as {entry}: {error}", stacklevel=2)
     return arrays
 
 
-def _image_entries(source: Path) -> Iterator[tuple[tuple[str, ...], object]]:
-    """(path parts, opener) for every image file in a directory or zip."""
+def _fingerprint(source: Path, split: str | None) -> str:
+    """The source as it is now: its path, the split, and the size and mtime of the file (of each file in a folder)."""
+    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    digest = hashlib.sha256(f"{_CACHE_FORMAT}|{source.resolve()}|{split}".encode())
+    for path in files:
+        stat = path.stat()
+        digest.update(f"|{path.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+    return digest.hexdigest()
+
+
+def _digest(arrays: ImageArrays) -> str:
+    """SHA-256 of everything a cache entry holds: a truncated, corrupted or edited entry no longer matches."""
+    digest = hashlib.sha256("\n".join(arrays.classes).encode())
+    for array in (arrays.images, arrays.labels):
+        digest.update(f"|{array.dtype.str}{array.shape}|".encode())
+        digest.update(np.ascontiguousarray(array).data)
+    return digest.hexdigest()
+
+
+def _read_cache(entry: Path, fingerprint: str) -> ImageArrays | None:
+    """The cached arrays if `entry` is intact and made from this source; otherwise None, and a bad entry is removed."""
+    if not entry.exists():
+        return None
+    try:
+        with open(entry, "rb") as f, np.load(f, allow_pickle=False) as stored:
+            arrays = ImageArrays(stored["images"], stored["labels"], tuple(str(c) for c in stored["classes"]))
+            valid = str(stored["source"]) == fingerprint and str(stored["digest"]) == _digest(arrays)
+    except Exception:  # unreadable, whatever numpy or zipfile raise on it
+        valid = False
+    if valid:
+        return arrays
+    warnings.warn(f"rebuilding the invalid cache entry {entry}", stacklevel=3)
+    with suppress(OSError):  # a read-only cache: the rebuilt arrays are then returned uncached
+        entry.unlink()
+    return None
+
+
+def _write_cache(entry: Path, arrays: ImageArrays, fingerprint: str) -> None:
+    """Write under a unique temporary name, fsync, then rename: readers and concurrent writers never see half a file."""
+    entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes),
+                     source=np.array(fingerprint), digest=np.array(_digest(arrays)))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(temporary, entry)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+_ImageFile = tuple[tuple[str, ...], str, int, Callable[[], bytes]]  # path parts, name, size, reader
+
+
+def _image_files(source: Path, stack: ExitStack) -> Iterator[_ImageFile]:
+    """Every image file in a directory or zip (kept open by `stack`)."""
     if source.is_dir():
         for path in sorted(source.rglob("*")):
             if path.suffix.lower() in IMAGE_SUFFIXES:
-                yield path.relative_to(source).parts, path
-    else:
-        try:
-            archive = zipfile.ZipFile(source)
-        except zipfile.BadZipFile:
-            raise DatasetError(f"{source} is neither a directory nor a readable zip") from None
-        for name in sorted(archive.namelist()):
-            if Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                yield tuple(Path(name).parts), (archive, name)
+                yield path.relative_to(source).parts, str(path), path.stat().st_size, path.read_bytes
+        return
+    with _malformed(f"{source} is neither a directory nor a readable zip"):
+        archive = stack.enter_context(zipfile.ZipFile(source))
+    for member in sorted(archive.infolist(), key=lambda m: m.filename):
+        name = PureWindowsPath(member.filename)  # splits on '/' and '\\', and sees drives and roots
+        if name.drive or name.root or ".." in name.parts:
+            raise DatasetError(f"{source}: refusing member {member.filename!r} (an absolute or '..' path)")
+        if name.suffix.lower() in IMAGE_SUFFIXES:
+            yield name.parts, f"{source}:{member.filename}", member.file_size, partial(archive.read, member)
+
+
+def _pixels(image: Image.Image) -> np.ndarray:
+    """uint8 [H, W, C]: grey stays one channel, 16-bit grey keeps its high byte, everything else becomes RGB.
+
+    Pillow's own conversion of 16-bit grey to 8 bits clips at 255, which turns
+    most of a 16-bit image white; the high byte is the proper scaling (and what
+    Pillow keeps of 16-bit colour images).
+    """
+    if image.mode.startswith("I"):  # I;16, I;16B... (16-bit grey PNG), or I (32-bit)
+        array = np.asarray(image)
+        if array.size and (array.min() < 0 or array.max() > 0xFFFF):
+            raise ValueError(f"{image.mode} pixel values outside 16 bits")
+        return (array.astype(np.uint16) >> 8).astype(np.uint8)[..., None]
+    array = np.asarray(image.convert("L" if image.mode in ("L", "1") else "RGB"))
+    return array if array.ndim == 3 else array[..., None]
 
 
 def _decode_folder(source: Path, split: str | None) -> ImageArrays:
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
-    files: list[tuple[str, object]] = []
-    for parts, opener in _image_entries(source):
-        if split is None:
-            if len(parts) >= 2:
-                files.append((parts[-2], opener))
-        elif len(parts) >= 3 and parts[-3] == split:
-            files.append((parts[-2], opener))
-    if not files:
-        where = f"'{split}/<class>/<image>'" if split else "'<class>/<image>'"
-        raise DatasetError(f"no images in the layout {where} under {source}")
-    classes = tuple(sorted({label for label, _ in files}))
-    index = {name: i for i, name in enumerate(classes)}
-    images = []
-    for _, opener in files:
-        try:
-            if isinstance(opener, Path):
-                image = Image.open(opener)
-            else:
-                archive, name = opener  # type: ignore[misc]
-                image = Image.open(io.BytesIO(archive.read(name)))
-            image.load()
-        except (UnidentifiedImageError, OSError, zipfile.BadZipFile) as error:
-            raise DatasetError(f"cannot decode image {opener}: {error}") from None
-        array = np.asarray(image.convert("L" if image.mode in ("L", "1", "I;16") else "RGB"))
-        images.append(array if array.ndim == 3 else array[..., None])
+    with ExitStack() as stack:
+        files = [(parts[-2], name, size, read) for parts, name, size, read in _image_files(source, stack)
+                 if (split is None and len(parts) >= 2) or (len(parts) >= 3 and parts[-3] == split)]
+        if not files:
+            where = f"'{split}/<class>/<image>'" if split else "'<class>/<image>'"
+            raise DatasetError(f"no images in the layout {where} under {source}")
+        images = []
+        for _, name, size, read in files:
+            _check_size(name, size, "MAX_IMAGE_BYTES")
+            with _malformed(f"cannot decode image {name}"), Image.open(io.BytesIO(read())) as image:
+                images.append(_pixels(image))
     shapes = {a.shape for a in images}
     if len(shapes) != 1:
         raise DatasetError(f"images under {source} differ in size: {sorted(shapes)[:3]}...")
-    labels = np.array([index[label] for label, _ in files], dtype=np.int64)
+    classes = tuple(sorted({label for label, *_ in files}))
+    index = {name: i for i, name in enumerate(classes)}
+    labels = np.array([index[label] for label, *_ in files], dtype=np.int64)
     return ImageArrays(np.stack(images), labels, classes)
 
 
