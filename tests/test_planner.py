@@ -230,3 +230,39 @@ def test_version_flows_from_the_build():
     from importlib.metadata import version
 
     assert einet.__version__ == version("einet")
+
+
+# Exact values from mpmath at 50 digits: (Q(-mean/std) - Q((t - mean)/std)) / Q(-mean/std), Q(x) = erfc(x/sqrt2)/2.
+@pytest.mark.parametrize(
+    ("mean", "std", "t", "exact"),
+    [
+        (-8.2, 1.0, 0.05, 0.3410853916300523362),  # most mass below 0: 1 - Phi(8.2) rounds to 1e-16
+        (-30.0, 2.0, 0.01, 0.072574563847890688418),  # Phi(15) rounds to 1: refused as "no mass" before
+        (-37.0, 1.0, 1e-3, 0.036350353163608294605),  # mass at t >= 0 is 5.7e-300
+        (-37.0, 1.0, 0.5, 0.9999999919565178205),
+        (10.0, 1.0, 1.0, 1.1285122074235990425e-19),  # the lower tail stays exact too
+        (5.0, 0.5, 0.3, 2.7205337183219650038e-21),
+        (1.0, 2.0, 0.5, 0.13414486076393369063),
+    ],
+)
+def test_truncated_normal_cdf_keeps_precision_in_both_tails(mean, std, t, exact):
+    dist = einet.Normal(mean, std)
+    # Backward stable: exact for a mean within a few ulps, hence ~(mean/std)^2 ulps of relative error.
+    assert dist.cdf(t) == pytest.approx(exact, rel=1e-11, abs=0)
+    assert reference.cdf(dist, t) == pytest.approx(exact, rel=1e-11, abs=0)
+    times = np.linspace(0.0, 2 * t, 41)
+    native = dist.cdf(times)
+    assert np.all(np.diff(native) >= 0)
+    np.testing.assert_allclose(native, [reference.cdf(dist, float(x)) for x in times], rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("kind", DIST_KINDS)
+def test_cdf_policy_for_nan_and_infinite_times(kind, make_distribution):
+    """One policy for every distribution, native and reference alike: NaN in, NaN out; F(-inf) = 0, F(inf) = 1."""
+    dist = make_distribution(kind, 10.0, np.random.default_rng(3))
+    assert np.isnan(dist.cdf(float("nan")))
+    assert np.isnan(reference.cdf(dist, float("nan")))
+    values = dist.cdf(np.array([-np.inf, np.nan, 5.0, np.inf]))
+    assert np.isnan(values[1]) and not np.isnan(values[[0, 2, 3]]).any()
+    assert (values[0], values[3]) == (0.0, 1.0)
+    assert (reference.cdf(dist, -np.inf), reference.cdf(dist, np.inf)) == (0.0, 1.0)

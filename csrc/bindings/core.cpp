@@ -1,12 +1,18 @@
 // pybind11 glue for the header-only core: converts, checks shapes, releases the GIL.
-// Every argument error surfaces in Python as ValueError (std::invalid_argument).
+// Every argument error surfaces in Python as ValueError (std::invalid_argument), or
+// TypeError for an argument of the wrong type. The long searches stay interruptible:
+// Ctrl-C (any Python signal handler that raises) ends them within about 0.1 s.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
+#include <optional>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "einet/distributions.hpp"
@@ -121,6 +127,81 @@ py::array_t<std::uint8_t, py::array::c_style> observation_mask(const py::array& 
     return bytes;
 }
 
+/// An exit index argument: a Python int (numpy integers too; bool refused) in [-1, n).
+std::int64_t exit_index(const py::handle& value, const char* name, std::size_t n) {
+    const auto refuse_type = [&] {
+        return py::type_error(std::string(name) + " must be an int (an exit index, or -1 for none), got " +
+                              std::string(py::repr(value)));
+    };
+    if (PyBool_Check(value.ptr()) || !PyIndex_Check(value.ptr())) throw refuse_type();
+    PyObject* index = PyNumber_Index(value.ptr());
+    if (index == nullptr) {  // e.g. numpy.bool_, whose __index__ raises
+        PyErr_Clear();
+        throw refuse_type();
+    }
+    const auto number = py::reinterpret_steal<py::int_>(index);
+    int overflow = 0;
+    const long long parsed = PyLong_AsLongLongAndOverflow(number.ptr(), &overflow);
+    if (overflow == 0 && parsed == -1 && PyErr_Occurred()) throw py::error_already_set();
+    if (overflow != 0 || parsed < -1 || parsed >= static_cast<long long>(n)) {
+        throw py::value_error(std::string(name) + "=" + std::string(py::str(number)) +
+                              " must be -1 or an exit in [0, " + std::to_string(n) + ")");
+    }
+    return static_cast<std::int64_t>(parsed);
+}
+
+/// The native searches' StopCheck while the GIL is released: on the thread that made the
+/// call, at most every 50 ms, it takes the GIL and runs the pending Python signal handlers
+/// (PyErr_CheckSignals, which acts on the main thread only); when one raises (Ctrl-C:
+/// KeyboardInterrupt) it keeps that exception and says stop. Other threads (search_batch's
+/// workers) only read the flag, so they never touch Python.
+class SignalCheck {
+public:
+    einet::StopCheck stop_check() {
+        return [this] { return stopped_.load(std::memory_order_relaxed) || (on_owner() && check_signals()); };
+    }
+
+    /// With the GIL held, after the core gave up with einet::Interrupted: raise what the handler raised.
+    [[noreturn]] void raise() {
+        if (error_) throw py::error_already_set(*error_);
+        PyErr_SetNone(PyExc_KeyboardInterrupt);
+        throw py::error_already_set();
+    }
+
+private:
+    bool on_owner() const { return std::this_thread::get_id() == owner_; }
+
+    bool check_signals() {
+        const auto now = std::chrono::steady_clock::now();
+        if (now - last_ < std::chrono::milliseconds(50)) return false;
+        last_ = now;
+        const py::gil_scoped_acquire gil;
+        if (PyErr_CheckSignals() == 0) return false;
+        error_.emplace();  // fetches and clears the handler's exception
+        stopped_.store(true);
+        return true;
+    }
+
+    std::thread::id owner_ = std::this_thread::get_id();
+    std::atomic<bool> stopped_{false};
+    std::chrono::steady_clock::time_point last_ = std::chrono::steady_clock::now();
+    std::optional<py::error_already_set> error_;
+};
+
+/// Runs call(stop_check) with the GIL released, turning einet::Interrupted back into the Python
+/// exception that caused it.
+template <class Call>
+auto without_gil_interruptibly(Call&& call) {
+    SignalCheck signals;
+    const einet::StopCheck stop = signals.stop_check();
+    try {
+        const py::gil_scoped_release release;
+        return call(stop);
+    } catch (const einet::Interrupted&) {
+        signals.raise();
+    }
+}
+
 template <class Dist>
 py::array_t<double> vectorized_cdf(const Dist& dist, const Doubles& t) {
     py::array_t<double> out(std::vector<py::ssize_t>(t.shape(), t.shape() + t.ndim()));
@@ -132,8 +213,10 @@ py::array_t<double> vectorized_cdf(const Dist& dist, const Doubles& t) {
 
 template <class Dist, class Class>
 void add_cdf(Class& cls) {
-    cls.def("cdf", [](const Dist& d, double t) { return d.cdf(t); }, py::arg("t"), "F(t) for one time, in seconds.");
-    cls.def("cdf", &vectorized_cdf<Dist>, py::arg("t"), "F(t) elementwise over an array of times.");
+    cls.def("cdf", [](const Dist& d, double t) { return d.cdf(t); }, py::arg("t"),
+            "F(t) for one time, in seconds. NaN gives NaN (every distribution); F(-inf) = 0, F(inf) = 1.");
+    cls.def("cdf", &vectorized_cdf<Dist>, py::arg("t"),
+            "F(t) elementwise over an array of times; NaN entries give NaN.");
 }
 
 }  // namespace
@@ -147,6 +230,10 @@ PYBIND11_MODULE(_core, m) {
 #endif
     m.attr("TIE_TOLERANCE") = einet::kTieTolerance;
     m.attr("MAX_EXHAUSTIVE_BLOCKS") = einet::kMaxExhaustiveBlocks;
+    m.attr("MAX_HYBRID_DEPTH") = einet::kMaxHybridDepth;
+    m.attr("MAX_HYBRID_WORK_LOG2") = einet::kMaxHybridWorkLog2;
+    m.attr("MAX_RANDOM_BUDGET") = einet::kMaxRandomBudget;
+    m.attr("MAX_THREADS") = einet::kMaxThreads;
 
     py::class_<einet::Uniform> uniform(m, "Uniform", "Exit time uniform on [low, high]: F(t) = (t - low) / (high - low), clamped.");
     uniform.def(py::init<double, double>(), py::arg("low"), py::arg("high"))
@@ -160,7 +247,10 @@ PYBIND11_MODULE(_core, m) {
                         [](const py::tuple& s) { return einet::Uniform(s[0].cast<double>(), s[1].cast<double>()); }));
     add_cdf<einet::Uniform>(uniform);
 
-    py::class_<einet::Normal> normal(m, "Normal", "Exit time normal(mean, std) truncated to t >= 0 and renormalised.");
+    py::class_<einet::Normal> normal(m, "Normal",
+                                     "Exit time normal(mean, std) truncated to t >= 0 and renormalised. F keeps its "
+                                     "relative precision in both tails (also when nearly all mass lies below 0); "
+                                     "refused when the mass at t >= 0 is below the smallest normal double.");
     normal.def(py::init<double, double>(), py::arg("mean"), py::arg("std"))
         .def_readonly("mean", &einet::Normal::mean)
         .def_readonly("std", &einet::Normal::std)
@@ -267,22 +357,21 @@ PYBIND11_MODULE(_core, m) {
         "online_step",
         [](const einet::Predictor& predictor, const Doubles& observed, const py::array& mask, const Doubles& conv,
            const Doubles& branch, const py::handle& dist_object, const std::string& method, std::size_t depth,
-           std::uint64_t budget, std::uint64_t seed, std::size_t start, double elapsed, std::int64_t held_exit,
+           std::uint64_t budget, std::uint64_t seed, std::size_t start, double elapsed, const py::handle& held_exit,
            double held_default, const std::string& rule) {
             const auto dist = to_distribution(dist_object);
             const auto conv_view = vector_of(conv, "conv");
             const auto branch_view = vector_of(branch, "branch");
             const auto observed_view = vector_of(observed, "observed");
+            const auto held_index = exit_index(held_exit, "held_exit", conv_view.size());
             const auto bytes = observation_mask(mask, conv_view.size());
             const auto options = make_options(method, depth, budget, seed);
             const auto parsed_rule = einet::parse_rule(rule);
-            einet::OnlineStep step;
-            {
-                py::gil_scoped_release release;
-                step = einet::online_step(predictor, conv_view, branch_view, observed_view,
+            const einet::OnlineStep step = without_gil_interruptibly([&](const einet::StopCheck& stop) {
+                return einet::online_step(predictor, conv_view, branch_view, observed_view,
                                           {bytes.data(), static_cast<std::size_t>(bytes.shape(0))}, start, elapsed,
-                                          held_exit, held_default, parsed_rule, dist, options);
-            }
+                                          held_index, held_default, parsed_rule, dist, options, stop);
+            });
             py::array_t<double> scores(static_cast<py::ssize_t>(step.scores.size()));
             std::copy(step.scores.begin(), step.scores.end(), scores.mutable_data());
             return py::make_tuple(as_bool_array(step.plan.mask), step.plan.value, step.plan.evaluations, scores,
@@ -291,7 +380,8 @@ PYBIND11_MODULE(_core, m) {
         py::arg("predictor"), py::arg("observed"), py::arg("mask"), py::arg("conv"), py::arg("branch"),
         py::arg("dist"), py::arg("method"), py::arg("depth"), py::arg("budget"), py::arg("seed"), py::arg("start"),
         py::arg("elapsed"), py::arg("held_exit"), py::arg("held_default"), py::arg("rule"),
-        "Predict every exit's score, then search the remaining blocks: (mask, value, evaluations, scores, held).");
+        "Predict every exit's score, then search the remaining blocks: (mask, value, evaluations, scores, held). "
+        "held_exit: an int, -1 (none: held_default is credited) or an observed exit in [0, N).");
 
     m.def(
         "expected_accuracy",
@@ -334,11 +424,8 @@ PYBIND11_MODULE(_core, m) {
             const auto dist = to_distribution(dist_object);
             const auto in = make_instance(scores, conv, branch, start, elapsed, held, rule);
             const auto options = make_options(method, depth, budget, seed);
-            einet::Plan plan;
-            {
-                py::gil_scoped_release release;
-                plan = einet::search(in, dist, options);
-            }
+            const einet::Plan plan = without_gil_interruptibly(
+                [&](const einet::StopCheck& stop) { return einet::search(in, dist, options, stop); });
             return py::make_tuple(as_bool_array(plan.mask), plan.value, plan.evaluations);
         },
         py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("method"), py::arg("depth"),
@@ -376,14 +463,14 @@ PYBIND11_MODULE(_core, m) {
             py::array_t<std::uint64_t> evaluations(static_cast<py::ssize_t>(count));
             const einet::BatchOutput out{reinterpret_cast<std::uint8_t*>(masks.mutable_data()), values.mutable_data(),
                                          evaluations.mutable_data()};
-            {
-                py::gil_scoped_release release;
+            without_gil_interruptibly([&](const einet::StopCheck& stop) {
                 einet::search_batch(conv_view, branch_view, scores.data(), count, start, elapsed.data(), held.data(),
-                                    parsed_rule, dist, options, out, threads);
-            }
+                                    parsed_rule, dist, options, out, threads, stop);
+            });
             return py::make_tuple(masks, values, evaluations);
         },
         py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("method"), py::arg("depth"),
         py::arg("budget"), py::arg("seed"), py::arg("start"), py::arg("elapsed"), py::arg("held"), py::arg("rule"),
-        py::arg("threads"), "Many samples' searches over all cores: (masks, values, evaluations).");
+        py::arg("threads"),
+        "Many samples' searches over `threads` cores (0: all, at most MAX_THREADS): (masks, values, evaluations).");
 }

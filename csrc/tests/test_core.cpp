@@ -1,8 +1,11 @@
 // C++ test driver for the header-only core, run under AddressSanitizer and UBSan:
-//   cmake -S . -B build/sanitize -DEINET_SANITIZE=ON && cmake --build build/sanitize && ctest --test-dir build/sanitize
+//   cmake -S . -B build/sanitize -DEINET_SANITIZE=ON -DCMAKE_BUILD_TYPE=Debug && cmake --build build/sanitize &&
+//   ctest --test-dir build/sanitize
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <limits>
 #include <random>
 #include <stdexcept>
 #include <vector>
@@ -100,14 +103,15 @@ void test_incremental_matches_full(std::mt19937_64& rng) {
             [&](const auto& d) {
                 std::vector<std::uint8_t> mask(n);
                 for (auto& bit : mask) bit = coin(rng);
-                einet::IncrementalPlan<std::decay_t<decltype(d)>> plan(in, d);
+                einet::detail::IncrementalPlan<std::decay_t<decltype(d)>> plan(in, d);
                 plan.assign(mask.data());
-                CHECK(std::fabs(plan.value() - einet::expected_accuracy(in, d, mask.data())) <= 1e-12);
+                CHECK(std::fabs(plan.value() - einet::detail::expected_accuracy(in, d, mask.data())) <= 1e-12);
                 for (std::size_t j = 0; j < n; ++j) {
                     if (mask[j]) continue;
                     auto grown = mask;
                     grown[j] = 1;
-                    CHECK(std::fabs(plan.value_with(j) - einet::expected_accuracy(in, d, grown.data())) <= 1e-12);
+                    CHECK(std::fabs(plan.value_with(j) - einet::detail::expected_accuracy(in, d, grown.data())) <=
+                          1e-12);
                 }
             },
             c.dist);
@@ -202,6 +206,105 @@ void test_predictor_and_session(std::mt19937_64& rng) {
     CHECK(throws_invalid_argument([&] { einet::Predictor({last}, true); }));
 }
 
+bool close(double a, double b, double rel) { return std::fabs(a - b) <= rel * std::fabs(b); }
+
+void test_normal_tails_and_nan_policy() {
+    // Exact values from mpmath at 50 digits; before, the first gave 0 and the next two were refused.
+    CHECK(close(einet::Normal(-8.2, 1.0).cdf(0.05), 0.3410853916300523362, 1e-13));
+    CHECK(close(einet::Normal(-30.0, 2.0).cdf(0.01), 0.072574563847890688418, 1e-11));
+    CHECK(close(einet::Normal(-37.0, 1.0).cdf(1e-3), 0.036350353163608294605, 1e-11));
+    CHECK(close(einet::Normal(10.0, 1.0).cdf(1.0), 1.1285122074235990425e-19, 1e-13));
+    CHECK(throws_invalid_argument([] { einet::Normal(-100.0, 1.0); }));
+    const double inf = std::numeric_limits<double>::infinity();
+    const std::vector<einet::Distribution> every{einet::Uniform(0.0, 2.0), einet::Normal(1.0, 0.5),
+                                                 einet::Exponential(1.0), einet::Empirical({0.5, 1.0, 1.5}),
+                                                 einet::Deterministic(1.0)};
+    for (const auto& dist : every) {
+        CHECK(std::isnan(einet::cdf(dist, NAN)));
+        CHECK(einet::cdf(dist, -inf) == 0.0);
+        CHECK(einet::cdf(dist, inf) == 1.0);
+    }
+}
+
+void test_work_caps(std::mt19937_64& rng) {
+    const Case c = random_case(rng, 64, 0);
+    const auto in = c.instance(0, 0.0, 0.0, einet::Rule::latest);
+    CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::hybrid, 21}); }));
+    CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::hybrid, 20}); }));
+    CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::random, 4, 10'000'001}); }));
+    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 33); }));
+    einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 32);  // 2^20 x 32 = 2^25: allowed
+    einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 1);
+    CHECK(throws_invalid_argument([] { einet::detail::pow2(64); }));
+    CHECK(einet::detail::pow2(63) == std::uint64_t{1} << 63);
+    std::vector<double> scores(4 * 64, 0.5), elapsed(4, 0.0), held(4, 0.0), values(4);
+    std::vector<std::uint8_t> masks(4 * 64);
+    std::vector<std::uint64_t> evaluations(4);
+    CHECK(throws_invalid_argument([&] {
+        einet::search_batch({c.conv.data(), 64}, {c.branch.data(), 64}, scores.data(), 4, 0, elapsed.data(),
+                            held.data(), einet::Rule::latest, c.dist, {einet::Method::greedy},
+                            {masks.data(), values.data(), evaluations.data()}, einet::kMaxThreads + 1);
+    }));
+}
+
+template <class Call>
+bool throws_interrupted(Call call) {
+    try {
+        call();
+    } catch (const einet::Interrupted&) {
+        return true;
+    }
+    return false;
+}
+
+void test_stop_check(std::mt19937_64& rng) {
+    const Case c = random_case(rng, 40, 1);
+    const auto in = c.instance(0, 0.0, 0.0, einet::Rule::latest);
+    // Each search asks about every kPollInterval evaluations, and stops when told.
+    for (const einet::SearchOptions options : {einet::SearchOptions{einet::Method::random, 4, 200'000},
+                                               einet::SearchOptions{einet::Method::hybrid, 12}}) {
+        int asked = 0;
+        const einet::StopCheck never = [&] { return ++asked < 0; };
+        const auto plan = einet::search(in, c.dist, options, never);
+        CHECK(asked > 0);
+        CHECK(static_cast<std::uint64_t>(asked) <= plan.evaluations / einet::kPollInterval + 1);
+        CHECK(plan.value == einet::search(in, c.dist, options).value);
+        int calls = 0;
+        CHECK(throws_interrupted([&] { einet::search(in, c.dist, options, [&] { return ++calls == 3; }); }));
+        CHECK(calls == 3);
+    }
+    const Case small = random_case(rng, 25, 0);
+    int calls = 0;
+    CHECK(throws_interrupted([&] {
+        einet::search(small.instance(0, 0.0, 0.0, einet::Rule::best), small.dist, {einet::Method::exhaustive},
+                      [&] { return ++calls == 2; });
+    }));
+    // A batch: the stop (or any exception) in one thread stops all of them, and all are joined.
+    const std::size_t n = 40, count = 16;
+    std::vector<double> scores(count * n, 0.5), elapsed(count, 0.0), held(count, 0.0), values(count);
+    std::vector<std::uint8_t> masks(count * n);
+    std::vector<std::uint64_t> evaluations(count);
+    auto batch = [&](const einet::StopCheck& stop) {
+        einet::search_batch({c.conv.data(), n}, {c.branch.data(), n}, scores.data(), count, 0, elapsed.data(),
+                            held.data(), einet::Rule::latest, c.dist, {einet::Method::random, 4, 100'000},
+                            {masks.data(), values.data(), evaluations.data()}, 4, stop);
+    };
+    std::atomic<int> asked{0};
+    CHECK(throws_interrupted([&] { batch([&] { return ++asked >= 5; }); }));
+    bool runtime_error = false;
+    try {
+        batch([&] {
+            if (++asked > 8) throw std::runtime_error("from the stop check");
+            return false;
+        });
+    } catch (const std::runtime_error& error) {
+        runtime_error = std::string(error.what()) == "from the stop check";
+    }
+    CHECK(runtime_error);
+    batch([] { return false; });
+    for (std::size_t row = 0; row < count; ++row) CHECK(evaluations[row] == 100'000);
+}
+
 }  // namespace
 
 int main() {
@@ -211,6 +314,9 @@ int main() {
     test_batches(rng);
     test_errors(rng);
     test_predictor_and_session(rng);
+    test_normal_tails_and_nan_policy();
+    test_work_caps(rng);
+    test_stop_check(rng);
     if (failures) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return EXIT_FAILURE;

@@ -8,6 +8,10 @@ import numpy.typing as npt
 __version__: str
 TIE_TOLERANCE: float
 MAX_EXHAUSTIVE_BLOCKS: int
+MAX_HYBRID_DEPTH: int
+MAX_HYBRID_WORK_LOG2: int
+MAX_RANDOM_BUDGET: int
+MAX_THREADS: int
 
 class Uniform:
     low: float

@@ -145,6 +145,11 @@ def search(
     ``hybrid`` (all 2^depth settings of the next ``depth`` branches, each
     completed greedily; the paper's method) and ``random`` (best of ``budget``
     random plans from ``seed``).
+
+    The work is capped up front (ValueError beyond): ``depth <= 20`` and
+    ``2^min(depth, N - start) * (N - start) <= 2^25`` for hybrid, ``budget <= 10^7``
+    for random (``_core.MAX_*``). The GIL is released; Ctrl-C still interrupts
+    the search within about 0.1 s (KeyboardInterrupt).
     """
     _check_et(et)
     mask, value, evaluations = _core.search(
@@ -170,8 +175,10 @@ def search_batch(
 ) -> BatchPlans:
     """``search`` for every row of ``scores`` [B, N] in one native call, on ``threads`` cores (default: all).
 
-    ``elapsed`` and ``held`` are scalars or one value per sample. The GIL is
-    released, so other Python threads keep running meanwhile.
+    ``elapsed`` and ``held`` are scalars or one value per sample. ``threads`` is
+    at most 256 (ValueError beyond); where the system refuses a thread, the batch
+    runs on those it has. The GIL is released, so other Python threads keep
+    running meanwhile, and Ctrl-C interrupts the batch as it does ``search``.
     """
     _check_et(et)
     scores = np.asarray(scores, dtype=np.float64)
@@ -222,11 +229,14 @@ def online_step(
     """Predict unobserved exit scores natively, then plan blocks ``start..N-1``: one native call.
 
     ``observed`` holds the confidences seen so far (read only where ``observed_mask``
-    is set); ``held_exit`` is the exit whose answer is held (-1: none, credited ``held``).
+    is set); ``held_exit`` is the exit whose answer is held: an int, -1 (none,
+    credited ``held``) or an observed exit in [0, N). Anything else is refused by
+    the native module, never truncated: TypeError for a non-integer (a float, a
+    string, a bool), ValueError for an int out of range.
     """
     _check_et(et)
     mask, value, evaluations, scores, held_score = _core.online_step(
         predictor, observed, np.asarray(observed_mask), et.conv, et.branch, dist, method, _count(depth, "depth"),
-        _count(budget, "budget"), _count(seed, "seed"), _count(start, "start"), elapsed, int(held_exit), held, rule,
+        _count(budget, "budget"), _count(seed, "seed"), _count(start, "start"), elapsed, held_exit, held, rule,
     )
     return OnlineStep(Plan(mask, value, evaluations), scores, held_score)

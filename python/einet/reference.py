@@ -25,8 +25,18 @@ TIE_TOLERANCE = 1e-12
 _MASK64 = (1 << 64) - 1
 
 
+def _upper_tail(z: float) -> float:
+    """Q(z) = P(Z > z) of the standard normal: full relative precision where it is tiny."""
+    return 0.5 * math.erfc(z / math.sqrt(2.0))
+
+
 def cdf(dist: Distribution, t: float) -> float:
-    """F(t) of an exit-time distribution, from its parameters alone (DESIGN.md section 2)."""
+    """F(t) of an exit-time distribution, from its parameters alone (DESIGN.md section 2).
+
+    As the native ``cdf``: NaN in gives NaN out for every distribution; F(-inf) = 0, F(inf) = 1.
+    """
+    if math.isnan(t):
+        return math.nan
     if isinstance(dist, Uniform):
         if t <= dist.low:
             return 0.0
@@ -36,12 +46,13 @@ def cdf(dist: Distribution, t: float) -> float:
     if isinstance(dist, Normal):
         if t <= 0.0:
             return 0.0
-
-        def phi(z: float) -> float:
-            return 0.5 * math.erfc(-z / math.sqrt(2.0))
-
-        below_zero = phi(-dist.mean / dist.std)
-        return (phi((t - dist.mean) / dist.std) - below_zero) / (1.0 - below_zero)
+        # P(0 < X <= t) / P(X >= 0), differencing the small tails: Phi(z) - Phi(z0) below the
+        # mean, Q(z0) - Q(z) above it (Phi(x) = Q(-x)), so that neither loses precision.
+        z0 = -dist.mean / dist.std
+        z = (t - dist.mean) / dist.std
+        above_zero = _upper_tail(z0)
+        inside = _upper_tail(-z) - _upper_tail(-z0) if z <= 0.0 else above_zero - _upper_tail(z)
+        return inside / above_zero
     if isinstance(dist, Exponential):
         return -math.expm1(-dist.rate * t) if t > 0.0 else 0.0
     if isinstance(dist, Empirical):

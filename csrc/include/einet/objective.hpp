@@ -143,7 +143,10 @@ inline void validate_mask(Span<std::uint8_t> mask, std::size_t remaining) {
     }
 }
 
-/// E(x) for the plan `mask` (one entry per remaining block), in one pass over the blocks.
+namespace detail {
+
+/// E(x) for the plan `mask` (one entry per remaining block), in one pass over the blocks;
+/// unchecked (the public overload below validates first).
 /// F is evaluated only where a branch finishes, so the cost is N additions and r CDFs;
 /// for distributions with a cheap CDF the loop runs without branching on the plan, since
 /// mispredicted branches on a random plan cost more than the extra CDFs.
@@ -173,11 +176,13 @@ double expected_accuracy(const Instance& in, const Dist& dist, const std::uint8_
     return value + held * (1.0 - before);
 }
 
+}  // namespace detail
+
 /// The checked entry point: validates the instance and the plan, then evaluates.
 inline double expected_accuracy(const Instance& in, const Distribution& dist, Span<std::uint8_t> mask) {
     validate(in);
     validate_mask(mask, in.remaining());
-    return std::visit([&](const auto& d) { return expected_accuracy(in, d, mask.ptr); }, dist);
+    return std::visit([&](const auto& d) { return detail::expected_accuracy(in, d, mask.ptr); }, dist);
 }
 
 /// E of `count` plans (row-major [count, N - start]) in one call: out[p] = E(plan p).
@@ -193,10 +198,12 @@ inline void expected_accuracy_batch(const Instance& in, const Distribution& dist
     }
     std::visit(
         [&](const auto& d) {
-            for (std::size_t p = 0; p < count; ++p) out[p] = expected_accuracy(in, d, masks + p * n);
+            for (std::size_t p = 0; p < count; ++p) out[p] = detail::expected_accuracy(in, d, masks + p * n);
         },
         dist);
 }
+
+namespace detail {
 
 /// A plan that grows one branch at a time, scoring each possible addition without
 /// re-walking the whole plan: the greedy search's inner loop.
@@ -292,5 +299,7 @@ private:
     std::vector<std::size_t> branches_;
     std::vector<Step> steps_;
 };
+
+}  // namespace detail
 
 }  // namespace einet

@@ -93,11 +93,12 @@ struct OnlineStep {
 };
 
 /// One online step: predict every exit's score from what has been observed, then search the
-/// remaining blocks. `held_exit` is the exit whose answer is held (-1: none, credited `held_default`).
+/// remaining blocks. `held_exit` is the exit whose answer is held: -1 (none, credited
+/// `held_default`) or an observed exit in [0, N). `should_stop` as for search().
 inline OnlineStep online_step(const Predictor& predictor, Span<double> conv, Span<double> branch, Span<double> observed,
                               Span<std::uint8_t> observed_mask, std::size_t start, double elapsed,
                               std::int64_t held_exit, double held_default, Rule rule, const Distribution& dist,
-                              const SearchOptions& options) {
+                              const SearchOptions& options, const StopCheck& should_stop = {}) {
     const std::size_t n = conv.size();
     if (predictor.num_exits() != n) {
         throw std::invalid_argument("the predictor covers " + std::to_string(predictor.num_exits()) +
@@ -105,8 +106,11 @@ inline OnlineStep online_step(const Predictor& predictor, Span<double> conv, Spa
     }
     validate_scores(observed, n);
     validate_mask(observed_mask, n);
-    if (held_exit < -1 || held_exit >= static_cast<std::int64_t>(n) ||
-        (held_exit >= 0 && !observed_mask[static_cast<std::size_t>(held_exit)])) {
+    if (held_exit < -1 || held_exit >= static_cast<std::int64_t>(n)) {
+        throw std::invalid_argument("held_exit=" + std::to_string(held_exit) + " must be -1 or an exit in [0, " +
+                                    std::to_string(n) + ")");
+    }
+    if (held_exit >= 0 && !observed_mask[static_cast<std::size_t>(held_exit)]) {
         throw std::invalid_argument("held_exit=" + std::to_string(held_exit) + " must be -1 or an observed exit");
     }
     OnlineStep step;
@@ -114,7 +118,7 @@ inline OnlineStep online_step(const Predictor& predictor, Span<double> conv, Spa
     predictor.predict(observed.ptr, observed_mask.ptr, step.scores.data());
     step.held = held_exit >= 0 ? step.scores[static_cast<std::size_t>(held_exit)] : held_default;
     const Instance in{conv, branch, {step.scores.data(), n}, start, elapsed, step.held, rule};
-    step.plan = search(in, dist, options);
+    step.plan = search(in, dist, options, should_stop);
     return step;
 }
 
@@ -175,8 +179,8 @@ public:
             for (std::size_t b = start; b < n; ++b) current[b - start] = run_branch(b) ? 1 : 0;
             const Instance in{{conv_.data(), n}, {branch_.data(), n}, {step.scores.data(), n}, start, elapsed,
                               step.held, rule_};
-            const double kept = std::visit([&](const auto& d) { return expected_accuracy(in, d, current.data()); },
-                                           dist_);
+            const double kept =
+                std::visit([&](const auto& d) { return detail::expected_accuracy(in, d, current.data()); }, dist_);
             if (step.plan.value <= kept + margin_) step.plan.mask = std::move(current);
         }
         plan_ = std::move(step.plan.mask);

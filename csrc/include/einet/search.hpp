@@ -5,15 +5,29 @@
 // ~1e-16 never decides between two plans; ties break toward fewer branches,
 // then the lexicographically smaller mask. The pure-Python reference follows
 // the same rules, so both return the same plans.
+//
+// The work of a search is bounded up front (validate refuses what would run for
+// hours: exhaustive over more than 25 blocks, hybrid deeper than 20 or above a
+// work cap, a random budget above 10^7), and a long search can be abandoned
+// through a StopCheck that it asks about every kPollInterval evaluations.
+// The public entry points (search, search_batch) validate everything; the
+// unchecked per-method searches live in einet::detail.
 #pragma once
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
 #include <cstddef>
 #include <cstdint>
+#include <exception>
+#include <functional>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <vector>
 
@@ -22,7 +36,48 @@
 namespace einet {
 
 inline constexpr double kTieTolerance = 1e-12;
-inline constexpr std::size_t kMaxExhaustiveBlocks = 25;
+inline constexpr std::size_t kMaxExhaustiveBlocks = 25;   // exhaustive: 2^n plans
+inline constexpr std::size_t kMaxHybridDepth = 20;        // hybrid: 2^depth greedy completions...
+inline constexpr unsigned kMaxHybridWorkLog2 = 25;        // ...and 2^min(depth, n) * n <= 2^25
+inline constexpr std::uint64_t kMaxRandomBudget = 10'000'000;  // random: plans drawn
+inline constexpr std::size_t kMaxThreads = 256;           // search_batch threads
+inline constexpr std::uint64_t kPollInterval = 1 << 14;   // evaluations between two stop checks
+
+/// Asked about every kPollInterval evaluations whether to abandon a search; when it returns
+/// true, the search throws einet::Interrupted. search_batch asks it from all its threads at
+/// once, so it must be thread-safe. An empty one is never asked. (The Python binding passes
+/// one that notices Ctrl-C: the core itself knows nothing of Python.)
+using StopCheck = std::function<bool()>;
+
+/// Thrown by a search whose StopCheck asked it to stop.
+struct Interrupted : std::runtime_error {
+    Interrupted() : std::runtime_error("einet: the search was interrupted") {}
+};
+
+namespace detail {
+/// 2^k as a 64-bit count; refuses k >= 64, where the shift would be undefined.
+inline std::uint64_t pow2(std::size_t k) {
+    if (k >= 64) throw std::invalid_argument("2^" + std::to_string(k) + " does not fit in 64 bits");
+    return std::uint64_t{1} << k;
+}
+
+/// Counts a search's evaluations and asks the StopCheck once every kPollInterval of them.
+class Poll {
+public:
+    explicit Poll(const StopCheck& stop) : stop_(stop ? &stop : nullptr) {}
+    void count(std::uint64_t evaluations) {
+        if (!stop_) return;
+        since_ += evaluations;
+        if (since_ < kPollInterval) return;
+        since_ = 0;
+        if ((*stop_)()) throw Interrupted();
+    }
+
+private:
+    const StopCheck* stop_;  // null: never stop
+    std::uint64_t since_ = 0;
+};
+}  // namespace detail
 
 enum class Method { exhaustive, greedy, hybrid, random };
 
@@ -42,17 +97,33 @@ struct SearchOptions {
     std::uint64_t seed = 0;        // random: generator seed
 };
 
+/// Checks the options against the number of blocks to plan: refuses every search that
+/// would run unboundedly long (see the caps above).
 inline void validate(const SearchOptions& options, std::size_t remaining) {
     if (options.method == Method::exhaustive && remaining > kMaxExhaustiveBlocks) {
         throw std::invalid_argument("exhaustive search over " + std::to_string(remaining) +
                                     " blocks refused: at most " + std::to_string(kMaxExhaustiveBlocks));
     }
-    if (options.method == Method::hybrid && options.depth > kMaxExhaustiveBlocks) {
-        throw std::invalid_argument("hybrid depth=" + std::to_string(options.depth) + " refused: at most " +
-                                    std::to_string(kMaxExhaustiveBlocks));
+    if (options.method == Method::hybrid) {
+        if (options.depth > kMaxHybridDepth) {
+            throw std::invalid_argument("hybrid depth=" + std::to_string(options.depth) + " refused: at most " +
+                                        std::to_string(kMaxHybridDepth));
+        }
+        const std::size_t k = std::min(options.depth, remaining);
+        // k <= 20, so 2^k * remaining cannot overflow for any remaining below 2^43.
+        if (remaining > (std::size_t{1} << 40) || detail::pow2(k) * remaining > detail::pow2(kMaxHybridWorkLog2)) {
+            throw std::invalid_argument("hybrid depth=" + std::to_string(options.depth) + " over " +
+                                        std::to_string(remaining) + " blocks refused: 2^" + std::to_string(k) +
+                                        " x " + std::to_string(remaining) + " exceeds the work cap, at most 2^" +
+                                        std::to_string(kMaxHybridWorkLog2) + "; use a smaller depth");
+        }
     }
     if (options.method == Method::random && options.budget == 0) {
         throw std::invalid_argument("random search needs budget >= 1, got 0");
+    }
+    if (options.method == Method::random && options.budget > kMaxRandomBudget) {
+        throw std::invalid_argument("random search budget=" + std::to_string(options.budget) +
+                                    " refused: at most " + std::to_string(kMaxRandomBudget));
     }
 }
 
@@ -79,13 +150,15 @@ namespace detail {
 /// Adds the branch that raises E the most until none raises it by more than the tolerance;
 /// among equal raises the later branch wins (the lexicographically smaller mask).
 template <class Dist>
-std::uint64_t greedy_from(IncrementalPlan<Dist>& plan, std::size_t first) {
+std::uint64_t greedy_from(IncrementalPlan<Dist>& plan, std::size_t first, Poll& poll) {
     const std::size_t n = plan.mask().size();
     std::uint64_t evaluations = 1;  // the starting plan
+    poll.count(1);
     double current = plan.value();
     for (;;) {
         std::size_t chosen = n;
         double chosen_value = current + kTieTolerance;
+        const std::uint64_t before = evaluations;
         for (std::size_t j = first; j < n; ++j) {
             if (plan.mask()[j]) continue;
             const double value = plan.value_with(j);
@@ -95,6 +168,7 @@ std::uint64_t greedy_from(IncrementalPlan<Dist>& plan, std::size_t first) {
                 chosen_value = value;
             }
         }
+        poll.count(evaluations - before);
         if (chosen == n) return evaluations;
         plan.add(chosen);
         current = plan.value();
@@ -108,10 +182,13 @@ inline std::uint64_t splitmix64(std::uint64_t& state) {
     return z ^ (z >> 31);
 }
 
+inline constexpr std::size_t kExhaustivePollLevel = 14;  // 2^14 = kPollInterval plans below that level
+
 template <class Dist>
 void exhaustive_walk(const Instance& in, const Dist& dist, std::size_t i, double t, double before, double held,
-                     double value, std::vector<std::uint8_t>& mask, Plan& best) {
+                     double value, std::vector<std::uint8_t>& mask, Plan& best, Poll& poll) {
     const std::size_t n = mask.size();
+    if (n - i == kExhaustivePollLevel) poll.count(std::uint64_t{1} << kExhaustivePollLevel);
     if (i == n) {
         const double total = value + held * (1.0 - before);
         if (preferred(total, mask.data(), best.value, best.mask.data(), n)) {
@@ -123,39 +200,41 @@ void exhaustive_walk(const Instance& in, const Dist& dist, std::size_t i, double
     const std::size_t block = in.start + i;
     t += in.conv[block];
     mask[i] = 0;
-    exhaustive_walk(in, dist, i + 1, t, before, held, value, mask, best);
+    exhaustive_walk(in, dist, i + 1, t, before, held, value, mask, best, poll);
     mask[i] = 1;
     t += in.branch[block];
     const double now = dist.cdf(t);
     exhaustive_walk(in, dist, i + 1, t, now, held_after(in.rule, held, in.scores[block]),
-                    value + held * (now - before), mask, best);
+                    value + held * (now - before), mask, best, poll);
     mask[i] = 0;
 }
 
-}  // namespace detail
+// The per-method searches below are unchecked: callers validate the instance and the
+// options first (einet::search does), and they are kept out of the public namespace.
 
 /// Every plan of the remaining blocks, walked depth-first so that plans sharing a
 /// prefix share its arithmetic: O(2^n) work in all, each value bit-identical to
 /// expected_accuracy's.
 template <class Dist>
-Plan exhaustive(const Instance& in, const Dist& dist) {
+Plan exhaustive(const Instance& in, const Dist& dist, Poll& poll) {
     const std::size_t n = in.remaining();
+    const std::uint64_t plans = pow2(n);  // refuses n >= 64 before any work
     Plan best;
     best.mask.assign(n, 1);
     best.value = -std::numeric_limits<double>::infinity();
     std::vector<std::uint8_t> mask(n, 0);
-    detail::exhaustive_walk(in, dist, 0, in.elapsed, dist.cdf(in.elapsed), in.held, 0.0, mask, best);
-    best.evaluations = std::uint64_t{1} << n;
+    exhaustive_walk(in, dist, 0, in.elapsed, dist.cdf(in.elapsed), in.held, 0.0, mask, best, poll);
+    best.evaluations = plans;
     return best;
 }
 
 template <class Dist>
-Plan greedy(const Instance& in, const Dist& dist) {
+Plan greedy(const Instance& in, const Dist& dist, Poll& poll) {
     IncrementalPlan<Dist> plan(in, dist);
     const std::vector<std::uint8_t> empty(in.remaining(), 0);
     plan.assign(empty.data());
     Plan result;
-    result.evaluations = detail::greedy_from(plan, 0);
+    result.evaluations = greedy_from(plan, 0, poll);
     result.mask = plan.mask();
     result.value = plan.value();
     return result;
@@ -164,17 +243,18 @@ Plan greedy(const Instance& in, const Dist& dist) {
 /// The paper's search: every setting of the next `depth` branches, each completed
 /// greedily, and plain greedy among the candidates; the preferred one wins.
 template <class Dist>
-Plan hybrid(const Instance& in, const Dist& dist, std::size_t depth) {
+Plan hybrid(const Instance& in, const Dist& dist, std::size_t depth, Poll& poll) {
     const std::size_t n = in.remaining();
     const std::size_t k = std::min(depth, n);
+    const std::uint64_t prefixes = pow2(k);  // refuses k >= 64 before any work
     IncrementalPlan<Dist> plan(in, dist);
-    Plan best = greedy(in, dist);
+    Plan best = greedy(in, dist, poll);
     std::uint64_t evaluations = best.evaluations;
     std::vector<std::uint8_t> prefix(n, 0);
-    for (std::uint64_t bits = 0; bits < (std::uint64_t{1} << k); ++bits) {
+    for (std::uint64_t bits = 0; bits < prefixes; ++bits) {
         for (std::size_t i = 0; i < k; ++i) prefix[i] = static_cast<std::uint8_t>((bits >> i) & 1U);
         plan.assign(prefix.data());
-        evaluations += detail::greedy_from(plan, k);
+        evaluations += greedy_from(plan, k, poll);
         const double value = plan.value();
         if (preferred(value, plan.mask().data(), best.value, best.mask.data(), n)) {
             best.value = value;
@@ -188,7 +268,7 @@ Plan hybrid(const Instance& in, const Dist& dist, std::size_t depth) {
 /// The best of `budget` uniformly random plans (a baseline). Bit i of a plan is
 /// bit (i mod 64) of the (i / 64)-th splitmix64 draw for that plan.
 template <class Dist>
-Plan random_search(const Instance& in, const Dist& dist, std::uint64_t budget, std::uint64_t seed) {
+Plan random_search(const Instance& in, const Dist& dist, std::uint64_t budget, std::uint64_t seed, Poll& poll) {
     const std::size_t n = in.remaining();
     Plan best;
     best.mask.assign(n, 1);
@@ -198,41 +278,55 @@ Plan random_search(const Instance& in, const Dist& dist, std::uint64_t budget, s
     std::uint64_t word = 0;
     for (std::uint64_t draw = 0; draw < budget; ++draw) {
         for (std::size_t i = 0; i < n; ++i) {
-            if (i % 64 == 0) word = detail::splitmix64(state);
+            if (i % 64 == 0) word = splitmix64(state);
             mask[i] = static_cast<std::uint8_t>((word >> (i % 64)) & 1U);
         }
-        const double value = expected_accuracy(in, dist, mask.data());
+        const double value = detail::expected_accuracy(in, dist, mask.data());
         if (preferred(value, mask.data(), best.value, best.mask.data(), n)) {
             best.value = value;
             best.mask = mask;
         }
+        poll.count(1);
     }
     best.evaluations = budget;
     return best;
 }
 
-/// The search `options` names, unchecked: callers validate the instance and options first.
+/// The search `options` names, unchecked; asks `should_stop` (if set) every kPollInterval evaluations.
 template <class Dist>
-Plan search(const Instance& in, const Dist& dist, const SearchOptions& options) {
+Plan search(const Instance& in, const Dist& dist, const SearchOptions& options, const StopCheck& should_stop = {}) {
+    Poll poll(should_stop);
     switch (options.method) {
-        case Method::exhaustive: return exhaustive(in, dist);
-        case Method::greedy: return greedy(in, dist);
-        case Method::hybrid: return hybrid(in, dist, options.depth);
-        case Method::random: return random_search(in, dist, options.budget, options.seed);
+        case Method::exhaustive: return exhaustive(in, dist, poll);
+        case Method::greedy: return greedy(in, dist, poll);
+        case Method::hybrid: return hybrid(in, dist, options.depth, poll);
+        case Method::random: return random_search(in, dist, options.budget, options.seed, poll);
     }
     throw std::invalid_argument("unknown search method");
 }
 
-/// The checked entry point: validates the instance and options, then searches.
-inline Plan search(const Instance& in, const Distribution& dist, const SearchOptions& options) {
+}  // namespace detail
+
+/// The checked entry point: validates the instance and options, then searches. With
+/// `should_stop` set it is asked every kPollInterval evaluations, and a true answer
+/// abandons the search with einet::Interrupted.
+inline Plan search(const Instance& in, const Distribution& dist, const SearchOptions& options,
+                   const StopCheck& should_stop = {}) {
     validate(in);
     validate(options, in.remaining());
-    return std::visit([&](const auto& d) { return search(in, d, options); }, dist);
+    return std::visit([&](const auto& d) { return detail::search(in, d, options, should_stop); }, dist);
 }
 
-/// Many samples' searches in one call, split over `threads` threads (0: all cores).
-/// scores is row-major [count, N]; elapsed and held hold one entry per sample.
-/// Writes masks (row-major [count, N - start]), values and evaluation counts.
+/// Many samples' searches in one call, split over `threads` threads (0: one per core;
+/// at most kMaxThreads). scores is row-major [count, N]; elapsed and held hold one entry
+/// per sample. Writes masks (row-major [count, N - start]), values and evaluation counts.
+///
+/// Threads take rows one at a time, so the result does not depend on how many run. A
+/// thread that cannot be created (std::system_error, e.g. under a process or memory
+/// limit) is done without: the threads already running, the calling one included, share
+/// its rows. The first exception of any thread (Interrupted from `should_stop`, which
+/// every thread asks and the calling thread also asks while it waits for the others,
+/// or std::bad_alloc) stops the others and is rethrown once all of them have been joined.
 struct BatchOutput {
     std::uint8_t* masks;
     double* values;
@@ -242,8 +336,8 @@ struct BatchOutput {
 inline void search_batch(Span<double> conv, Span<double> branch, const double* scores, std::size_t count,
                          std::size_t start, const double* elapsed, const double* held, Rule rule,
                          const Distribution& dist, const SearchOptions& options, BatchOutput out,
-                         std::size_t threads = 0) {
-    // Everything is checked before any thread starts, so no worker can throw.
+                         std::size_t threads = 0, const StopCheck& should_stop = {}) {
+    // Every argument is checked before any thread starts.
     validate_profile(conv, branch);
     const std::size_t num_blocks = conv.size();
     for (std::size_t row = 0; row < count; ++row) {
@@ -252,29 +346,85 @@ inline void search_batch(Span<double> conv, Span<double> branch, const double* s
     }
     const std::size_t n = num_blocks - start;
     validate(options, n);
-    auto plan_range = [&](std::size_t first, std::size_t last) {
-        for (std::size_t row = first; row < last; ++row) {
-            Instance in{conv, branch, {scores + row * num_blocks, num_blocks}, start, elapsed[row], held[row], rule};
-            const Plan plan = std::visit([&](const auto& d) { return search(in, d, options); }, dist);
-            std::copy(plan.mask.begin(), plan.mask.end(), out.masks + row * n);
-            out.values[row] = plan.value;
-            out.evaluations[row] = plan.evaluations;
+    if (threads > kMaxThreads) {
+        throw std::invalid_argument("threads=" + std::to_string(threads) + " refused: at most " +
+                                    std::to_string(kMaxThreads) + " (0: one per core)");
+    }
+    if (threads == 0) threads = std::min<std::size_t>(std::max(1U, std::thread::hardware_concurrency()), kMaxThreads);
+    threads = std::min(threads, std::max<std::size_t>(count, 1));
+
+    std::atomic<std::size_t> next_row{0};
+    std::atomic<bool> failed{false};
+    std::mutex error_mutex;
+    std::exception_ptr error;
+    auto fail = [&](std::exception_ptr e) {
+        const std::lock_guard<std::mutex> lock(error_mutex);
+        if (!error) error = std::move(e);
+        failed.store(true);
+    };
+    const StopCheck stop = [&] { return failed.load(std::memory_order_relaxed) || (should_stop && should_stop()); };
+    auto work = [&]() noexcept {
+        try {
+            while (!failed.load(std::memory_order_relaxed)) {
+                const std::size_t row = next_row.fetch_add(1);
+                if (row >= count) return;
+                const Instance in{conv, branch, {scores + row * num_blocks, num_blocks}, start, elapsed[row],
+                                  held[row], rule};
+                const Plan plan =
+                    std::visit([&](const auto& d) { return detail::search(in, d, options, stop); }, dist);
+                std::copy(plan.mask.begin(), plan.mask.end(), out.masks + row * n);
+                out.values[row] = plan.value;
+                out.evaluations[row] = plan.evaluations;
+            }
+        } catch (...) {
+            fail(std::current_exception());
         }
     };
-    if (threads == 0) threads = std::max(1U, std::thread::hardware_concurrency());
-    threads = std::min(threads, std::max<std::size_t>(count, 1));
-    if (threads == 1) {
-        plan_range(0, count);
-        return;
-    }
+
+    std::mutex done_mutex;
+    std::condition_variable done_cv;
+    std::size_t finished = 0;
     std::vector<std::thread> workers;
+    struct JoinAll {  // joins on every path: a joinable std::thread destroyed would std::terminate
+        std::vector<std::thread>& threads;
+        ~JoinAll() {
+            for (auto& thread : threads) {
+                if (thread.joinable()) thread.join();
+            }
+        }
+    } join_all{workers};
     workers.reserve(threads - 1);
-    const std::size_t chunk = (count + threads - 1) / threads;
     for (std::size_t t = 1; t < threads; ++t) {
-        workers.emplace_back(plan_range, std::min(count, t * chunk), std::min(count, (t + 1) * chunk));
+        try {
+            workers.emplace_back([&] {
+                work();
+                {
+                    const std::lock_guard<std::mutex> lock(done_mutex);
+                    ++finished;
+                }
+                done_cv.notify_one();
+            });
+        } catch (const std::system_error&) {
+            break;  // no more threads to be had: those running share the rows
+        }
     }
-    plan_range(0, std::min(count, chunk));
+    work();
+    if (should_stop) {  // keep asking while the other threads finish their last rows
+        std::unique_lock<std::mutex> lock(done_mutex);
+        while (!done_cv.wait_for(lock, std::chrono::milliseconds(10), [&] { return finished == workers.size(); })) {
+            lock.unlock();
+            if (!failed.load()) {
+                try {
+                    if (should_stop()) fail(std::make_exception_ptr(Interrupted()));
+                } catch (...) {
+                    fail(std::current_exception());
+                }
+            }
+            lock.lock();
+        }
+    }
     for (auto& worker : workers) worker.join();
+    if (error) std::rethrow_exception(error);
 }
 
 }  // namespace einet
