@@ -7,10 +7,11 @@ and load with ``torch.load(weights_only=True)``: no arbitrary code runs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,10 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from .._atomic import atomic_write
 from ..data import ImageDataset
 from .base import MultiExitNetwork
 
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
 
 # How the exits learn. ``joint``: the weighted sum of every exit's cross-entropy (the paper).
 # ``distill``: plus self-distillation from the final exit (Phuong & Lampert, ICCV 2019; BYOT).
@@ -227,11 +229,63 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
     return history
 
 
+# A checkpoint's model spec: the zoo name plus these keyword arguments, within these bounds. The
+# bounds only keep the (meta-device) skeleton build sane; what really bounds the model is that its
+# tensors must match the ones in the file.
+_SPEC_INTEGERS = {"num_classes": (1, 100_000), "in_channels": (1, 64), "growth": (1, 1024),
+                  "compress_every": (1, 1024)}
+_SPEC_MAX_WIDTH = 16.0
+_SPEC_KEYS = ("num_classes", "in_channels", "width")
+_MSDNET_SPEC_KEYS = ("growth", "compress_every")
+_CHECKSUM = "sha256"
+
+
+def _state_digest(state: Mapping[Any, Any]) -> str:
+    """SHA-256 over a checkpoint's content (everything but the checksum itself), in a fixed order:
+    mapping keys sorted, every tensor as dtype, shape and raw bytes, numbers exactly (floats in hex)."""
+    hasher = hashlib.sha256()
+
+    def put(tag: bytes, data: bytes) -> None:
+        hasher.update(b"%s%d:" % (tag, len(data)))
+        hasher.update(data)
+
+    def feed(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().resolve_conj().resolve_neg().contiguous()
+            put(b"T", f"{tensor.dtype}{tuple(tensor.shape)}".encode())
+            if tensor.numel():
+                hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, Mapping):
+            items = sorted(((key, item) for key, item in value.items() if value is not state or key != _CHECKSUM),
+                           key=lambda pair: (type(pair[0]).__name__, repr(pair[0])))
+            put(b"D", str(len(items)).encode())
+            for key, item in items:
+                feed(key)
+                feed(item)
+        elif isinstance(value, (list, tuple)):  # a torch.Size too; lists and tuples alike
+            put(b"L", str(len(value)).encode())
+            for item in value:
+                feed(item)
+        elif isinstance(value, float):
+            put(b"F", value.hex().encode())
+        elif isinstance(value, (bytes, bytearray)):
+            put(b"B", bytes(value))
+        else:  # None, bools, ints, strings; anything else torch.load(weights_only=True) allows by its repr
+            put(type(value).__name__.encode(), repr(value).encode())
+
+    feed(state)
+    return hasher.hexdigest()
+
+
 def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, model_spec: dict[str, Any] | None = None,
                     **extra: Any) -> None:
-    """Write a checkpoint atomically: a crash mid-write leaves the previous one intact."""
+    """Write a checkpoint atomically and durably (:func:`einet._atomic.atomic_write`): a crash
+    mid-write leaves the previous one intact, and concurrent savers of one path never mix.
+
+    The checkpoint holds a SHA-256 of its content (``"sha256"``, see :func:`_state_digest`),
+    which :func:`load_checkpoint` verifies.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {"version": CHECKPOINT_VERSION, "model": model.state_dict(), "spec": model_spec or {}}
     for key, value in extra.items():
         if isinstance(value, (torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler)):
@@ -242,30 +296,103 @@ def save_checkpoint(path: str | os.PathLike[str], model: nn.Module, model_spec: 
             state[key] = asdict(value)
         else:
             state[key] = value
-    partial = path.with_name(path.name + ".partial")
-    torch.save(state, partial)
-    os.replace(partial, path)
+    state[_CHECKSUM] = _state_digest(state)
+    with atomic_write(path) as file:
+        torch.save(state, file)
 
 
 def _read(path: Path) -> dict[str, Any]:
+    """Load a checkpoint with ``torch.load(weights_only=True)`` (no code runs) and verify its checksum.
+
+    Version 2 checkpoints must carry a SHA-256 of their content that matches it; otherwise, as for
+    any unreadable file, a ValueError names the file. Version 1 checkpoints (written before
+    checksums existed) still load, **unverified**: damage inside them goes unnoticed.
+    """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # torch raises many types for a damaged file
         raise ValueError(f"{path} is not a readable einet checkpoint: {error}") from None
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "model" not in state:
-        raise ValueError(f"{path} is not an einet checkpoint of version {CHECKPOINT_VERSION}")
+    version = state.get("version") if isinstance(state, dict) else None
+    if type(version) is not int or version not in (1, CHECKPOINT_VERSION) or "model" not in state:
+        raise ValueError(f"{path} is not an einet checkpoint of version 1 or {CHECKPOINT_VERSION}")
+    if version >= 2:
+        stored = state.get(_CHECKSUM)
+        if not isinstance(stored, str):
+            raise ValueError(f"{path} has no checksum: a version {version} checkpoint must carry one (damaged?)")
+        actual = _state_digest(state)
+        if actual != stored:
+            raise ValueError(f"{path} fails its checksum (SHA-256 {actual[:16]}..., stored {stored[:16]}...): "
+                             f"the file is damaged")
     return state
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[MultiExitNetwork, dict[str, Any]]:
-    """Rebuild a zoo model from a checkpoint written by :func:`train`; returns (model, checkpoint)."""
-    from .zoo import build
+def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """(zoo name, keyword arguments) from a checkpoint's spec: a known name, known keys, bounded values."""
+    from .zoo import ZOO
 
-    state = _read(Path(path))
-    spec = dict(state["spec"])
+    spec = state.get("spec")
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path} has no model spec (a dict naming the zoo model and its sizes)")
     if "name" not in spec:
         raise ValueError(f"{path} does not say which model it holds (no spec name)")
-    name = spec.pop("name")
-    model = build(name, **spec)
-    model.load_state_dict(state["model"])
+    kwargs = dict(spec)
+    name = kwargs.pop("name")
+    if not isinstance(name, str) or name not in ZOO:
+        raise ValueError(f"{path}: unknown model {name!r} in its spec: expected one of {', '.join(ZOO)}")
+    allowed = _SPEC_KEYS + (_MSDNET_SPEC_KEYS if name.startswith("msdnet") else ())
+    unknown = sorted(str(key) for key in kwargs if key not in allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown spec key {unknown[0]!r} for {name}: expected {', '.join(allowed)}")
+    for key, (low, high) in _SPEC_INTEGERS.items():
+        if key in kwargs and not (type(kwargs[key]) is int and low <= kwargs[key] <= high):
+            raise ValueError(f"{path}: spec {key} must be an integer in [{low}, {high}], got {kwargs[key]!r}")
+    width = kwargs.get("width", 1.0)
+    if type(width) not in (int, float) or not 0 < width <= _SPEC_MAX_WIDTH:  # NaN fails too
+        raise ValueError(f"{path}: spec width must be a number in (0, {_SPEC_MAX_WIDTH}], got {width!r}")
+    return name, kwargs
+
+
+def _check_tensors(path: str | os.PathLike[str], name: str, stored: Any, expected: Mapping[str, torch.Tensor]) -> None:
+    """The checkpoint's model tensors must be exactly the ones the spec's model has: names, shapes, kinds."""
+    if not isinstance(stored, Mapping):
+        raise ValueError(f"{path}: its model state is a {type(stored).__name__}, not a dict of tensors")
+    missing = [key for key in expected if key not in stored]
+    unexpected = [str(key) for key in stored if key not in expected]
+    if missing or unexpected:
+        parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
+            [f"unexpected {', '.join(unexpected[:5])}"] if unexpected else [])
+        raise ValueError(f"{path} does not hold the {name} model its spec names: {'; '.join(parts)}")
+    for key, want in expected.items():
+        got = stored[key]
+        if not isinstance(got, torch.Tensor):
+            raise ValueError(f"{path}: {key} is not a tensor but a {type(got).__name__}")
+        if got.shape != want.shape or got.dtype.is_floating_point != want.dtype.is_floating_point:
+            raise ValueError(f"{path}: {key} has shape {tuple(got.shape)} ({got.dtype}); the spec's {name} needs "
+                             f"{tuple(want.shape)} ({want.dtype})")
+
+
+def load_checkpoint(path: str | os.PathLike[str]) -> tuple[MultiExitNetwork, dict[str, Any]]:
+    """Rebuild a zoo model from a checkpoint written by :func:`train`; returns (model, checkpoint).
+
+    Before any model is allocated: the checksum is verified (version 1 files, which have none, load
+    unverified), the spec is checked (a known zoo name, known keys, bounded sizes) and the model's
+    skeleton, built on the meta device (no memory), must have exactly the file's tensor names and
+    shapes, so a file cannot make it allocate more than it holds. Any problem is a ValueError naming
+    the file.
+    """
+    from . import zoo
+
+    state = _read(Path(path))
+    name, kwargs = _checked_spec(path, state)
+    try:
+        with torch.device("meta"):
+            skeleton = zoo.build(name, **kwargs)
+    except (ValueError, TypeError, OverflowError) as error:
+        raise ValueError(f"{path}: its spec does not build a {name}: {error}") from None
+    _check_tensors(path, name, state["model"], skeleton.state_dict())
+    model = zoo.build(name, **kwargs)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: its weights do not fit the {name} model: {error}") from None
     return model.eval(), state
