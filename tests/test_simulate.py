@@ -8,12 +8,12 @@ import pytest
 import einet
 from einet.baselines import Clairvoyant, ConfidenceThreshold, EINet, Policy, single_exit, static_plan, statistics_plan
 from einet.profiling import CSProfile
+from einet.rules import held_correctness
 from einet.simulate import (
     compare,
     csv_table,
     evaluate,
     full_inference_time,
-    held_correctness,
     markdown_table,
     relative_distribution,
     replay,
@@ -63,8 +63,8 @@ def test_best_rule_keeps_the_most_confident_answer():
     correct = np.array([[True, False, False]])
     cs = CSProfile(confidence, np.where(correct, 0, 1), correct, np.zeros(1, dtype=np.int64))
     trace = replay(Policy(), cs, ET)
-    assert held_correctness(trace, cs, "latest")[0].tolist() == [False, True, False, False]
-    assert held_correctness(trace, cs, "best")[0].tolist() == [False, True, True, True]
+    assert held_correctness(trace.exits, cs, "latest")[0].tolist() == [False, True, False, False]
+    assert held_correctness(trace.exits, cs, "best")[0].tolist() == [False, True, True, True]
 
 
 @pytest.mark.parametrize("kind", ["uniform", "normal", "exponential"])
@@ -106,11 +106,15 @@ def test_einet_beats_the_statistics_plan_and_stays_under_the_ceiling():
     assert by_name["EINet"].expected > by_name["statistics"].expected + 0.005
     assert by_name["clairvoyant"].expected >= max(r.expected for r in results) - 1e-12
     rows = compare(results)
-    assert rows[0]["einet_minus_policy"] == 0.0
-    assert 0 < rows[0]["gap_closed"] < 1
+    assert rows[0]["einet_minus_policy"] is None  # EINet is the reference
+    statistics = next(r for r in rows if r["policy"] == "statistics")
+    paired = np.mean(by_name["EINet"].per_sample_expected - by_name["statistics"].per_sample_expected)
+    assert statistics["einet_minus_policy"] == pytest.approx(paired) and statistics["einet_minus_policy"] > 0
+    assert statistics["significant"] == (statistics["einet_minus_policy"] > statistics["paired_ci95"] > 0)
     table = markdown_table(rows, "synthetic")
     assert "| EINet |" in table and "| clairvoyant |" in table
     assert csv_table(rows).splitlines()[0].startswith("policy,accuracy")
+    assert "paired_ci95" in csv_table(rows).splitlines()[0]
 
 
 def test_clairvoyant_needs_the_oracle_and_bad_inputs():

@@ -16,12 +16,14 @@ Numpy and the native planner only: no torch.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from . import _core
-from .planner import Distribution, ETProfile, NativePredictor, online_step, search
+from .planner import Distribution, ETProfile, NativePredictor, expected_accuracy, online_step, search
+from .profiling import CSProfile
+from .rules import AnswerRule, as_rule
 
 
 class Policy:
@@ -71,12 +73,82 @@ def single_exit(num_exits: int, name: str = "single-exit") -> FixedPlan:
     return FixedPlan(mask, name)
 
 
-def statistics_plan(mean_accuracy: Sequence[float], et: ETProfile, dist: Distribution, rule: str = "latest",
-                    method: str = "hybrid") -> FixedPlan:
-    """The statistics near-optimal plan: the search on dataset-mean exit accuracies, one plan for all."""
-    plan = search(np.asarray(mean_accuracy, dtype=np.float64), et, dist, method=method, rule=rule)
+def statistics_plan(holdout: CSProfile | Sequence[float], et: ETProfile, dist: Distribution,
+                    rule: str | AnswerRule = "latest", method: str = "hybrid") -> FixedPlan:
+    """The statistics near-optimal plan: the search on dataset-mean exit accuracies, one plan for all.
+
+    `holdout`: the held-out CS-profile (or its per-exit accuracies, for rules other than
+    ``ensemble``). Under rule ``ensemble`` an exit's accuracy depends on which earlier branches
+    the plan runs, so the plan comes from :func:`ensemble_statistics_plan` instead."""
+    rule = as_rule(rule)
+    if rule.name == "ensemble":
+        if not isinstance(holdout, CSProfile):
+            raise TypeError("rule 'ensemble' needs the held-out CS-profile, not per-exit accuracies")
+        return FixedPlan(ensemble_statistics_plan(holdout, et, dist, rule), "statistics")
+    mean_accuracy = holdout.accuracy_per_exit() if isinstance(holdout, CSProfile) else holdout
+    plan = search(np.asarray(mean_accuracy, dtype=np.float64), et, dist, method=method, rule=rule.native,
+                  held=rule.held_credit)
     mask = plan.mask if plan.mask.any() else single_exit(et.num_blocks).mask
     return FixedPlan(mask, "statistics")
+
+
+def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distribution, rule: AnswerRule,
+                             depth: int = 4) -> np.ndarray:
+    """The best single plan under rule ``ensemble``, exactly scored on held-out data.
+
+    For a fixed plan every sample's branches finish at the same times, so the held-out mean of
+    E is E with s_q = the held-out accuracy of the ensemble of the plan's first q branches. Those
+    scores depend on the plan (a set, not one exit), which the native search does not model:
+    the hybrid search (DESIGN: enumerate the next `depth` branches, greedy over the rest) runs
+    here in Python on that exact objective, memoising each set's accuracy."""
+    log_probs, labels = holdout.dense_log_probs(), holdout.labels
+    weights = np.asarray(rule.weights, dtype=np.float32)
+    accuracy: dict[tuple[int, ...], float] = {}
+
+    def set_accuracy(chosen: tuple[int, ...]) -> float:
+        if chosen not in accuracy:
+            total = (log_probs[:, list(chosen)] * weights[list(chosen)][None, :, None]).sum(1)
+            accuracy[chosen] = float((total.argmax(1) == labels).mean())
+        return accuracy[chosen]
+
+    def value(mask: np.ndarray) -> float:
+        ran = np.flatnonzero(mask)
+        scores = np.zeros(et.num_blocks)
+        for q, k in enumerate(ran):
+            scores[k] = set_accuracy(tuple(ran[:q + 1].tolist()))
+        return expected_accuracy(mask, scores, et, dist, held=rule.held_credit)
+
+    mask = hybrid_search(value, et.num_blocks, depth)
+    return mask if mask.any() else single_exit(et.num_blocks).mask
+
+
+def hybrid_search(value: Callable[[np.ndarray], float], n: int, depth: int = 4) -> np.ndarray:
+    """Hybrid search on any objective of a whole mask: every setting of the first `depth` branches,
+    each completed greedily (adding the branch that raises `value` most until none does), plus
+    plain greedy from the empty plan; the best wins (ties: the earlier candidate)."""
+
+    def greedy(mask: np.ndarray, free_from: int) -> tuple[float, np.ndarray]:
+        best = value(mask)
+        while True:
+            gains = []
+            for i in range(free_from, n):
+                if not mask[i]:
+                    trial = mask.copy()
+                    trial[i] = True
+                    gains.append((value(trial), i))
+            top = max(gains, default=(best, -1), key=lambda g: g[0])
+            if top[0] <= best:
+                return best, mask
+            best, mask = top[0], mask.copy()
+            mask[top[1]] = True
+
+    depth = min(depth, n)
+    candidates = [greedy(np.zeros(n, dtype=bool), 0)]
+    for setting in range(1 << depth):
+        prefix = np.zeros(n, dtype=bool)
+        prefix[:depth] = [(setting >> (depth - 1 - j)) & 1 for j in range(depth)]
+        candidates.append(greedy(prefix, depth))
+    return max(candidates, key=lambda c: c[0])[1]
 
 
 class ConfidenceThreshold(Policy):
@@ -108,23 +180,27 @@ class EINet(Policy):
     much extra accuracy under the predicted scores.
     """
 
-    def __init__(self, predictor: NativePredictor, et: ETProfile, dist: Distribution, rule: str = "latest",
-                 method: str = "hybrid", depth: int = 4, budget: int = 1000, seed: int = 0,
-                 name: str | None = None, prior: Sequence[float] | None = None, margin: float = 0.0) -> None:
+    def __init__(self, predictor: NativePredictor, et: ETProfile, dist: Distribution,
+                 rule: str | AnswerRule = "latest", method: str = "hybrid", depth: int = 4, budget: int = 1000,
+                 seed: int = 0, name: str | None = None, prior: Sequence[float] | None = None,
+                 margin: float = 0.0) -> None:
         if predictor.num_exits != et.num_blocks:
             raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
                              f"{et.num_blocks} blocks")
         self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
+        rule = as_rule(rule)
         if prior is None:
             nothing = np.zeros(et.num_blocks)
-            first = online_step(predictor, nothing, nothing.astype(bool), et, dist, 0, 0.0, rule=rule,
-                                method=method, depth=depth, budget=budget, seed=seed).plan
+            first = online_step(predictor, nothing, nothing.astype(bool), et, dist, 0, 0.0, held=rule.held_credit,
+                                rule=rule.native, method=method, depth=depth, budget=budget, seed=seed).plan
         else:  # nothing observed yet: the held-out exit accuracies are the best estimate of the scores
             first = search(np.asarray(prior, dtype=np.float64), et, dist, method=method, depth=depth,
-                           rule=rule, budget=budget, seed=seed)
+                           rule=rule.native, budget=budget, seed=seed, held=rule.held_credit)
         # The first plan is the same for every sample; re-plans happen natively after each branch.
-        self.session = _core.OnlineSession(predictor, et.conv, et.branch, dist, rule, method, depth, budget, seed,
-                                           first.mask, margin)
+        # Under rule ensemble the predictor scores ensembles and sees the ensemble's confidence
+        # (fit it with that rule), so the native session plans as rule latest.
+        self.session = _core.OnlineSession(predictor, et.conv, et.branch, dist, rule.native, method, depth, budget,
+                                           seed, first.mask, margin)
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         self.session.begin()
@@ -146,8 +222,12 @@ class Clairvoyant(Policy):
     name = "clairvoyant"
     needs_oracle = True
 
-    def __init__(self, et: ETProfile, dist: Distribution, rule: str = "latest") -> None:
-        self.et, self.dist, self.rule = et, dist, rule
+    def __init__(self, et: ETProfile, dist: Distribution, rule: str | AnswerRule = "latest") -> None:
+        rule = as_rule(rule)
+        if rule.name == "ensemble":
+            raise ValueError("the clairvoyant ceiling is defined for rules latest and best: under ensemble an "
+                             "exit's correctness depends on the branches run before it")
+        self.et, self.dist, self.rule, self.held = et, dist, rule.native, rule.held_credit
         self.method = "exhaustive" if et.num_blocks <= 20 else "hybrid"
         self._cache: dict[bytes, np.ndarray] = {}
 
@@ -157,7 +237,8 @@ class Clairvoyant(Policy):
         key = np.asarray(oracle, dtype=bool).tobytes()
         if key not in self._cache:
             scores = np.asarray(oracle, dtype=np.float64)
-            self._cache[key] = search(scores, self.et, self.dist, method=self.method, rule=self.rule).mask
+            self._cache[key] = search(scores, self.et, self.dist, method=self.method, rule=self.rule,
+                                      held=self.held).mask
         self.mask = self._cache[key]
 
     def run_branch(self, block: int, elapsed: float) -> bool:
@@ -168,18 +249,24 @@ RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"
 HEDGE_MARGIN = 0.005  # "EINet (prior + margin)": re-plan only for half a point of predicted accuracy
 
 
-def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor,
-                      mean_accuracy: Sequence[float], rule: str = "latest") -> list[Policy]:
+def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor, holdout: CSProfile,
+                      rule: str | AnswerRule = "latest") -> list[Policy]:
     """Every policy of the paper's comparison for one exit-time distribution, EINet first, the
-    clairvoyant ceiling last. `mean_accuracy`: per-exit accuracy on held-out data (statistics plan)."""
+    clairvoyant ceiling last (not under rule ensemble). `holdout`: the held-out CS-profile (the
+    statistics plan and EINet's prior come from it; never the test split)."""
     n = et.num_blocks
-    return [
+    rule = as_rule(rule)
+    statistics = statistics_plan(holdout, et, dist, rule)
+    policies: list[Policy] = [
         EINet(predictor, et, dist, rule),
-        EINet(predictor, et, dist, rule, prior=mean_accuracy, margin=HEDGE_MARGIN, name="EINet (prior + margin)"),
+        EINet(predictor, et, dist, rule, prior=holdout.accuracy_per_exit() if rule.name != "ensemble" else None,
+              margin=HEDGE_MARGIN, name="EINet (prior + margin)"),
         EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)"),
         static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),
         ConfidenceThreshold(0.90), ConfidenceThreshold(0.95), ConfidenceThreshold(0.99),
-        statistics_plan(mean_accuracy, et, dist, rule),
+        statistics,
         single_exit(n),
-        Clairvoyant(et, dist, rule),
     ]
+    if rule.name != "ensemble":
+        policies.append(Clairvoyant(et, dist, rule))
+    return policies

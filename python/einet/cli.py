@@ -49,10 +49,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _model_from_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
+    """The model and its provenance: zoo name first, width, training recipe."""
     from .models import load_checkpoint
 
     model, state = load_checkpoint(path)
-    return model, dict(state["spec"])
+    spec = dict(state["spec"])
+    provenance = {"zoo": spec.get("name"), "width": spec.get("width", 1.0),
+                  "recipe": (state.get("config") or {}).get("recipe", "joint")}
+    return model, provenance
 
 
 def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -71,23 +75,24 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .profiling import profile_cs, profile_et
 
     torch.set_num_threads(args.threads)
-    model, spec = _model_from_checkpoint(args.checkpoint)
+    model, provenance = _model_from_checkpoint(args.checkpoint)
     out = Path(args.out_dir)
     holdout, test = _splits(args)
     shape = (holdout.channels, *holdout.images.shape[1:3])
-    name = f"{spec['name']} (width {spec.get('width', 1.0)})"
+    name = f"{provenance['zoo']} (width {provenance['width']}, {provenance['recipe']})"
     # Real inputs, drawn across classes: block times depend on the data.
     examples = dataset_for(args.dataset, holdout.subset(np.random.default_rng(0).permutation(len(holdout))[:200]),
                            train=False).images
-    record = profile_et(model, shape, device=args.device, batch_size=args.batch_size, warmup=args.warmup,
-                        repeats=args.repeats, name=name, threads=args.runtime_threads, samples=examples)
-    record.save(out / "et.npz")
+    if not args.skip_et:
+        record = profile_et(model, shape, device=args.device, batch_size=args.batch_size, warmup=args.warmup,
+                            repeats=args.repeats, name=name, threads=args.runtime_threads, samples=examples)
+        record.save(out / "et.npz")
+        print(f"ET-profile (ms, median) conv {np.round(record.conv * 1e3, 3).tolist()}")
+        print(f"                        branch {np.round(record.branch * 1e3, 3).tolist()}")
     for split, arrays in (("holdout", holdout), ("test", test)):
         profile_cs(model, dataset_for(args.dataset, arrays, train=False), device=args.device, name=name,
-                   split=split).save(out / f"cs-{split}.npz")
-    print(f"ET-profile (ms, median) conv {np.round(record.conv * 1e3, 3).tolist()}")
-    print(f"                        branch {np.round(record.branch * 1e3, 3).tolist()}")
-    print(f"wrote {out / 'et.npz'}, {out / 'cs-holdout.npz'}, {out / 'cs-test.npz'}")
+                   split=split, extra_meta=provenance).save(out / f"cs-{split}.npz")
+    print(f"wrote {'' if args.skip_et else str(out / 'et.npz') + ', '}{out / 'cs-holdout.npz'}, {out / 'cs-test.npz'}")
     return 0
 
 
@@ -145,7 +150,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     scales = [float(s) for s in args.scales]
 
     def policies(dist: Any) -> list[Any]:
-        return [p for p in standard_policies(et, dist, native, holdout.accuracy_per_exit(), args.rule)
+        return [p for p in standard_policies(et, dist, native, holdout, args.rule)
                 if p.name != "EINet (random search)"]
 
     curves = accuracy_curves(policies, test, et, args.dist, scales, draws=1)
@@ -194,6 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
     p.add_argument("--seed", type=int, default=0, help="as given to `einet train`")
     p.add_argument("--threads", type=int, default=2, help="torch threads for the CS-profiles")
+    p.add_argument("--skip-et", action="store_true",
+                   help="keep the folder's ET-profile: write the CS-profiles only (e.g. to add log-probabilities)")
     p.add_argument("--runtime-threads", type=int, default=1,
                    help="torch threads the runtime will use (the ET-profile is measured with them)")
     p.set_defaults(run=cmd_profile)

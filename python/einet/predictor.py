@@ -28,6 +28,7 @@ from torch import nn
 
 from .planner import NativePredictor
 from .profiling import CSProfile, ProfileFormatError, read_arrays, write_arrays
+from .rules import AnswerRule, as_rule, ensemble_prefix_correct
 
 TARGETS = ("confidence", "correctness")
 
@@ -96,8 +97,14 @@ class FitReport:
 
 def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Sequence[int] = (64, 64),
                   epochs: int = 40, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-                  progress: bool = True) -> tuple[ConfidencePredictor, FitReport]:
-    """Train a predictor on a (held-out) CS-profile with fresh random observation masks every epoch."""
+                  progress: bool = True, rule: str | AnswerRule = "latest") -> tuple[ConfidencePredictor, FitReport]:
+    """Train a predictor on a (held-out) CS-profile with fresh random observation masks every epoch.
+
+    Under rule ``ensemble`` the predictor learns what the planner needs there: its inputs are the
+    ensemble's confidences after each observed branch (what the runtime observes), and exit i's
+    target is whether the ensemble of the observed exits before i plus exit i is right. The
+    planner thus scores each future exit as if it were the next branch to run: the branches a
+    plan runs in between are not credited (an approximation; the simulator scores the truth)."""
     from tqdm.auto import tqdm
 
     if profile.meta.get("split") == "test":
@@ -106,14 +113,25 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
         raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
+    rule = as_rule(rule)
     model = ConfidencePredictor(profile.num_exits, hidden, target)
-    confidence = torch.from_numpy(profile.confidence.astype(np.float32))
-    goal = torch.from_numpy((profile.correct if target == "correctness" else profile.confidence).astype(np.float32))
+    log_probs = profile.dense_log_probs() if rule.name == "ensemble" else None
+
+    def examples(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """(observed confidences, targets) for these observation masks."""
+        if log_probs is None:
+            correct, confidence = profile.correct, profile.confidence
+        else:
+            correct, confidence = ensemble_prefix_correct(log_probs, profile.labels, rule.weights, masks)
+        goal = correct if target == "correctness" else confidence
+        return torch.from_numpy(confidence.astype(np.float32)), torch.from_numpy(goal.astype(np.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     losses = []
     for _ in tqdm(range(epochs), desc=f"predictor ({target})", disable=not progress, leave=False):
-        masks = torch.from_numpy(random_observations(profile.num_samples, profile.num_exits, rng))
+        drawn = random_observations(profile.num_samples, profile.num_exits, rng)
+        confidence, goal = examples(drawn)
+        masks = torch.from_numpy(drawn)
         order = torch.from_numpy(rng.permutation(profile.num_samples))
         total = 0.0
         for first in range(0, profile.num_samples, batch_size):
@@ -132,6 +150,31 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
     return model.eval(), FitReport(losses)
 
 
+def fit_ensemble_weights(profile: CSProfile, steps: int = 300, lr: float = 0.05, seed: int = 0) -> tuple[float, ...]:
+    """Per-exit weights for rule ``ensemble``, fitted on a held-out CS-profile: they minimise the
+    cross-entropy of every prefix ensemble (exits 0..q, for every q), so early and late answers
+    both count. Each prefix gets its own temperature in the fit, so that the weights decide how
+    much each exit's vote counts and not how sharp the ensemble is (the held class does not
+    depend on a common scale). Weights are softplus-parametrised (>= 0) and start equal."""
+    if profile.meta.get("split") == "test":
+        raise ValueError("refusing to fit ensemble weights on a test-split CS-profile: use a held-out split")
+    torch.manual_seed(seed)
+    log_probs = torch.from_numpy(profile.dense_log_probs())  # [S, N, C]
+    labels = torch.from_numpy(profile.labels)
+    raw = torch.full((profile.num_exits,), float(np.log(np.e - 1)), requires_grad=True)  # softplus(raw) = 1
+    log_temperature = torch.zeros(profile.num_exits, requires_grad=True)  # one per prefix: fitted, then dropped
+    optimizer = torch.optim.Adam([raw, log_temperature], lr=lr)
+    for _ in range(steps):
+        weights = nn.functional.softplus(raw)
+        prefix = torch.cumsum(log_probs * weights[None, :, None], dim=1) * torch.exp(-log_temperature)[None, :, None]
+        loss = nn.functional.cross_entropy(prefix.reshape(-1, prefix.shape[2]),
+                                           labels.repeat_interleave(profile.num_exits))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return tuple(float(w) for w in nn.functional.softplus(raw).detach())
+
+
 def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> Path:
     """Write the predictor's weights in einet's file format (no pickle)."""
     weights, biases = model.export()
@@ -141,22 +184,69 @@ def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> 
     return write_arrays(path, "predictor", arrays, meta)
 
 
+# Bounds on a predictor file's header. Every array must also be in the file with the shape the
+# header implies, so a model built from a file is never larger than the file's own arrays.
+MAX_PREDICTOR_EXITS = 1024
+MAX_PREDICTOR_WIDTH = 16384
+MAX_PREDICTOR_HIDDEN_LAYERS = 64
+
+
+def _predictor_shapes(path: str | os.PathLike[str], meta: dict) -> tuple[int, list[int], str, dict[str, tuple]]:
+    """(num_exits, hidden, target, {array name: shape}) from a predictor header, checked for types and bounds."""
+    def bad(what: str, value: object) -> ProfileFormatError:
+        return ProfileFormatError(f"{path}: bad predictor header: {what}, got {value!r}")
+
+    def whole(value: object, low: int, high: int) -> bool:
+        return type(value) is int and low <= value <= high  # JSON numbers: no bools, no floats
+
+    num_exits, hidden, target, layers = (meta.get(k) for k in ("num_exits", "hidden", "target", "layers"))
+    if not whole(num_exits, 1, MAX_PREDICTOR_EXITS):
+        raise bad(f"num_exits must be an integer in [1, {MAX_PREDICTOR_EXITS}]", num_exits)
+    if (not isinstance(hidden, list) or len(hidden) > MAX_PREDICTOR_HIDDEN_LAYERS
+            or not all(whole(h, 1, MAX_PREDICTOR_WIDTH) for h in hidden)):
+        raise bad(f"hidden must be a list of at most {MAX_PREDICTOR_HIDDEN_LAYERS} integers in "
+                  f"[1, {MAX_PREDICTOR_WIDTH}]", hidden)
+    if not isinstance(target, str) or target not in TARGETS:
+        raise bad(f"target must be one of {TARGETS}", target)
+    if not whole(layers, len(hidden) + 1, len(hidden) + 1):
+        raise bad(f"layers must be {len(hidden) + 1} (the hidden layers and the output)", layers)
+    sizes = [2 * num_exits, *hidden, num_exits]
+    shapes: dict[str, tuple] = {}
+    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+        shapes[f"weight{k}"] = (fan_out, fan_in)
+        shapes[f"bias{k}"] = (fan_out,)
+    return num_exits, hidden, target, shapes
+
+
 def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:
-    """A torch predictor from a file written by :func:`save_predictor` (schema-checked)."""
+    """A torch predictor from a file written by :func:`save_predictor`.
+
+    Everything is checked before the model is built: the header's values (types and bounds) and
+    every array's presence, shape, dtype (floating point) and values (finite as float32), so a
+    file cannot make it allocate more than the arrays it holds. A :class:`ProfileFormatError`
+    names the file and the problem.
+    """
     arrays, meta = read_arrays(path, "predictor")
-    try:
-        model = ConfidencePredictor(int(meta["num_exits"]), [int(h) for h in meta["hidden"]], str(meta["target"]))
-    except (KeyError, TypeError, ValueError) as error:
-        raise ProfileFormatError(f"{path}: bad predictor header {meta}: {error}") from None
-    linears = [m for m in model.mlp if isinstance(m, nn.Linear)]
+    num_exits, hidden, target, shapes = _predictor_shapes(path, meta)
+    unexpected = sorted(set(arrays) - set(shapes))
+    if unexpected:
+        raise ProfileFormatError(f"{path}: unexpected array {unexpected[0]!r} in a predictor file")
+    limit = float(np.finfo(np.float32).max)
     state = {}
-    for k, layer in enumerate(linears):
-        for name, param in (("weight", layer.weight), ("bias", layer.bias)):
-            array = arrays.get(f"{name}{k}")
-            if array is None or array.shape != tuple(param.shape):
-                got = None if array is None else array.shape
-                raise ProfileFormatError(f"{path}: {name}{k} must have shape {tuple(param.shape)}, got {got}")
-            state[f"{name}{k}"] = array
+    for name, shape in shapes.items():
+        array = arrays.get(name)
+        if array is None:
+            raise ProfileFormatError(f"{path} misses the array {name!r}")
+        if array.shape != shape:
+            raise ProfileFormatError(f"{path}: {name} must have shape {shape}, got {array.shape}")
+        if array.dtype.kind != "f":
+            raise ProfileFormatError(f"{path}: {name} must be floating-point, got {array.dtype}")
+        values = np.asarray(array, dtype=np.float64)  # native byte order
+        if not np.all(np.abs(values) <= limit):  # NaN fails too
+            raise ProfileFormatError(f"{path}: {name} must be finite (as float32)")
+        state[name] = values
+    model = ConfidencePredictor(num_exits, hidden, target)
+    linears = [m for m in model.mlp if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for k, layer in enumerate(linears):
             layer.weight.copy_(torch.from_numpy(state[f"weight{k}"]))

@@ -17,6 +17,7 @@ The profile classes need numpy only; measuring needs torch.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import time
@@ -24,10 +25,11 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
+from ._atomic import atomic_write
 from .planner import ETProfile
 
 if TYPE_CHECKING:
@@ -36,45 +38,112 @@ if TYPE_CHECKING:
     from .data import ImageDataset
     from .models.base import MultiExitNetwork
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: CS-profiles may carry log-probabilities
+READABLE_VERSIONS = (1, 2)  # format 1 files load; their CS-profiles simply have no log-probabilities
 
 
 class ProfileFormatError(ValueError):
     """A profile or predictor file is unreadable, of another version or kind, or fails its schema."""
 
 
+# What read_arrays accepts, checked from the zip directory and every array's .npy header before
+# anything is decompressed or allocated: at most MAX_ARCHIVE_BYTES of arrays in all (the sum of the
+# members' uncompressed sizes; real files are far smaller: a CS-profile of 50,000 samples x 40 exits
+# with 100 log-probabilities each is about 0.8 GB), at most MAX_ARCHIVE_MEMBERS arrays, a JSON header
+# of at most MAX_HEADER_BYTES, and arrays of booleans or numbers only.
+MAX_ARCHIVE_BYTES = 2 * 1024**3
+MAX_ARCHIVE_MEMBERS = 4096
+MAX_HEADER_BYTES = 4 * 1024**2
+_ARRAY_KINDS = "biufc"  # bool, int, uint, float, complex: no objects, strings, records or void
+
+
 def write_arrays(path: str | os.PathLike[str], kind: str, arrays: Mapping[str, np.ndarray],
                  meta: Mapping[str, Any] | None = None) -> Path:
-    """Atomically write named arrays and a JSON header to `path` (.npz)."""
+    """Atomically and durably write named arrays and a JSON header to `path` (.npz).
+
+    Goes through :func:`einet._atomic.atomic_write`: readers and concurrent writers of the same
+    path see the previous file or a complete new one, never a half-written one.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     header = json.dumps({"format": "einet", "version": FORMAT_VERSION, "kind": kind, "meta": dict(meta or {})})
-    partial = path.with_name(path.name + ".partial")
-    with open(partial, "wb") as f:
+    with atomic_write(path) as f:
         np.savez_compressed(f, __header__=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)
-    os.replace(partial, path)
     return path
 
 
-def read_arrays(path: str | os.PathLike[str], kind: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Read a file written by :func:`write_arrays`, checking its format, version and kind."""
+def _read_npz(file: BinaryIO, max_bytes: int) -> dict[str, np.ndarray]:
+    """The arrays of an .npz archive. Sizes are checked before reading: the members' declared sizes
+    against `max_bytes`, and each .npy header's shape and dtype against its member's size (the zip
+    reader never returns more than the declared size, so no header can force a larger allocation)."""
+    with zipfile.ZipFile(file) as archive:
+        members = archive.infolist()
+        if len(members) > MAX_ARCHIVE_MEMBERS:
+            raise ProfileFormatError(f"holds {len(members)} arrays, more than the {MAX_ARCHIVE_MEMBERS} allowed")
+        total = sum(member.file_size for member in members)
+        if total > max_bytes:
+            raise ProfileFormatError(f"expands to {total} bytes, more than the {max_bytes} allowed")
+        arrays: dict[str, np.ndarray] = {}
+        for member in members:
+            name = member.filename[:-4]
+            if not member.filename.endswith(".npy") or name in arrays:
+                raise ProfileFormatError(f"holds {member.filename!r}, which is not an array (or a repeated one)")
+            with archive.open(member) as stream:
+                version = np.lib.format.read_magic(stream)
+                if version == (1, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_1_0(stream)
+                elif version == (2, 0):
+                    shape, _, dtype = np.lib.format.read_array_header_2_0(stream)
+                else:
+                    raise ProfileFormatError(f"array {name!r} is in .npy format {version}, not 1.0 or 2.0")
+                if dtype.kind not in _ARRAY_KINDS or dtype.hasobject or dtype.names is not None:
+                    raise ProfileFormatError(f"array {name!r} has dtype {dtype}: only booleans and numbers are read")
+                size = math.prod(shape) * dtype.itemsize
+                if stream.tell() + size != member.file_size:
+                    raise ProfileFormatError(f"array {name!r} declares shape {shape} {dtype} ({size} bytes) but holds "
+                                             f"{member.file_size - stream.tell()} bytes")
+            with archive.open(member) as stream:
+                arrays[name] = np.lib.format.read_array(stream, allow_pickle=False)
+    return arrays
+
+
+def read_arrays(path: str | os.PathLike[str], kind: str,
+                max_bytes: int | None = None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Read a file written by :func:`write_arrays`, checking its format, version and kind.
+
+    Anything wrong with the file is a :class:`ProfileFormatError` naming it, never another error:
+    damaged zips and streams, a header that is not a JSON object, arrays of objects, and archives
+    that would expand beyond `max_bytes` (default :data:`MAX_ARCHIVE_BYTES`, checked from the zip's
+    member sizes and the arrays' headers before anything is decompressed or allocated).
+    """
     path = Path(path)
     try:
-        with open(path, "rb") as f, np.load(f, allow_pickle=False) as archive:  # our handle: closed on errors too
-            arrays = {name: archive[name] for name in archive.files}
+        with open(path, "rb") as f:  # our handle: closed on errors too
+            arrays = _read_npz(f, MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes)
     except FileNotFoundError:
         raise ProfileFormatError(f"missing file {path}") from None
-    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as error:
-        raise ProfileFormatError(f"{path} is not a readable einet file (truncated or corrupt?): {error}") from None
-    if "__header__" not in arrays:
+    except ProfileFormatError as error:
+        raise ProfileFormatError(f"{path} {error}") from None
+    except Exception as error:  # a damaged archive raises many types: zlib.error, EOFError, NotImplementedError
+        # (compression method), RuntimeError (encryption), MemoryError, struct.error, ...
+        raise ProfileFormatError(f"{path} is not a readable einet file (truncated or corrupt?): "
+                                 f"{type(error).__name__}: {error}") from None
+    raw = arrays.pop("__header__", None)
+    if raw is None:
         raise ProfileFormatError(f"{path} has no einet header")
+    if raw.dtype != np.uint8 or raw.ndim != 1 or raw.size > MAX_HEADER_BYTES:
+        raise ProfileFormatError(f"{path} has a corrupt header: {raw.dtype} array of shape {raw.shape}, expected "
+                                 f"at most {MAX_HEADER_BYTES} bytes of JSON")
     try:
-        header = json.loads(arrays.pop("__header__").tobytes().decode())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise ProfileFormatError(f"{path} has a corrupt header: {error}") from None
-    if header.get("format") != "einet" or header.get("version") != FORMAT_VERSION:
+        header = json.loads(raw.tobytes().decode())
+    except (UnicodeDecodeError, ValueError, RecursionError, MemoryError) as error:
+        raise ProfileFormatError(f"{path} has a corrupt header: {type(error).__name__}: {error}") from None
+    if not isinstance(header, dict) or not isinstance(header.get("meta", {}), dict):
+        what = "header" if not isinstance(header, dict) else "header's meta"
+        raise ProfileFormatError(f"{path} has a corrupt header: its {what} is not a JSON object")
+    version = header.get("version")
+    if header.get("format") != "einet" or type(version) is not int or version not in READABLE_VERSIONS:
         raise ProfileFormatError(f"{path} is format {header.get('format')!r} version {header.get('version')!r}; "
-                                 f"this einet reads version {FORMAT_VERSION}")
+                                 f"this einet reads versions {READABLE_VERSIONS}")
     if header.get("kind") != kind:
         raise ProfileFormatError(f"{path} holds a {header.get('kind')!r}, not a {kind!r}")
     return arrays, header.get("meta", {})
@@ -96,7 +165,7 @@ def _require(path: Path | str, arrays: Mapping[str, np.ndarray], shapes: Mapping
 
 
 # Named dimensions for _require: negative numbers stand for sizes shared across arrays.
-BLOCKS, SAMPLES = -1, -2
+BLOCKS, SAMPLES = -1, -2  # (-3: classes, in log_probs)
 
 
 @dataclass(frozen=True)
@@ -130,15 +199,27 @@ class ETRecord:
         return record
 
 
+# Rich per-exit signals: all log-probabilities for up to this many classes, the top ones beyond.
+LOG_PROB_CLASSES = 100
+
+
 @dataclass(frozen=True)
 class CSProfile:
-    """Per sample and exit: confidence (max softmax), predicted class, correctness; plus the labels."""
+    """Per sample and exit: confidence (max softmax), predicted class, correctness; plus the labels.
+
+    ``log_probs`` (format 2, float16 [S, N, K]) are each exit's log-probabilities: all classes
+    when there are at most ``LOG_PROB_CLASSES`` (K = classes), else the top K with their class
+    indices in ``log_prob_classes``. They feed rule ``ensemble`` and the richer predictor
+    signals; profiles written by format 1 have none (``log_probs is None``).
+    """
 
     confidence: np.ndarray  # float32 [S, N]
     prediction: np.ndarray  # int64 [S, N]
     correct: np.ndarray  # bool [S, N]
     labels: np.ndarray  # int64 [S]
     meta: dict[str, Any] = field(default_factory=dict)
+    log_probs: np.ndarray | None = None  # float16 [S, N, K]
+    log_prob_classes: np.ndarray | None = None  # int16 [S, N, K] when only the top K of more classes are kept
 
     def __post_init__(self) -> None:
         s, n = self.confidence.shape if self.confidence.ndim == 2 else (-1, -1)
@@ -148,6 +229,14 @@ class CSProfile:
                 f" correct {self.correct.shape}, labels {self.labels.shape}")
         if s and not (np.all(self.confidence >= 0) and np.all(self.confidence <= 1)):
             raise ProfileFormatError("CS-profile confidences must lie in [0, 1]")
+        if self.log_probs is not None:
+            if self.log_probs.ndim != 3 or self.log_probs.shape[:2] != (s, n):
+                raise ProfileFormatError(f"log_probs must be [{s}, {n}, K], got {self.log_probs.shape}")
+            if self.log_prob_classes is not None and self.log_prob_classes.shape != self.log_probs.shape:
+                raise ProfileFormatError(f"log_prob_classes {self.log_prob_classes.shape} must match log_probs "
+                                         f"{self.log_probs.shape}")
+        elif self.log_prob_classes is not None:
+            raise ProfileFormatError("log_prob_classes given without log_probs")
 
     @property
     def num_samples(self) -> int:
@@ -157,25 +246,53 @@ class CSProfile:
     def num_exits(self) -> int:
         return int(self.confidence.shape[1])
 
+    @property
+    def has_log_probs(self) -> bool:
+        return self.log_probs is not None
+
     def accuracy_per_exit(self) -> np.ndarray:
         return self.correct.mean(axis=0)
 
+    def dense_log_probs(self) -> np.ndarray:
+        """float32 [S, N, C] log-probabilities; classes beyond the stored top K get the smallest stored value."""
+        if self.log_probs is None:
+            raise ProfileFormatError("this CS-profile has no log-probabilities (format 1): regenerate it with "
+                                     "`einet profile` to use rule 'ensemble' or the richer signals")
+        values = self.log_probs.astype(np.float32)
+        if self.log_prob_classes is None:
+            return values
+        classes = int(max(self.labels.max(initial=0), self.log_prob_classes.max(initial=0))) + 1
+        dense = np.repeat(values.min(axis=2, keepdims=True), classes, axis=2)
+        np.put_along_axis(dense, self.log_prob_classes.astype(np.int64), values, axis=2)
+        return dense
+
     def subset(self, indices: np.ndarray) -> CSProfile:
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[indices]
+
         return CSProfile(self.confidence[indices], self.prediction[indices], self.correct[indices],
-                         self.labels[indices], dict(self.meta))
+                         self.labels[indices], dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        return write_arrays(path, "cs-profile", {
-            "confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int16),
-            "correct": self.correct.astype(bool), "labels": self.labels.astype(np.int16)}, self.meta)
+        arrays = {"confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int16),
+                  "correct": self.correct.astype(bool), "labels": self.labels.astype(np.int16)}
+        if self.log_probs is not None:
+            arrays["log_probs"] = self.log_probs.astype(np.float16)
+        if self.log_prob_classes is not None:
+            arrays["log_prob_classes"] = self.log_prob_classes.astype(np.int16)
+        return write_arrays(path, "cs-profile", arrays, self.meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CSProfile:
         arrays, meta = read_arrays(path, "cs-profile")
         _require(path, arrays, {"confidence": (SAMPLES, BLOCKS), "prediction": (SAMPLES, BLOCKS),
                                 "correct": (SAMPLES, BLOCKS), "labels": (SAMPLES,)})
+        log_probs = arrays.get("log_probs")
+        if log_probs is not None:
+            _require(path, arrays, {"confidence": (SAMPLES, BLOCKS), "log_probs": (SAMPLES, BLOCKS, -3)})
         return cls(arrays["confidence"].astype(np.float32), arrays["prediction"].astype(np.int64),
-                   arrays["correct"].astype(bool), arrays["labels"].astype(np.int64), meta)
+                   arrays["correct"].astype(bool), arrays["labels"].astype(np.int64), meta,
+                   None if log_probs is None else log_probs.astype(np.float16), arrays.get("log_prob_classes"))
 
 
 def environment(device: str, batch_size: int, dtype: str) -> dict[str, Any]:
@@ -311,29 +428,38 @@ def _measure_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: s
 
 
 def profile_cs(model: MultiExitNetwork, dataset: ImageDataset, device: str = "cpu", batch_size: int = 500,
-               progress: bool = True, name: str | None = None, split: str | None = None) -> CSProfile:
-    """Every exit's confidence, prediction and correctness on every sample of `dataset`."""
+               progress: bool = True, name: str | None = None, split: str | None = None,
+               extra_meta: Mapping[str, Any] | None = None) -> CSProfile:
+    """Every exit's confidence, prediction, correctness and log-probabilities on every sample of `dataset`.
+    `extra_meta` (e.g. zoo name, width, training recipe) is stored in the profile's metadata."""
     import torch
     from tqdm.auto import tqdm
 
     target = torch.device(device)
     model = model.to(target).eval()
     augment, dataset.augment = dataset.augment, False
-    confidence, prediction, labels = [], [], []
+    confidence, prediction, labels, log_probs, top_classes = [], [], [], [], []
     try:
         with torch.inference_mode():
             batches = dataset.batches(batch_size)
             for images, y in tqdm(batches, total=-(-len(dataset) // batch_size), desc="CS-profile",
                                   disable=not progress, leave=False):
-                probabilities = torch.stack([logits.float().softmax(1) for logits in model(images.to(target))], 1)
-                best = probabilities.max(dim=2)
-                confidence.append(best.values.cpu())
+                logp = torch.stack([logits.float().log_softmax(1) for logits in model(images.to(target))], 1)
+                best = logp.max(dim=2)
+                confidence.append(best.values.exp().cpu())
                 prediction.append(best.indices.cpu())
                 labels.append(y.cpu())
+                if logp.shape[2] <= LOG_PROB_CLASSES:
+                    log_probs.append(logp.half().cpu())
+                else:
+                    top = logp.topk(LOG_PROB_CLASSES, dim=2)
+                    log_probs.append(top.values.half().cpu())
+                    top_classes.append(top.indices.short().cpu())
     finally:
         dataset.augment = augment
     conf = torch.cat(confidence).numpy()
     pred = torch.cat(prediction).numpy().astype(np.int64)
     lab = torch.cat(labels).numpy().astype(np.int64)
     meta = {"model": name or type(model).__name__, "device": device, "samples": int(lab.size), "split": split}
-    return CSProfile(np.clip(conf, 0.0, 1.0), pred, pred == lab[:, None], lab, meta)
+    return CSProfile(np.clip(conf, 0.0, 1.0), pred, pred == lab[:, None], lab, {**meta, **(extra_meta or {})},
+                     torch.cat(log_probs).numpy(), torch.cat(top_classes).numpy() if top_classes else None)

@@ -1,0 +1,161 @@
+"""Which answer an elastic inference holds: the one place that defines the output rules.
+
+- ``latest`` (the paper's default): the latest finished branch's answer.
+- ``best``: the most confident finished branch's answer.
+- ``ensemble`` (ours): the class with the highest weighted sum of the log-probabilities of
+  every finished branch (per-exit weights fitted on held-out data), kept as a running
+  per-class sum: O(classes) per finished branch.
+
+Before the first branch finishes, an :class:`AnswerRule` may hold a *time-zero answer*: the
+most frequent class of the held-out split, credited with its held-out share. Without it
+that share of the exit-time mass is always wrong.
+
+The simulator scores these rules on CS-profiles (vectorised, :func:`held_correctness`); the
+runtime keeps them live (:class:`RunningAnswer`). A test checks the two agree. Numpy only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .profiling import CSProfile
+
+RULES = ("latest", "best", "ensemble")
+
+
+@dataclass(frozen=True)
+class AnswerRule:
+    """An output rule with what it needs: ensemble weights and the optional time-zero answer."""
+
+    name: str = "latest"
+    weights: tuple[float, ...] | None = None  # rule ensemble: one weight per exit
+    prior_class: int | None = None  # held from time zero, before any branch has finished
+    prior_accuracy: float = 0.0  # the held-out share of prior_class: the planner's credit for it
+
+    def __post_init__(self) -> None:
+        if self.name not in RULES:
+            raise ValueError(f"unknown rule {self.name!r}: expected one of {', '.join(RULES)}")
+        if (self.name == "ensemble") != (self.weights is not None):
+            raise ValueError("rule 'ensemble' needs per-exit weights, and only it takes them")
+        if self.weights is not None and not all(np.isfinite(w) and w >= 0 for w in self.weights):
+            raise ValueError(f"ensemble weights must be finite and >= 0, got {self.weights}")
+        if self.prior_class is not None and self.prior_class < 0:
+            raise ValueError(f"prior_class must be a class index >= 0, got {self.prior_class}")
+        if not 0.0 <= self.prior_accuracy <= 1.0:
+            raise ValueError(f"prior_accuracy must lie in [0, 1], got {self.prior_accuracy}")
+
+    @property
+    def native(self) -> str:
+        """The rule the native planner scores with. Under ``ensemble`` the scores it is given are
+        already the ensemble's (s_i: the ensemble up to exit i is right), so it plans as ``latest``."""
+        return "best" if self.name == "best" else "latest"
+
+    @property
+    def held_credit(self) -> float:
+        """The planner's `held` score before any branch has finished."""
+        return self.prior_accuracy if self.prior_class is not None else 0.0
+
+    def label(self) -> str:
+        return self.name + (" + time-zero answer" if self.prior_class is not None else "")
+
+
+def as_rule(rule: str | AnswerRule) -> AnswerRule:
+    """Accept a rule name wherever an AnswerRule is expected (``latest``/``best`` need nothing else)."""
+    return rule if isinstance(rule, AnswerRule) else AnswerRule(rule)
+
+
+def time_zero_answer(labels: np.ndarray) -> tuple[int, float]:
+    """The most frequent class of held-out labels and its share: the best answer knowing nothing."""
+    counts = np.bincount(np.asarray(labels, dtype=np.int64))
+    best = int(counts.argmax())
+    return best, float(counts[best] / counts.sum())
+
+
+def held_correctness(exits: np.ndarray, cs: CSProfile, rule: str | AnswerRule) -> np.ndarray:
+    """[S, N + 1]: whether the answer held after the q-th finished branch is right; column 0 is
+    the time-zero answer (wrong when there is none).
+
+    `exits` [S, N]: each sample's finished exits in order, -1 after the last; `cs`: the samples'
+    CS-profile (rule ensemble needs its log-probabilities)."""
+    rule = as_rule(rule)
+    labels, correct, confidence = cs.labels, cs.correct, cs.confidence
+    s_count, n = exits.shape
+    finished = exits >= 0
+    index = np.where(finished, exits, 0)
+    held = np.zeros((s_count, n + 1), dtype=bool)
+    if rule.prior_class is not None:
+        held[:, 0] = labels == rule.prior_class
+    if rule.name == "latest":
+        held[:, 1:] = np.take_along_axis(correct, index, 1) & finished
+    elif rule.name == "best":
+        conf = np.where(finished, np.take_along_axis(confidence, index, 1), -1.0)
+        best_so_far = np.maximum.accumulate(conf, axis=1)
+        argbest = np.zeros((s_count, n), dtype=np.int64)
+        for q in range(1, n):  # the position of the running maximum (the first one on ties)
+            argbest[:, q] = np.where(conf[:, q] > best_so_far[:, q - 1], q, argbest[:, q - 1])
+        held[:, 1:] = np.take_along_axis(np.take_along_axis(correct, index, 1) & finished, argbest, 1)
+    else:
+        log_probs = cs.dense_log_probs()
+        weights = np.asarray(rule.weights, dtype=np.float32)
+        terms = np.take_along_axis(log_probs, index[:, :, None], 1) * (weights[index] * finished)[:, :, None]
+        held[:, 1:] = (np.cumsum(terms, axis=1).argmax(2) == labels[:, None]) & finished
+    return held
+
+
+def ensemble_prefix_correct(log_probs: np.ndarray, labels: np.ndarray, weights: Sequence[float],
+                            observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For every exit i: is the ensemble of the observed exits before i plus exit i right, and how
+    confident is it (max softmax)? [S, N] each. With `observed` the exits run so far, this is what
+    rule ``ensemble`` would hold if exit i ran next: the score the planner needs for exit i."""
+    w = np.asarray(weights, dtype=np.float32)[None, :, None]
+    terms = log_probs * w
+    before = np.cumsum(terms * observed[:, :, None], axis=1) - terms * observed[:, :, None]
+    combined = before + terms
+    top = combined.max(2, keepdims=True)
+    confidence = 1.0 / np.exp(combined - top).sum(2)
+    return combined.argmax(2) == labels[:, None], confidence
+
+
+class RunningAnswer:
+    """The answer a live inference holds under a rule, updated as each branch finishes."""
+
+    def __init__(self, rule: AnswerRule, num_classes: int | None = None) -> None:
+        self.rule = rule
+        self.weights = None if rule.weights is None else np.asarray(rule.weights, dtype=np.float64)
+        self._total = np.zeros(num_classes or 0)
+        self.reset()
+
+    def reset(self) -> None:
+        """A new sample: only the time-zero answer (if any) is held."""
+        self.prediction: int | None = self.rule.prior_class
+        self.exit: int | None = None
+        self.confidence = 0.0
+        self._started = False
+
+    def add(self, exit_index: int, log_probs: np.ndarray) -> float:
+        """A branch finished with these log-probabilities: update the held answer (``prediction``,
+        ``exit``, ``confidence``) and return the confidence the policy observes: the ensemble's
+        under rule ``ensemble`` (its predictor is trained on that), else this exit's own."""
+        if self.weights is None:
+            prediction = int(log_probs.argmax())
+            confidence = float(np.exp(log_probs[prediction]))
+            if self.rule.name == "latest" or not self._started or confidence > self.confidence:
+                self.prediction, self.exit, self.confidence = prediction, exit_index, confidence
+            self._started = True
+            return confidence
+        if self._total.shape != log_probs.shape:
+            self._total = np.zeros(log_probs.shape)
+        if self._started:
+            self._total += self.weights[exit_index] * log_probs
+        else:
+            np.multiply(log_probs, self.weights[exit_index], out=self._total)
+        prediction = int(self._total.argmax())
+        self.prediction, self.exit = prediction, exit_index
+        self.confidence = float(1.0 / np.exp(self._total - self._total[prediction]).sum())
+        self._started = True
+        return self.confidence
