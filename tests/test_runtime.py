@@ -148,3 +148,30 @@ def test_calibrate_adds_what_the_runtime_costs():
     assert calibrated.conv[1] >= 0.0019  # the missing millisecond is found (sleep never returns early)
     assert calibrated.conv[0] > calibrated.conv[1]  # plus the hand-over to the worker
     runtime.close()
+
+
+def test_rule_ensemble_holds_what_the_simulator_scores():
+    from einet.profiling import CSProfile
+    from einet.rules import AnswerRule, held_correctness
+
+    model = slow_model(0.001)
+    weights = (0.5, 1.0, 0.2, 2.0)
+    answer = ElasticRuntime(model, Policy(), rule=AnswerRule("ensemble", weights)).infer(X)
+    log_probs = torch.stack([model.forward_exit(i, X).log_softmax(-1) for i in range(4)], 1).numpy()
+    confidence = np.exp(log_probs.max(2))
+    for label in range(3):  # the simulator says which label the final ensemble holds
+        prediction = log_probs.argmax(2)
+        cs = CSProfile(confidence, prediction, prediction == label, np.array([label]), {}, log_probs)
+        held = held_correctness(np.arange(4)[None, :], cs, AnswerRule("ensemble", weights))
+        assert held[0, -1] == (answer.prediction == label)
+    assert answer.exit == 3
+
+
+def test_time_zero_answer_is_held_before_the_first_branch():
+    from einet.rules import AnswerRule
+
+    rule = AnswerRule("latest", prior_class=2, prior_accuracy=0.4)
+    answer = ElasticRuntime(slow_model(0.05), Policy(), rule=rule).infer(X, interrupt=0.01)
+    assert answer.interrupted and answer.prediction == 2 and answer.exit is None
+    answer = ElasticRuntime(slow_model(0.05), Policy()).infer(X, interrupt=0.01)
+    assert answer.prediction is None

@@ -2,8 +2,9 @@
 
 A worker thread runs the model block by block. After each block's conv part
 the policy decides whether to run its branch; every finished branch's answer
-is published at once (rule ``latest`` or ``best``), and its confidence goes to
-the policy, which re-plans (EINet: one native predict-and-search call) right
+is published at once (rule ``latest``, ``best`` or ``ensemble``, see
+:mod:`einet.rules`; before the first, the rule's time-zero answer, if any),
+and its confidence goes to the policy, which re-plans (EINet: one native predict-and-search call) right
 after the next block has been issued: the plan is only needed once that block
 ends, so on CUDA the planning overlaps the queued kernels instead of idling the
 GPU. (On a CPU a planner thread would overlap too, but handing work between
@@ -34,6 +35,7 @@ import torch
 from .baselines import Policy
 from .models.base import MultiExitNetwork
 from .planner import ETProfile
+from .rules import AnswerRule, RunningAnswer, as_rule
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
@@ -45,9 +47,9 @@ SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
 class Answer:
     """What an elastic inference returns: the held answer when it ended, and how it ended."""
 
-    prediction: int | None  # class index; None when no branch had finished
-    exit: int | None  # which exit produced it
-    confidence: float  # its max softmax probability (0 when none)
+    prediction: int | None  # class index; None when no branch had finished (and no time-zero answer)
+    exit: int | None  # the latest finished exit when it was held (None: the time-zero answer, or none)
+    confidence: float  # its max softmax probability (the ensemble's under rule ensemble; 0 when none)
     elapsed: float  # seconds from the start to the moment the answer was returned
     interrupted: bool  # True when a forced exit ended it
     exits_run: tuple[int, ...] = ()  # branches that finished before the end
@@ -56,36 +58,36 @@ class Answer:
 
 @dataclass
 class _Published:
-    """Every finished branch's answer, in order: (finish time since start, exit, prediction, confidence)."""
+    """After every finished branch, in order: (finish time since start, the exit that finished,
+    and the answer then held under the runtime's rule: its exit, prediction, confidence)."""
 
     lock: threading.Lock = field(default_factory=threading.Lock)
-    answers: list[tuple[float, int, int, float]] = field(default_factory=list)
+    answers: list[tuple[float, int, int, int, float]] = field(default_factory=list)
     planning: float = 0.0
     error: BaseException | None = None
 
-    def held(self, rule: str, cutoff: float) -> tuple[int, int, float] | None:
-        """The answer held at `cutoff` seconds: the latest, or the most confident, finished by then."""
+    def held(self, cutoff: float) -> tuple[int, int, float] | None:
+        """The answer held at `cutoff` seconds: the one published last by then."""
         with self.lock:
             finished = [a for a in self.answers if a[0] <= cutoff]
-        if not finished:
-            return None
-        chosen = finished[-1] if rule == "latest" else max(finished, key=lambda a: a[3])
-        return chosen[1], chosen[2], chosen[3]
+        return finished[-1][2:] if finished else None
 
 
 class ElasticRuntime:
     """Runs one sample at a time with `policy`, returning the best answer held when stopped."""
 
-    def __init__(self, model: MultiExitNetwork, policy: Policy, rule: str = "latest", device: str = "cpu",
-                 threads: int = 1) -> None:
-        if rule not in ("latest", "best"):
-            raise ValueError(f"unknown rule {rule!r}: expected 'latest' or 'best'")
+    def __init__(self, model: MultiExitNetwork, policy: Policy, rule: str | AnswerRule = "latest",
+                 device: str = "cpu", threads: int = 1) -> None:
+        rule = as_rule(rule)
+        if rule.weights is not None and len(rule.weights) != model.num_exits:
+            raise ValueError(f"the ensemble has {len(rule.weights)} weights, the model {model.num_exits} exits")
         if policy.needs_oracle:
             raise ValueError(f"{policy.name} needs each sample's true correctness: it can only be simulated")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.policy = policy
         self.rule = rule
+        self._running = RunningAnswer(rule)  # the held answer, updated by the worker as branches finish
         # torch's intra-op threads for the worker. One by default: a batch of one gains little from more
         # on a small CPU, and a second core stays free for the caller; profile_et uses the same default.
         self.threads = threads
@@ -118,6 +120,8 @@ class ElasticRuntime:
 
     def _run(self, x: torch.Tensor, started: float, stop: threading.Event, held: _Published) -> None:
         self.dispatch_seconds.append(time.perf_counter() - started)
+        running = self._running
+        running.reset()
         with torch.inference_mode():
             h = x.to(self.device, non_blocking=True)
             pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
@@ -141,13 +145,12 @@ class ElasticRuntime:
                 held.planning += time.perf_counter() - before
                 if not run:
                     continue
-                probabilities = self.model.forward_exit(i, h).float().softmax(-1)
-                confidence_t, prediction_t = probabilities.max(-1)
-                confidence, prediction = float(confidence_t), int(prediction_t)  # the one sync per branch
+                log_probs = self.model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
+                signal = running.add(i, log_probs)
                 finished = time.perf_counter() - started
                 with held.lock:
-                    held.answers.append((finished, i, prediction, confidence))
-                pending = (i, confidence, finished)
+                    held.answers.append((finished, i, running.exit, running.prediction, running.confidence))
+                pending = (i, signal, finished)
             if pending is not None:  # the last block's branch: the policy still hears of it
                 self.policy.observe(*pending)
 
@@ -171,11 +174,11 @@ class ElasticRuntime:
             raise held.error
         if not interrupted:
             self._answer_times.append([(a[0], a[1]) for a in held.answers])
-        answer = held.held(self.rule, cutoff)
+        answer = held.held(cutoff)
         exits_run = tuple(a[1] for a in held.answers if a[0] <= cutoff)
         elapsed = time.perf_counter() - started
-        if answer is None:
-            return Answer(None, None, 0.0, elapsed, interrupted, exits_run, held.planning)
+        if answer is None:  # no branch finished: the time-zero answer, if the rule holds one
+            return Answer(self.rule.prior_class, None, 0.0, elapsed, interrupted, exits_run, held.planning)
         exit_index, prediction, confidence = answer
         return Answer(prediction, exit_index, confidence, elapsed, interrupted, exits_run, held.planning)
 
