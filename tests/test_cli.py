@@ -1,27 +1,79 @@
-"""The `einet` command on the committed fixtures: evaluate, fit-predictor, report."""
+"""The `einet` command: the committed fixtures through evaluate, fit-predictor and report; tiny
+synthetic datasets through train; every user mistake as one line on stderr with exit status 2."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
+import pickle
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-pytest.importorskip("torch")
-
+import einet
+from einet import cli
 from einet.cli import main
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "vgg16_fine_w05_cuda"
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
+needs_fixture = pytest.mark.skipif(not FIXTURE.exists(), reason="fixture missing")
+
+
+def run_einet(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "einet", *args], capture_output=True, text=True)
 
 
 def test_help_lists_every_command():
-    out = subprocess.run([sys.executable, "-m", "einet.cli", "--help"], capture_output=True, text=True, check=True)
+    out = run_einet("--help")
+    assert out.returncode == 0
     for command in ("train", "profile", "fit-predictor", "evaluate", "report", "demo"):
         assert command in out.stdout
 
 
-@pytest.mark.skipif(not FIXTURE.exists(), reason="fixture missing")
+def test_version_and_python_dash_m():
+    out = run_einet("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"einet {einet.__version__}"
+
+
+def test_every_option_has_help_and_shows_its_default():
+    commands = next(a for a in cli.build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    for name, parser in commands.choices.items():
+        text = parser.format_help()
+        for action in parser._actions:
+            if not action.option_strings or action.dest == "help":
+                continue
+            assert action.help, f"einet {name} {action.option_strings[0]} has no help text"
+            shown = action.default not in (None, False, argparse.SUPPRESS) and not action.required
+            if shown:
+                assert "(default:" in parser._get_formatter()._format_action(action), (name, action.dest)
+        assert "--debug" in text
+    for name in ("train", "profile", "demo"):
+        text = re.sub(r"\s+", " ", commands.choices[name].format_help())
+        assert "--device {auto,cpu,cuda}" in text and "(default: auto)" in text and "--quiet" in text
+
+
+def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
+    assert not cli._progress(argparse.Namespace(quiet=False))
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert cli._progress(argparse.Namespace(quiet=False))
+    assert not cli._progress(argparse.Namespace(quiet=True))
+
+
+@needs_torch
+def test_device_auto_is_cuda_only_when_available():
+    import torch
+
+    assert cli._device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert cli._device("cpu") == "cpu"
+
+
+@needs_torch
+@needs_fixture
 def test_fit_predictor_evaluate_and_report(tmp_path, capsys):
     predictor = tmp_path / "p.npz"
     assert main(["fit-predictor", "--cs", str(FIXTURE / "cs-holdout.npz"), "--epochs", "2", "--hidden", "16",
@@ -37,14 +89,233 @@ def test_fit_predictor_evaluate_and_report(tmp_path, capsys):
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
-def test_fit_predictor_refuses_the_test_split(tmp_path):
-    if not FIXTURE.exists():
-        pytest.skip("fixture missing")
-    with pytest.raises(ValueError, match="test-split"):
-        main(["fit-predictor", "--cs", str(FIXTURE / "cs-test.npz"), "--out", str(tmp_path / "p.npz")])
-
-
+@needs_torch
 def test_demo_runs_end_to_end_on_the_embedded_data(capsys):
-    assert main(["demo", "--epochs", "1", "--samples", "30"]) == 0
+    assert main(["demo", "--epochs", "1", "--samples", "30", "--device", "cpu"]) == 0
     out = capsys.readouterr().out
     assert "| EINet |" in out and "real-time accuracy" in out and "done in" in out
+
+
+# ---------------------------------------------------------------- tiny synthetic datasets
+
+def fake_cifar10(root: Path, per_batch: int = 8) -> Path:
+    """CIFAR-10 python batches: 5 x `per_batch` training images, `per_batch` test images."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(1)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        batch = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
+                 b"labels": [int(k) for k in rng.integers(0, 10, per_batch)]}
+        (folder / name).write_bytes(pickle.dumps(batch))
+    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
+    return root
+
+
+def save_model(path: Path, **spec: object) -> Path:
+    """A checkpoint of an untrained zoo model, as `einet train` writes them."""
+    from einet.models import build, save_checkpoint
+
+    spec = {"name": "b_alexnet", "num_classes": 10, "in_channels": 1, "width": 0.125} | spec
+    kwargs = dict(spec)
+    save_checkpoint(path, build(kwargs.pop("name"), **kwargs), spec)  # type: ignore[arg-type]
+    return path
+
+
+TINY_TRAIN = ["--model", "b_alexnet", "--width", "0.125", "--epochs", "1", "--batch-size", "8", "--threads", "1",
+              "--device", "cpu"]
+
+
+@needs_torch
+def test_same_seed_gives_bit_identical_weights(tmp_path, capsys):
+    """--seed fixes initial weights, held-out split, data order and augmentation (CIFAR: crops and flips)."""
+    import torch
+
+    data = fake_cifar10(tmp_path / "data")
+    for run in ("a", "b", "c"):
+        seed = "1" if run == "c" else "7"
+        assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--seed", seed,
+                     "--out", str(tmp_path / f"{run}.pt")]) == 0
+    capsys.readouterr()
+    a, b, c = (torch.load(tmp_path / f"{run}.pt", weights_only=True) for run in "abc")
+    assert a["model"].keys() == b["model"].keys()
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+    assert torch.equal(a["generator"], b["generator"])  # the same data order and augmentation draws
+    assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])  # the seed matters
+
+
+# ---------------------------------------------------------------- mistakes: one line, exit status 2
+
+def assert_one_line_error(capsys, argv: list[str], match: str) -> None:
+    """`einet ARGV` fails with status 2 and one line on stderr naming the problem, no traceback."""
+    try:
+        code = main(argv)
+    except SystemExit as stop:  # argparse's usage errors
+        code = stop.code
+    err = capsys.readouterr().err
+    assert code == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith(f"einet {argv[0]}: error: "), lines[0]
+    assert re.search(match, lines[0]), lines[0]
+
+
+def test_mistake_unknown_device(capsys):
+    for command in (["train", "--data", "x", "--out", "y.pt"], ["profile", "--data", "x", "--checkpoint", "c.pt",
+                                                                 "--out-dir", "o"], ["demo"]):
+        assert_one_line_error(capsys, [*command, "--device", "gpu"], r"--device: invalid choice: 'gpu'")
+
+
+@needs_torch
+def test_mistake_cuda_without_a_gpu(capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    assert_one_line_error(capsys, ["demo", "--device", "cuda"], r"--device cuda: torch sees no CUDA device")
+
+
+def test_mistake_missing_argument(capsys):
+    assert_one_line_error(capsys, ["train", "--data", "x"], r"required: --out")
+
+
+@needs_torch
+@pytest.mark.parametrize("dataset", ["mnist", "cifar10"])
+def test_mistake_wrong_data(tmp_path, capsys, dataset):
+    assert_one_line_error(capsys, ["train", "--dataset", dataset, "--data", str(tmp_path / "nowhere"), *TINY_TRAIN,
+                                   "--out", str(tmp_path / "m.pt")], "nowhere")
+    assert not (tmp_path / "m.pt").exists()
+
+
+@needs_torch
+def test_mistake_mnist_checkpoint_profiled_on_cifar(tmp_path, capsys):
+    checkpoint = save_model(tmp_path / "mnist.pt")
+    data = fake_cifar10(tmp_path / "data")
+    assert_one_line_error(capsys, ["profile", "--dataset", "cifar10", "--data", str(data), "--checkpoint",
+                                   str(checkpoint), "--out-dir", str(tmp_path / "profiles"), "--device", "cpu"],
+                          r"mnist\.pt takes 1-channel images and 10 classes, but .* 3-channel images")
+    assert not (tmp_path / "profiles").exists()
+
+
+@needs_torch
+def test_mistake_train_resuming_a_checkpoint_of_another_model(tmp_path, capsys):
+    data = fake_cifar10(tmp_path / "data")
+    out = save_model(tmp_path / "m.pt", name="vgg16_fine", in_channels=3)
+    before = out.read_bytes()
+    assert_one_line_error(capsys, ["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN,
+                                   "--out", str(out)], r"--out .*m\.pt holds a checkpoint of another model")
+    assert out.read_bytes() == before
+
+
+@needs_torch
+def test_mistake_train_into_a_missing_folder(tmp_path, capsys):
+    assert_one_line_error(capsys, ["train", "--data", "x", "--out", str(tmp_path / "nodir" / "m.pt"),
+                                   "--device", "cpu"], r"the folder .*nodir does not exist")
+
+
+@needs_torch
+def test_mistake_demo_more_samples_than_embedded(capsys):
+    assert_one_line_error(capsys, ["demo", "--samples", "5000", "--device", "cpu"],
+                          r"--samples must lie in \[1, \d+\] \(the embedded test images\), got 5000")
+
+
+@needs_torch
+@needs_fixture
+def test_mistake_report_into_a_missing_folder(tmp_path, capsys, monkeypatch):
+    pytest.importorskip("matplotlib")
+    monkeypatch.chdir(tmp_path)
+    assert_one_line_error(capsys, ["report", "--profiles", str(FIXTURE), "--predictor", str(FIXTURE / "predictor.npz"),
+                                   "--out", "nodir/x.png"], r"--out nodir/x\.png: the folder nodir does not exist")
+
+
+@needs_torch  # evaluate and report read the predictor file with einet.predictor
+@pytest.mark.parametrize("command", ["evaluate", "report"])
+@pytest.mark.parametrize("missing", ["profiles", "predictor"])
+def test_mistake_missing_files(tmp_path, capsys, command, missing):
+    if missing == "predictor" and not FIXTURE.exists():
+        pytest.skip("fixture missing")
+    profiles = tmp_path / "nothing" if missing == "profiles" else FIXTURE
+    argv = [command, "--profiles", str(profiles), "--predictor", str(tmp_path / "p.npz")]
+    argv += ["--out", str(tmp_path / "curve.png")] if command == "report" else []
+    if command == "report":
+        pytest.importorskip("matplotlib")
+    assert_one_line_error(capsys, argv, r"missing file .*(et|p)\.npz")
+
+
+@needs_torch
+@needs_fixture
+def test_mistake_predictor_fitted_on_the_test_split(tmp_path, capsys):
+    assert_one_line_error(capsys, ["fit-predictor", "--cs", str(FIXTURE / "cs-test.npz"),
+                                   "--out", str(tmp_path / "p.npz")], "test-split")
+
+
+def test_mistake_in_a_real_process_is_one_line_with_status_2():
+    out = run_einet("train", "--data", "x", "--out", "m.pt", "--device", "gpu")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "einet train: error: argument --device: invalid choice: 'gpu' (choose from 'auto', 'cpu', 'cuda')"]
+
+
+@needs_torch  # evaluate reads the predictor file with einet.predictor
+def test_library_error_in_a_real_process_is_one_line_with_status_2(tmp_path):
+    out = run_einet("evaluate", "--profiles", str(tmp_path), "--predictor", str(tmp_path / "p.npz"))
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"einet evaluate: error: missing file {tmp_path / 'et.npz'}"]
+
+
+@needs_torch
+def test_debug_shows_the_traceback(tmp_path):
+    from einet.profiling import ProfileFormatError
+
+    argv = ["evaluate", "--profiles", str(tmp_path), "--predictor", "p.npz"]
+    with pytest.raises(ProfileFormatError, match="missing file"):
+        main([*argv, "--debug"])
+    with pytest.raises(ProfileFormatError, match="missing file"):
+        main(["--debug", *argv])
+
+
+def test_internal_errors_keep_their_traceback(monkeypatch):
+    def broken(args):
+        raise AssertionError("a bug, not a mistake")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", broken)
+    with pytest.raises(AssertionError, match="a bug"):
+        main(["evaluate", "--profiles", "x", "--predictor", "y"])
+
+
+def test_missing_extra_is_named(monkeypatch, capsys):
+    def needs_torch_module(args):
+        raise ModuleNotFoundError("No module named 'torch'", name="torch")
+
+    monkeypatch.setattr(cli, "cmd_evaluate", needs_torch_module)
+    assert main(["evaluate", "--profiles", "x", "--predictor", "y"]) == 2
+    assert capsys.readouterr().err.strip() == "einet evaluate needs torch: pip install 'einet[torch]'"
+
+
+# ---------------------------------------------------------------- the comparison plot
+
+def test_plot_shows_a_lead_of_a_tenth_of_a_point_in_distinct_colours(tmp_path):
+    pytest.importorskip("matplotlib")
+    from matplotlib.colors import to_rgba
+
+    from einet.simulate import plot_curves
+
+    names = ["EINet", "EINet (prior + margin)", "static 25%", "static 50%", "static 100%", "dynamic 90%",
+             "dynamic 95%", "dynamic 99%", "statistics", "single-exit", "clairvoyant"]
+    xs = [0.25, 0.5, 0.75]
+    curves = {name: [(x, 0.5 + 0.2 * x - 0.01 * k) for x in xs] for k, name in enumerate(names)}
+    curves["EINet"] = [(x, y + 0.001) for x, y in curves["statistics"]]  # a lead of 0.1 pp
+    code = ("import sys; from einet.simulate import plot_curves; "
+            f"plot_curves({curves!r}, {str(tmp_path / 'c.png')!r}, 't'); "
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)  # no backend chosen, pyplot untouched
+    assert (tmp_path / "c.png").stat().st_size > 1000
+    fig = plot_curves(curves, str(tmp_path / "c.svg"), "title")
+    accuracy, diff = fig.axes  # type: ignore[attr-defined]
+    colours = [to_rgba(line.get_color()) for line in accuracy.get_lines()]
+    assert len(colours) == len(names) == len(set(colours))
+    einet_diff = next(line for line in diff.get_lines() if line.get_label() == "EINet")
+    assert np.allclose(einet_diff.get_ydata(), 0.1)
+    assert diff.get_yscale() == "symlog"
+    bottom, top = diff.get_ylim()
+    assert diff.transData.transform((0, 0.1))[1] - diff.transData.transform((0, 0))[1] > 0.1 * (
+        diff.transData.transform((0, top))[1] - diff.transData.transform((0, bottom))[1])  # >= 10% of the panel

@@ -36,24 +36,31 @@ def run_demo(args: argparse.Namespace) -> int:
     )
 
     started = time.perf_counter()
+    device = getattr(args, "device", "cpu")  # resolved by the command: cpu or cuda
+    progress = getattr(args, "progress", False)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     with as_file(files("einet") / "resources") as root:
         train_all, test = load_mnist(root, "train"), load_mnist(root, "test")
+    if not 1 <= args.samples <= len(test):
+        raise ValueError(f"--samples must lie in [1, {len(test)}] (the embedded test images), got {args.samples}")
+    if args.epochs < 1:
+        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     train_part, holdout = train_all.split(0.2, seed=0)
     print(f"[1/5] training a 14-exit VGG-16 (width 1/8) on {len(train_part)} MNIST images "
           f"({len(holdout)} held out for the predictor, {len(test)} for testing)")
     model = build("vgg16_fine", num_classes=10, in_channels=1, width=0.125)
     history = train(model, dataset_for("mnist", train_part, True), dataset_for("mnist", test, False),
-                    TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05, seed=0))
+                    TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05, seed=0, device=device), progress=progress)
     print("      test accuracy per exit (%): " + " ".join(f"{100 * a:.0f}" for a in history.test_accuracy[-1]))
 
     print("[2/5] profiling block times on this machine (batch 1) and exit confidences")
     examples = dataset_for("mnist", holdout, False).images[:100]  # real inputs: block times depend on them
-    record = profile_et(model, (1, 28, 28), warmup=10, repeats=100, name="vgg16_fine (width 0.125)",
-                        samples=examples)
-    holdout_cs = profile_cs(model, dataset_for("mnist", holdout, False), split="holdout")
-    test_cs = profile_cs(model, dataset_for("mnist", test, False), split="test")
+    record = profile_et(model, (1, 28, 28), device=device, warmup=10, repeats=100, name="vgg16_fine (width 0.125)",
+                        samples=examples, progress=progress)
+    holdout_cs = profile_cs(model, dataset_for("mnist", holdout, False), device=device, split="holdout",
+                            progress=progress)
+    test_cs = profile_cs(model, dataset_for("mnist", test, False), device=device, split="test", progress=progress)
     et = record.profile
     print(f"      full inference {1e3 * full_inference_time(et):.2f} ms; "
           f"all 14 branches add {1e3 * et.branch[:-1].sum():.2f} ms")
@@ -72,12 +79,12 @@ def run_demo(args: argparse.Namespace) -> int:
     chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
     deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
     images = dataset_for("mnist", test, False).images
-    with ElasticRuntime(model, EINet(native, et, dist)) as runtime:
+    with ElasticRuntime(model, EINet(native, et, dist), device=device) as runtime:
         for k in chosen[:100]:  # warm-up; the runtime measures what it adds to the profile
             runtime.infer(images[k:k + 1])
         et = runtime.calibrate(et)
         runtime.policy = EINet(native, et, dist)
-        report = run_with_deadlines(runtime, images[chosen], test.labels[chosen], deadlines)
+        report = run_with_deadlines(runtime, images[chosen], test.labels[chosen], deadlines, progress=progress)
     predicted = evaluate(EINet(native, et, dist), test_cs.subset(chosen), et, dist, draws=200)
     print(f"      real-time accuracy {100 * report.accuracy:.1f}%; the simulator predicts "
           f"{100 * predicted.expected:.1f}% for these images")
