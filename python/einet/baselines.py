@@ -9,7 +9,10 @@ what is evaluated is what runs. The protocol:
 - ``begin(oracle=None)`` before each sample (``oracle``: the sample's per-exit
   correctness, which only the clairvoyant ceiling may read);
 - ``run_branch(block, elapsed)`` after block's conv part: run its branch?
-- ``observe(block, confidence, elapsed)`` after a branch ran: True stops the inference.
+- ``observe(block, confidence, elapsed)`` after a branch ran: True stops the inference
+  (``confidence``: the held answer's under rule ``ensemble``, else the exit's own);
+- policies with ``needs_log_probs`` are also given the exit's log-probabilities first,
+  through ``record_log_probs(block, log_probs)``.
 
 Numpy and the native planner only: no torch.
 """
@@ -23,7 +26,7 @@ import numpy as np
 from . import _core
 from .planner import Distribution, ETProfile, NativePredictor, expected_accuracy, online_step, search
 from .profiling import CSProfile
-from .rules import AnswerRule, as_rule
+from .rules import AnswerRule, as_rule, ensemble_prefix_correct
 
 
 class Policy:
@@ -31,9 +34,13 @@ class Policy:
 
     name = "all exits"
     needs_oracle = False
+    needs_log_probs = False
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         """A new sample starts."""
+
+    def record_log_probs(self, block: int, log_probs: np.ndarray) -> None:
+        """The log-probabilities of the branch that just ran (only for policies with `needs_log_probs`)."""
 
     def run_branch(self, block: int, elapsed: float) -> bool:
         return True
@@ -243,6 +250,83 @@ class Clairvoyant(Policy):
 
     def run_branch(self, block: int, elapsed: float) -> bool:
         return bool(self.mask[block])
+
+
+def exit_signals(log_probs: np.ndarray) -> np.ndarray:
+    """[..., N, 3] per-exit signals from log-probabilities [..., N, C]: confidence (max softmax),
+    entropy (over log C, in [0, 1]) and the top-1 minus top-2 probability margin."""
+    probabilities = np.exp(log_probs.astype(np.float32))
+    top2 = np.sort(probabilities, axis=-1)[..., -2:]
+    entropy = -(probabilities * log_probs).sum(-1) / np.log(log_probs.shape[-1])
+    return np.stack([top2[..., 1], entropy, top2[..., 1] - top2[..., 0]], axis=-1)
+
+
+class NearestNeighbours(Policy):
+    """A value-of-information reference: the best a predictor on these signals can reach.
+
+    After each branch, the `k` held-out samples closest to this one in every observed exit's
+    signals (confidence, entropy, margin, and whether its class agrees with the previous
+    observed exit's) stand in for it: their true outcomes are the scores (under rule
+    ``ensemble``: whether the ensemble of the observed exits plus each next exit is right),
+    and the remaining blocks are re-planned. Before anything is observed every held-out
+    sample counts: the statistics plan. A reference, not a deployable policy: it keeps the
+    whole held-out split and searches it at every step.
+    """
+
+    needs_log_probs = True
+
+    def __init__(self, holdout: CSProfile, et: ETProfile, dist: Distribution, rule: str | AnswerRule = "latest",
+                 k: int = 150, name: str = "nearest-neighbour reference") -> None:
+        rule = as_rule(rule)
+        if not 1 <= k <= holdout.num_samples:
+            raise ValueError(f"k must be in [1, {holdout.num_samples}], got {k}")
+        self.et, self.dist, self.rule, self.k, self.name = et, dist, rule, k, name
+        self.log_probs = holdout.dense_log_probs()
+        self.labels = holdout.labels
+        self.prediction = self.log_probs.argmax(2)
+        self.signals = exit_signals(self.log_probs)  # [S, N, 3]
+        self.scale = self.signals.reshape(-1, 3).std(0) + 1e-6
+        self.correct = holdout.correct
+        self.first = statistics_plan(holdout, et, dist, rule).mask
+
+    def begin(self, oracle: np.ndarray | None = None) -> None:
+        self.observed: list[int] = []
+        self.features: list[np.ndarray] = []
+        self.mask = self.first.copy()
+
+    def record_log_probs(self, block: int, log_probs: np.ndarray) -> None:
+        signals = exit_signals(log_probs[None, None, :])[0, 0] / self.scale
+        agrees = float(self.observed != [] and int(log_probs.argmax()) == self._last_class)
+        self._last_class = int(log_probs.argmax())
+        self.features.append(np.append(signals, agrees))
+        self.observed.append(block)
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        return bool(self.mask[block])
+
+    def observe(self, block: int, confidence: float, elapsed: float) -> bool:
+        if block + 1 >= self.et.num_blocks:
+            return False
+        ran = self.observed
+        held_out = [self.signals[:, ran] / self.scale]
+        previous = self.prediction[:, [ran[0], *ran[:-1]]]
+        agreement = (self.prediction[:, ran] == previous).astype(np.float32)
+        agreement[:, 0] = 0.0
+        held_out.append(agreement[:, :, None])
+        distance = ((np.concatenate(held_out, 2) - np.stack(self.features)[None]) ** 2).sum((1, 2))
+        neighbours = np.argpartition(distance, self.k - 1)[:self.k]
+        if self.rule.name == "ensemble":
+            mask = np.zeros((self.k, self.et.num_blocks), dtype=bool)
+            mask[:, ran] = True
+            right, _ = ensemble_prefix_correct(self.log_probs[neighbours], self.labels[neighbours],
+                                               self.rule.weights, mask)
+            scores = right.mean(0)
+        else:
+            scores = self.correct[neighbours].mean(0)
+        plan = search(scores, self.et, self.dist, start=block + 1, elapsed=elapsed, held=float(scores[block]),
+                      rule=self.rule.native)
+        self.mask[block + 1:] = plan.mask
+        return False
 
 
 RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"

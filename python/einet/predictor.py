@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +36,12 @@ TARGETS = ("confidence", "correctness")
 class ConfidencePredictor(nn.Module):
     """An MLP [observed scores, mask] -> every exit's score (ReLU hidden layers, sigmoid output)."""
 
-    def __init__(self, num_exits: int, hidden: Sequence[int] = (64, 64), target: str = "correctness") -> None:
+    def __init__(self, num_exits: int, hidden: Sequence[int] = (64, 64), target: str = "correctness",
+                 rule: AnswerRule | None = None) -> None:
         super().__init__()
+        # The output rule it scores for: under ``ensemble`` its inputs and targets are the ensemble's,
+        # and the rule's weights and time-zero answer travel with the predictor file.
+        self.rule = rule or AnswerRule()
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}: expected 'confidence' or 'correctness'")
         if num_exits < 1 or any(h < 1 for h in hidden):
@@ -114,7 +118,7 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rule = as_rule(rule)
-    model = ConfidencePredictor(profile.num_exits, hidden, target)
+    model = ConfidencePredictor(profile.num_exits, hidden, target, rule)
     log_probs = profile.dense_log_probs() if rule.name == "ensemble" else None
 
     def examples(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
@@ -180,8 +184,27 @@ def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> 
     weights, biases = model.export()
     arrays = {f"weight{k}": w for k, w in enumerate(weights)} | {f"bias{k}": b for k, b in enumerate(biases)}
     meta = {"target": model.target, "hidden": list(model.hidden), "num_exits": model.num_exits,
-            "layers": len(weights)}
+            "layers": len(weights), "rule": asdict(model.rule)}
     return write_arrays(path, "predictor", arrays, meta)
+
+
+def _predictor_rule(path: str | os.PathLike[str], meta: dict, num_exits: int) -> AnswerRule:
+    """The output rule in a predictor header (files without one: rule ``latest``)."""
+    record = meta.get("rule", {"name": "latest"})
+    try:
+        if not isinstance(record, dict):
+            raise TypeError("not an object")
+        weights = record.get("weights")
+        if weights is not None:
+            if not isinstance(weights, list) or len(weights) != num_exits:
+                raise ValueError(f"ensemble weights must be a list of {num_exits} numbers")
+            weights = tuple(float(w) for w in weights)
+        prior = record.get("prior_class")
+        if prior is not None and type(prior) is not int:
+            raise TypeError("prior_class must be an integer")
+        return AnswerRule(str(record.get("name")), weights, prior, float(record.get("prior_accuracy", 0.0)))
+    except (TypeError, ValueError) as error:
+        raise ProfileFormatError(f"{path}: bad predictor header: rule {record!r}: {error}") from None
 
 
 # Bounds on a predictor file's header. Every array must also be in the file with the shape the
@@ -228,6 +251,7 @@ def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:
     """
     arrays, meta = read_arrays(path, "predictor")
     num_exits, hidden, target, shapes = _predictor_shapes(path, meta)
+    rule = _predictor_rule(path, meta, num_exits)
     unexpected = sorted(set(arrays) - set(shapes))
     if unexpected:
         raise ProfileFormatError(f"{path}: unexpected array {unexpected[0]!r} in a predictor file")
@@ -245,7 +269,7 @@ def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:
         if not np.all(np.abs(values) <= limit):  # NaN fails too
             raise ProfileFormatError(f"{path}: {name} must be finite (as float32)")
         state[name] = values
-    model = ConfidencePredictor(num_exits, hidden, target)
+    model = ConfidencePredictor(num_exits, hidden, target, rule)
     linears = [m for m in model.mlp if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for k, layer in enumerate(linears):

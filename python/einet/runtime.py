@@ -146,6 +146,8 @@ class ElasticRuntime:
                 if not run:
                     continue
                 log_probs = self.model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
+                if self.policy.needs_log_probs:
+                    self.policy.record_log_probs(i, log_probs)
                 signal = running.add(i, log_probs)
                 finished = time.perf_counter() - started
                 with held.lock:

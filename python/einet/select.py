@@ -1,0 +1,156 @@
+"""Deploy what measures best: choose the policy, the output rule and the time-zero answer on
+held-out data only, and write the choice to a file the runtime and ``einet demo`` use.
+
+Selection never sees the test split. The held-out split is cut in two halves: everything that
+is fitted (ensemble weights, the predictor, the statistics plan, the time-zero answer) is fitted
+on the first, and every candidate is scored on the second, exactly (tau integrated out), under
+each exit-time distribution asked for. The winner is then refitted on the whole held-out split
+and saved: a JSON file naming the policy and the rule, beside the predictor it needs.
+A user thus never ships a configuration that measured worse on data it was not fitted on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ._atomic import atomic_write
+from .baselines import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
+from .planner import Distribution, ETProfile, NativePredictor
+from .profiling import CSProfile
+from .rules import AnswerRule, time_zero_answer
+
+DEPLOYMENT_VERSION = 1
+CANDIDATE_RULES = ("latest", "best", "ensemble")
+NOT_DEPLOYABLE = ("clairvoyant", "EINet (random search)")  # an oracle, and a slower ablation
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """A chosen configuration: what the runtime needs to rebuild the policy and hold answers."""
+
+    policy: str  # the policy's name, as in the comparison tables
+    rule: AnswerRule
+    dist: str  # the exit-time distribution kind it was chosen for ("uniform" | "normal" | ...)
+    scale: float = 1.0  # the distribution's horizon / full inference time
+    predictor: str | None = None  # the predictor file (relative to the deployment file), for EINet
+    mask: tuple[bool, ...] | None = None  # fixed plans
+    threshold: float | None = None  # dynamic plans
+    prior: tuple[float, ...] | None = None  # "EINet (prior + margin)": held-out exit accuracies
+    validation: dict[str, float] = field(default_factory=dict)  # candidate -> held-out exact accuracy
+
+    def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
+        """The policy, planned for this ET-profile and exit-time distribution."""
+        from .baselines import HEDGE_MARGIN
+
+        if self.policy.startswith("EINet"):
+            if predictor is None:
+                raise ValueError(f"the deployed policy {self.policy!r} needs its predictor")
+            if self.prior is not None:
+                return EINet(predictor, et, dist, self.rule, prior=self.prior, margin=HEDGE_MARGIN, name=self.policy)
+            return EINet(predictor, et, dist, self.rule, name=self.policy)
+        if self.threshold is not None:
+            return ConfidenceThreshold(self.threshold)
+        if self.mask is None:
+            raise ValueError(f"the deployment of {self.policy!r} holds no plan")
+        return FixedPlan(self.mask, self.policy)
+
+
+def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, predictor_epochs: int,
+         seed: int) -> tuple[AnswerRule, NativePredictor, Any]:
+    """Fit a rule (ensemble weights, time-zero answer) and its predictor on `holdout`."""
+    from .predictor import fit_ensemble_weights, fit_predictor
+
+    weights = fit_ensemble_weights(holdout, seed=seed) if rule_name == "ensemble" else None
+    prior = time_zero_answer(holdout.labels) if time_zero else (None, 0.0)
+    rule = AnswerRule(rule_name, weights, *prior)
+    model, _ = fit_predictor(holdout, "correctness", epochs=predictor_epochs, seed=seed, progress=False, rule=rule)
+    return rule, model.to_native(), model
+
+
+def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform", "normal"), scale: float = 1.0,
+           rules: Sequence[str] = CANDIDATE_RULES, time_zero: Sequence[bool] = (False, True),
+           predictor_epochs: int = 40, seed: int = 0, progress: bool = True) -> tuple[Deployment, Any]:
+    """Choose (policy, rule, time-zero answer) on the held-out split; returns the deployment,
+    refitted on the whole split, and its torch predictor (None when the policy needs none).
+
+    The score of a candidate is its exact accuracy on the second half, averaged over `kinds`."""
+    from tqdm.auto import tqdm
+
+    from .simulate import evaluate, full_inference_time, relative_distribution
+
+    if holdout.meta.get("split") == "test":
+        raise ValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
+    if not rules or not time_zero or not kinds:
+        raise ValueError("need at least one rule, one time-zero setting and one distribution kind")
+    if "ensemble" in rules and not holdout.has_log_probs:
+        rules = [r for r in rules if r != "ensemble"]  # format-1 profiles: no log-probabilities to ensemble
+    order = np.random.default_rng(seed).permutation(holdout.num_samples)
+    fit_half, score_half = holdout.subset(order[: holdout.num_samples // 2]), holdout.subset(
+        order[holdout.num_samples // 2:])
+    dists = {kind: relative_distribution(kind, full_inference_time(et), scale) for kind in kinds}
+    scores: dict[tuple[str, str, bool], list[float]] = {}
+    settings = [(r, t) for r in rules for t in time_zero]
+    for rule_name, zero in tqdm(settings, desc="selecting", disable=not progress, leave=False):
+        rule, native, _ = _fit(fit_half, rule_name, zero, predictor_epochs, seed)
+        for dist in dists.values():
+            for policy in standard_policies(et, dist, native, fit_half, rule):
+                if policy.name not in NOT_DEPLOYABLE:
+                    result = evaluate(policy, score_half, et, dist, draws=1, rule=rule)
+                    scores.setdefault((policy.name, rule_name, zero), []).append(result.expected)
+    means = {key: float(np.mean(values)) for key, values in scores.items()}
+    best_policy, best_rule, best_zero = max(means, key=lambda key: means[key])
+    rule, native, model = _fit(holdout, best_rule, best_zero, predictor_epochs, seed)
+    # the winner, rebuilt on the whole held-out split for the first distribution kind asked for
+    chosen = next(p for p in standard_policies(et, dists[kinds[0]], native, holdout, rule) if p.name == best_policy)
+    uses_predictor = best_policy.startswith("EINet")
+    deployment = Deployment(
+        policy=best_policy, rule=rule, dist=kinds[0], scale=scale,
+        predictor="predictor-deployed.npz" if uses_predictor else None,
+        mask=tuple(bool(b) for b in chosen.mask) if isinstance(chosen, FixedPlan) else None,
+        threshold=chosen.threshold if isinstance(chosen, ConfidenceThreshold) else None,
+        prior=tuple(holdout.accuracy_per_exit().tolist()) if best_policy == "EINet (prior + margin)" else None,
+        validation={f"{name} | {rule_name}{' + time-zero' if zero else ''}": value
+                    for (name, rule_name, zero), value in sorted(means.items(), key=lambda kv: -kv[1])})
+    return deployment, (model if uses_predictor else None)
+
+
+def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predictor: Any = None) -> Path:
+    """Write the deployment (JSON) and, beside it, the predictor it needs."""
+    from .predictor import save_predictor
+
+    path = Path(path)
+    if deployment.predictor is not None:
+        if predictor is None:
+            raise ValueError(f"the deployment of {deployment.policy!r} needs its predictor to be saved with it")
+        save_predictor(path.parent / deployment.predictor, predictor)
+    record = asdict(deployment) | {"format": "einet-deployment", "version": DEPLOYMENT_VERSION}
+    with atomic_write(path) as f:
+        f.write(json.dumps(record, indent=2).encode() + b"\n")
+    return path
+
+
+def load_deployment(path: str | os.PathLike[str]) -> Deployment:
+    """Read a deployment file written by :func:`save_deployment` (checked; no code runs)."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+        if record.pop("format") != "einet-deployment" or record.pop("version") != DEPLOYMENT_VERSION:
+            raise ValueError("not an einet deployment of this version")
+        rule = record.pop("rule")
+        for key in ("mask", "prior"):
+            if record.get(key) is not None:
+                record[key] = tuple(record[key])
+        if rule.get("weights") is not None:
+            rule["weights"] = tuple(float(w) for w in rule["weights"])
+        return Deployment(rule=AnswerRule(**rule), **record)
+    except FileNotFoundError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise ValueError(f"{path} is not a readable einet deployment: {error}") from None
