@@ -88,7 +88,7 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule 
     conv, branch = et.conv.tolist(), et.branch.tolist()
     confidence = cs.confidence.astype(np.float64)
     running = RunningAnswer(rule) if rule.name == "ensemble" else None
-    log_probs = cs.dense_log_probs() if running is not None else None
+    log_probs = cs.dense_log_probs() if running is not None or policy.needs_log_probs else None
     for s in range(s_count):
         policy.begin(cs.correct[s] if policy.needs_oracle else None)
         if running is not None:
@@ -101,6 +101,8 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule 
                 t += branch[i]
                 times[s, q], exits[s, q] = t, i
                 q += 1
+                if policy.needs_log_probs:
+                    policy.record_log_probs(i, log_probs[s, i])  # type: ignore[index]
                 signal = row[i] if running is None else running.add(i, log_probs[s, i])  # type: ignore[index]
                 if policy.observe(i, signal, t):
                     break
@@ -236,7 +238,8 @@ def csv_table(rows: Sequence[dict[str, object]]) -> str:
 
 
 def accuracy_curves(policies: Callable[[Distribution], Sequence[Policy]], cs: CSProfile, et: ETProfile,
-                    kind: str, scales: Sequence[float], draws: int = 20) -> dict[str, list[tuple[float, float]]]:
+                    kind: str, scales: Sequence[float], draws: int = 20,
+                    rule: str | AnswerRule = "latest") -> dict[str, list[tuple[float, float]]]:
     """Accuracy against the mean exit time: for each scale, the policies built for that distribution."""
     full = full_inference_time(et)
     curves: dict[str, list[tuple[float, float]]] = {}
@@ -244,33 +247,66 @@ def accuracy_curves(policies: Callable[[Distribution], Sequence[Policy]], cs: CS
         dist = relative_distribution(kind, full, scale)
         mean_tau = float(sample_exit_times(dist, (20000,), np.random.default_rng(1)).mean())
         for policy in policies(dist):
-            result = evaluate(policy, cs, et, dist, draws=draws)
+            result = evaluate(policy, cs, et, dist, draws=draws, rule=rule)
             curves.setdefault(result.name, []).append((mean_tau / full, result.expected))
     return curves
 
 
-def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, title: str) -> None:
-    """Accuracy vs mean exit time, one line per policy (needs matplotlib: the `plot` extra)."""
+def _distinct_colours(count: int) -> list[tuple[float, ...]]:
+    """`count` colours, all different: tab10 then tab20's light shades (20), else samples of turbo."""
     import matplotlib
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    if count <= 20:
+        return [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20"].colors[1::2]][:count]
+    turbo = matplotlib.colormaps["turbo"]
+    return [tuple(turbo(x)) for x in np.linspace(0.05, 0.95, count)]
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = plt.get_cmap("tab20").colors
+
+def plot_curves(curves: dict[str, list[tuple[float, float]]], path: str, title: str,
+                reference: str = "statistics") -> object:
+    """Accuracy vs mean exit time, one line per policy, and below it each policy's difference from
+    the `reference` policy (the statistics plan) in points: a symmetric-log axis, linear within
+    ±0.1 pp, so a lead of 0.1 pp stands clear of 0 while leads of several points still fit. Every
+    line has its own colour (EINet: black and thick). Draws on a Figure with the Agg canvas, so
+    whatever pyplot backend the caller uses is left alone. Needs matplotlib (the `plot` extra).
+    Returns the figure."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter
+
+    base = dict(curves[reference]) if reference in curves else None
+    fig = Figure(figsize=(7, 7.5 if base else 4.5))
+    FigureCanvasAgg(fig)
+    if base:
+        ax, diff = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        ax, diff = fig.subplots(), None
+    others = [name for name in curves if name != "EINet"]
+    colour = dict(zip(others, _distinct_colours(len(others)))) | {"EINet": (0.0, 0.0, 0.0, 1.0)}
+    markers = "osD^v<>pP*Xh"
     for k, (name, points) in enumerate(curves.items()):
         xs, ys = zip(*points)
-        style = {"color": colours[(2 * k) % 20], "linewidth": 1.2, "linestyle": "-"}
-        if name == "EINet":
-            style.update(color="black", linewidth=2.5)
-        elif name == "clairvoyant":
-            style.update(color="grey", linestyle="--")
-        ax.plot(xs, [100 * y for y in ys], marker="o", markersize=3, label=name, **style)
-    ax.set_xlabel("mean exit time / full inference time")
+        style = {"color": colour[name], "linewidth": 2.5 if name == "EINet" else 1.2,
+                 "linestyle": "--" if name == "clairvoyant" else "-", "marker": markers[k % len(markers)],
+                 "markersize": 3}
+        ax.plot(xs, [100 * y for y in ys], label=name, **style)
+        if diff is not None and base is not None:
+            paired = [(x, 100 * (y - base[x])) for x, y in points if x in base]
+            if paired:
+                diff.plot(*zip(*paired), label=name, **style)
     ax.set_ylabel("accuracy (%)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, ncol=2)
+    bottom = ax
+    if diff is not None:
+        diff.axhline(0.0, color="grey", linewidth=0.8)
+        diff.set_yscale("symlog", linthresh=0.1, linscale=1.0)
+        diff.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:+g}" if v else "0"))
+        diff.set_ylabel(f"minus {reference} (pp)")
+        diff.grid(alpha=0.3, which="both")
+        bottom = diff
+    bottom.set_xlabel("mean exit time / full inference time")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
