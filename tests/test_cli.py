@@ -319,3 +319,45 @@ def test_plot_shows_a_lead_of_a_tenth_of_a_point_in_distinct_colours(tmp_path):
     bottom, top = diff.get_ylim()
     assert diff.transData.transform((0, 0.1))[1] - diff.transData.transform((0, 0))[1] > 0.1 * (
         diff.transData.transform((0, top))[1] - diff.transData.transform((0, bottom))[1])  # >= 10% of the panel
+
+
+def tiny_profiles(folder: Path, samples: int = 40, exits: int = 3, classes: int = 4) -> Path:
+    """et.npz, cs-holdout.npz and cs-test.npz of a made-up model, with log-probabilities."""
+    from einet.profiling import CSProfile, ETRecord
+
+    rng = np.random.default_rng(0)
+    times = rng.uniform(1e-3, 2e-3, exits)
+    ETRecord(times, times / 4, times, times, times / 4, times / 4).save(folder / "et.npz")
+    for split in ("holdout", "test"):
+        logits = rng.normal(0, 2, (samples, exits, classes))
+        log_probs = logits - np.log(np.exp(logits).sum(2, keepdims=True))
+        labels = rng.integers(0, classes, samples)
+        prediction = log_probs.argmax(2)
+        CSProfile(np.exp(log_probs.max(2)).astype(np.float32), prediction, prediction == labels[:, None], labels,
+                  {"split": split}, log_probs.astype(np.float16)).save(folder / f"cs-{split}.npz")
+    return folder
+
+
+def test_evaluate_with_rule_ensemble_needs_no_torch(tmp_path):
+    """The predictor file carries its rule (ensemble weights, time-zero answer); evaluating it
+    runs on numpy and the native planner only."""
+    from einet.planner import NativePredictor
+    from einet.predictor_file import load_native_predictor
+    from einet.profiling import write_arrays
+
+    profiles = tiny_profiles(tmp_path)
+    rng = np.random.default_rng(1)
+    weights = [rng.normal(0, 0.3, (4, 6)), rng.normal(0, 0.3, (3, 4))]
+    biases = [np.zeros(4), np.zeros(3)]
+    rule = {"name": "ensemble", "weights": [1.0, 0.5, 2.0], "prior_class": 1, "prior_accuracy": 0.25}
+    write_arrays(tmp_path / "p.npz", "predictor", {"weight0": weights[0], "bias0": biases[0],
+                                                   "weight1": weights[1], "bias1": biases[1]},
+                 {"target": "correctness", "hidden": [4], "num_exits": 3, "layers": 2, "rule": rule})
+    native, loaded = load_native_predictor(tmp_path / "p.npz")
+    assert isinstance(native, NativePredictor) and loaded.weights == (1.0, 0.5, 2.0) and loaded.prior_class == 1
+    code = ("import sys; sys.modules['torch'] = None; from einet.cli import main; "
+            f"sys.exit(main(['evaluate', '--profiles', {str(profiles)!r}, '--predictor', {str(tmp_path / 'p.npz')!r},"
+            " '--draws', '2']))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "rule ensemble + time-zero answer" in done.stdout and "| statistics |" in done.stdout

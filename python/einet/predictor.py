@@ -27,10 +27,9 @@ import torch
 from torch import nn
 
 from .planner import NativePredictor
-from .profiling import CSProfile, ProfileFormatError, read_arrays, write_arrays
+from .predictor_file import TARGETS, read_predictor
+from .profiling import CSProfile, write_arrays
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
-
-TARGETS = ("confidence", "correctness")
 
 
 class ConfidencePredictor(nn.Module):
@@ -188,93 +187,16 @@ def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> 
     return write_arrays(path, "predictor", arrays, meta)
 
 
-def _predictor_rule(path: str | os.PathLike[str], meta: dict, num_exits: int) -> AnswerRule:
-    """The output rule in a predictor header (files without one: rule ``latest``)."""
-    record = meta.get("rule", {"name": "latest"})
-    try:
-        if not isinstance(record, dict):
-            raise TypeError("not an object")
-        weights = record.get("weights")
-        if weights is not None:
-            if not isinstance(weights, list) or len(weights) != num_exits:
-                raise ValueError(f"ensemble weights must be a list of {num_exits} numbers")
-            weights = tuple(float(w) for w in weights)
-        prior = record.get("prior_class")
-        if prior is not None and type(prior) is not int:
-            raise TypeError("prior_class must be an integer")
-        return AnswerRule(str(record.get("name")), weights, prior, float(record.get("prior_accuracy", 0.0)))
-    except (TypeError, ValueError) as error:
-        raise ProfileFormatError(f"{path}: bad predictor header: rule {record!r}: {error}") from None
-
-
-# Bounds on a predictor file's header. Every array must also be in the file with the shape the
-# header implies, so a model built from a file is never larger than the file's own arrays.
-MAX_PREDICTOR_EXITS = 1024
-MAX_PREDICTOR_WIDTH = 16384
-MAX_PREDICTOR_HIDDEN_LAYERS = 64
-
-
-def _predictor_shapes(path: str | os.PathLike[str], meta: dict) -> tuple[int, list[int], str, dict[str, tuple]]:
-    """(num_exits, hidden, target, {array name: shape}) from a predictor header, checked for types and bounds."""
-    def bad(what: str, value: object) -> ProfileFormatError:
-        return ProfileFormatError(f"{path}: bad predictor header: {what}, got {value!r}")
-
-    def whole(value: object, low: int, high: int) -> bool:
-        return type(value) is int and low <= value <= high  # JSON numbers: no bools, no floats
-
-    num_exits, hidden, target, layers = (meta.get(k) for k in ("num_exits", "hidden", "target", "layers"))
-    if not whole(num_exits, 1, MAX_PREDICTOR_EXITS):
-        raise bad(f"num_exits must be an integer in [1, {MAX_PREDICTOR_EXITS}]", num_exits)
-    if (not isinstance(hidden, list) or len(hidden) > MAX_PREDICTOR_HIDDEN_LAYERS
-            or not all(whole(h, 1, MAX_PREDICTOR_WIDTH) for h in hidden)):
-        raise bad(f"hidden must be a list of at most {MAX_PREDICTOR_HIDDEN_LAYERS} integers in "
-                  f"[1, {MAX_PREDICTOR_WIDTH}]", hidden)
-    if not isinstance(target, str) or target not in TARGETS:
-        raise bad(f"target must be one of {TARGETS}", target)
-    if not whole(layers, len(hidden) + 1, len(hidden) + 1):
-        raise bad(f"layers must be {len(hidden) + 1} (the hidden layers and the output)", layers)
-    sizes = [2 * num_exits, *hidden, num_exits]
-    shapes: dict[str, tuple] = {}
-    for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
-        shapes[f"weight{k}"] = (fan_out, fan_in)
-        shapes[f"bias{k}"] = (fan_out,)
-    return num_exits, hidden, target, shapes
-
-
 def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:
-    """A torch predictor from a file written by :func:`save_predictor`.
-
-    Everything is checked before the model is built: the header's values (types and bounds) and
-    every array's presence, shape, dtype (floating point) and values (finite as float32), so a
-    file cannot make it allocate more than the arrays it holds. A :class:`ProfileFormatError`
-    names the file and the problem.
-    """
-    arrays, meta = read_arrays(path, "predictor")
-    num_exits, hidden, target, shapes = _predictor_shapes(path, meta)
-    rule = _predictor_rule(path, meta, num_exits)
-    unexpected = sorted(set(arrays) - set(shapes))
-    if unexpected:
-        raise ProfileFormatError(f"{path}: unexpected array {unexpected[0]!r} in a predictor file")
-    limit = float(np.finfo(np.float32).max)
-    state = {}
-    for name, shape in shapes.items():
-        array = arrays.get(name)
-        if array is None:
-            raise ProfileFormatError(f"{path} misses the array {name!r}")
-        if array.shape != shape:
-            raise ProfileFormatError(f"{path}: {name} must have shape {shape}, got {array.shape}")
-        if array.dtype.kind != "f":
-            raise ProfileFormatError(f"{path}: {name} must be floating-point, got {array.dtype}")
-        values = np.asarray(array, dtype=np.float64)  # native byte order
-        if not np.all(np.abs(values) <= limit):  # NaN fails too
-            raise ProfileFormatError(f"{path}: {name} must be finite (as float32)")
-        state[name] = values
-    model = ConfidencePredictor(num_exits, hidden, target, rule)
+    """A torch predictor from a file written by :func:`save_predictor` (checked first:
+    :func:`einet.predictor_file.read_predictor`)."""
+    checked = read_predictor(path)
+    model = ConfidencePredictor(checked.num_exits, checked.hidden, checked.target, checked.rule)
     linears = [m for m in model.mlp if isinstance(m, nn.Linear)]
     with torch.no_grad():
-        for k, layer in enumerate(linears):
-            layer.weight.copy_(torch.from_numpy(state[f"weight{k}"]))
-            layer.bias.copy_(torch.from_numpy(state[f"bias{k}"]))
+        for layer, (weight, bias) in zip(linears, checked.layers):
+            layer.weight.copy_(torch.from_numpy(weight))
+            layer.bias.copy_(torch.from_numpy(bias))
     return model.eval()
 
 
