@@ -552,38 +552,49 @@ class ImageDataset:
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
         return self.images[index], int(self.labels[index])
 
-    def batches(self, batch_size: int, shuffle: bool = False,
-                generator: torch.Generator | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(images, labels) batches; augmented when the dataset was built with augment=True."""
+    def batches(self, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+                augment: bool | None = None, order: torch.Tensor | None = None,
+                shard: tuple[int, int] = (0, 1)) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(images, labels) batches; augmented when the dataset was built with augment=True (or `augment`
+        says so). `order`: the sample indices to batch (e.g. one process's shard), instead of all of them.
+        `shard` = (rank, world size) of such a shard (``order[rank::world_size]`` of one order): the
+        augmentation is drawn for the whole global batch and this process keeps its share, so every
+        sample is augmented exactly as in a single process with the same generator."""
         import torch
 
-        order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
-        for first in range(0, len(self), batch_size):
+        if order is None:
+            order = torch.randperm(len(self), generator=generator) if shuffle else torch.arange(len(self))
+        augment = self.augment if augment is None else augment
+        for first in range(0, len(order), batch_size):
             index = order[first:first + batch_size]
             images = self.images[index]
-            if self.augment:
-                images = _augment(images, self.pad, generator)
+            if augment:
+                images = _augment(images, self.pad, generator, shard)
             yield images, self.labels[index]
 
 
-def _augment(images: torch.Tensor, pad: int, generator: torch.Generator | None) -> torch.Tensor:
-    """Random crops of the zero-padded batch (one offset per image) and, for colour, random flips."""
+def _augment(images: torch.Tensor, pad: int, generator: torch.Generator | None,
+             shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
+    """Random crops of the zero-padded batch (one offset per image) and, for colour, random flips.
+    With `shard` = (rank, world size) the draws are made for the global batch of world size x n images,
+    of which this batch holds every world-size-th from `rank` on."""
     import torch
     import torch.nn.functional as F
 
     n, c, h, w = images.shape
+    rank, world = shard
     device = images.device
     if device.type != "cpu":
         generator = None  # a CPU generator cannot draw on the GPU: use the device's (seeded by manual_seed)
     padded = F.pad(images, (pad, pad, pad, pad))
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator, device=device)
+    dy = torch.randint(0, 2 * pad + 1, (n * world,), generator=generator, device=device)[rank::world]
+    dx = torch.randint(0, 2 * pad + 1, (n * world,), generator=generator, device=device)[rank::world]
     rows = (dy[:, None] + torch.arange(h, device=device)[None, :])[:, None, :, None]
     cols = (dx[:, None] + torch.arange(w, device=device)[None, :])[:, None, None, :]
     index_n = torch.arange(n, device=device)[:, None, None, None]
     out = padded[index_n, torch.arange(c, device=device)[None, :, None, None], rows, cols]
     if c == 3:
-        flip = torch.rand(n, generator=generator, device=device) < 0.5
+        flip = torch.rand(n * world, generator=generator, device=device)[rank::world] < 0.5
         out[flip] = out[flip].flip(3)
     return out
 
@@ -592,3 +603,110 @@ def dataset_for(name: str, arrays: ImageArrays, train: bool) -> ImageDataset:
     """An ImageDataset with the standard normalisation of `name` (computed from the data if unknown)."""
     mean, std = NORMALISATION.get(name, (None, None))
     return ImageDataset(arrays, mean, std, augment=train)
+
+
+# ---------------------------------------------------------------- any data source
+
+def shard_indices(size: int, shuffle: bool = False, generator: torch.Generator | None = None, rank: int = 0,
+                  world_size: int = 1, pad: bool = True) -> torch.Tensor:
+    """The sample indices process `rank` of `world_size` takes, as torch's DistributedSampler picks them:
+    one order for all (``randperm`` from `generator`, which must be seeded alike in every process),
+    padded by wrapping around to a multiple of `world_size` when `pad` (every process then runs the
+    same number of steps), and every `world_size`-th index from `rank` on."""
+    import torch
+
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    order = torch.randperm(size, generator=generator) if shuffle else torch.arange(size)
+    if world_size == 1:
+        return order
+    if pad and size % world_size:
+        extra = world_size - size % world_size
+        order = torch.cat([order, order.repeat(-(-extra // max(size, 1)))[:extra]])
+    return order[rank::world_size]
+
+
+def _is_loader(source: object) -> bool:
+    from torch.utils.data import DataLoader
+
+    return isinstance(source, DataLoader)
+
+
+def loader_is_sharded(loader: object) -> bool:
+    """Whether a DataLoader draws through a DistributedSampler (then each process sees its own shard)."""
+    from torch.utils.data import DistributedSampler
+
+    samplers = [getattr(loader, "sampler", None), getattr(getattr(loader, "batch_sampler", None), "sampler", None)]
+    return any(isinstance(s, DistributedSampler) for s in samplers)
+
+
+def _pair(batch: object, where: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collated batch as (images, int64 labels)."""
+    import torch
+
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise TypeError(f"{where} must yield (images, labels) batches, got a {type(batch).__name__}")
+    images, labels = batch[0], batch[1]
+    if not isinstance(images, torch.Tensor):
+        raise TypeError(f"{where} yields images as {type(images).__name__}, not tensors: add a to-tensor transform")
+    return images, torch.as_tensor(labels).long().reshape(-1)
+
+
+def count_batches(source: object, batch_size: int, world_size: int = 1) -> int:
+    """How many batches :func:`as_batches` yields per epoch in each process (a DataLoader: its length)."""
+    if _is_loader(source):
+        return len(source)  # type: ignore[arg-type]
+    per_rank = -(-len(source) // world_size) if world_size > 1 else len(source)  # type: ignore[arg-type]
+    return -(-per_rank // batch_size)
+
+
+def as_batches(source: object, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
+               *, augment: bool | None = None, rank: int = 0, world_size: int = 1, pad: bool = True,
+               epoch: int | None = None, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(images, int64 labels) batches from any source einet trains, evaluates or profiles on.
+
+    - :class:`ImageDataset`: the fast in-memory path (its own batching and augmentation;
+      `augment` overrides its flag, e.g. False for evaluation).
+    - any map-style torch ``Dataset`` (``len`` and ``dataset[i] -> (image tensor, label)``): einet
+      draws the order (shuffled with `generator`), fetches the items and collates them with torch's
+      ``default_collate`` (through a DataLoader with `num_workers` workers). Its own transforms apply
+      as they are: `augment` cannot switch them off, so evaluate on a dataset without random ones.
+    - a ``DataLoader``: its batches as they come (its batch size, order, sampler and workers: the
+      other arguments are ignored); if its sampler has ``set_epoch`` it is called with `epoch`.
+
+    With ``world_size > 1`` the two dataset kinds are sharded like torch's DistributedSampler
+    (:func:`shard_indices`): the same `generator` state in every process gives one order, and
+    process `rank` takes its share (padded to equal shares when `pad`).
+    """
+    if _is_loader(source):
+        if epoch is not None:
+            for sampler in (getattr(source, "sampler", None), getattr(getattr(source, "batch_sampler", None),
+                                                                       "sampler", None)):
+                if hasattr(sampler, "set_epoch"):
+                    sampler.set_epoch(epoch)
+        return (_pair(batch, "the DataLoader") for batch in source)  # type: ignore[attr-defined]
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(source, ImageDataset):
+        if world_size == 1:  # exactly the draws einet has always made
+            return source.batches(batch_size, shuffle, generator, augment=augment)
+        order = shard_indices(len(source), shuffle, generator, rank, world_size, pad)
+        return source.batches(batch_size, generator=generator, augment=augment, order=order,
+                              shard=(rank, world_size))
+    if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
+        raise TypeError(f"cannot draw batches from a {type(source).__name__}: expected an einet ImageDataset, a "
+                        f"map-style torch Dataset (len and [i] -> (image tensor, label)) or a DataLoader")
+    return _dataset_batches(source, batch_size, shard_indices(len(source), shuffle, generator, rank,  # type: ignore[arg-type]
+                                                              world_size, pad), num_workers)
+
+
+def _dataset_batches(dataset: object, batch_size: int, order: torch.Tensor,
+                     num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    from torch.utils.data import DataLoader
+
+    index = order.tolist()
+    chunks = [index[first:first + batch_size] for first in range(0, len(index), batch_size)]
+    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers)  # type: ignore[arg-type]
+    where = f"the {type(dataset).__name__}"
+    for batch in loader:
+        yield _pair(batch, where)

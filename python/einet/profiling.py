@@ -427,36 +427,38 @@ def _measure_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: s
     return ETRecord(q[50][0], q[50][1], q[90][0], q[99][0], q[90][1], q[99][1], meta)
 
 
-def profile_cs(model: MultiExitNetwork, dataset: ImageDataset, device: str = "cpu", batch_size: int = 500,
+def profile_cs(model: MultiExitNetwork, dataset: ImageDataset | Any, device: str = "cpu", batch_size: int = 500,
                progress: bool = True, name: str | None = None, split: str | None = None,
                extra_meta: Mapping[str, Any] | None = None) -> CSProfile:
-    """Every exit's confidence, prediction, correctness and log-probabilities on every sample of `dataset`.
+    """Every exit's confidence, prediction, correctness and log-probabilities on every sample of `dataset`:
+    an ImageDataset (scored without augmentation), a map-style torch Dataset of (image tensor, label)
+    or a DataLoader, in their order (see :func:`einet.data.as_batches`).
     `extra_meta` (e.g. zoo name, width, training recipe) is stored in the profile's metadata."""
     import torch
     from tqdm.auto import tqdm
 
+    from .data import as_batches, count_batches
+
     target = torch.device(device)
     model = model.to(target).eval()
-    augment, dataset.augment = dataset.augment, False
     confidence, prediction, labels, log_probs, top_classes = [], [], [], [], []
-    try:
-        with torch.inference_mode():
-            batches = dataset.batches(batch_size)
-            for images, y in tqdm(batches, total=-(-len(dataset) // batch_size), desc="CS-profile",
-                                  disable=not progress, leave=False):
-                logp = torch.stack([logits.float().log_softmax(1) for logits in model(images.to(target))], 1)
-                best = logp.max(dim=2)
-                confidence.append(best.values.exp().cpu())
-                prediction.append(best.indices.cpu())
-                labels.append(y.cpu())
-                if logp.shape[2] <= LOG_PROB_CLASSES:
-                    log_probs.append(logp.half().cpu())
-                else:
-                    top = logp.topk(LOG_PROB_CLASSES, dim=2)
-                    log_probs.append(top.values.half().cpu())
-                    top_classes.append(top.indices.short().cpu())
-    finally:
-        dataset.augment = augment
+    with torch.inference_mode():
+        batches = as_batches(dataset, batch_size, augment=False)
+        for images, y in tqdm(batches, total=count_batches(dataset, batch_size), desc="CS-profile",
+                              disable=not progress, leave=False):
+            logp = torch.stack([logits.float().log_softmax(1) for logits in model(images.to(target))], 1)
+            best = logp.max(dim=2)
+            confidence.append(best.values.exp().cpu())
+            prediction.append(best.indices.cpu())
+            labels.append(y.cpu())
+            if logp.shape[2] <= LOG_PROB_CLASSES:
+                log_probs.append(logp.half().cpu())
+            else:
+                top = logp.topk(LOG_PROB_CLASSES, dim=2)
+                log_probs.append(top.values.half().cpu())
+                top_classes.append(top.indices.short().cpu())
+    if not labels:
+        raise ValueError("cannot profile an empty dataset")
     conf = torch.cat(confidence).numpy()
     pred = torch.cat(prediction).numpy().astype(np.int64)
     lab = torch.cat(labels).numpy().astype(np.int64)

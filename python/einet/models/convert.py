@@ -7,10 +7,25 @@ a residual block; the part after the last feature map (pooling, flatten, fully
 connected layers) becomes the last exit, so that exit reproduces the original
 model exactly with the original weights. Every other cut gets a new
 :class:`~einet.models.base.Branch`.
+
+Or cut after modules you name (``exits=["layer2", "layer3"]``): each named
+module is traced as one leaf, and the network is cut right after it; the part
+after the last feature map stays the final exit. Anything that cannot be traced
+or cut, or whose result does not reproduce the original, is a
+:class:`ConversionError`.
+
+:func:`build_converted` does the whole path from a constructor named
+``package.module:callable`` (plus keyword arguments) to a converted network and
+the spec a checkpoint stores to rebuild it (see
+:func:`einet.models.load_checkpoint`).
 """
 
 from __future__ import annotations
 
+import importlib
+import os
+import re
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -36,9 +51,9 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def cut_points(traced: fx.GraphModule) -> list[fx.Node]:
-    """The nodes after which the network is cut: one per conv region, where a single tensor is live."""
-    modules = dict(traced.named_modules())
+def _single_live(traced: fx.GraphModule) -> tuple[list[fx.Node], list[bool]]:
+    """The graph's activation nodes, and for each whether it is a feature map [B, C, H, W] that is the
+    only tensor live after it runs (a point where the network can be cut)."""
     nodes = [n for n in traced.graph.nodes if n.op != "get_attr"]  # attributes are not activations
     position = {n: i for i, n in enumerate(nodes)}
     last_use = {n: max((position.get(u, len(nodes)) for u in n.users), default=position[n]) for n in nodes}
@@ -51,6 +66,13 @@ def cut_points(traced: fx.GraphModule) -> list[fx.Node]:
         shape = _shape(node)
         single.append(live == {node} and node.op not in ("placeholder", "output") and shape is not None
                       and len(shape) == 4)
+    return nodes, single
+
+
+def cut_points(traced: fx.GraphModule) -> list[fx.Node]:
+    """The nodes after which the network is cut: one per conv region, where a single tensor is live."""
+    modules = dict(traced.named_modules())
+    nodes, single = _single_live(traced)
     convs = [k for k, n in enumerate(nodes) if _is_conv(n, modules)]
     if not convs:
         raise ConversionError("the model has no conv layers to cut after")
@@ -65,30 +87,150 @@ def cut_points(traced: fx.GraphModule) -> list[fx.Node]:
     return [nodes[k] for k in cuts]
 
 
+class _LeafTracer(fx.Tracer):
+    """torch.fx's tracer, with the named modules traced as single calls (leaves): the cuts after them."""
+
+    def __init__(self, leaves: set[str]) -> None:
+        super().__init__()
+        self.leaves = leaves
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+
+def _check_exit_names(model: nn.Module, exits: Sequence[str]) -> list[str]:
+    if isinstance(exits, str) or not all(isinstance(name, str) for name in exits):
+        raise ConversionError(f"exits must be a list of module names, got {exits!r}")
+    names = list(exits)
+    if not names:
+        raise ConversionError("exits is empty: name at least one module (or pass None for the automatic cuts)")
+    modules = dict(model.named_modules())
+    for name in names:
+        if not name or name not in modules:
+            children = ", ".join(child for child, _ in model.named_children())
+            raise ConversionError(f"{type(model).__name__} has no module named {name!r} (its children: {children})")
+    if len(set(names)) != len(names):
+        raise ConversionError(f"an exit is named twice in {names}")
+    for outer in names:
+        for inner in names:
+            if inner.startswith(outer + "."):
+                raise ConversionError(f"exit {inner!r} lies inside exit {outer!r}: name modules that follow each other")
+    return names
+
+
+def _named_cuts(traced: fx.GraphModule, names: list[str]) -> list[fx.Node]:
+    """The call of each named module (in order, each where only its output is live), then the last
+    feature map, after which the original head remains."""
+    nodes, single = _single_live(traced)
+    index = {n: k for k, n in enumerate(nodes)}
+    cuts: list[fx.Node] = []
+    for name in names:
+        calls = [n for n in nodes if n.op == "call_module" and n.target == name]
+        if len(calls) != 1:
+            raise ConversionError(f"module {name!r} runs {len(calls)} times in forward; an exit must follow a module "
+                                  f"that runs exactly once")
+        node = calls[0]
+        if not single[index[node]]:
+            shape = _shape(node)
+            if shape is None or len(shape) != 4:
+                raise ConversionError(f"module {name!r} returns {shape or 'no tensor'}, not a feature map [batch, "
+                                      f"channels, height, width] that an exit branch can read")
+            raise ConversionError(f"cutting after {name!r} would split the network: other tensors (a skip "
+                                  f"connection?) are still live there")
+        if cuts and index[node] <= index[cuts[-1]]:
+            raise ConversionError(f"exits must be named in the order the model runs them: {name!r} runs before "
+                                  f"{cuts[-1].target!r}")
+        cuts.append(node)
+    last = max(k for k, ok in enumerate(single) if ok)  # single[index[cuts[0]]] holds: there is one
+    if last > index[cuts[-1]]:
+        cuts.append(nodes[last])
+    return cuts
+
+
+def _attribute(root: nn.Module, target: str) -> Any:
+    value: Any = root
+    for part in target.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _own_attributes(part: fx.GraphModule, traced: fx.GraphModule, persistent: set[str]) -> None:
+    """split_module hands the parameters and buffers a graph reads directly (a functional layer norm's
+    weight, a layer scale) to each part as extra inputs; make them the part's own attributes instead
+    (the same tensors, shared with the original), so that every part takes one activation."""
+    attributes = {n.name: str(n.target) for n in traced.graph.nodes if n.op == "get_attr"}
+    placeholders = list(part.graph.find_nodes(op="placeholder"))
+    body = next(n for n in part.graph.nodes if n.op != "placeholder")
+    for node in placeholders:
+        target = attributes.get(str(node.target))
+        if target is None:
+            continue
+        value = _attribute(traced, target)
+        if not isinstance(value, torch.Tensor):
+            continue
+        name = "attr_" + target.replace(".", "_")
+        while hasattr(part, name):
+            name += "_"
+        if isinstance(value, nn.Parameter):
+            part.register_parameter(name, value)
+        else:
+            part.register_buffer(name, value, persistent=target in persistent)
+        with part.graph.inserting_before(body):
+            attribute = part.graph.get_attr(name)
+        attribute.meta = dict(node.meta)
+        node.replace_all_uses_with(attribute)
+        part.graph.erase_node(node)
+    part.recompile()
+
+
 def convert(model: nn.Module, example_input: torch.Tensor, num_classes: int | None = None,
-            **branch_options: Any) -> MultiExitNetwork:
+            exits: Sequence[str] | None = None, **branch_options: Any) -> MultiExitNetwork:
     """A multi-exit network with the weights of `model`, whose last exit equals `model`'s output.
 
-    `example_input` (one batch) is used to trace shapes; `branch_options` go to
-    :class:`Branch` (``hidden``, ``pool_in``, ``pool_out``, ``conv_channels``).
+    `example_input` (one batch) is used to trace shapes and to check the result. `exits` names the
+    modules to cut after (``model.named_modules()`` names, in the order they run; each must run
+    once and leave only its output live): one exit branch after each, then the original head.
+    None: the automatic cuts (one per conv region). `branch_options` go to :class:`Branch`
+    (``hidden``, ``pool_in``, ``pool_out``, ``conv_channels``).
+
+    Any failure (untraceable control flow, a module name that is not there, a cut that would split
+    a skip connection, a network whose last exit does not reproduce the original) is a
+    :class:`ConversionError` saying why. On the meta device (``example_input.is_meta``) the network
+    is built as a shape-only skeleton and the numeric check is skipped.
     """
+    names = _check_exit_names(model, exits) if exits is not None else None
     try:
-        traced = fx.symbolic_trace(model)
+        if names is None:
+            traced = fx.symbolic_trace(model)
+        else:
+            traced = fx.GraphModule(model, _LeafTracer(set(names)).trace(model), type(model).__name__)
     except Exception as error:  # fx raises TraceError, TypeError, ... on data-dependent control flow
         raise ConversionError(f"cannot trace {type(model).__name__} with torch.fx: {error}") from None
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ConversionError(f"the model must take exactly one input, it takes {len(placeholders)}")
     was_training = model.training
+    try:
+        network = _convert_traced(model, traced, example_input, num_classes, names, branch_options)
+    except ConversionError:
+        raise
+    except Exception as error:  # anything torch or fx raise on a graph they cannot run or split
+        raise ConversionError(f"cannot convert {type(model).__name__}: {type(error).__name__}: {error}") from None
+    finally:
+        model.train(was_training)
+    return network.train(was_training)
+
+
+def _convert_traced(model: nn.Module, traced: fx.GraphModule, example_input: torch.Tensor, num_classes: int | None,
+                    names: list[str] | None, branch_options: dict[str, Any]) -> MultiExitNetwork:
     model.eval()
     with torch.no_grad():
         ShapeProp(traced).propagate(example_input)
         reference = model(example_input)
-    model.train(was_training)
     if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
         raise ConversionError("the model must return one tensor of logits [batch, classes]")
     num_classes = num_classes or int(reference.shape[1])
-    cuts = cut_points(traced)
+    cuts = cut_points(traced) if names is None else _named_cuts(traced, names)
     order = {n: i for i, n in enumerate(traced.graph.nodes)}
     cut_positions = [order[n] for n in cuts]
 
@@ -97,9 +239,122 @@ def convert(model: nn.Module, example_input: torch.Tensor, num_classes: int | No
 
     split = split_module(traced, model, partition)
     parts = [getattr(split, f"submod_{i}") for i in range(len(cuts) + 1)]
+    persistent = set(traced.state_dict())
+    for part in parts:
+        _own_attributes(part, traced, persistent)
     if len(parts[-1].graph.find_nodes(op="placeholder")) != 1:
         raise ConversionError("the part after the last feature map does not take a single tensor")
+    if any(len(part.graph.find_nodes(op="placeholder")) != 1 for part in parts[:-1]):
+        raise ConversionError("a block between two cuts does not take a single tensor")
     blocks = parts[:-1]
     exits: list[nn.Module] = [Branch(_shape(c)[1], num_classes, **branch_options) for c in cuts[:-1]]  # type: ignore[index]
     exits.append(parts[-1])
-    return MultiExitNetwork(blocks, exits)
+    network = MultiExitNetwork(blocks, exits).eval()
+    with torch.no_grad():
+        outputs = network(example_input)
+    if any(o.shape != (example_input.shape[0], num_classes) for o in outputs):
+        raise ConversionError(f"the exits return {[tuple(o.shape) for o in outputs]}, not [batch, {num_classes}]")
+    if not example_input.is_meta and not torch.allclose(outputs[-1], reference, rtol=1e-4, atol=1e-5):
+        difference = float((outputs[-1] - reference).abs().max())
+        raise ConversionError(f"the converted network's last exit does not reproduce the original (max difference "
+                              f"{difference:.3g})")
+    return network
+
+
+# ---------------------------------------------------------------- a user's constructor, named
+
+CONVERTED = "converted"  # the spec name of a checkpoint holding a model converted from a user's constructor
+_CONSTRUCTOR = re.compile(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z")
+
+
+def resolve_constructor(name: str) -> Callable[..., nn.Module]:
+    """The callable named ``package.module:attribute`` (e.g. ``mypkg.nets:resnet``).
+
+    This **imports the module**, which runs its code: call it only with a name you chose (or trust).
+    The module must be importable (installed, or on ``PYTHONPATH``).
+    """
+    if not isinstance(name, str) or not _CONSTRUCTOR.match(name):
+        raise ValueError(f"a constructor is named 'package.module:callable', got {name!r}")
+    module_name, _, qualname = name.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as error:
+        raise ValueError(f"cannot import {module_name!r} for the constructor {name}: {error}") from None
+    for part in qualname.split("."):
+        if not hasattr(target, part):
+            raise ValueError(f"{module_name} has no {qualname!r} (constructor {name})")
+        target = getattr(target, part)
+    if not callable(target):
+        raise ValueError(f"{name} is a {type(target).__name__}, not a callable")
+    return target  # type: ignore[no-any-return]
+
+
+def _constructor_name(constructor: str | Callable[..., nn.Module]) -> str:
+    if isinstance(constructor, str):
+        return constructor
+    return f"{getattr(constructor, '__module__', '?')}:{getattr(constructor, '__qualname__', '?')}"
+
+
+def load_backbone(model: nn.Module, weights: str | os.PathLike[str] | Mapping[str, Any]) -> None:
+    """Load the original single-exit network's state_dict (a file read with ``weights_only=True``, or a
+    mapping); a file holding ``{"state_dict": ...}`` or ``{"model": ...}`` is unwrapped."""
+    state: Any = weights
+    if isinstance(weights, (str, os.PathLike)):
+        try:
+            state = torch.load(weights, map_location="cpu", weights_only=True)
+        except Exception as error:  # torch raises many types for a damaged or foreign file
+            raise ValueError(f"{weights} is not a readable state_dict: {error}") from None
+    if isinstance(state, Mapping):
+        for key in ("state_dict", "model"):
+            if isinstance(state.get(key), Mapping) and not isinstance(state.get(key), torch.Tensor):
+                state = state[key]
+                break
+    if not isinstance(state, Mapping):
+        raise ValueError(f"{weights if isinstance(weights, (str, os.PathLike)) else 'the backbone weights'} "
+                         f"hold a {type(state).__name__}, not a state_dict")
+    try:
+        model.load_state_dict(state)
+    except (RuntimeError, TypeError, ValueError) as error:
+        where = weights if isinstance(weights, (str, os.PathLike)) else "the backbone weights"
+        raise ValueError(f"{where} do not fit {type(model).__name__}: {error}") from None
+
+
+def build_converted(constructor: str | Callable[..., nn.Module], kwargs: Mapping[str, Any] | None,
+                    example_input: torch.Tensor, exits: Sequence[str] | None = None,
+                    backbone_weights: str | os.PathLike[str] | Mapping[str, Any] | None = None,
+                    ) -> tuple[MultiExitNetwork, dict[str, Any]]:
+    """(network, spec): ``constructor(**kwargs)``, with `backbone_weights` if given, converted with `exits`.
+
+    `constructor` is a callable or a ``package.module:callable`` name (imported: its code runs). The
+    spec (constructor name, kwargs, exits, input shape, classes) is what :func:`einet.models.train`
+    stores in a checkpoint so that :func:`einet.models.load_checkpoint` can rebuild the network;
+    `kwargs` must therefore be plain JSON values.
+    """
+    make = resolve_constructor(constructor) if isinstance(constructor, str) else constructor
+    kwargs = dict(kwargs or {})
+    try:
+        original = make(**kwargs)
+    except Exception as error:  # the user's code: any error means these kwargs do not build it
+        raise ConversionError(f"{_constructor_name(constructor)}(**{kwargs}) failed: {type(error).__name__}: "
+                              f"{error}") from None
+    if not isinstance(original, nn.Module):
+        raise ConversionError(f"{_constructor_name(constructor)} returned a {type(original).__name__}, not a module")
+    if backbone_weights is not None:
+        load_backbone(original, backbone_weights)
+    network = convert(original, example_input, exits=exits)
+    spec = {"name": CONVERTED, "constructor": _constructor_name(constructor), "kwargs": kwargs,
+            "exits": None if exits is None else list(exits), "input_shape": list(example_input.shape[1:]),
+            "num_classes": int(network.exits[-1](_probe(network, example_input)).shape[1])}
+    return network, spec
+
+
+def _probe(network: MultiExitNetwork, x: torch.Tensor) -> torch.Tensor:
+    """The last block's output on x (eval mode, no grad), to read the final exit's class count."""
+    was_training = network.training
+    network.eval()
+    with torch.no_grad():
+        h = x
+        for i in range(network.num_exits):
+            h = network.forward_block(i, h)
+    network.train(was_training)
+    return h  # type: ignore[no-any-return]

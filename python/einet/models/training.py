@@ -1,8 +1,20 @@
 """Training multi-exit networks: all exits jointly, or branches only on a frozen backbone.
 
+Data: an einet :class:`~einet.data.ImageDataset` (the fast path), any map-style torch
+``Dataset`` yielding (image tensor, label), or a ``DataLoader`` (see :func:`einet.data.as_batches`).
+
+Several processes (``torchrun``): when a torch.distributed process group is initialised,
+:func:`train` wraps the model in DistributedDataParallel, gives each process a shard of the
+data (one seeded order, as DistributedSampler does; a DataLoader must bring its own
+DistributedSampler, whose ``set_epoch`` is called every epoch), treats ``batch_size`` as the
+global batch (each of K processes takes ``batch_size / K``), evaluates on shards and sums
+the counts, and lets rank 0 alone write checkpoints.
+
 Checkpoints are written atomically (temporary file, then rename) after every
 epoch, hold everything needed to resume (model, optimiser, schedule, history),
-and load with ``torch.load(weights_only=True)``: no arbitrary code runs.
+and load with ``torch.load(weights_only=True)``: no code from the file runs. A
+checkpoint of a model converted from a user's constructor names that constructor;
+:func:`load_checkpoint` imports it only when the caller says so (see there).
 """
 
 from __future__ import annotations
@@ -20,8 +32,9 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
-from ..data import ImageDataset
+from ..data import ImageDataset, as_batches, count_batches, loader_is_sharded
 from .base import MultiExitNetwork
+from .convert import CONVERTED, build_converted, resolve_constructor
 
 CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
 
@@ -35,7 +48,8 @@ RECIPES = ("joint", "distill", "distill-ensemble")
 
 @dataclass
 class TrainConfig:
-    """How to train. ``exit_weights`` default to uniform; ``freeze_backbone`` trains branches only."""
+    """How to train. ``exit_weights`` default to uniform; ``freeze_backbone`` trains the branches only: the
+    backbone's blocks and the final exit (the original network's head) keep their weights."""
 
     epochs: int = 10
     batch_size: int = 128
@@ -109,15 +123,70 @@ def exit_losses(outputs: Sequence[torch.Tensor], labels: torch.Tensor, config: T
 def _trainable(model: MultiExitNetwork, config: TrainConfig) -> list[nn.Parameter]:
     if not config.freeze_backbone:
         return list(model.parameters())
-    for p in model.backbone_parameters():
+    head = set(model.exits[-1].parameters())
+    for p in [*model.backbone_parameters(), *head]:
         p.requires_grad_(False)
-    return model.branch_parameters()
+    return [p for p in model.branch_parameters(include_last=False) if p not in head]
 
 
 def _set_train_mode(model: MultiExitNetwork, config: TrainConfig) -> None:
     model.train()
     if config.freeze_backbone:
         model.blocks.eval()  # frozen BN statistics too
+        model.exits[-1].eval()
+
+
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised torch.distributed process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+_JOINED = False  # whether init_distributed created the process group (finish_distributed then ends it)
+
+
+def init_distributed(device: str = "cpu") -> tuple[int, int, str]:
+    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE, RANK,
+    LOCAL_RANK, MASTER_ADDR, MASTER_PORT): gloo on the CPU, nccl on CUDA, where each process takes
+    GPU LOCAL_RANK. Returns (rank, world size, device). Without WORLD_SIZE > 1 nothing happens:
+    (0, 1, device). An already initialised group is used as it is."""
+    global _JOINED
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size(), device
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0, 1, device
+    if not dist.is_available():
+        raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed")
+    if torch.device(device).type == "cuda":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = f"cuda:{local_rank}"
+        dist.init_process_group("nccl")
+    else:
+        dist.init_process_group("gloo")
+    _JOINED = True
+    return dist.get_rank(), dist.get_world_size(), device
+
+
+def finish_distributed() -> None:
+    """Leave the process group :func:`init_distributed` created (no-op otherwise)."""
+    global _JOINED
+    import torch.distributed as dist
+
+    if _JOINED and dist.is_initialized():
+        dist.destroy_process_group()
+    _JOINED = False
+
+
+def _shardable(source: Any) -> bool:
+    from torch.utils.data import DataLoader
+
+    return not isinstance(source, DataLoader)
 
 
 def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
@@ -141,43 +210,92 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_
 
 
 @torch.no_grad()
-def evaluate(model: MultiExitNetwork, dataset: ImageDataset, batch_size: int = 500) -> list[float]:
-    """Per-exit accuracy on a dataset (no augmentation), on the model's device."""
+def _correct_counts(model: MultiExitNetwork, dataset: Any, batch_size: int, rank: int = 0,
+                    world_size: int = 1) -> torch.Tensor:
+    """[N + 1]: each exit's correct answers on this process's share of `dataset`, then the samples seen."""
     model.eval()
     device = next(model.parameters()).device
-    augment, dataset.augment = dataset.augment, False
-    correct = torch.zeros(model.num_exits)
-    try:
-        for images, labels in dataset.batches(batch_size):
-            for i, logits in enumerate(model(images.to(device))):
-                correct[i] += (logits.argmax(1) == labels.to(device)).sum().cpu()
-    finally:
-        dataset.augment = augment
-    return (correct / len(dataset)).tolist()
+    counts = torch.zeros(model.num_exits + 1, dtype=torch.float64)
+    for images, labels in as_batches(dataset, batch_size, augment=False, rank=rank, world_size=world_size, pad=False):
+        labels = labels.to(device)
+        for i, logits in enumerate(model(images.to(device))):
+            counts[i] += float((logits.argmax(1) == labels).sum())
+        counts[-1] += len(labels)
+    return counts
 
 
-def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDataset | None = None,
+def evaluate(model: MultiExitNetwork, dataset: Any, batch_size: int = 500) -> list[float]:
+    """Per-exit accuracy on a dataset (an ImageDataset without augmentation, a torch Dataset or a
+    DataLoader: see :func:`einet.data.as_batches`), on the model's device."""
+    counts = _correct_counts(model, dataset, batch_size)
+    if counts[-1] == 0:
+        raise ValueError("cannot evaluate on an empty dataset")
+    return (counts[:-1] / counts[-1]).tolist()
+
+
+def _distributed_evaluate(model: MultiExitNetwork, dataset: Any, batch_size: int, rank: int,
+                          world_size: int) -> list[float]:
+    """evaluate() with every process scoring its shard of a dataset and the counts summed (a
+    DataLoader, which cannot be sharded here, is scored whole by every process)."""
+    if world_size == 1 or not _shardable(dataset):
+        return evaluate(model, dataset, batch_size)
+    counts = _all_reduce(_correct_counts(model, dataset, batch_size, rank, world_size), model)
+    return (counts[:-1] / counts[-1]).tolist()
+
+
+def _all_reduce(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
+    """The sum over processes (nccl sums on the GPU, so the tensor goes to the model's device and back)."""
+    import torch.distributed as dist
+
+    device = tensor.device
+    if dist.get_backend() == "nccl":
+        tensor = tensor.to(next(model.parameters()).device)
+    dist.all_reduce(tensor)
+    return tensor.to(device)
+
+
+def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: ImageDataset | Any | None = None,
           config: TrainConfig | None = None, checkpoint: str | os.PathLike[str] | None = None,
           model_spec: dict[str, Any] | None = None, progress: bool = True) -> History:
     """Train every exit with the weighted sum of their cross-entropies; resume from `checkpoint` if present.
 
-    `model_spec` (e.g. ``{"name": "b_alexnet", "width": 0.5, ...}``) is stored in the
-    checkpoint so that :func:`load_checkpoint` can rebuild the model.
+    `train_set` and `test_set`: an ImageDataset, a map-style torch Dataset of (image tensor, label)
+    or a DataLoader (:func:`einet.data.as_batches`). `model_spec` (e.g. ``{"name": "b_alexnet",
+    "width": 0.5, ...}``, or the spec of :func:`einet.models.convert.build_converted`) is stored in
+    the checkpoint so that :func:`load_checkpoint` can rebuild the model.
+
+    In a torch.distributed process group (e.g. under ``torchrun``) this trains with
+    DistributedDataParallel, as the module docstring describes; only rank 0 writes `checkpoint`.
     """
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
+    rank, world_size = _world()
+    if config.batch_size % world_size:
+        raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be a multiple of the "
+                         f"{world_size} processes")
+    local_batch = config.batch_size // world_size
+    if world_size > 1 and not _shardable(train_set) and not loader_is_sharded(train_set):
+        raise ValueError("with several processes a DataLoader must draw through a DistributedSampler; or pass "
+                         "the Dataset itself, which einet shards")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)  # alike in every process: one order to shard
     weights = exit_weights(model, config).to(config.device)
     model.to(config.device)
     optimizer = _optimizer(_trainable(model, config), config)
-    steps = math.ceil(len(train_set) / config.batch_size)
+    steps = count_batches(train_set, local_batch, world_size)
+    if steps == 0:
+        raise ValueError("the training set is empty")
     scheduler = _scheduler(optimizer, config, steps)
     history, first_epoch = History(), 0
     path = Path(checkpoint) if checkpoint else None
+    if path and world_size > 1:  # every process resumes, or none: a rank without the file would start afresh
+        found = _all_reduce(torch.tensor([float(path.exists())], dtype=torch.float64), model)
+        if 0 < float(found) < world_size:
+            raise ValueError(f"{path} exists for {int(found)} of the {world_size} processes: to resume on several "
+                             f"machines, put the checkpoint on a file system they share")
     if path and path.exists():
         state = _read(path)
         stored = {k: state.get("config", {}).get(k, "joint" if k == "recipe" else None)
@@ -192,17 +310,26 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
         torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
         history = History(**state["history"])
         first_epoch = len(history.loss)
+    network: nn.Module = model
+    if world_size > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        device = torch.device(config.device)
+        network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    progress = progress and rank == 0
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
         _set_train_mode(model, config)
         total, seen = torch.zeros((), device=config.device), 0
         correct = torch.zeros(model.num_exits, device=config.device)
-        bar = tqdm(train_set.batches(config.batch_size, shuffle=True, generator=generator), total=steps,
-                   desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress, leave=False)
+        batches = as_batches(train_set, local_batch, shuffle=True, generator=generator, rank=rank,
+                             world_size=world_size, epoch=epoch)
+        bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+                   leave=False)
         for images, labels in bar:
             images = images.to(config.device, non_blocking=True)
             labels = labels.to(config.device, non_blocking=True)
-            outputs = model(images)
+            outputs = network(images)
             loss = (exit_losses(outputs, labels, config) * weights).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -216,16 +343,30 @@ def train(model: MultiExitNetwork, train_set: ImageDataset, test_set: ImageDatas
             if progress and bar.n % 10 == 0:
                 bar.set_postfix(loss=f"{float(total) / seen:.3f}",
                                 acc=" ".join(f"{100 * c / seen:.0f}" for c in correct.tolist()))
-        history.loss.append(float(total) / seen)
-        history.test_accuracy.append(evaluate(model, test_set) if test_set is not None else [])
+        if world_size > 1:
+            import torch.distributed as dist
+
+            for buffer in model.buffers():  # BN statistics: rank 0's, as DDP broadcasts them before each step
+                dist.broadcast(buffer, 0)
+            summed = _all_reduce(torch.stack([total.double().cpu(), torch.tensor(float(seen), dtype=torch.float64)]),
+                                 model)
+            history.loss.append(float(summed[0] / summed[1]))
+        else:
+            history.loss.append(float(total) / seen)
+        history.test_accuracy.append(_distributed_evaluate(model, test_set, 500, rank, world_size)
+                                     if test_set is not None else [])
         history.seconds.append(time.perf_counter() - started)
         if progress:
             accuracy = " ".join(f"{100 * a:.1f}" for a in history.test_accuracy[-1])
             tqdm.write(f"epoch {epoch + 1}: loss {history.loss[-1]:.3f}, test accuracy per exit [{accuracy}], "
                        f"{history.seconds[-1]:.0f} s")
-        if path:
+        if path and rank == 0:
             save_checkpoint(path, model, model_spec, optimizer=optimizer, scheduler=scheduler, generator=generator,
-                            torch_rng=torch.get_rng_state(), history=history, config=config)
+                            torch_rng=torch.get_rng_state(), history=history, config=config, world_size=world_size)
+        if world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # the checkpoint is complete before any process goes on (or resumes from it)
     return history
 
 
@@ -238,6 +379,13 @@ _SPEC_MAX_WIDTH = 16.0
 _SPEC_KEYS = ("num_classes", "in_channels", "width")
 _MSDNET_SPEC_KEYS = ("growth", "compress_every")
 _CHECKSUM = "sha256"
+# A converted model's spec (see convert.build_converted): these keys, the constructor as a
+# 'package.module:callable' name, kwargs as small plain JSON, and bounded exits and input shape.
+_CONVERTED_KEYS = ("name", "constructor", "kwargs", "exits", "input_shape", "num_classes")
+_MAX_NAME = 256  # characters of a constructor or module name
+_MAX_EXITS = 1024
+_MAX_KWARGS_ITEMS = 1000  # values in the kwargs, nested ones included
+_MAX_INPUT_SIZE = 1 << 26  # elements of one input sample
 
 
 def _state_digest(state: Mapping[Any, Any]) -> str:
@@ -352,6 +500,63 @@ def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tup
     return name, kwargs
 
 
+def _plain_json(value: Any, budget: list[int], depth: int = 0) -> bool:
+    """Whether `value` is small plain JSON (None, bools, ints, finite floats, short strings, lists, str-keyed dicts)."""
+    budget[0] -= 1
+    if budget[0] < 0 or depth > 16:
+        return False
+    if value is None or isinstance(value, (bool, int)):
+        return True
+    if isinstance(value, float):
+        return math.isfinite(value)
+    if isinstance(value, str):
+        return len(value) <= 4096
+    if isinstance(value, (list, tuple)):
+        return all(_plain_json(item, budget, depth + 1) for item in value)
+    if isinstance(value, dict):
+        return all(isinstance(key, str) and _plain_json(item, budget, depth + 1) for key, item in value.items())
+    return False
+
+
+def _checked_converted_spec(path: str | os.PathLike[str], spec: Mapping[str, Any]) -> dict[str, Any]:
+    """A converted model's spec, checked: known keys, a constructor name, plain kwargs, bounded exits and shape."""
+    unknown = sorted(str(key) for key in spec if key not in _CONVERTED_KEYS)
+    if unknown:
+        raise ValueError(f"{path}: unknown spec key {unknown[0]!r} for a converted model: expected "
+                         f"{', '.join(_CONVERTED_KEYS)}")
+    constructor = spec.get("constructor")
+    if not isinstance(constructor, str) or not 0 < len(constructor) <= _MAX_NAME:
+        raise ValueError(f"{path}: a converted model's spec must name its constructor, got {constructor!r}")
+    kwargs = spec.get("kwargs", {})
+    if not isinstance(kwargs, dict) or not _plain_json(kwargs, [_MAX_KWARGS_ITEMS]):
+        raise ValueError(f"{path}: spec kwargs must be a dict of plain JSON values (at most {_MAX_KWARGS_ITEMS})")
+    exits = spec.get("exits")
+    if exits is not None and not (isinstance(exits, list) and 0 < len(exits) <= _MAX_EXITS and all(
+            isinstance(name, str) and 0 < len(name) <= _MAX_NAME for name in exits)):
+        raise ValueError(f"{path}: spec exits must be None or 1 to {_MAX_EXITS} module names, got {exits!r}")
+    shape = spec.get("input_shape")
+    if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(type(n) is int and n >= 1 for n in shape)
+            and math.prod(shape) <= _MAX_INPUT_SIZE):
+        raise ValueError(f"{path}: spec input_shape must be 1 to 4 positive sizes of at most {_MAX_INPUT_SIZE} "
+                         f"elements in all, got {shape!r}")
+    low, high = _SPEC_INTEGERS["num_classes"]
+    if not (type(spec.get("num_classes")) is int and low <= spec["num_classes"] <= high):
+        raise ValueError(f"{path}: spec num_classes must be an integer in [{low}, {high}], "
+                         f"got {spec.get('num_classes')!r}")
+    return {"constructor": constructor, "kwargs": kwargs, "exits": exits, "input_shape": shape}
+
+
+def _converted_model(path: str | os.PathLike[str], spec: Mapping[str, Any], device: str,
+                     make: Any) -> MultiExitNetwork:
+    """The converted network a spec describes, built on `device` ("meta": a skeleton, no memory)."""
+    try:
+        with torch.device(device):
+            model, _ = build_converted(make, spec["kwargs"], torch.zeros(1, *spec["input_shape"]), spec["exits"])
+    except ValueError as error:  # ConversionError included
+        raise ValueError(f"{path}: its spec does not build a converted {spec['constructor']}: {error}") from None
+    return model
+
+
 def _check_tensors(path: str | os.PathLike[str], name: str, stored: Any, expected: Mapping[str, torch.Tensor]) -> None:
     """The checkpoint's model tensors must be exactly the ones the spec's model has: names, shapes, kinds."""
     if not isinstance(stored, Mapping):
@@ -371,18 +576,35 @@ def _check_tensors(path: str | os.PathLike[str], name: str, stored: Any, expecte
                              f"{tuple(want.shape)} ({want.dtype})")
 
 
-def load_checkpoint(path: str | os.PathLike[str]) -> tuple[MultiExitNetwork, dict[str, Any]]:
-    """Rebuild a zoo model from a checkpoint written by :func:`train`; returns (model, checkpoint).
+def load_checkpoint(path: str | os.PathLike[str], *, trust_constructor: bool = False,
+                    constructor: str | Any | None = None) -> tuple[MultiExitNetwork, dict[str, Any]]:
+    """Rebuild a model from a checkpoint written by :func:`train`; returns (model, checkpoint).
 
     Before any model is allocated: the checksum is verified (version 1 files, which have none, load
     unverified), the spec is checked (a known zoo name, known keys, bounded sizes) and the model's
     skeleton, built on the meta device (no memory), must have exactly the file's tensor names and
     shapes, so a file cannot make it allocate more than it holds. Any problem is a ValueError naming
     the file.
+
+    Models converted from a user's constructor (spec name ``"converted"``): the file stores only the
+    constructor's *name* (``package.module:callable``), its JSON keyword arguments and the exits;
+    never code. Rebuilding the model calls the constructor, which means importing its module, which
+    runs that module's code. So it happens only when the caller asks for it:
+
+    - ``constructor="package.module:callable"`` (the CLI's ``--constructor``): that module is
+      imported, and only if the file names the same constructor (else a ValueError);
+    - ``constructor=<a callable>``: the caller's own function is used, nothing is imported;
+    - ``trust_constructor=True``: the module the file names is imported: only for files you trust.
+
+    Without any of them such a checkpoint is refused with a ValueError naming its constructor. The
+    constructor runs twice: once on the meta device for the skeleton check, then for real.
     """
     from . import zoo
 
     state = _read(Path(path))
+    spec = state.get("spec")
+    if isinstance(spec, dict) and spec.get("name") == CONVERTED:
+        return _load_converted(path, state, trust_constructor, constructor), state
     name, kwargs = _checked_spec(path, state)
     try:
         with torch.device("meta"):
@@ -396,3 +618,28 @@ def load_checkpoint(path: str | os.PathLike[str]) -> tuple[MultiExitNetwork, dic
     except RuntimeError as error:
         raise ValueError(f"{path}: its weights do not fit the {name} model: {error}") from None
     return model.eval(), state
+
+
+def _load_converted(path: str | os.PathLike[str], state: Mapping[str, Any], trust_constructor: bool,
+                    constructor: str | Any | None) -> MultiExitNetwork:
+    spec = _checked_converted_spec(path, state["spec"])
+    named = spec["constructor"]
+    if constructor is None and not trust_constructor:
+        raise ValueError(f"{path} holds a model converted from {named}; rebuilding it imports that module, which "
+                         f"runs its code. If you trust it, pass constructor={named!r} or trust_constructor=True to "
+                         f"load_checkpoint (einet commands: --constructor {named})")
+    if isinstance(constructor, str) and constructor != named:
+        raise ValueError(f"{path} holds a model converted from {named}, not from {constructor}")
+    try:
+        make = constructor if constructor is not None and not isinstance(constructor, str) \
+            else resolve_constructor(named)
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from None
+    skeleton = _converted_model(path, spec, "meta", make)
+    _check_tensors(path, named, state["model"], skeleton.state_dict())
+    model = _converted_model(path, spec, "cpu", make)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: its weights do not fit the model converted from {named}: {error}") from None
+    return model.eval()
