@@ -16,17 +16,19 @@ sees only the held-out split. Differences are exact over tau, paired over test i
 their 95% interval; * marks an interval that excludes 0.
 
     python scripts/anytime_levers.py benchmarks/fixtures/vgg16_fine_w025_cpu_joint \
-        --twin benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble --out docs/levers_vgg16.md
+        --twin benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble --out docs/levers/vgg16_fine_w025_cpu.md
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from einet.baselines import EINet, NearestNeighbours, statistics_plan
 from einet.predictor import fit_ensemble_weights, fit_predictor
@@ -44,25 +46,39 @@ def rules_for(holdout: CSProfile) -> dict[str, AnswerRule]:
             "ensemble + time-zero": AnswerRule("ensemble", weights, *prior)}
 
 
-def configurations(folder: Path, kinds: list[str], knn: bool, epochs: int) -> tuple[dict, dict]:
-    """{(kind, label): PolicyResult} for every configuration of one fixture, and what was chosen."""
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int) -> tuple[dict, dict]:
+    """{(kind, label): PolicyResult} for every configuration of one fixture, and what was chosen.
+    The nearest-neighbour reference runs on the first `knn_samples` test images (0: not at all),
+    paired there with the paper's method on the same images."""
     et = ETRecord.load(folder / "et.npz").profile
     holdout, test = CSProfile.load(folder / "cs-holdout.npz"), CSProfile.load(folder / "cs-test.npz")
+    log(f"{folder.name}: fitting rules and predictors on the held-out split")
     rules = rules_for(holdout)
     predictors = {name: fit_predictor(holdout, "correctness", epochs=epochs, rule=rule, progress=False)[0].to_native()
                   for name, rule in rules.items()}
+    log(f"{folder.name}: selecting on the held-out split")
     deployment, deployed_predictor = select(et, holdout, kinds=kinds, predictor_epochs=epochs, progress=False)
+    subset = test.subset(np.arange(min(knn_samples, test.num_samples)))
     results: dict[tuple[str, str], PolicyResult] = {}
     for kind in kinds:
+        log(f"{folder.name}: evaluating under {kind} exit times")
         dist = relative_distribution(kind, full_inference_time(et))
         for name, rule in rules.items():
             results[kind, f"statistics | {name}"] = evaluate(statistics_plan(holdout, et, dist, rule), test, et, dist,
                                                              draws=1, rule=rule)
             results[kind, f"EINet | {name}"] = evaluate(EINet(predictors[name], et, dist, rule), test, et, dist,
                                                         draws=1, rule=rule)
-            if knn and name in ("latest", "ensemble + time-zero"):
-                results[kind, f"nearest-neighbour reference | {name}"] = evaluate(
-                    NearestNeighbours(holdout, et, dist, rule), test, et, dist, draws=1, rule=rule)
+            if knn_samples and name in ("latest", "ensemble + time-zero"):
+                for label, policy in ((f"statistics | {name}", statistics_plan(holdout, et, dist, rule)),
+                                      (f"EINet | {name}", EINet(predictors[name], et, dist, rule)),
+                                      (f"nearest-neighbour reference | {name}", NearestNeighbours(holdout, et, dist,
+                                                                                                 rule))):
+                    results[kind, f"[{subset.num_samples} images] {label}"] = evaluate(policy, subset, et, dist,
+                                                                                        draws=1, rule=rule)
         # the deployed configuration is planned for this distribution (chosen over all of them)
         native = deployed_predictor.to_native() if deployed_predictor is not None else None
         policy = deployment.build(et, dist, native)
@@ -72,25 +88,36 @@ def configurations(folder: Path, kinds: list[str], knn: bool, epochs: int) -> tu
     return results, chosen
 
 
+def test_images(folder: Path) -> int:
+    return CSProfile.load(folder / "cs-test.npz").num_samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fixture", type=Path)
     parser.add_argument("--twin", type=Path, help="the same model trained with another recipe (same test images)")
     parser.add_argument("--dist", nargs="+", default=["uniform", "normal"])
-    parser.add_argument("--no-knn", action="store_true", help="skip the (slower) nearest-neighbour reference")
+    parser.add_argument("--knn-samples", type=int, default=2000,
+                        help="test images for the (slower) nearest-neighbour reference; 0 skips it")
     parser.add_argument("--epochs", type=int, default=40, help="predictor training epochs")
     parser.add_argument("--out", type=Path, help="write the markdown table here (and the raw numbers as .json)")
     args = parser.parse_args()
     started = time.perf_counter()
     recipe = CSProfile.load(args.fixture / "cs-test.npz").meta.get("recipe", "joint")
-    results, chosen = configurations(args.fixture, args.dist, not args.no_knn, args.epochs)
+    results, chosen = configurations(args.fixture, args.dist, args.knn_samples, args.epochs)
     runs = {recipe: (results, chosen)}
     if args.twin:
         twin_recipe = CSProfile.load(args.twin / "cs-test.npz").meta.get("recipe", "other")
-        runs[twin_recipe] = configurations(args.twin, args.dist, not args.no_knn, args.epochs)
-    paper = {kind: results[kind, "EINet | latest"] for kind in args.dist}
+        runs[twin_recipe] = configurations(args.twin, args.dist, args.knn_samples, args.epochs)
+
+    def paper(kind: str, label: str) -> PolicyResult:
+        """The paper's method on the same images as `label`."""
+        prefix = label[:label.index("]") + 2] if label.startswith("[") else ""
+        return results[kind, f"{prefix}EINet | latest"]
+
     lines = [f"Fixture `{args.fixture.name}`" + (f", twin `{args.twin.name}`" if args.twin else "")
-             + f"; exact expected accuracy on {len(paper[args.dist[0]].per_sample_expected)} test images; "
+             + f"; exact expected accuracy on {test_images(args.fixture)} test images (rows marked [n images]: the "
+             "first n, paired with the paper's method on those); "
              f"difference from the paper's method ({recipe}, rule latest, EINet), paired, pp ± 95% CI "
              "(* excludes 0).", ""]
     columns = " | ".join(f"{kind} (%) | {kind}: minus paper (pp)" for kind in args.dist)
@@ -103,8 +130,9 @@ def main() -> None:
             cells = []
             for kind in args.dist:
                 r = res[kind, label]
-                cells += [f"{100 * r.expected:.2f}", str(paired_difference(r, paper[kind]))]
-                raw[f"{name} | {label} | {kind}"] = {"expected": r.expected, **vars(paired_difference(r, paper[kind]))}
+                difference = paired_difference(r, paper(kind, label))
+                cells += [f"{100 * r.expected:.2f}", str(difference)]
+                raw[f"{name} | {label} | {kind}"] = {"expected": r.expected, **vars(difference)}
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, (_, picked) in runs.items():
@@ -122,4 +150,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     np.seterr(all="ignore")
+    torch.set_num_threads(1)  # small fits: more threads only contend
     main()

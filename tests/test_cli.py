@@ -299,7 +299,7 @@ def test_plot_shows_a_lead_of_a_tenth_of_a_point_in_distinct_colours(tmp_path):
 
     from einet.simulate import plot_curves
 
-    names = ["EINet", "EINet (prior + margin)", "static 25%", "static 50%", "static 100%", "dynamic 90%",
+    names = ["EINet", "EINet (paper)", "static 25%", "static 50%", "static 100%", "dynamic 90%",
              "dynamic 95%", "dynamic 99%", "statistics", "single-exit", "clairvoyant"]
     xs = [0.25, 0.5, 0.75]
     curves = {name: [(x, 0.5 + 0.2 * x - 0.01 * k) for x in xs] for k, name in enumerate(names)}

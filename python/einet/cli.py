@@ -13,9 +13,64 @@ from typing import Any
 import numpy as np
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes in one line on stderr, `einet <command>: error: <problem>`, exit status 2."""
+
+    def error(self, message: str) -> Any:  # argparse's own prints the whole usage first
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's help ends with its default, unless it has none (required options, flags)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if action.required or default is None or default is False or default == argparse.SUPPRESS \
+                or "%(default)" in text:
+            return text
+        if isinstance(default, list):
+            return f"{text} (default: {' '.join(str(v) for v in default)})"
+        return str(super()._get_help_string(action))
+
+
 def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="cifar10", help="mnist, fashion-mnist, cifar10, cifar100 or folder")
+    parser.add_argument("--dataset", default="cifar10", choices=["mnist", "fashion-mnist", "cifar10", "cifar100",
+                                                                  "folder"], help="dataset format")
     parser.add_argument("--data", required=True, help="dataset root, IDX folder, CIFAR batch folder, or image zip")
+
+
+def _add_torch_arguments(parser: argparse.ArgumentParser, threads_help: str = "torch threads") -> None:
+    """--device, --threads and --quiet: for the commands that run torch."""
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where torch runs; auto: cuda when available, else cpu")
+    parser.add_argument("--threads", type=int, default=2, help=threads_help)
+    parser.add_argument("--quiet", action="store_true",
+                        help="no progress bars (they are off anyway when stderr is not a terminal)")
+
+
+def _device(requested: str) -> str:
+    """`--device` resolved: auto is cuda when torch sees a GPU; cuda without one is a mistake."""
+    import torch
+
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here (no GPU, or a CPU-only torch); "
+                         "use --device cpu or auto")
+    return requested
+
+
+def _progress(args: argparse.Namespace) -> bool:
+    """Progress bars only for a person watching: not with --quiet, not into a log file or pipe."""
+    return not args.quiet and sys.stderr.isatty()
+
+
+def _writable_parent(path: str | Path, option: str) -> None:
+    """Refuse an output path whose folder does not exist before any work is done."""
+    folder = Path(path).parent
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -23,40 +78,90 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from . import data
     from .models import TrainConfig, build, train
+    from .models.training import finish_distributed, init_distributed
 
+    device = _device(args.device)
+    _writable_parent(args.out, "--out")
     torch.set_num_threads(args.threads)
     train_arrays = data.load(args.dataset, args.data, "train")
     test_arrays = data.load(args.dataset, args.data, "test")
     if args.holdout > 0:  # kept out of training: the predictor is fitted on it, never on the test split
         train_arrays, _ = train_arrays.split(args.holdout, seed=args.seed)
-    spec = {"name": args.model, "num_classes": train_arrays.num_classes, "in_channels": train_arrays.channels,
-            "width": args.width}
-    torch.manual_seed(args.seed)  # the initial weights too
-    model = build(**spec)  # type: ignore[arg-type]
-    config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
-                         schedule=args.schedule, seed=args.seed, freeze_backbone=False,
-                         exit_weights=args.exit_weights, recipe=args.recipe)
-    started = time.perf_counter()
-    history = train(model, data.dataset_for(args.dataset, train_arrays, train=True),
-                    data.dataset_for(args.dataset, test_arrays, train=False), config, checkpoint=args.out,
-                    model_spec=spec)
-    summary = {"model": spec, "recipe": args.recipe, "epochs": args.epochs, "seconds_this_run": time.perf_counter() - started,
-               "seconds_total": sum(history.seconds), "test_accuracy_per_exit": history.test_accuracy[-1],
-               "threads": args.threads, "command": " ".join(["einet", *sys.argv[1:]])}
-    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    if args.constructor:  # the user's own single-exit network, converted
+        spec = _converted_spec(args, train_arrays)
+    elif args.exits or args.backbone_weights or args.constructor_kwargs != "{}":
+        raise ValueError("--exits, --backbone-weights and --constructor-kwargs go with --constructor")
+    else:
+        spec = {"name": args.model, "num_classes": train_arrays.num_classes, "in_channels": train_arrays.channels,
+                "width": args.width}
+    if Path(args.out).exists():  # resumed: it must be this model (train() checks the settings)
+        _, _, stored = _model_from_checkpoint(args.out, args.constructor)
+        if stored != spec:
+            raise ValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
+                             "give another --out, or the same model to resume it")
+    # Under torchrun (WORLD_SIZE > 1) every process joins one group; train() then runs DDP on shards.
+    rank, world_size, device = init_distributed(device)
+    try:
+        if str(device).startswith("cuda"):  # same seed, same weights: cuDNN's deterministic kernels, no autotuning
+            torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+        torch.manual_seed(args.seed)  # the initial weights too (alike in every process)
+        train_set = data.dataset_for(args.dataset, train_arrays, train=True)
+        model = _converted_model(args, spec, train_set) if args.constructor else build(**spec)  # type: ignore[arg-type]
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
+                             schedule=args.schedule, seed=args.seed, freeze_backbone=args.freeze_backbone,
+                             exit_weights=args.exit_weights, recipe=args.recipe, device=device)
+        started = time.perf_counter()
+        history = train(model, train_set, data.dataset_for(args.dataset, test_arrays, train=False), config,
+                        checkpoint=args.out, model_spec=spec, progress=_progress(args))
+    finally:
+        finish_distributed()
+    if rank == 0:
+        summary = {"model": spec, "recipe": args.recipe, "epochs": args.epochs,
+                   "freeze_backbone": args.freeze_backbone, "seconds_this_run": time.perf_counter() - started,
+                   "seconds_total": sum(history.seconds), "test_accuracy_per_exit": history.test_accuracy[-1],
+                   "world_size": world_size, "batch_size": args.batch_size, "train_samples": len(train_set),
+                   "threads": args.threads, "device": device, "command": " ".join(["einet", *sys.argv[1:]])}
+        Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        print(json.dumps(summary, indent=2))
     return 0
 
 
-def _model_from_checkpoint(path: str) -> tuple[Any, dict[str, Any]]:
-    """The model and its provenance: zoo name first, width, training recipe."""
+def _converted_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, Any]:
+    """The checkpoint spec of `--constructor` with `--constructor-kwargs` and `--exits` on this data."""
+    try:
+        kwargs = json.loads(args.constructor_kwargs)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"--constructor-kwargs is not JSON: {error}") from None
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"--constructor-kwargs must be a JSON object, got {args.constructor_kwargs}")
+    return {"name": "converted", "constructor": args.constructor, "kwargs": kwargs, "exits": args.exits,
+            "input_shape": [train_arrays.channels, *train_arrays.images.shape[1:3]],
+            "num_classes": train_arrays.num_classes}
+
+
+def _converted_model(args: argparse.Namespace, spec: dict[str, Any], train_set: Any) -> Any:
+    """`--constructor` built, `--backbone-weights` loaded, converted with `--exits` (real images trace it)."""
+    from .models.convert import build_converted
+
+    model, built = build_converted(args.constructor, spec["kwargs"], train_set.images[:8], args.exits,
+                                   args.backbone_weights)
+    if built["num_classes"] != spec["num_classes"]:
+        raise ValueError(f"{args.constructor} returns {built['num_classes']} classes but the dataset has "
+                         f"{spec['num_classes']}: set its class count in --constructor-kwargs")
+    return model
+
+
+def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """The model, its provenance (zoo name first, width, training recipe) and its spec. A checkpoint of a
+    converted model loads only with `constructor` (--constructor) naming the constructor it stores:
+    loading imports that module (see einet.models.load_checkpoint)."""
     from .models import load_checkpoint
 
-    model, state = load_checkpoint(path)
+    model, state = load_checkpoint(path, constructor=constructor)
     spec = dict(state["spec"])
-    provenance = {"zoo": spec.get("name"), "width": spec.get("width", 1.0),
+    provenance = {"zoo": spec.get("constructor", spec.get("name")), "width": spec.get("width", 1.0),
                   "recipe": (state.get("config") or {}).get("recipe", "joint")}
-    return model, provenance
+    return model, provenance, spec
 
 
 def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -74,58 +179,98 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .data import dataset_for
     from .profiling import profile_cs, profile_et
 
+    device = _device(args.device)
     torch.set_num_threads(args.threads)
-    model, provenance = _model_from_checkpoint(args.checkpoint)
+    model, provenance, spec = _model_from_checkpoint(args.checkpoint, args.constructor)
     out = Path(args.out_dir)
     holdout, test = _splits(args)
+    trained_on = (spec.get("in_channels", (spec.get("input_shape") or [None])[0]), spec.get("num_classes"))
+    if trained_on != (holdout.channels, holdout.num_classes):
+        raise ValueError(f"{args.checkpoint} takes {trained_on[0]}-channel images and {trained_on[1]} classes, but "
+                         f"--dataset {args.dataset} --data {args.data} has {holdout.channels}-channel images and "
+                         f"{holdout.num_classes} classes: profile a checkpoint on the data it was trained on")
     shape = (holdout.channels, *holdout.images.shape[1:3])
     name = f"{provenance['zoo']} (width {provenance['width']}, {provenance['recipe']})"
     # Real inputs, drawn across classes: block times depend on the data.
     examples = dataset_for(args.dataset, holdout.subset(np.random.default_rng(0).permutation(len(holdout))[:200]),
                            train=False).images
     if not args.skip_et:
-        record = profile_et(model, shape, device=args.device, batch_size=args.batch_size, warmup=args.warmup,
-                            repeats=args.repeats, name=name, threads=args.runtime_threads, samples=examples)
+        record = profile_et(model, shape, device=device, batch_size=args.batch_size, warmup=args.warmup,
+                            repeats=args.repeats, name=name, threads=args.runtime_threads, samples=examples,
+                            progress=_progress(args))
         record.save(out / "et.npz")
         print(f"ET-profile (ms, median) conv {np.round(record.conv * 1e3, 3).tolist()}")
         print(f"                        branch {np.round(record.branch * 1e3, 3).tolist()}")
     for split, arrays in (("holdout", holdout), ("test", test)):
-        profile_cs(model, dataset_for(args.dataset, arrays, train=False), device=args.device, name=name,
-                   split=split, extra_meta=provenance).save(out / f"cs-{split}.npz")
+        profile_cs(model, dataset_for(args.dataset, arrays, train=False), device=device, name=name,
+                   split=split, extra_meta=provenance, progress=_progress(args)).save(out / f"cs-{split}.npz")
     print(f"wrote {'' if args.skip_et else str(out / 'et.npz') + ', '}{out / 'cs-holdout.npz'}, {out / 'cs-test.npz'}")
     return 0
 
 
 def cmd_fit_predictor(args: argparse.Namespace) -> int:
-    from .predictor import fit_predictor, save_predictor
+    from .predictor import fit_ensemble_weights, fit_predictor, save_predictor
     from .profiling import CSProfile
+    from .rules import AnswerRule, time_zero_answer
 
     holdout = CSProfile.load(args.cs)
-    model, report = fit_predictor(holdout, args.target, hidden=args.hidden, epochs=args.epochs, seed=args.seed)
+    weights = fit_ensemble_weights(holdout, seed=args.seed) if args.rule == "ensemble" else None
+    rule = AnswerRule(args.rule, weights, *(time_zero_answer(holdout.labels) if args.time_zero else (None, 0.0)))
+    model, report = fit_predictor(holdout, args.target, hidden=args.hidden, epochs=args.epochs, seed=args.seed,
+                                  rule=rule)
     save_predictor(args.out, model)
-    print(f"predictor ({args.target}) trained: loss {report.loss[0]:.4f} -> {report.loss[-1]:.4f}; wrote {args.out}")
+    print(f"predictor ({args.target}, rule {rule.label()}) trained: loss {report.loss[0]:.4f} -> "
+          f"{report.loss[-1]:.4f}; wrote {args.out}")
+    return 0
+
+
+def _rule_for(args: argparse.Namespace, rule: Any) -> Any:
+    """The rule to evaluate: the predictor's own (fitted with it), or --rule latest/best with its time-zero answer."""
+    from dataclasses import replace
+
+    if args.rule is None or args.rule == rule.name:
+        return rule
+    if args.rule == "ensemble":
+        raise ValueError(f"{args.predictor} was fitted for rule {rule.name!r}: fit one with "
+                         "`einet fit-predictor --rule ensemble` to evaluate rule ensemble")
+    return replace(rule, name=args.rule, weights=None)
+
+
+def cmd_select(args: argparse.Namespace) -> int:
+    from .profiling import CSProfile, ETRecord
+    from .select import save_deployment, select
+
+    et = ETRecord.load(Path(args.profiles) / "et.npz").profile
+    holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
+    deployment, predictor = select(et, holdout, kinds=args.dist, scale=args.scale, rules=args.rules,
+                                   predictor_epochs=args.epochs, seed=args.seed)
+    save_deployment(args.out, deployment, predictor)
+    print(f"chosen on held-out data: {deployment.policy}, rule {deployment.rule.label()}; wrote {args.out}")
+    for name, value in list(deployment.validation.items())[:8]:
+        print(f"  {100 * value:6.2f}%  {name}")
     return 0
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .predictor import load_predictor
+    from .predictor_file import load_native_predictor
     from .profiling import CSProfile, ETRecord
     from .simulate import compare, csv_table, evaluate_all, full_inference_time, markdown_table, relative_distribution
 
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
-    native = load_predictor(args.predictor).to_native()
+    native, fitted_rule = load_native_predictor(args.predictor)
+    rule = _rule_for(args, fitted_rule)
     full = full_inference_time(et)
     compressed = None
     if args.compressed:
         compressed = (ETRecord.load(Path(args.compressed) / "et.npz").profile,
                       CSProfile.load(Path(args.compressed) / "cs-test.npz"))
     dist = relative_distribution(args.dist, full, args.scale)
-    results = evaluate_all(et, dist, native, holdout, test, args.rule, args.draws, compressed)
+    results = evaluate_all(et, dist, native, holdout, test, rule, args.draws, compressed)
     rows = compare(results)
     title = (f"{test.meta.get('model', 'model')}, {args.dist} exit time (scale {args.scale} x full inference "
-             f"{full * 1e3:.2f} ms), rule {args.rule}, {test.num_samples} test samples x {args.draws} draws")
+             f"{full * 1e3:.2f} ms), rule {rule.label()}, {test.num_samples} test samples x {args.draws} draws")
     table = markdown_table(rows, title)
     print(table)
     if args.out:
@@ -138,22 +283,26 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
+    import matplotlib  # noqa: F401  (the plot extra: named before any work is done)
+
     from .baselines import standard_policies
-    from .predictor import load_predictor
+    from .predictor_file import load_native_predictor
     from .profiling import CSProfile, ETRecord
     from .simulate import accuracy_curves, plot_curves
 
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
-    native = load_predictor(args.predictor).to_native()
+    native, fitted_rule = load_native_predictor(args.predictor)
+    rule = _rule_for(args, fitted_rule)
     scales = [float(s) for s in args.scales]
+    _writable_parent(args.out, "--out")
 
     def policies(dist: Any) -> list[Any]:
-        return [p for p in standard_policies(et, dist, native, holdout, args.rule)
+        return [p for p in standard_policies(et, dist, native, holdout, rule)
                 if p.name != "EINet (random search)"]
 
-    curves = accuracy_curves(policies, test, et, args.dist, scales, draws=1)
+    curves = accuracy_curves(policies, test, et, args.dist, scales, draws=1, rule=rule)
     plot_curves(curves, args.out, f"{test.meta.get('model', 'model')}: {args.dist} exit time")
     print(f"wrote {args.out}")
     return 0
@@ -162,43 +311,61 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    args.device, args.progress = _device(args.device), _progress(args)
     return run_demo(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="einet", description=__doc__)
+    from . import __version__
+
+    parser = _Parser(prog="einet", description=__doc__, formatter_class=_HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     p = commands.add_parser("train", help="train a zoo model on a dataset (checkpointed every epoch, resumable)")
     _add_data_arguments(p)
-    p.add_argument("--model", default="b_alexnet")
-    p.add_argument("--width", type=float, default=1.0)
-    p.add_argument("--epochs", type=int, default=10)
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"])
-    p.add_argument("--lr", type=float, default=0.05)
-    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "step", "constant"])
-    p.add_argument("--exit-weights", type=float, nargs="+", default=None)
+    p.add_argument("--model", default="b_alexnet", help="zoo model (docs/models.md)")
+    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
+    p.add_argument("--epochs", type=int, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimizer")
+    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "step", "constant"],
+                   help="learning-rate schedule")
+    p.add_argument("--exit-weights", type=float, nargs="+", default=None,
+                   help="loss weight per exit (default: uniform)")
     p.add_argument("--recipe", default="joint", choices=["joint", "distill", "distill-ensemble"],
                    help="joint: every exit's cross-entropy (the paper); distill: plus self-distillation from the "
                         "final exit; distill-ensemble: from the ensemble of all exits (default: %(default)s)")
     p.add_argument("--holdout", type=float, default=0.1, help="share of the training split held out for the predictor")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0,
+                   help="fixes the initial weights, the held-out split, the data order and the augmentation")
+    p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
+                   help="your own single-exit network instead of a zoo model: imported, called with "
+                        "--constructor-kwargs and converted to a multi-exit network (cut after --exits)")
+    p.add_argument("--constructor-kwargs", default="{}", metavar="JSON", help="keyword arguments, a JSON object")
+    p.add_argument("--exits", nargs="+", metavar="MODULE",
+                   help="module names to cut after, in run order (default: a cut after every conv region)")
+    p.add_argument("--backbone-weights", metavar="FILE", help="the original network's state_dict to start from")
+    p.add_argument("--freeze-backbone", action="store_true",
+                   help="train the exit branches only; the backbone and its final classifier keep their weights")
+    _add_torch_arguments(p)
     p.add_argument("--out", required=True, help="checkpoint path (.pt); a .json summary is written beside it")
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser("profile", help="ET-profile on this device, CS-profiles of the held-out and test splits")
     _add_data_arguments(p)
-    p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out-dir", required=True)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--batch-size", type=int, default=1)
-    p.add_argument("--warmup", type=int, default=20)
-    p.add_argument("--repeats", type=int, default=400)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `einet train`")
+    p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
+                   help="for a checkpoint of a converted network: the constructor it names (loading imports it)")
+    p.add_argument("--out-dir", required=True, help="folder for et.npz, cs-holdout.npz and cs-test.npz")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the ET-profile")
+    p.add_argument("--warmup", type=int, default=20, help="untimed runs before the ET-profile")
+    p.add_argument("--repeats", type=int, default=400, help="timed runs of the ET-profile")
     p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
     p.add_argument("--seed", type=int, default=0, help="as given to `einet train`")
-    p.add_argument("--threads", type=int, default=2, help="torch threads for the CS-profiles")
+    _add_torch_arguments(p, "torch threads for the CS-profiles")
     p.add_argument("--skip-et", action="store_true",
                    help="keep the folder's ET-profile: write the CS-profiles only (e.g. to add log-probabilities)")
     p.add_argument("--runtime-threads", type=int, default=1,
@@ -207,38 +374,80 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("fit-predictor", help="train the confidence-score predictor on a held-out CS-profile")
     p.add_argument("--cs", required=True, help="cs-holdout.npz (never the test split)")
-    p.add_argument("--target", default="correctness", choices=["correctness", "confidence"])
-    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64])
-    p.add_argument("--epochs", type=int, default=60)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True)
+    p.add_argument("--target", default="correctness", choices=["correctness", "confidence"],
+                   help="correctness: whether an exit is right (calibrated); confidence: its softmax maximum")
+    p.add_argument("--rule", default="latest", choices=["latest", "best", "ensemble"],
+                   help="the output rule it predicts for; ensemble also fits per-exit ensemble weights "
+                        "(default: %(default)s)")
+    p.add_argument("--time-zero", action="store_true",
+                   help="hold the held-out split's most frequent class before the first branch finishes")
+    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="hidden layer sizes of the MLP")
+    p.add_argument("--epochs", type=int, default=60, help="training epochs")
+    p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the drawn observations")
+    p.add_argument("--out", required=True, help="predictor file (.npz)")
     p.set_defaults(run=cmd_fit_predictor)
 
     for name, run, text in (("evaluate", cmd_evaluate, "trace-driven comparison of EINet with every baseline"),
                             ("report", cmd_report, "plot accuracy against the mean exit time, one line per policy")):
         p = commands.add_parser(name, help=text)
         p.add_argument("--profiles", required=True, help="folder with et.npz, cs-holdout.npz, cs-test.npz")
-        p.add_argument("--predictor", required=True)
-        p.add_argument("--dist", default="uniform", choices=["uniform", "normal", "exponential"])
-        p.add_argument("--rule", default="latest", choices=["latest", "best"])
+        p.add_argument("--predictor", required=True, help="a predictor written by `einet fit-predictor`")
+        p.add_argument("--dist", default="uniform", choices=["uniform", "normal", "exponential"],
+                       help="exit-time distribution over the horizon")
+        p.add_argument("--rule", default=None, choices=["latest", "best", "ensemble"],
+                       help="output rule (default: the one the predictor was fitted for)")
         p.set_defaults(run=run)
     evaluate_parser, report_parser = commands.choices["evaluate"], commands.choices["report"]
     evaluate_parser.add_argument("--scale", type=float, default=1.0, help="exit-time horizon / full inference time")
     evaluate_parser.add_argument("--draws", type=int, default=100, help="exit times drawn per sample")
     evaluate_parser.add_argument("--compressed", help="profiles folder of the half-width single-exit model")
     evaluate_parser.add_argument("--out", help="write the table as OUT.md and OUT.csv")
-    report_parser.add_argument("--scales", nargs="+", default=["0.25", "0.5", "0.75", "1.0", "1.25", "1.5", "2.0"])
-    report_parser.add_argument("--out", required=True, help="PNG path")
+    report_parser.add_argument("--scales", nargs="+", default=["0.25", "0.5", "0.75", "1.0", "1.25", "1.5", "2.0"],
+                               help="exit-time horizons / full inference time, one point per line each")
+    report_parser.add_argument("--out", required=True, help="image path (.png, .pdf, .svg); its folder must exist")
+
+    p = commands.add_parser("select", help="choose policy, rule and time-zero answer on held-out data; write them "
+                                           "to a deployment file for the runtime")
+    p.add_argument("--profiles", required=True, help="folder with et.npz and cs-holdout.npz")
+    p.add_argument("--dist", nargs="+", default=["uniform", "normal"], choices=["uniform", "normal", "exponential"],
+                   help="exit-time distributions to score under (averaged; the first is deployed)")
+    p.add_argument("--scale", type=float, default=1.0, help="exit-time horizon / full inference time")
+    p.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"],
+                   choices=["latest", "best", "ensemble"], help="candidate output rules")
+    p.add_argument("--epochs", type=int, default=40, help="predictor training epochs")
+    p.add_argument("--seed", type=int, default=0, help="fixes the predictor training")
+    p.add_argument("--out", required=True, help="deployment file (.json); the predictor is written beside it")
+    p.set_defaults(run=cmd_select)
 
     p = commands.add_parser("demo", help="the whole pipeline on embedded MNIST data, in under a minute")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=8, help="training epochs")
     p.add_argument("--samples", type=int, default=1000, help="test samples run under real interrupts")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out-dir", default=None, help="keep the deployment file (and its predictor) here "
+                                                   "(default: a temporary folder)")
+    _add_torch_arguments(p)
     p.set_defaults(run=cmd_demo)
+
+    for sub in commands.choices.values():
+        sub.formatter_class = _HelpFormatter
+        sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                         help="show the traceback of an error")
     return parser
 
 
 TORCH_EXTRA = {"torch", "tqdm", "PIL", "matplotlib"}
+
+# What the library raises for bad input (DatasetError, ProfileFormatError, ConversionError, bad
+# settings...) and for files it cannot read or write: a user's mistake, told in one line. Anything
+# else (an AssertionError, a RuntimeError from deep inside torch) is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, OSError)
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror and error.filename:  # not "[Errno 2] ..."
+        text = f"{error.strerror}: {error.filename}"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(line.strip() for line in text.splitlines() if line.strip())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -250,6 +459,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         extra = "plot" if error.name == "matplotlib" else "torch"
         print(f"einet {args.command} needs {error.name}: pip install 'einet[{extra}]'", file=sys.stderr)
+        return 2
+    except USER_ERRORS as error:
+        if getattr(args, "debug", False):
+            raise
+        print(f"einet {args.command}: error: {_one_line(error)}", file=sys.stderr)
         return 2
 
 

@@ -1,17 +1,20 @@
 """``einet demo``: the whole pipeline on the MNIST slice shipped inside the package.
 
 Train a fine-grained multi-exit VGG-16 (14 exits, narrow), profile it on this
-machine, fit the confidence-score predictor on held-out data, compare EINet
-with every baseline in the trace-driven simulator, then run EINet for real
-under random interrupts and check it against the simulator's prediction.
+machine, choose the policy and output rule on held-out data (the choice is
+written to a deployment file), compare EINet with every baseline in the
+trace-driven simulator, then run the deployed configuration for real under
+random interrupts and check it against the simulator's prediction.
 No ../shared, no downloads; under a minute on two cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from importlib.resources import as_file, files
+from pathlib import Path
 
 import numpy as np
 
@@ -19,11 +22,11 @@ import numpy as np
 def run_demo(args: argparse.Namespace) -> int:
     import torch
 
-    from .baselines import EINet
     from .data import dataset_for, load_mnist
     from .models import TrainConfig, build, train
-    from .predictor import fit_predictor
+    from .predictor import load_predictor
     from .profiling import profile_cs, profile_et
+    from .select import load_deployment, save_deployment, select
     from .runtime import ElasticRuntime, run_with_deadlines
     from .simulate import (
         compare,
@@ -65,27 +68,37 @@ def run_demo(args: argparse.Namespace) -> int:
     print(f"      full inference {1e3 * full_inference_time(et):.2f} ms; "
           f"all 14 branches add {1e3 * et.branch[:-1].sum():.2f} ms")
 
-    print("[3/5] fitting the confidence-score predictor (correctness target) on the held-out split")
-    predictor, _ = fit_predictor(holdout_cs, "correctness", hidden=(64, 64), epochs=80, seed=0)
-    native = predictor.to_native()
+    print("[3/5] choosing policy, output rule and time-zero answer on the held-out split only "
+          "(predictor fitted on one half, scored on the other)")
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(args.out_dir or folder) / "deployment.json"
+        deployment, predictor = select(et, holdout_cs, kinds=("uniform",), rules=("latest", "ensemble"),
+                                       predictor_epochs=60, progress=progress)
+        save_deployment(path, deployment, predictor)
+        deployment = load_deployment(path)  # what a user ships: the runtime is built from the file
+        native = load_predictor(path.parent / deployment.predictor).to_native() if deployment.predictor else None
+    rule = deployment.rule
+    print(f"      deployed: {deployment.policy}, rule {rule.label()}" + (f"; written to {path}" if args.out_dir else ""))
 
-    print("[4/5] trace-driven comparison, exit time uniform over one full inference")
+    print(f"[4/5] trace-driven comparison under rule {rule.label()}, exit time uniform over one full inference")
     dist = relative_distribution("uniform", full_inference_time(et))
-    results = evaluate_all(et, dist, native, holdout_cs, test_cs, "latest", draws=100)
-    print()
-    print(markdown_table(compare(results), "Accuracy when the inference is stopped at a random moment"))
+    if native is not None:
+        results = evaluate_all(et, dist, native, holdout_cs, test_cs, rule, draws=100)
+        print()
+        print(markdown_table(compare(results), "Accuracy when the inference is stopped at a random moment"))
 
-    print(f"[5/5] EINet for real: {args.samples} test images, each interrupted by a timer at a random moment")
+    print(f"[5/5] {deployment.policy} for real: {args.samples} test images, each interrupted by a timer at a random "
+          "moment")
     chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
     deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
     images = dataset_for("mnist", test, False).images
-    with ElasticRuntime(model, EINet(native, et, dist), device=device) as runtime:
+    with ElasticRuntime(model, deployment.build(et, dist, native), rule=rule, device=device) as runtime:
         for k in chosen[:100]:  # warm-up; the runtime measures what it adds to the profile
             runtime.infer(images[k:k + 1])
         et = runtime.calibrate(et)
-        runtime.policy = EINet(native, et, dist)
+        runtime.policy = deployment.build(et, dist, native)
         report = run_with_deadlines(runtime, images[chosen], test.labels[chosen], deadlines, progress=progress)
-    predicted = evaluate(EINet(native, et, dist), test_cs.subset(chosen), et, dist, draws=200)
+    predicted = evaluate(deployment.build(et, dist, native), test_cs.subset(chosen), et, dist, draws=200, rule=rule)
     print(f"      real-time accuracy {100 * report.accuracy:.1f}%; the simulator predicts "
           f"{100 * predicted.expected:.1f}% for these images")
     if report.latencies:

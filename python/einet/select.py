@@ -42,7 +42,7 @@ class Deployment:
     predictor: str | None = None  # the predictor file (relative to the deployment file), for EINet
     mask: tuple[bool, ...] | None = None  # fixed plans
     threshold: float | None = None  # dynamic plans
-    prior: tuple[float, ...] | None = None  # "EINet (prior + margin)": held-out exit accuracies
+    first_plan: tuple[bool, ...] | None = None  # "EINet": its first plan (the statistics plan)
     validation: dict[str, float] = field(default_factory=dict)  # candidate -> held-out exact accuracy
 
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
@@ -52,8 +52,9 @@ class Deployment:
         if self.policy.startswith("EINet"):
             if predictor is None:
                 raise ValueError(f"the deployed policy {self.policy!r} needs its predictor")
-            if self.prior is not None:
-                return EINet(predictor, et, dist, self.rule, prior=self.prior, margin=HEDGE_MARGIN, name=self.policy)
+            if self.first_plan is not None:
+                return EINet(predictor, et, dist, self.rule, first_plan=self.first_plan, margin=HEDGE_MARGIN,
+                             name=self.policy)
             return EINet(predictor, et, dist, self.rule, name=self.policy)
         if self.threshold is not None:
             return ConfidenceThreshold(self.threshold)
@@ -108,14 +109,15 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     best_policy, best_rule, best_zero = max(means, key=lambda key: means[key])
     rule, native, model = _fit(holdout, best_rule, best_zero, predictor_epochs, seed)
     # the winner, rebuilt on the whole held-out split for the first distribution kind asked for
-    chosen = next(p for p in standard_policies(et, dists[kinds[0]], native, holdout, rule) if p.name == best_policy)
+    built = {p.name: p for p in standard_policies(et, dists[kinds[0]], native, holdout, rule)}
+    chosen, statistics = built[best_policy], built["statistics"]
     uses_predictor = best_policy.startswith("EINet")
     deployment = Deployment(
         policy=best_policy, rule=rule, dist=kinds[0], scale=scale,
         predictor="predictor-deployed.npz" if uses_predictor else None,
         mask=tuple(bool(b) for b in chosen.mask) if isinstance(chosen, FixedPlan) else None,
         threshold=chosen.threshold if isinstance(chosen, ConfidenceThreshold) else None,
-        prior=tuple(holdout.accuracy_per_exit().tolist()) if best_policy == "EINet (prior + margin)" else None,
+        first_plan=tuple(bool(b) for b in statistics.mask) if best_policy == "EINet" else None,  # type: ignore
         validation={f"{name} | {rule_name}{' + time-zero' if zero else ''}": value
                     for (name, rule_name, zero), value in sorted(means.items(), key=lambda kv: -kv[1])})
     return deployment, (model if uses_predictor else None)
@@ -144,7 +146,7 @@ def load_deployment(path: str | os.PathLike[str]) -> Deployment:
         if record.pop("format") != "einet-deployment" or record.pop("version") != DEPLOYMENT_VERSION:
             raise ValueError("not an einet deployment of this version")
         rule = record.pop("rule")
-        for key in ("mask", "prior"):
+        for key in ("mask", "first_plan"):
             if record.get(key) is not None:
                 record[key] = tuple(record[key])
         if rule.get("weights") is not None:
