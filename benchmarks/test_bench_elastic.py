@@ -63,7 +63,7 @@ def test_einet_against_every_baseline(benchmark, name, kind):
                    "single-exit", "compressed single-exit"):
         if policy in by:
             assert einet >= by[policy]["expected"] - 1e-3, (policy, rows)
-    # The statistics plan and random-search EINet tie with EINet on these models (see the README):
+    # The statistics plan and random-search EINet tie with EINet on these models (see docs/results.md):
     # never more than half a point apart.
     for policy in ("statistics", "EINet (random search)"):
         assert einet > by[policy]["expected"] - 0.005, (policy, rows)

@@ -1,4 +1,4 @@
-"""Exit policies: EINet and the baselines it is compared with (DESIGN.md section 8).
+"""Exit policies: EINet and the baselines it is compared with (docs/design.md section 9, evaluation).
 
 A policy decides, block by block, whether to run the exit branch, and may stop
 the inference early. The same objects drive the trace-driven simulator
@@ -106,7 +106,7 @@ def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distributi
     For a fixed plan every sample's branches finish at the same times, so the held-out mean of
     E is E with s_q = the held-out accuracy of the ensemble of the plan's first q branches. Those
     scores depend on the plan (a set, not one exit), which the native search does not model:
-    the hybrid search (DESIGN: enumerate the next `depth` branches, greedy over the rest) runs
+    the hybrid search (docs/design.md section 4: enumerate the next `depth` branches, greedy over the rest) runs
     here in Python on that exact objective, memoising each set's accuracy."""
     log_probs, labels = holdout.dense_log_probs(), holdout.labels
     weights = np.asarray(rule.weights, dtype=np.float32)

@@ -1,4 +1,4 @@
-"""The online elastic inference loop, under real interrupts (DESIGN.md section 7).
+"""The online elastic inference loop, under real interrupts (docs/design.md section 8, the online runtime).
 
 A worker thread runs the model block by block. After each block's conv part
 the policy decides whether to run its branch; every finished branch's answer

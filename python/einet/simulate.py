@@ -1,4 +1,4 @@
-"""Trace-driven evaluation of exit policies, and the report tables and plots (DESIGN.md section 8).
+"""Trace-driven evaluation of exit policies, and the report tables and plots (docs/design.md section 9, evaluation).
 
 For each test sample a policy is replayed on the sample's CS-profile row and
 the ET-profile: that gives the times at which its branches finish. For each of

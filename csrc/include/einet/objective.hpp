@@ -1,4 +1,4 @@
-// The accuracy expectation E(x) of an exit plan (DESIGN.md section 2).
+// The accuracy expectation E(x) of an exit plan (docs/design.md section 2, the objective).
 //
 // Block i is a conv part (time conv[i]) followed by an optional exit branch
 // (time branch[i]). A plan x over the remaining blocks start..N-1 says which
