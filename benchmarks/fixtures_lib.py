@@ -20,6 +20,15 @@ FIXTURES = {
                           "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/b_alexnet_w025_cpu",
     "vgg16_fine_w025_cpu": "einet profile --checkpoint runs/vgg16_fine_w025.pt --dataset cifar10 "
                            "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/vgg16_fine_w025_cpu",
+    # Trained with `einet train --model vgg16_fine --width 0.25 --epochs 15 --threads 1 --recipe R` (CPU);
+    # CS-profiles with log-probabilities; the ET-profile is the vgg16_fine_w025_cpu one (same network);
+    # predictor.npz: rule latest, predictor-ensemble.npz: `einet fit-predictor --rule ensemble --time-zero`.
+    "vgg16_fine_w025_cpu_joint": "einet profile --checkpoint runs/vgg16_fine_w025_joint.pt --dataset cifar10 "
+                                 "--data ../shared/data/cifar10-jpeg.zip --skip-et "
+                                 "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_joint",
+    "vgg16_fine_w025_cpu_distill-ensemble": "einet profile --checkpoint runs/vgg16_fine_w025_distill-ensemble.pt "
+                                            "--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
+                                            "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble",
     "vgg16_fine_w05_cuda": "python scripts/cuda_check.py --data cifar10-jpeg.zip --out benchmarks/fixtures/"
                            "vgg16_fine_w05_cuda  (on a GPU machine; trains, profiles and fits the predictor)",
 }

@@ -134,6 +134,16 @@ def main() -> None:
                 cells += [f"{100 * r.expected:.2f}", str(difference)]
                 raw[f"{name} | {label} | {kind}"] = {"expected": r.expected, **vars(difference)}
             lines.append(f"| {name} | {label} | " + " | ".join(cells) + " |")
+    lines += ["", "Per-sample planning against the statistics plan (same rule, same images), pp ± 95% CI:", "",
+              "| recipe | rule | planner | " + " | ".join(args.dist) + " |", "|---|---|---|" + "---:|" * len(args.dist)]
+    for name, (res, _) in runs.items():
+        for label in sorted({label for _, label in res if "statistics | " in label}):
+            prefix, rule = label.split("statistics | ")
+            for planner in ("EINet", "nearest-neighbour reference"):
+                if all((kind, f"{prefix}{planner} | {rule}") in res for kind in args.dist):
+                    cells = [str(paired_difference(res[kind, f"{prefix}{planner} | {rule}"], res[kind, label]))
+                             for kind in args.dist]
+                    lines.append(f"| {name} | {rule} | {prefix}{planner} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, (_, picked) in runs.items():
         lines.append(f"Deployed for `{name}` (chosen on held-out data): {picked['policy']}, rule {picked['rule']}; "

@@ -79,7 +79,8 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
            rules: Sequence[str] = CANDIDATE_RULES, time_zero: Sequence[bool] = (False, True),
            predictor_epochs: int = 40, seed: int = 0, progress: bool = True) -> tuple[Deployment, Any]:
     """Choose (policy, rule, time-zero answer) on the held-out split; returns the deployment,
-    refitted on the whole split, and its torch predictor (None when the policy needs none).
+    refitted on the whole split, and the torch predictor fitted for its rule (saved with the
+    deployment only when its policy needs it).
 
     The score of a candidate is its exact accuracy on the second half, averaged over `kinds`."""
     from tqdm.auto import tqdm
@@ -120,7 +121,7 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
         first_plan=tuple(bool(b) for b in statistics.mask) if best_policy == "EINet" else None,  # type: ignore
         validation={f"{name} | {rule_name}{' + time-zero' if zero else ''}": value
                     for (name, rule_name, zero), value in sorted(means.items(), key=lambda kv: -kv[1])})
-    return deployment, (model if uses_predictor else None)
+    return deployment, model
 
 
 def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predictor: Any = None) -> Path:
@@ -128,7 +129,7 @@ def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predic
     from .predictor import save_predictor
 
     path = Path(path)
-    if deployment.predictor is not None:
+    if deployment.predictor is not None:  # only policies that plan per sample need it
         if predictor is None:
             raise ValueError(f"the deployment of {deployment.policy!r} needs its predictor to be saved with it")
         save_predictor(path.parent / deployment.predictor, predictor)
