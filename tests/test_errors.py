@@ -264,19 +264,19 @@ def _interrupt_soon(delay: float) -> threading.Timer:
 @pytest.mark.skipif(threading.current_thread() is not threading.main_thread(), reason="signals go to the main thread")
 @pytest.mark.parametrize("batch", [False, True])
 def test_native_search_is_interruptible(batch):
-    """Ctrl-C reaches a long native search (GIL released) within a fraction of a second."""
-    et = einet.ETProfile(np.ones(256), np.full(256, 0.1))  # uninterrupted: about 10 s per sample
-    scores = np.random.default_rng(0).random(256)
-    arguments = {"et": et, "dist": einet.Uniform(0.0, 280.0), "method": "random", "budget": 10**7}
+    """Ctrl-C reaches a long native search (GIL released) within a fraction of a second.
+
+    One search is capped at about a second of work (MAX_SEARCH_WORK_LOG2), so the long call is
+    a batch: on the calling thread alone (batch=False) or on two threads."""
+    et = einet.ETProfile(np.ones(100), np.full(100, 0.1))  # uninterrupted: about 0.5 s per sample
+    scores = np.random.default_rng(0).random((64, 100))
+    arguments = {"et": et, "dist": einet.Uniform(0.0, 110.0), "method": "random", "budget": 10**6}
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         timer = _interrupt_soon(0.3)
         begin = time.perf_counter()
         with pytest.raises(KeyboardInterrupt):
-            if batch:
-                einet.search_batch(np.tile(scores, (4, 1)), threads=2, **arguments)
-            else:
-                einet.search(scores, **arguments)
+            einet.search_batch(scores, threads=2 if batch else 1, **arguments)
         elapsed = time.perf_counter() - begin
         timer.join()
     finally:

@@ -9,6 +9,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <mutex>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -22,7 +23,56 @@
 
 namespace py = pybind11;
 
+namespace einet_binding {
+/// pybind11 (through 3.1 at least: pybind/pybind11#6153) lets `Cls.__new__(Cls)` make an instance
+/// whose C++ object was never constructed, and hands it to bound code as if it were one: a
+/// Uniform with garbage bounds, a crash for Empirical, Predictor and OnlineSession. Every einet
+/// type therefore loads through a caster that first checks that the object was constructed.
+inline bool unconstructed(py::handle src, const std::type_info& type) {
+    const py::detail::type_info* info = py::detail::get_type_info(type);
+    if (info == nullptr || !src || !PyObject_TypeCheck(src.ptr(), info->type)) return false;
+    return !reinterpret_cast<py::detail::instance*>(src.ptr())->get_value_and_holder().holder_constructed();
+}
+
+/// One OnlineSession and the lock that keeps its state consistent when several Python threads
+/// use it: observe() runs without the GIL, so begin() or another observe() could otherwise
+/// change the session under it.
+struct LockedSession {
+    template <class... Args>
+    explicit LockedSession(Args&&... args) : session(std::forward<Args>(args)...) {}
+    einet::OnlineSession session;
+    std::mutex mutex;
+};
+}  // namespace einet_binding
+
+namespace pybind11 {
+namespace detail {
+#define EINET_CONSTRUCTED_CASTER(T)                                                                           \
+    template <>                                                                                               \
+    class type_caster<T> : public type_caster_base<T> {                                                       \
+    public:                                                                                                   \
+        bool load(handle src, bool convert) {                                                                 \
+            if (einet_binding::unconstructed(src, typeid(T))) {                                              \
+                throw value_error(std::string(py::str(py::type::of(src).attr("__name__"))) +                  \
+                                  " object was never initialised (made by __new__ without __init__)");        \
+            }                                                                                                 \
+            return type_caster_base<T>::load(src, convert);                                                   \
+        }                                                                                                     \
+    }
+EINET_CONSTRUCTED_CASTER(einet::Uniform);
+EINET_CONSTRUCTED_CASTER(einet::Normal);
+EINET_CONSTRUCTED_CASTER(einet::Exponential);
+EINET_CONSTRUCTED_CASTER(einet::Empirical);
+EINET_CONSTRUCTED_CASTER(einet::Deterministic);
+EINET_CONSTRUCTED_CASTER(einet::Predictor);
+EINET_CONSTRUCTED_CASTER(einet_binding::LockedSession);
+#undef EINET_CONSTRUCTED_CASTER
+}  // namespace detail
+}  // namespace pybind11
+
 namespace {
+
+using einet_binding::LockedSession;
 
 using Doubles = py::array_t<double, py::array::c_style | py::array::forcecast>;
 
@@ -202,6 +252,27 @@ auto without_gil_interruptibly(Call&& call) {
     }
 }
 
+/// Entry i of a distribution's pickled state, which must be a tuple of `size` numbers:
+/// ValueError or TypeError for any other state (a crafted pickle), never a C++ cast error.
+double state_number(const py::tuple& state, std::size_t size, std::size_t i, const char* type) {
+    if (state.size() != size) {
+        throw py::value_error(std::string(type) + " state must be a tuple of " + std::to_string(size) +
+                              " numbers, got " + std::to_string(state.size()) + " entries");
+    }
+    const py::handle entry = state[i];
+    if (!PyFloat_Check(entry.ptr()) && !PyLong_Check(entry.ptr())) {
+        throw py::type_error(std::string(type) + " state entries must be numbers, got " +
+                             std::string(py::repr(entry)));
+    }
+    const double value = PyFloat_AsDouble(entry.ptr());
+    if (value == -1.0 && PyErr_Occurred()) {  // an int too large for a double
+        PyErr_Clear();
+        throw py::value_error(std::string(type) + " state entry " + std::string(py::repr(entry)) +
+                              " does not fit in a float");
+    }
+    return value;
+}
+
 template <class Dist>
 py::array_t<double> vectorized_cdf(const Dist& dist, const Doubles& t) {
     py::array_t<double> out(std::vector<py::ssize_t>(t.shape(), t.shape() + t.ndim()));
@@ -233,6 +304,7 @@ PYBIND11_MODULE(_core, m) {
     m.attr("MAX_HYBRID_DEPTH") = einet::kMaxHybridDepth;
     m.attr("MAX_HYBRID_WORK_LOG2") = einet::kMaxHybridWorkLog2;
     m.attr("MAX_RANDOM_BUDGET") = einet::kMaxRandomBudget;
+    m.attr("MAX_SEARCH_WORK_LOG2") = einet::kMaxSearchWorkLog2;
     m.attr("MAX_THREADS") = einet::kMaxThreads;
 
     py::class_<einet::Uniform> uniform(m, "Uniform", "Exit time uniform on [low, high]: F(t) = (t - low) / (high - low), clamped.");
@@ -244,7 +316,9 @@ PYBIND11_MODULE(_core, m) {
                    ", high=" + std::string(py::repr(py::float_(d.high))) + ")";
         })
         .def(py::pickle([](const einet::Uniform& d) { return py::make_tuple(d.low, d.high); },
-                        [](const py::tuple& s) { return einet::Uniform(s[0].cast<double>(), s[1].cast<double>()); }));
+                        [](const py::tuple& s) {
+                            return einet::Uniform(state_number(s, 2, 0, "Uniform"), state_number(s, 2, 1, "Uniform"));
+                        }));
     add_cdf<einet::Uniform>(uniform);
 
     py::class_<einet::Normal> normal(m, "Normal",
@@ -259,7 +333,9 @@ PYBIND11_MODULE(_core, m) {
                    ", std=" + std::string(py::repr(py::float_(d.std))) + ")";
         })
         .def(py::pickle([](const einet::Normal& d) { return py::make_tuple(d.mean, d.std); },
-                        [](const py::tuple& s) { return einet::Normal(s[0].cast<double>(), s[1].cast<double>()); }));
+                        [](const py::tuple& s) {
+                            return einet::Normal(state_number(s, 2, 0, "Normal"), state_number(s, 2, 1, "Normal"));
+                        }));
     add_cdf<einet::Normal>(normal);
 
     py::class_<einet::Exponential> exponential(m, "Exponential", "Exit time exponential: F(t) = 1 - exp(-rate t).");
@@ -269,7 +345,7 @@ PYBIND11_MODULE(_core, m) {
             return "Exponential(rate=" + std::string(py::repr(py::float_(d.rate))) + ")";
         })
         .def(py::pickle([](const einet::Exponential& d) { return py::make_tuple(d.rate); },
-                        [](const py::tuple& s) { return einet::Exponential(s[0].cast<double>()); }));
+                        [](const py::tuple& s) { return einet::Exponential(state_number(s, 1, 0, "Exponential")); }));
     add_cdf<einet::Exponential>(exponential);
 
     py::class_<einet::Empirical> empirical(m, "Empirical", "Exit time drawn from measured samples: F(t) = share of samples <= t.");
@@ -293,8 +369,14 @@ PYBIND11_MODULE(_core, m) {
                 return py::make_tuple(py::array_t<double>(static_cast<py::ssize_t>(d.sorted->size()), d.sorted->data()));
             },
             [](const py::tuple& s) {
-                const auto samples = s[0].cast<Doubles>();
-                return einet::Empirical(std::vector<double>(samples.data(), samples.data() + samples.size()));
+                if (s.size() != 1) {
+                    throw py::value_error("Empirical state must be a tuple of one array, got " +
+                                          std::to_string(s.size()) + " entries");
+                }
+                const auto samples = Doubles::ensure(s[0]);
+                if (!samples) throw py::type_error("Empirical state must hold an array of numbers");
+                const auto view = vector_of(samples, "samples");
+                return einet::Empirical(std::vector<double>(view.begin(), view.end()));
             }));
     add_cdf<einet::Empirical>(empirical);
 
@@ -305,7 +387,7 @@ PYBIND11_MODULE(_core, m) {
             return "Deterministic(deadline=" + std::string(py::repr(py::float_(d.deadline))) + ")";
         })
         .def(py::pickle([](const einet::Deterministic& d) { return py::make_tuple(d.deadline); },
-                        [](const py::tuple& s) { return einet::Deterministic(s[0].cast<double>()); }));
+                        [](const py::tuple& s) { return einet::Deterministic(state_number(s, 1, 0, "Deterministic")); }));
     add_cdf<einet::Deterministic>(deterministic);
 
     py::class_<einet::Predictor>(m, "Predictor",
@@ -330,9 +412,9 @@ PYBIND11_MODULE(_core, m) {
             },
             py::arg("observed"), py::arg("mask"), "Every exit's score from the observed ones.");
 
-    py::class_<einet::OnlineSession>(m, "OnlineSession",
-                                     "EINet's per-sample loop held natively: begin(), run_branch(block), "
-                                     "observe(block, confidence, elapsed).")
+    py::class_<LockedSession>(m, "OnlineSession",
+                              "EINet's per-sample loop held natively: begin(), run_branch(block), "
+                              "observe(block, confidence, elapsed). Safe to share between threads (one lock).")
         .def(py::init([](const einet::Predictor& predictor, const Doubles& conv, const Doubles& branch,
                          const py::handle& dist_object, const std::string& rule, const std::string& method,
                          std::size_t depth, std::uint64_t budget, std::uint64_t seed, const py::array& first_plan,
@@ -340,18 +422,38 @@ PYBIND11_MODULE(_core, m) {
                  const auto conv_view = vector_of(conv, "conv");
                  const auto branch_view = vector_of(branch, "branch");
                  const auto plan = plan_bytes(first_plan);
-                 return einet::OnlineSession(
-                     predictor, {conv_view.begin(), conv_view.end()}, {branch_view.begin(), branch_view.end()},
-                     to_distribution(dist_object), einet::parse_rule(rule), make_options(method, depth, budget, seed),
-                     {plan.data(), plan.data() + plan.size()}, margin);
+                 if (plan.ndim() != 1) {
+                     throw std::invalid_argument("first_plan must be 1-D, got shape " + shape_of(plan));
+                 }
+                 return new LockedSession(
+                     predictor, std::vector<double>(conv_view.begin(), conv_view.end()),
+                     std::vector<double>(branch_view.begin(), branch_view.end()), to_distribution(dist_object),
+                     einet::parse_rule(rule), make_options(method, depth, budget, seed),
+                     std::vector<std::uint8_t>(plan.data(), plan.data() + plan.size()), margin);
              }),
              py::arg("predictor"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("rule"),
              py::arg("method"), py::arg("depth"), py::arg("budget"), py::arg("seed"), py::arg("first_plan"),
              py::arg("margin"))
-        .def("begin", &einet::OnlineSession::begin)
-        .def("run_branch", &einet::OnlineSession::run_branch, py::arg("block"))
-        .def("observe", &einet::OnlineSession::observe, py::arg("block"), py::arg("confidence"), py::arg("elapsed"),
-             py::call_guard<py::gil_scoped_release>());
+        // Only observe holds the lock without the GIL, and it never asks for the GIL while it
+        // holds the lock, so begin and run_branch may wait for the lock with the GIL held (they
+        // stay cheap calls between two blocks of the inference): no thread can deadlock on it.
+        .def("begin",
+             [](LockedSession& s) {
+                 const std::lock_guard<std::mutex> lock(s.mutex);
+                 s.session.begin();
+             })
+        .def("run_branch",
+             [](LockedSession& s, std::size_t block) {
+                 const std::lock_guard<std::mutex> lock(s.mutex);
+                 return s.session.run_branch(block);
+             },
+             py::arg("block"))
+        .def("observe",
+             [](LockedSession& s, std::size_t block, double confidence, double elapsed) {
+                 const std::lock_guard<std::mutex> lock(s.mutex);
+                 s.session.observe(block, confidence, elapsed);
+             },
+             py::arg("block"), py::arg("confidence"), py::arg("elapsed"), py::call_guard<py::gil_scoped_release>());
 
     m.def(
         "online_step",

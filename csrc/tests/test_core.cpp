@@ -147,6 +147,7 @@ void test_batches(std::mt19937_64& rng) {
 void test_errors(std::mt19937_64& rng) {
     const Case c = random_case(rng, 4, 0);
     CHECK(throws_invalid_argument([] { einet::Uniform(1.0, 1.0); }));
+    CHECK(throws_invalid_argument([] { einet::Uniform(-1.7e308, 1.7e308); }));  // the width overflows
     CHECK(throws_invalid_argument([] { einet::Normal(0.0, 0.0); }));
     CHECK(throws_invalid_argument([] { einet::Exponential(-1.0); }));
     CHECK(throws_invalid_argument([] { einet::Empirical(std::vector<double>{}); }));
@@ -233,8 +234,34 @@ void test_work_caps(std::mt19937_64& rng) {
     CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::hybrid, 20}); }));
     CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::random, 4, 10'000'001}); }));
     CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 33); }));
-    einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 32);  // 2^20 x 32 = 2^25: allowed
+    // 2^20 x 32 = 2^25 passes the prefix cap, but 2^20 greedy completions over 12 blocks exceed the work cap.
+    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 32); }));
+    einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 21);
     einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 1);
+    // The work cap (2^27 block steps) bounds every search's time, also where depth and budget are small.
+    einet::validate(einet::SearchOptions{einet::Method::greedy}, 926);
+    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::greedy}, 927); }));
+    einet::validate(einet::SearchOptions{einet::Method::hybrid, 4}, 358);
+    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 4}, 359); }));
+    einet::validate(einet::SearchOptions{einet::Method::random, 4, 10'000'000}, 13);
+    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::random, 4, 1000}, 200'000); }));
+    einet::validate(einet::SearchOptions{einet::Method::exhaustive}, 25);
+    // Steps weigh what their CDF costs: erfc for Normal, a binary search for Empirical.
+    const einet::Distribution normal = einet::Normal(1.0, 1.0);
+    const einet::Distribution big_trace = einet::Empirical(std::vector<double>(1 << 20, 1.0));
+    CHECK(einet::detail::cdf_cost(big_trace) == 7.0);
+    CHECK(einet::detail::cdf_cost(normal) == 4.0);
+    CHECK(einet::detail::cdf_cost(einet::Uniform(0.0, 1.0)) == 1.0);
+    einet::validate(einet::SearchOptions{einet::Method::exhaustive}, 24, einet::detail::cdf_cost(normal));
+    CHECK(throws_invalid_argument([&] {
+        einet::validate(einet::SearchOptions{einet::Method::exhaustive}, 25, einet::detail::cdf_cost(normal));
+    }));
+    CHECK(throws_invalid_argument([&] {
+        einet::validate(einet::SearchOptions{einet::Method::greedy}, 926, einet::detail::cdf_cost(big_trace));
+    }));
+    CHECK(throws_invalid_argument([&] {
+        einet::validate(einet::SearchOptions{einet::Method::greedy}, std::numeric_limits<std::size_t>::max());
+    }));
     CHECK(throws_invalid_argument([] { einet::detail::pow2(64); }));
     CHECK(einet::detail::pow2(63) == std::uint64_t{1} << 63);
     std::vector<double> scores(4 * 64, 0.5), elapsed(4, 0.0), held(4, 0.0), values(4);
@@ -262,7 +289,7 @@ void test_stop_check(std::mt19937_64& rng) {
     const auto in = c.instance(0, 0.0, 0.0, einet::Rule::latest);
     // Each search asks about every kPollInterval evaluations, and stops when told.
     for (const einet::SearchOptions options : {einet::SearchOptions{einet::Method::random, 4, 200'000},
-                                               einet::SearchOptions{einet::Method::hybrid, 12}}) {
+                                               einet::SearchOptions{einet::Method::hybrid, 11}}) {
         int asked = 0;
         const einet::StopCheck never = [&] { return ++asked < 0; };
         const auto plan = einet::search(in, c.dist, options, never);

@@ -18,6 +18,12 @@ from . import _core
 from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
 from ._core import Predictor as NativePredictor
 
+__all__ = [
+    "METHODS", "RULES", "ArrayLike", "BatchPlans", "Deterministic", "Distribution", "ETProfile", "Empirical",
+    "Exponential", "NativePredictor", "Normal", "OnlineStep", "Plan", "Uniform", "expected_accuracy", "online_step",
+    "search", "search_batch",
+]
+
 Distribution = Union[Uniform, Normal, Exponential, Empirical, Deterministic]
 ArrayLike = npt.ArrayLike
 
@@ -25,8 +31,20 @@ RULES = ("latest", "best")
 METHODS = ("exhaustive", "greedy", "hybrid", "random")
 
 
+def _real_array(values: ArrayLike, name: str, copy: bool = False) -> npt.NDArray[np.float64]:
+    """`values` as float64 (a new array if `copy`): TypeError for complex numbers (never silently
+    made real), ValueError for an int too large for a float (where numpy raises OverflowError)."""
+    try:
+        array = np.asarray(values)
+        if array.dtype.kind == "c":
+            raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
+        return np.array(array, dtype=np.float64) if copy else np.asarray(array, dtype=np.float64)
+    except OverflowError:
+        raise ValueError(f"{name} holds a number too large for a float") from None
+
+
 def _times(values: ArrayLike, name: str) -> npt.NDArray[np.float64]:
-    times = np.array(values, dtype=np.float64)
+    times = _real_array(values, f"{name} times", copy=True)
     if times.ndim != 1:
         raise ValueError(f"{name} times must be 1-D, got shape {times.shape}")
     bad = ~np.isfinite(times) | (times < 0)
@@ -115,7 +133,7 @@ def expected_accuracy(
     held: float = 0.0,
     rule: str = "latest",
 ) -> float | npt.NDArray[np.float64]:
-    """E(x): the probability that the answer held at the forced exit is right (DESIGN.md section 2).
+    """E(x): the probability that the answer held at the forced exit is right (docs/design.md section 2, the objective).
 
     ``mask`` is one plan (1-D, length N - start) or many plans (2-D, one per row);
     ``scores`` has one entry per block. Many plans are evaluated in one native call.
@@ -148,8 +166,13 @@ def search(
 
     The work is capped up front (ValueError beyond): ``depth <= 20`` and
     ``2^min(depth, N - start) * (N - start) <= 2^25`` for hybrid, ``budget <= 10^7``
-    for random (``_core.MAX_*``). The GIL is released; Ctrl-C still interrupts
-    the search within about 0.1 s (KeyboardInterrupt).
+    for random, at most 25 blocks for exhaustive, and for every search a worst-case
+    count of block steps, each weighted by its CDF's cost (Uniform and Deterministic 1,
+    Exponential 2, Normal 4, Empirical 2 + log2(samples)/4), of at most ``2^27``:
+    under a second. With a Uniform exit time that is greedy over at most 926 blocks,
+    hybrid at depth 4 over at most 358, random with ``budget * (N - start) <= 2^27``
+    (``_core.MAX_*``). The GIL is released; Ctrl-C still interrupts the search
+    within about 0.1 s (KeyboardInterrupt).
     """
     _check_et(et)
     mask, value, evaluations = _core.search(
@@ -181,13 +204,14 @@ def search_batch(
     running meanwhile, and Ctrl-C interrupts the batch as it does ``search``.
     """
     _check_et(et)
-    scores = np.asarray(scores, dtype=np.float64)
+    scores = _real_array(scores, "batch scores")
     if scores.ndim != 2:
         raise ValueError(f"batch scores must be 2-D [samples, blocks], got shape {scores.shape}")
     per_sample = (scores.shape[0],)
+    elapsed_array, held_array = _real_array(elapsed, "elapsed"), _real_array(held, "held")
     try:
-        elapsed = np.ascontiguousarray(np.broadcast_to(np.asarray(elapsed, dtype=np.float64), per_sample))
-        held = np.ascontiguousarray(np.broadcast_to(np.asarray(held, dtype=np.float64), per_sample))
+        elapsed = np.ascontiguousarray(np.broadcast_to(elapsed_array, per_sample))
+        held = np.ascontiguousarray(np.broadcast_to(held_array, per_sample))
     except ValueError:
         raise ValueError(
             f"elapsed and held must be scalars or have one entry per sample ({per_sample[0]}), "

@@ -43,6 +43,11 @@ struct Uniform {
             throw std::invalid_argument("Uniform needs low < high, got low=" + std::to_string(low) +
                                         " high=" + std::to_string(high));
         }
+        // A width that overflows would make F 0 for every finite t and NaN at t = inf.
+        if (!std::isfinite(high - low)) {
+            throw std::invalid_argument("Uniform needs a finite width high - low, got low=" + std::to_string(low) +
+                                        " high=" + std::to_string(high));
+        }
     }
     // Operand order matters: std::max(x, 0.0) and std::min(x, 1.0) return x when x is NaN.
     double cdf(double t) const { return std::min(std::max((t - low) / (high - low), 0.0), 1.0); }

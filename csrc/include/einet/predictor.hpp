@@ -135,7 +135,7 @@ public:
           dist_(std::move(dist)), rule_(rule), options_(options), first_plan_(std::move(first_plan)),
           margin_(margin) {
         validate_profile({conv_.data(), conv_.size()}, {branch_.data(), branch_.size()});
-        validate(options_, conv_.size());
+        validate(options_, conv_.size(), detail::cdf_cost(dist_));
         if (predictor_.num_exits() != conv_.size()) {
             throw std::invalid_argument("the predictor covers " + std::to_string(predictor_.num_exits()) +
                                         " exits but the ET-profile has " + std::to_string(conv_.size()) + " blocks");

@@ -1,4 +1,4 @@
-// Exit-plan searches (DESIGN.md section 3): exhaustive, greedy, hybrid(depth), random.
+// Exit-plan searches (docs/design.md section 4, the search engine): exhaustive, greedy, hybrid(depth), random.
 //
 // Every search returns the plan, its E and how many plans it evaluated. Values
 // within kTieTolerance of each other count as equal, so that rounding noise of
@@ -7,9 +7,10 @@
 // the same rules, so both return the same plans.
 //
 // The work of a search is bounded up front (validate refuses what would run for
-// hours: exhaustive over more than 25 blocks, hybrid deeper than 20 or above a
-// work cap, a random budget above 10^7), and a long search can be abandoned
-// through a StopCheck that it asks about every kPollInterval evaluations.
+// more than about a second: exhaustive over more than 25 blocks, hybrid deeper
+// than 20, a random budget above 10^7, and any search whose worst-case count of
+// block steps, weighted by the CDF's cost, exceeds 2^27), and a long search can be abandoned through a
+// StopCheck that it asks about every kPollInterval evaluations.
 // The public entry points (search, search_batch) validate everything; the
 // unchecked per-method searches live in einet::detail.
 #pragma once
@@ -17,6 +18,7 @@
 #include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -40,6 +42,7 @@ inline constexpr std::size_t kMaxExhaustiveBlocks = 25;   // exhaustive: 2^n pla
 inline constexpr std::size_t kMaxHybridDepth = 20;        // hybrid: 2^depth greedy completions...
 inline constexpr unsigned kMaxHybridWorkLog2 = 25;        // ...and 2^min(depth, n) * n <= 2^25
 inline constexpr std::uint64_t kMaxRandomBudget = 10'000'000;  // random: plans drawn
+inline constexpr unsigned kMaxSearchWorkLog2 = 27;        // any search: at most 2^27 weighted block steps (< 1 s)
 inline constexpr std::size_t kMaxThreads = 256;           // search_batch threads
 inline constexpr std::uint64_t kPollInterval = 1 << 14;   // evaluations between two stop checks
 
@@ -97,9 +100,59 @@ struct SearchOptions {
     std::uint64_t seed = 0;        // random: generator seed
 };
 
+namespace detail {
+/// Upper bound on the block steps (one CDF and a few flops each) of greedy_from with `free`
+/// positions it may add branches at, among `n` remaining blocks (so at most n - free branches set
+/// before it starts): at most free + 1 rounds; round i scores at most free - i candidates, each
+/// walking the at most (n - free) + i + 1 branches after it, and then rebuilds the plan (n + 1 steps).
+/// The sum of (free - i)(n - free + i + 1) over the rounds is below the first term.
+inline double greedy_work(double free, double n) {
+    return (free + 1.0) * (free + 1.0) * (free + 3.0 * (n - free) + 3.0) / 6.0 + (free + 1.0) * (n + 1.0);
+}
+
+/// Worst-case block steps of a search over `remaining` blocks (in double: no overflow).
+/// Exhaustive search walks a tree of 2^(n+1) nodes (the plans share their prefixes).
+inline double search_work(const SearchOptions& options, std::size_t remaining) {
+    const double n = static_cast<double>(remaining);
+    switch (options.method) {
+        case Method::exhaustive: return std::ldexp(1.0, static_cast<int>(std::min<std::size_t>(remaining, 1000)) + 1);
+        case Method::greedy: return greedy_work(n, n);
+        case Method::hybrid: {
+            const std::size_t k = std::min(options.depth, remaining);
+            return greedy_work(n, n) + std::ldexp(greedy_work(n - static_cast<double>(k), n), static_cast<int>(k));
+        }
+        case Method::random: return static_cast<double>(options.budget) * std::max(n, 1.0);
+    }
+    return 0.0;
+}
+
+/// Relative cost of one block step with the distribution's CDF (measured: a few ns for
+/// Uniform and Deterministic, about 2x that with expm1, 4x with erfc); Empirical's CDF is a
+/// binary search over its samples, dearer the larger the trace (cache misses).
+inline double cdf_cost(const Distribution& dist) {
+    if (std::holds_alternative<Exponential>(dist)) return 2.0;
+    if (std::holds_alternative<Normal>(dist)) return 4.0;
+    if (const auto* empirical = std::get_if<Empirical>(&dist)) {
+        return 2.0 + std::log2(static_cast<double>(empirical->sorted->size())) / 4.0;
+    }
+    return 1.0;
+}
+
+inline const char* method_name(Method method) {
+    switch (method) {
+        case Method::exhaustive: return "exhaustive";
+        case Method::greedy: return "greedy";
+        case Method::hybrid: return "hybrid";
+        case Method::random: return "random";
+    }
+    return "?";
+}
+}  // namespace detail
+
 /// Checks the options against the number of blocks to plan: refuses every search that
-/// would run unboundedly long (see the caps above).
-inline void validate(const SearchOptions& options, std::size_t remaining) {
+/// would run unboundedly long (see the caps above). `cdf_cost`: detail::cdf_cost of the
+/// distribution searched with (the work cap counts block steps weighted by it).
+inline void validate(const SearchOptions& options, std::size_t remaining, double cdf_cost = 1.0) {
     if (options.method == Method::exhaustive && remaining > kMaxExhaustiveBlocks) {
         throw std::invalid_argument("exhaustive search over " + std::to_string(remaining) +
                                     " blocks refused: at most " + std::to_string(kMaxExhaustiveBlocks));
@@ -124,6 +177,20 @@ inline void validate(const SearchOptions& options, std::size_t remaining) {
     if (options.method == Method::random && options.budget > kMaxRandomBudget) {
         throw std::invalid_argument("random search budget=" + std::to_string(options.budget) +
                                     " refused: at most " + std::to_string(kMaxRandomBudget));
+    }
+    // The caps above bound the depth and the budget, not how the work grows with the blocks
+    // (greedy is cubic in them): this one bounds the time of every search.
+    const double work = detail::search_work(options, remaining) * cdf_cost;
+    if (work > std::ldexp(1.0, kMaxSearchWorkLog2)) {
+        std::string what = std::string(detail::method_name(options.method)) + " search over " +
+                           std::to_string(remaining) + " blocks";
+        if (options.method == Method::hybrid) what += " at depth=" + std::to_string(options.depth);
+        if (options.method == Method::random) what += " with budget=" + std::to_string(options.budget);
+        throw std::invalid_argument(what + " refused: up to 2^" +
+                                    std::to_string(static_cast<int>(std::ceil(std::log2(work)))) +
+                                    " (CDF-weighted) block steps exceed the work cap, at most 2^" +
+                                    std::to_string(kMaxSearchWorkLog2) +
+                                    "; plan fewer blocks, or use a smaller depth or budget");
     }
 }
 
@@ -313,7 +380,7 @@ Plan search(const Instance& in, const Dist& dist, const SearchOptions& options, 
 inline Plan search(const Instance& in, const Distribution& dist, const SearchOptions& options,
                    const StopCheck& should_stop = {}) {
     validate(in);
-    validate(options, in.remaining());
+    validate(options, in.remaining(), detail::cdf_cost(dist));
     return std::visit([&](const auto& d) { return detail::search(in, d, options, should_stop); }, dist);
 }
 
@@ -345,7 +412,7 @@ inline void search_batch(Span<double> conv, Span<double> branch, const double* s
         validate_state(start, elapsed[row], held[row], num_blocks);
     }
     const std::size_t n = num_blocks - start;
-    validate(options, n);
+    validate(options, n, detail::cdf_cost(dist));
     if (threads > kMaxThreads) {
         throw std::invalid_argument("threads=" + std::to_string(threads) + " refused: at most " +
                                     std::to_string(kMaxThreads) + " (0: one per core)");
