@@ -31,7 +31,7 @@ def _upper_tail(z: float) -> float:
 
 
 def cdf(dist: Distribution, t: float) -> float:
-    """F(t) of an exit-time distribution, from its parameters alone (DESIGN.md section 2).
+    """F(t) of an exit-time distribution, from its parameters alone (docs/design.md section 3, distributions).
 
     As the native ``cdf``: NaN in gives NaN out for every distribution; F(-inf) = 0, F(inf) = 1.
     """
@@ -203,3 +203,98 @@ def search_batch(scores: ArrayLike, et: ETProfile, dist: Distribution, method: s
         np.array([p.value for p in plans], dtype=np.float64),
         np.array([p.evaluations for p in plans], dtype=np.uint64),
     )
+
+
+class Predictor:
+    """The confidence-score predictor's MLP in plain Python: the oracle for ``einet.NativePredictor``.
+
+    Same constructor arguments (``weights[k]`` is [out, in] as torch's nn.Linear stores it,
+    ``biases[k]`` is [out]); ReLU hidden layers, sigmoid out. The input is [observed scores
+    (0 where not observed), observation mask]. Each output is summed in the native order
+    (bias first, then the inputs one by one) with Python floats, so the scores are bit-identical
+    to the native ones (numpy's matmul sums in another order). Not validated.
+    """
+
+    def __init__(self, weights: Sequence[ArrayLike], biases: Sequence[ArrayLike], calibrated: bool) -> None:
+        self.weights = [np.asarray(w, dtype=np.float64).tolist() for w in weights]
+        self.biases = [np.asarray(b, dtype=np.float64).tolist() for b in biases]
+        self.calibrated = bool(calibrated)
+
+    @property
+    def num_exits(self) -> int:
+        return len(self.biases[-1])
+
+    def predict(self, observed: ArrayLike, mask: ArrayLike) -> npt.NDArray[np.float64]:
+        """Every exit's score; observed exits keep their value unless the predictor is calibrated."""
+        seen = [bool(m) for m in np.asarray(mask).tolist()]
+        values = [float(v) for v in np.asarray(observed, dtype=np.float64).tolist()]
+        current = [v if s else 0.0 for v, s in zip(values, seen)] + [1.0 if s else 0.0 for s in seen]
+        last = len(self.weights) - 1
+        for k, (weight, bias) in enumerate(zip(self.weights, self.biases)):
+            following = []
+            for row, total in zip(weight, bias):
+                for w, x in zip(row, current):
+                    total += w * x
+                following.append(max(0.0, total) if k < last else 1.0 / (1.0 + math.exp(-total)))
+            current = following
+        return np.array([v if (s and not self.calibrated) else c for v, s, c in zip(values, seen, current)])
+
+
+class OnlineSession:
+    """A pure-Python model of ``einet._core.OnlineSession``: EINet's per-sample loop (the oracle).
+
+    Same constructor arguments as the native session, with a :class:`Predictor` (or any object
+    with ``predict(observed, mask)``) in place of the native one. ``begin()`` starts a sample with
+    ``first_plan``; ``run_branch(block)`` says whether the current plan runs that block's branch;
+    ``observe(block, confidence, elapsed)`` records a finished branch, moves the held answer (rule
+    ``latest``: that branch; ``best``: it if strictly more confident than every earlier one), then,
+    unless it was the last block, predicts every exit's score, credits the held exit its predicted
+    score (0 with none held) and re-plans blocks block+1..N-1 with :func:`search`. With ``margin`` > 0
+    the current plan is kept unless the new one's E beats the current plan's E under the same
+    predicted scores by more than ``margin``. Inputs are not validated.
+    """
+
+    def __init__(self, predictor: Predictor, conv: ArrayLike, branch: ArrayLike, dist: Distribution, rule: str,
+                 method: str, depth: int, budget: int, seed: int, first_plan: ArrayLike, margin: float) -> None:
+        self.predictor = predictor
+        self.et = ETProfile(conv, branch)
+        self.dist, self.rule, self.method = dist, rule, method
+        self.depth, self.budget, self.seed = depth, budget, seed
+        self.first_plan = [bool(b) for b in np.asarray(first_plan).tolist()]
+        self.margin = float(margin)
+        self.begin()
+
+    def begin(self) -> None:
+        n = self.et.num_blocks
+        self.observed = [0.0] * n
+        self.seen = [False] * n
+        self.plan = list(self.first_plan)
+        self.plan_start = 0
+        self.held_exit = -1
+        self.best_confidence = -1.0
+
+    def run_branch(self, block: int) -> bool:
+        return self.plan_start <= block < self.plan_start + len(self.plan) and self.plan[block - self.plan_start]
+
+    def observe(self, block: int, confidence: float, elapsed: float) -> None:
+        n = self.et.num_blocks
+        self.observed[block] = confidence
+        self.seen[block] = True
+        if self.rule == "latest" or confidence > self.best_confidence:
+            self.held_exit = block
+            self.best_confidence = max(confidence, self.best_confidence)
+        if block + 1 >= n:
+            return
+        start = block + 1
+        scores = self.predictor.predict(self.observed, self.seen)
+        held = float(scores[self.held_exit]) if self.held_exit >= 0 else 0.0
+        plan = search(scores, self.et, self.dist, self.method, self.depth, start, elapsed, held, self.rule,
+                      self.budget, self.seed)
+        mask = [bool(b) for b in plan.mask.tolist()]
+        if self.margin > 0.0:
+            current = [self.run_branch(b) for b in range(start, n)]
+            kept = float(expected_accuracy(current, scores, self.et, self.dist, start, elapsed, held, self.rule))
+            if plan.value <= kept + self.margin:
+                mask = current
+        self.plan = mask
+        self.plan_start = start
