@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import numpy as np
 
@@ -67,7 +67,7 @@ def write_arrays(path: str | os.PathLike[str], kind: str, arrays: Mapping[str, n
     path = Path(path)
     header = json.dumps({"format": "einet", "version": FORMAT_VERSION, "kind": kind, "meta": dict(meta or {})})
     with atomic_write(path) as f:
-        np.savez_compressed(f, __header__=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)
+        np.savez_compressed(f, __header__=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)  # type: ignore[arg-type]
     return path
 
 
@@ -149,7 +149,8 @@ def read_arrays(path: str | os.PathLike[str], kind: str,
     return arrays, header.get("meta", {})
 
 
-def _require(path: Path | str, arrays: Mapping[str, np.ndarray], shapes: Mapping[str, tuple[int, ...]]) -> None:
+def _require(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],
+             shapes: Mapping[str, tuple[int, ...]]) -> None:
     """Each named array must exist with the given shape; negative entries (BLOCKS, SAMPLES) name
     sizes that must agree across arrays."""
     sizes: dict[int, int] = {}
@@ -251,7 +252,7 @@ class CSProfile:
         return self.log_probs is not None
 
     def accuracy_per_exit(self) -> np.ndarray:
-        return self.correct.mean(axis=0)
+        return cast(np.ndarray, self.correct.mean(axis=0))
 
     def dense_log_probs(self) -> np.ndarray:
         """float32 [S, N, C] log-probabilities; classes beyond the stored top K get the smallest stored value."""
@@ -274,8 +275,9 @@ class CSProfile:
                          self.labels[indices], dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        arrays = {"confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int16),
-                  "correct": self.correct.astype(bool), "labels": self.labels.astype(np.int16)}
+        arrays: dict[str, np.ndarray] = {
+            "confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int16),
+            "correct": self.correct.astype(bool), "labels": self.labels.astype(np.int16)}
         if self.log_probs is not None:
             arrays["log_probs"] = self.log_probs.astype(np.float16)
         if self.log_prob_classes is not None:
@@ -316,8 +318,8 @@ def _timer(device: torch.device) -> Any:
     if device.type == "cuda":
         class CudaTimer:
             def __init__(self) -> None:
-                self.start_event = torch.cuda.Event(enable_timing=True)
-                self.stop_event = torch.cuda.Event(enable_timing=True)
+                self.start_event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
+                self.stop_event = torch.cuda.Event(enable_timing=True)  # type: ignore[no-untyped-call]
 
             def start(self) -> None:
                 self.start_event.record()

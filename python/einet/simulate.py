@@ -215,7 +215,7 @@ def markdown_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
     def pct(value: object, signed: bool = False) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
-        return f"{100 * float(value):+.2f}" if signed else f"{100 * float(value):.2f}"
+        return f"{100 * float(value):+.2f}" if signed else f"{100 * float(value):.2f}"  # type: ignore[arg-type]
 
     lines = [f"**{title}**", ""] if title else []
     lines += ["| policy | accuracy (%) | 95% CI | exact (%) | EINet - policy (pp, paired) | paired 95% CI | branches |",
@@ -257,7 +257,8 @@ def _distinct_colours(count: int) -> list[tuple[float, ...]]:
     import matplotlib
 
     if count <= 20:
-        return [*matplotlib.colormaps["tab10"].colors, *matplotlib.colormaps["tab20"].colors[1::2]][:count]
+        return [*matplotlib.colormaps["tab10"].colors,  # type: ignore[attr-defined]  # ListedColormaps
+                *matplotlib.colormaps["tab20"].colors[1::2]][:count]  # type: ignore[attr-defined]
     turbo = matplotlib.colormaps["turbo"]
     return [tuple(turbo(x)) for x in np.linspace(0.05, 0.95, count)]
 
