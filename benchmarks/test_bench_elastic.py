@@ -70,7 +70,9 @@ def test_einet_against_every_baseline(benchmark, name, kind):
     assert by["clairvoyant"]["expected"] >= max(r["expected"] for r in rows) - 1e-9
 
 
-def realtime_case():
+def realtime_case(predictor: str = "predictor.npz"):
+    from einet.predictor_file import load_native_predictor
+
     name = "b_alexnet_w05_cpu"
     if not (folder(name) / "model.pt").exists() or not (SHARED / "cifar10-jpeg.zip").exists():
         pytest.skip("needs the B-AlexNet fixture and ../shared/data")
@@ -80,18 +82,21 @@ def realtime_case():
     model, _ = load_checkpoint(folder(name) / "model.pt")
     test = data.load("cifar10", SHARED / "cifar10-jpeg.zip", "test")
     images = data.dataset_for("cifar10", test, False).images
+    native, rule = load_native_predictor(folder(name) / predictor)
     return (model, ETRecord.load(folder(name) / "et.npz").profile, CSProfile.load(folder(name) / "cs-test.npz"),
-            load_predictor(folder(name) / "predictor.npz").to_native(), images, test.labels)
+            native, rule, images, test.labels)
 
 
 @pytest.mark.benchmark(group="real time")
-def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys):
+@pytest.mark.parametrize("predictor", ["predictor.npz", "predictor-ensemble.npz"], ids=["latest", "ensemble"])
+def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predictor):
+    """Rule latest, and rule ensemble with the time-zero answer (the predictor file carries the rule)."""
     from einet.baselines import EINet
     from einet.profiling import profile_et
     from einet.runtime import ElasticRuntime, run_with_deadlines
     from einet.simulate import evaluate, sample_exit_times
 
-    model, base, cs, native, images, labels = realtime_case()
+    model, base, cs, native, rule, images, labels = realtime_case(predictor)
     samples = 50 if benchmark.disabled else 3000
     chosen = np.random.default_rng(1).choice(len(labels), samples, replace=False)
     # The block times on this machine now, on real images (the committed profile is from another day),
@@ -100,14 +105,14 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys):
                       progress=False, samples=images[chosen[:500]]).profile
     dist = relative_distribution("uniform", full_inference_time(base))
     deadlines = sample_exit_times(dist, (samples,), np.random.default_rng(2))
-    with ElasticRuntime(model, EINet(native, base, dist)) as runtime:
+    with ElasticRuntime(model, EINet(native, base, dist, rule), rule=rule) as runtime:
         for k in chosen[:300]:
             runtime.infer(images[k:k + 1])
         et = runtime.calibrate(base)
-        runtime.policy = EINet(native, et, dist)
+        runtime.policy = EINet(native, et, dist, rule)
         report = benchmark.pedantic(run_with_deadlines, args=(runtime, images[chosen], labels[chosen], deadlines),
                                     kwargs={"progress": False}, rounds=1, iterations=1)
-    predicted = evaluate(EINet(native, et, dist), cs.subset(chosen), et, dist, draws=100)
+    predicted = evaluate(EINet(native, et, dist, rule), cs.subset(chosen), et, dist, draws=100, rule=rule)
     latencies = np.array(report.latencies)
     summary = {"runtime_accuracy": report.accuracy, "simulated": predicted.expected,
                "difference_pp": 100 * (report.accuracy - predicted.expected),
@@ -116,7 +121,7 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys):
                "planning_share": report.planning_share, "samples": samples}
     benchmark.extra_info.update(summary)
     with capsys.disabled():
-        print("\nreal time (B-AlexNet, CPU):", {k: round(v, 4) for k, v in summary.items()})
+        print(f"\nreal time (B-AlexNet, CPU, rule {rule.label()}):", {k: round(v, 4) for k, v in summary.items()})
     assert 0.0 <= report.accuracy <= 1.0
     difference = summary["difference_pp"]
     speed_goal(abs(difference) <= 2.0, f"runtime and simulator differ by {difference:.2f} pp")

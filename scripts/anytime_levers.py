@@ -16,7 +16,8 @@ sees only the held-out split. Differences are exact over tau, paired over test i
 their 95% interval; * marks an interval that excludes 0.
 
     python scripts/anytime_levers.py benchmarks/fixtures/vgg16_fine_w025_cpu_joint \
-        --twin benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble --out docs/levers/vgg16_fine_w025_cpu.md
+        --twin benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble \
+        benchmarks/fixtures/vgg16_fine_w025_cpu_joint_thumbnail --out docs/levers/vgg16_fine_w025_cpu.md
 """
 
 from __future__ import annotations
@@ -60,8 +61,8 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
     rules = rules_for(holdout)
     predictors = {name: fit_predictor(holdout, "correctness", epochs=epochs, rule=rule, progress=False)[0].to_native()
                   for name, rule in rules.items()}
-    log(f"{folder.name}: selecting on the held-out split")
-    deployment, deployed_predictor = select(et, holdout, kinds=kinds, predictor_epochs=epochs, progress=False)
+    log(f"{folder.name}: selecting on the held-out split, for each distribution")
+    deployed = {kind: select(et, holdout, kinds=[kind], predictor_epochs=epochs, progress=False) for kind in kinds}
     subset = test.subset(np.arange(min(knn_samples, test.num_samples)))
     results: dict[tuple[str, str], PolicyResult] = {}
     for kind in kinds:
@@ -79,12 +80,12 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
                                                                                                  rule))):
                     results[kind, f"[{subset.num_samples} images] {label}"] = evaluate(policy, subset, et, dist,
                                                                                         draws=1, rule=rule)
-        # the deployed configuration is planned for this distribution (chosen over all of them)
-        native = deployed_predictor.to_native() if deployed_predictor is not None else None
-        policy = deployment.build(et, dist, native)
+        # what a user would ship for this distribution, chosen on held-out data
+        deployment, predictor = deployed[kind]
+        policy = deployment.build(et, dist, predictor.to_native())
         results[kind, "deployed"] = evaluate(policy, test, et, dist, draws=1, rule=deployment.rule)
-    chosen = {"policy": deployment.policy, "rule": deployment.rule.label(),
-              "validation_top3": dict(list(deployment.validation.items())[:3])}
+    chosen = {kind: {"policy": d.policy, "rule": d.rule.label(),
+                     "validation_top3": dict(list(d.validation.items())[:3])} for kind, (d, _) in deployed.items()}
     return results, chosen
 
 
@@ -95,7 +96,8 @@ def test_images(folder: Path) -> int:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fixture", type=Path)
-    parser.add_argument("--twin", type=Path, help="the same model trained with another recipe (same test images)")
+    parser.add_argument("--twin", type=Path, nargs="*", default=[],
+                        help="the same model trained with another recipe, or with a thumbnail exit (same test images)")
     parser.add_argument("--dist", nargs="+", default=["uniform", "normal"])
     parser.add_argument("--knn-samples", type=int, default=2000,
                         help="test images for the (slower) nearest-neighbour reference; 0 skips it")
@@ -106,16 +108,16 @@ def main() -> None:
     recipe = CSProfile.load(args.fixture / "cs-test.npz").meta.get("recipe", "joint")
     results, chosen = configurations(args.fixture, args.dist, args.knn_samples, args.epochs)
     runs = {recipe: (results, chosen)}
-    if args.twin:
-        twin_recipe = CSProfile.load(args.twin / "cs-test.npz").meta.get("recipe", "other")
-        runs[twin_recipe] = configurations(args.twin, args.dist, args.knn_samples, args.epochs)
+    for twin in args.twin:
+        twin_recipe = CSProfile.load(twin / "cs-test.npz").meta.get("recipe", twin.name)
+        runs[twin_recipe] = configurations(twin, args.dist, args.knn_samples, args.epochs)
 
     def paper(kind: str, label: str) -> PolicyResult:
         """The paper's method on the same images as `label`."""
         prefix = label[:label.index("]") + 2] if label.startswith("[") else ""
         return results[kind, f"{prefix}EINet | latest"]
 
-    lines = [f"Fixture `{args.fixture.name}`" + (f", twin `{args.twin.name}`" if args.twin else "")
+    lines = [f"Fixture `{args.fixture.name}`" + "".join(f", twin `{twin.name}`" for twin in args.twin)
              + f"; exact expected accuracy on {test_images(args.fixture)} test images (rows marked [n images]: the "
              "first n, paired with the paper's method on those); "
              f"difference from the paper's method ({recipe}, rule latest, EINet), paired, pp ± 95% CI "
@@ -145,10 +147,11 @@ def main() -> None:
                              for kind in args.dist]
                     lines.append(f"| {name} | {rule} | {prefix}{planner} | " + " | ".join(cells) + " |")
     lines.append("")
-    for name, (_, picked) in runs.items():
-        lines.append(f"Deployed for `{name}` (chosen on held-out data): {picked['policy']}, rule {picked['rule']}; "
-                     f"held-out scores of the top candidates: "
-                     + ", ".join(f"{k} {100 * v:.2f}%" for k, v in picked["validation_top3"].items()))
+    for name, (_, chosen) in runs.items():
+        for kind, picked in chosen.items():
+            lines.append(f"Deployed for `{name}` under {kind} exit times (chosen on held-out data): "
+                         f"{picked['policy']}, rule {picked['rule']}; held-out scores of the top candidates: "
+                         + ", ".join(f"{k} {100 * v:.2f}%" for k, v in picked["validation_top3"].items()) + ".")
     lines.append(f"\n{time.perf_counter() - started:.0f} s.")
     table = "\n".join(lines) + "\n"
     print(table)
