@@ -67,6 +67,9 @@ def test_einet_against_every_baseline(benchmark, name, kind):
     # never more than half a point apart.
     for policy in ("statistics", "EINet (random search)"):
         assert einet > by[policy]["expected"] - 0.005, (policy, rows)
+    # einet's default EINet is never below the statistics plan by a paired-significant margin
+    statistics = by["statistics"]
+    assert not (statistics["significant"] and statistics["einet_minus_policy"] < 0), rows
     assert by["clairvoyant"]["expected"] >= max(r["expected"] for r in rows) - 1e-9
 
 

@@ -222,8 +222,9 @@ def markdown_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
               "|---|---:|---:|---:|---:|---:|---:|"]
     for row in rows:
         mark = " *" if row["significant"] else ""
+        interval = "-" if row["paired_ci95"] is None else f"±{pct(row['paired_ci95'])}"
         lines.append(f"| {row['policy']} | {pct(row['accuracy'])} | ±{pct(row['ci95'])} | {pct(row['expected'])} "
-                     f"| {pct(row['einet_minus_policy'], signed=True)}{mark} | ±{pct(row['paired_ci95'])} "
+                     f"| {pct(row['einet_minus_policy'], signed=True)}{mark} | {interval} "
                      f"| {float(row['branches']):.2f} |")  # type: ignore[arg-type]
     lines += ["", "\\* the paired 95% interval excludes 0: a real difference, not sampling noise."]
     return "\n".join(lines) + "\n"
