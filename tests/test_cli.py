@@ -321,7 +321,8 @@ def test_plot_shows_a_lead_of_a_tenth_of_a_point_in_distinct_colours(tmp_path):
         diff.transData.transform((0, top))[1] - diff.transData.transform((0, bottom))[1])  # >= 10% of the panel
 
 
-def tiny_profiles(folder: Path, samples: int = 40, exits: int = 3, classes: int = 4) -> Path:
+def tiny_profiles(folder: Path, samples: int = 40, exits: int = 3, classes: int = 4,
+                  meta: dict | None = None) -> Path:
     """et.npz, cs-holdout.npz and cs-test.npz of a made-up model, with log-probabilities."""
     from einet.profiling import CSProfile, ETRecord
 
@@ -334,8 +335,35 @@ def tiny_profiles(folder: Path, samples: int = 40, exits: int = 3, classes: int 
         labels = rng.integers(0, classes, samples)
         prediction = log_probs.argmax(2)
         CSProfile(np.exp(log_probs.max(2)).astype(np.float32), prediction, prediction == labels[:, None], labels,
-                  {"split": split}, log_probs.astype(np.float16)).save(folder / f"cs-{split}.npz")
+                  {"split": split, **(meta or {})}, log_probs.astype(np.float16)).save(folder / f"cs-{split}.npz")
     return folder
+
+
+def tiny_predictor(path: Path, exits: int = 3, rule: dict | None = None) -> Path:
+    """A predictor file with random weights (numpy only)."""
+    from einet.profiling import write_arrays
+
+    rng = np.random.default_rng(1)
+    arrays = {"weight0": rng.normal(0, 0.3, (4, 2 * exits)), "bias0": np.zeros(4),
+              "weight1": rng.normal(0, 0.3, (exits, 4)), "bias1": np.zeros(exits)}
+    return write_arrays(path, "predictor", arrays, {"target": "correctness", "hidden": [4], "num_exits": exits,
+                                                     "layers": 2, "rule": rule or {"name": "latest"}})
+
+
+def test_table_has_a_row_per_model_and_finds_the_half_width_twin(tmp_path, capsys):
+    folders = []
+    for width in (0.5, 0.25):
+        folder = tiny_profiles(tmp_path / f"w{width}", meta={"zoo": "b_alexnet", "width": width, "device": "cpu",
+                                                              "model": f"b_alexnet (width {width})"})
+        tiny_predictor(folder / "predictor.npz")
+        folders.append(str(folder))
+    assert main(["table", "--profiles", *folders, "--dist", "normal", "--out", str(tmp_path / "t")]) == 0
+    table = (tmp_path / "t.md").read_text()
+    rows = [line for line in table.splitlines() if line.startswith("| b_alexnet")]
+    assert len(rows) == 2
+    compressed = [row.split("|")[11].strip() for row in rows]  # column "compressed single-exit"
+    assert compressed[0] != "-" and compressed[1] == "-"  # only the wider model has a half-width twin
+    assert "einet_minus_statistics" in (tmp_path / "t.csv").read_text().splitlines()[0]
 
 
 def test_evaluate_with_rule_ensemble_needs_no_torch(tmp_path):

@@ -282,6 +282,49 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo_and_width(meta: dict[str, Any]) -> tuple[str | None, float]:
+    """A profile's zoo model and width: from its metadata, or (format-1 profiles) its model name."""
+    import re
+
+    if meta.get("zoo") is not None:
+        return str(meta["zoo"]), float(meta.get("width", 1.0))
+    named = re.match(r"(\w+) \(width ([0-9.]+)", str(meta.get("model", "")))
+    return (named[1], float(named[2])) if named else (None, 0.0)
+
+
+def cmd_table(args: argparse.Namespace) -> int:
+    """The paper's table over several profiled models: one row each (numpy only)."""
+    from .predictor_file import load_native_predictor
+    from .profiling import CSProfile, ETRecord
+    from .simulate import csv_table, evaluate_all, full_inference_time, model_row, models_table, relative_distribution
+
+    folders = [Path(p) for p in args.profiles]
+    tests = {folder: CSProfile.load(folder / "cs-test.npz") for folder in folders}
+    rows = []
+    for folder in folders:
+        et = ETRecord.load(folder / "et.npz").profile
+        meta = tests[folder].meta
+        zoo, width = _zoo_and_width(meta)
+        # the compressed single-exit model: the same network at half width, profiled on the same device
+        twin = next((other for other in folders if other is not folder and zoo is not None
+                     and _zoo_and_width(tests[other].meta) == (zoo, width / 2)
+                     and tests[other].meta.get("device") == meta.get("device")), None)
+        compressed = (ETRecord.load(twin / "et.npz").profile, tests[twin]) if twin else None
+        native, rule = load_native_predictor(folder / "predictor.npz")
+        dist = relative_distribution(args.dist, full_inference_time(et))
+        results = evaluate_all(et, dist, native, CSProfile.load(folder / "cs-holdout.npz"), tests[folder], rule,
+                               draws=1, compressed=compressed)
+        rows.append(model_row(str(meta.get("model", folder.name)), results))
+    table = models_table(rows, f"Exact expected accuracy (%), {args.dist} exit time over one full inference")
+    print(table)
+    if args.out:
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(table)
+        out.with_suffix(".csv").write_text(csv_table(rows))
+        print(f"wrote {out.with_suffix('.md')} and {out.with_suffix('.csv')}")
+    return 0
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib  # noqa: F401  (the plot extra: named before any work is done)
 
@@ -405,6 +448,14 @@ def build_parser() -> argparse.ArgumentParser:
     report_parser.add_argument("--scales", nargs="+", default=["0.25", "0.5", "0.75", "1.0", "1.25", "1.5", "2.0"],
                                help="exit-time horizons / full inference time, one point per line each")
     report_parser.add_argument("--out", required=True, help="image path (.png, .pdf, .svg); its folder must exist")
+
+    p = commands.add_parser("table", help="the paper's table: one row per profiled model, every policy, "
+                                          "EINet minus the statistics plan paired (numpy only)")
+    p.add_argument("--profiles", nargs="+", required=True,
+                   help="folders with et.npz, cs-holdout.npz, cs-test.npz and predictor.npz, one per model")
+    p.add_argument("--dist", default="uniform", choices=["uniform", "normal", "exponential"])
+    p.add_argument("--out", default=None, help="write the table as OUT.md and OUT.csv")
+    p.set_defaults(run=cmd_table)
 
     p = commands.add_parser("select", help="choose policy, rule and time-zero answer on held-out data; write them "
                                            "to a deployment file for the runtime")

@@ -230,6 +230,38 @@ def markdown_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
+PAPER_COLUMNS = ("statistics", "EINet", "static 25%", "static 50%", "static 100%", "dynamic 90%", "dynamic 95%",
+                 "dynamic 99%", "single-exit", "compressed single-exit", "clairvoyant")
+
+
+def model_row(model: str, results: Sequence[PolicyResult]) -> dict[str, object]:
+    """One model's row of the paper's table: each policy's exact accuracy, and EINet minus the
+    statistics plan paired, with its 95% half-width."""
+    by_name = {r.name: r for r in results}
+    row: dict[str, object] = {"model": model}
+    for name in PAPER_COLUMNS:
+        row[name] = by_name[name].expected if name in by_name else None
+    paired = paired_difference(by_name["EINet"], by_name["statistics"])
+    row["einet_minus_statistics"], row["paired_ci95"], row["significant"] = paired.mean, paired.ci95, paired.significant
+    return row
+
+
+def models_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
+    """The paper's table, one row per model (exact accuracies in %; '-' where a policy does not apply)."""
+    def pct(value: object) -> str:
+        return "-" if value is None else f"{100 * float(value):.2f}"  # type: ignore[arg-type]
+
+    lines = [f"**{title}**", ""] if title else []
+    lines += ["| model | " + " | ".join(PAPER_COLUMNS) + " | EINet - statistics (pp, paired) |",
+              "|---|" + "---:|" * (len(PAPER_COLUMNS) + 1)]
+    for row in rows:
+        mark = " *" if row["significant"] else ""
+        lines.append(f"| {row['model']} | " + " | ".join(pct(row[name]) for name in PAPER_COLUMNS)
+                     + f" | {100 * float(row['einet_minus_statistics']):+.2f} ± "  # type: ignore[arg-type]
+                       f"{100 * float(row['paired_ci95']):.2f}{mark} |")  # type: ignore[arg-type]
+    return "\n".join(lines) + "\n"
+
+
 def csv_table(rows: Sequence[dict[str, object]]) -> str:
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
