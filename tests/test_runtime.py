@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+import gc
+import math
+import subprocess
+import sys
+import textwrap
 import threading
 import time
+from fractions import Fraction
 
 import numpy as np
 import pytest
@@ -79,12 +85,12 @@ def test_nothing_held_before_the_first_branch():
 
 
 def test_event_and_callable_interrupts():
-    event = threading.Event()
-    threading.Timer(0.075, event.set).start()
-    answer = ElasticRuntime(slow_model(0.05), Policy()).infer(X, interrupt=event)
+    event = threading.Event()  # (blocks of 0.1 s, stops at 0.15 s: 50 ms either side for a loaded machine)
+    threading.Timer(0.15, event.set).start()
+    answer = ElasticRuntime(slow_model(0.1), Policy()).infer(X, interrupt=event)
     assert answer.interrupted and answer.exit == 0
-    stop_at = time.perf_counter() + 0.075
-    answer = ElasticRuntime(slow_model(0.05), Policy()).infer(X, interrupt=lambda: time.perf_counter() >= stop_at)
+    stop_at = time.perf_counter() + 0.15
+    answer = ElasticRuntime(slow_model(0.1), Policy()).infer(X, interrupt=lambda: time.perf_counter() >= stop_at)
     assert answer.interrupted and answer.exit == 0
 
 
@@ -175,3 +181,279 @@ def test_time_zero_answer_is_held_before_the_first_branch():
     assert answer.interrupted and answer.prediction == 2 and answer.exit is None
     answer = ElasticRuntime(slow_model(0.05), Policy()).infer(X, interrupt=0.01)
     assert answer.prediction is None
+
+
+class Protocol(Policy):
+    """Runs every branch and notes any step out of the protocol's order (begin, then blocks 0, 1, ...)."""
+
+    def __init__(self) -> None:
+        self.violations: list[tuple[int, int | None]] = []
+        self.next: int | None = None
+
+    def begin(self, oracle=None) -> None:
+        self.next = 0
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        if block != self.next:
+            self.violations.append((block, self.next))
+        self.next = block + 1
+        return True
+
+
+def test_concurrent_calls_from_several_threads_are_serialised():
+    import einet
+    from einet.baselines import EINet
+    from einet.predictor import ConfidencePredictor
+
+    et = einet.ETProfile([0.002] * 4, [0.001] * 4)
+    stateful = EINet(ConfidencePredictor(4, (8,)).to_native(), et, einet.Uniform(0, 0.012))
+    for policy in (Protocol(), stateful):
+        answers, errors = [], []
+        with ElasticRuntime(slow_model(0.0005), policy) as runtime:
+
+            def caller(k, runtime=runtime, answers=answers, errors=errors):
+                for j in range(25):
+                    try:
+                        answers.append(runtime.infer(X, interrupt=0.002 if (j + k) % 3 == 0 else None))
+                    except BaseException as error:  # reported below
+                        errors.append(error)
+
+            threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        assert errors == [] and len(answers) == 100
+        for answer in answers:
+            assert answer.exit is None or answer.exit in answer.exits_run
+            if not answer.interrupted:  # ran to its end: it holds an answer
+                assert answer.prediction is not None and answer.exits_run
+        if isinstance(policy, Protocol):
+            assert policy.violations == []
+            assert all(a.exits_run == (0, 1, 2, 3) for a in answers if not a.interrupted)
+
+
+def test_a_call_waiting_for_another_threads_inference_keeps_its_own_deadline():
+    from einet.rules import AnswerRule
+
+    rule = AnswerRule("latest", prior_class=1, prior_accuracy=0.3)
+    with ElasticRuntime(slow_model(0.1), Policy(), rule=rule) as runtime:
+        long = []
+        holder = threading.Thread(target=lambda: long.append(runtime.infer(X)))  # about 0.4 s
+        holder.start()
+        time.sleep(0.05)
+        before = time.perf_counter()
+        answer = runtime.infer(X, interrupt=0.02)
+        took = time.perf_counter() - before
+        holder.join()
+    assert answer.interrupted and answer.prediction == 1 and answer.exit is None and answer.exits_run == ()
+    assert 0.02 <= answer.elapsed <= took < 0.25
+    assert not long[0].interrupted and long[0].exits_run == (0, 1, 2, 3)
+
+
+class SlowOnce(nn.Module):
+    """A block slow on its first call only."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, h):
+        seconds, self.seconds = self.seconds, 0.0
+        time.sleep(seconds)
+        return h
+
+
+def test_a_deadline_counts_from_the_call_while_the_previous_block_is_in_flight():
+    from einet.rules import AnswerRule
+
+    rule = AnswerRule("latest", prior_class=2, prior_accuracy=0.4)
+    model = MultiExitNetwork([SlowOnce(1.0), Sleep(0.001)], [Constant(0, 0.9), Constant(1, 0.9)])
+    with ElasticRuntime(model, Policy(), rule=rule) as runtime:
+        first = runtime.infer(X, interrupt=0.01)  # returns; its first block goes on for about 1 s
+        assert first.interrupted and first.prediction == 2 and first.exit is None
+        before = time.perf_counter()
+        second = runtime.infer(X, interrupt=0.005)
+        took = time.perf_counter() - before
+        assert second.interrupted and second.prediction == 2 and second.exit is None and second.exits_run == ()
+        assert 0.005 <= second.elapsed <= took < 0.5  # not the rest of the block in flight
+        event = threading.Event()
+        threading.Timer(0.01, event.set).start()
+        third = runtime.infer(X, interrupt=event)  # the same for the other interrupts
+        assert third.interrupted and third.prediction == 2 and third.elapsed < 0.5
+        last = runtime.infer(X)  # waits for that block, then runs to the end
+        assert not last.interrupted and last.exit == 1 and last.exits_run == (0, 1)
+
+
+def test_an_inference_ending_after_its_deadline_is_interrupted_even_when_the_caller_looks_late(monkeypatch):
+    with ElasticRuntime(slow_model(0.02), Policy()) as runtime:  # branches end at 0.02, 0.04, 0.06, 0.08 s
+        submit = runtime._worker.submit
+
+        def submit_then_stall(job):  # the caller is descheduled until after the inference has ended
+            submit(job)
+            job.done.wait(5.0)
+
+        monkeypatch.setattr(runtime._worker, "submit", submit_then_stall)
+        answer = runtime.infer(X, interrupt=0.05)
+        assert answer.interrupted and answer.exit == 1 and answer.exits_run == (0, 1)  # what was held at 0.05 s
+        event = threading.Event()
+        threading.Timer(0.01, event.set).start()  # (the inference ends at 0.08 s)
+        assert runtime.infer(X, interrupt=event).interrupted  # it had fired when the end was seen
+        assert runtime.infer(X, interrupt=lambda: True).interrupted
+        assert not runtime.infer(X, interrupt=threading.Event()).interrupted
+        assert not runtime.infer(X, interrupt=lambda: False).interrupted
+
+
+def test_deadlines_of_any_real_type():
+    with ElasticRuntime(slow_model(0.001), Policy()) as runtime:
+        for none in (math.inf, 1e300, 10 ** 400, np.float64(np.inf), np.float32(np.inf), 2 * threading.TIMEOUT_MAX):
+            answer = runtime.infer(X, interrupt=none)
+            assert not answer.interrupted and answer.exits_run == (0, 1, 2, 3), none
+        for seconds in (np.float32(30.0), np.float64(30.0), np.int64(30), Fraction(30), 30):
+            answer = runtime.infer(X, interrupt=seconds)
+            assert not answer.interrupted and answer.exits_run == (0, 1, 2, 3), seconds
+        for zero in (0, 0.0, -0.0, np.float32(0.0)):
+            answer = runtime.infer(X, interrupt=zero)
+            assert answer.interrupted and answer.prediction is None, zero
+        for bad, error, match in ((math.nan, ValueError, "NaN"), (np.float32("nan"), ValueError, "NaN"),
+                                  (-0.001, ValueError, "negative"), (-math.inf, ValueError, "negative"),
+                                  (np.int64(-1), ValueError, "negative"), (True, TypeError, "bool"),
+                                  (np.bool_(True), TypeError, "interrupt must be")):
+            with pytest.raises(error, match=match):
+                runtime.infer(X, interrupt=bad)
+        assert runtime.infer(X, interrupt=10.0).exits_run == (0, 1, 2, 3)
+
+
+class Counting(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def forward(self, h):
+        self.calls += 1
+        return h
+
+
+def test_a_bad_interrupt_is_refused_before_anything_runs():
+    begun = []
+
+    class Recording(Policy):
+        def begin(self, oracle=None) -> None:
+            begun.append(True)
+
+    block = Counting()
+    model = MultiExitNetwork([block, Sleep(0.0)], [Constant(0, 0.9), Constant(1, 0.9)])
+    runtime = ElasticRuntime(model, Recording())
+    for bad in ("soon", True, math.nan, -1.0, object()):
+        with pytest.raises((TypeError, ValueError)):
+            runtime.infer(X, interrupt=bad)
+    runtime.close()  # waits for the worker: whatever had been started has run by now
+    assert block.calls == 0 and begun == []
+    with ElasticRuntime(model, Recording()) as runtime:
+        assert runtime.infer(X).exits_run == (0, 1) and block.calls == 1
+
+
+class FailsLate(nn.Module):
+    """Fails after `seconds`, on its first call only."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def forward(self, h):
+        seconds, self.seconds = self.seconds, None
+        if seconds is None:
+            return h
+        time.sleep(seconds)
+        raise RuntimeError("block failed")
+
+
+def test_a_worker_error_after_the_caller_returned_surfaces_at_the_next_call_or_close():
+    def model():
+        return MultiExitNetwork([FailsLate(0.2), Sleep(0.0)], [Constant(0, 0.9), Constant(1, 0.9)])
+
+    with ElasticRuntime(model(), Policy()) as runtime:
+        answer = runtime.infer(X, interrupt=0.01)  # the block fails later, in flight
+        assert answer.interrupted and answer.prediction is None
+        raised = 0
+        for _ in range(2):  # the next call raises it, or, if it has not happened yet, the one after
+            try:
+                assert runtime.infer(X).exits_run == (0, 1)
+            except RuntimeError as error:
+                assert "block failed" in str(error)
+                raised += 1
+        assert raised == 1
+        assert runtime.infer(X).exits_run == (0, 1)  # and the runtime goes on
+    runtime = ElasticRuntime(model(), Policy())
+    assert runtime.infer(X, interrupt=0.01).interrupted
+    with pytest.raises(RuntimeError, match="block failed"):
+        runtime.close()
+    runtime.close()  # once only
+    with pytest.raises(RuntimeError, match="closed"):
+        runtime.infer(X)
+
+
+def test_the_switch_interval_is_lowered_while_any_runtime_is_open():
+    from einet.runtime import SWITCH_INTERVAL
+
+    gc.collect()  # runtimes of earlier tests, left unclosed, give it back when collected
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)  # Python's default
+    try:
+        first = ElasticRuntime(slow_model(0.001), Policy())
+        lowered = sys.getswitchinterval()
+        assert lowered <= SWITCH_INTERVAL
+        second = ElasticRuntime(slow_model(0.001), Policy())
+        first.close()
+        assert sys.getswitchinterval() == lowered  # the second is still open
+        second.close()
+        assert sys.getswitchinterval() == 0.005
+        third = ElasticRuntime(slow_model(0.001), Policy())
+        assert sys.getswitchinterval() == lowered
+        del third  # unclosed
+        gc.collect()
+        assert sys.getswitchinterval() == 0.005
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_an_unclosed_runtime_stops_its_worker_when_collected():
+    before = set(threading.enumerate())
+    runtime = ElasticRuntime(slow_model(0.001), Policy())
+    assert runtime.infer(X).exits_run == (0, 1, 2, 3)
+    (worker,) = [t for t in threading.enumerate() if t not in before and t.name == "einet-runtime"]
+    assert worker.daemon
+    del runtime
+    gc.collect()
+    worker.join(10.0)
+    assert not worker.is_alive()
+
+
+UNCLOSED = textwrap.dedent("""
+    import torch
+    from torch import nn
+    from einet.baselines import Policy
+    from einet.models import MultiExitNetwork
+    from einet.runtime import ElasticRuntime
+
+    class Busy(nn.Module):  # work inside torch while the interpreter exits
+        def forward(self, h):
+            a = torch.randn(600, 600)
+            for _ in range(30):
+                a = a @ a
+                a = a / a.norm()
+            return h
+
+    class Head(nn.Module):
+        def forward(self, h):
+            return torch.zeros(h.shape[0], 3)
+
+    busy = ElasticRuntime(MultiExitNetwork([Busy(), Busy()], [Head(), Head()]), Policy(), threads=2)
+    idle = ElasticRuntime(MultiExitNetwork([Busy()], [Head()]), Policy())
+    print(busy.infer(torch.zeros(1, 1), interrupt=0.01).interrupted)
+""")
+
+
+def test_exiting_without_close_with_a_block_in_flight_exits_cleanly():
+    result = subprocess.run([sys.executable, "-c", UNCLOSED], capture_output=True, text=True, timeout=300)
+    assert (result.returncode, result.stderr, result.stdout.strip()) == (0, "", "True")

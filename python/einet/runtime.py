@@ -12,21 +12,35 @@ threads costs more than the ~10-40 us a re-planning step takes.) The caller
 waits for the inference or a forced exit, whichever comes first: a deadline in
 seconds, a ``threading.Event``, or a callable returning True. On a forced exit
 the held answer comes back at once; the block in flight is not waited for (the
-worker notices the stop when it ends, before the next block).
+worker notices the stop when it ends, before the next block). Interrupts count
+from the call: when the worker is still finishing the previous, interrupted
+sample's block, the new sample waits behind it, and if its deadline passes
+first it returns, interrupted, with what it holds by then (the time-zero
+answer, or none).
 
 On CUDA the blocks are queued asynchronously; the only synchronisation is
 reading a finished branch's confidence, which the planner needs.
+
+The pieces: :class:`_Interrupt` turns a deadline, Event or callable into one
+waiting function; :class:`_Worker` owns the thread and the block-by-block loop
+(one :class:`_Job` per sample); :class:`_Statistics` keeps what the runtime
+adds to the model and folds it into an ET-profile (``calibrate``);
+:class:`ElasticRuntime` ties them together behind ``infer``.
 """
 
 from __future__ import annotations
 
+import atexit
+import math
+import numbers
 import queue
 import sys
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Union
 
 import numpy as np
@@ -39,8 +53,13 @@ from .rules import AnswerRule, RunningAnswer, as_rule
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
-POLL_SECONDS = 1e-4  # how often a callable interrupt is asked
+POLL_SECONDS = 1e-4  # how often an Event or callable interrupt is asked
+# A deadline is slept towards until this long before it, then polled every POLL_SECONDS: on a busy
+# CPU a thread that has slept through a long timeout wakes later than one that keeps waking up
+# (a p99 of ~4 ms against ~2 ms past the deadline, measured on 2 loaded cores).
+FINAL_POLL_SECONDS = 2e-3
 SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
+EXIT_JOIN_SECONDS = 60.0  # at interpreter exit, how long to wait for the workers' blocks in flight
 
 
 @dataclass(frozen=True)
@@ -50,31 +69,310 @@ class Answer:
     prediction: int | None  # class index; None when no branch had finished (and no time-zero answer)
     exit: int | None  # the latest finished exit when it was held (None: the time-zero answer, or none)
     confidence: float  # its max softmax probability (the ensemble's under rule ensemble; 0 when none)
-    elapsed: float  # seconds from the start to the moment the answer was returned
+    elapsed: float  # seconds from the call to the moment the answer was returned
     interrupted: bool  # True when a forced exit ended it
     exits_run: tuple[int, ...] = ()  # branches that finished before the end
     planning_seconds: float = 0.0  # time spent in the policy (predict + plan), included in elapsed
 
 
-@dataclass
-class _Published:
-    """After every finished branch, in order: (finish time since start, the exit that finished,
-    and the answer then held under the runtime's rule: its exit, prediction, confidence)."""
+# Python's thread switch interval: a waiting caller needs the GIL back within its latency budget, not
+# Python's default 5 ms. It is process-wide, so it is lowered while any runtime is open and given back
+# when the last one closes (unless someone else has set it meanwhile), counted under a lock.
+_switch_lock = threading.RLock()  # re-entrant: a finaliser may run inside the holder's thread
+_switch_users = 0  # runtimes open
+_switch_saved: float | None = None  # the interval before the first of them lowered it
+_switch_set: float | None = None  # what it was lowered to
 
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    answers: list[tuple[float, int, int, int, float]] = field(default_factory=list)
-    planning: float = 0.0
-    error: BaseException | None = None
 
-    def held(self, cutoff: float) -> tuple[int, int, float] | None:
-        """The answer held at `cutoff` seconds: the one published last by then."""
+def _lower_switch_interval() -> None:
+    global _switch_users, _switch_saved, _switch_set
+    with _switch_lock:
+        if _switch_users == 0:
+            _switch_saved = sys.getswitchinterval()
+            sys.setswitchinterval(min(_switch_saved, SWITCH_INTERVAL))
+            _switch_set = sys.getswitchinterval()
+        _switch_users += 1
+
+
+def _restore_switch_interval() -> None:
+    global _switch_users, _switch_saved, _switch_set
+    with _switch_lock:
+        _switch_users -= 1
+        if _switch_users == 0:
+            if _switch_saved is not None and sys.getswitchinterval() == _switch_set:
+                sys.setswitchinterval(_switch_saved)
+            _switch_saved = _switch_set = None
+
+
+class _Interrupt:
+    """An interrupt (deadline in seconds from the call, ``threading.Event``, callable or None),
+    checked when made, as one waiting function: :meth:`wait`."""
+
+    def __init__(self, interrupt: Interrupt, started: float) -> None:
+        self.deadline: float | None = None  # seconds from the call; None: no deadline
+        self._at = math.inf  # the deadline on the perf_counter clock
+        self._check: Callable[[], bool] | None = None  # an Event's is_set, or the callable
+        if interrupt is None:
+            pass
+        elif isinstance(interrupt, bool):  # a Real too, but surely a mistake
+            raise TypeError("interrupt must be seconds, a threading.Event or a callable, got a bool")
+        elif isinstance(interrupt, numbers.Real):  # int, float, numpy scalars, Fraction, ...
+            try:
+                seconds = float(interrupt)
+            except OverflowError:  # an int too large for a float
+                seconds = math.inf if interrupt > 0 else -math.inf
+            if math.isnan(seconds):
+                raise ValueError("the deadline is NaN: give seconds >= 0 (inf for none)")
+            if seconds < 0:
+                raise ValueError(f"the deadline is negative ({seconds} s): give seconds >= 0 (inf for none)")
+            if seconds < threading.TIMEOUT_MAX:  # inf and beyond any timeout a thread can wait: none
+                self.deadline = seconds
+                self._at = started + seconds
+        elif isinstance(interrupt, threading.Event):
+            # Polled, like a callable: waiting on the Event itself, and so on its lock, which the
+            # setting thread needs too, returned later on a loaded CPU (p90 ~3.6 ms against ~1.1 ms).
+            self._check = interrupt.is_set
+        elif callable(interrupt):
+            self._check = interrupt
+        else:
+            raise TypeError(f"interrupt must be seconds, a threading.Event or a callable, "
+                            f"got {type(interrupt).__name__}")
+
+    def wait(self, block: Callable[[float | None], bool]) -> bool:
+        """Wait with `block(timeout)` (None: no limit; True once what it waits for has happened)
+        until it succeeds (True) or the interrupt fires first (False)."""
+        if self._check is not None:
+            while not block(POLL_SECONDS):
+                if self._check():
+                    return False
+            return True
+        if self.deadline is None:
+            return block(None)
+        while True:
+            left = self._at - time.perf_counter()
+            if left <= 0.0:
+                return block(0.0)  # what ended by the deadline wins
+            if block(left - FINAL_POLL_SECONDS if left > FINAL_POLL_SECONDS else min(left, POLL_SECONDS)):
+                return True
+
+    def fired(self, ended: float) -> bool:
+        """Whether the interrupt fired before an inference that ended `ended` seconds after the call:
+        exact for a deadline; for an Event or callable, whether it has fired by the time the end is
+        seen (on a busy CPU that can be a while later: a late caller reports the interruption)."""
+        if self.deadline is not None:
+            return ended > self.deadline
+        return self._check is not None and bool(self._check())
+
+    def cutoff(self, elapsed: float) -> float:
+        """When interrupted `elapsed` seconds after the call: the last moment whose answers count
+        (an answer finished after the deadline does not)."""
+        return elapsed if self.deadline is None else min(elapsed, self.deadline)
+
+
+class _Job:
+    """One sample's inference: what the caller hands the worker, and what the worker publishes back."""
+
+    def __init__(self, x: torch.Tensor, policy: Policy, started: float) -> None:
+        self.x, self.policy, self.started = x, policy, started
+        self.queued = False  # handed over while the worker was still busy (with an interrupted sample)
+        self.stop, self.done = threading.Event(), threading.Event()
+        self.lock = threading.Lock()
+        # After every finished branch, in order: (finish time since the call, the exit that finished,
+        # and the answer then held under the runtime's rule: its exit, prediction, confidence).
+        self.answers: list[tuple[float, int, int | None, int | None, float]] = []
+        self.planning = 0.0
+        self.ended = math.inf  # when the worker was done with it, in seconds since the call
+        self.error: BaseException | None = None
+        self.returned = False  # the caller has gone: a later error is reported by the runtime
+
+    def publish(self, finished: float, exit_index: int, running: RunningAnswer) -> None:
+        with self.lock:
+            self.answers.append((finished, exit_index, running.exit, running.prediction, running.confidence))
+
+    def fail(self, error: BaseException) -> bool:
+        """Hand `error` to the caller; False when the caller has already returned."""
+        with self.lock:
+            if self.returned:
+                return False
+            self.error = error
+            return True
+
+    def collect(self) -> BaseException | None:
+        """The caller returns: from now on errors go to the runtime. The error raised so far, if any."""
+        with self.lock:
+            self.returned = True
+            return self.error
+
+    def held(self, cutoff: float) -> tuple[tuple[int | None, int | None, float] | None, tuple[int, ...]]:
+        """The answer held at `cutoff` seconds (the one published last by then) and the exits run by then."""
         with self.lock:
             finished = [a for a in self.answers if a[0] <= cutoff]
-        return finished[-1][2:] if finished else None
+        return (finished[-1][2:] if finished else None), tuple(a[1] for a in finished)
+
+
+class _Statistics:
+    """What the runtime adds to the model, measured as it runs, and :meth:`calibrate` from it."""
+
+    def __init__(self, size: int = 1000) -> None:
+        self.dispatch: deque[float] = deque(maxlen=size)  # from infer() to the first block starting
+        self.planning: deque[float] = deque(maxlen=size)  # policy time after each branch run
+        self.answers: deque[list[tuple[float, int]]] = deque(maxlen=size)  # (finish time, exit) per sample
+
+    def calibrate(self, et: ETProfile) -> ETProfile:
+        if not self.answers:
+            raise ValueError("run some uninterrupted inferences first: there is nothing to calibrate from")
+        dispatch = float(np.median(list(self.dispatch)))
+        planning_times = list(self.planning)
+        planning = float(np.median(planning_times)) if planning_times else 0.0
+        # Whatever else each block costs here (Python between blocks, reading answers back): the
+        # median gap, per block, between when answers came and when `et` says they would.
+        per_block = []
+        for answers in list(self.answers):
+            if not answers:
+                continue
+            finished, last = answers[-1]
+            ran = [exit_index for _, exit_index in answers]
+            predicted = dispatch + et.conv[:last + 1].sum() + et.branch[ran].sum() + planning * (len(ran) - 1)
+            per_block.append((finished - predicted) / (last + 1))
+        extra = max(0.0, float(np.median(per_block))) if per_block else 0.0
+        conv = et.conv + extra
+        conv[0] += dispatch
+        return ETProfile(conv, et.branch + planning)
+
+
+_WORKERS: weakref.WeakSet[_Worker] = weakref.WeakSet()  # the live ones, stopped at exit
+
+
+class _Worker:
+    """The worker thread: runs the jobs one at a time, block by block, publishing every finished
+    branch's held answer (through :class:`einet.rules.RunningAnswer`) and telling the job's policy.
+
+    It holds no reference to its runtime, so an unclosed runtime can be collected (which stops it).
+    One long-lived thread: a fresh thread per sample would also build a fresh OpenMP team inside
+    torch, costing more than a small model's whole inference."""
+
+    def __init__(self, model: MultiExitNetwork, device: torch.device, rule: AnswerRule, threads: int,
+                 statistics: _Statistics) -> None:
+        self.model, self.device, self.threads, self.statistics = model, device, threads, statistics
+        self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
+        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # put() is safe in finalisers
+        self.late_errors: deque[BaseException] = deque()  # raised after their callers had returned
+        self._lock = threading.RLock()  # re-entrant: the finaliser may run inside this thread
+        self._pending = 0  # jobs handed over and not yet ended
+        self.stopping = False
+        self.thread = threading.Thread(target=self._serve, daemon=True, name="einet-runtime")
+        _lower_switch_interval()
+        _WORKERS.add(self)
+        self.thread.start()
+
+    def submit(self, job: _Job) -> None:
+        with self._lock:
+            if self.stopping:
+                raise RuntimeError("this runtime is closed")
+            job.queued = self._pending > 0
+            self._pending += 1
+            self.jobs.put(job)
+
+    def stop(self) -> None:
+        """End the thread after the jobs handed over (each stopped at its block in flight); never blocks."""
+        with self._lock:
+            if self.stopping:
+                return
+            self.stopping = True
+            self.jobs.put(None)
+        _restore_switch_interval()
+
+    def join(self, timeout: float | None = None) -> None:
+        if threading.current_thread() is not self.thread:
+            self.thread.join(timeout)
+
+    def _serve(self) -> None:
+        torch.set_num_threads(self.threads)
+        while (job := self.jobs.get()) is not None:
+            try:
+                self._run(job)
+            except BaseException as error:  # to the caller, or to the runtime's next call if it has returned
+                if not job.fail(error):
+                    self.late_errors.append(error)
+            finally:
+                with self._lock:
+                    self._pending -= 1
+                job.ended = time.perf_counter() - job.started
+                job.done.set()
+
+    def _run(self, job: _Job) -> None:
+        if job.stop.is_set():  # interrupted before its turn came
+            return
+        policy, started = job.policy, job.started
+        policy.begin()
+        if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
+            self.statistics.dispatch.append(time.perf_counter() - started)
+        running = self.running
+        running.reset()
+        with torch.inference_mode():
+            h = job.x.to(self.device, non_blocking=True)
+            pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
+            for i in range(self.model.num_exits):
+                if job.stop.is_set():
+                    return
+                h = self.model.forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
+                if pending is not None:
+                    before = time.perf_counter()
+                    finish = policy.observe(*pending)
+                    spent = time.perf_counter() - before
+                    job.planning += spent
+                    self.statistics.planning.append(spent)
+                    pending = None
+                    if finish:
+                        return
+                if job.stop.is_set():
+                    return
+                before = time.perf_counter()
+                run = policy.run_branch(i, before - started)
+                job.planning += time.perf_counter() - before
+                if not run:
+                    continue
+                log_probs = self.model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
+                if policy.needs_log_probs:
+                    policy.record_log_probs(i, log_probs)
+                signal = running.add(i, log_probs)
+                finished = time.perf_counter() - started
+                job.publish(finished, i, running)
+                pending = (i, signal, finished)
+            if pending is not None:  # the last block's branch: the policy still hears of it
+                policy.observe(*pending)
+
+
+@atexit.register
+def _stop_workers_at_exit() -> None:
+    """Stop every live worker and wait for its block in flight, so that no thread is still inside
+    torch while the interpreter shuts down (which can abort the process)."""
+    workers = list(_WORKERS)
+    for worker in workers:
+        worker.stop()
+    end = time.monotonic() + EXIT_JOIN_SECONDS
+    for worker in workers:
+        worker.join(max(0.0, end - time.monotonic()))
 
 
 class ElasticRuntime:
-    """Runs one sample at a time with `policy`, returning the best answer held when stopped."""
+    """Runs one sample at a time with `policy`, returning the best answer held when stopped.
+
+    Thread safety: one runtime may be shared between threads. ``infer`` calls are serialised by a
+    lock (one sample at a time); each call's interrupt counts from its own call, so a call still
+    waiting for another thread's inference when its interrupt fires returns at once, interrupted,
+    with the time-zero answer (or none). ``runtime.policy`` may be replaced between calls.
+
+    Errors: an error in the worker (model or policy) is raised by the ``infer`` call it belongs
+    to. When it happens after that call has returned (the block in flight of an interrupted
+    sample), it is raised by the next ``infer`` or by ``close`` instead, never dropped; the
+    runtime stays usable.
+
+    Closing: ``close()`` (or ``with``) stops the worker after its block in flight, waits for it
+    and gives back Python's thread switch interval (lowered while any runtime is open). An
+    unclosed runtime's worker is a daemon thread that is stopped when the runtime is garbage
+    collected, and at interpreter exit after its block in flight (up to ``EXIT_JOIN_SECONDS``).
+    """
 
     def __init__(self, model: MultiExitNetwork, policy: Policy, rule: str | AnswerRule = "latest",
                  device: str = "cpu", threads: int = 1) -> None:
@@ -87,154 +385,89 @@ class ElasticRuntime:
         self.model = model.to(self.device).eval()
         self.policy = policy
         self.rule = rule
-        self._running = RunningAnswer(rule)  # the held answer, updated by the worker as branches finish
         # torch's intra-op threads for the worker. One by default: a batch of one gains little from more
         # on a small CPU, and a second core stays free for the caller; profile_et uses the same default.
         self.threads = threads
-        # One long-lived worker: a fresh thread per sample would also build a fresh OpenMP team
-        # inside torch, costing more than a small model's whole inference.
-        self._jobs: queue.Queue[tuple[Any, ...] | None] = queue.Queue()
-        self._idle = threading.Event()
-        self._idle.set()
-        self._worker = threading.Thread(target=self._serve, daemon=True, name="einet-runtime")
-        self._worker.start()
-        # A waiting caller needs the GIL back within its latency budget, not Python's default 5 ms.
         # What the runtime adds to the model, measured as it runs (see calibrate()).
-        self.dispatch_seconds: deque[float] = deque(maxlen=1000)  # from infer() to the first block starting
-        self.planning_seconds: deque[float] = deque(maxlen=1000)  # policy time after each branch run
-        self._answer_times: deque[list[tuple[float, int]]] = deque(maxlen=1000)  # (finish time, exit) per sample
-        self._switch_interval = sys.getswitchinterval()
-        sys.setswitchinterval(min(self._switch_interval, SWITCH_INTERVAL))
-
-    def _serve(self) -> None:
-        torch.set_num_threads(self.threads)
-        while (job := self._jobs.get()) is not None:
-            *arguments, held, done = job
-            try:
-                self._run(*arguments, held)
-            except BaseException as error:  # handed to the caller, who re-raises it
-                held.error = error
-            finally:
-                done.set()
-                self._idle.set()
-
-    def _run(self, x: torch.Tensor, started: float, stop: threading.Event, held: _Published) -> None:
-        self.dispatch_seconds.append(time.perf_counter() - started)
-        running = self._running
-        running.reset()
-        with torch.inference_mode():
-            h = x.to(self.device, non_blocking=True)
-            pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
-            for i in range(self.model.num_exits):
-                if stop.is_set():
-                    return
-                h = self.model.forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
-                if pending is not None:
-                    before = time.perf_counter()
-                    finish = self.policy.observe(*pending)
-                    spent = time.perf_counter() - before
-                    held.planning += spent
-                    self.planning_seconds.append(spent)
-                    pending = None
-                    if finish:
-                        return
-                if stop.is_set():
-                    return
-                before = time.perf_counter()
-                run = self.policy.run_branch(i, before - started)
-                held.planning += time.perf_counter() - before
-                if not run:
-                    continue
-                log_probs = self.model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
-                if self.policy.needs_log_probs:
-                    self.policy.record_log_probs(i, log_probs)
-                signal = running.add(i, log_probs)
-                finished = time.perf_counter() - started
-                with held.lock:
-                    held.answers.append((finished, i, running.exit, running.prediction, running.confidence))
-                pending = (i, signal, finished)
-            if pending is not None:  # the last block's branch: the policy still hears of it
-                self.policy.observe(*pending)
+        self._statistics = _Statistics()
+        self.dispatch_seconds = self._statistics.dispatch  # from infer() to the first block starting
+        self.planning_seconds = self._statistics.planning  # policy time after each branch run
+        self._lock = threading.Lock()  # one inference at a time
+        self._worker = _Worker(self.model, self.device, rule, threads, self._statistics)
+        self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
 
     def infer(self, x: torch.Tensor, interrupt: Interrupt = None) -> Answer:
-        """Elastic inference of one sample (batch of one) until it ends or `interrupt` fires."""
-        if self._worker is None:
-            raise RuntimeError("this runtime is closed")
-        self._idle.wait()  # the previous, interrupted sample's block in flight
-        self._idle.clear()
-        stop, done, held = threading.Event(), threading.Event(), _Published()
-        self.policy.begin()
-        started = time.perf_counter()
-        self._jobs.put((x, started, stop, held, done))
-        interrupted = self._wait(done, interrupt, started)
-        cutoff = time.perf_counter() - started
-        if interrupted:
-            stop.set()
-            if isinstance(interrupt, (int, float)):
-                cutoff = min(cutoff, float(interrupt))  # an answer finished after the deadline does not count
-        if held.error is not None:
-            raise held.error
-        if not interrupted:
-            self._answer_times.append([(a[0], a[1]) for a in held.answers])
-        answer = held.held(cutoff)
-        exits_run = tuple(a[1] for a in held.answers if a[0] <= cutoff)
-        elapsed = time.perf_counter() - started
-        if answer is None:  # no branch finished: the time-zero answer, if the rule holds one
-            return Answer(self.rule.prior_class, None, 0.0, elapsed, interrupted, exits_run, held.planning)
-        exit_index, prediction, confidence = answer
-        return Answer(prediction, exit_index, confidence, elapsed, interrupted, exits_run, held.planning)
+        """Elastic inference of one sample (batch of one) until it ends or `interrupt` fires.
 
-    @staticmethod
-    def _wait(done: threading.Event, interrupt: Interrupt, started: float) -> bool:
-        """Block until the inference is done (False) or the interrupt fires first (True)."""
-        if interrupt is None:
-            done.wait()
-            return False
-        if isinstance(interrupt, (int, float)):
-            return not done.wait(max(0.0, started + float(interrupt) - time.perf_counter()))
-        if isinstance(interrupt, threading.Event):
-            while not done.is_set():
-                if interrupt.wait(POLL_SECONDS):
-                    return not done.is_set()
-            return False
-        if callable(interrupt):
-            while not done.wait(POLL_SECONDS):
-                if interrupt():
-                    return True
-            return False
-        raise TypeError(f"interrupt must be seconds, a threading.Event or a callable, got {type(interrupt).__name__}")
+        `interrupt`: None (run to the end); a deadline in seconds from this call (any real number
+        >= 0, numpy scalars included; inf or one beyond any possible wait means none); a
+        ``threading.Event``; or a callable returning True to stop. A NaN or negative deadline
+        raises ValueError, a bool or anything else TypeError, before anything runs.
+
+        ``interrupted`` is True whenever the inference had not ended when the interrupt fired:
+        for a deadline, by the worker's clock, even when this caller got the CPU back late; for an
+        Event or callable, when it has fired by the time the end is seen (the callable is asked
+        once more then)."""
+        started = time.perf_counter()
+        limit = _Interrupt(interrupt, started)
+        if self._worker.stopping:
+            raise RuntimeError("this runtime is closed")
+        if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt
+            return Answer(self.rule.prior_class, None, 0.0, time.perf_counter() - started, True)
+        try:
+            self._raise_late_error()
+            job = _Job(x, self.policy, started)
+            self._worker.submit(job)
+            try:
+                finished = limit.wait(job.done.wait)
+            except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
+                job.stop.set()
+                job.collect()
+                raise
+            elapsed = time.perf_counter() - started
+            if finished and limit.fired(job.ended):
+                finished = False  # it ended after the interrupt, and only a late caller saw it end
+            if not finished:
+                job.stop.set()
+            error = job.collect()
+            if error is not None:
+                raise error
+            if finished and not job.queued:
+                self._statistics.answers.append([(a[0], a[1]) for a in job.answers])
+            held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
+        finally:
+            self._lock.release()
+        elapsed = time.perf_counter() - started
+        if held is None:  # no branch finished: the time-zero answer, if the rule holds one
+            return Answer(self.rule.prior_class, None, 0.0, elapsed, not finished, exits_run, job.planning)
+        exit_index, prediction, confidence = held
+        return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning)
+
+    def _acquire(self, timeout: float | None) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+    def _raise_late_error(self) -> None:
+        """Raise the first error of an inference whose caller had already returned, if any."""
+        try:
+            error = self._worker.late_errors.popleft()
+        except IndexError:
+            return
+        raise error
 
     def calibrate(self, et: ETProfile) -> ETProfile:
         """`et` with what this runtime adds, as measured over its recent uninterrupted inferences:
         the hand-over from infer() to the worker (added to block 0), the policy's time after each
         branch (added to every branch) and any remaining per-block cost (added to every block).
         Plan and simulate with it to predict this runtime."""
-        if not self._answer_times:
-            raise ValueError("run some uninterrupted inferences first: there is nothing to calibrate from")
-        dispatch = float(np.median(self.dispatch_seconds))
-        planning = float(np.median(self.planning_seconds)) if self.planning_seconds else 0.0
-        # Whatever else each block costs here (Python between blocks, reading answers back): the
-        # median gap, per block, between when answers came and when `et` says they would.
-        per_block = []
-        for answers in self._answer_times:
-            if not answers:
-                continue
-            finished, last = answers[-1]
-            ran = [exit_index for _, exit_index in answers]
-            predicted = dispatch + et.conv[:last + 1].sum() + et.branch[ran].sum() + planning * (len(ran) - 1)
-            per_block.append((finished - predicted) / (last + 1))
-        extra = max(0.0, float(np.median(per_block))) if per_block else 0.0
-        conv = et.conv + extra
-        conv[0] += dispatch
-        return ETProfile(conv, et.branch + planning)
+        return self._statistics.calibrate(et)
 
     def close(self) -> None:
-        """Finish the block in flight, stop the worker and restore Python's thread switch interval."""
-        if self._worker is not None:
-            self._jobs.put(None)
+        """Stop the worker after its block in flight, wait for it and give back Python's thread switch
+        interval; then raise the error of an inference whose caller had already returned, if any."""
+        with self._lock:
+            self._stop()  # once: later calls do nothing
             self._worker.join()
-            self._worker = None
-            sys.setswitchinterval(self._switch_interval)
+            self._raise_late_error()
 
     def __enter__(self) -> ElasticRuntime:
         return self
