@@ -453,7 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                                           "EINet minus the statistics plan paired (numpy only)")
     p.add_argument("--profiles", nargs="+", required=True,
                    help="folders with et.npz, cs-holdout.npz, cs-test.npz and predictor.npz, one per model")
-    p.add_argument("--dist", default="uniform", choices=["uniform", "normal", "exponential"])
+    p.add_argument("--dist", default="uniform", choices=["uniform", "normal", "exponential"],
+                   help="exit-time distribution over one full inference")
     p.add_argument("--out", default=None, help="write the table as OUT.md and OUT.csv")
     p.set_defaults(run=cmd_table)
 

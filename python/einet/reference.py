@@ -205,6 +205,14 @@ def search_batch(scores: ArrayLike, et: ETProfile, dist: Distribution, method: s
     )
 
 
+def _exp_or_inf(x: float) -> float:
+    """exp(x), inf where it overflows (as C++'s std::exp does; Python's math.exp raises)."""
+    try:
+        return math.exp(x)
+    except OverflowError:
+        return math.inf
+
+
 class Predictor:
     """The confidence-score predictor's MLP in plain Python: the oracle for ``einet.NativePredictor``.
 
@@ -235,7 +243,7 @@ class Predictor:
             for row, total in zip(weight, bias):
                 for w, x in zip(row, current):
                     total += w * x
-                following.append(max(0.0, total) if k < last else 1.0 / (1.0 + math.exp(-total)))
+                following.append(max(0.0, total) if k < last else 1.0 / (1.0 + _exp_or_inf(-total)))
             current = following
         return np.array([v if (s and not self.calibrated) else c for v, s, c in zip(values, seen, current)])
 
