@@ -78,7 +78,7 @@ def test_hybrid_search_matches_the_native_one_on_per_exit_scores():
         scores = rng.random(n)
         et = einet.ETProfile(rng.uniform(1, 2, n), rng.uniform(0.1, 1, n))
         dist = einet.Uniform(0.0, et.total())
-        mask = hybrid_search(lambda m: einet.expected_accuracy(m, scores, et, dist), n, depth=3)
+        mask = hybrid_search(lambda m, s=scores, e=et, d=dist: einet.expected_accuracy(m, s, e, d), n, depth=3)
         native = einet.search(scores, et, dist, method="hybrid", depth=3)
         assert einet.expected_accuracy(mask, scores, et, dist) == pytest.approx(native.value, abs=1e-12)
 
