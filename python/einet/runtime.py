@@ -259,6 +259,8 @@ class _Worker:
         self.late_errors: deque[BaseException] = deque()  # raised after their callers had returned
         self._lock = threading.RLock()  # re-entrant: the finaliser may run inside this thread
         self._pending = 0  # jobs handed over and not yet ended
+        self.idle = threading.Event()  # set while no job is handed over or running
+        self.idle.set()
         self.stopping = False
         self.thread = threading.Thread(target=self._serve, daemon=True, name="einet-runtime")
         _lower_switch_interval()
@@ -271,6 +273,7 @@ class _Worker:
                 raise RuntimeError("this runtime is closed")
             job.queued = self._pending > 0
             self._pending += 1
+            self.idle.clear()
             self.jobs.put(job)
 
     def stop(self) -> None:
@@ -295,9 +298,11 @@ class _Worker:
                 if not job.fail(error):
                     self.late_errors.append(error)
             finally:
+                job.ended = time.perf_counter() - job.started
                 with self._lock:
                     self._pending -= 1
-                job.ended = time.perf_counter() - job.started
+                    if self._pending == 0:
+                        self.idle.set()
                 job.done.set()
 
     def _run(self, job: _Job) -> None:
@@ -443,6 +448,12 @@ class ElasticRuntime:
         exit_index, prediction, confidence = held
         return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning)
 
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the block an interrupted inference left in flight has ended (True), or
+        `timeout` seconds (False). A sample that should start on an idle device waits here first:
+        otherwise its deadline, which counts from the call, also covers that block."""
+        return self._worker.idle.wait(timeout)
+
     def _acquire(self, timeout: float | None) -> bool:
         return self._lock.acquire(timeout=-1 if timeout is None else timeout)
 
@@ -488,12 +499,14 @@ class RealtimeReport:
 
 def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadlines: Any,
                        uninterrupted: int = 100, progress: bool = True) -> RealtimeReport:
-    """Each image (a row of `images`) interrupted at its deadline (seconds); then `uninterrupted`
-    images run to the end to measure the planner's share of the inference time."""
+    """Each image (a row of `images`) interrupted at its deadline (seconds), started once the previous
+    image's block in flight has ended (as the simulator assumes: every sample on an idle device);
+    then `uninterrupted` images run to the end to measure the planner's share of the inference time."""
     from tqdm.auto import tqdm
 
     right, latencies = 0, []
     for k in tqdm(range(len(deadlines)), desc="real-time", disable=not progress, leave=False):
+        runtime.wait_idle()
         answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]))
         right += answer.prediction is not None and answer.prediction == int(labels[k])
         if answer.interrupted:
