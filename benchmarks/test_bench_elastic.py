@@ -94,7 +94,7 @@ def realtime_case(predictor: str = "predictor.npz"):
 @pytest.mark.parametrize("predictor", ["predictor.npz", "predictor-ensemble.npz"], ids=["latest", "ensemble"])
 def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predictor):
     """Rule latest, and rule ensemble with the time-zero answer (the predictor file carries the rule)."""
-    from einet.baselines import EINet
+    from einet.policies import EINet
     from einet.profiling import profile_et
     from einet.runtime import ElasticRuntime, run_with_deadlines
     from einet.simulate import evaluate, sample_exit_times
@@ -136,8 +136,8 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predic
 def test_planner_share_on_a_fine_grained_model(benchmark, speed_goal, capsys):
     """Planning time over end-to-end time for a 14-exit VGG-16 (width 0.5) on CPU, batch 1; the
     weights do not change the timing, the VGG fixture's predictor drives the planning."""
-    from einet.baselines import EINet
     from einet.models import build
+    from einet.policies import EINet
     from einet.profiling import profile_et
     from einet.runtime import ElasticRuntime
 

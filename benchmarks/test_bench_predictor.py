@@ -143,7 +143,7 @@ def test_et_profile_repeatability(benchmark, speed_goal):
 
 def test_which_target_plans_better(benchmark):
     """EINet's accuracy with the paper's confidence target vs our correctness target (exact, all test images)."""
-    from einet.baselines import EINet
+    from einet.policies import EINet
     from einet.simulate import evaluate, full_inference_time, relative_distribution
 
     def run() -> list[str]:

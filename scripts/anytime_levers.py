@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from einet.baselines import EINet, NearestNeighbours, statistics_plan
+from einet.policies import EINet, NearestNeighbours, statistics_plan
 from einet.predictor import fit_ensemble_weights, fit_predictor
 from einet.profiling import CSProfile, ETRecord
 from einet.rules import AnswerRule, time_zero_answer

@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from einet import data
-from einet.baselines import EINet
 from einet.models import TrainConfig, build, train
+from einet.policies import EINet
 from einet.predictor import fit_predictor, save_predictor
 from einet.profiling import profile_cs, profile_et
 from einet.runtime import ElasticRuntime, run_with_deadlines

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from einet.baselines import Policy
 from einet.models import MultiExitNetwork
+from einet.policies import Policy
 from einet.runtime import ElasticRuntime
 
 IN_FLIGHT: dict[str, int | None] = {"block": None}  # the block running now, if any (set by the blocks)

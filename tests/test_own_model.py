@@ -398,7 +398,7 @@ def tiny_mnist(root: Path, train: int = 120, test: int = 60) -> Path:
 
 def test_cli_trains_branches_of_a_users_resnet_on_its_frozen_backbone_then_profiles_and_serves(
         nets, tmp_path, capsys, monkeypatch):
-    from einet.baselines import Policy
+    from einet.policies import Policy
     from einet.runtime import ElasticRuntime
 
     data = tiny_mnist(tmp_path / "mnist")

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import einet
-from einet.baselines import ensemble_statistics_plan, hybrid_search
+from einet.policies import ensemble_statistics_plan, hybrid_search
 from einet.profiling import CSProfile
 from einet.rules import AnswerRule, RunningAnswer, held_correctness, time_zero_answer
 

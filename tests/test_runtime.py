@@ -17,8 +17,8 @@ import pytest
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
-from einet.baselines import Clairvoyant, ConfidenceThreshold, Policy, single_exit  # noqa: E402
 from einet.models import MultiExitNetwork  # noqa: E402
+from einet.policies import Clairvoyant, ConfidenceThreshold, Policy, single_exit  # noqa: E402
 from einet.runtime import ElasticRuntime  # noqa: E402
 
 
@@ -130,7 +130,7 @@ def test_a_failing_block_raises_in_the_caller_and_the_runtime_stays_usable():
 
 def test_interrupted_planning_never_leaks_into_the_next_sample():
     import einet
-    from einet.baselines import EINet
+    from einet.policies import EINet
     from einet.predictor import ConfidencePredictor
 
     et = einet.ETProfile([0.002] * 4, [0.001] * 4)
@@ -202,7 +202,7 @@ class Protocol(Policy):
 
 def test_concurrent_calls_from_several_threads_are_serialised():
     import einet
-    from einet.baselines import EINet
+    from einet.policies import EINet
     from einet.predictor import ConfidencePredictor
 
     et = einet.ETProfile([0.002] * 4, [0.001] * 4)
@@ -432,7 +432,7 @@ def test_an_unclosed_runtime_stops_its_worker_when_collected():
 UNCLOSED = textwrap.dedent("""
     import torch
     from torch import nn
-    from einet.baselines import Policy
+    from einet.policies import Policy
     from einet.models import MultiExitNetwork
     from einet.runtime import ElasticRuntime
 

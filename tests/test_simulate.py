@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import einet
-from einet.baselines import Clairvoyant, ConfidenceThreshold, EINet, Policy, single_exit, static_plan, statistics_plan
+from einet.policies import Clairvoyant, ConfidenceThreshold, EINet, Policy, single_exit, static_plan, statistics_plan
 from einet.profiling import CSProfile
 from einet.rules import held_correctness
 from einet.simulate import (

@@ -328,7 +328,7 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib  # noqa: F401  (the plot extra: named before any work is done)
 
-    from .baselines import standard_policies
+    from .policies import standard_policies
     from .predictor_file import load_native_predictor
     from .profiling import CSProfile, ETRecord
     from .simulate import accuracy_curves, plot_curves

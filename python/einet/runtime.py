@@ -46,9 +46,9 @@ from typing import Any, Union
 import numpy as np
 import torch
 
-from .baselines import Policy
 from .models.base import MultiExitNetwork
 from .planner import ETProfile
+from .policies import Policy
 from .rules import AnswerRule, RunningAnswer, as_rule
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]

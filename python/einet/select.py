@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_write
-from .baselines import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
 from .planner import Distribution, ETProfile, NativePredictor
+from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
 from .profiling import CSProfile
 from .rules import AnswerRule, time_zero_answer
 
@@ -47,7 +47,7 @@ class Deployment:
 
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
         """The policy, planned for this ET-profile and exit-time distribution."""
-        from .baselines import HEDGE_MARGIN
+        from .policies import HEDGE_MARGIN
 
         if self.policy.startswith("EINet"):
             if predictor is None:

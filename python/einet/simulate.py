@@ -21,8 +21,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .baselines import Policy, single_exit, standard_policies
 from .planner import Deterministic, Distribution, Empirical, ETProfile, Exponential, NativePredictor, Normal, Uniform
+from .policies import Policy, single_exit, standard_policies
 from .profiling import CSProfile
 from .rules import AnswerRule, RunningAnswer, as_rule, held_correctness
 
