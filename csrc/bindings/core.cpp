@@ -18,6 +18,7 @@
 
 #include "einet/distributions.hpp"
 #include "einet/objective.hpp"
+#include "einet/online.hpp"
 #include "einet/predictor.hpp"
 #include "einet/search.hpp"
 
