@@ -64,6 +64,9 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
     rules = rules_for(holdout)
     predictors = {name: fit_predictor(holdout, "correctness", epochs=epochs, rule=rule, progress=False)[0].to_native()
                   for name, rule in rules.items()}
+    # richer signals for the predictor (rule latest): what it reads per observed exit instead of the confidence
+    by_signal = {signal: fit_predictor(holdout, "correctness", epochs=epochs, progress=False,
+                                       signal=signal)[0].to_native() for signal in ("entropy", "margin")}
     log(f"{folder.name}: selecting on the held-out split, for each distribution")
     deployed = {kind: select(et, holdout, kinds=[kind], predictor_epochs=epochs, progress=False) for kind in kinds}
     subset = test.subset(np.arange(min(knn_samples, test.num_samples)))
@@ -83,6 +86,9 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
                                                                                                  rule))):
                     results[kind, f"[{subset.num_samples} images] {label}"] = evaluate(policy, subset, et, dist,
                                                                                         draws=1, rule=rule)
+        for signal, native in by_signal.items():
+            results[kind, f"EINet (paper, {signal}) | latest"] = evaluate(
+                EINet(native, et, dist, signal=signal), test, et, dist, draws=1)
         # what a user would ship for this distribution, chosen on held-out data
         deployment, predictor = deployed[kind]
         policy = deployment.build(et, dist, predictor.to_native())
@@ -144,7 +150,8 @@ def main() -> None:
     for name, (res, _) in runs.items():
         for label in sorted({label for _, label in res if "statistics | " in label}):
             prefix, rule = label.split("statistics | ")
-            for planner in ("EINet (paper)", "nearest-neighbour reference"):
+            for planner in ("EINet (paper)", "EINet (paper, entropy)", "EINet (paper, margin)",
+                            "nearest-neighbour reference"):
                 if all((kind, f"{prefix}{planner} | {rule}") in res for kind in args.dist):
                     cells = [str(paired_difference(res[kind, f"{prefix}{planner} | {rule}"], res[kind, label]))
                              for kind in args.dist]

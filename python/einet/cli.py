@@ -217,7 +217,7 @@ def cmd_fit_predictor(args: argparse.Namespace) -> int:
     weights = fit_ensemble_weights(holdout, seed=args.seed) if args.rule == "ensemble" else None
     rule = AnswerRule(args.rule, weights, *(time_zero_answer(holdout.labels) if args.time_zero else (None, 0.0)))
     model, report = fit_predictor(holdout, args.target, hidden=args.hidden, epochs=args.epochs, seed=args.seed,
-                                  rule=rule)
+                                  rule=rule, signal=args.signal)
     save_predictor(args.out, model)
     print(f"predictor ({args.target}, rule {rule.label()}) trained: loss {report.loss[0]:.4f} -> "
           f"{report.loss[-1]:.4f}; wrote {args.out}")
@@ -243,7 +243,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     deployment, predictor = select(et, holdout, kinds=args.dist, scale=args.scale, rules=args.rules,
-                                   predictor_epochs=args.epochs, seed=args.seed)
+                                   predictor_epochs=args.epochs, seed=args.seed, signals=args.signals)
     save_deployment(args.out, deployment, predictor)
     print(f"chosen on held-out data: {deployment.policy}, rule {deployment.rule.label()}; wrote {args.out}")
     for name, value in list(deployment.validation.items())[:8]:
@@ -252,22 +252,22 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .predictor_file import load_native_predictor
+    from .predictor_file import read_predictor
     from .profiling import CSProfile, ETRecord
     from .simulate import compare, csv_table, evaluate_all, full_inference_time, markdown_table, relative_distribution
 
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
-    native, fitted_rule = load_native_predictor(args.predictor)
-    rule = _rule_for(args, fitted_rule)
+    checked = read_predictor(args.predictor)
+    native, rule, signal = checked.to_native(), _rule_for(args, checked.rule), checked.signal
     full = full_inference_time(et)
     compressed = None
     if args.compressed:
         compressed = (ETRecord.load(Path(args.compressed) / "et.npz").profile,
                       CSProfile.load(Path(args.compressed) / "cs-test.npz"))
     dist = relative_distribution(args.dist, full, args.scale)
-    results = evaluate_all(et, dist, native, holdout, test, rule, args.draws, compressed)
+    results = evaluate_all(et, dist, native, holdout, test, rule, args.draws, compressed, signal)
     rows = compare(results)
     title = (f"{test.meta.get('model', 'model')}, {args.dist} exit time (scale {args.scale} x full inference "
              f"{full * 1e3:.2f} ms), rule {rule.label()}, {test.num_samples} test samples x {args.draws} draws")
@@ -294,7 +294,7 @@ def _zoo_and_width(meta: dict[str, Any]) -> tuple[str | None, float]:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """The paper's table over several profiled models: one row each (numpy only)."""
-    from .predictor_file import load_native_predictor
+    from .predictor_file import read_predictor
     from .profiling import CSProfile, ETRecord
     from .simulate import csv_table, evaluate_all, full_inference_time, model_row, models_table, relative_distribution
 
@@ -310,10 +310,10 @@ def cmd_table(args: argparse.Namespace) -> int:
                      and _zoo_and_width(tests[other].meta) == (zoo, width / 2)
                      and tests[other].meta.get("device") == meta.get("device")), None)
         compressed = (ETRecord.load(twin / "et.npz").profile, tests[twin]) if twin else None
-        native, rule = load_native_predictor(folder / "predictor.npz")
+        checked = read_predictor(folder / "predictor.npz")
         dist = relative_distribution(args.dist, full_inference_time(et))
-        results = evaluate_all(et, dist, native, CSProfile.load(folder / "cs-holdout.npz"), tests[folder], rule,
-                               draws=1, compressed=compressed)
+        results = evaluate_all(et, dist, checked.to_native(), CSProfile.load(folder / "cs-holdout.npz"),
+                               tests[folder], checked.rule, draws=1, compressed=compressed, signal=checked.signal)
         rows.append(model_row(str(meta.get("model", folder.name)), results))
     table = models_table(rows, f"Exact expected accuracy (%), {args.dist} exit time over one full inference")
     print(table)
@@ -329,20 +329,20 @@ def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib  # noqa: F401  (the plot extra: named before any work is done)
 
     from .policies import standard_policies
-    from .predictor_file import load_native_predictor
+    from .predictor_file import read_predictor
     from .profiling import CSProfile, ETRecord
     from .simulate import accuracy_curves, plot_curves
 
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
-    native, fitted_rule = load_native_predictor(args.predictor)
-    rule = _rule_for(args, fitted_rule)
+    checked = read_predictor(args.predictor)
+    native, rule, signal = checked.to_native(), _rule_for(args, checked.rule), checked.signal
     scales = [float(s) for s in args.scales]
     _writable_parent(args.out, "--out")
 
     def policies(dist: Any) -> list[Any]:
-        return [p for p in standard_policies(et, dist, native, holdout, rule)
+        return [p for p in standard_policies(et, dist, native, holdout, rule, signal)
                 if p.name != "EINet (random search)"]
 
     curves = accuracy_curves(policies, test, et, args.dist, scales, draws=1, rule=rule)
@@ -422,6 +422,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", default="latest", choices=["latest", "best", "ensemble"],
                    help="the output rule it predicts for; ensemble also fits per-exit ensemble weights "
                         "(default: %(default)s)")
+    p.add_argument("--signal", default="confidence", choices=["confidence", "entropy", "margin"],
+                   help="what it reads per observed exit (rules latest/best; needs log-probabilities)")
     p.add_argument("--time-zero", action="store_true",
                    help="hold the held-out split's most frequent class before the first branch finishes")
     p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="hidden layer sizes of the MLP")
@@ -466,6 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="exit-time horizon / full inference time")
     p.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"],
                    choices=["latest", "best", "ensemble"], help="candidate output rules")
+    p.add_argument("--signals", nargs="+", default=["confidence"], choices=["confidence", "entropy", "margin"],
+                   help="candidate signals EINet's predictor may read per observed exit (rules latest/best)")
     p.add_argument("--epochs", type=int, default=40, help="predictor training epochs")
     p.add_argument("--seed", type=int, default=0, help="fixes the predictor training")
     p.add_argument("--out", required=True, help="deployment file (.json); the predictor is written beside it")

@@ -27,6 +27,7 @@ from . import _core
 from .planner import Distribution, ETProfile, NativePredictor, expected_accuracy, online_step, search
 from .profiling import CSProfile
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
+from .signals import exit_signals, signal_index
 
 
 class Policy:
@@ -192,12 +193,19 @@ class EINet(Policy):
     def __init__(self, predictor: NativePredictor, et: ETProfile, dist: Distribution,
                  rule: str | AnswerRule = "latest", method: str = "hybrid", depth: int = 4, budget: int = 1000,
                  seed: int = 0, name: str | None = None, first_plan: Sequence[bool] | None = None,
-                 margin: float = 0.0) -> None:
+                 margin: float = 0.0, signal: str = "confidence") -> None:
         if predictor.num_exits != et.num_blocks:
             raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
                              f"{et.num_blocks} blocks")
         self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
         rule = as_rule(rule)
+        # What the predictor reads per observed exit (einet.signals; the one it was fitted on).
+        self.signal = signal_index(signal)
+        if self.signal and rule.name == "ensemble":
+            raise ValueError(f"signal {signal!r} is for rules latest and best: under rule ensemble the predictor "
+                             "reads the ensemble's confidence")
+        self.needs_log_probs = self.signal > 0
+        self._observed_signal = 0.0
         if first_plan is None:  # the paper: the predictor's estimate with nothing observed
             nothing = np.zeros(et.num_blocks)
             first_plan = online_step(predictor, nothing, nothing.astype(bool), et, dist, 0, 0.0,
@@ -218,8 +226,11 @@ class EINet(Policy):
     def run_branch(self, block: int, elapsed: float) -> bool:
         return self.session.run_branch(block)
 
+    def record_log_probs(self, block: int, log_probs: np.ndarray) -> None:
+        self._observed_signal = float(exit_signals(log_probs)[self.signal])
+
     def observe(self, block: int, confidence: float, elapsed: float) -> bool:
-        self.session.observe(block, confidence, elapsed)
+        self.session.observe(block, self._observed_signal if self.signal else confidence, elapsed)
         return False
 
 
@@ -253,15 +264,6 @@ class Clairvoyant(Policy):
 
     def run_branch(self, block: int, elapsed: float) -> bool:
         return bool(self.mask[block])
-
-
-def exit_signals(log_probs: np.ndarray) -> np.ndarray:
-    """[..., N, 3] per-exit signals from log-probabilities [..., N, C]: confidence (max softmax),
-    entropy (over log C, in [0, 1]) and the top-1 minus top-2 probability margin."""
-    probabilities = np.exp(log_probs.astype(np.float32))
-    top2 = np.sort(probabilities, axis=-1)[..., -2:]
-    entropy = -(probabilities * log_probs).sum(-1) / np.log(log_probs.shape[-1])
-    return np.stack([top2[..., 1], entropy, top2[..., 1] - top2[..., 0]], axis=-1)
 
 
 class NearestNeighbours(Policy):
@@ -337,20 +339,22 @@ HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicte
 
 
 def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor, holdout: CSProfile,
-                      rule: str | AnswerRule = "latest") -> list[Policy]:
+                      rule: str | AnswerRule = "latest", signal: str = "confidence") -> list[Policy]:
     """Every policy of the paper's comparison for one exit-time distribution, EINet first, the
     clairvoyant ceiling last (not under rule ensemble). `holdout`: the held-out CS-profile (the
     statistics plan and EINet's first plan come from it; never the test split).
 
     "EINet" is einet's default: the statistics plan first, re-planned only for a predicted gain
-    of HEDGE_MARGIN. "EINet (paper)" is the paper's: the predictor's first plan, always re-planned."""
+    of HEDGE_MARGIN. "EINet (paper)" is the paper's: the predictor's first plan, always re-planned.
+    `signal`: what the predictor reads per observed exit (the one it was fitted on)."""
     n = et.num_blocks
     rule = as_rule(rule)
     statistics = statistics_plan(holdout, et, dist, rule)
     policies: list[Policy] = [
-        EINet(predictor, et, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN),
-        EINet(predictor, et, dist, rule, name="EINet (paper)"),
-        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)"),
+        EINet(predictor, et, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN, signal=signal),
+        EINet(predictor, et, dist, rule, name="EINet (paper)", signal=signal),
+        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)",
+              signal=signal),
         static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),
         ConfidenceThreshold(0.90), ConfidenceThreshold(0.95), ConfidenceThreshold(0.99),
         statistics,

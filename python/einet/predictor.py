@@ -30,14 +30,17 @@ from .planner import NativePredictor
 from .predictor_file import TARGETS, read_predictor
 from .profiling import CSProfile, write_arrays
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
+from .signals import exit_signals, signal_index
 
 
 class ConfidencePredictor(nn.Module):
     """An MLP [observed scores, mask] -> every exit's score (ReLU hidden layers, sigmoid output)."""
 
     def __init__(self, num_exits: int, hidden: Sequence[int] = (64, 64), target: str = "correctness",
-                 rule: AnswerRule | None = None) -> None:
+                 rule: AnswerRule | None = None, signal: str = "confidence") -> None:
         super().__init__()
+        signal_index(signal)  # checks the name
+        self.signal = signal  # what it reads per observed exit (einet.signals)
         # The output rule it scores for: under ``ensemble`` its inputs and targets are the ensemble's,
         # and the rule's weights and time-zero answer travel with the predictor file.
         self.rule = rule or AnswerRule()
@@ -100,7 +103,8 @@ class FitReport:
 
 def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Sequence[int] = (64, 64),
                   epochs: int = 40, batch_size: int = 256, lr: float = 2e-3, seed: int = 0,
-                  progress: bool = True, rule: str | AnswerRule = "latest") -> tuple[ConfidencePredictor, FitReport]:
+                  progress: bool = True, rule: str | AnswerRule = "latest",
+                  signal: str = "confidence") -> tuple[ConfidencePredictor, FitReport]:
     """Train a predictor on a (held-out) CS-profile with fresh random observation masks every epoch.
 
     Under rule ``ensemble`` the predictor learns what the planner needs there: its inputs are the
@@ -117,13 +121,17 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rule = as_rule(rule)
-    model = ConfidencePredictor(profile.num_exits, hidden, target, rule)
+    model = ConfidencePredictor(profile.num_exits, hidden, target, rule, signal)
+    if signal != "confidence" and (rule.name == "ensemble" or target != "correctness"):
+        raise ValueError(f"signal {signal!r} goes with rules latest or best and the correctness target")
     log_probs = profile.dense_log_probs() if rule.name == "ensemble" else None
+    observed = (exit_signals(profile.dense_log_probs())[..., signal_index(signal)] if signal != "confidence"
+                else profile.confidence)
 
     def examples(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """(observed confidences, targets) for these observation masks."""
+        """(observed signals, targets) for these observation masks."""
         if log_probs is None:
-            correct, confidence = profile.correct, profile.confidence
+            correct, confidence = profile.correct, observed
         else:
             correct, confidence = ensemble_prefix_correct(log_probs, profile.labels, rule.weights, masks)
         goal = correct if target == "correctness" else confidence
@@ -183,7 +191,7 @@ def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> 
     weights, biases = model.export()
     arrays = {f"weight{k}": w for k, w in enumerate(weights)} | {f"bias{k}": b for k, b in enumerate(biases)}
     meta = {"target": model.target, "hidden": list(model.hidden), "num_exits": model.num_exits,
-            "layers": len(weights), "rule": asdict(model.rule)}
+            "layers": len(weights), "rule": asdict(model.rule), "signal": model.signal}
     return write_arrays(path, "predictor", arrays, meta)
 
 
@@ -191,7 +199,7 @@ def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:
     """A torch predictor from a file written by :func:`save_predictor` (checked first:
     :func:`einet.predictor_file.read_predictor`)."""
     checked = read_predictor(path)
-    model = ConfidencePredictor(checked.num_exits, checked.hidden, checked.target, checked.rule)
+    model = ConfidencePredictor(checked.num_exits, checked.hidden, checked.target, checked.rule, checked.signal)
     linears = [m for m in model.mlp if isinstance(m, nn.Linear)]
     with torch.no_grad():
         for layer, (weight, bias) in zip(linears, checked.layers):

@@ -18,6 +18,7 @@ import numpy as np
 from .planner import NativePredictor
 from .profiling import ProfileFormatError, read_arrays
 from .rules import AnswerRule
+from .signals import SIGNALS
 
 TARGETS = ("confidence", "correctness")
 
@@ -31,6 +32,7 @@ class PredictorFile:
     target: str
     rule: AnswerRule
     layers: list[tuple[np.ndarray, np.ndarray]]
+    signal: str = "confidence"  # what it reads per observed exit (einet.signals)
 
     def to_native(self) -> NativePredictor:
         return NativePredictor([w for w, _ in self.layers], [b for _, b in self.layers], self.target == "correctness")
@@ -112,7 +114,10 @@ def read_predictor(path: str | os.PathLike[str]) -> PredictorFile:
             raise ProfileFormatError(f"{path}: {name} must be finite (as float32)")
         state[name] = values
     layers = [(state[f"weight{k}"], state[f"bias{k}"]) for k in range(len(hidden) + 1)]
-    return PredictorFile(num_exits, hidden, target, rule, layers)
+    signal = meta.get("signal", "confidence")
+    if signal not in SIGNALS:
+        raise ProfileFormatError(f"{path}: bad predictor header: signal must be one of {SIGNALS}, got {signal!r}")
+    return PredictorFile(num_exits, hidden, target, rule, layers, signal)
 
 
 def load_native_predictor(path: str | os.PathLike[str]) -> tuple[NativePredictor, AnswerRule]:

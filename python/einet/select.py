@@ -43,6 +43,7 @@ class Deployment:
     mask: tuple[bool, ...] | None = None  # fixed plans
     threshold: float | None = None  # dynamic plans
     first_plan: tuple[bool, ...] | None = None  # "EINet": its first plan (the statistics plan)
+    signal: str = "confidence"  # what EINet's predictor reads per observed exit
     validation: dict[str, float] = field(default_factory=dict)  # candidate -> held-out exact accuracy
 
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
@@ -54,8 +55,8 @@ class Deployment:
                 raise ValueError(f"the deployed policy {self.policy!r} needs its predictor")
             if self.first_plan is not None:
                 return EINet(predictor, et, dist, self.rule, first_plan=self.first_plan, margin=HEDGE_MARGIN,
-                             name=self.policy)
-            return EINet(predictor, et, dist, self.rule, name=self.policy)
+                             name=self.policy, signal=self.signal)
+            return EINet(predictor, et, dist, self.rule, name=self.policy, signal=self.signal)
         if self.threshold is not None:
             return ConfidenceThreshold(self.threshold)
         if self.mask is None:
@@ -63,26 +64,30 @@ class Deployment:
         return FixedPlan(self.mask, self.policy)
 
 
-def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, predictor_epochs: int,
+def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, signal: str, predictor_epochs: int,
          seed: int) -> tuple[AnswerRule, NativePredictor, Any]:
-    """Fit a rule (ensemble weights, time-zero answer) and its predictor on `holdout`."""
+    """Fit a rule (ensemble weights, time-zero answer) and its predictor (reading `signal`) on `holdout`."""
     from .predictor import fit_ensemble_weights, fit_predictor
 
     weights = fit_ensemble_weights(holdout, seed=seed) if rule_name == "ensemble" else None
     prior = time_zero_answer(holdout.labels) if time_zero else (None, 0.0)
     rule = AnswerRule(rule_name, weights, *prior)
-    model, _ = fit_predictor(holdout, "correctness", epochs=predictor_epochs, seed=seed, progress=False, rule=rule)
+    model, _ = fit_predictor(holdout, "correctness", epochs=predictor_epochs, seed=seed, progress=False, rule=rule,
+                             signal=signal)
     return rule, model.to_native(), model
 
 
 def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform", "normal"), scale: float = 1.0,
            rules: Sequence[str] = CANDIDATE_RULES, time_zero: Sequence[bool] = (False, True),
-           predictor_epochs: int = 40, seed: int = 0, progress: bool = True) -> tuple[Deployment, Any]:
+           predictor_epochs: int = 40, seed: int = 0, progress: bool = True,
+           signals: Sequence[str] = ("confidence",)) -> tuple[Deployment, Any]:
     """Choose (policy, rule, time-zero answer) on the held-out split; returns the deployment,
     refitted on the whole split, and the torch predictor fitted for its rule (saved with the
     deployment only when its policy needs it).
 
-    The score of a candidate is its exact accuracy on the second half, averaged over `kinds`."""
+    The score of a candidate is its exact accuracy on the second half, averaged over `kinds`.
+    `signals`: what EINet's predictor may read per observed exit (einet.signals; rules latest and
+    best only: under ensemble it reads the ensemble's confidence)."""
     from tqdm.auto import tqdm
 
     from .simulate import evaluate, full_inference_time, relative_distribution
@@ -97,20 +102,24 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     fit_half, score_half = holdout.subset(order[: holdout.num_samples // 2]), holdout.subset(
         order[holdout.num_samples // 2:])
     dists = {kind: relative_distribution(kind, full_inference_time(et), scale) for kind in kinds}
-    scores: dict[tuple[str, str, bool], list[float]] = {}
-    settings = [(r, t) for r in rules for t in time_zero]
-    for rule_name, zero in tqdm(settings, desc="selecting", disable=not progress, leave=False):
-        rule, native, _ = _fit(fit_half, rule_name, zero, predictor_epochs, seed)
+    if not holdout.has_log_probs:
+        signals = ["confidence"]
+    scores: dict[tuple[str, str, bool, str], list[float]] = {}
+    settings = [(r, t, g) for r in rules for t in time_zero for g in signals
+                if g == "confidence" or r != "ensemble"]
+    for rule_name, zero, signal in tqdm(settings, desc="selecting", disable=not progress, leave=False):
+        rule, native, _ = _fit(fit_half, rule_name, zero, signal, predictor_epochs, seed)
         for dist in dists.values():
-            for policy in standard_policies(et, dist, native, fit_half, rule):
-                if policy.name not in NOT_DEPLOYABLE:
-                    result = evaluate(policy, score_half, et, dist, draws=1, rule=rule)
-                    scores.setdefault((policy.name, rule_name, zero), []).append(result.expected)
+            for policy in standard_policies(et, dist, native, fit_half, rule, signal):
+                if policy.name in NOT_DEPLOYABLE or (signal != "confidence" and not policy.name.startswith("EINet")):
+                    continue  # only EINet reads the signal: the other policies were scored already
+                result = evaluate(policy, score_half, et, dist, draws=1, rule=rule)
+                scores.setdefault((policy.name, rule_name, zero, signal), []).append(result.expected)
     means = {key: float(np.mean(values)) for key, values in scores.items()}
-    best_policy, best_rule, best_zero = max(means, key=lambda key: means[key])
-    rule, native, model = _fit(holdout, best_rule, best_zero, predictor_epochs, seed)
+    best_policy, best_rule, best_zero, best_signal = max(means, key=lambda key: means[key])
+    rule, native, model = _fit(holdout, best_rule, best_zero, best_signal, predictor_epochs, seed)
     # the winner, rebuilt on the whole held-out split for the first distribution kind asked for
-    built = {p.name: p for p in standard_policies(et, dists[kinds[0]], native, holdout, rule)}
+    built = {p.name: p for p in standard_policies(et, dists[kinds[0]], native, holdout, rule, best_signal)}
     chosen, statistics = built[best_policy], built["statistics"]
     uses_predictor = best_policy.startswith("EINet")
     deployment = Deployment(
@@ -119,8 +128,10 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
         mask=tuple(bool(b) for b in chosen.mask) if isinstance(chosen, FixedPlan) else None,
         threshold=chosen.threshold if isinstance(chosen, ConfidenceThreshold) else None,
         first_plan=tuple(bool(b) for b in statistics.mask) if best_policy == "EINet" else None,  # type: ignore
-        validation={f"{name} | {rule_name}{' + time-zero' if zero else ''}": value
-                    for (name, rule_name, zero), value in sorted(means.items(), key=lambda kv: -kv[1])})
+        signal=best_signal,
+        validation={f"{name} | {rule_name}{' + time-zero' if zero else ''}"
+                    f"{'' if signal == 'confidence' else ' | ' + signal}": value
+                    for (name, rule_name, zero, signal), value in sorted(means.items(), key=lambda kv: -kv[1])})
     return deployment, model
 
 

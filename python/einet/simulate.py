@@ -175,11 +175,12 @@ def paired_difference(a: PolicyResult, b: PolicyResult) -> PairedDifference:
 
 def evaluate_all(et: ETProfile, dist: Distribution, predictor: NativePredictor, holdout: CSProfile, test: CSProfile,
                  rule: str | AnswerRule = "latest", draws: int = 100,
-                 compressed: tuple[ETProfile, CSProfile] | None = None) -> list[PolicyResult]:
+                 compressed: tuple[ETProfile, CSProfile] | None = None,
+                 signal: str = "confidence") -> list[PolicyResult]:
     """Every policy of the paper's comparison on `test` (the statistics plan from `holdout`), plus, when
     its (ET, CS) profiles are given, the compressed single-exit model: the same network at half width."""
     results = [evaluate(p, test, et, dist, draws=draws, rule=rule)
-               for p in standard_policies(et, dist, predictor, holdout, rule)]
+               for p in standard_policies(et, dist, predictor, holdout, rule, signal)]
     if compressed is not None:
         small_et, small_cs = compressed
         policy = single_exit(small_et.num_blocks, name="compressed single-exit")
