@@ -291,106 +291,135 @@ void add_cdf(Class& cls) {
             "F(t) elementwise over an array of times; NaN entries give NaN.");
 }
 
-}  // namespace
+/// How each distribution differs from the others in Python: its name, docstring, constructor
+/// and fields, repr and pickled state. The class itself, __repr__, pickling and cdf are bound
+/// once for all five by bind_distribution.
+template <class Dist>
+struct DistributionBinding;
 
-PYBIND11_MODULE(_core, m) {
-    m.doc() = "einet's native planner: exit-time distributions, the accuracy expectation and the searches.";
-#ifdef EINET_VERSION
-    m.attr("__version__") = EINET_VERSION;
-#else
-    m.attr("__version__") = "dev";
-#endif
-    m.attr("TIE_TOLERANCE") = einet::kTieTolerance;
-    m.attr("MAX_EXHAUSTIVE_BLOCKS") = einet::kMaxExhaustiveBlocks;
-    m.attr("MAX_HYBRID_DEPTH") = einet::kMaxHybridDepth;
-    m.attr("MAX_HYBRID_WORK_LOG2") = einet::kMaxHybridWorkLog2;
-    m.attr("MAX_RANDOM_BUDGET") = einet::kMaxRandomBudget;
-    m.attr("MAX_SEARCH_WORK_LOG2") = einet::kMaxSearchWorkLog2;
-    m.attr("MAX_THREADS") = einet::kMaxThreads;
+std::string float_repr(double value) { return std::string(py::repr(py::float_(value))); }
 
-    py::class_<einet::Uniform> uniform(m, "Uniform", "Exit time uniform on [low, high]: F(t) = (t - low) / (high - low), clamped.");
-    uniform.def(py::init<double, double>(), py::arg("low"), py::arg("high"))
-        .def_readonly("low", &einet::Uniform::low)
-        .def_readonly("high", &einet::Uniform::high)
-        .def("__repr__", [](const einet::Uniform& d) {
-            return "Uniform(low=" + std::string(py::repr(py::float_(d.low))) +
-                   ", high=" + std::string(py::repr(py::float_(d.high))) + ")";
-        })
-        .def(py::pickle([](const einet::Uniform& d) { return py::make_tuple(d.low, d.high); },
-                        [](const py::tuple& s) {
-                            return einet::Uniform(state_number(s, 2, 0, "Uniform"), state_number(s, 2, 1, "Uniform"));
-                        }));
-    add_cdf<einet::Uniform>(uniform);
+template <>
+struct DistributionBinding<einet::Uniform> {
+    static constexpr const char* name = "Uniform";
+    static constexpr const char* doc = "Exit time uniform on [low, high]: F(t) = (t - low) / (high - low), clamped.";
+    static void define(py::class_<einet::Uniform>& cls) {
+        cls.def(py::init<double, double>(), py::arg("low"), py::arg("high"))
+            .def_readonly("low", &einet::Uniform::low)
+            .def_readonly("high", &einet::Uniform::high);
+    }
+    static std::string repr(const einet::Uniform& d) {
+        return "Uniform(low=" + float_repr(d.low) + ", high=" + float_repr(d.high) + ")";
+    }
+    static auto state(const einet::Uniform& d) { return py::make_tuple(d.low, d.high); }
+    static einet::Uniform from_state(const py::tuple& s) {
+        return einet::Uniform(state_number(s, 2, 0, name), state_number(s, 2, 1, name));
+    }
+};
 
-    py::class_<einet::Normal> normal(m, "Normal",
-                                     "Exit time normal(mean, std) truncated to t >= 0 and renormalised. F keeps its "
-                                     "relative precision in both tails (also when nearly all mass lies below 0); "
-                                     "refused when the mass at t >= 0 is below the smallest normal double.");
-    normal.def(py::init<double, double>(), py::arg("mean"), py::arg("std"))
-        .def_readonly("mean", &einet::Normal::mean)
-        .def_readonly("std", &einet::Normal::std)
-        .def("__repr__", [](const einet::Normal& d) {
-            return "Normal(mean=" + std::string(py::repr(py::float_(d.mean))) +
-                   ", std=" + std::string(py::repr(py::float_(d.std))) + ")";
-        })
-        .def(py::pickle([](const einet::Normal& d) { return py::make_tuple(d.mean, d.std); },
-                        [](const py::tuple& s) {
-                            return einet::Normal(state_number(s, 2, 0, "Normal"), state_number(s, 2, 1, "Normal"));
-                        }));
-    add_cdf<einet::Normal>(normal);
+template <>
+struct DistributionBinding<einet::Normal> {
+    static constexpr const char* name = "Normal";
+    static constexpr const char* doc =
+        "Exit time normal(mean, std) truncated to t >= 0 and renormalised. F keeps its "
+        "relative precision in both tails (also when nearly all mass lies below 0); "
+        "refused when the mass at t >= 0 is below the smallest normal double.";
+    static void define(py::class_<einet::Normal>& cls) {
+        cls.def(py::init<double, double>(), py::arg("mean"), py::arg("std"))
+            .def_readonly("mean", &einet::Normal::mean)
+            .def_readonly("std", &einet::Normal::std);
+    }
+    static std::string repr(const einet::Normal& d) {
+        return "Normal(mean=" + float_repr(d.mean) + ", std=" + float_repr(d.std) + ")";
+    }
+    static auto state(const einet::Normal& d) { return py::make_tuple(d.mean, d.std); }
+    static einet::Normal from_state(const py::tuple& s) {
+        return einet::Normal(state_number(s, 2, 0, name), state_number(s, 2, 1, name));
+    }
+};
 
-    py::class_<einet::Exponential> exponential(m, "Exponential", "Exit time exponential: F(t) = 1 - exp(-rate t).");
-    exponential.def(py::init<double>(), py::arg("rate"))
-        .def_readonly("rate", &einet::Exponential::rate)
-        .def("__repr__", [](const einet::Exponential& d) {
-            return "Exponential(rate=" + std::string(py::repr(py::float_(d.rate))) + ")";
-        })
-        .def(py::pickle([](const einet::Exponential& d) { return py::make_tuple(d.rate); },
-                        [](const py::tuple& s) { return einet::Exponential(state_number(s, 1, 0, "Exponential")); }));
-    add_cdf<einet::Exponential>(exponential);
+template <>
+struct DistributionBinding<einet::Exponential> {
+    static constexpr const char* name = "Exponential";
+    static constexpr const char* doc = "Exit time exponential: F(t) = 1 - exp(-rate t).";
+    static void define(py::class_<einet::Exponential>& cls) {
+        cls.def(py::init<double>(), py::arg("rate")).def_readonly("rate", &einet::Exponential::rate);
+    }
+    static std::string repr(const einet::Exponential& d) { return "Exponential(rate=" + float_repr(d.rate) + ")"; }
+    static auto state(const einet::Exponential& d) { return py::make_tuple(d.rate); }
+    static einet::Exponential from_state(const py::tuple& s) { return einet::Exponential(state_number(s, 1, 0, name)); }
+};
 
-    py::class_<einet::Empirical> empirical(m, "Empirical", "Exit time drawn from measured samples: F(t) = share of samples <= t.");
-    empirical
-        .def(py::init([](const Doubles& samples) {
-                 const auto view = vector_of(samples, "samples");
-                 return einet::Empirical(std::vector<double>(view.begin(), view.end()));
-             }),
-             py::arg("samples"))
-        .def_property_readonly("samples",
-                               [](const einet::Empirical& d) {
-                                   return py::array_t<double>(static_cast<py::ssize_t>(d.sorted->size()),
-                                                              d.sorted->data());
-                               },
-                               "The samples, sorted.")
-        .def("__repr__", [](const einet::Empirical& d) {
-            return "Empirical(<" + std::to_string(d.sorted->size()) + " samples>)";
-        })
-        .def(py::pickle(
-            [](const einet::Empirical& d) {
-                return py::make_tuple(py::array_t<double>(static_cast<py::ssize_t>(d.sorted->size()), d.sorted->data()));
-            },
-            [](const py::tuple& s) {
-                if (s.size() != 1) {
-                    throw py::value_error("Empirical state must be a tuple of one array, got " +
-                                          std::to_string(s.size()) + " entries");
-                }
-                const auto samples = Doubles::ensure(s[0]);
-                if (!samples) throw py::type_error("Empirical state must hold an array of numbers");
-                const auto view = vector_of(samples, "samples");
-                return einet::Empirical(std::vector<double>(view.begin(), view.end()));
-            }));
-    add_cdf<einet::Empirical>(empirical);
+template <>
+struct DistributionBinding<einet::Empirical> {
+    static constexpr const char* name = "Empirical";
+    static constexpr const char* doc = "Exit time drawn from measured samples: F(t) = share of samples <= t.";
+    static py::array_t<double> samples(const einet::Empirical& d) {
+        return py::array_t<double>(static_cast<py::ssize_t>(d.sorted->size()), d.sorted->data());
+    }
+    static einet::Empirical from_samples(const Doubles& samples) {
+        const auto view = vector_of(samples, "samples");
+        return einet::Empirical(std::vector<double>(view.begin(), view.end()));
+    }
+    static void define(py::class_<einet::Empirical>& cls) {
+        cls.def(py::init([](const Doubles& samples) { return from_samples(samples); }), py::arg("samples"))
+            .def_property_readonly("samples", [](const einet::Empirical& d) { return samples(d); },
+                                   "The samples, sorted.");
+    }
+    static std::string repr(const einet::Empirical& d) {
+        return "Empirical(<" + std::to_string(d.sorted->size()) + " samples>)";
+    }
+    static auto state(const einet::Empirical& d) { return py::make_tuple(samples(d)); }
+    static einet::Empirical from_state(const py::tuple& s) {
+        if (s.size() != 1) {
+            throw py::value_error("Empirical state must be a tuple of one array, got " + std::to_string(s.size()) +
+                                  " entries");
+        }
+        const auto samples = Doubles::ensure(s[0]);
+        if (!samples) throw py::type_error("Empirical state must hold an array of numbers");
+        return from_samples(samples);
+    }
+};
 
-    py::class_<einet::Deterministic> deterministic(m, "Deterministic", "A known deadline d: F(t) = 1 if t >= d else 0.");
-    deterministic.def(py::init<double>(), py::arg("deadline"))
-        .def_readonly("deadline", &einet::Deterministic::deadline)
-        .def("__repr__", [](const einet::Deterministic& d) {
-            return "Deterministic(deadline=" + std::string(py::repr(py::float_(d.deadline))) + ")";
-        })
-        .def(py::pickle([](const einet::Deterministic& d) { return py::make_tuple(d.deadline); },
-                        [](const py::tuple& s) { return einet::Deterministic(state_number(s, 1, 0, "Deterministic")); }));
-    add_cdf<einet::Deterministic>(deterministic);
+template <>
+struct DistributionBinding<einet::Deterministic> {
+    static constexpr const char* name = "Deterministic";
+    static constexpr const char* doc = "A known deadline d: F(t) = 1 if t >= d else 0.";
+    static void define(py::class_<einet::Deterministic>& cls) {
+        cls.def(py::init<double>(), py::arg("deadline")).def_readonly("deadline", &einet::Deterministic::deadline);
+    }
+    static std::string repr(const einet::Deterministic& d) {
+        return "Deterministic(deadline=" + float_repr(d.deadline) + ")";
+    }
+    static auto state(const einet::Deterministic& d) { return py::make_tuple(d.deadline); }
+    static einet::Deterministic from_state(const py::tuple& s) {
+        return einet::Deterministic(state_number(s, 1, 0, name));
+    }
+};
 
+/// One distribution class: its own constructor and fields, then __repr__, pickling and cdf
+/// (scalar and array), bound the same way for every distribution.
+template <class Dist>
+void bind_distribution(py::module_& m) {
+    using Binding = DistributionBinding<Dist>;
+    py::class_<Dist> cls(m, Binding::name, Binding::doc);
+    Binding::define(cls);
+    cls.def("__repr__", [](const Dist& d) { return Binding::repr(d); })
+        .def(py::pickle([](const Dist& d) { return Binding::state(d); },
+                        [](const py::tuple& s) { return Binding::from_state(s); }));
+    add_cdf<Dist>(cls);
+}
+
+void register_distributions(py::module_& m) {
+    bind_distribution<einet::Uniform>(m);
+    bind_distribution<einet::Normal>(m);
+    bind_distribution<einet::Exponential>(m);
+    bind_distribution<einet::Empirical>(m);
+    bind_distribution<einet::Deterministic>(m);
+}
+
+/// The confidence-score predictor's MLP.
+void register_predictor(py::module_& m) {
     py::class_<einet::Predictor>(m, "Predictor",
                                  "The confidence-score predictor's MLP, run natively (ReLU hidden layers, sigmoid out).")
         .def(py::init(&make_predictor), py::arg("weights"), py::arg("biases"), py::arg("calibrated"))
@@ -412,7 +441,10 @@ PYBIND11_MODULE(_core, m) {
                 return out;
             },
             py::arg("observed"), py::arg("mask"), "Every exit's score from the observed ones.");
+}
 
+/// EINet's online loop: the per-sample session and the single online step.
+void register_online(py::module_& m) {
     py::class_<LockedSession>(m, "OnlineSession",
                               "EINet's per-sample loop held natively: begin(), run_branch(block), "
                               "observe(block, confidence, elapsed). Safe to share between threads (one lock).")
@@ -485,6 +517,11 @@ PYBIND11_MODULE(_core, m) {
         py::arg("elapsed"), py::arg("held_exit"), py::arg("held_default"), py::arg("rule"),
         "Predict every exit's score, then search the remaining blocks: (mask, value, evaluations, scores, held). "
         "held_exit: an int, -1 (none: held_default is credited) or an observed exit in [0, N).");
+}
+
+/// The accuracy expectation E(x): of one plan, or of many in one call.
+void register_objective(py::module_& m) {
+    m.attr("TIE_TOLERANCE") = einet::kTieTolerance;
 
     m.def(
         "expected_accuracy",
@@ -518,6 +555,16 @@ PYBIND11_MODULE(_core, m) {
         py::arg("mask"), py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("start"),
         py::arg("elapsed"), py::arg("held"), py::arg("rule"),
         "E of one plan (1-D mask) or of many plans (2-D, one per row).");
+}
+
+/// The searches, for one sample or a batch on threads, and their work caps.
+void register_search(py::module_& m) {
+    m.attr("MAX_EXHAUSTIVE_BLOCKS") = einet::kMaxExhaustiveBlocks;
+    m.attr("MAX_HYBRID_DEPTH") = einet::kMaxHybridDepth;
+    m.attr("MAX_HYBRID_WORK_LOG2") = einet::kMaxHybridWorkLog2;
+    m.attr("MAX_RANDOM_BUDGET") = einet::kMaxRandomBudget;
+    m.attr("MAX_SEARCH_WORK_LOG2") = einet::kMaxSearchWorkLog2;
+    m.attr("MAX_THREADS") = einet::kMaxThreads;
 
     m.def(
         "search",
@@ -576,4 +623,20 @@ PYBIND11_MODULE(_core, m) {
         py::arg("budget"), py::arg("seed"), py::arg("start"), py::arg("elapsed"), py::arg("held"), py::arg("rule"),
         py::arg("threads"),
         "Many samples' searches over `threads` cores (0: all, at most MAX_THREADS): (masks, values, evaluations).");
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "einet's native planner: exit-time distributions, the accuracy expectation and the searches.";
+#ifdef EINET_VERSION
+    m.attr("__version__") = EINET_VERSION;
+#else
+    m.attr("__version__") = "dev";
+#endif
+    register_distributions(m);
+    register_predictor(m);
+    register_online(m);
+    register_objective(m);
+    register_search(m);
 }
