@@ -29,6 +29,13 @@ FIXTURES = {
     "vgg16_fine_w025_cpu_distill-ensemble": "einet profile --checkpoint runs/vgg16_fine_w025_distill-ensemble.pt "
                                             "--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                             "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble",
+    # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
+    "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
+                                           "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "
+                                           "benchmarks/fixtures/vgg16_fine_w025_cpu_joint_thumbnail",
+    "b_alexnet_w05_cpu_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/b_alexnet_w05_cpu "
+                                   "--data ../shared/data/cifar10-jpeg.zip --out "
+                                   "benchmarks/fixtures/b_alexnet_w05_cpu_thumbnail",
     "vgg16_fine_w05_cuda": "python scripts/cuda_check.py --data cifar10-jpeg.zip --out benchmarks/fixtures/"
                            "vgg16_fine_w05_cuda  (on a GPU machine; trains, profiles and fits the predictor)",
 }

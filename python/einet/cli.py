@@ -1,4 +1,4 @@
-"""The ``einet`` command: train, profile, fit-predictor, evaluate, report and demo."""
+"""The ``einet`` command: train, profile, fit-predictor, evaluate, report, table, select and demo."""
 
 from __future__ import annotations
 
