@@ -66,7 +66,7 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
                   for name, rule in rules.items()}
     # richer signals for the predictor (rule latest): what it reads per observed exit instead of the confidence
     by_signal = {signal: fit_predictor(holdout, "correctness", epochs=epochs, progress=False,
-                                       signal=signal)[0].to_native() for signal in ("entropy", "margin")}
+                                       signal=signal)[0].to_native() for signal in ("entropy", "margin", "agreement")}
     log(f"{folder.name}: selecting on the held-out split, for each distribution")
     deployed = {kind: select(et, holdout, kinds=[kind], predictor_epochs=epochs, progress=False) for kind in kinds}
     subset = test.subset(np.arange(min(knn_samples, test.num_samples)))
@@ -151,7 +151,7 @@ def main() -> None:
         for label in sorted({label for _, label in res if "statistics | " in label}):
             prefix, rule = label.split("statistics | ")
             for planner in ("EINet (paper)", "EINet (paper, entropy)", "EINet (paper, margin)",
-                            "nearest-neighbour reference"):
+                            "EINet (paper, agreement)", "nearest-neighbour reference"):
                 if all((kind, f"{prefix}{planner} | {rule}") in res for kind in args.dist):
                     cells = [str(paired_difference(res[kind, f"{prefix}{planner} | {rule}"], res[kind, label]))
                              for kind in args.dist]

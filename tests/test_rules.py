@@ -107,7 +107,8 @@ def test_ensemble_needs_log_probabilities():
         held_correctness(np.zeros((5, 3), dtype=np.int64), old, AnswerRule("ensemble", (1.0, 1.0, 1.0)))
 
 
-def test_a_predictor_reading_another_signal_round_trips_and_drives_einet(tmp_path):
+@pytest.mark.parametrize("signal", ["margin", "agreement"])
+def test_a_predictor_reading_another_signal_round_trips_and_drives_einet(tmp_path, signal):
     pytest.importorskip("torch")
     from einet.policies import EINet
     from einet.predictor import fit_predictor, load_predictor, save_predictor
@@ -116,16 +117,24 @@ def test_a_predictor_reading_another_signal_round_trips_and_drives_einet(tmp_pat
 
     rng = np.random.default_rng(5)
     holdout, test = random_profile(rng, 300, 5, 4), random_profile(rng, 100, 5, 4)
-    model, _ = fit_predictor(holdout, epochs=3, progress=False, signal="margin")
+    model, _ = fit_predictor(holdout, epochs=3, progress=False, signal=signal)
     save_predictor(tmp_path / "p.npz", model)
-    assert read_predictor(tmp_path / "p.npz").signal == "margin"
-    assert load_predictor(tmp_path / "p.npz").signal == "margin"
+    assert read_predictor(tmp_path / "p.npz").signal == signal
+    assert load_predictor(tmp_path / "p.npz").signal == signal
     et = einet.ETProfile(rng.uniform(1, 2, 5), rng.uniform(0.2, 1, 5))
     dist = relative_distribution("uniform", full_inference_time(et))
-    policy = EINet(model.to_native(), et, dist, signal="margin")
+    policy = EINet(model.to_native(), et, dist, signal=signal)
     assert policy.needs_log_probs  # the simulator hands it each exit's log-probabilities
     assert 0 <= evaluate(policy, test, et, dist, draws=1).expected <= 1
     with pytest.raises(ValueError, match="rules latest and best"):
-        EINet(model.to_native(), et, dist, AnswerRule("ensemble", (1.0,) * 5), signal="margin")
+        EINet(model.to_native(), et, dist, AnswerRule("ensemble", (1.0,) * 5), signal=signal)
     with pytest.raises(ValueError, match="unknown signal"):
         fit_predictor(holdout, epochs=1, progress=False, signal="loudness")
+
+
+def test_agreement_compares_with_the_previous_observed_exit():
+    from einet.signals import agreement
+
+    predictions = np.array([[1, 1, 2, 2, 2]])
+    observed = np.array([[True, False, True, True, False]])
+    assert agreement(predictions, observed).tolist() == [[0, 1, 0, 1, 1]]

@@ -422,7 +422,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rule", default="latest", choices=["latest", "best", "ensemble"],
                    help="the output rule it predicts for; ensemble also fits per-exit ensemble weights "
                         "(default: %(default)s)")
-    p.add_argument("--signal", default="confidence", choices=["confidence", "entropy", "margin"],
+    p.add_argument("--signal", default="confidence", choices=["confidence", "entropy", "margin", "agreement"],
                    help="what it reads per observed exit (rules latest/best; needs log-probabilities)")
     p.add_argument("--time-zero", action="store_true",
                    help="hold the held-out split's most frequent class before the first branch finishes")
@@ -468,7 +468,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scale", type=float, default=1.0, help="exit-time horizon / full inference time")
     p.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"],
                    choices=["latest", "best", "ensemble"], help="candidate output rules")
-    p.add_argument("--signals", nargs="+", default=["confidence"], choices=["confidence", "entropy", "margin"],
+    p.add_argument("--signals", nargs="+", default=["confidence"],
+                   choices=["confidence", "entropy", "margin", "agreement"],
                    help="candidate signals EINet's predictor may read per observed exit (rules latest/best)")
     p.add_argument("--epochs", type=int, default=40, help="predictor training epochs")
     p.add_argument("--seed", type=int, default=0, help="fixes the predictor training")

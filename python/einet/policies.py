@@ -27,7 +27,7 @@ from . import _core
 from .planner import Distribution, ETProfile, NativePredictor, expected_accuracy, online_step, search
 from .profiling import CSProfile
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
-from .signals import exit_signals, signal_index
+from .signals import SIGNALS, exit_signals, signal_index
 
 
 class Policy:
@@ -206,6 +206,7 @@ class EINet(Policy):
                              "reads the ensemble's confidence")
         self.needs_log_probs = self.signal > 0
         self._observed_signal = 0.0
+        self._last_class = -1  # for signal agreement: the previous observed exit's class
         if first_plan is None:  # the paper: the predictor's estimate with nothing observed
             nothing = np.zeros(et.num_blocks)
             first_plan = online_step(predictor, nothing, nothing.astype(bool), et, dist, 0, 0.0,
@@ -222,12 +223,18 @@ class EINet(Policy):
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         self.session.begin()
+        self._last_class = -1
 
     def run_branch(self, block: int, elapsed: float) -> bool:
         return self.session.run_branch(block)
 
     def record_log_probs(self, block: int, log_probs: np.ndarray) -> None:
-        self._observed_signal = float(exit_signals(log_probs)[self.signal])
+        if SIGNALS[self.signal] == "agreement":
+            predicted = int(log_probs.argmax())
+            self._observed_signal = float(predicted == self._last_class)
+            self._last_class = predicted
+        else:
+            self._observed_signal = float(exit_signals(log_probs)[self.signal])
 
     def observe(self, block: int, confidence: float, elapsed: float) -> bool:
         self.session.observe(block, self._observed_signal if self.signal else confidence, elapsed)

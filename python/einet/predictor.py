@@ -30,7 +30,7 @@ from .planner import NativePredictor
 from .predictor_file import TARGETS, read_predictor
 from .profiling import CSProfile, write_arrays
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
-from .signals import exit_signals, signal_index
+from .signals import agreement, exit_signals, signal_index
 
 
 class ConfidencePredictor(nn.Module):
@@ -125,13 +125,14 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
     if signal != "confidence" and (rule.name == "ensemble" or target != "correctness"):
         raise ValueError(f"signal {signal!r} goes with rules latest or best and the correctness target")
     log_probs = profile.dense_log_probs() if rule.name == "ensemble" else None
-    observed = (exit_signals(profile.dense_log_probs())[..., signal_index(signal)] if signal != "confidence"
-                else profile.confidence)
+    observed = (exit_signals(profile.dense_log_probs())[..., signal_index(signal)]
+                if signal in ("entropy", "margin") else profile.confidence)
 
     def examples(masks: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """(observed signals, targets) for these observation masks."""
         if log_probs is None:
-            correct, confidence = profile.correct, observed
+            correct = profile.correct
+            confidence = agreement(profile.prediction, masks) if signal == "agreement" else observed
         else:
             correct, confidence = ensemble_prefix_correct(log_probs, profile.labels, rule.weights, masks)
         goal = correct if target == "correctness" else confidence
