@@ -153,6 +153,8 @@ def test_calibrate_adds_what_the_runtime_costs():
     calibrated = runtime.calibrate(et)
     assert calibrated.conv[1] >= 0.0019  # the missing millisecond is found (sleep never returns early)
     assert calibrated.conv[0] > calibrated.conv[1]  # plus the hand-over to the worker
+    stale = runtime.calibrate(einet.ETProfile([0.004] * 4, [0.0] * 4))  # claims twice the real block time
+    assert stale.conv[1] <= 0.0035  # corrected down too
     runtime.close()
 
 

@@ -234,8 +234,10 @@ class _Statistics:
             ran = [exit_index for _, exit_index in answers]
             predicted = dispatch + et.conv[:last + 1].sum() + et.branch[ran].sum() + planning * (len(ran) - 1)
             per_block.append((finished - predicted) / (last + 1))
-        extra = max(0.0, float(np.median(per_block))) if per_block else 0.0
-        conv = et.conv + extra
+        # Negative when `et` is slower than this runtime (a profile from a busier moment): the
+        # correction goes both ways, or the simulator would keep predicting late answers.
+        extra = float(np.median(per_block)) if per_block else 0.0
+        conv = np.maximum(et.conv + extra, 0.0)
         conv[0] += dispatch
         return ETProfile(conv, et.branch + planning)
 
