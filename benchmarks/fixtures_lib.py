@@ -29,6 +29,14 @@ FIXTURES = {
     "vgg16_fine_w025_cpu_distill-ensemble": "einet profile --checkpoint runs/vgg16_fine_w025_distill-ensemble.pt "
                                             "--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                             "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble",
+    # B-AlexNet w0.25, `einet train --model b_alexnet --width 0.25 --epochs 10 --threads 1 --recipe R` (CPU);
+    # the ET-profile is the b_alexnet_w025_cpu one (same network).
+    "b_alexnet_w025_cpu_joint": "einet profile --checkpoint runs/b_alexnet_w025_joint.pt --dataset cifar10 "
+                                "--data ../shared/data/cifar10-jpeg.zip --skip-et "
+                                "--out-dir benchmarks/fixtures/b_alexnet_w025_cpu_joint",
+    "b_alexnet_w025_cpu_distill": "einet profile --checkpoint runs/b_alexnet_w025_distill.pt --dataset cifar10 "
+                                  "--data ../shared/data/cifar10-jpeg.zip --skip-et "
+                                  "--out-dir benchmarks/fixtures/b_alexnet_w025_cpu_distill",
     # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
     "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
                                            "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "
