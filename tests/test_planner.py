@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import exit_time_distribution
 
 import einet
 from einet import reference
@@ -30,18 +31,7 @@ def planning_states(draw, max_blocks: int = 7):
     branch = draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n))
     et = einet.ETProfile(conv, branch)
     total = max(et.total(), 1e-3)
-    kind = draw(st.sampled_from(DIST_KINDS))
-    if kind == "uniform":
-        low = draw(st.floats(-total, total))
-        dist = einet.Uniform(low, low + draw(st.floats(1e-3, 2 * total)))
-    elif kind == "normal":
-        dist = einet.Normal(draw(st.floats(0.0, total)), draw(st.floats(total / 50, total)))
-    elif kind == "exponential":
-        dist = einet.Exponential(draw(st.floats(0.1, 10.0)) / total)
-    elif kind == "empirical":
-        dist = einet.Empirical(draw(st.lists(st.floats(0.0, total), min_size=1, max_size=30)))
-    else:
-        dist = einet.Deterministic(draw(st.floats(0.0, total)))
+    dist = exit_time_distribution(draw, total)
     start = draw(st.integers(0, n))
     state = {
         "start": start,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from strategies import exit_time_distribution
 
 import einet
 from einet import _core, reference
@@ -25,18 +26,7 @@ def sessions(draw):
     conv = draw(st.lists(st.floats(0.0, 2.0), min_size=n, max_size=n))
     branch = draw(st.lists(st.floats(0.0, 1.0), min_size=n, max_size=n))
     total = max(sum(conv) + sum(branch), 1e-3)
-    kind = draw(st.sampled_from(["uniform", "normal", "exponential", "empirical", "deterministic"]))
-    if kind == "uniform":
-        low = draw(st.floats(-total, total))
-        dist = einet.Uniform(low, low + draw(st.floats(1e-3, 2 * total)))
-    elif kind == "normal":
-        dist = einet.Normal(draw(st.floats(0.0, total)), draw(st.floats(total / 50, total)))
-    elif kind == "exponential":
-        dist = einet.Exponential(draw(st.floats(0.1, 10.0)) / total)
-    elif kind == "empirical":
-        dist = einet.Empirical(draw(st.lists(st.floats(0.0, total), min_size=1, max_size=20)))
-    else:
-        dist = einet.Deterministic(draw(st.floats(0.0, total)))
+    dist = exit_time_distribution(draw, total, max_samples=20)
     widths = [2 * n, *draw(st.lists(st.integers(1, 6), max_size=2)), n]
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     scale = draw(st.sampled_from([0.1, 1.0, 4.0]))
