@@ -96,8 +96,8 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predic
     """Rule latest, and rule ensemble with the time-zero answer (the predictor file carries the rule)."""
     from einet.policies import EINet
     from einet.profiling import profile_et
-    from einet.runtime import ElasticRuntime, run_with_deadlines
-    from einet.simulate import evaluate, sample_exit_times
+    from einet.runtime import ElasticRuntime, check_against_simulator
+    from einet.simulate import sample_exit_times
 
     model, base, cs, native, rule, images, labels = realtime_case(predictor)
     samples = 50 if benchmark.disabled else 3000
@@ -109,16 +109,14 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predic
     dist = relative_distribution("uniform", full_inference_time(base))
     deadlines = sample_exit_times(dist, (samples,), np.random.default_rng(2))
     with ElasticRuntime(model, EINet(native, base, dist, rule), rule=rule) as runtime:
-        for k in chosen[:300]:
-            runtime.infer(images[k:k + 1])
-        et = runtime.calibrate(base)
-        runtime.policy = EINet(native, et, dist, rule)
-        report = benchmark.pedantic(run_with_deadlines, args=(runtime, images[chosen], labels[chosen], deadlines),
-                                    kwargs={"progress": False}, rounds=1, iterations=1)
-    predicted = evaluate(EINet(native, et, dist, rule), cs.subset(chosen), et, dist, draws=100, rule=rule)
+        check = benchmark.pedantic(
+            check_against_simulator,
+            args=(runtime, lambda et: EINet(native, et, dist, rule), base, cs.subset(chosen), images[chosen],
+                  labels[chosen], deadlines), kwargs={"warmup": 300}, rounds=1, iterations=1)
+    report = check.report
     latencies = np.array(report.latencies)
-    summary = {"runtime_accuracy": report.accuracy, "simulated": predicted.expected,
-               "difference_pp": 100 * (report.accuracy - predicted.expected),
+    summary = {"runtime_accuracy": report.accuracy, "simulated": float(check.simulated.mean()),
+               "difference_pp": 100 * check.difference, "difference_ci95_pp": 100 * check.ci95,
                "latency_median_ms": 1e3 * float(np.median(latencies)),
                "latency_p99_ms": 1e3 * float(np.percentile(latencies, 99)),
                "planning_share": report.planning_share, "samples": samples}

@@ -26,8 +26,8 @@ from einet.models import TrainConfig, build, train
 from einet.policies import EINet
 from einet.predictor import fit_predictor, save_predictor
 from einet.profiling import profile_cs, profile_et
-from einet.runtime import ElasticRuntime, run_with_deadlines
-from einet.simulate import evaluate, full_inference_time, relative_distribution, sample_exit_times
+from einet.runtime import ElasticRuntime, check_against_simulator
+from einet.simulate import full_inference_time, relative_distribution, sample_exit_times
 
 
 def main() -> None:
@@ -96,18 +96,16 @@ def main() -> None:
     chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
     deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
     with ElasticRuntime(model, EINet(native, et, dist), device=device) as runtime:
-        for k in chosen[:300]:  # warm-up, and what the runtime adds to the profile
-            runtime.infer(images[k:k + 1].to(device))
-        et = runtime.calibrate(et)
-        summary["calibrated_conv_ms"] = (et.conv * 1e3).round(4).tolist()
-        runtime.policy = EINet(native, et, dist)
-        report = run_with_deadlines(runtime, images[chosen].to(device), test.labels[chosen], deadlines,
-                                    uninterrupted=200, progress=False)
-    predicted = evaluate(EINet(native, et, dist), test_cs.subset(chosen), et, dist, draws=200)
+        check = check_against_simulator(runtime, lambda calibrated: EINet(native, calibrated, dist), et,
+                                        test_cs.subset(chosen), images[chosen].to(device), test.labels[chosen],
+                                        deadlines, warmup=300, uninterrupted=200)
+    summary["calibrated_conv_ms"] = (check.et.conv * 1e3).round(4).tolist()
+    report = check.report
     latencies = report.latencies
     summary |= {
-        "runtime_accuracy": report.accuracy, "simulated_accuracy": predicted.expected,
-        "simulated_ci95": predicted.ci95, "interrupts": len(latencies),
+        "runtime_accuracy": report.accuracy, "simulated_accuracy": float(check.simulated.mean()),
+        "difference_pp": 100 * check.difference, "difference_ci95_pp": 100 * check.ci95,
+        "interrupts": len(latencies),
         "latency_median_ms": 1e3 * float(np.median(latencies)),
         "latency_p99_ms": 1e3 * float(np.percentile(latencies, 99)),
         "planning_share": report.planning_share,

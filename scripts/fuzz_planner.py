@@ -613,8 +613,8 @@ def case_session(r: random.Random, c: Case, bad: float) -> None:
         c.add(f"OnlineSession(predictor, conv={short(conv)}, branch={short(branch)}, {short(inst)}, "
               f"first_plan={short(first)}, margin={short(margin)})",
               lambda: state.__setitem__("s", _core.OnlineSession(
-                  predictor, conv, branch, inst.dist, inst.rule, inst.method, inst.depth, inst.budget, inst.seed,
-                  first, margin)))
+                  predictor, conv, branch, inst.dist, inst.rule,
+                  _core.SearchOptions(inst.method, inst.depth, inst.budget, inst.seed), first, margin)))
     c.add("begin()", lambda: state["s"].begin())
     elapsed = 0.0
     for _ in range(r.randint(1, 6)):
@@ -669,6 +669,9 @@ def case_et_profile(r: random.Random, c: Case) -> None:
     c.add("repr/eq", lambda: (repr(state["et"]), state["et"] == state["et"]))
 
 
+OPTIONS = object()  # where case_raw_core's calls take their SearchOptions
+
+
 def case_raw_core(r: random.Random, c: Case, bad: float) -> None:
     """The native functions called directly: no Python-side checks in front."""
     inst = instance(r, bad)
@@ -680,8 +683,7 @@ def case_raw_core(r: random.Random, c: Case, bad: float) -> None:
     args: list[Any]
     if which == 0:
         fn = _core.search
-        args = [scores, conv, branch, inst.dist, inst.method, inst.depth, inst.budget, inst.seed, inst.start,
-                inst.elapsed, inst.held, inst.rule]
+        args = [scores, conv, branch, inst.dist, OPTIONS, inst.start, inst.elapsed, inst.held, inst.rule]
     elif which == 1:
         fn = _core.expected_accuracy
         args = [as_mask(r, [r.randint(0, 1) for _ in range(n)], bad), scores, conv, branch, inst.dist, inst.start,
@@ -690,18 +692,18 @@ def case_raw_core(r: random.Random, c: Case, bad: float) -> None:
         fn = _core.search_batch
         rows = r.randint(0, 3)
         args = [np.tile(np.asarray(inst.scores), (rows, 1)) if r.random() >= bad else scores, conv, branch,
-                inst.dist, inst.method, inst.depth, inst.budget, inst.seed, inst.start,
-                as_container(r, [r.uniform(0, 2) for _ in range(rows)], bad),
+                inst.dist, OPTIONS, inst.start, as_container(r, [r.uniform(0, 2) for _ in range(rows)], bad),
                 as_container(r, [r.random() for _ in range(rows)], bad), inst.rule, any_int(r, 0, 4, bad)]
     else:
         fn = _core.online_step
         seen = [r.randint(0, 1) for _ in range(n)]
-        args = [native_predictor(r, n, 0.0), scores, as_mask(r, seen, bad), conv, branch, inst.dist, inst.method,
-                inst.depth, inst.budget, inst.seed, inst.start, inst.elapsed,
-                any_int(r, -1, n - 1, bad), inst.held, inst.rule]
+        args = [native_predictor(r, n, 0.0), scores, as_mask(r, seen, bad), conv, branch, inst.dist, OPTIONS,
+                inst.start, inst.elapsed, any_int(r, -1, n - 1, bad), inst.held, inst.rule]
     if r.random() < 0.1:  # wrong argument count
         args = args[:-1] if r.random() < 0.5 else [*args, 0]
-    c.add(f"_core.{fn.__name__}({', '.join(short(a) for a in args)})", lambda: fn(*args))
+    options = (inst.method, inst.depth, inst.budget, inst.seed)  # built in the call: its errors count there
+    c.add(f"_core.{fn.__name__}({', '.join(short(options) if a is OPTIONS else short(a) for a in args)})",
+          lambda: fn(*(_core.SearchOptions(*options) if a is OPTIONS else a for a in args)))
 
 
 KINDS: dict[str, tuple[float, Callable[[random.Random, Case, float], None]]] = {  # kind: (share, builder)

@@ -188,7 +188,7 @@ def test_online_step_held_exit_must_be_an_exit_index(held_exit, error, message):
     with pytest.raises(error, match=message):
         einet.online_step(native_predictor(), observed, mask, et, DIST, start=3, elapsed=1.0, held_exit=held_exit)
     with pytest.raises(error, match=message):  # the native module checks the same, called directly
-        einet._core.online_step(native_predictor(), observed, mask, et.conv, et.branch, DIST, "hybrid", 4, 1000, 0,
+        einet._core.online_step(native_predictor(), observed, mask, et.conv, et.branch, DIST, einet.SearchOptions(),
                                 3, 1.0, held_exit, 0.0, "latest")
     for fine in (2, np.int64(2), -1, np.int32(-1)):
         step = einet.online_step(native_predictor(), observed, mask, et, DIST, start=3, elapsed=1.0, held_exit=fine)

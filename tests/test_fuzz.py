@@ -74,8 +74,8 @@ p = einet.NativePredictor.__new__(einet.NativePredictor)
 refused(lambda: p.num_exits)
 refused(lambda: p.predict(np.zeros(2), np.zeros(2, bool)))
 refused(lambda: einet.online_step(p, np.zeros(2), np.zeros(2, bool), et, einet.Uniform(0, 3), 0, 0.0))
-refused(lambda: _core.OnlineSession(p, et.conv, et.branch, einet.Uniform(0, 3), "latest", "hybrid", 4, 10, 0,
-                                    np.ones(2, bool), 0.0))
+refused(lambda: _core.OnlineSession(p, et.conv, et.branch, einet.Uniform(0, 3), "latest",
+                                    einet.SearchOptions("hybrid", 4, 10, 0), np.ones(2, bool), 0.0))
 s = _core.OnlineSession.__new__(_core.OnlineSession)
 for call in (s.begin, lambda: s.run_branch(0), lambda: s.observe(0, 0.5, 1.0)):
     refused(call)
@@ -137,8 +137,8 @@ rng = np.random.default_rng(0)
 predictor = einet.NativePredictor([rng.normal(size=(16, 2 * n)), rng.normal(size=(n, 16))],
                                   [rng.normal(size=16), rng.normal(size=n)], True)
 et = einet.ETProfile(np.ones(n), np.full(n, 0.2))
-session = _core.OnlineSession(predictor, et.conv, et.branch, einet.Normal(15.0, 5.0), "best", "hybrid", 4, 100, 0,
-                              np.ones(n, bool), 0.0)
+session = _core.OnlineSession(predictor, et.conv, et.branch, einet.Normal(15.0, 5.0), "best",
+                              einet.SearchOptions("hybrid", 4, 100, 0), np.ones(n, bool), 0.0)
 stop = time.perf_counter() + 1.0
 def observe():
     i = 0
@@ -193,8 +193,8 @@ def test_search_work_is_capped(n, options, message):
     with pytest.raises(ValueError, match=message):
         einet.online_step(predictor, np.zeros(n), np.zeros(n, bool), et, dist, 0, 0.0, **options)
     with pytest.raises(ValueError, match=message):
-        _core.OnlineSession(predictor, et.conv, et.branch, dist, "latest", options["method"], options.get("depth", 4),
-                            options.get("budget", 1000), 0, np.ones(n, bool), 0.0)
+        _core.OnlineSession(predictor, et.conv, et.branch, dist, "latest", einet.planner.search_options(**options),
+                            np.ones(n, bool), 0.0)
 
 
 def test_search_work_cap_weighs_the_cdf():
@@ -241,4 +241,5 @@ def test_first_plan_must_be_one_dimensional():
     predictor = einet.NativePredictor([np.zeros((1, 2))], [np.zeros(1)], True)
     for plan in (np.ones((1, 1), bool), np.array(True)):
         with pytest.raises(ValueError, match="first_plan must be 1-D"):
-            _core.OnlineSession(predictor, [1.0], [0.5], einet.Uniform(0, 3), "latest", "hybrid", 4, 10, 0, plan, 0.0)
+            _core.OnlineSession(predictor, [1.0], [0.5], einet.Uniform(0, 3), "latest", einet.SearchOptions(), plan,
+                                0.0)

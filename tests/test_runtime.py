@@ -459,3 +459,26 @@ UNCLOSED = textwrap.dedent("""
 def test_exiting_without_close_with_a_block_in_flight_exits_cleanly():
     result = subprocess.run([sys.executable, "-c", UNCLOSED], capture_output=True, text=True, timeout=300)
     assert (result.returncode, result.stderr, result.stdout.strip()) == (0, "", "True")
+
+
+def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
+    """The one real-time check, paired: each sample's runtime answer against the simulator's at its own
+    deadline. Only timing may part them (a deadline within scheduling jitter of a branch's end)."""
+    import einet
+    from einet.profiling import CSProfile
+    from einet.runtime import check_against_simulator
+
+    model, samples = slow_model(0.02), 40
+    labels = np.random.default_rng(0).integers(0, 3, samples)
+    prediction = np.tile(np.arange(4) % 3, (samples, 1))
+    confidence = np.tile([0.5, 0.6, 0.97, 0.8], (samples, 1))
+    cs = CSProfile(confidence, prediction, prediction == labels[:, None], labels, {})
+    deadlines = np.random.default_rng(1).uniform(0.0, 0.09, samples)
+    images = torch.zeros(samples, 1)
+    with ElasticRuntime(model, Policy()) as runtime:
+        check = check_against_simulator(runtime, lambda et: Policy(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
+                                        images, labels, deadlines, warmup=5, uninterrupted=5)
+    assert check.report.samples == samples and check.simulated.shape == (samples,)
+    assert check.simulated.mean() > 0.1  # the answers depend on the deadline: not trivially equal
+    assert abs(check.difference) <= 0.1, (check.report.correct, check.simulated)
+    assert check.ci95 <= 0.15

@@ -60,7 +60,9 @@ def same_decisions(native: _core.OnlineSession, model: reference.OnlineSession, 
 def test_native_session_matches_the_python_model(setup, data):
     predictor, model_predictor, conv, branch, options = setup
     n = conv.size
-    native = _core.OnlineSession(predictor, conv, branch, **options)
+    search = einet.SearchOptions(*(options[key] for key in ("method", "depth", "budget", "seed")))
+    native = _core.OnlineSession(predictor, conv, branch, options["dist"], options["rule"], search,
+                                 options["first_plan"], options["margin"])
     model = reference.OnlineSession(model_predictor, conv, branch, **options)
     same_decisions(native, model, n, "after construction")
     for sample in range(data.draw(st.integers(1, 3), label="samples")):

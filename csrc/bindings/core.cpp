@@ -135,11 +135,6 @@ einet::Distribution to_distribution(const py::handle& dist) {
                          "Deterministic), got " + std::string(py::str(py::type::of(dist).attr("__name__"))));
 }
 
-einet::SearchOptions make_options(const std::string& method, std::size_t depth, std::uint64_t budget,
-                                  std::uint64_t seed) {
-    return einet::SearchOptions{einet::parse_method(method), depth, budget, seed};
-}
-
 py::array_t<bool> as_bool_array(const std::vector<std::uint8_t>& mask) {
     py::array_t<bool> out(static_cast<py::ssize_t>(mask.size()));
     std::copy(mask.begin(), mask.end(), out.mutable_data());
@@ -443,15 +438,36 @@ void register_predictor(py::module_& m) {
             py::arg("observed"), py::arg("mask"), "Every exit's score from the observed ones.");
 }
 
+/// How to search, as one object: the method and its parameters (their caps are checked by the search).
+void register_search_options(py::module_& m) {
+    using Options = einet::SearchOptions;
+    py::class_<Options>(m, "SearchOptions",
+                        "How to search: method (exhaustive, greedy, hybrid, random), depth (hybrid's enumerated "
+                        "branches), budget and seed (random's plans and generator).")
+        .def(py::init([](const std::string& method, std::size_t depth, std::uint64_t budget, std::uint64_t seed) {
+                 return Options{einet::parse_method(method), depth, budget, seed};
+             }),
+             py::arg("method") = "hybrid", py::arg("depth") = Options{}.depth, py::arg("budget") = Options{}.budget,
+             py::arg("seed") = Options{}.seed)
+        .def_property_readonly("method", [](const Options& o) { return einet::detail::method_name(o.method); })
+        .def_readonly("depth", &Options::depth)
+        .def_readonly("budget", &Options::budget)
+        .def_readonly("seed", &Options::seed)
+        .def("__repr__", [](const Options& o) {
+            return "SearchOptions(method='" + std::string(einet::detail::method_name(o.method)) + "', depth=" +
+                   std::to_string(o.depth) + ", budget=" + std::to_string(o.budget) + ", seed=" +
+                   std::to_string(o.seed) + ")";
+        });
+}
+
 /// EINet's online loop: the per-sample session and the single online step.
 void register_online(py::module_& m) {
     py::class_<LockedSession>(m, "OnlineSession",
                               "EINet's per-sample loop held natively: begin(), run_branch(block), "
                               "observe(block, confidence, elapsed). Safe to share between threads (one lock).")
         .def(py::init([](const einet::Predictor& predictor, const Doubles& conv, const Doubles& branch,
-                         const py::handle& dist_object, const std::string& rule, const std::string& method,
-                         std::size_t depth, std::uint64_t budget, std::uint64_t seed, const py::array& first_plan,
-                         double margin) {
+                         const py::handle& dist_object, const std::string& rule,
+                         const einet::SearchOptions& options, const py::array& first_plan, double margin) {
                  const auto conv_view = vector_of(conv, "conv");
                  const auto branch_view = vector_of(branch, "branch");
                  const auto plan = plan_bytes(first_plan);
@@ -461,12 +477,11 @@ void register_online(py::module_& m) {
                  return new LockedSession(
                      predictor, std::vector<double>(conv_view.begin(), conv_view.end()),
                      std::vector<double>(branch_view.begin(), branch_view.end()), to_distribution(dist_object),
-                     einet::parse_rule(rule), make_options(method, depth, budget, seed),
+                     einet::parse_rule(rule), options,
                      std::vector<std::uint8_t>(plan.data(), plan.data() + plan.size()), margin);
              }),
              py::arg("predictor"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("rule"),
-             py::arg("method"), py::arg("depth"), py::arg("budget"), py::arg("seed"), py::arg("first_plan"),
-             py::arg("margin"))
+             py::arg("options"), py::arg("first_plan"), py::arg("margin"))
         // Only observe holds the lock without the GIL, and it never asks for the GIL while it
         // holds the lock, so begin and run_branch may wait for the lock with the GIL held (they
         // stay cheap calls between two blocks of the inference): no thread can deadlock on it.
@@ -491,16 +506,15 @@ void register_online(py::module_& m) {
     m.def(
         "online_step",
         [](const einet::Predictor& predictor, const Doubles& observed, const py::array& mask, const Doubles& conv,
-           const Doubles& branch, const py::handle& dist_object, const std::string& method, std::size_t depth,
-           std::uint64_t budget, std::uint64_t seed, std::size_t start, double elapsed, const py::handle& held_exit,
-           double held_default, const std::string& rule) {
+           const Doubles& branch, const py::handle& dist_object, const einet::SearchOptions& options,
+           std::size_t start, double elapsed, const py::handle& held_exit, double held_default,
+           const std::string& rule) {
             const auto dist = to_distribution(dist_object);
             const auto conv_view = vector_of(conv, "conv");
             const auto branch_view = vector_of(branch, "branch");
             const auto observed_view = vector_of(observed, "observed");
             const auto held_index = exit_index(held_exit, "held_exit", conv_view.size());
             const auto bytes = observation_mask(mask, conv_view.size());
-            const auto options = make_options(method, depth, budget, seed);
             const auto parsed_rule = einet::parse_rule(rule);
             const einet::OnlineStep step = without_gil_interruptibly([&](const einet::StopCheck& stop) {
                 return einet::online_step(predictor, conv_view, branch_view, observed_view,
@@ -513,7 +527,7 @@ void register_online(py::module_& m) {
                                   step.held);
         },
         py::arg("predictor"), py::arg("observed"), py::arg("mask"), py::arg("conv"), py::arg("branch"),
-        py::arg("dist"), py::arg("method"), py::arg("depth"), py::arg("budget"), py::arg("seed"), py::arg("start"),
+        py::arg("dist"), py::arg("options"), py::arg("start"),
         py::arg("elapsed"), py::arg("held_exit"), py::arg("held_default"), py::arg("rule"),
         "Predict every exit's score, then search the remaining blocks: (mask, value, evaluations, scores, held). "
         "held_exit: an int, -1 (none: held_default is credited) or an observed exit in [0, N).");
@@ -569,23 +583,22 @@ void register_search(py::module_& m) {
     m.def(
         "search",
         [](const Doubles& scores, const Doubles& conv, const Doubles& branch, const py::handle& dist_object,
-           const std::string& method, std::size_t depth, std::uint64_t budget, std::uint64_t seed, std::size_t start,
+           const einet::SearchOptions& options, std::size_t start,
            double elapsed, double held, const std::string& rule) {
             const auto dist = to_distribution(dist_object);
             const auto in = make_instance(scores, conv, branch, start, elapsed, held, rule);
-            const auto options = make_options(method, depth, budget, seed);
             const einet::Plan plan = without_gil_interruptibly(
                 [&](const einet::StopCheck& stop) { return einet::search(in, dist, options, stop); });
             return py::make_tuple(as_bool_array(plan.mask), plan.value, plan.evaluations);
         },
-        py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("method"), py::arg("depth"),
-        py::arg("budget"), py::arg("seed"), py::arg("start"), py::arg("elapsed"), py::arg("held"), py::arg("rule"),
+        py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("options"), py::arg("start"),
+        py::arg("elapsed"), py::arg("held"), py::arg("rule"),
         "One sample's search: (mask, value, evaluations).");
 
     m.def(
         "search_batch",
         [](const Doubles& scores, const Doubles& conv, const Doubles& branch, const py::handle& dist_object,
-           const std::string& method, std::size_t depth, std::uint64_t budget, std::uint64_t seed, std::size_t start,
+           const einet::SearchOptions& options, std::size_t start,
            const Doubles& elapsed, const Doubles& held, const std::string& rule, std::size_t threads) {
             const auto dist = to_distribution(dist_object);
             const auto conv_view = vector_of(conv, "conv");
@@ -606,7 +619,6 @@ void register_search(py::module_& m) {
             }
             if (start > conv_view.size()) einet::validate_state(start, 0.0, 0.0, conv_view.size());
             const auto n = static_cast<py::ssize_t>(conv_view.size() - start);
-            const auto options = make_options(method, depth, budget, seed);
             const auto parsed_rule = einet::parse_rule(rule);
             py::array_t<bool> masks({static_cast<py::ssize_t>(count), n});
             py::array_t<double> values(static_cast<py::ssize_t>(count));
@@ -619,8 +631,8 @@ void register_search(py::module_& m) {
             });
             return py::make_tuple(masks, values, evaluations);
         },
-        py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("method"), py::arg("depth"),
-        py::arg("budget"), py::arg("seed"), py::arg("start"), py::arg("elapsed"), py::arg("held"), py::arg("rule"),
+        py::arg("scores"), py::arg("conv"), py::arg("branch"), py::arg("dist"), py::arg("options"), py::arg("start"),
+        py::arg("elapsed"), py::arg("held"), py::arg("rule"),
         py::arg("threads"),
         "Many samples' searches over `threads` cores (0: all, at most MAX_THREADS): (masks, values, evaluations).");
 }
@@ -636,6 +648,7 @@ PYBIND11_MODULE(_core, m) {
 #endif
     register_distributions(m);
     register_predictor(m);
+    register_search_options(m);
     register_online(m);
     register_objective(m);
     register_search(m);

@@ -64,10 +64,17 @@ class Predictor:
     ) -> None: ...
     def predict(self, observed: npt.ArrayLike, mask: npt.NDArray[np.generic]) -> npt.NDArray[np.float64]: ...
 
+class SearchOptions:
+    method: str
+    depth: int
+    budget: int
+    seed: int
+    def __init__(self, method: str = "hybrid", depth: int = 4, budget: int = 1000, seed: int = 0) -> None: ...
+
 class OnlineSession:
     def __init__(
         self, predictor: Predictor, conv: npt.ArrayLike, branch: npt.ArrayLike, dist: _Distribution, rule: str,
-        method: str, depth: int, budget: int, seed: int, first_plan: npt.NDArray[np.generic], margin: float,
+        options: SearchOptions, first_plan: npt.NDArray[np.generic], margin: float,
     ) -> None: ...
     def begin(self) -> None: ...
     def run_branch(self, block: int) -> bool: ...
@@ -80,16 +87,15 @@ def expected_accuracy(
     dist: _Distribution, start: int, elapsed: float, held: float, rule: str,
 ) -> float | npt.NDArray[np.float64]: ...
 def search(
-    scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike, dist: _Distribution, method: str,
-    depth: int, budget: int, seed: int, start: int, elapsed: float, held: float, rule: str,
+    scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike, dist: _Distribution, options: SearchOptions,
+    start: int, elapsed: float, held: float, rule: str,
 ) -> tuple[npt.NDArray[np.bool_], float, int]: ...
 def search_batch(
-    scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike, dist: _Distribution, method: str,
-    depth: int, budget: int, seed: int, start: int, elapsed: npt.ArrayLike, held: npt.ArrayLike, rule: str,
-    threads: int,
+    scores: npt.ArrayLike, conv: npt.ArrayLike, branch: npt.ArrayLike, dist: _Distribution, options: SearchOptions,
+    start: int, elapsed: npt.ArrayLike, held: npt.ArrayLike, rule: str, threads: int,
 ) -> tuple[npt.NDArray[np.bool_], npt.NDArray[np.float64], npt.NDArray[np.uint64]]: ...
 def online_step(
     predictor: Predictor, observed: npt.ArrayLike, mask: npt.NDArray[np.generic], conv: npt.ArrayLike,
-    branch: npt.ArrayLike, dist: _Distribution, method: str, depth: int, budget: int, seed: int, start: int,
-    elapsed: float, held_exit: int, held_default: float, rule: str,
+    branch: npt.ArrayLike, dist: _Distribution, options: SearchOptions, start: int, elapsed: float,
+    held_exit: int, held_default: float, rule: str,
 ) -> tuple[npt.NDArray[np.bool_], float, int, npt.NDArray[np.float64], float]: ...

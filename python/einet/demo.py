@@ -26,11 +26,10 @@ def run_demo(args: argparse.Namespace) -> int:
     from .models import TrainConfig, build, train
     from .predictor import load_predictor
     from .profiling import profile_cs, profile_et
-    from .runtime import ElasticRuntime, run_with_deadlines
+    from .runtime import ElasticRuntime, check_against_simulator
     from .select import load_deployment, save_deployment, select
     from .simulate import (
         compare,
-        evaluate,
         evaluate_all,
         full_inference_time,
         markdown_table,
@@ -79,7 +78,6 @@ def run_demo(args: argparse.Namespace) -> int:
         native = (load_predictor(path.parent / deployment.predictor) if deployment.predictor else predictor).to_native()
     rule = deployment.rule
     kept = f"; written to {path}" if args.out_dir else ""
-    kept = f"; written to {path}" if args.out_dir else ""
     print(f"      deployed: {deployment.policy}, rule {rule.label()}{kept}")
 
     print(f"[4/5] trace-driven comparison under rule {rule.label()}, exit time uniform over one full inference")
@@ -94,18 +92,13 @@ def run_demo(args: argparse.Namespace) -> int:
     deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
     images = dataset_for("mnist", test, False).images
     with ElasticRuntime(model, deployment.build(et, dist, native), rule=rule, device=device) as runtime:
-        for k in chosen[:100]:  # warm-up; the runtime measures what it adds to the profile
-            runtime.infer(images[k:k + 1])
-        et = runtime.calibrate(et)
-        runtime.policy = deployment.build(et, dist, native)
-        report = run_with_deadlines(runtime, images[chosen], test.labels[chosen], deadlines, progress=progress)
-    predicted = evaluate(deployment.build(et, dist, native), test_cs.subset(chosen), et, dist, draws=200, rule=rule)
-    # The runtime draws one exit time per image: its accuracy carries that sampling error.
-    spread = 1.96 * np.sqrt(predicted.expected * (1 - predicted.expected) / args.samples)
-    print(f"      real-time accuracy {100 * report.accuracy:.1f}%; the simulator predicts "
-          f"{100 * predicted.expected:.1f}% for these images (difference "
-          f"{100 * (report.accuracy - predicted.expected):+.1f} pp; one exit time per image: ±{100 * spread:.1f} pp "
-          "at 95%)")
+        check = check_against_simulator(runtime, lambda calibrated: deployment.build(calibrated, dist, native), et,
+                                        test_cs.subset(chosen), images[chosen], test.labels[chosen], deadlines,
+                                        progress=progress)
+    report = check.report
+    print(f"      real-time accuracy {100 * report.accuracy:.1f}%; the simulator, at the same exit times, "
+          f"{100 * check.simulated.mean():.1f}% (difference {100 * check.difference:+.1f} ± {100 * check.ci95:.1f} pp, "
+          "paired 95%)")
     if report.latencies:
         print(f"      interrupt latency: median {1e3 * np.median(report.latencies):.2f} ms, "
               f"max {1e3 * np.max(report.latencies):.2f} ms; planning {100 * report.planning_share:.1f}% "

@@ -15,7 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _core
-from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
+from ._core import Deterministic, Empirical, Exponential, Normal, SearchOptions, Uniform
 from ._core import Predictor as NativePredictor
 
 __all__ = [
@@ -118,6 +118,14 @@ def _count(value: int, name: str) -> int:
     return number
 
 
+def search_options(method: str = "hybrid", depth: int = 4, budget: int = 1000, seed: int = 0) -> SearchOptions:
+    """How to search, as the native module takes it: every count checked here (ValueError naming it),
+    the method name and the work caps by the native side (see :func:`search`)."""
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a string, got {method!r}")
+    return SearchOptions(method, _count(depth, "depth"), _count(budget, "budget"), _count(seed, "seed"))
+
+
 def _check_et(et: ETProfile) -> None:
     if not isinstance(et, ETProfile):
         raise TypeError(f"et must be an einet.ETProfile, got {type(et).__name__}")
@@ -176,8 +184,8 @@ def search(
     """
     _check_et(et)
     mask, value, evaluations = _core.search(
-        scores, et.conv, et.branch, dist, method, _count(depth, "depth"), _count(budget, "budget"),
-        _count(seed, "seed"), _count(start, "start"), elapsed, held, rule,
+        scores, et.conv, et.branch, dist, search_options(method, depth, budget, seed), _count(start, "start"), elapsed,
+        held, rule,
     )
     return Plan(mask, value, evaluations)
 
@@ -218,9 +226,8 @@ def search_batch(
             f"got shapes {np.shape(elapsed)} and {np.shape(held)}"
         ) from None
     masks, values, evaluations = _core.search_batch(
-        scores, et.conv, et.branch, dist, method, _count(depth, "depth"), _count(budget, "budget"),
-        _count(seed, "seed"), _count(start, "start"), elapsed, held, rule,
-        0 if threads is None else _count(threads, "threads"),
+        scores, et.conv, et.branch, dist, search_options(method, depth, budget, seed), _count(start, "start"), elapsed,
+        held, rule, 0 if threads is None else _count(threads, "threads"),
     )
     return BatchPlans(masks, values, evaluations)
 
@@ -260,7 +267,7 @@ def online_step(
     """
     _check_et(et)
     mask, value, evaluations, scores, held_score = _core.online_step(
-        predictor, observed, np.asarray(observed_mask), et.conv, et.branch, dist, method, _count(depth, "depth"),
-        _count(budget, "budget"), _count(seed, "seed"), _count(start, "start"), elapsed, held_exit, held, rule,
+        predictor, observed, np.asarray(observed_mask), et.conv, et.branch, dist,
+        search_options(method, depth, budget, seed), _count(start, "start"), elapsed, held_exit, held, rule,
     )
     return OnlineStep(Plan(mask, value, evaluations), scores, held_score)

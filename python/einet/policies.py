@@ -24,7 +24,15 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from . import _core
-from .planner import Distribution, ETProfile, NativePredictor, expected_accuracy, online_step, search
+from .planner import (
+    Distribution,
+    ETProfile,
+    NativePredictor,
+    expected_accuracy,
+    online_step,
+    search,
+    search_options,
+)
 from .profiling import CSProfile
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
 from .signals import SIGNALS, exit_signals, signal_index
@@ -218,8 +226,8 @@ class EINet(Policy):
         # The first plan is the same for every sample; re-plans happen natively after each branch.
         # Under rule ensemble the predictor scores ensembles and sees the ensemble's confidence
         # (fit it with that rule), so the native session plans as rule latest.
-        self.session = _core.OnlineSession(predictor, et.conv, et.branch, dist, rule.native, method, depth, budget,
-                                           seed, first, margin)
+        self.session = _core.OnlineSession(predictor, et.conv, et.branch, dist, rule.native,
+                                           search_options(method, depth, budget, seed), first, margin)
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         self.session.begin()

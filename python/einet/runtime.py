@@ -493,10 +493,17 @@ class ElasticRuntime:
 class RealtimeReport:
     """Elastic inference under real timer interrupts over many samples."""
 
-    accuracy: float  # share of samples whose returned answer was right (no answer: wrong)
+    correct: np.ndarray  # [S] bool: each sample's returned answer was right (no answer: wrong)
     latencies: tuple[float, ...]  # seconds from each forced exit to the answer's return
     planning_share: float  # time in the policy / total inference time, over the runs not interrupted
-    samples: int
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self.correct) else 0.0
+
+    @property
+    def samples(self) -> int:
+        return len(self.correct)
 
 
 def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadlines: Any,
@@ -506,11 +513,11 @@ def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: An
     then `uninterrupted` images run to the end to measure the planner's share of the inference time."""
     from tqdm.auto import tqdm
 
-    right, latencies = 0, []
+    correct, latencies = np.zeros(len(deadlines), dtype=bool), []
     for k in tqdm(range(len(deadlines)), desc="real-time", disable=not progress, leave=False):
         runtime.wait_idle()
         answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]))
-        right += answer.prediction is not None and answer.prediction == int(labels[k])
+        correct[k] = answer.prediction is not None and answer.prediction == int(labels[k])
         if answer.interrupted:
             latencies.append(answer.elapsed - float(deadlines[k]))
     planning, total = 0.0, 0.0
@@ -519,5 +526,44 @@ def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: An
         answer = runtime.infer(images[k:k + 1])
         planning += answer.planning_seconds
         total += answer.elapsed
-    return RealtimeReport(right / len(deadlines), tuple(latencies), planning / total if total else 0.0,
-                          len(deadlines))
+    return RealtimeReport(correct, tuple(latencies), planning / total if total else 0.0)
+
+
+@dataclass(frozen=True)
+class SimulatorCheck:
+    """The runtime against the trace-driven simulator on the same images and the same deadlines."""
+
+    report: RealtimeReport  # what the runtime returned
+    simulated: np.ndarray  # [S] bool: the simulator's held answer right at the same deadline
+    et: ETProfile  # the calibrated profile both planned and simulated with
+
+    @property
+    def difference(self) -> float:
+        """Runtime minus simulator accuracy (a share): only timing can make them differ."""
+        return float(np.mean(self.report.correct.astype(float) - self.simulated))
+
+    @property
+    def ci95(self) -> float:
+        """The paired 95% half-width of `difference` over the samples."""
+        from .simulate import ci95_half_width
+
+        return ci95_half_width(self.report.correct.astype(float) - self.simulated)
+
+
+def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETProfile], Policy], et: ETProfile,
+                            cs: Any, images: torch.Tensor, labels: Any, deadlines: Any, warmup: int = 100,
+                            uninterrupted: int = 100, progress: bool = False) -> SimulatorCheck:
+    """Does the runtime do what the simulator predicts? The one real-time check (demo, CUDA script,
+    benchmark): `warmup` of the images run to the end so the runtime measures what it adds to `et`
+    (:meth:`ElasticRuntime.calibrate`); the policy is rebuilt for the calibrated profile
+    (`policy_for`); every image is then interrupted at its deadline, and the simulator replays the
+    same policy on the images' CS-profile `cs` (same order) and scores it at the same deadlines."""
+    from .simulate import correct_at
+
+    for k in range(min(warmup, len(images))):
+        runtime.infer(images[k:k + 1])
+    et = runtime.calibrate(et)
+    runtime.policy = policy_for(et)
+    report = run_with_deadlines(runtime, images, labels, deadlines, uninterrupted, progress)
+    simulated = correct_at(policy_for(et), cs, et, np.asarray(deadlines, dtype=np.float64), runtime.rule)
+    return SimulatorCheck(report, simulated, et)

@@ -132,14 +132,31 @@ def evaluate(policy: Policy, cs: CSProfile, et: ETProfile, dist: Distribution, d
     trace = replay(policy, cs, et, rule)
     held = held_correctness(trace.exits, cs, rule)
     taus = sample_exit_times(dist, (cs.num_samples, draws), np.random.default_rng(seed))
-    finished_by = (trace.times[:, None, :] <= taus[:, :, None]).sum(-1)  # [S, M]: branches done at tau
-    right = np.take_along_axis(held, finished_by, 1)
-    per_sample = right.mean(1)
+    per_sample = _held_at(trace, held, taus).mean(1)
     cdf = np.where(np.isfinite(trace.times), dist.cdf(trace.times), 1.0)  # no more branches: all mass is in
     mass = np.diff(np.concatenate([np.zeros((cs.num_samples, 1)), cdf, np.ones((cs.num_samples, 1))], 1), axis=1)
     exact = (mass * held).sum(1)
     return PolicyResult(policy.name, float(per_sample.mean()), ci95_half_width(per_sample), float(exact.mean()),
                         float((trace.exits >= 0).sum(1).mean()), per_sample, exact, cs.labels)
+
+
+def _held_at(trace: Trace, held: np.ndarray, taus: np.ndarray) -> np.ndarray:
+    """[S, M]: whether the answer held at each of a sample's exit times `taus` [S, M] is right."""
+    finished_by = (trace.times[:, None, :] <= taus[:, :, None]).sum(-1)  # branches done by each tau
+    return np.take_along_axis(held, finished_by, 1)
+
+
+def correct_at(policy: Policy, cs: CSProfile, et: ETProfile, deadlines: np.ndarray,
+               rule: str | AnswerRule = "latest") -> np.ndarray:
+    """[S] bool: whether each sample's held answer is right when it is stopped at its own exit time
+    `deadlines[s]` (seconds): what a runtime interrupted at those deadlines should return, so that
+    the two can be compared sample by sample (paired) instead of through two noisy averages."""
+    deadlines = np.asarray(deadlines, dtype=np.float64)
+    if deadlines.shape != (cs.num_samples,):
+        raise ValueError(f"one deadline per sample: expected shape ({cs.num_samples},), got {deadlines.shape}")
+    rule = as_rule(rule)
+    trace = replay(policy, cs, et, rule)
+    return _held_at(trace, held_correctness(trace.exits, cs, rule), deadlines[:, None])[:, 0]
 
 
 def ci95_half_width(values: np.ndarray) -> float:
