@@ -14,7 +14,7 @@ except ImportError as error:  # pragma: no cover - only without a built extensio
     ) from error
 
 from . import reference
-from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
+from ._core import Deterministic, Empirical, Exponential, Normal, SearchOptions, Uniform
 from ._core import Predictor as NativePredictor
 from .planner import (
     BatchPlans,
@@ -22,7 +22,6 @@ from .planner import (
     ETProfile,
     OnlineStep,
     Plan,
-    SearchOptions,
     expected_accuracy,
     online_step,
     search,
