@@ -45,6 +45,10 @@ def _add_torch_arguments(parser: argparse.ArgumentParser, threads_help: str = "t
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where torch runs; auto: cuda when available, else cpu")
     parser.add_argument("--threads", type=int, default=2, help=threads_help)
+    _add_quiet(parser)
+
+
+def _add_quiet(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quiet", action="store_true",
                         help="no progress bars (they are off anyway when stderr is not a terminal)")
 
@@ -217,7 +221,7 @@ def cmd_fit_predictor(args: argparse.Namespace) -> int:
     weights = fit_ensemble_weights(holdout, seed=args.seed) if args.rule == "ensemble" else None
     rule = AnswerRule(args.rule, weights, *(time_zero_answer(holdout.labels) if args.time_zero else (None, 0.0)))
     model, report = fit_predictor(holdout, args.target, hidden=args.hidden, epochs=args.epochs, seed=args.seed,
-                                  rule=rule, signal=args.signal)
+                                  rule=rule, signal=args.signal, progress=_progress(args))
     save_predictor(args.out, model)
     print(f"predictor ({args.target}, rule {rule.label()}) trained: loss {report.loss[0]:.4f} -> "
           f"{report.loss[-1]:.4f}; wrote {args.out}")
@@ -430,6 +434,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=60, help="training epochs")
     p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the drawn observations")
     p.add_argument("--out", required=True, help="predictor file (.npz)")
+    _add_quiet(p)
     p.set_defaults(run=cmd_fit_predictor)
 
     for name, run, text in (("evaluate", cmd_evaluate, "trace-driven comparison of EINet with every baseline"),
