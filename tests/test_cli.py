@@ -352,18 +352,24 @@ def tiny_predictor(path: Path, exits: int = 3, rule: dict | None = None) -> Path
 
 def test_table_has_a_row_per_model_and_finds_the_half_width_twin(tmp_path, capsys):
     folders = []
-    for width in (0.5, 0.25):
-        folder = tiny_profiles(tmp_path / f"w{width}", meta={"zoo": "b_alexnet", "width": width, "device": "cpu",
-                                                              "model": f"b_alexnet (width {width})"})
+    for width, dataset in ((0.5, "cifar10"), (0.25, "cifar10"), (0.25, "mnist")):
+        folder = tiny_profiles(tmp_path / f"w{width}{dataset}", meta={
+            "zoo": "b_alexnet", "width": width, "device": "cpu", "dataset": dataset,
+            "model": f"b_alexnet ({dataset}, width {width})"})
         tiny_predictor(folder / "predictor.npz")
         folders.append(str(folder))
-    assert main(["table", "--profiles", *folders, "--dist", "normal", "--out", str(tmp_path / "t")]) == 0
-    table = (tmp_path / "t.md").read_text()
-    rows = [line for line in table.splitlines() if line.startswith("| b_alexnet")]
-    assert len(rows) == 2
-    compressed = [row.split("|")[11].strip() for row in rows]  # column "compressed single-exit"
+
+    def compressed_column(profiles: list[str]) -> list[str]:
+        assert main(["table", "--profiles", *profiles, "--dist", "normal", "--out", str(tmp_path / "t")]) == 0
+        table = (tmp_path / "t.md").read_text()
+        rows = [line for line in table.splitlines() if line.startswith("| b_alexnet")]
+        assert len(rows) == len(profiles)
+        return [row.split("|")[11].strip() for row in rows]  # column "compressed single-exit"
+
+    compressed = compressed_column(folders[:2])
     assert compressed[0] != "-" and compressed[1] == "-"  # only the wider model has a half-width twin
     assert "einet_minus_statistics" in (tmp_path / "t.csv").read_text().splitlines()[0]
+    assert compressed_column([folders[0], folders[2]]) == ["-", "-"]  # a twin trained on other data is none
 
 
 def test_evaluate_with_rule_ensemble_needs_no_torch(tmp_path):

@@ -194,7 +194,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
                          f"--dataset {args.dataset} --data {args.data} has {holdout.channels}-channel images and "
                          f"{holdout.num_classes} classes: profile a checkpoint on the data it was trained on")
     shape = (holdout.channels, *holdout.images.shape[1:3])
-    name = f"{provenance['zoo']} (width {provenance['width']}, {provenance['recipe']})"
+    provenance["dataset"] = args.dataset
+    name = f"{provenance['zoo']} ({args.dataset}, width {provenance['width']}, {provenance['recipe']})"
     # Real inputs, drawn across classes: block times depend on the data.
     examples = dataset_for(args.dataset, holdout.subset(np.random.default_rng(0).permutation(len(holdout))[:200]),
                            train=False).images
@@ -309,10 +310,10 @@ def cmd_table(args: argparse.Namespace) -> int:
         et = ETRecord.load(folder / "et.npz").profile
         meta = tests[folder].meta
         zoo, width = _zoo_and_width(meta)
-        # the compressed single-exit model: the same network at half width, profiled on the same device
+        # the compressed single-exit model: the same network at half width, same data, profiled on the same device
         twin = next((other for other in folders if other is not folder and zoo is not None
                      and _zoo_and_width(tests[other].meta) == (zoo, width / 2)
-                     and tests[other].meta.get("device") == meta.get("device")), None)
+                     and all(tests[other].meta.get(key) == meta.get(key) for key in ("device", "dataset"))), None)
         compressed = (ETRecord.load(twin / "et.npz").profile, tests[twin]) if twin else None
         checked = read_predictor(folder / "predictor.npz")
         dist = relative_distribution(args.dist, full_inference_time(et))
