@@ -44,6 +44,11 @@ FIXTURES = {
     "b_alexnet_w05_cpu_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/b_alexnet_w05_cpu "
                                    "--data ../shared/data/cifar10-jpeg.zip --out "
                                    "benchmarks/fixtures/b_alexnet_w05_cpu_thumbnail",
+    # The rest of the paper's zoo, trained on this CPU at reduced width and few epochs; each folder also holds
+    # predictor-ensemble.npz (rule ensemble + time-zero answer) and model.pt (fp16 weights) where <= 5 MB.
+    **{name: f"bash scripts/train_zoo.sh {name}" for name in (
+        "flex_vgg16_w025_cpu", "resnet50_fine_w0125_cpu", "msdnet21_w025_cpu", "msdnet40_w0125_cpu",
+        "b_alexnet_w025_mnist_cpu", "vgg16_fine_w025_mnist_cpu")},
     "vgg16_fine_w05_cuda": "python scripts/cuda_check.py --data cifar10-jpeg.zip --out benchmarks/fixtures/"
                            "vgg16_fine_w05_cuda  (on a GPU machine; trains, profiles and fits the predictor)",
 }
