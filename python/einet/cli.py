@@ -110,7 +110,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
         torch.manual_seed(args.seed)  # the initial weights too (alike in every process)
         train_set = data.dataset_for(args.dataset, train_arrays, train=True)
-        model = _converted_model(args, spec, train_set) if args.constructor else build(**spec)  # type: ignore[arg-type]
+        model = _converted_model(args, spec, train_set) if args.constructor else build(**spec)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                              schedule=args.schedule, seed=args.seed, freeze_backbone=args.freeze_backbone,
                              exit_weights=args.exit_weights, recipe=args.recipe, device=device)

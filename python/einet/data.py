@@ -34,11 +34,12 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
+    import numpy.typing as npt
     import torch
     from PIL import Image
 
@@ -133,11 +134,12 @@ class ImageArrays:
 
 # ---------------------------------------------------------------- IDX (MNIST)
 
-_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_TYPES: dict[int, npt.DTypeLike] = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4",
+                                         0x0E: ">f8"}
 _CHUNK = 1 << 24
 
 
-def _read_up_to(file: BinaryIO, limit: int) -> bytearray:
+def _read_up_to(file: io.BufferedIOBase, limit: int) -> bytearray:
     """At most `limit` bytes, read in chunks: memory follows what the file really holds, not what it claims."""
     data = bytearray()
     while len(data) < limit and (chunk := file.read(min(_CHUNK, limit - len(data)))):
@@ -240,7 +242,8 @@ class _PickledArray(np.ndarray):
                 and all(isinstance(n, int) and n >= 0 for n in shape)
                 and isinstance(data, bytes) and len(data) == math.prod(shape) * dtype.dtype.itemsize):
             raise pickle.UnpicklingError("malformed numpy array (dtype, shape and data do not agree)")
-        super().__setstate__((version, shape, dtype.dtype, bool(fortran), data))
+        # numpy checks `version` itself; its stub wants a numpy bool for the flag, but takes a bool
+        super().__setstate__((version, shape, dtype.dtype, bool(fortran), data))  # type: ignore[arg-type]
 
 
 _NDARRAY = object()  # what 'numpy.ndarray' unpickles to: only _reconstruct accepts it
@@ -305,7 +308,7 @@ def _load_batch(path: Path, labels_key: bytes) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_meta(path: Path, key: bytes) -> tuple[str, ...]:
-    meta = _unpickle(path)
+    meta: Any = _unpickle(path)  # untrusted: whatever it lacks fails inside _malformed
     with _malformed(f"{path} is not a CIFAR meta file with {key.decode()}"):
         return tuple(name.decode() for name in meta[key])
 
@@ -682,7 +685,7 @@ def as_batches(source: object, batch_size: int, shuffle: bool = False, generator
         if epoch is not None:
             for sampler in (getattr(source, "sampler", None), getattr(getattr(source, "batch_sampler", None),
                                                                        "sampler", None)):
-                if hasattr(sampler, "set_epoch"):
+                if sampler is not None and hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
         return (_pair(batch, "the DataLoader") for batch in source)  # type: ignore[attr-defined]
     if batch_size < 1:
@@ -696,7 +699,7 @@ def as_batches(source: object, batch_size: int, shuffle: bool = False, generator
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
         raise TypeError(f"cannot draw batches from a {type(source).__name__}: expected an einet ImageDataset, a "
                         f"map-style torch Dataset (len and [i] -> (image tensor, label)) or a DataLoader")
-    return _dataset_batches(source, batch_size, shard_indices(len(source), shuffle, generator, rank,  # type: ignore[arg-type]
+    return _dataset_batches(source, batch_size, shard_indices(len(source), shuffle, generator, rank,
                                                               world_size, pad), num_workers)
 
 
@@ -706,7 +709,9 @@ def _dataset_batches(dataset: object, batch_size: int, order: torch.Tensor,
 
     index = order.tolist()
     chunks = [index[first:first + batch_size] for first in range(0, len(index), batch_size)]
-    loader = DataLoader(dataset, batch_sampler=chunks, num_workers=num_workers)  # type: ignore[arg-type]
+    # any map-style object (len and [i]) will do; torch's stub asks for a Dataset
+    loader: DataLoader[object] = DataLoader(dataset, batch_sampler=chunks,  # type: ignore[arg-type]
+                                            num_workers=num_workers)
     where = f"the {type(dataset).__name__}"
     for batch in loader:
         yield _pair(batch, where)

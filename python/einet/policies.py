@@ -20,6 +20,7 @@ Numpy and the native planner only: no torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from typing import cast
 
 import numpy as np
 
@@ -61,7 +62,7 @@ class Policy:
 class FixedPlan(Policy):
     """A plan fixed before the inference: the same branches for every sample."""
 
-    def __init__(self, mask: Sequence[bool], name: str) -> None:
+    def __init__(self, mask: Sequence[bool] | np.ndarray, name: str) -> None:
         self.mask = np.asarray(mask, dtype=bool)
         if not self.mask.any():
             raise ValueError(f"{name}: a fixed plan must run at least one branch")
@@ -132,7 +133,7 @@ def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distributi
         scores = np.zeros(et.num_blocks)
         for q, k in enumerate(ran):
             scores[k] = set_accuracy(tuple(ran[:q + 1].tolist()))
-        return expected_accuracy(mask, scores, et, dist, held=rule.held_credit)
+        return cast(float, expected_accuracy(mask, scores, et, dist, held=rule.held_credit))  # one plan: a float
 
     mask = hybrid_search(value, et.num_blocks, depth)
     return mask if mask.any() else single_exit(et.num_blocks).mask
@@ -200,7 +201,7 @@ class EINet(Policy):
 
     def __init__(self, predictor: NativePredictor, et: ETProfile, dist: Distribution,
                  rule: str | AnswerRule = "latest", method: str = "hybrid", depth: int = 4, budget: int = 1000,
-                 seed: int = 0, name: str | None = None, first_plan: Sequence[bool] | None = None,
+                 seed: int = 0, name: str | None = None, first_plan: Sequence[bool] | np.ndarray | None = None,
                  margin: float = 0.0, signal: str = "confidence") -> None:
         if predictor.num_exits != et.num_blocks:
             raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
@@ -294,6 +295,7 @@ class NearestNeighbours(Policy):
     """
 
     needs_log_probs = True
+    _last_class: int  # the previous observed exit's class, set by record_log_probs
 
     def __init__(self, holdout: CSProfile, et: ETProfile, dist: Distribution, rule: str | AnswerRule = "latest",
                  k: int = 150, name: str = "nearest-neighbour reference") -> None:
@@ -338,8 +340,8 @@ class NearestNeighbours(Policy):
         if self.rule.name == "ensemble":
             mask = np.zeros((self.k, self.et.num_blocks), dtype=bool)
             mask[:, ran] = True
-            right, _ = ensemble_prefix_correct(self.log_probs[neighbours], self.labels[neighbours],
-                                               self.rule.weights, mask)
+            weights = cast("tuple[float, ...]", self.rule.weights)  # rule ensemble: AnswerRule ensures weights
+            right, _ = ensemble_prefix_correct(self.log_probs[neighbours], self.labels[neighbours], weights, mask)
             scores = right.mean(0)
         else:
             scores = self.correct[neighbours].mean(0)

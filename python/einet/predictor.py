@@ -21,6 +21,7 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -65,7 +66,7 @@ class ConfidencePredictor(nn.Module):
 
     def logits(self, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         mask = mask.to(observed.dtype)
-        return self.mlp(torch.cat([observed * mask, mask], dim=-1))
+        return cast(torch.Tensor, self.mlp(torch.cat([observed * mask, mask], dim=-1)))
 
     def forward(self, observed: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Scores in [0, 1]; for the confidence target, observed exits keep their observed value."""
@@ -134,7 +135,8 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
             correct = profile.correct
             confidence = agreement(profile.prediction, masks) if signal == "agreement" else observed
         else:
-            correct, confidence = ensemble_prefix_correct(log_probs, profile.labels, rule.weights, masks)
+            weights = cast("tuple[float, ...]", rule.weights)  # rule ensemble: AnswerRule ensures weights
+            correct, confidence = ensemble_prefix_correct(log_probs, profile.labels, weights, masks)
         goal = correct if target == "correctness" else confidence
         return torch.from_numpy(confidence.astype(np.float32)), torch.from_numpy(goal.astype(np.float32))
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
@@ -154,7 +156,7 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
             else:
                 loss = nn.functional.mse_loss(torch.sigmoid(logits), goal[index])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             total += float(loss.detach()) * len(index)
         scheduler.step()
@@ -182,7 +184,7 @@ def fit_ensemble_weights(profile: CSProfile, steps: int = 300, lr: float = 0.05,
         loss = nn.functional.cross_entropy(prefix.reshape(-1, prefix.shape[2]),
                                            labels.repeat_interleave(profile.num_exits))
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()
     return tuple(float(w) for w in nn.functional.softplus(raw).detach())
 
@@ -212,7 +214,8 @@ def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:
 def predict_numpy(model: ConfidencePredictor, observed: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Scores for a batch of observation states, through torch."""
     with torch.no_grad():
-        return model(torch.from_numpy(observed.astype(np.float32)), torch.from_numpy(mask)).double().numpy()
+        scores: torch.Tensor = model(torch.from_numpy(observed.astype(np.float32)), torch.from_numpy(mask))
+        return scores.double().numpy()
 
 
 def expected_calibration_error(probability: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from .planner import NativePredictor
 from .profiling import ProfileFormatError, read_arrays
 from .rules import AnswerRule
 from .signals import SIGNALS
+
+if TYPE_CHECKING:
+    from typing_extensions import TypeGuard
 
 TARGETS = ("confidence", "correctness")
 
@@ -38,7 +42,7 @@ class PredictorFile:
         return NativePredictor([w for w, _ in self.layers], [b for _, b in self.layers], self.target == "correctness")
 
 
-def _predictor_rule(path: str | os.PathLike[str], meta: dict, num_exits: int) -> AnswerRule:
+def _predictor_rule(path: str | os.PathLike[str], meta: dict[str, Any], num_exits: int) -> AnswerRule:
     """The output rule in a predictor header (files without one: rule ``latest``)."""
     record = meta.get("rule", {"name": "latest"})
     try:
@@ -64,12 +68,13 @@ MAX_PREDICTOR_WIDTH = 16384
 MAX_PREDICTOR_HIDDEN_LAYERS = 64
 
 
-def _predictor_shapes(path: str | os.PathLike[str], meta: dict) -> tuple[int, list[int], str, dict[str, tuple]]:
+def _predictor_shapes(path: str | os.PathLike[str],
+                      meta: dict[str, Any]) -> tuple[int, list[int], str, dict[str, tuple[int, ...]]]:
     """(num_exits, hidden, target, {array name: shape}) from a predictor header, checked for types and bounds."""
     def bad(what: str, value: object) -> ProfileFormatError:
         return ProfileFormatError(f"{path}: bad predictor header: {what}, got {value!r}")
 
-    def whole(value: object, low: int, high: int) -> bool:
+    def whole(value: object, low: int, high: int) -> TypeGuard[int]:
         return type(value) is int and low <= value <= high  # JSON numbers: no bools, no floats
 
     num_exits, hidden, target, layers = (meta.get(k) for k in ("num_exits", "hidden", "target", "layers"))
@@ -84,7 +89,7 @@ def _predictor_shapes(path: str | os.PathLike[str], meta: dict) -> tuple[int, li
     if not whole(layers, len(hidden) + 1, len(hidden) + 1):
         raise bad(f"layers must be {len(hidden) + 1} (the hidden layers and the output)", layers)
     sizes = [2 * num_exits, *hidden, num_exits]
-    shapes: dict[str, tuple] = {}
+    shapes: dict[str, tuple[int, ...]] = {}
     for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
         shapes[f"weight{k}"] = (fan_out, fan_in)
         shapes[f"bias{k}"] = (fan_out,)

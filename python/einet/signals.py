@@ -36,4 +36,5 @@ def agreement(predictions: np.ndarray, observed: np.ndarray) -> np.ndarray:
     position = np.where(observed, np.arange(n)[None, :], -1)
     last_before = np.concatenate([np.full((s_count, 1), -1), np.maximum.accumulate(position, axis=1)[:, :-1]], 1)
     previous = np.take_along_axis(predictions, np.maximum(last_before, 0), 1)
-    return ((last_before >= 0) & (previous == predictions)).astype(np.float32)
+    agrees: np.ndarray = ((last_before >= 0) & (previous == predictions)).astype(np.float32)
+    return agrees

@@ -9,7 +9,7 @@ what ``forward`` gives for that exit: the runtime relies on it.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,7 +35,7 @@ class MultiExitNetwork(nn.Module):
 
     def forward_exit(self, i: int, h: Any) -> torch.Tensor:
         """Branch i: block i's output to logits."""
-        return self.exits[i](h)
+        return cast(torch.Tensor, self.exits[i](h))
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         logits = []
@@ -82,7 +82,7 @@ class Branch(nn.Module):
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.shape[-1] > self.pool_in or h.shape[-2] > self.pool_in:
             h = nn.functional.adaptive_avg_pool2d(h, (min(h.shape[-2], self.pool_in), min(h.shape[-1], self.pool_in)))
-        return self.classifier(self.conv(h))
+        return cast(torch.Tensor, self.classifier(self.conv(h)))
 
 
 def channels(base: int, width: float) -> int:

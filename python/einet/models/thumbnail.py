@@ -11,6 +11,8 @@ decides whether to run it.
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -29,7 +31,7 @@ class ThumbnailClassifier(nn.Module):
         self.linear = nn.Linear(in_channels * size * size, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(nn.functional.adaptive_avg_pool2d(x, self.size).flatten(1))
+        return cast(torch.Tensor, self.linear(nn.functional.adaptive_avg_pool2d(x, self.size).flatten(1)))
 
 
 def with_thumbnail_exit(model: MultiExitNetwork, thumbnail: ThumbnailClassifier) -> MultiExitNetwork:
@@ -55,6 +57,6 @@ def fit_thumbnail(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
             index = order[first:first + batch_size]
             loss = nn.functional.cross_entropy(model.linear(pooled[index]), labels[index])
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
     return model.eval()

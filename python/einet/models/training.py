@@ -26,7 +26,7 @@ import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -332,7 +332,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
             outputs = network(images)
             loss = (exit_losses(outputs, labels, config) * weights).sum()
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             scheduler.step()
             seen += len(labels)
@@ -402,7 +402,7 @@ def _state_digest(state: Mapping[Any, Any]) -> str:
             tensor = value.detach().cpu().resolve_conj().resolve_neg().contiguous()
             put(b"T", f"{tensor.dtype}{tuple(tensor.shape)}".encode())
             if tensor.numel():
-                hasher.update(tensor.reshape(-1).view(torch.uint8).numpy())
+                hasher.update(tensor.reshape(-1).view(torch.uint8).numpy().data)  # .data: a memoryview, no copy
         elif isinstance(value, Mapping):
             items = sorted(((key, item) for key, item in value.items() if value is not state or key != _CHECKSUM),
                            key=lambda pair: (type(pair[0]).__name__, repr(pair[0])))
@@ -471,7 +471,7 @@ def _read(path: Path) -> dict[str, Any]:
         if actual != stored:
             raise ValueError(f"{path} fails its checksum (SHA-256 {actual[:16]}..., stored {stored[:16]}...): "
                              f"the file is damaged")
-    return state
+    return cast("dict[str, Any]", state)  # a dict: only a dict has a "version"
 
 
 def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:

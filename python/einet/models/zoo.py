@@ -9,6 +9,7 @@ msdnet(blocks=40) 40.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -30,7 +31,7 @@ def classifier_head(in_channels: int, num_classes: int, hidden: int, pool: int =
 def b_alexnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MultiExitNetwork:
     """B-AlexNet (BranchyNet's AlexNet): exits after conv1, after conv2, and the final classifier."""
     c1, c2, c3, c4 = (channels(c, width) for c in (64, 192, 384, 256))
-    blocks = [
+    blocks: list[nn.Module] = [
         nn.Sequential(*conv_bn_relu(in_channels, c1, 5), nn.MaxPool2d(2)),
         nn.Sequential(*conv_bn_relu(c1, c2, 5), nn.MaxPool2d(2)),
         nn.Sequential(*conv_bn_relu(c2, c3), *conv_bn_relu(c3, c4), *conv_bn_relu(c4, c4), nn.MaxPool2d(2)),
@@ -44,7 +45,7 @@ VGG16_STAGES = ((64, 64), (128, 128), (256, 256, 256), (512, 512, 512), (512, 51
 
 def _vgg_layers(in_channels: int, width: float) -> list[tuple[nn.Module, int]]:
     """VGG-16's 13 conv layers as (module, out channels); a layer ending a stage carries its max-pool."""
-    layers = []
+    layers: list[tuple[nn.Module, int]] = []
     cin = in_channels
     for stage in VGG16_STAGES:
         for k, base in enumerate(stage):
@@ -60,7 +61,9 @@ def _vgg_layers(in_channels: int, width: float) -> list[tuple[nn.Module, int]]:
 def flex_vgg16(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MultiExitNetwork:
     """VGG-16 with one exit per stage (5): branches after stages 1-4, the classifier after stage 5."""
     layers = _vgg_layers(in_channels, width)
-    blocks, exits, first = [], [], 0
+    blocks: list[nn.Module] = []
+    exits: list[nn.Module] = []
+    first = 0
     for stage in VGG16_STAGES:
         modules = [m for m, _ in layers[first:first + len(stage)]]
         cout = layers[first + len(stage) - 1][1]
@@ -118,13 +121,13 @@ def resnet50_fine(num_classes: int = 10, in_channels: int = 3, width: float = 1.
     stages: list[list[nn.Module]] = []
     cin = stem
     for mid, count, stride in zip(mids, counts, strides):
-        stage = []
+        stage: list[nn.Module] = []
         for k in range(count):
             stage.append(Bottleneck(cin, mid, stride if k == 0 else 1))
             cin = mid * Bottleneck.expansion
         stages.append(stage)
     layer1, layer2, layer3, layer4 = stages
-    blocks = [
+    blocks: list[nn.Module] = [
         nn.Sequential(*conv_bn_relu(in_channels, stem), *layer1),
         nn.Sequential(*layer2),
         nn.Sequential(*layer3[:3]),
@@ -190,7 +193,7 @@ class CoarsestScale(nn.Module):
         self.exit = exit_branch
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.exit(features[-1])
+        return cast(torch.Tensor, self.exit(features[-1]))
 
 
 def msdnet(blocks: int = 21, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
@@ -207,11 +210,12 @@ def msdnet(blocks: int = 21, num_classes: int = 10, in_channels: int = 3, width:
     growths = [g + g % 2 for g in growths]  # even: the finer scales split growth between two convs
     layers: list[nn.Module] = [MSDStem(in_channels, widths)]
     current = widths
+    coarsest = [widths[-1]]  # each block's coarsest-scale channels
     for i in range(1, blocks):
         layer = MSDLayer(current, growths, compress=i % compress_every == 0)
         layers.append(layer)
         current = layer.out_channels
-    coarsest = [widths[-1]] + [layer.out_channels[-1] for layer in layers[1:]]  # type: ignore[union-attr]
+        coarsest.append(current[-1])
     exits: list[nn.Module] = [CoarsestScale(Branch(c, num_classes, conv_channels=channels(128, width)))
                               for c in coarsest]
     return MultiExitNetwork(layers, exits)
