@@ -71,8 +71,7 @@ def main() -> None:
     present = [zoo for zoo, (name, *_) in CIFAR10.items() if (folder(name) / "cs-test.npz").exists()]
     rows = table_rows([CIFAR10[zoo][0] for zoo in present], args.dist)
     print("**CIFAR-10: ours (this project's CPU, reduced width, few epochs) beside the paper's figures; "
-          f"exact expected "
-          f"accuracy (%), {args.dist} exit time over one full inference**\n")
+          f"exact expected accuracy (%), {args.dist} exit time over one full inference**\n")
     print("| model | width | final exit (%) | statistics | EINet | EINet - statistics (pp, paired) | clairvoyant "
           "| paper: statistics | paper: EINet | paper: difference |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
