@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import json
 import pickle
 import re
 import subprocess
@@ -141,6 +142,15 @@ def test_same_seed_gives_bit_identical_weights(tmp_path, capsys):
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
     assert torch.equal(a["generator"], b["generator"])  # the same data order and augmentation draws
     assert not all(torch.equal(a["model"][k], c["model"][k]) for k in a["model"])  # the seed matters
+
+
+@needs_torch
+def test_train_with_bf16_and_channels_last_records_them(tmp_path, capsys):
+    data = fake_cifar10(tmp_path / "data")
+    assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--precision", "bf16",
+                 "--channels-last", "--out", str(tmp_path / "m.pt")]) == 0
+    summary = json.loads((tmp_path / "m.json").read_text())
+    assert (summary["precision"], summary["memory_format"]) == ("torch.bfloat16", "torch.channels_last")
 
 
 # ---------------------------------------------------------------- mistakes: one line, exit status 2

@@ -41,6 +41,28 @@ def test_joint_training_learns_and_checkpoints(tmp_path):
     assert not (tmp_path / "m.pt.partial").exists()
 
 
+def test_bf16_autocast_and_channels_last_train_and_hand_the_model_back_contiguous():
+    """Mixed precision on the CPU (the same code path as on CUDA, where it is the default): the
+    convolutions run in bfloat16 and channels-last, the weights stay float32, and it still learns."""
+    torch.manual_seed(0)
+    model, data = make_model(), toy_dataset()
+    seen = []
+    conv = next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d))
+    hook = conv.register_forward_hook(lambda m, inputs, out: seen.append((out.dtype, inputs[0].is_contiguous(
+        memory_format=torch.channels_last))) if m.training else None)
+    config = TrainConfig(epochs=6, batch_size=16, optimizer="adam", lr=3e-3, schedule="cosine", precision="bf16",
+                         channels_last=True)
+    history = train(model, data, data, config, progress=False)
+    hook.remove()
+    assert seen and all(item == (torch.bfloat16, True) for item in seen)
+    assert history.loss[-1] < history.loss[0] and history.test_accuracy[-1][-1] > 0.9
+    assert all(p.dtype == torch.float32 and p.is_contiguous() for p in model.parameters())
+    auto = TrainConfig()
+    assert (auto.autocast_dtype, auto.memory_format) == (None, torch.contiguous_format)  # CPU: plain fp32, NCHW
+    with pytest.raises(TypeError, match="channels_last"):
+        TrainConfig(channels_last="yes")
+
+
 def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
     import einet.models.training as training
 
@@ -84,6 +106,7 @@ def test_branch_only_training_keeps_the_backbone(tmp_path):
         ({"lr": 0.0}, "lr must be > 0"),
         ({"optimizer": "lbfgs"}, "unknown optimizer"),
         ({"schedule": "warm"}, "unknown schedule"),
+        ({"precision": "fp16"}, "unknown precision"),
     ],
 )
 def test_bad_config(config, message):

@@ -113,7 +113,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         model = _converted_model(args, spec, train_set) if args.constructor else build(**spec)
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, optimizer=args.optimizer, lr=args.lr,
                              schedule=args.schedule, seed=args.seed, freeze_backbone=args.freeze_backbone,
-                             exit_weights=args.exit_weights, recipe=args.recipe, device=device)
+                             exit_weights=args.exit_weights, recipe=args.recipe, device=device,
+                             precision=args.precision, channels_last=args.channels_last)
         started = time.perf_counter()
         history = train(model, train_set, data.dataset_for(args.dataset, test_arrays, train=False), config,
                         checkpoint=args.out, model_spec=spec, progress=_progress(args))
@@ -124,7 +125,8 @@ def cmd_train(args: argparse.Namespace) -> int:
                    "freeze_backbone": args.freeze_backbone, "seconds_this_run": time.perf_counter() - started,
                    "seconds_total": sum(history.seconds), "test_accuracy_per_exit": history.test_accuracy[-1],
                    "world_size": world_size, "batch_size": args.batch_size, "train_samples": len(train_set),
-                   "threads": args.threads, "device": device, "command": " ".join(["einet", *sys.argv[1:]])}
+                   "threads": args.threads, "device": device, "precision": str(config.autocast_dtype or "float32"),
+                   "memory_format": str(config.memory_format), "command": " ".join(["einet", *sys.argv[1:]])}
         Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary, indent=2))
     return 0
@@ -386,6 +388,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--recipe", default="joint", choices=["joint", "distill", "distill-ensemble"],
                    help="joint: every exit's cross-entropy (the paper); distill: plus self-distillation from the "
                         "final exit; distill-ensemble: from the ensemble of all exits (default: %(default)s)")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="bf16: forward and loss under bfloat16 autocast (weights stay float32); auto: bf16 on CUDA, "
+                        "fp32 on CPU (default: %(default)s)")
+    p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
+                   help="NHWC memory layout for the convolutions (default: on for CUDA, off for CPU)")
     p.add_argument("--holdout", type=float, default=0.1, help="share of the training split held out for the predictor")
     p.add_argument("--seed", type=int, default=0,
                    help="fixes the initial weights, the held-out split, the data order and the augmentation")

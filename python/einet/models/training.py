@@ -66,6 +66,10 @@ class TrainConfig:
     recipe: str = "joint"
     temperature: float = 3.0  # of the distillation targets
     distill_weight: float = 0.5  # loss = (1 - w) * cross-entropy + w * T^2 * KL(teacher || exit)
+    # Mixed precision: forward and loss under bfloat16 autocast (weights, gradients and optimiser stay
+    # float32). auto: bf16 on CUDA, where tensor cores make it ~2x faster, fp32 elsewhere.
+    precision: str = "auto"  # auto | fp32 | bf16
+    channels_last: bool | None = None  # NHWC memory layout (faster convolutions on CUDA); None: on CUDA only
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -81,6 +85,24 @@ class TrainConfig:
         if not self.temperature > 0 or not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"need temperature > 0 and 0 <= distill_weight <= 1, got {self.temperature} and "
                              f"{self.distill_weight}")
+        if self.precision not in ("auto", "fp32", "bf16"):
+            raise ValueError(f"unknown precision {self.precision!r}: expected 'auto', 'fp32' or 'bf16'")
+        if self.channels_last not in (None, True, False):
+            raise TypeError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
+
+    @property
+    def on_cuda(self) -> bool:
+        return torch.device(self.device).type == "cuda"
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """The autocast dtype of forward and loss, or None for plain float32."""
+        return torch.bfloat16 if self.precision == "bf16" or (self.precision == "auto" and self.on_cuda) else None
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        on = self.channels_last if self.channels_last is not None else self.on_cuda
+        return torch.channels_last if on else torch.contiguous_format
 
 
 @dataclass
@@ -283,7 +305,8 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
     torch.manual_seed(config.seed)
     generator = torch.Generator().manual_seed(config.seed)  # alike in every process: one order to shard
     weights = exit_weights(model, config).to(config.device)
-    model.to(config.device)
+    # (memory_format is missing from torch's stubs of Module.to, not from torch)
+    model.to(config.device, memory_format=config.memory_format)  # type: ignore[call-overload]
     optimizer = _optimizer(_trainable(model, config), config)
     steps = count_batches(train_set, local_batch, world_size)
     if steps == 0:
@@ -317,6 +340,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
         device = torch.device(config.device)
         network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
     progress = progress and rank == 0
+    autocast = config.autocast_dtype
     for epoch in range(first_epoch, config.epochs):
         started = time.perf_counter()
         _set_train_mode(model, config)
@@ -328,9 +352,12 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
                    leave=False)
         for images, labels in bar:
             images = images.to(config.device, non_blocking=True)
+            if images.dim() == 4:
+                images = images.contiguous(memory_format=config.memory_format)
             labels = labels.to(config.device, non_blocking=True)
-            outputs = network(images)
-            loss = (exit_losses(outputs, labels, config) * weights).sum()
+            with torch.autocast(torch.device(config.device).type, dtype=autocast, enabled=autocast is not None):
+                outputs = network(images)
+                loss = (exit_losses(outputs, labels, config) * weights).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
@@ -367,6 +394,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
             import torch.distributed as dist
 
             dist.barrier()  # the checkpoint is complete before any process goes on (or resumes from it)
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # handed back as it came
     return history
 
 
