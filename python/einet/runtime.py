@@ -219,13 +219,16 @@ class _Statistics:
         self.answers: deque[list[tuple[float, int]]] = deque(maxlen=size)  # (finish time, exit) per sample
 
     def calibrate(self, et: ETProfile) -> ETProfile:
+        """`et` plus what this runtime adds, as *means*: the held answer's accuracy at a uniform exit
+        time is linear in when the branches finish, so their mean finishing times predict it; delays
+        are skewed to the right, and medians would predict answers earlier than they come."""
         if not self.answers:
             raise ValueError("run some uninterrupted inferences first: there is nothing to calibrate from")
-        dispatch = float(np.median(list(self.dispatch)))
+        dispatch = float(np.mean(list(self.dispatch)))
         planning_times = list(self.planning)
-        planning = float(np.median(planning_times)) if planning_times else 0.0
+        planning = float(np.mean(planning_times)) if planning_times else 0.0
         # Whatever else each block costs here (Python between blocks, reading answers back): the
-        # median gap, per block, between when answers came and when `et` says they would.
+        # mean gap, per block, between when answers came and when `et` says they would.
         per_block = []
         for answers in list(self.answers):
             if not answers:
@@ -236,7 +239,7 @@ class _Statistics:
             per_block.append((finished - predicted) / (last + 1))
         # Negative when `et` is slower than this runtime (a profile from a busier moment): the
         # correction goes both ways, or the simulator would keep predicting late answers.
-        extra = float(np.median(per_block)) if per_block else 0.0
+        extra = float(np.mean(per_block)) if per_block else 0.0
         conv = np.maximum(et.conv + extra, 0.0)
         conv[0] += dispatch
         return ETProfile(conv, et.branch + planning)
