@@ -49,6 +49,7 @@ import torch
 from .models.base import MultiExitNetwork
 from .planner import ETProfile
 from .policies import Policy
+from .profiling import CSProfile
 from .rules import AnswerRule, RunningAnswer, as_rule
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
@@ -554,7 +555,7 @@ class SimulatorCheck:
 
 
 def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETProfile], Policy], et: ETProfile,
-                            cs: Any, images: torch.Tensor, labels: Any, deadlines: Any, warmup: int = 100,
+                            cs: CSProfile, images: torch.Tensor, labels: Any, deadlines: Any, warmup: int = 100,
                             uninterrupted: int = 100, progress: bool = False) -> SimulatorCheck:
     """Does the runtime do what the simulator predicts? The one real-time check (demo, CUDA script,
     benchmark): `warmup` of the images run to the end so the runtime measures what it adds to `et`
