@@ -49,7 +49,8 @@ def comparison(name: str, kind: str, draws: int):
 def test_einet_against_every_baseline(benchmark, name, kind):
     draws = 5 if benchmark.disabled else 100
     rows, test = benchmark.pedantic(comparison, args=(name, kind, draws), rounds=1, iterations=1)
-    title = (f"{test.meta.get('model', name)} on CIFAR-10, {kind} exit time over one full inference, "
+    dataset = {"cifar10": "CIFAR-10", "mnist": "MNIST"}.get(str(test.meta.get("dataset", "cifar10")))
+    title = (f"{test.meta.get('model', name)} on {dataset}, {kind} exit time over one full inference, "
              f"{test.num_samples} test images x {draws} draws")
     if not benchmark.disabled:  # the committed tables come from full runs, not from CI's 5 draws
         RESULTS.mkdir(exist_ok=True)
@@ -112,7 +113,7 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predic
         check = benchmark.pedantic(
             check_against_simulator,
             args=(runtime, lambda et: EINet(native, et, dist, rule), base, cs.subset(chosen), images[chosen],
-                  labels[chosen], deadlines), kwargs={"warmup": 300}, rounds=1, iterations=1)
+                  deadlines), kwargs={"warmup": 300}, rounds=1, iterations=1)
     report = check.report
     latencies = np.array(report.latencies)
     summary = {"runtime_accuracy": report.accuracy, "simulated": float(check.simulated.mean()),

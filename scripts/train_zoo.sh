@@ -6,8 +6,10 @@
 # Each step is skipped when its output exists and training resumes from its last epoch, so an
 # interrupted run picks up where it stopped. Results: runs/NAME.pt (checkpoint, not committed),
 # benchmarks/fixtures/NAME/ (ET- and CS-profiles, three predictors, and model.pt: the weights in
-# float16, when they are <= 5 MB). One torch thread per job: run two jobs side by side on two cores.
+# float16, when they are <= 5 MB). One torch thread per job: run two jobs side by side on two cores (the
+# ET-profile is then measured while the other job trains: re-profile on an idle machine for clean timings).
 set -euo pipefail
+export OMP_NUM_THREADS=1  # every step on one core (fit-predictor and the fp16 export take no --threads)
 CIFAR=../shared/data/cifar10-jpeg.zip
 MNIST=../shared/data/mnist
 

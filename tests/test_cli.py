@@ -151,6 +151,10 @@ def test_train_with_bf16_and_channels_last_records_them(tmp_path, capsys):
                  "--channels-last", "--out", str(tmp_path / "m.pt")]) == 0
     summary = json.loads((tmp_path / "m.json").read_text())
     assert (summary["precision"], summary["memory_format"]) == ("torch.bfloat16", "torch.channels_last")
+    assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN,
+                 "--out", str(tmp_path / "n.pt")]) == 0
+    summary = json.loads((tmp_path / "n.json").read_text())
+    assert (summary["precision"], summary["memory_format"]) == ("torch.float32", "torch.contiguous_format")
 
 
 # ---------------------------------------------------------------- mistakes: one line, exit status 2

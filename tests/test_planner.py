@@ -256,3 +256,16 @@ def test_cdf_policy_for_nan_and_infinite_times(kind, make_distribution):
     assert np.isnan(values[1]) and not np.isnan(values[[0, 2, 3]]).any()
     assert (values[0], values[3]) == (0.0, 1.0)
     assert (reference.cdf(dist, -np.inf), reference.cdf(dist, np.inf)) == (0.0, 1.0)
+
+
+def test_search_options_defaults_agree_and_are_read_only():
+    """One set of defaults: the native class's, the Python builder's and the search functions' give the same plan."""
+    native, built = einet.SearchOptions(), einet.planner.search_options()
+    assert [(o.method, o.depth, o.budget, o.seed) for o in (native, built)] == [("hybrid", 4, 1000, 0)] * 2
+    assert repr(native) == "SearchOptions(method='hybrid', depth=4, budget=1000, seed=0)"
+    with pytest.raises(AttributeError):
+        native.depth = 5  # type: ignore[misc]
+    with pytest.raises(ValueError, match="depth must be >= 0"):
+        einet.planner.search_options(depth=-1)
+    with pytest.raises(TypeError, match="method must be a string"):
+        einet.planner.search_options(method=None)  # type: ignore[arg-type]

@@ -477,8 +477,11 @@ def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
     images = torch.zeros(samples, 1)
     with ElasticRuntime(model, Policy()) as runtime:
         check = check_against_simulator(runtime, lambda et: Policy(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
-                                        images, labels, deadlines, warmup=5, uninterrupted=5)
+                                        images, deadlines, warmup=5, uninterrupted=5)
     assert check.report.samples == samples and check.simulated.shape == (samples,)
     assert check.simulated.mean() > 0.1  # the answers depend on the deadline: not trivially equal
     assert abs(check.difference) <= 0.1, (check.report.correct, check.simulated)
     assert check.ci95 <= 0.15
+    with ElasticRuntime(model, Policy()) as runtime, pytest.raises(ValueError, match="one image, deadline"):
+        check_against_simulator(runtime, lambda et: Policy(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
+                                images, deadlines[:-1])

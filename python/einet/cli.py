@@ -125,7 +125,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    "freeze_backbone": args.freeze_backbone, "seconds_this_run": time.perf_counter() - started,
                    "seconds_total": sum(history.seconds), "test_accuracy_per_exit": history.test_accuracy[-1],
                    "world_size": world_size, "batch_size": args.batch_size, "train_samples": len(train_set),
-                   "threads": args.threads, "device": device, "precision": str(config.autocast_dtype or "float32"),
+                   "threads": args.threads, "device": device, "precision": str(config.autocast_dtype or torch.float32),
                    "memory_format": str(config.memory_format), "command": " ".join(["einet", *sys.argv[1:]])}
         Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary, indent=2))

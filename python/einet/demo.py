@@ -93,8 +93,7 @@ def run_demo(args: argparse.Namespace) -> int:
     images = dataset_for("mnist", test, False).images
     with ElasticRuntime(model, deployment.build(et, dist, native), rule=rule, device=device) as runtime:
         check = check_against_simulator(runtime, lambda calibrated: deployment.build(calibrated, dist, native), et,
-                                        test_cs.subset(chosen), images[chosen], test.labels[chosen], deadlines,
-                                        progress=progress)
+                                        test_cs.subset(chosen), images[chosen], deadlines, progress=progress)
     report = check.report
     print(f"      real-time accuracy {100 * report.accuracy:.1f}%; the simulator, at the same exit times, "
           f"{100 * check.simulated.mean():.1f}% (difference {100 * check.difference:+.1f} ± {100 * check.ci95:.1f} pp, "

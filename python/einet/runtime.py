@@ -61,6 +61,7 @@ POLL_SECONDS = 1e-4  # how often an Event or callable interrupt is asked
 FINAL_POLL_SECONDS = 2e-3
 SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
 EXIT_JOIN_SECONDS = 60.0  # at interpreter exit, how long to wait for the workers' blocks in flight
+COLD_START_RUNS = 10  # untimed inferences before a real-time check measures the runtime
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,10 @@ class _Statistics:
         self.dispatch: deque[float] = deque(maxlen=size)  # from infer() to the first block starting
         self.planning: deque[float] = deque(maxlen=size)  # policy time after each branch run
         self.answers: deque[list[tuple[float, int]]] = deque(maxlen=size)  # (finish time, exit) per sample
+
+    def clear(self) -> None:
+        for measured in (self.dispatch, self.planning, self.answers):
+            measured.clear()
 
     def calibrate(self, et: ETProfile) -> ETProfile:
         """`et` plus what this runtime adds, as *means*: the held answer's accuracy at a uniform exit
@@ -478,6 +483,11 @@ class ElasticRuntime:
         Plan and simulate with it to predict this runtime."""
         return self._statistics.calibrate(et)
 
+    def reset_statistics(self) -> None:
+        """Forget what the runtime measured so far (e.g. a cold start): :meth:`calibrate` then sees
+        only the inferences that follow."""
+        self._statistics.clear()
+
     def close(self) -> None:
         """Stop the worker after its block in flight, wait for it and give back Python's thread switch
         interval; then raise the error of an inference whose caller had already returned, if any."""
@@ -493,7 +503,7 @@ class ElasticRuntime:
         self.close()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class RealtimeReport:
     """Elastic inference under real timer interrupts over many samples."""
 
@@ -533,7 +543,7 @@ def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: An
     return RealtimeReport(correct, tuple(latencies), planning / total if total else 0.0)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class SimulatorCheck:
     """The runtime against the trace-driven simulator on the same images and the same deadlines."""
 
@@ -555,19 +565,28 @@ class SimulatorCheck:
 
 
 def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETProfile], Policy], et: ETProfile,
-                            cs: CSProfile, images: torch.Tensor, labels: Any, deadlines: Any, warmup: int = 100,
+                            cs: CSProfile, images: torch.Tensor, deadlines: Any, warmup: int = 100,
                             uninterrupted: int = 100, progress: bool = False) -> SimulatorCheck:
     """Does the runtime do what the simulator predicts? The one real-time check (demo, CUDA script,
-    benchmark): `warmup` of the images run to the end so the runtime measures what it adds to `et`
+    benchmark). `images` and `cs` (their CS-profile: labels, confidences, log-probabilities) are the
+    same samples in the same order, one deadline (seconds) each. A few images run untimed (the cold
+    start), then `warmup` run to the end so the runtime measures what it adds to `et`
     (:meth:`ElasticRuntime.calibrate`); the policy is rebuilt for the calibrated profile
     (`policy_for`); every image is then interrupted at its deadline, and the simulator replays the
-    same policy on the images' CS-profile `cs` (same order) and scores it at the same deadlines."""
+    same policy on `cs` and scores the answer it holds at the same deadlines."""
     from .simulate import correct_at
 
+    deadlines = np.asarray(deadlines, dtype=np.float64)
+    if not len(images) == len(deadlines) == cs.num_samples:
+        raise ValueError(f"one image, deadline and CS-profile row per sample: got {len(images)} images, "
+                         f"{len(deadlines)} deadlines and {cs.num_samples} profiled samples")
+    for k in range(min(COLD_START_RUNS, len(images))):
+        runtime.infer(images[k:k + 1])
+    runtime.reset_statistics()
     for k in range(min(warmup, len(images))):
         runtime.infer(images[k:k + 1])
     et = runtime.calibrate(et)
     runtime.policy = policy_for(et)
-    report = run_with_deadlines(runtime, images, labels, deadlines, uninterrupted, progress)
-    simulated = correct_at(policy_for(et), cs, et, np.asarray(deadlines, dtype=np.float64), runtime.rule)
+    report = run_with_deadlines(runtime, images, cs.labels, deadlines, uninterrupted, progress)
+    simulated = correct_at(policy_for(et), cs, et, deadlines, runtime.rule)
     return SimulatorCheck(report, simulated, et)

@@ -96,8 +96,11 @@ class TrainConfig:
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """The autocast dtype of forward and loss, or None for plain float32."""
-        return torch.bfloat16 if self.precision == "bf16" or (self.precision == "auto" and self.on_cuda) else None
+        """The autocast dtype of forward and loss, or None for plain float32 (auto: bf16 on a GPU
+        that has it, from Ampere on; older ones would emulate it slowly)."""
+        if self.precision == "auto":
+            return torch.bfloat16 if self.on_cuda and torch.cuda.is_bf16_supported() else None
+        return torch.bfloat16 if self.precision == "bf16" else None
 
     @property
     def memory_format(self) -> torch.memory_format:
