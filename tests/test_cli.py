@@ -201,6 +201,25 @@ def test_mistake_wrong_data(tmp_path, capsys, dataset):
 
 
 @needs_torch
+def test_profile_skip_cs_retimes_only_and_skip_et_reprofiles_only_confidences(tmp_path, capsys):
+    checkpoint = save_model(tmp_path / "m.pt", in_channels=3)
+    data, out = fake_cifar10(tmp_path / "data"), tmp_path / "profiles"
+    base = ["profile", "--dataset", "cifar10", "--data", str(data), "--checkpoint", str(checkpoint),
+            "--out-dir", str(out), "--device", "cpu", "--warmup", "1", "--repeats", "3", "--holdout", "0.5"]
+    files = ("et.npz", "cs-holdout.npz", "cs-test.npz")
+    assert main(base) == 0
+    first = {name: (out / name).read_bytes() for name in files}
+    assert main([*base, "--skip-cs"]) == 0
+    assert [(out / name).read_bytes() == first[name] for name in files] == [False, True, True]
+    retimed = (out / "et.npz").read_bytes()
+    assert main([*base, "--skip-et"]) == 0
+    assert (out / "et.npz").read_bytes() == retimed
+    assert "wrote " + str(out / "cs-holdout.npz") in capsys.readouterr().out
+    with pytest.raises(SystemExit):  # one or the other
+        main([*base, "--skip-et", "--skip-cs"])
+
+
+@needs_torch
 def test_mistake_mnist_checkpoint_profiled_on_cifar(tmp_path, capsys):
     checkpoint = save_model(tmp_path / "mnist.pt")
     data = fake_cifar10(tmp_path / "data")

@@ -208,10 +208,12 @@ def cmd_profile(args: argparse.Namespace) -> int:
         record.save(out / "et.npz")
         print(f"ET-profile (ms, median) conv {np.round(record.conv * 1e3, 3).tolist()}")
         print(f"                        branch {np.round(record.branch * 1e3, 3).tolist()}")
-    for split, arrays in (("holdout", holdout), ("test", test)):
+    written = [] if args.skip_et else [out / "et.npz"]
+    for split, arrays in () if args.skip_cs else (("holdout", holdout), ("test", test)):
         profile_cs(model, dataset_for(args.dataset, arrays, train=False), device=device, name=name,
                    split=split, extra_meta=provenance, progress=_progress(args)).save(out / f"cs-{split}.npz")
-    print(f"wrote {'' if args.skip_et else str(out / 'et.npz') + ', '}{out / 'cs-holdout.npz'}, {out / 'cs-test.npz'}")
+        written.append(out / f"cs-{split}.npz")
+    print(f"wrote {', '.join(map(str, written))}")
     return 0
 
 
@@ -421,8 +423,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
     p.add_argument("--seed", type=int, default=0, help="as given to `einet train`")
     _add_torch_arguments(p, "torch threads for the CS-profiles")
-    p.add_argument("--skip-et", action="store_true",
-                   help="keep the folder's ET-profile: write the CS-profiles only (e.g. to add log-probabilities)")
+    skip = p.add_mutually_exclusive_group()
+    skip.add_argument("--skip-et", action="store_true",
+                      help="keep the folder's ET-profile: write the CS-profiles only (e.g. to add log-probabilities)")
+    skip.add_argument("--skip-cs", action="store_true",
+                      help="keep the folder's CS-profiles: write the ET-profile only (block times depend on the "
+                           "device and its load, confidences do not: re-time on the target device)")
     p.add_argument("--runtime-threads", type=int, default=1,
                    help="torch threads the runtime will use (the ET-profile is measured with them)")
     p.set_defaults(run=cmd_profile)
