@@ -248,19 +248,24 @@ def markdown_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
     return "\n".join(lines) + "\n"
 
 
-PAPER_COLUMNS = ("statistics", "EINet", "static 25%", "static 50%", "static 100%", "dynamic 90%", "dynamic 95%",
-                 "dynamic 99%", "single-exit", "compressed single-exit", "clairvoyant")
+PAPER_COLUMNS = ("statistics", "EINet", "EINet (paper)", "static 25%", "static 50%", "static 100%", "dynamic 90%",
+                 "dynamic 95%", "dynamic 99%", "single-exit", "compressed single-exit", "clairvoyant")
+# Paired against the statistics plan: policy -> CSV columns of (mean difference, 95% half-width, significant).
+PAIRED_WITH_STATISTICS = {"EINet": ("einet_minus_statistics", "paired_ci95", "significant"),
+                          "EINet (paper)": ("paper_einet_minus_statistics", "paper_einet_paired_ci95",
+                                            "paper_einet_significant")}
 
 
 def model_row(model: str, results: Sequence[PolicyResult]) -> dict[str, object]:
-    """One model's row of the paper's table: each policy's exact accuracy, and EINet minus the
-    statistics plan paired, with its 95% half-width."""
+    """One model's row of the paper's table: each policy's exact accuracy, and einet's and the
+    paper's EINet minus the statistics plan, paired, with the 95% half-width."""
     by_name = {r.name: r for r in results}
     row: dict[str, object] = {"model": model}
     for name in PAPER_COLUMNS:
         row[name] = by_name[name].expected if name in by_name else None
-    paired = paired_difference(by_name["EINet"], by_name["statistics"])
-    row["einet_minus_statistics"], row["paired_ci95"], row["significant"] = paired.mean, paired.ci95, paired.significant
+    for policy, columns in PAIRED_WITH_STATISTICS.items():
+        paired = paired_difference(by_name[policy], by_name["statistics"])
+        row.update(zip(columns, (paired.mean, paired.ci95, paired.significant)))
     return row
 
 
@@ -269,14 +274,17 @@ def models_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
     def pct(value: object) -> str:
         return "-" if value is None else f"{100 * float(value):.2f}"  # type: ignore[arg-type]
 
+    def paired(row: dict[str, object], columns: tuple[str, str, str]) -> str:
+        mean, ci, significant = (row[column] for column in columns)
+        return f"{100 * float(mean):+.2f} ± {100 * float(ci):.2f}{' *' if significant else ''}"  # type: ignore[arg-type]
+
     lines = [f"**{title}**", ""] if title else []
-    lines += ["| model | " + " | ".join(PAPER_COLUMNS) + " | EINet - statistics (pp, paired) |",
-              "|---|" + "---:|" * (len(PAPER_COLUMNS) + 1)]
+    lines += ["| model | " + " | ".join(PAPER_COLUMNS) + " | "
+              + " | ".join(f"{policy} - statistics (pp, paired)" for policy in PAIRED_WITH_STATISTICS) + " |",
+              "|---|" + "---:|" * (len(PAPER_COLUMNS) + len(PAIRED_WITH_STATISTICS))]
     for row in rows:
-        mark = " *" if row["significant"] else ""
-        lines.append(f"| {row['model']} | " + " | ".join(pct(row[name]) for name in PAPER_COLUMNS)
-                     + f" | {100 * float(row['einet_minus_statistics']):+.2f} ± "  # type: ignore[arg-type]
-                       f"{100 * float(row['paired_ci95']):.2f}{mark} |")  # type: ignore[arg-type]
+        lines.append(f"| {row['model']} | " + " | ".join(pct(row[name]) for name in PAPER_COLUMNS) + " | "
+                     + " | ".join(paired(row, columns) for columns in PAIRED_WITH_STATISTICS.values()) + " |")
     return "\n".join(lines) + "\n"
 
 
