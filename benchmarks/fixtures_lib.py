@@ -29,6 +29,11 @@ FIXTURES = {
     "vgg16_fine_w025_cpu_distill-ensemble": "einet profile --checkpoint runs/vgg16_fine_w025_distill-ensemble.pt "
                                             "--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                             "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble",
+    # The same VGG-16 with exits 4-9 weighted twice the others in the loss (weights 0.7 x3, 1.4 x6, 0.7 x5: same
+    # sum), `einet train ... --epochs 15 --threads 2 --exit-weights ...` (CPU); levers: docs/levers/*_midweights.md.
+    "vgg16_fine_w025_cpu_midweights": "einet profile --checkpoint runs/vgg16_fine_w025_midweights.pt --dataset "
+                                      "cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
+                                      "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_midweights",
     # B-AlexNet w0.25, `einet train --model b_alexnet --width 0.25 --epochs 10 --threads 1 --recipe R` (CPU);
     # the ET-profile is the b_alexnet_w025_cpu one (same network).
     "b_alexnet_w025_cpu_joint": "einet profile --checkpoint runs/b_alexnet_w025_joint.pt --dataset cifar10 "
