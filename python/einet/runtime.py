@@ -51,6 +51,7 @@ from .planner import ETProfile
 from .policies import Policy
 from .profiling import CSProfile
 from .rules import AnswerRule, RunningAnswer, as_rule
+from .simulate import ci95_half_width, correct_at
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
@@ -552,16 +553,19 @@ class SimulatorCheck:
     et: ETProfile  # the calibrated profile both planned and simulated with
 
     @property
+    def per_sample(self) -> np.ndarray:
+        """[S]: runtime minus simulator, each sample's answer right (1) or not (0)."""
+        return np.subtract(self.report.correct, self.simulated, dtype=np.float64)
+
+    @property
     def difference(self) -> float:
         """Runtime minus simulator accuracy (a share): only timing can make them differ."""
-        return float(np.mean(self.report.correct.astype(float) - self.simulated))
+        return float(self.per_sample.mean())
 
     @property
     def ci95(self) -> float:
         """The paired 95% half-width of `difference` over the samples."""
-        from .simulate import ci95_half_width
-
-        return ci95_half_width(self.report.correct.astype(float) - self.simulated)
+        return ci95_half_width(self.per_sample)
 
 
 def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETProfile], Policy], et: ETProfile,
@@ -574,8 +578,6 @@ def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETPro
     (:meth:`ElasticRuntime.calibrate`); the policy is rebuilt for the calibrated profile
     (`policy_for`); every image is then interrupted at its deadline, and the simulator replays the
     same policy on `cs` and scores the answer it holds at the same deadlines."""
-    from .simulate import correct_at
-
     deadlines = np.asarray(deadlines, dtype=np.float64)
     if not len(images) == len(deadlines) == cs.num_samples:
         raise ValueError(f"one image, deadline and CS-profile row per sample: got {len(images)} images, "
