@@ -555,7 +555,8 @@ class SimulatorCheck:
     @property
     def per_sample(self) -> np.ndarray:
         """[S]: runtime minus simulator, each sample's answer right (1) or not (0)."""
-        return np.subtract(self.report.correct, self.simulated, dtype=np.float64)
+        difference: np.ndarray = self.report.correct.astype(np.float64) - self.simulated
+        return difference
 
     @property
     def difference(self) -> float:
