@@ -12,7 +12,9 @@ EINet with its predictor):
 - the nearest-neighbour reference: the best a predictor on the richest signals can reach;
 - the deployed configuration, chosen on held-out data only (einet.select);
 - the training recipe: the same configuration on a twin fixture trained with another recipe
-  (`--twin`), paired over the same test images.
+  (`--twin`), paired over the same test images, under the *same* exit-time distribution in
+  seconds (the reference's full inference time, not the twin's: a deadline does not stretch
+  because a network got faster or slower). Time both fixtures' ET-profiles side by side.
 
 Everything fitted (predictors, ensemble weights, plans, the time-zero answer, the selection)
 sees only the held-out split. Differences are exact over tau, paired over test images, with
@@ -54,11 +56,14 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int) -> tuple[dict, dict]:
+def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int,
+                   full_time: float | None = None) -> tuple[dict, dict]:
     """{(kind, label): PolicyResult} for every configuration of one fixture, and what was chosen.
     The nearest-neighbour reference runs on the first `knn_samples` test images (0: not at all),
-    paired there with the paper's method on the same images."""
+    paired there with the paper's method on the same images. Exit times are relative to
+    `full_time` (seconds; default: this fixture's own full inference time)."""
     et = ETRecord.load(folder / "et.npz").profile
+    scale = 1.0 if full_time is None else full_time / full_inference_time(et)
     holdout, test = CSProfile.load(folder / "cs-holdout.npz"), CSProfile.load(folder / "cs-test.npz")
     log(f"{folder.name}: fitting rules and predictors on the held-out split")
     rules = rules_for(holdout)
@@ -68,12 +73,13 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
     by_signal = {signal: fit_predictor(holdout, "correctness", epochs=epochs, progress=False,
                                        signal=signal)[0].to_native() for signal in ("entropy", "margin", "agreement")}
     log(f"{folder.name}: selecting on the held-out split, for each distribution")
-    deployed = {kind: select(et, holdout, kinds=[kind], predictor_epochs=epochs, progress=False) for kind in kinds}
+    deployed = {kind: select(et, holdout, kinds=[kind], scale=scale, predictor_epochs=epochs, progress=False)
+                for kind in kinds}
     subset = test.subset(np.arange(min(knn_samples, test.num_samples)))
     results: dict[tuple[str, str], PolicyResult] = {}
     for kind in kinds:
         log(f"{folder.name}: evaluating under {kind} exit times")
-        dist = relative_distribution(kind, full_inference_time(et))
+        dist = relative_distribution(kind, full_inference_time(et), scale)
         for name, rule in rules.items():
             results[kind, f"statistics | {name}"] = evaluate(statistics_plan(holdout, et, dist, rule), test, et, dist,
                                                              draws=1, rule=rule)
@@ -117,9 +123,10 @@ def main() -> None:
     recipe = CSProfile.load(args.fixture / "cs-test.npz").meta.get("recipe", "joint")
     results, chosen = configurations(args.fixture, args.dist, args.knn_samples, args.epochs)
     runs = {recipe: (results, chosen)}
+    full_time = full_inference_time(ETRecord.load(args.fixture / "et.npz").profile)
     for twin in args.twin:
         twin_recipe = CSProfile.load(twin / "cs-test.npz").meta.get("recipe", twin.name)
-        runs[twin_recipe] = configurations(twin, args.dist, args.knn_samples, args.epochs)
+        runs[twin_recipe] = configurations(twin, args.dist, args.knn_samples, args.epochs, full_time)
 
     def paper(kind: str, label: str) -> PolicyResult:
         """The paper's method on the same images as `label`."""
@@ -130,7 +137,8 @@ def main() -> None:
              + f"; exact expected accuracy on {test_images(args.fixture)} test images (rows marked [n images]: the "
              "first n, paired with the paper's method on those); "
              f"difference from the paper's method ({recipe}, rule latest, EINet (paper)), paired, pp ± 95% CI "
-             "(* excludes 0).", ""]
+             f"(* excludes 0). Exit times relative to `{args.fixture.name}`'s full inference time "
+             f"({1e3 * full_time:.3f} ms), for the twins too.", ""]
     columns = " | ".join(f"{kind} (%) | {kind}: minus paper (pp)" for kind in args.dist)
     lines.append(f"| recipe | configuration | {columns} |")
     lines.append("|---|---|" + "---:|---:|" * len(args.dist))

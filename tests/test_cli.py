@@ -157,6 +157,21 @@ def test_train_with_bf16_and_channels_last_records_them(tmp_path, capsys):
     assert (summary["precision"], summary["memory_format"]) == ("torch.float32", "torch.contiguous_format")
 
 
+@needs_torch
+def test_train_with_light_exits_profiles_with_them_named(tmp_path):
+    from einet.models import load_checkpoint
+    from einet.profiling import CSProfile
+
+    data = fake_cifar10(tmp_path / "data")
+    assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--exit-head", "light",
+                 "--out", str(tmp_path / "m.pt")]) == 0
+    model, state = load_checkpoint(tmp_path / "m.pt")
+    assert state["spec"]["exit_head"] == "light" and type(model.exits[0]).__name__ == "LightBranch"
+    assert main(["profile", "--checkpoint", str(tmp_path / "m.pt"), "--dataset", "cifar10", "--data", str(data),
+                 "--skip-et", "--quiet", "--out-dir", str(tmp_path / "p")]) == 0
+    assert CSProfile.load(tmp_path / "p" / "cs-test.npz").meta["recipe"] == "joint, light exits"
+
+
 # ---------------------------------------------------------------- mistakes: one line, exit status 2
 
 def assert_one_line_error(capsys, argv: list[str], match: str) -> None:

@@ -393,6 +393,8 @@ def checkpoint_with(tmp_path: Path, spec: object = None, drop_spec: bool = False
     ({"spec": SPEC | {"in_channels": False}}, "in_channels"),
     ({"spec": SPEC | {"depth": 3}}, "unknown spec key 'depth'"),
     ({"spec": SPEC | {"growth": 6}}, "unknown spec key 'growth'"),  # msdnet only
+    ({"spec": SPEC | {"exit_head": "heavy"}}, "exit_head must be one of paper, light, got 'heavy'"),
+    ({"spec": SPEC | {"exit_head": "light"}}, "unexpected exits.0.linear.weight|missing exits.0"),  # not its weights
     ({"spec": SPEC | {"name": "resnet50_fine", "width": 16.0}}, "does not hold the resnet50_fine"),  # ~35 GB
     ({"spec": SPEC | {"num_classes": 5}}, r"exits.0.classifier.3.weight has shape \(3, 128\)"),
     ({"spec": SPEC | {"in_channels": 3}}, r"blocks.0.0.weight has shape"),

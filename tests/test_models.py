@@ -8,16 +8,18 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from einet.models import ConversionError, MultiExitNetwork, build, convert, msdnet  # noqa: E402
+from einet.models.base import Branch, LightBranch  # noqa: E402
 from einet.models.zoo import Bottleneck  # noqa: E402
 
 EXITS = {"b_alexnet": 3, "flex_vgg16": 5, "vgg16_fine": 14, "resnet50_fine": 6, "msdnet21": 21, "msdnet40": 40}
 
 
+@pytest.mark.parametrize("exit_head", ["paper", "light"])
 @pytest.mark.parametrize("name", sorted(EXITS))
 @pytest.mark.parametrize(("in_channels", "size"), [(3, 32), (1, 28)])
-def test_blocks_and_branches_reproduce_forward(name, in_channels, size):
+def test_blocks_and_branches_reproduce_forward(name, in_channels, size, exit_head):
     torch.manual_seed(0)
-    model = build(name, num_classes=7, in_channels=in_channels, width=0.125).eval()
+    model = build(name, num_classes=7, in_channels=in_channels, width=0.125, exit_head=exit_head).eval()
     assert model.num_exits == EXITS[name]
     x = torch.randn(2, in_channels, size, size)
     with torch.no_grad():
@@ -27,6 +29,19 @@ def test_blocks_and_branches_reproduce_forward(name, in_channels, size):
             h = model.forward_block(i, h)
             assert torch.equal(model.forward_exit(i, h), every_exit[i]), f"exit {i}"
     assert all(logits.shape == (2, 7) for logits in every_exit)
+
+
+def test_light_exits_are_one_linear_layer_on_pooled_features():
+    paper, light = build("vgg16_fine", width=0.25), build("vgg16_fine", width=0.25, exit_head="light")
+    assert isinstance(paper.exits[0], Branch) and isinstance(light.exits[0], LightBranch)
+    assert [type(m) for m in light.exits[0].modules()] == [LightBranch, nn.Linear]
+    assert type(light.exits[-1]) is type(paper.exits[-1])  # the final classifier is the network's own
+    assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in paper.parameters())
+    head = LightBranch(8, 3, pool=4)
+    for size in (32, 4, 2):  # pooled down, taken as it is, spread up: always pool x pool features
+        assert head(torch.randn(5, 8, size, size)).shape == (5, 3)
+    with pytest.raises(ValueError, match="unknown exit head 'heavy'"):
+        build("flex_vgg16", exit_head="heavy")
 
 
 def test_width_scales_parameters():

@@ -91,6 +91,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_arrays = data.load(args.dataset, args.data, "test")
     if args.holdout > 0:  # kept out of training: the predictor is fitted on it, never on the test split
         train_arrays, _ = train_arrays.split(args.holdout, seed=args.seed)
+    if args.constructor and args.exit_head != "paper":
+        raise ValueError("--exit-head is for zoo models: a converted model's branches are the paper's")
     if args.constructor:  # the user's own single-exit network, converted
         spec = _converted_spec(args, train_arrays)
     elif args.exits or args.backbone_weights or args.constructor_kwargs != "{}":
@@ -98,6 +100,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         spec = {"name": args.model, "num_classes": train_arrays.num_classes, "in_channels": train_arrays.channels,
                 "width": args.width}
+        if args.exit_head != "paper":  # only when asked: checkpoints of the paper's branches keep their spec
+            spec["exit_head"] = args.exit_head
     if Path(args.out).exists():  # resumed: it must be this model (train() checks the settings)
         _, _, stored = _model_from_checkpoint(args.out, args.constructor)
         if stored != spec:
@@ -165,8 +169,11 @@ def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[A
 
     model, state = load_checkpoint(path, constructor=constructor)
     spec = dict(state["spec"])
+    recipe = (state.get("config") or {}).get("recipe", "joint")
+    if spec.get("exit_head", "paper") != "paper":
+        recipe += f", {spec['exit_head']} exits"
     provenance = {"zoo": spec.get("constructor", spec.get("name")), "width": spec.get("width", 1.0),
-                  "recipe": (state.get("config") or {}).get("recipe", "joint")}
+                  "recipe": recipe}
     return model, provenance, spec
 
 
@@ -385,6 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
     p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "step", "constant"],
                    help="learning-rate schedule")
+    p.add_argument("--exit-head", default="paper", choices=["paper", "light"],
+                   help="the early exits' branch: paper (conv + two FC layers) or light (pool + one linear layer, "
+                        "several times cheaper at batch size 1: docs/anytime.md) (default: %(default)s)")
     p.add_argument("--exit-weights", type=float, nargs="+", default=None,
                    help="loss weight per exit (default: uniform)")
     p.add_argument("--recipe", default="joint", choices=["joint", "distill", "distill-ensemble"],

@@ -1,4 +1,4 @@
-"""The multi-exit protocol every einet model follows, and the paper's exit branch.
+"""The multi-exit protocol every einet model follows, the paper's exit branch and a light one.
 
 A multi-exit network is N blocks. Block i is a backbone segment (its *conv
 part*, ``forward_block(i, h)``) followed by an exit *branch*
@@ -83,6 +83,38 @@ class Branch(nn.Module):
         if h.shape[-1] > self.pool_in or h.shape[-2] > self.pool_in:
             h = nn.functional.adaptive_avg_pool2d(h, (min(h.shape[-2], self.pool_in), min(h.shape[-1], self.pool_in)))
         return cast(torch.Tensor, self.classifier(self.conv(h)))
+
+
+class LightBranch(nn.Module):
+    """A cheap exit: the features average-pooled to at most ``pool`` x ``pool``, one linear layer.
+
+    On a CPU at batch size 1 every layer costs tens of microseconds of dispatch however small it
+    is, so the paper's seven-layer branch takes 110-290 us next to 100-280 us for its VGG-16 block,
+    and a plan pays it for every exit it runs. Two layers take about 30-45 us: exits get cheap
+    enough to run many (see docs/anytime.md, "light exits"), at some accuracy at the first exits.
+    """
+
+    def __init__(self, in_channels: int, num_classes: int, pool: int = 4) -> None:
+        super().__init__()
+        self.pool = pool
+        self.linear = nn.Linear(in_channels * pool * pool, num_classes)
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        if h.shape[-2:] != (self.pool, self.pool):  # smaller maps are spread: the layer sees pool x pool
+            h = nn.functional.adaptive_avg_pool2d(h, self.pool)
+        return cast(torch.Tensor, self.linear(h.flatten(1)))
+
+
+EXIT_HEADS = ("paper", "light")
+
+
+def exit_branch(head: str, in_channels: int, num_classes: int, conv_channels: int | None = None) -> nn.Module:
+    """An exit branch of the kind `head` names: "paper" (:class:`Branch`) or "light" (:class:`LightBranch`)."""
+    if head == "paper":
+        return Branch(in_channels, num_classes, conv_channels)
+    if head == "light":
+        return LightBranch(in_channels, num_classes)
+    raise ValueError(f"unknown exit head {head!r}: expected one of {', '.join(EXIT_HEADS)}")
 
 
 def channels(base: int, width: float) -> int:

@@ -33,7 +33,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..data import ImageDataset, as_batches, count_batches, loader_is_sharded
-from .base import MultiExitNetwork
+from .base import EXIT_HEADS, MultiExitNetwork
 from .convert import CONVERTED, build_converted, resolve_constructor
 
 CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
@@ -407,7 +407,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
 _SPEC_INTEGERS = {"num_classes": (1, 100_000), "in_channels": (1, 64), "growth": (1, 1024),
                   "compress_every": (1, 1024)}
 _SPEC_MAX_WIDTH = 16.0
-_SPEC_KEYS = ("num_classes", "in_channels", "width")
+_SPEC_KEYS = ("num_classes", "in_channels", "width", "exit_head")
 _MSDNET_SPEC_KEYS = ("growth", "compress_every")
 _CHECKSUM = "sha256"
 # A converted model's spec (see convert.build_converted): these keys, the constructor as a
@@ -528,6 +528,8 @@ def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tup
     width = kwargs.get("width", 1.0)
     if type(width) not in (int, float) or not 0 < width <= _SPEC_MAX_WIDTH:  # NaN fails too
         raise ValueError(f"{path}: spec width must be a number in (0, {_SPEC_MAX_WIDTH}], got {width!r}")
+    if kwargs.get("exit_head", "paper") not in EXIT_HEADS:
+        raise ValueError(f"{path}: spec exit_head must be one of {', '.join(EXIT_HEADS)}, got {kwargs['exit_head']!r}")
     return name, kwargs
 
 

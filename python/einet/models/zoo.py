@@ -1,7 +1,8 @@
 """The paper's multi-exit networks, for 1-channel (MNIST) or 3-channel (CIFAR) 28/32-pixel inputs.
 
-Each constructor takes ``num_classes``, ``in_channels`` and ``width`` (a
-channel multiplier) and returns a :class:`MultiExitNetwork`. Exits: b_alexnet 3,
+Each constructor takes ``num_classes``, ``in_channels``, ``width`` (a
+channel multiplier) and ``exit_head`` (the early exits' branch: "paper" or
+"light", see :func:`~einet.models.base.exit_branch`) and returns a :class:`MultiExitNetwork`. Exits: b_alexnet 3,
 flex_vgg16 5, vgg16_fine 14, resnet50_fine 6, msdnet(blocks=21) 21,
 msdnet(blocks=40) 40.
 """
@@ -14,7 +15,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from .base import Branch, MultiExitNetwork, channels
+from .base import MultiExitNetwork, channels, exit_branch
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
@@ -28,7 +29,8 @@ def classifier_head(in_channels: int, num_classes: int, hidden: int, pool: int =
                          nn.ReLU(inplace=True), nn.Dropout(0.2), nn.Linear(hidden, num_classes))
 
 
-def b_alexnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MultiExitNetwork:
+def b_alexnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+              exit_head: str = "paper") -> MultiExitNetwork:
     """B-AlexNet (BranchyNet's AlexNet): exits after conv1, after conv2, and the final classifier."""
     c1, c2, c3, c4 = (channels(c, width) for c in (64, 192, 384, 256))
     blocks: list[nn.Module] = [
@@ -36,7 +38,8 @@ def b_alexnet(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -
         nn.Sequential(*conv_bn_relu(c1, c2, 5), nn.MaxPool2d(2)),
         nn.Sequential(*conv_bn_relu(c2, c3), *conv_bn_relu(c3, c4), *conv_bn_relu(c4, c4), nn.MaxPool2d(2)),
     ]
-    exits = [Branch(c1, num_classes), Branch(c2, num_classes), classifier_head(c4, num_classes, 2 * c4, pool=2)]
+    exits = [exit_branch(exit_head, c1, num_classes), exit_branch(exit_head, c2, num_classes),
+             classifier_head(c4, num_classes, 2 * c4, pool=2)]
     return MultiExitNetwork(blocks, exits)
 
 
@@ -58,7 +61,8 @@ def _vgg_layers(in_channels: int, width: float) -> list[tuple[nn.Module, int]]:
     return layers
 
 
-def flex_vgg16(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MultiExitNetwork:
+def flex_vgg16(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+               exit_head: str = "paper") -> MultiExitNetwork:
     """VGG-16 with one exit per stage (5): branches after stages 1-4, the classifier after stage 5."""
     layers = _vgg_layers(in_channels, width)
     blocks: list[nn.Module] = []
@@ -69,19 +73,20 @@ def flex_vgg16(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) 
         cout = layers[first + len(stage) - 1][1]
         first += len(stage)
         blocks.append(nn.Sequential(*modules))
-        exits.append(Branch(cout, num_classes))
+        exits.append(exit_branch(exit_head, cout, num_classes))
     exits[-1] = classifier_head(layers[-1][1], num_classes, layers[-1][1])
     return MultiExitNetwork(blocks, exits)
 
 
-def vgg16_fine(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MultiExitNetwork:
+def vgg16_fine(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+               exit_head: str = "paper") -> MultiExitNetwork:
     """Fine-grained VGG-16 (14 exits): one block per conv layer, each with a branch, plus the classifier.
 
     Block 13 is the classifier's hidden layer (pool, flatten, FC, ReLU); its exit is the last FC.
     """
     layers = _vgg_layers(in_channels, width)
     blocks = [m for m, _ in layers]
-    exits: list[nn.Module] = [Branch(c, num_classes) for _, c in layers]
+    exits: list[nn.Module] = [exit_branch(exit_head, c, num_classes) for _, c in layers]
     last = layers[-1][1]
     blocks.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(last, last), nn.ReLU(inplace=True),
                                 nn.Dropout(0.2)))
@@ -107,7 +112,8 @@ class Bottleneck(nn.Module):
         return torch.relu(self.body(x) + self.shortcut(x))
 
 
-def resnet50_fine(num_classes: int = 10, in_channels: int = 3, width: float = 1.0) -> MultiExitNetwork:
+def resnet50_fine(num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
+                  exit_head: str = "paper") -> MultiExitNetwork:
     """ResNet-50 (CIFAR stem: one 3x3 conv, no max-pool) cut into 6 blocks.
 
     Cuts (each where only one tensor is live, between bottlenecks): after layer1;
@@ -136,7 +142,7 @@ def resnet50_fine(num_classes: int = 10, in_channels: int = 3, width: float = 1.
         nn.Sequential(*layer4[2:]),
     ]
     outs = [mids[0] * 4, mids[1] * 4, mids[2] * 4, mids[2] * 4, mids[3] * 4]
-    exits: list[nn.Module] = [Branch(c, num_classes, conv_channels=min(c, channels(256, width))) for c in outs]
+    exits: list[nn.Module] = [exit_branch(exit_head, c, num_classes, min(c, channels(256, width))) for c in outs]
     exits.append(nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)))
     return MultiExitNetwork(blocks, exits)
 
@@ -197,7 +203,7 @@ class CoarsestScale(nn.Module):
 
 
 def msdnet(blocks: int = 21, num_classes: int = 10, in_channels: int = 3, width: float = 1.0,
-           growth: int = 6, compress_every: int = 8) -> MultiExitNetwork:
+           growth: int = 6, compress_every: int = 8, exit_head: str = "paper") -> MultiExitNetwork:
     """MSDNet in its CIFAR configuration: three scales (1, 1/2, 1/4), 16 x (1, 2, 4) stem channels,
     growth rate 6 x (1, 2, 4); one classifier per block on the coarsest scale. Every
     `compress_every` blocks a 1x1 conv halves each scale's channels (MSDNet's transition),
@@ -216,7 +222,7 @@ def msdnet(blocks: int = 21, num_classes: int = 10, in_channels: int = 3, width:
         layers.append(layer)
         current = layer.out_channels
         coarsest.append(current[-1])
-    exits: list[nn.Module] = [CoarsestScale(Branch(c, num_classes, conv_channels=channels(128, width)))
+    exits: list[nn.Module] = [CoarsestScale(exit_branch(exit_head, c, num_classes, channels(128, width)))
                               for c in coarsest]
     return MultiExitNetwork(layers, exits)
 
