@@ -21,8 +21,9 @@ FIXTURES = {
     "vgg16_fine_w025_cpu": "einet profile --checkpoint runs/vgg16_fine_w025.pt --dataset cifar10 "
                            "--data ../shared/data/cifar10-jpeg.zip --out-dir benchmarks/fixtures/vgg16_fine_w025_cpu",
     # Trained with `einet train --model vgg16_fine --width 0.25 --epochs 15 --threads 1 --recipe R` (CPU);
-    # CS-profiles with log-probabilities; the ET-profile is the vgg16_fine_w025_cpu one (same network);
-    # predictor.npz: rule latest, predictor-ensemble.npz: `einet fit-predictor --rule ensemble --time-zero`.
+    # CS-profiles with log-probabilities; predictor.npz: rule latest, predictor-ensemble.npz: `einet
+    # fit-predictor --rule ensemble --time-zero`. The ET-profiles of these VGG-16s (and of the light-exit one
+    # below) were re-timed back to back on an idle machine, `einet profile --skip-cs`, so that twins compare.
     "vgg16_fine_w025_cpu_joint": "einet profile --checkpoint runs/vgg16_fine_w025_joint.pt --dataset cifar10 "
                                  "--data ../shared/data/cifar10-jpeg.zip --skip-et "
                                  "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_joint",
@@ -42,10 +43,18 @@ FIXTURES = {
     "b_alexnet_w025_cpu_distill": "einet profile --checkpoint runs/b_alexnet_w025_distill.pt --dataset cifar10 "
                                   "--data ../shared/data/cifar10-jpeg.zip --skip-et "
                                   "--out-dir benchmarks/fixtures/b_alexnet_w025_cpu_distill",
+    # The same VGG-16 with light exits (pool + one linear layer), `einet train ... --epochs 15 --threads 2
+    # --exit-head light` (CPU); model.pt: its fp16 weights.
+    "vgg16_fine_w025_cpu_light": "einet profile --checkpoint runs/vgg16_fine_w025_light.pt --dataset cifar10 "
+                                 "--data ../shared/data/cifar10-jpeg.zip --out-dir "
+                                 "benchmarks/fixtures/vgg16_fine_w025_cpu_light",
     # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
     "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
                                            "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "
                                            "benchmarks/fixtures/vgg16_fine_w025_cpu_joint_thumbnail",
+    "vgg16_fine_w025_cpu_light_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
+                                           "vgg16_fine_w025_cpu_light --data ../shared/data/cifar10-jpeg.zip --out "
+                                           "benchmarks/fixtures/vgg16_fine_w025_cpu_light_thumbnail",
     "b_alexnet_w05_cpu_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/b_alexnet_w05_cpu "
                                    "--data ../shared/data/cifar10-jpeg.zip --out "
                                    "benchmarks/fixtures/b_alexnet_w05_cpu_thumbnail",

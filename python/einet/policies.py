@@ -355,6 +355,19 @@ RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"
 HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicted accuracy
 
 
+def einet_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor, statistics_mask: np.ndarray,
+                   rule: AnswerRule, signal: str = "confidence") -> list[Policy]:
+    """The three EINets of the comparison: einet's (from `statistics_mask`, re-planned only for
+    HEDGE_MARGIN), the paper's, and the paper's random-search ablation. Built apart from the other
+    policies so that they can be planned with their own cost folded in (einet.simulate.charged)."""
+    return [
+        EINet(predictor, et, dist, rule, first_plan=statistics_mask, margin=HEDGE_MARGIN, signal=signal),
+        EINet(predictor, et, dist, rule, name="EINet (paper)", signal=signal),
+        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)",
+              signal=signal),
+    ]
+
+
 def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor, holdout: CSProfile,
                       rule: str | AnswerRule = "latest", signal: str = "confidence") -> list[Policy]:
     """Every policy of the paper's comparison for one exit-time distribution, EINet first, the
@@ -368,10 +381,7 @@ def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredic
     rule = as_rule(rule)
     statistics = statistics_plan(holdout, et, dist, rule)
     policies: list[Policy] = [
-        EINet(predictor, et, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN, signal=signal),
-        EINet(predictor, et, dist, rule, name="EINet (paper)", signal=signal),
-        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)",
-              signal=signal),
+        *einet_policies(et, dist, predictor, statistics.mask, rule, signal),
         static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),
         ConfidenceThreshold(0.90), ConfidenceThreshold(0.95), ConfidenceThreshold(0.99),
         statistics,

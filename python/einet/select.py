@@ -7,6 +7,12 @@ on the first, and every candidate is scored on the second, exactly (tau integrat
 each exit-time distribution asked for. The winner is then refitted on the whole held-out split
 and saved: a JSON file naming the policy and the rule, beside the predictor it needs.
 A user thus never ships a configuration that measured worse on data it was not fitted on.
+
+A policy that plans pays for it: EINet re-plans after every branch it runs, and the runtime waits
+for it (:meth:`einet.runtime.ElasticRuntime.calibrate` folds that time into the branch times). The
+EINet candidates are therefore planned and scored with their planning time, timed on this machine
+(:func:`einet.simulate.planning_seconds`), added to every branch: next to a paper's branch (100-300 us
+on a CPU) it is a few percent, next to a light exit (~30 us) half again.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 from .planner import Distribution, ETProfile, NativePredictor
-from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
+from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, einet_policies, standard_policies
 from .profiling import CSProfile
 from .rules import AnswerRule, time_zero_answer
 
@@ -80,22 +86,25 @@ def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, signal: str, predi
 def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform", "normal"), scale: float = 1.0,
            rules: Sequence[str] = CANDIDATE_RULES, time_zero: Sequence[bool] = (False, True),
            predictor_epochs: int = 40, seed: int = 0, progress: bool = True,
-           signals: Sequence[str] = ("confidence",)) -> tuple[Deployment, Any]:
+           signals: Sequence[str] = ("confidence",), planning: float | None = None) -> tuple[Deployment, Any]:
     """Choose (policy, rule, time-zero answer) on the held-out split; returns the deployment,
     refitted on the whole split, and the torch predictor fitted for its rule (saved with the
     deployment only when its policy needs it).
 
     The score of a candidate is its exact accuracy on the second half, averaged over `kinds`.
     `signals`: what EINet's predictor may read per observed exit (einet.signals; rules latest and
-    best only: under ensemble it reads the ensemble's confidence)."""
+    best only: under ensemble it reads the ensemble's confidence). `planning`: the seconds EINet's
+    re-planning adds per branch run (None: timed here, see the module's docstring)."""
     from tqdm.auto import tqdm
 
-    from .simulate import evaluate, full_inference_time, relative_distribution
+    from .simulate import charged, evaluate, full_inference_time, planning_seconds, relative_distribution
 
     if holdout.meta.get("split") == "test":
         raise ValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
     if not rules or not time_zero or not kinds:
         raise ValueError("need at least one rule, one time-zero setting and one distribution kind")
+    if planning is not None and not planning >= 0:
+        raise ValueError(f"planning must be >= 0 seconds per branch, got {planning}")
     if "ensemble" in rules and not holdout.has_log_probs:
         rules = [r for r in rules if r != "ensemble"]  # format-1 profiles: no log-probabilities to ensemble
     order = np.random.default_rng(seed).permutation(holdout.num_samples)
@@ -110,10 +119,16 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     for rule_name, zero, signal in tqdm(settings, desc="selecting", disable=not progress, leave=False):
         rule, native, _ = _fit(fit_half, rule_name, zero, signal, predictor_epochs, seed)
         for dist in dists.values():
-            for policy in standard_policies(et, dist, native, fit_half, rule, signal):
+            policies = standard_policies(et, dist, native, fit_half, rule, signal)
+            statistics_mask = next(p.mask for p in policies if isinstance(p, FixedPlan) and p.name == "statistics")
+            cost = planning if planning is not None else planning_seconds(policies[0], score_half, et, rule)
+            planned_et = charged(et, cost)  # EINet, planned and scored paying for its own planning
+            planned = {p.name: p for p in einet_policies(planned_et, dist, native, statistics_mask, rule, signal)}
+            for policy in policies:
                 if policy.name in NOT_DEPLOYABLE or (signal != "confidence" and not policy.name.startswith("EINet")):
                     continue  # only EINet reads the signal: the other policies were scored already
-                result = evaluate(policy, score_half, et, dist, draws=1, rule=rule)
+                profile = planned_et if policy.name in planned else et
+                result = evaluate(planned.get(policy.name, policy), score_half, profile, dist, draws=1, rule=rule)
                 scores.setdefault((policy.name, rule_name, zero, signal), []).append(result.expected)
     means = {key: float(np.mean(values)) for key, values in scores.items()}
     best_policy, best_rule, best_zero, best_signal = max(means, key=lambda key: means[key])

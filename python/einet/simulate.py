@@ -16,6 +16,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
@@ -70,10 +71,12 @@ def sample_exit_times(dist: Distribution, size: tuple[int, ...], rng: np.random.
 
 @dataclass(frozen=True)
 class Trace:
-    """When each sample's branches finished: times [S, N] (inf after the last), exits [S, N] (-1 after)."""
+    """When each sample's branches finished: times [S, N] (inf after the last), exits [S, N] (-1 after),
+    and the seconds the policy spent, on this machine, taking in what each branch told it."""
 
     times: np.ndarray
     exits: np.ndarray
+    policy_seconds: float = 0.0
 
 
 def replay(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule = "latest") -> Trace:
@@ -89,6 +92,7 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule 
     confidence = cs.confidence.astype(np.float64)
     running = RunningAnswer(rule) if rule.name == "ensemble" else None
     log_probs = cs.dense_log_probs() if running is not None or policy.needs_log_probs else None
+    policy_seconds = 0.0
     for s in range(s_count):
         policy.begin(cs.correct[s] if policy.needs_oracle else None)
         if running is not None:
@@ -104,9 +108,29 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule 
                 if policy.needs_log_probs:
                     policy.record_log_probs(i, log_probs[s, i])  # type: ignore[index]
                 signal = row[i] if running is None else running.add(i, log_probs[s, i])  # type: ignore[index]
-                if policy.observe(i, signal, t):
+                started = time.perf_counter()
+                stop = policy.observe(i, signal, t)  # where a policy plans: timed, see planning_seconds
+                policy_seconds += time.perf_counter() - started
+                if stop:
                     break
-    return Trace(times, exits)
+    return Trace(times, exits, policy_seconds)
+
+
+def planning_seconds(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule = "latest",
+                     samples: int = 200) -> float:
+    """Seconds `policy` takes per branch it runs, on this machine, over a replay of `cs`'s first
+    `samples` rows. The runtime pays it after every branch (:meth:`einet.runtime.ElasticRuntime.calibrate`
+    folds it into the branch times); next to light exits (~30 us) EINet's re-planning (~10-20 us) is
+    no longer free, so a policy that plans is scored and planned with it (:func:`charged`)."""
+    trace = replay(policy, cs.subset(np.arange(min(samples, cs.num_samples))), et, rule)
+    return trace.policy_seconds / max(int((trace.exits >= 0).sum()), 1)
+
+
+def charged(et: ETProfile, seconds_per_branch: float) -> ETProfile:
+    """`et` with `seconds_per_branch` added to every branch: what a policy costs, as the runtime sees it."""
+    if not seconds_per_branch >= 0:
+        raise ValueError(f"seconds_per_branch must be >= 0, got {seconds_per_branch}")
+    return ETProfile(et.conv, et.branch + seconds_per_branch)
 
 
 @dataclass(frozen=True)

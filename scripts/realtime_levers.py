@@ -1,0 +1,109 @@
+"""Two multi-exit networks under the same real interrupts, side by side (the light-exit lever, for real).
+
+The simulator says light exits (`einet train --exit-head light`) beat the paper's branches at the
+same exit times. This checks it with the runtime: each network runs the same test images, each
+image interrupted at the same deadline in seconds (drawn relative to the *reference* network's
+full inference time, timed back to back with the candidate's on this machine):
+
+- the reference runs the paper's method: its predictor's EINet, rule ``latest``;
+- the candidate runs its deployed configuration, chosen on its held-out split (``einet.select``).
+
+Printed: each network's real-time accuracy and its difference from what the simulator predicts
+at the same deadlines, and candidate minus reference, paired over the images, with the 95%
+interval. Both runs share the machine's state: run it on an idle machine.
+
+    python scripts/realtime_levers.py --reference runs/vgg16_fine_w025_joint.pt \
+        --reference-fixture benchmarks/fixtures/vgg16_fine_w025_cpu_joint \
+        --candidate benchmarks/fixtures/vgg16_fine_w025_cpu_light/model.pt \
+        --candidate-fixture benchmarks/fixtures/vgg16_fine_w025_cpu_light --data ../shared/data/cifar10-jpeg.zip
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from einet import data
+from einet.models import load_checkpoint
+from einet.policies import EINet
+from einet.predictor import load_predictor
+from einet.profiling import CSProfile, profile_et
+from einet.rules import AnswerRule
+from einet.runtime import ElasticRuntime, check_against_simulator
+from einet.select import select
+from einet.simulate import ci95_half_width, full_inference_time, relative_distribution, sample_exit_times
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reference", type=Path, required=True, help="checkpoint of the paper's network")
+    parser.add_argument("--reference-fixture", type=Path, required=True, help="its profiles and predictor.npz")
+    parser.add_argument("--candidate", type=Path, required=True, help="checkpoint of the other network")
+    parser.add_argument("--candidate-fixture", type=Path, required=True, help="its profiles")
+    parser.add_argument("--data", required=True, help="CIFAR-10 (the test split is used)")
+    parser.add_argument("--dist", default="normal", choices=["uniform", "normal"])
+    parser.add_argument("--samples", type=int, default=2000, help="test images (the first ones)")
+    parser.add_argument("--repeats", type=int, default=400, help="timed runs per block of the ET-profiles")
+    parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    test = data.load("cifar10", args.data, "test")
+    images = data.dataset_for("cifar10", test, False).images[:args.samples]
+    models = {"reference": load_checkpoint(args.reference)[0].eval(),
+              "candidate": load_checkpoint(args.candidate)[0].eval()}
+    fixtures = {"reference": args.reference_fixture, "candidate": args.candidate_fixture}
+    examples = images[np.random.default_rng(0).permutation(len(images))[:200]]
+    ets = {name: profile_et(model, (3, 32, 32), repeats=args.repeats, progress=False, samples=examples).profile
+           for name, model in models.items()}  # back to back, on the same inputs
+    full_time = full_inference_time(ets["reference"])
+    dist = relative_distribution(args.dist, full_time)
+    deadlines = sample_exit_times(dist, (len(images),), np.random.default_rng(1))
+    figures: dict[str, dict[str, float]] = {}
+    correct = {}
+    for name, model in models.items():
+        folder, et = fixtures[name], ets[name]
+        cs = CSProfile.load(folder / "cs-test.npz").subset(np.arange(len(images)))
+        if not np.array_equal(cs.labels, test.labels[:len(images)]):
+            raise ValueError(f"{folder}/cs-test.npz is not the CIFAR-10 test split in order")
+        if name == "reference":  # the paper's method
+            native, rule = load_predictor(folder / "predictor.npz").to_native(), AnswerRule("latest")
+
+            def policy_for(profile, native=native, rule=rule):
+                return EINet(native, profile, dist, rule)
+            label = "paper's method (EINet (paper), rule latest)"
+        else:  # what held-out data picks for it, at the reference's deadlines
+            holdout = CSProfile.load(folder / "cs-holdout.npz")
+            deployment, torch_predictor = select(et, holdout, kinds=[args.dist],
+                                                 scale=full_time / full_inference_time(et), progress=False)
+            native, rule = torch_predictor.to_native(), deployment.rule
+
+            def policy_for(profile, deployment=deployment, native=native):
+                return deployment.build(profile, dist, native)
+            label = f"deployed ({deployment.policy}, rule {rule.label()})"
+        with ElasticRuntime(model, policy_for(et), rule=rule) as runtime:
+            check = check_against_simulator(runtime, policy_for, et, cs, images, deadlines, warmup=300)
+        correct[name] = check.report.correct.astype(np.float64)
+        figures[name] = {"configuration": label, "full_inference_ms": 1e3 * full_inference_time(et),
+                         "runtime_accuracy": check.report.accuracy,
+                         "runtime_minus_simulator_pp": 100 * check.difference,
+                         "runtime_minus_simulator_ci95_pp": 100 * check.ci95,
+                         "planning_share": check.report.planning_share}
+        print(f"{name}: {label}: real-time accuracy {100 * check.report.accuracy:.2f}%, runtime minus simulator "
+              f"{100 * check.difference:+.2f} ± {100 * check.ci95:.2f} pp, planner share "
+              f"{100 * check.report.planning_share:.2f}%, full inference {figures[name]['full_inference_ms']:.3f} ms")
+    difference = correct["candidate"] - correct["reference"]
+    figures["candidate_minus_reference"] = {"pp": 100 * float(difference.mean()),
+                                            "ci95_pp": 100 * ci95_half_width(difference),
+                                            "samples": len(images), "dist": args.dist}
+    print(f"candidate minus reference, real time, {args.dist} exit time, {len(images)} images: "
+          f"{100 * difference.mean():+.2f} ± {100 * ci95_half_width(difference):.2f} pp (paired)")
+    if args.out:
+        args.out.write_text(json.dumps(figures, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Selection on held-out data, and what a policy's own time costs it."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import einet
+from einet.policies import FixedPlan, Policy
+from einet.profiling import CSProfile, ETRecord
+from einet.simulate import charged, planning_seconds
+
+LIGHT = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "vgg16_fine_w025_cpu_light"
+
+
+class SlowToObserve(Policy):
+    """Runs every branch and takes a millisecond to take in each one."""
+
+    name = "slow"
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        return True
+
+    def observe(self, block: int, confidence: float, elapsed: float) -> bool:
+        time.sleep(1e-3)
+        return False
+
+
+def test_planning_seconds_is_the_policys_own_time_per_branch():
+    cs = CSProfile(np.full((5, 3), 0.5, dtype=np.float32), np.zeros((5, 3), dtype=np.int64),
+                   np.ones((5, 3), dtype=bool), np.zeros(5, dtype=np.int64))
+    et = einet.ETProfile([1.0, 1.0, 1.0], [0.5, 0.5, 0.5])
+    assert 1e-3 <= planning_seconds(SlowToObserve(), cs, et) < 0.5
+    assert planning_seconds(FixedPlan(np.ones(3, dtype=bool), "all"), cs, et) < 1e-3
+    assert planning_seconds(FixedPlan(np.ones(3, dtype=bool), "all"), cs, et, samples=2) >= 0.0
+    profile = charged(et, 0.25)
+    assert np.allclose(profile.branch, 0.75) and np.allclose(profile.conv, et.conv)
+    with pytest.raises(ValueError, match="seconds_per_branch must be >= 0, got -1"):
+        charged(et, -1.0)
+
+
+def test_selection_charges_einet_for_its_planning():
+    """With light exits (~30 us each) EINet's re-planning is not free: charged an absurd second per
+    branch, EINet scores far lower on held-out data and is never deployed."""
+    pytest.importorskip("torch")
+    from einet.select import select
+
+    et = ETRecord.load(LIGHT / "et.npz").profile
+    holdout = CSProfile.load(LIGHT / "cs-holdout.npz").subset(np.arange(1000))
+    settings = {"kinds": ("normal",), "rules": ("latest",), "time_zero": (False,), "predictor_epochs": 2,
+                "progress": False}
+    free, _ = select(et, holdout, planning=0.0, **settings)
+    costly, _ = select(et, holdout, planning=1.0, **settings)
+    assert not costly.policy.startswith("EINet")
+    for name in ("EINet | latest", "EINet (paper) | latest"):
+        assert costly.validation[name] < free.validation[name] - 0.1
+    assert costly.validation["statistics | latest"] == free.validation["statistics | latest"]
+    with pytest.raises(ValueError, match="planning must be >= 0"):
+        select(et, holdout, planning=-1e-6, **settings)
