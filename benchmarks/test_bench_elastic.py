@@ -2,7 +2,7 @@
 
 - The paper's comparison, per committed fixture and exit-time distribution (uniform
   and normal over one full inference): tables in benchmarks/results/compare_*.md|csv.
-- Real time (needs ../shared/data and the committed B-AlexNet weights): the runtime
+- Real time (needs ../shared/data and the committed B-AlexNet and light-exit VGG-16 weights): the runtime
   under timer interrupts drawn from the distribution, over 3,000 CIFAR-10 test
   images, against the simulator's prediction for the same images (within 2 pp),
   with the ET-profile measured now and calibrated by the runtime; interrupt latency
@@ -74,12 +74,11 @@ def test_einet_against_every_baseline(benchmark, name, kind):
     assert by["clairvoyant"]["expected"] >= max(r["expected"] for r in rows) - 1e-9
 
 
-def realtime_case(predictor: str = "predictor.npz"):
+def realtime_case(name: str, predictor: str):
     from einet.predictor_file import load_native_predictor
 
-    name = "b_alexnet_w05_cpu"
     if not (folder(name) / "model.pt").exists() or not (SHARED / "cifar10-jpeg.zip").exists():
-        pytest.skip("needs the B-AlexNet fixture and ../shared/data")
+        pytest.skip(f"needs the {name} fixture with its weights and ../shared/data")
     from einet import data
     from einet.models import load_checkpoint
 
@@ -92,15 +91,20 @@ def realtime_case(predictor: str = "predictor.npz"):
 
 
 @pytest.mark.benchmark(group="real time")
-@pytest.mark.parametrize("predictor", ["predictor.npz", "predictor-ensemble.npz"], ids=["latest", "ensemble"])
-def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predictor):
-    """Rule latest, and rule ensemble with the time-zero answer (the predictor file carries the rule)."""
+@pytest.mark.parametrize(("name", "predictor"), [("b_alexnet_w05_cpu", "predictor.npz"),
+                                               ("b_alexnet_w05_cpu", "predictor-ensemble.npz"),
+                                               ("vgg16_fine_w025_cpu_light", "predictor-ensemble.npz")],
+                         ids=["latest", "ensemble", "light-exits"])
+def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, name, predictor):
+    """B-AlexNet under rule latest, and rule ensemble with the time-zero answer (the predictor file
+    carries the rule); the 14-exit VGG-16 with light exits (30-us branches: the runtime's own
+    overheads weigh most there) under rule ensemble with the time-zero answer."""
     from einet.policies import EINet
     from einet.profiling import profile_et
     from einet.runtime import ElasticRuntime, check_against_simulator
     from einet.simulate import sample_exit_times
 
-    model, base, cs, native, rule, images, labels = realtime_case(predictor)
+    model, base, cs, native, rule, images, labels = realtime_case(name, predictor)
     samples = 50 if benchmark.disabled else 3000
     chosen = np.random.default_rng(1).choice(len(labels), samples, replace=False)
     # The block times on this machine now, on real images (the committed profile is from another day),
@@ -123,7 +127,7 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, predic
                "planning_share": report.planning_share, "samples": samples}
     benchmark.extra_info.update(summary)
     with capsys.disabled():
-        print(f"\nreal time (B-AlexNet, CPU, rule {rule.label()}):", {k: round(v, 4) for k, v in summary.items()})
+        print(f"\nreal time ({name}, CPU, rule {rule.label()}):", {k: round(v, 4) for k, v in summary.items()})
     assert 0.0 <= report.accuracy <= 1.0
     difference = summary["difference_pp"]
     speed_goal(abs(difference) <= 2.0, f"runtime and simulator differ by {difference:.2f} pp")
