@@ -31,7 +31,7 @@ FIXTURES = {
                                             "--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                             "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble",
     # The same VGG-16 with exits 4-9 weighted twice the others in the loss (weights 0.7 x3, 1.4 x6, 0.7 x5: same
-    # sum), `einet train ... --epochs 15 --threads 2 --exit-weights ...` (CPU); levers: docs/levers/*_midweights.md.
+    # sum), `einet train ... --epochs 15 --threads 2 --exit-weights ...` (CPU); levers: docs/levers/*_recipes.md.
     "vgg16_fine_w025_cpu_midweights": "einet profile --checkpoint runs/vgg16_fine_w025_midweights.pt --dataset "
                                       "cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                       "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_midweights",

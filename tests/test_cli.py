@@ -170,6 +170,12 @@ def test_train_with_light_exits_profiles_with_them_named(tmp_path):
     assert main(["profile", "--checkpoint", str(tmp_path / "m.pt"), "--dataset", "cifar10", "--data", str(data),
                  "--skip-et", "--quiet", "--out-dir", str(tmp_path / "p")]) == 0
     assert CSProfile.load(tmp_path / "p" / "cs-test.npz").meta["recipe"] == "joint, light exits"
+    assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--exit-weights", "2", "2", "0.5",
+                 "--out", str(tmp_path / "w.pt")]) == 0
+    assert main(["profile", "--checkpoint", str(tmp_path / "w.pt"), "--dataset", "cifar10", "--data", str(data),
+                 "--skip-et", "--quiet", "--out-dir", str(tmp_path / "q")]) == 0
+    meta = CSProfile.load(tmp_path / "q" / "cs-test.npz").meta
+    assert (meta["recipe"], meta["exit_weights"]) == ("joint, exit weights 2x2/0.5", [2.0, 2.0, 0.5])
 
 
 # ---------------------------------------------------------------- mistakes: one line, exit status 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -169,11 +170,16 @@ def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[A
 
     model, state = load_checkpoint(path, constructor=constructor)
     spec = dict(state["spec"])
-    recipe = (state.get("config") or {}).get("recipe", "joint")
+    config = state.get("config") or {}
+    recipe = config.get("recipe", "joint")
     if spec.get("exit_head", "paper") != "paper":
         recipe += f", {spec['exit_head']} exits"
-    provenance = {"zoo": spec.get("constructor", spec.get("name")), "width": spec.get("width", 1.0),
-                  "recipe": recipe}
+    provenance = {"zoo": spec.get("constructor", spec.get("name")), "width": spec.get("width", 1.0)}
+    if config.get("exit_weights"):  # a schedule is part of the recipe: twins must not share a name
+        runs = [(w, len(list(group))) for w, group in itertools.groupby(config["exit_weights"])]
+        recipe += ", exit weights " + "/".join(f"{w:g}" + (f"x{n}" if n > 1 else "") for w, n in runs)
+        provenance["exit_weights"] = list(config["exit_weights"])
+    provenance["recipe"] = recipe
     return model, provenance, spec
 
 
