@@ -36,7 +36,7 @@ FIXTURES = {
                                       "cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                       "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_midweights",
     # B-AlexNet w0.25, `einet train --model b_alexnet --width 0.25 --epochs 10 --threads 1 --recipe R` (CPU);
-    # the ET-profile is the b_alexnet_w025_cpu one (same network).
+    # their ET-profiles, and the light-exit one's, re-timed back to back on an idle machine (--skip-cs).
     "b_alexnet_w025_cpu_joint": "einet profile --checkpoint runs/b_alexnet_w025_joint.pt --dataset cifar10 "
                                 "--data ../shared/data/cifar10-jpeg.zip --skip-et "
                                 "--out-dir benchmarks/fixtures/b_alexnet_w025_cpu_joint",
@@ -48,6 +48,10 @@ FIXTURES = {
     "vgg16_fine_w025_cpu_light": "einet profile --checkpoint runs/vgg16_fine_w025_light.pt --dataset cifar10 "
                                  "--data ../shared/data/cifar10-jpeg.zip --out-dir "
                                  "benchmarks/fixtures/vgg16_fine_w025_cpu_light",
+    # B-AlexNet w0.25 with light exits, `einet train ... --epochs 10 --threads 1 --exit-head light`; with model.pt.
+    "b_alexnet_w025_cpu_light": "einet profile --checkpoint runs/b_alexnet_w025_light.pt --dataset cifar10 "
+                                "--data ../shared/data/cifar10-jpeg.zip --out-dir "
+                                "benchmarks/fixtures/b_alexnet_w025_cpu_light",
     # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
     "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
                                            "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "
