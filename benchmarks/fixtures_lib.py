@@ -23,7 +23,9 @@ FIXTURES = {
     # Trained with `einet train --model vgg16_fine --width 0.25 --epochs 15 --threads 1 --recipe R` (CPU);
     # CS-profiles with log-probabilities; predictor.npz: rule latest, predictor-ensemble.npz: `einet
     # fit-predictor --rule ensemble --time-zero`. The ET-profiles of these VGG-16s (and of the light-exit one
-    # below) were re-timed back to back on an idle machine, `einet profile --skip-cs`, so that twins compare.
+    # below) were re-timed back to back on an idle machine, so that twins compare: for R in joint, light,
+    # distill-ensemble, midweights, `einet profile --checkpoint runs/vgg16_fine_w025_R.pt --dataset cifar10
+    # --data ../shared/data/cifar10-jpeg.zip --threads 1 --skip-cs --out-dir benchmarks/fixtures/NAME`.
     "vgg16_fine_w025_cpu_joint": "einet profile --checkpoint runs/vgg16_fine_w025_joint.pt --dataset cifar10 "
                                  "--data ../shared/data/cifar10-jpeg.zip --skip-et "
                                  "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_joint",
@@ -36,7 +38,8 @@ FIXTURES = {
                                       "cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                       "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_midweights",
     # B-AlexNet w0.25, `einet train --model b_alexnet --width 0.25 --epochs 10 --threads 1 --recipe R` (CPU);
-    # their ET-profiles, and the light-exit one's, re-timed back to back on an idle machine (--skip-cs).
+    # their ET-profiles, and the light-exit one's, re-timed back to back on an idle machine (for R in joint,
+    # light, distill: `einet profile --checkpoint runs/b_alexnet_w025_R.pt ... --threads 1 --skip-cs`).
     "b_alexnet_w025_cpu_joint": "einet profile --checkpoint runs/b_alexnet_w025_joint.pt --dataset cifar10 "
                                 "--data ../shared/data/cifar10-jpeg.zip --skip-et "
                                 "--out-dir benchmarks/fixtures/b_alexnet_w025_cpu_joint",

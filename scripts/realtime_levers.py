@@ -52,6 +52,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=400, help="timed runs per block of the ET-profiles")
     parser.add_argument("--out", type=Path, help="write the figures here (JSON)")
     args = parser.parse_args()
+    if args.samples < 1 or args.rounds < 1:
+        parser.error(f"--samples and --rounds must be >= 1, got {args.samples} and {args.rounds}")
     torch.set_num_threads(1)
     test = data.load("cifar10", args.data, "test")
     count = min(args.samples, len(test.labels))
@@ -66,7 +68,7 @@ def main() -> None:
     full_time = full_inference_time(ets["reference"])
     dist = relative_distribution(args.dist, full_time)
     deadlines = sample_exit_times(dist, (len(images),), np.random.default_rng(1))
-    figures: dict[str, dict[str, float]] = {}
+    figures: dict[str, dict[str, object]] = {}
     correct = {}
     for name, model in models.items():
         folder, et = fixtures[name], ets[name]

@@ -261,6 +261,36 @@ def test_mistake_train_resuming_a_checkpoint_of_another_model(tmp_path, capsys):
 
 
 @needs_torch
+def test_train_resumes_with_or_without_the_default_exit_head_spelled_out(tmp_path, capsys):
+    data = fake_cifar10(tmp_path / "data")
+    light = ["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--out", str(tmp_path / "m.pt")]
+    assert main([*light, "--exit-head", "light"]) == 0
+    assert_one_line_error(capsys, light, r"holds a checkpoint of another model")  # the paper's head: another model
+    import torch
+
+    from einet.models import training
+
+    paper = ["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--out", str(tmp_path / "p.pt")]
+    assert main(paper) == 0
+    state = torch.load(tmp_path / "p.pt", weights_only=False)
+    state["spec"]["exit_head"] = "paper"  # the default written out (as a Python caller may): the same model
+    state["sha256"] = training._state_digest(state)
+    torch.save(state, tmp_path / "p.pt")
+    assert main(paper) == 0
+    assert_one_line_error(capsys, [*light, "--exit-head", "light", "--constructor", "torch.nn:Linear"],
+                          r"--exit-head is for zoo models")
+
+
+def test_exit_head_choices_are_the_models_own():
+    pytest.importorskip("torch")
+    from einet.models.base import EXIT_HEADS
+
+    train = next(a for a in cli.build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                 if a.dest == "exit_head")
+    assert tuple(train.choices) == EXIT_HEADS
+
+
+@needs_torch
 def test_mistake_train_into_a_missing_folder(tmp_path, capsys):
     assert_one_line_error(capsys, ["train", "--data", "x", "--out", str(tmp_path / "nodir" / "m.pt"),
                                    "--device", "cpu"], r"the folder .*nodir does not exist")

@@ -105,7 +105,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             spec["exit_head"] = args.exit_head
     if Path(args.out).exists():  # resumed: it must be this model (train() checks the settings)
         _, _, stored = _model_from_checkpoint(args.out, args.constructor)
-        if stored != spec:
+        if _without_defaults(stored) != _without_defaults(spec):
             raise ValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
                              "give another --out, or the same model to resume it")
     # Under torchrun (WORLD_SIZE > 1) every process joins one group; train() then runs DDP on shards.
@@ -135,6 +135,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _without_defaults(spec: dict[str, Any]) -> dict[str, Any]:
+    """A model spec without the keys that only repeat a default (the paper's exit head)."""
+    return {key: value for key, value in spec.items() if not (key == "exit_head" and value == "paper")}
 
 
 def _converted_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, Any]:

@@ -8,21 +8,24 @@ each exit-time distribution asked for. The winner is then refitted on the whole 
 and saved: a JSON file naming the policy and the rule, beside the predictor it needs.
 A user thus never ships a configuration that measured worse on data it was not fitted on.
 
-A policy that plans pays for it: EINet re-plans after every branch it runs, and the runtime waits
-for it (:meth:`einet.runtime.ElasticRuntime.calibrate` folds that time into the branch times). The
-EINet candidates are therefore planned and scored with their planning time, timed on this machine
-(:func:`einet.simulate.planning_seconds`), added to every branch: next to a paper's branch (100-300 us
-on a CPU) it is a few percent, next to a light exit (~30 us) half again.
+A policy that plans pays for it: EINet re-plans after every branch it runs, and on a CPU the
+runtime waits for it (:meth:`einet.runtime.ElasticRuntime.calibrate` folds that time into the
+branch times; on CUDA it overlaps the queued kernels, and the charge overstates it). The EINet
+candidates are therefore planned and scored with the paper's EINet's planning time, timed once on
+this machine (:func:`einet.simulate.planning_seconds`) and recorded in the deployment, added to
+every branch: next to a paper's branch (100-270 us on our CPU) it is a few percent, next to a
+light exit (28-37 us) half again.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -50,10 +53,13 @@ class Deployment:
     threshold: float | None = None  # dynamic plans
     first_plan: tuple[bool, ...] | None = None  # "EINet": its first plan (the statistics plan)
     signal: str = "confidence"  # what EINet's predictor reads per observed exit
+    planning_seconds: float = 0.0  # what EINet's planning was charged per branch when it was scored
     validation: dict[str, float] = field(default_factory=dict)  # candidate -> held-out exact accuracy
 
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
-        """The policy, planned for this ET-profile and exit-time distribution."""
+        """The policy, planned for this ET-profile and exit-time distribution. For EINet pass the
+        profile the runtime will see, its own planning included (:meth:`ElasticRuntime.calibrate`, or
+        ``einet.simulate.charged(et, self.planning_seconds)``), as it was scored."""
         from .policies import HEDGE_MARGIN
 
         if self.policy.startswith("EINet"):
@@ -103,8 +109,8 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
         raise ValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
     if not rules or not time_zero or not kinds:
         raise ValueError("need at least one rule, one time-zero setting and one distribution kind")
-    if planning is not None and not planning >= 0:
-        raise ValueError(f"planning must be >= 0 seconds per branch, got {planning}")
+    if planning is not None and not (math.isfinite(planning) and planning >= 0):
+        raise ValueError(f"planning must be a finite number >= 0 of seconds per branch, got {planning}")
     if "ensemble" in rules and not holdout.has_log_probs:
         rules = [r for r in rules if r != "ensemble"]  # format-1 profiles: no log-probabilities to ensemble
     order = np.random.default_rng(seed).permutation(holdout.num_samples)
@@ -120,9 +126,11 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
         rule, native, _ = _fit(fit_half, rule_name, zero, signal, predictor_epochs, seed)
         for dist in dists.values():
             policies = standard_policies(et, dist, native, fit_half, rule, signal)
-            statistics_mask = next(p.mask for p in policies if isinstance(p, FixedPlan) and p.name == "statistics")
-            cost = planning if planning is not None else planning_seconds(policies[0], score_half, et, rule)
-            planned_et = charged(et, cost)  # EINet, planned and scored paying for its own planning
+            by_name = {p.name: p for p in policies}
+            if planning is None:  # timed once per call, on the EINet that re-plans after every branch
+                planning = planning_seconds(by_name["EINet (paper)"], score_half, et, rule)
+            statistics_mask = cast(FixedPlan, by_name["statistics"]).mask
+            planned_et = charged(et, planning)  # EINet, planned and scored paying for its own planning
             planned = {p.name: p for p in einet_policies(planned_et, dist, native, statistics_mask, rule, signal)}
             for policy in policies:
                 if policy.name in NOT_DEPLOYABLE or (signal != "confidence" and not policy.name.startswith("EINet")):
@@ -143,7 +151,7 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
         mask=tuple(bool(b) for b in chosen.mask) if isinstance(chosen, FixedPlan) else None,
         threshold=chosen.threshold if isinstance(chosen, ConfidenceThreshold) else None,
         first_plan=tuple(bool(b) for b in statistics.mask) if best_policy == "EINet" else None,  # type: ignore
-        signal=best_signal,
+        signal=best_signal, planning_seconds=planning if uses_predictor and planning is not None else 0.0,
         validation={f"{name} | {rule_name}{' + time-zero' if zero else ''}"
                     f"{'' if signal == 'confidence' else ' | ' + signal}": value
                     for (name, rule_name, zero, signal), value in sorted(means.items(), key=lambda kv: -kv[1])})

@@ -105,11 +105,11 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule 
                 t += branch[i]
                 times[s, q], exits[s, q] = t, i
                 q += 1
+                signal = row[i] if running is None else running.add(i, log_probs[s, i])  # type: ignore[index]
+                started = time.perf_counter()  # what the policy takes per branch: see planning_seconds
                 if policy.needs_log_probs:
                     policy.record_log_probs(i, log_probs[s, i])  # type: ignore[index]
-                signal = row[i] if running is None else running.add(i, log_probs[s, i])  # type: ignore[index]
-                started = time.perf_counter()
-                stop = policy.observe(i, signal, t)  # where a policy plans: timed, see planning_seconds
+                stop = policy.observe(i, signal, t)
                 policy_seconds += time.perf_counter() - started
                 if stop:
                     break
@@ -122,14 +122,17 @@ def planning_seconds(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | A
     `samples` rows. The runtime pays it after every branch (:meth:`einet.runtime.ElasticRuntime.calibrate`
     folds it into the branch times); next to light exits (~30 us) EINet's re-planning (~10-20 us) is
     no longer free, so a policy that plans is scored and planned with it (:func:`charged`)."""
+    if samples < 1 or cs.num_samples < 1:
+        raise ValueError(f"need at least one sample to time the policy on, got samples={samples} and "
+                         f"{cs.num_samples} profiled")
     trace = replay(policy, cs.subset(np.arange(min(samples, cs.num_samples))), et, rule)
     return trace.policy_seconds / max(int((trace.exits >= 0).sum()), 1)
 
 
 def charged(et: ETProfile, seconds_per_branch: float) -> ETProfile:
     """`et` with `seconds_per_branch` added to every branch: what a policy costs, as the runtime sees it."""
-    if not seconds_per_branch >= 0:
-        raise ValueError(f"seconds_per_branch must be >= 0, got {seconds_per_branch}")
+    if not (math.isfinite(seconds_per_branch) and seconds_per_branch >= 0):
+        raise ValueError(f"seconds_per_branch must be a finite number >= 0, got {seconds_per_branch}")
     return ETProfile(et.conv, et.branch + seconds_per_branch)
 
 

@@ -86,12 +86,14 @@ class Branch(nn.Module):
 
 
 class LightBranch(nn.Module):
-    """A cheap exit: the features average-pooled to at most ``pool`` x ``pool``, one linear layer.
+    """A cheap exit: the features average-pooled to ``pool`` x ``pool``, one linear layer.
 
     On a CPU at batch size 1 every layer costs tens of microseconds of dispatch however small it
-    is, so the paper's seven-layer branch takes 110-290 us next to 100-280 us for its VGG-16 block,
-    and a plan pays it for every exit it runs. Two layers take about 30-45 us: exits get cheap
+    is, so the paper's seven-layer branch takes 100-270 us on our CPU, about what its VGG-16 block
+    takes, and a plan pays it for every exit it runs. Two layers take 28-37 us: exits get cheap
     enough to run many (see docs/anytime.md, "light exits"), at some accuracy at the first exits.
+    Maps smaller than ``pool`` are spread to it (the same linear map on more inputs: simple, at a
+    few microseconds on VGG-16's last, 2x2 and 1x1, exits).
     """
 
     def __init__(self, in_channels: int, num_classes: int, pool: int = 4) -> None:
