@@ -281,6 +281,20 @@ def test_train_resumes_with_or_without_the_default_exit_head_spelled_out(tmp_pat
                           r"--exit-head is for zoo models")
 
 
+@needs_torch
+def test_select_writes_a_deployment_that_pays_for_planning(tmp_path, capsys):
+    from einet.select import load_deployment
+
+    profiles = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "b_alexnet_w025_cpu_light"
+    base = ["select", "--profiles", str(profiles), "--dist", "uniform", "--rules", "latest", "--epochs", "1"]
+    assert main([*base, "--planning-us", "1e6", "--out", str(tmp_path / "d.json")]) == 0
+    deployment = load_deployment(tmp_path / "d.json")
+    assert not deployment.policy.startswith("EINet") and deployment.planning_seconds == 0.0
+    assert "chosen on held-out data" in capsys.readouterr().out
+    assert_one_line_error(capsys, [*base, "--planning-us", "-1", "--out", str(tmp_path / "e.json")],
+                          r"planning must be a finite number >= 0")
+
+
 def test_exit_head_choices_are_the_models_own():
     pytest.importorskip("torch")
     from einet.models.base import EXIT_HEADS

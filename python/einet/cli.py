@@ -269,8 +269,10 @@ def cmd_select(args: argparse.Namespace) -> int:
 
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
+    planning = None if args.planning_us is None else args.planning_us * 1e-6
     deployment, predictor = select(et, holdout, kinds=args.dist, scale=args.scale, rules=args.rules,
-                                   predictor_epochs=args.epochs, seed=args.seed, signals=args.signals)
+                                   predictor_epochs=args.epochs, seed=args.seed, signals=args.signals,
+                                   planning=planning)
     save_deployment(args.out, deployment, predictor)
     print(f"chosen on held-out data: {deployment.policy}, rule {deployment.rule.label()}; wrote {args.out}")
     for name, value in list(deployment.validation.items())[:8]:
@@ -513,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="candidate signals EINet's predictor may read per observed exit (rules latest/best)")
     p.add_argument("--epochs", type=int, default=40, help="predictor training epochs")
     p.add_argument("--seed", type=int, default=0, help="fixes the predictor training")
+    p.add_argument("--planning-us", type=float, default=None,
+                   help="microseconds EINet's re-planning adds per branch where it runs (default: timed on this "
+                        "machine; 0 where the runtime overlaps it, e.g. on a GPU, behind queued kernels)")
     p.add_argument("--out", required=True, help="deployment file (.json); the predictor is written beside it")
     p.set_defaults(run=cmd_select)
 
