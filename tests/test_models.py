@@ -38,8 +38,8 @@ def test_light_exits_are_one_linear_layer_on_pooled_features():
     assert type(light.exits[-1]) is type(paper.exits[-1])  # the final classifier is the network's own
     assert sum(p.numel() for p in light.parameters()) < sum(p.numel() for p in paper.parameters())
     head = LightBranch(8, 3, pool=4)
-    for size in (32, 4, 2):  # pooled down, taken as it is, spread up: always pool x pool features
-        assert head(torch.randn(5, 8, size, size)).shape == (5, 3)
+    for shape in ((32, 32), (4, 4), (2, 2), (7, 3)):  # pooled down, taken as it is, spread up: pool x pool features
+        assert head(torch.randn(5, 8, *shape)).shape == (5, 3)
     with pytest.raises(ValueError, match="unknown exit head 'heavy'"):
         build("flex_vgg16", exit_head="heavy")
 
