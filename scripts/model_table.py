@@ -65,6 +65,9 @@ def main() -> None:
     print("layer as block 14; ResNet-50 (CIFAR stem) after layer1, layer2, the third bottleneck of layer3, layer3,")
     print("the second bottleneck of layer4 and layer4 (the last exit is the original pool + FC); MSDNet: one")
     print("classifier per layer on the coarsest of its three scales, a 1x1 transition halving channels every 8 layers.")
+    print("\nBranches: the paper's (a conv layer and two FC layers), as counted above. With `exit_head=\"light\"`")
+    print("(`einet train --exit-head light`) every branch but the network's own classifier is an average pool to")
+    print("4x4 and one linear layer: 16 x channels x classes MACs, and two layers to dispatch instead of seven.")
 
 
 if __name__ == "__main__":
