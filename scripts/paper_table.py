@@ -24,6 +24,7 @@ from fixtures_lib import folder
 
 from einet.cli import main as einet
 from einet.profiling import CSProfile
+from einet.simulate import PAIRED_WITH_STATISTICS
 
 # zoo model: (fixture, the paper's CIFAR-10 "statistics" and "ours", %)
 CIFAR10 = {
@@ -60,8 +61,8 @@ def paired(row: dict[str, str], mean: str, ci: str, significant: str) -> str:
 def line(zoo: str, name: str, row: dict[str, str], paper: tuple[float, float] | None) -> str:
     width = CSProfile.load(folder(name) / "cs-test.npz").meta.get("width", "?")
     ours = (f"| {zoo} | {width} | {final_exit_accuracy(name):.1f} | {100 * float(row['statistics']):.2f} | "
-            f"{paired(row, 'paper_einet_minus_statistics', 'paper_einet_paired_ci95', 'paper_einet_significant')} | "
-            f"{paired(row, 'einet_minus_statistics', 'paired_ci95', 'significant')} | "
+            f"{paired(row, *PAIRED_WITH_STATISTICS['EINet (paper)'])} | "
+            f"{paired(row, *PAIRED_WITH_STATISTICS['EINet'])} | "
             f"{100 * float(row['clairvoyant']):.2f} |")
     if paper is None:
         return ours

@@ -355,33 +355,26 @@ RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"
 HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicted accuracy
 
 
-def einet_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor, statistics_mask: np.ndarray,
-                   rule: AnswerRule, signal: str = "confidence") -> list[Policy]:
-    """The three EINets of the comparison: einet's (from `statistics_mask`, re-planned only for
-    HEDGE_MARGIN), the paper's, and the paper's random-search ablation. Built apart from the other
-    policies so that they can be planned with their own cost folded in (einet.simulate.charged)."""
-    return [
-        EINet(predictor, et, dist, rule, first_plan=statistics_mask, margin=HEDGE_MARGIN, signal=signal),
-        EINet(predictor, et, dist, rule, name="EINet (paper)", signal=signal),
-        EINet(predictor, et, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET, name="EINet (random search)",
-              signal=signal),
-    ]
-
-
 def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor, holdout: CSProfile,
-                      rule: str | AnswerRule = "latest", signal: str = "confidence") -> list[Policy]:
+                      rule: str | AnswerRule = "latest", signal: str = "confidence",
+                      einet_et: ETProfile | None = None) -> list[Policy]:
     """Every policy of the paper's comparison for one exit-time distribution, EINet first, the
     clairvoyant ceiling last (not under rule ensemble). `holdout`: the held-out CS-profile (the
     statistics plan and EINet's first plan come from it; never the test split).
 
     "EINet" is einet's default: the statistics plan first, re-planned only for a predicted gain
     of HEDGE_MARGIN. "EINet (paper)" is the paper's: the predictor's first plan, always re-planned.
-    `signal`: what the predictor reads per observed exit (the one it was fitted on)."""
+    `signal`: what the predictor reads per observed exit (the one it was fitted on). `einet_et`: the
+    profile the EINets plan with, their own planning time folded in (einet.simulate.charged); default `et`."""
     n = et.num_blocks
     rule = as_rule(rule)
     statistics = statistics_plan(holdout, et, dist, rule)
+    planned = et if einet_et is None else einet_et
     policies: list[Policy] = [
-        *einet_policies(et, dist, predictor, statistics.mask, rule, signal),
+        EINet(predictor, planned, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN, signal=signal),
+        EINet(predictor, planned, dist, rule, name="EINet (paper)", signal=signal),
+        EINet(predictor, planned, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET,
+              name="EINet (random search)", signal=signal),
         static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),
         ConfidenceThreshold(0.90), ConfidenceThreshold(0.95), ConfidenceThreshold(0.99),
         statistics,

@@ -25,13 +25,13 @@ import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
 from ._atomic import atomic_write
 from .planner import Distribution, ETProfile, NativePredictor
-from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, einet_policies, standard_policies
+from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
 from .profiling import CSProfile
 from .rules import AnswerRule, time_zero_answer
 
@@ -125,18 +125,15 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     for rule_name, zero, signal in tqdm(settings, desc="selecting", disable=not progress, leave=False):
         rule, native, _ = _fit(fit_half, rule_name, zero, signal, predictor_epochs, seed)
         for dist in dists.values():
-            policies = standard_policies(et, dist, native, fit_half, rule, signal)
-            by_name = {p.name: p for p in policies}
             if planning is None:  # timed once per call, on the EINet that re-plans after every branch
-                planning = planning_seconds(by_name["EINet (paper)"], score_half, et, rule)
-            statistics_mask = cast(FixedPlan, by_name["statistics"]).mask
+                planning = planning_seconds(EINet(native, et, dist, rule, name="EINet (paper)", signal=signal),
+                                            score_half, et, rule)
             planned_et = charged(et, planning)  # EINet, planned and scored paying for its own planning
-            planned = {p.name: p for p in einet_policies(planned_et, dist, native, statistics_mask, rule, signal)}
-            for policy in policies:
+            for policy in standard_policies(et, dist, native, fit_half, rule, signal, einet_et=planned_et):
                 if policy.name in NOT_DEPLOYABLE or (signal != "confidence" and not policy.name.startswith("EINet")):
                     continue  # only EINet reads the signal: the other policies were scored already
-                profile = planned_et if policy.name in planned else et
-                result = evaluate(planned.get(policy.name, policy), score_half, profile, dist, draws=1, rule=rule)
+                profile = planned_et if isinstance(policy, EINet) else et
+                result = evaluate(policy, score_half, profile, dist, draws=1, rule=rule)
                 scores.setdefault((policy.name, rule_name, zero, signal), []).append(result.expected)
     means = {key: float(np.mean(values)) for key, values in scores.items()}
     best_policy, best_rule, best_zero, best_signal = max(means, key=lambda key: means[key])
