@@ -55,6 +55,14 @@ FIXTURES = {
     "b_alexnet_w025_cpu_light": "einet profile --checkpoint runs/b_alexnet_w025_light.pt --dataset cifar10 "
                                 "--data ../shared/data/cifar10-jpeg.zip --out-dir "
                                 "benchmarks/fixtures/b_alexnet_w025_cpu_light",
+    # The light-exit VGG-16 with a second look (its 14 blocks again on the flipped input: 28 exits). Only et.npz is
+    # committed (`python scripts/second_look_et.py benchmarks/fixtures/vgg16_fine_w025_cpu_light --checkpoint
+    # runs/vgg16_fine_w025_light.pt --data ../shared/data/cifar10-jpeg.zip --out <this folder>`, timed against
+    # the light fixture's own network back to back); its CS-profiles (8.8 MB) come from the committed weights:
+    "vgg16_fine_w025_cpu_light_second_look": "einet profile --checkpoint benchmarks/fixtures/vgg16_fine_w025_cpu_light/"
+                                             "model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip "
+                                             "--skip-et --second-look flip --out-dir "
+                                             "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look",
     # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
     "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
                                            "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "

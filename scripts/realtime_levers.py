@@ -16,6 +16,9 @@ interval. Both runs share the machine's state: run it on an idle machine.
         --reference-fixture benchmarks/fixtures/vgg16_fine_w025_cpu_joint \
         --candidate benchmarks/fixtures/vgg16_fine_w025_cpu_light/model.pt \
         --candidate-fixture benchmarks/fixtures/vgg16_fine_w025_cpu_light --data ../shared/data/cifar10-jpeg.zip
+
+(`--candidate-second-look flip` with the `vgg16_fine_w025_cpu_light_second_look` fixture: the light
+network with its second look.)
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import torch
 
 from einet import data
 from einet.models import load_checkpoint
+from einet.models.second_look import with_second_look
 from einet.policies import EINet
 from einet.predictor import load_predictor
 from einet.profiling import CSProfile, profile_et
@@ -44,6 +48,8 @@ def main() -> None:
     parser.add_argument("--reference-fixture", type=Path, required=True, help="its profiles and predictor.npz")
     parser.add_argument("--candidate", type=Path, required=True, help="checkpoint of the other network")
     parser.add_argument("--candidate-fixture", type=Path, required=True, help="its profiles")
+    parser.add_argument("--candidate-second-look", choices=["flip"],
+                        help="run the candidate with a second look (its fixture profiled with `--second-look`)")
     parser.add_argument("--data", required=True, help="CIFAR-10 (the test split is used)")
     parser.add_argument("--dist", default="normal", choices=["uniform", "normal"])
     parser.add_argument("--samples", type=int, default=10000, help="test images (the first ones)")
@@ -59,8 +65,10 @@ def main() -> None:
     count = min(args.samples, len(test.labels))
     order = np.tile(np.arange(count), args.rounds)  # every image `rounds` times, each with its own deadline
     images = data.dataset_for("cifar10", test, False).images[:count][order]
-    models = {"reference": load_checkpoint(args.reference)[0].eval(),
-              "candidate": load_checkpoint(args.candidate)[0].eval()}
+    candidate = load_checkpoint(args.candidate)[0]
+    if args.candidate_second_look:
+        candidate = with_second_look(candidate, args.candidate_second_look)
+    models = {"reference": load_checkpoint(args.reference)[0].eval(), "candidate": candidate.eval()}
     fixtures = {"reference": args.reference_fixture, "candidate": args.candidate_fixture}
     examples = images[np.random.default_rng(0).permutation(count)[:200]]
     ets = {name: profile_et(model, (3, 32, 32), repeats=args.repeats, progress=False, samples=examples).profile

@@ -240,6 +240,20 @@ def test_profile_skip_cs_retimes_only_and_skip_et_reprofiles_only_confidences(tm
         main([*base, "--skip-et", "--skip-cs"])
 
 
+
+@needs_torch
+def test_profile_with_a_second_look_doubles_the_exits_and_names_it(tmp_path):
+    from einet.profiling import CSProfile, ETRecord
+
+    checkpoint = save_model(tmp_path / "m.pt", in_channels=3)
+    data, out = fake_cifar10(tmp_path / "data"), tmp_path / "profiles"
+    assert main(["profile", "--dataset", "cifar10", "--data", str(data), "--checkpoint", str(checkpoint),
+                 "--out-dir", str(out), "--warmup", "1", "--repeats", "3", "--holdout", "0.5", "--quiet",
+                 "--second-look", "flip"]) == 0
+    cs, et = CSProfile.load(out / "cs-test.npz"), ETRecord.load(out / "et.npz")
+    assert cs.num_exits == len(et.conv) == 6  # B-AlexNet's 3 exits, twice
+    assert cs.meta["recipe"].endswith(", second look (flip)")
+
 @needs_torch
 def test_mistake_mnist_checkpoint_profiled_on_cifar(tmp_path, capsys):
     checkpoint = save_model(tmp_path / "mnist.pt")

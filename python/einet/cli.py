@@ -206,6 +206,11 @@ def cmd_profile(args: argparse.Namespace) -> int:
     device = _device(args.device)
     torch.set_num_threads(args.threads)
     model, provenance, spec = _model_from_checkpoint(args.checkpoint, args.constructor)
+    if args.second_look:
+        from .models.second_look import with_second_look
+
+        model = with_second_look(model, args.second_look)
+        provenance["recipe"] += f", second look ({args.second_look})"
     out = Path(args.out_dir)
     holdout, test = _splits(args)
     trained_on = (spec.get("in_channels", (spec.get("input_shape") or [None])[0]), spec.get("num_classes"))
@@ -454,6 +459,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "device and its load, confidences do not: re-time on the target device)")
     p.add_argument("--runtime-threads", type=int, default=1,
                    help="torch threads the runtime will use (the ET-profile is measured with them)")
+    p.add_argument("--second-look", choices=["flip"],
+                   help="profile the network followed by a second pass of itself on this view of the input "
+                        "(2N exits; einet.models.second_look): spare time before a deadline buys accuracy")
     p.set_defaults(run=cmd_profile)
 
     p = commands.add_parser("fit-predictor", help="train the confidence-score predictor on a held-out CS-profile")

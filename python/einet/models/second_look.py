@@ -1,0 +1,66 @@
+"""A second look: after its final exit, the network runs again on a flipped copy of the input.
+
+An elastic inference that finishes before its deadline holds its final answer and waits: the time
+left is wasted. A fast network (light exits, a small width) finishes well before the deadlines a
+user's slower reference would face, and that spare time can buy accuracy: the same network run on
+the horizontally flipped input and ensembled with the first pass (test-time augmentation, seen in
+training by the standard crop-and-flip augmentation) is right more often than either pass alone
+(+1.4 points on VGG-16 fine w0.25, docs/anytime.md). :func:`with_second_look` returns the network
+with the second pass as N more blocks and exits, so the planner, the profiles, the simulator and the
+runtime treat it like any other exits: the planner decides which of them to run, rule ``ensemble``
+combines the passes (rule ``latest`` would only swap one pass's answer for the other's).
+
+The first pass's blocks hand on the input with their features (a tuple, no copy), so that the
+second pass can start from it. Both passes are the base network's own blocks and exits, called
+directly (a wrapper module per block would cost a module call, 4-6 us on a CPU, per block and per
+exit): no parameters are added and the state dict is the base network's.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import torch
+
+from .base import MultiExitNetwork
+
+VIEWS = ("flip",)
+
+
+class SecondLook(MultiExitNetwork):
+    """`model`'s N blocks and exits on the input, then again on a view of it: 2N exits."""
+
+    def __init__(self, model: MultiExitNetwork, view: str = "flip") -> None:
+        if view not in VIEWS:
+            raise ValueError(f"unknown view {view!r}: expected one of {', '.join(VIEWS)}")
+        if not isinstance(model, MultiExitNetwork):
+            raise TypeError(f"a second look needs a MultiExitNetwork, got {type(model).__name__}")
+        super().__init__(list(model.blocks), list(model.exits))
+        self.view = view
+
+    @property
+    def num_exits(self) -> int:
+        return 2 * len(self.blocks)
+
+    def forward_block(self, i: int, h: Any) -> Any:
+        n = len(self.blocks)
+        if i == 0:
+            return h, self.blocks[0](h)
+        if i < n:  # first pass: (input, features)
+            return h[0], self.blocks[i](h[1])
+        if i == n:  # the view's pass starts from the input
+            return self.blocks[0](torch.flip(h[0], dims=(-1,)))
+        return self.blocks[i - n](h)
+
+    def forward_exit(self, i: int, h: Any) -> torch.Tensor:
+        n = len(self.blocks)
+        return cast(torch.Tensor, self.exits[i](h[1]) if i < n else self.exits[i - n](h))
+
+
+def with_second_look(model: MultiExitNetwork, view: str = "flip") -> MultiExitNetwork:
+    """`model` followed by a second pass of itself on another view of the input: 2N exits.
+
+    Exits 0..N-1 are `model`'s on the input, N..2N-1 `model`'s on the view (``"flip"``: the input
+    mirrored left to right; use it where the model was trained with flips, as ``einet train``
+    trains colour images: a mirrored digit is another digit). Weights are shared with `model`."""
+    return SecondLook(model, view)
