@@ -309,6 +309,24 @@ def test_select_writes_a_deployment_that_pays_for_planning(tmp_path, capsys):
                           r"planning must be a finite number >= 0")
 
 
+@needs_torch
+def test_select_chooses_among_networks(tmp_path, capsys):
+    from einet.select import load_deployment
+
+    fixtures = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures"
+    joint, light = (str(fixtures / f"b_alexnet_w025_cpu_{name}") for name in ("joint", "light"))
+    base = ["select", "--dist", "uniform", "--rules", "latest", "--epochs", "1", "--planning-us", "0"]
+    assert main([*base, "--profiles", joint, light, "--out", str(tmp_path / "d.json")]) == 0
+    deployment = load_deployment(tmp_path / "d.json")
+    assert deployment.network == light  # as measured: docs/anytime.md
+    assert any(name.startswith(f"{joint} | ") for name in deployment.validation)
+    assert f"chosen on held-out data: {light}: " in capsys.readouterr().out
+    assert_one_line_error(capsys, [*base, "--profiles", joint, joint, "--out", str(tmp_path / "e.json")],
+                          r"--profiles names a folder twice")
+    assert_one_line_error(capsys, [*base, "--profiles", joint, "--scale", "2", "--horizon-ms", "1", "--out",
+                                   str(tmp_path / "e.json")], r"not allowed with argument")
+
+
 def test_exit_head_choices_are_the_models_own():
     pytest.importorskip("torch")
     from einet.models.base import EXIT_HEADS

@@ -83,3 +83,57 @@ def test_selection_times_the_paper_einet_once_and_records_it(monkeypatch):
                            progress=False)
     assert timed == ["EINet (paper)"]  # once per call, whatever the candidates and distributions
     assert deployment.planning_seconds == (1e-5 if deployment.policy.startswith("EINet") else 0.0)
+
+
+JOINT = LIGHT.parent / "vgg16_fine_w025_cpu_joint"
+
+
+def test_select_network_chooses_under_the_same_exit_times_in_seconds():
+    """The light-exit VGG-16 against the paper's (the same held-out images): under the paper's network's
+    exit times, held-out data picks the light exits (docs/anytime.md), planned over the same seconds."""
+    pytest.importorskip("torch")
+    from einet.select import select_network
+    from einet.simulate import full_inference_time
+
+    profiles = {name: (ETRecord.load(folder / "et.npz").profile,
+                       CSProfile.load(folder / "cs-holdout.npz").subset(np.arange(1000)))
+                for name, folder in (("joint", JOINT), ("light", LIGHT))}
+    settings = {"kinds": ("normal",), "rules": ("latest",), "time_zero": (False,), "predictor_epochs": 1,
+                "planning": 0.0, "progress": False}
+    deployment, _ = select_network(profiles, **settings)
+    assert deployment.network == "light"
+    horizon = full_inference_time(profiles["joint"][0])  # the first network's full inference
+    assert deployment.scale == pytest.approx(horizon / full_inference_time(profiles["light"][0]))
+    assert {key.split(" | ")[0] for key in deployment.validation} == {"joint", "light"}
+    assert list(deployment.validation.values()) == sorted(deployment.validation.values(), reverse=True)
+    assert next(iter(deployment.validation)).startswith("light | ")
+    alone, _ = select_network({"joint": profiles["joint"]}, horizon=2 * horizon, **settings)
+    assert (alone.network, alone.scale) == ("joint", pytest.approx(2.0))
+    with pytest.raises(ValueError, match="'other' was profiled on other held-out images"):
+        select_network({"joint": profiles["joint"], "other": (profiles["light"][0], CSProfile.load(
+            LIGHT / "cs-holdout.npz").subset(np.arange(1, 1001)))}, **settings)
+    with pytest.raises(ValueError, match=r"horizon must be a finite number of seconds > 0, got -1\.0"):
+        select_network(profiles, horizon=-1.0, **settings)
+    with pytest.raises(ValueError, match="need at least one candidate network"):
+        select_network({}, **settings)
+    with pytest.raises(TypeError, match="takes `horizon` in seconds"):
+        select_network(profiles, scale=2.0, **settings)
+
+
+def test_deployment_files_keep_the_network_and_version_1_files_still_load(tmp_path):
+    import json
+
+    from einet.rules import AnswerRule
+    from einet.select import Deployment, load_deployment, save_deployment
+
+    deployment = Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, False), network="light")
+    assert load_deployment(save_deployment(tmp_path / "d.json", deployment)) == deployment
+    record = json.loads((tmp_path / "d.json").read_text())
+    del record["network"]
+    record["version"] = 1
+    (tmp_path / "v1.json").write_text(json.dumps(record))
+    assert load_deployment(tmp_path / "v1.json").network is None
+    record["version"] = 3
+    (tmp_path / "v3.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="not an einet deployment of this version"):
+        load_deployment(tmp_path / "v3.json")

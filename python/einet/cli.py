@@ -270,16 +270,23 @@ def _rule_for(args: argparse.Namespace, rule: Any) -> Any:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .profiling import CSProfile, ETRecord
-    from .select import save_deployment, select
+    from .select import save_deployment, select_network
+    from .simulate import full_inference_time
 
-    et = ETRecord.load(Path(args.profiles) / "et.npz").profile
-    holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
+    if len(set(args.profiles)) != len(args.profiles):
+        raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
+    candidates = {folder: (ETRecord.load(Path(folder) / "et.npz").profile,
+                           CSProfile.load(Path(folder) / "cs-holdout.npz")) for folder in args.profiles}
+    first_et = next(iter(candidates.values()))[0]
+    horizon = args.scale * full_inference_time(first_et) if args.horizon_ms is None else args.horizon_ms * 1e-3
     planning = None if args.planning_us is None else args.planning_us * 1e-6
-    deployment, predictor = select(et, holdout, kinds=args.dist, scale=args.scale, rules=args.rules,
-                                   predictor_epochs=args.epochs, seed=args.seed, signals=args.signals,
-                                   planning=planning)
+    deployment, predictor = select_network(candidates, kinds=args.dist, horizon=horizon, rules=args.rules,
+                                           predictor_epochs=args.epochs, seed=args.seed, signals=args.signals,
+                                           planning=planning)
     save_deployment(args.out, deployment, predictor)
-    print(f"chosen on held-out data: {deployment.policy}, rule {deployment.rule.label()}; wrote {args.out}")
+    network = f"{deployment.network}: " if len(candidates) > 1 else ""
+    print(f"chosen on held-out data: {network}{deployment.policy}, rule {deployment.rule.label()} "
+          f"(exit times over {1e3 * horizon:.3f} ms); wrote {args.out}")
     for name, value in list(deployment.validation.items())[:8]:
         print(f"  {100 * value:6.2f}%  {name}")
     return 0
@@ -512,10 +519,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = commands.add_parser("select", help="choose policy, rule and time-zero answer on held-out data; write them "
                                            "to a deployment file for the runtime")
-    p.add_argument("--profiles", required=True, help="folder with et.npz and cs-holdout.npz")
+    p.add_argument("--profiles", required=True, nargs="+",
+                   help="folder with et.npz and cs-holdout.npz; several: the network is chosen too (the same "
+                        "held-out images, the same exit times in seconds: see --horizon-ms)")
     p.add_argument("--dist", nargs="+", default=["uniform", "normal"], choices=["uniform", "normal", "exponential"],
                    help="exit-time distributions to score under (averaged; the first is deployed)")
-    p.add_argument("--scale", type=float, default=1.0, help="exit-time horizon / full inference time")
+    horizon = p.add_mutually_exclusive_group()
+    horizon.add_argument("--scale", type=float, default=1.0,
+                         help="exit-time horizon / full inference time (of the first --profiles network)")
+    horizon.add_argument("--horizon-ms", type=float, default=None, help="exit-time horizon in milliseconds")
     p.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"],
                    choices=["latest", "best", "ensemble"], help="candidate output rules")
     p.add_argument("--signals", nargs="+", default=["confidence"],

@@ -15,6 +15,11 @@ candidates are therefore planned and scored with the paper's EINet's planning ti
 this machine (:func:`einet.simulate.planning_seconds`) and recorded in the deployment, added to
 every branch: next to a paper's branch (100-270 us on our CPU) it is a few percent, next to a
 light exit (28-37 us) half again.
+
+The network can be chosen the same way (:func:`select_network`): several networks for the same
+task (another recipe, light exits, a thumbnail exit, a second look), each selected as above under
+the *same* exit times in seconds, and the one whose best configuration scored highest on the
+held-out data is deployed.
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +40,8 @@ from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_po
 from .profiling import CSProfile
 from .rules import AnswerRule, time_zero_answer
 
-DEPLOYMENT_VERSION = 1
+DEPLOYMENT_VERSION = 2  # 2 added `network`
+READABLE_VERSIONS = (1, 2)
 CANDIDATE_RULES = ("latest", "best", "ensemble")
 NOT_DEPLOYABLE = ("clairvoyant", "EINet (random search)")  # an oracle, and a slower ablation
 
@@ -55,6 +61,7 @@ class Deployment:
     signal: str = "confidence"  # what EINet's predictor reads per observed exit
     planning_seconds: float = 0.0  # what EINet's planning was charged per branch when it was scored
     validation: dict[str, float] = field(default_factory=dict)  # candidate -> held-out exact accuracy
+    network: str | None = None  # the chosen network, when select_network was offered several
 
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
         """The policy, planned for this ET-profile and exit-time distribution. For EINet pass the
@@ -155,6 +162,41 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     return deployment, model
 
 
+def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds: Sequence[str] = ("uniform", "normal"),
+                   horizon: float | None = None, **options: Any) -> tuple[Deployment, Any]:
+    """Choose the network too: `candidates` maps a name to a network's (ET-profile, held-out
+    CS-profile), the same held-out images for all. Each is selected (:func:`select`, `options`
+    passed on) under the same exit-time distributions in seconds, over `horizon` seconds (default:
+    the first candidate's full inference: a deadline does not stretch because a network is
+    faster); the network whose best configuration scored highest on held-out data is deployed,
+    named in ``network``, with every network's candidates in ``validation`` ("name | candidate")."""
+    from .simulate import full_inference_time
+
+    if not candidates:
+        raise ValueError("need at least one candidate network")
+    if "scale" in options:
+        raise TypeError("select_network takes `horizon` in seconds, not a scale per network")
+    first_et, first_holdout = next(iter(candidates.values()))
+    for name, (_, holdout) in candidates.items():
+        if not np.array_equal(holdout.labels, first_holdout.labels):
+            raise ValueError(f"network {name!r} was profiled on other held-out images than {next(iter(candidates))!r}"
+                             ": candidates must share the held-out split")
+    horizon = full_inference_time(first_et) if horizon is None else horizon
+    if not (math.isfinite(horizon) and horizon > 0):
+        raise ValueError(f"horizon must be a finite number of seconds > 0, got {horizon}")
+    chosen: tuple[float, Deployment, Any] | None = None
+    validation: dict[str, float] = {}
+    for name, (et, holdout) in candidates.items():
+        deployment, model = select(et, holdout, kinds, scale=horizon / full_inference_time(et), **options)
+        validation |= {f"{name} | {candidate}": value for candidate, value in deployment.validation.items()}
+        best = max(deployment.validation.values())
+        if chosen is None or best > chosen[0]:
+            chosen = (best, replace(deployment, network=name), model)
+    assert chosen is not None
+    ranked = dict(sorted(validation.items(), key=lambda kv: -kv[1]))
+    return replace(chosen[1], validation=ranked), chosen[2]
+
+
 def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predictor: Any = None) -> Path:
     """Write the deployment (JSON) and, beside it, the predictor it needs."""
     from .predictor import save_predictor
@@ -175,7 +217,7 @@ def load_deployment(path: str | os.PathLike[str]) -> Deployment:
     path = Path(path)
     try:
         record = json.loads(path.read_text())
-        if record.pop("format") != "einet-deployment" or record.pop("version") != DEPLOYMENT_VERSION:
+        if record.pop("format") != "einet-deployment" or record.pop("version") not in READABLE_VERSIONS:
             raise ValueError("not an einet deployment of this version")
         rule = record.pop("rule")
         for key in ("mask", "first_plan"):
