@@ -15,6 +15,8 @@ EINet with its predictor):
 - the deployed configuration, chosen on held-out data only (einet.select); a deployed EINet is
   scored paying the planning time the selection charged it, as in the runtime (the paper's EINet
   rows are scored without it, in its favour, and once, rule latest, with it);
+- the network to ship among the fixture and its twins, chosen on held-out data as
+  ``einet.select.select_network`` chooses (the highest held-out score of a deployed configuration);
 - the training recipe: the same configuration on a twin fixture trained with another recipe
   (`--twin`), paired over the same test images, under the *same* exit-time distribution in
   seconds (the reference's full inference time, not the twin's: a deadline does not stretch
@@ -45,7 +47,7 @@ from einet.policies import EINet, NearestNeighbours, statistics_plan
 from einet.predictor import fit_ensemble_weights, fit_predictor
 from einet.profiling import CSProfile, ETRecord
 from einet.rules import AnswerRule, time_zero_answer
-from einet.select import select
+from einet.select import held_out_score, select
 from einet.simulate import (
     PolicyResult,
     charged,
@@ -122,7 +124,7 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
         profile = charged(et, deployment.planning_seconds)  # an EINet pays for its planning, as it was scored
         policy = deployment.build(profile, dist, predictor.to_native())
         results[kind, "deployed"] = evaluate(policy, test, profile, dist, draws=1, rule=deployment.rule)
-    chosen = {kind: {"policy": d.policy, "rule": d.rule.label(),
+    chosen = {kind: {"policy": d.policy, "rule": d.rule.label(), "held_out": held_out_score(d),
                      "validation_top3": dict(list(d.validation.items())[:3])} for kind, (d, _) in deployed.items()}
     return results, chosen
 
@@ -181,6 +183,17 @@ def main() -> None:
                 raw[f"{name} | {label} | {kind}"] = {"expected": r.expected, **vars(difference)}
             configuration, _, rule = label.partition(" | ")  # "deployed": its rule is in the notes below
             lines.append(f"| {name} | {configuration} | {rule or 'as chosen'} | " + " | ".join(cells) + " |")
+    if len(runs) > 1:  # which network to ship is chosen on held-out data too (as einet.select.select_network does)
+        picked = {kind: max(runs, key=lambda name: runs[name][1][kind]["held_out"]) for kind in args.dist}
+        cells = []
+        for kind in args.dist:
+            r = runs[picked[kind]][0][kind, "deployed"]
+            difference = paired_difference(r, paper(kind, "deployed"))
+            cells += [f"{100 * r.expected:.2f}", str(difference)]
+            raw[f"network chosen on held-out data | {kind}"] = {"network": picked[kind], "expected": r.expected,
+                                                                 **vars(difference)}
+        networks = "; ".join(f"{kind}: {picked[kind]}" for kind in args.dist)
+        lines.append(f"| chosen on held-out data ({networks}) | deployed | as chosen | " + " | ".join(cells) + " |")
     lines += ["", "Per-sample planning against the statistics plan (same rule, same images), pp ± 95% CI:", "",
               "| recipe | rule | planner | " + " | ".join(args.dist) + " |", "|---|---|---|" + "---:|" * len(args.dist)]
     for name, (res, _) in runs.items():
@@ -194,10 +207,10 @@ def main() -> None:
                     lines.append(f"| {name} | {rule} | {prefix}{planner} | " + " | ".join(cells) + " |")
     lines.append("")
     for name, (_, chosen) in runs.items():
-        for kind, picked in chosen.items():
+        for kind, deployed in chosen.items():
             lines.append(f"Deployed for `{name}` under {kind} exit times (chosen on held-out data): "
-                         f"{picked['policy']}, rule {picked['rule']}; held-out scores of the top candidates: "
-                         + ", ".join(f"{k} {100 * v:.2f}%" for k, v in picked["validation_top3"].items()) + ".")
+                         f"{deployed['policy']}, rule {deployed['rule']}; held-out scores of the top candidates: "
+                         + ", ".join(f"{k} {100 * v:.2f}%" for k, v in deployed["validation_top3"].items()) + ".")
     lines.append(f"\n{time.perf_counter() - started:.0f} s.")
     table = "\n".join(lines) + "\n"
     print(table)

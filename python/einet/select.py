@@ -162,6 +162,12 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     return deployment, model
 
 
+def held_out_score(deployment: Deployment) -> float:
+    """How a deployment scored on held-out data: its best candidate's score, the one it deploys.
+    Networks are compared on it (:func:`select_network`)."""
+    return max(deployment.validation.values())
+
+
 def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds: Sequence[str] = ("uniform", "normal"),
                    horizon: float | None = None, **options: Any) -> tuple[Deployment, Any]:
     """Choose the network too: `candidates` maps a name to a network's (ET-profile, held-out
@@ -189,7 +195,7 @@ def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds:
     for name, (et, holdout) in candidates.items():
         deployment, model = select(et, holdout, kinds, scale=horizon / full_inference_time(et), **options)
         validation |= {f"{name} | {candidate}": value for candidate, value in deployment.validation.items()}
-        best = max(deployment.validation.values())
+        best = held_out_score(deployment)
         if chosen is None or best > chosen[0]:
             chosen = (best, replace(deployment, network=name), model)
     assert chosen is not None
