@@ -47,19 +47,17 @@ def main() -> None:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
     model, _ = load_checkpoint(args.checkpoint)
     looked = with_second_look(model, args.view)
+    base = ETRecord.load(args.fixture / "et.npz")
+    n = model.num_exits
+    if len(base.conv) != n:
+        raise SystemExit(f"{args.fixture / 'et.npz'} has {len(base.conv)} blocks, {args.checkpoint} {n} exits")
     _, holdout = data.load(args.dataset, args.data, "train").split(args.holdout, seed=args.seed)
-    # the inputs `einet profile` times with: 200 held-out images drawn across classes
-    samples = data.dataset_for(args.dataset, holdout.subset(np.random.default_rng(0).permutation(len(holdout))[:200]),
-                               train=False).images
+    samples = data.timing_images(args.dataset, holdout)  # the inputs `einet profile` times with
     shape = tuple(samples.shape[1:])
     plain, second = [], []
     for _ in range(args.rounds):
         plain.append(profile_et(model, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
         second.append(profile_et(looked, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
-    base = ETRecord.load(args.fixture / "et.npz")
-    n = model.num_exits
-    if len(base.conv) != n:
-        raise SystemExit(f"{args.fixture / 'et.npz'} has {len(base.conv)} blocks, {args.checkpoint} {n} exits")
     spliced = {}
     for field in FIELDS:
         measured_plain = np.mean([getattr(r, field) for r in plain], axis=0)

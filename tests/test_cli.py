@@ -240,7 +240,6 @@ def test_profile_skip_cs_retimes_only_and_skip_et_reprofiles_only_confidences(tm
         main([*base, "--skip-et", "--skip-cs"])
 
 
-
 @needs_torch
 def test_profile_with_a_second_look_doubles_the_exits_and_names_it(tmp_path):
     from einet.profiling import CSProfile, ETRecord
@@ -253,6 +252,7 @@ def test_profile_with_a_second_look_doubles_the_exits_and_names_it(tmp_path):
     cs, et = CSProfile.load(out / "cs-test.npz"), ETRecord.load(out / "et.npz")
     assert cs.num_exits == len(et.conv) == 6  # B-AlexNet's 3 exits, twice
     assert cs.meta["recipe"].endswith(", second look (flip)")
+
 
 @needs_torch
 def test_mistake_mnist_checkpoint_profiled_on_cifar(tmp_path, capsys):
@@ -311,6 +311,7 @@ def test_select_writes_a_deployment_that_pays_for_planning(tmp_path, capsys):
 
 @needs_torch
 def test_select_chooses_among_networks(tmp_path, capsys):
+    from einet.profiling import ETRecord
     from einet.select import load_deployment
 
     fixtures = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures"
@@ -321,8 +322,15 @@ def test_select_chooses_among_networks(tmp_path, capsys):
     assert deployment.network == light  # as measured: docs/anytime.md
     assert any(name.startswith(f"{joint} | ") for name in deployment.validation)
     assert f"chosen on held-out data: {light}: " in capsys.readouterr().out
-    assert_one_line_error(capsys, [*base, "--profiles", joint, joint, "--out", str(tmp_path / "e.json")],
+    assert_one_line_error(capsys, [*base, "--profiles", joint, joint + "/", "--out", str(tmp_path / "e.json")],
                           r"--profiles names a folder twice")
+    for flag, value in (("--scale", "-1"), ("--horizon-ms", "0"), ("--horizon-ms", "nan")):
+        assert_one_line_error(capsys, [*base, "--profiles", joint, flag, value, "--out", str(tmp_path / "e.json")],
+                              rf"{flag} must be a finite number > 0, got {float(value)}")
+    assert main([*base, "--profiles", light, "--horizon-ms", "3", "--out", str(tmp_path / "h.json")]) == 0
+    et = ETRecord.load(Path(light) / "et.npz").profile
+    assert load_deployment(tmp_path / "h.json").scale == pytest.approx(3e-3 / et.total())
+    capsys.readouterr()
     assert_one_line_error(capsys, [*base, "--profiles", joint, "--scale", "2", "--horizon-ms", "1", "--out",
                                    str(tmp_path / "e.json")], r"not allowed with argument")
 

@@ -59,3 +59,5 @@ def test_bad_views_and_models_are_refused():
         with_second_look(model, view="rotate")
     with pytest.raises(TypeError, match="a second look needs a MultiExitNetwork, got Linear"):
         with_second_look(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="SecondLook overrides forward_block, forward_exit, num_exits"):
+        with_second_look(with_second_look(model))  # a network that runs its blocks its own way

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -200,7 +201,7 @@ def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
 def cmd_profile(args: argparse.Namespace) -> int:
     import torch
 
-    from .data import dataset_for
+    from .data import dataset_for, timing_images
     from .profiling import profile_cs, profile_et
 
     device = _device(args.device)
@@ -221,9 +222,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     shape = (holdout.channels, *holdout.images.shape[1:3])
     provenance["dataset"] = args.dataset
     name = f"{provenance['zoo']} ({args.dataset}, width {provenance['width']}, {provenance['recipe']})"
-    # Real inputs, drawn across classes: block times depend on the data.
-    examples = dataset_for(args.dataset, holdout.subset(np.random.default_rng(0).permutation(len(holdout))[:200]),
-                           train=False).images
+    examples = timing_images(args.dataset, holdout)
     if not args.skip_et:
         record = profile_et(model, shape, device=device, batch_size=args.batch_size, warmup=args.warmup,
                             repeats=args.repeats, name=name, threads=args.runtime_threads, samples=examples,
@@ -273,7 +272,10 @@ def cmd_select(args: argparse.Namespace) -> int:
     from .select import save_deployment, select_network
     from .simulate import full_inference_time
 
-    if len(set(args.profiles)) != len(args.profiles):
+    for flag, value in (("--scale", args.scale), ("--horizon-ms", args.horizon_ms)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    if len({Path(folder).resolve() for folder in args.profiles}) != len(args.profiles):
         raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
     candidates = {folder: (ETRecord.load(Path(folder) / "et.npz").profile,
                            CSProfile.load(Path(folder) / "cs-holdout.npz")) for folder in args.profiles}

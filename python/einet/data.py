@@ -602,6 +602,13 @@ def _augment(images: torch.Tensor, pad: int, generator: torch.Generator | None,
     return out
 
 
+def timing_images(name: str, arrays: ImageArrays, count: int = 200) -> torch.Tensor:
+    """The real inputs `einet profile` times blocks with: `count` images of `arrays` drawn at random
+    (seed 0, so across classes), normalised as for `name`. Block times depend on the data."""
+    return dataset_for(name, arrays.subset(np.random.default_rng(0).permutation(len(arrays))[:count]),
+                       train=False).images
+
+
 def dataset_for(name: str, arrays: ImageArrays, train: bool) -> ImageDataset:
     """An ImageDataset with the standard normalisation of `name` (computed from the data if unknown)."""
     mean, std = NORMALISATION.get(name, (None, None))

@@ -61,7 +61,7 @@ class Deployment:
     signal: str = "confidence"  # what EINet's predictor reads per observed exit
     planning_seconds: float = 0.0  # what EINet's planning was charged per branch when it was scored
     validation: dict[str, float] = field(default_factory=dict)  # candidate -> held-out exact accuracy
-    network: str | None = None  # the chosen network, when select_network was offered several
+    network: str | None = None  # the chosen network's name, as given to select_network
 
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
         """The policy, planned for this ET-profile and exit-time distribution. For EINet pass the
@@ -165,6 +165,8 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
 def held_out_score(deployment: Deployment) -> float:
     """How a deployment scored on held-out data: its best candidate's score, the one it deploys.
     Networks are compared on it (:func:`select_network`)."""
+    if not deployment.validation:
+        raise ValueError(f"the deployment of {deployment.policy!r} holds no held-out scores")
     return max(deployment.validation.values())
 
 

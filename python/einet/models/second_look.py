@@ -4,8 +4,8 @@ An elastic inference that finishes before its deadline holds its final answer an
 left is wasted. A fast network (light exits, a small width) finishes well before the deadlines a
 user's slower reference would face, and that spare time can buy accuracy: the same network run on
 the horizontally flipped input and ensembled with the first pass (test-time augmentation, seen in
-training by the standard crop-and-flip augmentation) is right more often than either pass alone
-(+1.4 points on VGG-16 fine w0.25, docs/anytime.md). :func:`with_second_look` returns the network
+training by the standard crop-and-flip augmentation) is right more often than either pass alone.
+:func:`with_second_look` returns the network
 with the second pass as N more blocks and exits, so the planner, the profiles, the simulator and the
 runtime treat it like any other exits: the planner decides which of them to run, rule ``ensemble``
 combines the passes (rule ``latest`` would only swap one pass's answer for the other's).
@@ -35,6 +35,11 @@ class SecondLook(MultiExitNetwork):
             raise ValueError(f"unknown view {view!r}: expected one of {', '.join(VIEWS)}")
         if not isinstance(model, MultiExitNetwork):
             raise TypeError(f"a second look needs a MultiExitNetwork, got {type(model).__name__}")
+        overridden = [name for name in ("forward_block", "forward_exit", "num_exits")
+                      if getattr(type(model), name) is not getattr(MultiExitNetwork, name)]
+        if overridden:  # its blocks are called directly below: a network that changes how would be run wrongly
+            raise ValueError(f"a second look runs a network's blocks and exits as MultiExitNetwork does; "
+                             f"{type(model).__name__} overrides {', '.join(overridden)}")
         super().__init__(list(model.blocks), list(model.exits))
         self.view = view
 
