@@ -76,6 +76,8 @@ def test_device_auto_is_cuda_only_when_available():
 @needs_torch
 @needs_fixture
 def test_fit_predictor_evaluate_and_report(tmp_path, capsys):
+    from einet.profiling import ETRecord
+
     predictor = tmp_path / "p.npz"
     assert main(["fit-predictor", "--cs", str(FIXTURE / "cs-holdout.npz"), "--epochs", "2", "--hidden", "16",
                  "--out", str(predictor)]) == 0
@@ -84,6 +86,10 @@ def test_fit_predictor_evaluate_and_report(tmp_path, capsys):
     table = (tmp_path / "table.md").read_text()
     assert "| EINet |" in table and "| clairvoyant |" in table
     assert (tmp_path / "table.csv").read_text().startswith("policy,")
+    full_ms = 1e3 * ETRecord.load(FIXTURE / "et.npz").profile.total()
+    assert main(["evaluate", "--profiles", str(FIXTURE), "--predictor", str(predictor), "--draws", "2",
+                 "--horizon-ms", str(2 * full_ms)]) == 0  # deadlines in milliseconds: the scale follows
+    assert "(scale 2 x full inference" in capsys.readouterr().out
     pytest.importorskip("matplotlib")
     assert main(["report", "--profiles", str(FIXTURE), "--predictor", str(predictor), "--scales", "0.5", "1.0",
                  "--out", str(tmp_path / "curve.png")]) == 0

@@ -267,20 +267,25 @@ def _rule_for(args: argparse.Namespace, rule: Any) -> Any:
     return replace(rule, name=args.rule, weights=None)
 
 
+def _horizon(args: argparse.Namespace, full_time: float) -> float:
+    """The exit-time horizon in seconds: --horizon-ms, else --scale x `full_time` (a network's full inference)."""
+    for flag, value in (("--scale", args.scale), ("--horizon-ms", args.horizon_ms)):
+        if value is not None and not (math.isfinite(value) and value > 0):
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    return float(args.scale * full_time if args.horizon_ms is None else args.horizon_ms * 1e-3)
+
+
 def cmd_select(args: argparse.Namespace) -> int:
     from .profiling import CSProfile, ETRecord
     from .select import save_deployment, select_network
     from .simulate import full_inference_time
 
-    for flag, value in (("--scale", args.scale), ("--horizon-ms", args.horizon_ms)):
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
     if len({Path(folder).resolve() for folder in args.profiles}) != len(args.profiles):
         raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
     candidates = {folder: (ETRecord.load(Path(folder) / "et.npz").profile,
                            CSProfile.load(Path(folder) / "cs-holdout.npz")) for folder in args.profiles}
     first_et = next(iter(candidates.values()))[0]
-    horizon = args.scale * full_inference_time(first_et) if args.horizon_ms is None else args.horizon_ms * 1e-3
+    horizon = _horizon(args, full_inference_time(first_et))
     planning = None if args.planning_us is None else args.planning_us * 1e-6
     deployment, predictor = select_network(candidates, kinds=args.dist, horizon=horizon, rules=args.rules,
                                            predictor_epochs=args.epochs, seed=args.seed, signals=args.signals,
@@ -309,10 +314,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.compressed:
         compressed = (ETRecord.load(Path(args.compressed) / "et.npz").profile,
                       CSProfile.load(Path(args.compressed) / "cs-test.npz"))
-    dist = relative_distribution(args.dist, full, args.scale)
+    scale = _horizon(args, full) / full
+    dist = relative_distribution(args.dist, full, scale)
     results = evaluate_all(et, dist, native, holdout, test, rule, args.draws, compressed, signal)
     rows = compare(results)
-    title = (f"{test.meta.get('model', 'model')}, {args.dist} exit time (scale {args.scale} x full inference "
+    title = (f"{test.meta.get('model', 'model')}, {args.dist} exit time (scale {scale:g} x full inference "
              f"{full * 1e3:.2f} ms), rule {rule.label()}, {test.num_samples} test samples x {args.draws} draws")
     table = markdown_table(rows, title)
     print(table)
@@ -399,6 +405,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     args.device, args.progress = _device(args.device), _progress(args)
     return run_demo(args)
+
+
+def _add_horizon_arguments(p: argparse.ArgumentParser, whose: str) -> None:
+    horizon = p.add_mutually_exclusive_group()
+    horizon.add_argument("--scale", type=float, default=1.0, help=f"exit-time horizon / full inference time ({whose})")
+    horizon.add_argument("--horizon-ms", type=float, default=None,
+                         help="exit-time horizon in milliseconds (to compare networks of different speed under the "
+                              "same deadlines)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -502,7 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="output rule (default: the one the predictor was fitted for)")
         p.set_defaults(run=run)
     evaluate_parser, report_parser = commands.choices["evaluate"], commands.choices["report"]
-    evaluate_parser.add_argument("--scale", type=float, default=1.0, help="exit-time horizon / full inference time")
+    _add_horizon_arguments(evaluate_parser, "of this network")
     evaluate_parser.add_argument("--draws", type=int, default=100, help="exit times drawn per sample")
     evaluate_parser.add_argument("--compressed", help="profiles folder of the half-width single-exit model")
     evaluate_parser.add_argument("--out", help="write the table as OUT.md and OUT.csv")
@@ -526,10 +540,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "held-out images, the same exit times in seconds: see --horizon-ms)")
     p.add_argument("--dist", nargs="+", default=["uniform", "normal"], choices=["uniform", "normal", "exponential"],
                    help="exit-time distributions to score under (averaged; the first is deployed)")
-    horizon = p.add_mutually_exclusive_group()
-    horizon.add_argument("--scale", type=float, default=1.0,
-                         help="exit-time horizon / full inference time (of the first --profiles network)")
-    horizon.add_argument("--horizon-ms", type=float, default=None, help="exit-time horizon in milliseconds")
+    _add_horizon_arguments(p, "of the first --profiles network")
     p.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"],
                    choices=["latest", "best", "ensemble"], help="candidate output rules")
     p.add_argument("--signals", nargs="+", default=["confidence"],
