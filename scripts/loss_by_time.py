@@ -22,7 +22,7 @@ import numpy as np
 from einet.planner import Distribution
 from einet.policies import statistics_plan
 from einet.profiling import CSProfile, ETRecord
-from einet.simulate import full_inference_time, relative_distribution
+from einet.simulate import full_inference_time, relative_distribution, replay
 
 
 def held_curve(folder: Path, dist: Distribution) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:
@@ -30,9 +30,9 @@ def held_curve(folder: Path, dist: Distribution) -> tuple[np.ndarray, np.ndarray
     exit's test accuracy."""
     et = ETRecord.load(folder / "et.npz").profile
     holdout, test = (CSProfile.load(folder / f"cs-{split}.npz") for split in ("holdout", "test"))
-    plan = np.flatnonzero(statistics_plan(holdout, et, dist).mask)
-    conv, branch = np.asarray(et.conv), np.asarray(et.branch)
-    lands = np.array([conv[:i + 1].sum() + branch[plan[plan <= i]].sum() for i in plan])
+    trace = replay(statistics_plan(holdout, et, dist), test.subset(np.arange(1)), et)  # one plan: the same for all
+    ran = trace.exits[0] >= 0
+    plan, lands = trace.exits[0][ran], trace.times[0][ran]
     accuracy = test.accuracy_per_exit()
     return plan, lands, accuracy[plan], float(accuracy[-1])
 

@@ -27,8 +27,6 @@ from einet.models import load_checkpoint
 from einet.models.second_look import with_second_look
 from einet.profiling import ETRecord, profile_et
 
-FIELDS = ("conv", "branch", "conv_p90", "conv_p99", "branch_p90", "branch_p99")
-
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -59,18 +57,18 @@ def main() -> None:
         plain.append(profile_et(model, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
         second.append(profile_et(looked, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
     spliced = {}
-    for field in FIELDS:
+    for field in ETRecord.TIMES:
         measured_plain = np.mean([getattr(r, field) for r in plain], axis=0)
         measured_second = np.mean([getattr(r, field) for r in second], axis=0)
         added = measured_second - np.tile(measured_plain, 2)  # what the wrapper adds to each block (may be < 0)
         spliced[field] = np.maximum(np.tile(getattr(base, field), 2) + added, 1e-7)
+    added_us = {f: np.round(1e6 * (spliced[f] - np.tile(getattr(base, f), 2)), 2).tolist() for f in ("conv", "branch")}
     name = f"{base.meta.get('model', 'model')} + second look ({args.view})"
-    ETRecord(*(spliced[f] for f in FIELDS), meta={**base.meta, "model": name, "second_look": {
-        "view": args.view, "rounds": args.rounds, "repeats": args.repeats,
-        "added_conv_us": np.round(1e6 * (spliced["conv"] - np.tile(base.conv, 2)), 2).tolist()}}
+    ETRecord(**spliced, meta={**base.meta, "model": name, "second_look": {
+        "view": args.view, "rounds": args.rounds, "repeats": args.repeats, "added_conv_us": added_us["conv"]}}
     ).save(args.out / "et.npz")
-    print(f"added per block (us): conv {np.round(1e6 * (spliced['conv'] - np.tile(base.conv, 2)), 1).tolist()}")
-    print(f"added per branch (us): {np.round(1e6 * (spliced['branch'] - np.tile(base.branch, 2)), 1).tolist()}")
+    print(f"added per block (us): {added_us['conv']}")
+    print(f"added per branch (us): {added_us['branch']}")
     print(f"wrote {args.out / 'et.npz'}")
 
 

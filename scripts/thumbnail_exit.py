@@ -63,8 +63,7 @@ def main() -> None:
     timed = profile_et(MultiExitNetwork([torch.nn.Identity()], [model]), tuple(images["test"].shape[1:]),
                        repeats=2000, progress=False, samples=images["holdout"][:200], name="thumbnail exit")
     base = ETRecord.load(args.fixture / "et.npz")
-    fields = ("conv", "branch", "conv_p90", "conv_p99", "branch_p90", "branch_p99")
-    ETRecord(*(np.concatenate([getattr(timed, f), getattr(base, f)]) for f in fields),
+    ETRecord(**{f: np.concatenate([getattr(timed, f), getattr(base, f)]) for f in ETRecord.TIMES},
              meta={**base.meta, "thumbnail_exit": timed.meta}).save(args.out / "et.npz")
     torch.save(model.state_dict(), args.out / "thumbnail.pt")
     print(f"thumbnail block {1e6 * timed.conv[0]:.1f} us + exit {1e6 * timed.branch[0]:.1f} us; the network's first "

@@ -25,7 +25,7 @@ import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, cast
+from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, cast
 
 import numpy as np
 
@@ -180,22 +180,21 @@ class ETRecord:
     branch_p90: np.ndarray
     branch_p99: np.ndarray
     meta: dict[str, Any] = field(default_factory=dict)
+    TIMES: ClassVar[tuple[str, ...]] = ("conv", "branch", "conv_p90", "conv_p99", "branch_p90", "branch_p99")
 
     @property
     def profile(self) -> ETProfile:
         return ETProfile(self.conv, self.branch)
 
     def save(self, path: str | os.PathLike[str]) -> Path:
-        names = ("conv", "branch", "conv_p90", "conv_p99", "branch_p90", "branch_p99")
-        return write_arrays(path, "et-profile", {n: np.asarray(getattr(self, n), np.float64) for n in names},
+        return write_arrays(path, "et-profile", {n: np.asarray(getattr(self, n), np.float64) for n in self.TIMES},
                             self.meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ETRecord:
         arrays, meta = read_arrays(path, "et-profile")
-        names = ("conv", "branch", "conv_p90", "conv_p99", "branch_p90", "branch_p99")
-        _require(path, arrays, {n: (BLOCKS,) for n in names})
-        record = cls(**{n: arrays[n].astype(np.float64) for n in names}, meta=meta)
+        _require(path, arrays, {n: (BLOCKS,) for n in cls.TIMES})
+        record = cls(**{n: arrays[n].astype(np.float64) for n in cls.TIMES}, meta=meta)
         record.profile  # noqa: B018 - validates the times (finite, >= 0)
         return record
 
