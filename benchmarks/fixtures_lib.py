@@ -63,6 +63,15 @@ FIXTURES = {
                                              "model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip "
                                              "--skip-et --second-look flip --out-dir "
                                              "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look",
+    # The same with each pass through the first 10 blocks only (20 exits; depth 10 chosen on held-out data by
+    # `python scripts/second_look_depth.py benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look --base
+    # benchmarks/fixtures/vgg16_fine_w025_cpu_light --reference benchmarks/fixtures/vgg16_fine_w025_cpu_joint`);
+    # et.npz from `scripts/second_look_et.py ... --depth 10`, CS-profiles (6.3 MB, not committed) from:
+    "vgg16_fine_w025_cpu_light_second_look_d10": "einet profile --checkpoint benchmarks/fixtures/"
+                                                 "vgg16_fine_w025_cpu_light/model.pt --dataset cifar10 --data "
+                                                 "../shared/data/cifar10-jpeg.zip --skip-et --second-look flip "
+                                                 "--second-look-depth 10 --out-dir "
+                                                 "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look_d10",
     # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
     "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
                                            "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "

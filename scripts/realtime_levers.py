@@ -50,6 +50,8 @@ def main() -> None:
     parser.add_argument("--candidate-fixture", type=Path, required=True, help="its profiles")
     parser.add_argument("--candidate-second-look", choices=["flip"],
                         help="run the candidate with a second look (its fixture profiled with `--second-look`)")
+    parser.add_argument("--candidate-second-look-depth", type=int, metavar="D",
+                        help="blocks per pass of that second look (its fixture profiled with `--second-look-depth D`)")
     parser.add_argument("--data", required=True, help="CIFAR-10 (the test split is used)")
     parser.add_argument("--dist", default="normal", choices=["uniform", "normal"])
     parser.add_argument("--samples", type=int, default=10000, help="test images (the first ones)")
@@ -67,7 +69,9 @@ def main() -> None:
     images = data.dataset_for("cifar10", test, False).images[:count][order]
     candidate = load_checkpoint(args.candidate)[0]
     if args.candidate_second_look:
-        candidate = with_second_look(candidate, args.candidate_second_look)
+        candidate = with_second_look(candidate, args.candidate_second_look, args.candidate_second_look_depth)
+    elif args.candidate_second_look_depth is not None:
+        parser.error("--candidate-second-look-depth needs --candidate-second-look")
     models = {"reference": load_checkpoint(args.reference)[0].eval(), "candidate": candidate.eval()}
     fixtures = {"reference": args.reference_fixture, "candidate": args.candidate_fixture}
     examples = images[np.random.default_rng(0).permutation(count)[:200]]

@@ -12,6 +12,8 @@ and the carrying cost (or save). Pair it with the CS-profiles `einet profile --s
     python scripts/second_look_et.py benchmarks/fixtures/vgg16_fine_w025_cpu_light \
         --checkpoint runs/vgg16_fine_w025_light.pt --data ../shared/data/cifar10-jpeg.zip \
         --out benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look
+
+`--depth D` does the same for the second look through the first D blocks of each pass.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ def main() -> None:
     parser.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
     parser.add_argument("--seed", type=int, default=0, help="as given to `einet train`")
     parser.add_argument("--view", default="flip")
+    parser.add_argument("--depth", type=int, help="blocks per pass (default: all; see einet.models.second_look)")
     parser.add_argument("--rounds", type=int, default=3, help="alternations of the two timings")
     parser.add_argument("--repeats", type=int, default=400, help="timed runs per round and network")
     parser.add_argument("--out", type=Path, required=True)
@@ -44,7 +47,8 @@ def main() -> None:
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
     model, _ = load_checkpoint(args.checkpoint)
-    looked = with_second_look(model, args.view)
+    looked = with_second_look(model, args.view, args.depth)
+    depth = looked.num_exits // 2
     base = ETRecord.load(args.fixture / "et.npz")
     n = model.num_exits
     if len(base.conv) != n:
@@ -60,12 +64,14 @@ def main() -> None:
     for field in ETRecord.TIMES:
         measured_plain = np.mean([getattr(r, field) for r in plain], axis=0)
         measured_second = np.mean([getattr(r, field) for r in second], axis=0)
-        added = measured_second - np.tile(measured_plain, 2)  # what the wrapper adds to each block (may be < 0)
-        spliced[field] = np.maximum(np.tile(getattr(base, field), 2) + added, 1e-7)
-    added_us = {f: np.round(1e6 * (spliced[f] - np.tile(getattr(base, f), 2)), 2).tolist() for f in ("conv", "branch")}
-    name = f"{base.meta.get('model', 'model')} + second look ({args.view})"
+        added = measured_second - np.tile(measured_plain[:depth], 2)  # what the wrapper adds per block (may be < 0)
+        spliced[field] = np.maximum(np.tile(getattr(base, field)[:depth], 2) + added, 1e-7)
+    added_us = {f: np.round(1e6 * (spliced[f] - np.tile(getattr(base, f)[:depth], 2)), 2).tolist()
+                for f in ("conv", "branch")}
+    name = f"{base.meta.get('model', 'model')} + {looked.label}"
     ETRecord(**spliced, meta={**base.meta, "model": name, "second_look": {
-        "view": args.view, "rounds": args.rounds, "repeats": args.repeats, "added_conv_us": added_us["conv"]}}
+        "view": args.view, "depth": depth, "rounds": args.rounds, "repeats": args.repeats,
+        "added_conv_us": added_us["conv"]}}
     ).save(args.out / "et.npz")
     print(f"added per block (us): {added_us['conv']}")
     print(f"added per branch (us): {added_us['branch']}")

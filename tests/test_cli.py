@@ -258,6 +258,21 @@ def test_profile_with_a_second_look_doubles_the_exits_and_names_it(tmp_path):
     cs, et = CSProfile.load(out / "cs-test.npz"), ETRecord.load(out / "et.npz")
     assert cs.num_exits == len(et.conv) == 6  # B-AlexNet's 3 exits, twice
     assert cs.meta["recipe"].endswith(", second look (flip)")
+    assert main(["profile", "--dataset", "cifar10", "--data", str(data), "--checkpoint", str(checkpoint),
+                 "--out-dir", str(out), "--holdout", "0.5", "--quiet", "--skip-et",
+                 "--second-look", "flip", "--second-look-depth", "2"]) == 0
+    cs = CSProfile.load(out / "cs-test.npz")
+    assert cs.num_exits == 4 and cs.meta["recipe"].endswith(", second look (flip, depth 2 of 3)")
+
+
+@needs_torch
+def test_mistake_profile_second_look_depth_without_a_second_look_or_too_deep(tmp_path, capsys):
+    checkpoint = save_model(tmp_path / "m.pt", in_channels=3)
+    base = ["profile", "--dataset", "cifar10", "--data", str(fake_cifar10(tmp_path / "data")), "--checkpoint",
+            str(checkpoint), "--out-dir", str(tmp_path / "profiles"), "--quiet"]
+    assert_one_line_error(capsys, [*base, "--second-look-depth", "2"], r"--second-look-depth 2 needs --second-look")
+    assert_one_line_error(capsys, [*base, "--second-look", "flip", "--second-look-depth", "7"],
+                          r"depth must be a whole number of blocks in 1\.\.3, got 7")
 
 
 @needs_torch

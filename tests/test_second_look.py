@@ -30,6 +30,22 @@ def test_second_pass_is_the_network_on_the_flipped_input(name):
     assert {id(p) for p in looked.parameters()} == {id(p) for p in model.parameters()}  # shared, none added
 
 
+def test_a_shallower_second_look_is_the_full_ones_first_exits_of_each_pass():
+    torch.manual_seed(0)
+    model = build("msdnet21", num_classes=10, in_channels=3, width=0.125).eval()
+    n, depth = model.num_exits, 3
+    full, shallow = with_second_look(model).eval(), with_second_look(model, depth=depth).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        every, cut = full(x), shallow(x)
+    assert shallow.num_exits == len(cut) == 2 * depth
+    for i in range(depth):
+        torch.testing.assert_close(cut[i], every[i])
+        torch.testing.assert_close(cut[depth + i], every[n + i])
+    assert shallow.label == f"second look (flip, depth {depth} of {n})" and full.label == "second look (flip)"
+    assert set(shallow.state_dict()) < set(model.state_dict())  # a prefix of the base's weights, none added
+
+
 def test_the_runtime_runs_both_passes_and_ensembles_them():
     torch.manual_seed(0)
     model = build("b_alexnet", num_classes=10, in_channels=3, width=0.125).eval()
@@ -59,5 +75,8 @@ def test_bad_views_and_models_are_refused():
         with_second_look(model, view="rotate")
     with pytest.raises(TypeError, match="a second look needs a MultiExitNetwork, got Linear"):
         with_second_look(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    for depth in (0, 4, 2.0, True):
+        with pytest.raises(ValueError, match=f"depth must be a whole number of blocks in 1..3, got {depth!r}"):
+            with_second_look(model, depth=depth)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="SecondLook overrides forward_block, forward_exit, num_exits"):
         with_second_look(with_second_look(model))  # a network that runs its blocks its own way

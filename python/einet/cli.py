@@ -204,14 +204,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from .data import dataset_for, timing_images
     from .profiling import profile_cs, profile_et
 
+    if args.second_look_depth is not None and not args.second_look:
+        raise ValueError(f"--second-look-depth {args.second_look_depth} needs --second-look")
     device = _device(args.device)
     torch.set_num_threads(args.threads)
     model, provenance, spec = _model_from_checkpoint(args.checkpoint, args.constructor)
     if args.second_look:
         from .models.second_look import with_second_look
 
-        model = with_second_look(model, args.second_look)
-        provenance["recipe"] += f", second look ({args.second_look})"
+        model = with_second_look(model, args.second_look, args.second_look_depth)
+        provenance["recipe"] += f", {model.label}"
     out = Path(args.out_dir)
     holdout, test = _splits(args)
     trained_on = (spec.get("in_channels", (spec.get("input_shape") or [None])[0]), spec.get("num_classes"))
@@ -485,6 +487,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--second-look", choices=["flip"],
                    help="profile the network followed by a second pass of itself on this view of the input "
                         "(2N exits; einet.models.second_look): spare time before a deadline buys accuracy")
+    p.add_argument("--second-look-depth", type=int, metavar="D",
+                   help="with --second-look: each pass runs the first D blocks only (2D exits; choose D on "
+                        "held-out data with scripts/second_look_depth.py)")
     p.set_defaults(run=cmd_profile)
 
     p = commands.add_parser("fit-predictor", help="train the confidence-score predictor on a held-out CS-profile")

@@ -1,0 +1,40 @@
+"""scripts/second_look_depth.py: a shallower second look's profiles are cut from the full one's exactly."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from einet.models import build  # noqa: E402
+from einet.models.second_look import with_second_look  # noqa: E402
+from einet.profiling import ETRecord, profile_cs  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("second_look_depth", ROOT / "scripts" / "second_look_depth.py")
+assert _spec is not None and _spec.loader is not None
+second_look_depth = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(second_look_depth)
+
+
+def test_the_cut_is_the_shallower_networks_own_profile():
+    torch.manual_seed(0)
+    model = build("msdnet21", num_classes=10, in_channels=3, width=0.125).eval()
+    n, depth = model.num_exits, 2
+    images = torch.randn(6, 3, 32, 32)
+    samples = torch.utils.data.TensorDataset(images, torch.arange(6) % 10)
+    full = profile_cs(with_second_look(model), samples, progress=False)
+    shallow = profile_cs(with_second_look(model, depth=depth), samples, progress=False)
+    times = np.arange(1.0, 2 * n + 1) * 1e-4  # block i costs i units: the cut must keep blocks 1..d, n+1..n+d
+    et = ETRecord(*(times.copy() for _ in ETRecord.TIMES))
+    cut_et, cut_cs = second_look_depth.at_depth(et, full, depth)
+    np.testing.assert_array_equal(cut_et.conv, np.r_[times[:depth], times[n:n + depth]])
+    np.testing.assert_array_equal(cut_cs.prediction, shallow.prediction)
+    np.testing.assert_array_equal(cut_cs.correct, shallow.correct)
+    np.testing.assert_allclose(cut_cs.confidence, shallow.confidence, atol=1e-6)
+    assert cut_cs.log_probs is not None and shallow.log_probs is not None
+    np.testing.assert_allclose(cut_cs.log_probs.astype(np.float32), shallow.log_probs.astype(np.float32), atol=1e-3)
