@@ -18,8 +18,8 @@ exit): no parameters are added and the state dict is the base network's.
 A network whose exit d is already as accurate as its final one gains nothing from its blocks
 after d: ``depth=d`` runs each pass through its first d blocks only (2d exits), so the second
 look starts, and its ensemble pays, that much sooner. Choose d on held-out data
-(``scripts/second_look_depth.py``): on the light-exit VGG-16 depth 10 of 14 held 0.3 points
-more than the full second look under normal exit times.
+(``scripts/second_look_depth.py``): on the light-exit VGG-16 under normal exit times, depth 10
+of 14 scored 82.59% on held-out data, the full second look 82.23%.
 """
 
 from __future__ import annotations
