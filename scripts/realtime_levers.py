@@ -18,7 +18,8 @@ interval. Both runs share the machine's state: run it on an idle machine.
         --candidate-fixture benchmarks/fixtures/vgg16_fine_w025_cpu_light --data ../shared/data/cifar10-jpeg.zip
 
 (`--candidate-second-look flip` with the `vgg16_fine_w025_cpu_light_second_look` fixture: the light
-network with its second look.)
+network with its second look; add `--candidate-second-look-depth 10` with the
+`vgg16_fine_w025_cpu_light_second_look_d10` fixture for the second look through 10 blocks.)
 """
 
 from __future__ import annotations
@@ -62,6 +63,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.samples < 1 or args.rounds < 1:
         parser.error(f"--samples and --rounds must be >= 1, got {args.samples} and {args.rounds}")
+    if args.candidate_second_look_depth is not None and not args.candidate_second_look:
+        parser.error("--candidate-second-look-depth needs --candidate-second-look")
     torch.set_num_threads(1)
     test = data.load("cifar10", args.data, "test")
     count = min(args.samples, len(test.labels))
@@ -69,11 +72,17 @@ def main() -> None:
     images = data.dataset_for("cifar10", test, False).images[:count][order]
     candidate = load_checkpoint(args.candidate)[0]
     if args.candidate_second_look:
-        candidate = with_second_look(candidate, args.candidate_second_look, args.candidate_second_look_depth)
-    elif args.candidate_second_look_depth is not None:
-        parser.error("--candidate-second-look-depth needs --candidate-second-look")
+        try:
+            candidate = with_second_look(candidate, args.candidate_second_look, args.candidate_second_look_depth)
+        except ValueError as error:
+            parser.error(f"--candidate-second-look-depth: {error}")
     models = {"reference": load_checkpoint(args.reference)[0].eval(), "candidate": candidate.eval()}
     fixtures = {"reference": args.reference_fixture, "candidate": args.candidate_fixture}
+    for name, model in models.items():
+        profiled = CSProfile.load(fixtures[name] / "cs-test.npz").num_exits
+        if profiled != model.num_exits:
+            parser.error(f"{fixtures[name]} has {profiled} exits, the {name} as run here {model.num_exits}: "
+                         "profile it the way it runs")
     examples = images[np.random.default_rng(0).permutation(count)[:200]]
     ets = {name: profile_et(model, (3, 32, 32), repeats=args.repeats, progress=False, samples=examples).profile
            for name, model in models.items()}  # back to back, on the same inputs

@@ -33,11 +33,7 @@ def at_depth(et: ETRecord, holdout: CSProfile, depth: int) -> tuple[ETProfile, C
     """The depth-`depth` second look's profiles, cut from the full second look's 2N exits."""
     n = len(et.conv) // 2
     keep = np.r_[0:depth, n:n + depth]
-    log_probs = None if holdout.log_probs is None else holdout.log_probs[:, keep]
-    classes = None if holdout.log_prob_classes is None else holdout.log_prob_classes[:, keep]
-    return (ETProfile(et.conv[keep], et.branch[keep]),
-            CSProfile(holdout.confidence[:, keep], holdout.prediction[:, keep], holdout.correct[:, keep],
-                      holdout.labels, dict(holdout.meta), log_probs, classes))
+    return ETProfile(et.conv[keep], et.branch[keep]), holdout.subset_exits(keep)
 
 
 def main() -> None:

@@ -47,7 +47,10 @@ def main() -> None:
     if args.rounds < 1:
         raise SystemExit(f"--rounds must be >= 1, got {args.rounds}")
     model, _ = load_checkpoint(args.checkpoint)
-    looked = with_second_look(model, args.view, args.depth)
+    try:
+        looked = with_second_look(model, args.view, args.depth)
+    except ValueError as error:
+        raise SystemExit(f"--depth/--view: {error}") from None
     depth = looked.num_exits // 2
     base = ETRecord.load(args.fixture / "et.npz")
     n = model.num_exits

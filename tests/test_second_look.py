@@ -69,12 +69,32 @@ def test_the_runtime_runs_both_passes_and_ensembles_them():
         runtime.close()
 
 
+def test_the_runtime_runs_a_shallower_second_look():
+    torch.manual_seed(0)
+    model = build("b_alexnet", num_classes=10, in_channels=3, width=0.125).eval()
+    depth = 2
+    looked = with_second_look(model, depth=depth).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        exit_2, exit_2_flipped = model(x)[depth - 1], model(x.flip(3))[depth - 1]
+    both = np.zeros(2 * depth, dtype=bool)
+    both[[depth - 1, 2 * depth - 1]] = True
+    runtime = ElasticRuntime(looked, FixedPlan(both, "both exit 2s"), rule=AnswerRule("ensemble", (0.0, 1.0, 0.0, 1.0)))
+    try:
+        answer = runtime.infer(x)
+        assert answer.exits_run == (depth - 1, 2 * depth - 1)
+        assert answer.prediction == (exit_2.log_softmax(1) + exit_2_flipped.log_softmax(1)).argmax(1).item()
+    finally:
+        runtime.close()
+
+
 def test_bad_views_and_models_are_refused():
     model = build("b_alexnet", num_classes=10, in_channels=3, width=0.125)
     with pytest.raises(ValueError, match="unknown view 'rotate'"):
         with_second_look(model, view="rotate")
     with pytest.raises(TypeError, match="a second look needs a MultiExitNetwork, got Linear"):
         with_second_look(torch.nn.Linear(2, 2))  # type: ignore[arg-type]
+    assert with_second_look(model, depth=np.int64(2)).num_exits == 4
     for depth in (0, 4, 2.0, True):
         with pytest.raises(ValueError, match=f"depth must be a whole number of blocks in 1..3, got {depth!r}"):
             with_second_look(model, depth=depth)  # type: ignore[arg-type]

@@ -273,6 +273,15 @@ class CSProfile:
         return CSProfile(self.confidence[indices], self.prediction[indices], self.correct[indices],
                          self.labels[indices], dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
 
+    def subset_exits(self, exits: np.ndarray) -> CSProfile:
+        """These exits' columns only, in this order: the profile of a network running just them (e.g. a
+        shallower second look's, cut from the full one's)."""
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else a[:, exits]
+
+        return CSProfile(self.confidence[:, exits], self.prediction[:, exits], self.correct[:, exits],
+                         self.labels, dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         arrays: dict[str, np.ndarray] = {
             "confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int16),

@@ -18,14 +18,14 @@ exit): no parameters are added and the state dict is the base network's.
 A network whose exit d is already as accurate as its final one gains nothing from its blocks
 after d: ``depth=d`` runs each pass through its first d blocks only (2d exits), so the second
 look starts, and its ensemble pays, that much sooner. Choose d on held-out data
-(``scripts/second_look_depth.py``): on the light-exit VGG-16 under normal exit times, depth 10
-of 14 scored 82.59% on held-out data, the full second look 82.23%.
+(``scripts/second_look_depth.py``; measured: docs/levers/second_look_depth.md).
 """
 
 from __future__ import annotations
 
 from typing import Any, cast
 
+import numpy as np
 import torch
 
 from .base import MultiExitNetwork
@@ -47,9 +47,11 @@ class SecondLook(MultiExitNetwork):
             raise ValueError(f"a second look runs a network's blocks and exits as MultiExitNetwork does; "
                              f"{type(model).__name__} overrides {', '.join(overridden)}")
         n = len(model.blocks)
-        depth = n if depth is None else depth
-        if isinstance(depth, bool) or not isinstance(depth, int) or not 1 <= depth <= n:
+        if depth is None:
+            depth = n
+        elif isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 1 <= depth <= n:
             raise ValueError(f"depth must be a whole number of blocks in 1..{n}, got {depth!r}")
+        depth = int(depth)
         super().__init__(list(model.blocks[:depth]), list(model.exits[:depth]))
         self.view = view
         self.label = f"second look ({view})" if depth == n else f"second look ({view}, depth {depth} of {n})"
@@ -76,8 +78,8 @@ class SecondLook(MultiExitNetwork):
 def with_second_look(model: MultiExitNetwork, view: str = "flip", depth: int | None = None) -> SecondLook:
     """`model` followed by a second pass of itself on another view of the input: 2N exits.
 
-    Exits 0..N-1 are `model`'s on the input, N..2N-1 `model`'s on the view (``"flip"``: the input
-    mirrored left to right; use it where the model was trained with flips, as ``einet train``
-    trains colour images: a mirrored digit is another digit). Weights are shared with `model`.
-    `depth`: run each pass through the first `depth` blocks only (2 x depth exits); default all."""
+    Exits 0..D-1 are `model`'s first D on the input, D..2D-1 the same on the view (D = `depth`,
+    default all N blocks; ``"flip"``: the input mirrored left to right; use it where the model was
+    trained with flips, as ``einet train`` trains colour images: a mirrored digit is another
+    digit). Weights are shared with `model`."""
     return SecondLook(model, view, depth)
