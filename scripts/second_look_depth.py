@@ -22,6 +22,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from einet.planner import ETProfile
 from einet.profiling import CSProfile, ETRecord
@@ -63,7 +64,7 @@ def main() -> None:
     scores: dict[str, dict[str, float]] = {name: {} for name in candidates}
     chosen = {}
     for kind in args.kinds:
-        for name, profiles in candidates.items():
+        for name, profiles in tqdm(candidates.items(), desc=f"selecting each depth ({kind})", leave=False):
             deployment, _ = select_network({name: profiles}, (kind,), horizon=horizon, rules=args.rules,
                                            progress=False)
             scores[name][kind] = held_out_score(deployment)
