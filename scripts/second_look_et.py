@@ -63,14 +63,14 @@ def main() -> None:
     for _ in range(args.rounds):
         plain.append(profile_et(model, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
         second.append(profile_et(looked, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
-    spliced = {}
+    spliced, added_us = {}, {}
     for field in ETRecord.TIMES:
         measured_plain = np.mean([getattr(r, field) for r in plain], axis=0)
         measured_second = np.mean([getattr(r, field) for r in second], axis=0)
         added = measured_second - np.tile(measured_plain[:depth], 2)  # what the wrapper adds per block (may be < 0)
-        spliced[field] = np.maximum(np.tile(getattr(base, field)[:depth], 2) + added, 1e-7)
-    added_us = {f: np.round(1e6 * (spliced[f] - np.tile(getattr(base, f)[:depth], 2)), 2).tolist()
-                for f in ("conv", "branch")}
+        base_times = np.tile(getattr(base, field)[:depth], 2)
+        spliced[field] = np.maximum(base_times + added, 1e-7)
+        added_us[field] = np.round(1e6 * (spliced[field] - base_times), 2).tolist()
     name = f"{base.meta.get('model', 'model')} + {looked.label}"
     ETRecord(**spliced, meta={**base.meta, "model": name, "second_look": {
         "view": args.view, "depth": depth, "rounds": args.rounds, "repeats": args.repeats,

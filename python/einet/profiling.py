@@ -267,20 +267,23 @@ class CSProfile:
         return dense
 
     def subset(self, indices: np.ndarray) -> CSProfile:
-        def pick(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[indices]
-
-        return CSProfile(self.confidence[indices], self.prediction[indices], self.correct[indices],
-                         self.labels[indices], dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
+        """These samples only, in this order."""
+        return self._take(indices, slice(None))
 
     def subset_exits(self, exits: np.ndarray) -> CSProfile:
         """These exits' columns only, in this order: the profile of a network running just them (e.g. a
         shallower second look's, cut from the full one's)."""
-        def pick(a: np.ndarray | None) -> np.ndarray | None:
-            return None if a is None else a[:, exits]
+        return self._take(slice(None), exits)
 
-        return CSProfile(self.confidence[:, exits], self.prediction[:, exits], self.correct[:, exits],
-                         self.labels, dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
+    def _take(self, samples: np.ndarray | slice, exits: np.ndarray | slice) -> CSProfile:
+        def take(a: np.ndarray) -> np.ndarray:
+            return a[samples][:, exits]
+
+        def pick(a: np.ndarray | None) -> np.ndarray | None:
+            return None if a is None else take(a)
+
+        return CSProfile(take(self.confidence), take(self.prediction), take(self.correct), self.labels[samples],
+                         dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         arrays: dict[str, np.ndarray] = {
