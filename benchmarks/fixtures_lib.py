@@ -56,9 +56,10 @@ FIXTURES = {
                                 "--data ../shared/data/cifar10-jpeg.zip --out-dir "
                                 "benchmarks/fixtures/b_alexnet_w025_cpu_light",
     # The light-exit VGG-16 with a second look (its 14 blocks again on the flipped input: 28 exits). Only et.npz is
-    # committed (`python scripts/second_look_et.py benchmarks/fixtures/vgg16_fine_w025_cpu_light --checkpoint
-    # runs/vgg16_fine_w025_light.pt --data ../shared/data/cifar10-jpeg.zip --out <this folder>`, timed against
-    # the light fixture's own network back to back); its CS-profiles (8.8 MB) come from the committed weights:
+    # committed (`python scripts/spliced_et.py benchmarks/fixtures/vgg16_fine_w025_cpu_light --checkpoint
+    # runs/vgg16_fine_w025_light.pt --data ../shared/data/cifar10-jpeg.zip --second-look flip --out <this folder>`,
+    # timed against the light fixture's own network back to back); its CS-profiles (8.8 MB) come from the committed
+    # weights:
     "vgg16_fine_w025_cpu_light_second_look": "einet profile --checkpoint benchmarks/fixtures/vgg16_fine_w025_cpu_light/"
                                              "model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip "
                                              "--skip-et --second-look flip --out-dir "
@@ -66,12 +67,28 @@ FIXTURES = {
     # The same with each pass through the first 10 blocks only (20 exits; depth 10 chosen on held-out data by
     # `python scripts/second_look_depth.py benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look --base
     # benchmarks/fixtures/vgg16_fine_w025_cpu_light --reference benchmarks/fixtures/vgg16_fine_w025_cpu_joint`);
-    # et.npz from `scripts/second_look_et.py ... --depth 10`, CS-profiles (6.3 MB, not committed) from:
+    # et.npz from `scripts/spliced_et.py ... --second-look flip --depth 10`, CS-profiles (6.3 MB, not committed) from:
     "vgg16_fine_w025_cpu_light_second_look_d10": "einet profile --checkpoint benchmarks/fixtures/"
                                                  "vgg16_fine_w025_cpu_light/model.pt --dataset cifar10 --data "
                                                  "../shared/data/cifar10-jpeg.zip --skip-et --second-look flip "
                                                  "--second-look-depth 10 --out-dir "
                                                  "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look_d10",
+    # The light-exit VGG-16 with exits 1-3 refitted at 8x8 on frozen features (`einet refit-exits --checkpoint
+    # benchmarks/fixtures/vgg16_fine_w025_cpu_light/model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip
+    # --threads 1 --out runs/vgg16_fine_w025_light_refit.pt`, 4 min), alone, with a second look through 10 or 8
+    # blocks and with a full one (for the depth). Only et.npz (`scripts/spliced_et.py` on the matching light
+    # fixture with `--variant runs/vgg16_fine_w025_light_refit.pt`: the refitted heads re-timed, everything else
+    # kept) and the predictors are committed; the CS-profiles (4-9 MB each) come from the refitted checkpoint:
+    **{f"vgg16_fine_w025_cpu_light_refit{suffix}": "einet profile --checkpoint runs/vgg16_fine_w025_light_refit.pt "
+       f"--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et{flags} --out-dir "
+       f"benchmarks/fixtures/vgg16_fine_w025_cpu_light_refit{suffix}" for suffix, flags in (
+           ("", ""), ("_second_look_d10", " --second-look flip --second-look-depth 10"),
+           ("_second_look", " --second-look flip"), ("_second_look_d8", " --second-look flip --second-look-depth 8"))},
+    # (the depth-8 one, chosen on held-out data by `python scripts/second_look_depth.py
+    # benchmarks/fixtures/vgg16_fine_w025_cpu_light_refit_second_look --base benchmarks/fixtures/
+    # vgg16_fine_w025_cpu_light_refit --reference benchmarks/fixtures/vgg16_fine_w025_cpu_joint --depths 5 6 7 8 9 10
+    # 11 12`, has as et.npz the cut of the full one's that this selection scored: the same command with
+    # `--write-et 8 benchmarks/fixtures/vgg16_fine_w025_cpu_light_refit_second_look_d8`)
     # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
     "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
                                            "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "

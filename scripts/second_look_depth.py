@@ -1,13 +1,14 @@
 """Choose a second look's depth on held-out data: how many blocks each pass runs.
 
 A full second look's profiles (a fixture with 2N exits: `einet profile --second-look flip` and
-scripts/second_look_et.py) contain every shallower one: the depth-d network's exits are the full
+scripts/spliced_et.py) contain every shallower one: the depth-d network's exits are the full
 network's exits 0..d-1 and N..N+d-1, computed the same way, and its blocks cost what theirs cost.
 For each depth this script selects a deployment on held-out data (einet.select.select_network: the
 same exit times in seconds for every candidate, the reference fixture's full inference time) and
 prints every depth's held-out score beside the base network's (no second look); it never reads the
 test split. Make the chosen depth's fixture with `einet profile --second-look flip
---second-look-depth D --skip-et` and `scripts/second_look_et.py --depth D`, and measure it on the
+--second-look-depth D --skip-et` and either `scripts/spliced_et.py --second-look flip --depth D`
+(timed anew) or `--write-et D FOLDER` here (the cut this selection scored), and measure it on the
 test split with scripts/anytime_levers.py.
 
     python scripts/second_look_depth.py benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look \
@@ -30,10 +31,14 @@ from einet.select import held_out_score, select_network
 from einet.simulate import full_inference_time
 
 
+def depth_exits(n: int, depth: int) -> np.ndarray:
+    """The full second look's exits (2N) that the depth-`depth` one runs: 0..depth-1 and N..N+depth-1."""
+    return np.r_[0:depth, n:n + depth]
+
+
 def at_depth(et: ETRecord, holdout: CSProfile, depth: int) -> tuple[ETProfile, CSProfile]:
     """The depth-`depth` second look's profiles, cut from the full second look's 2N exits."""
-    n = len(et.conv) // 2
-    keep = np.r_[0:depth, n:n + depth]
+    keep = depth_exits(len(et.conv) // 2, depth)
     return ETProfile(et.conv[keep], et.branch[keep]), holdout.subset_exits(keep)
 
 
@@ -47,6 +52,8 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["uniform", "normal"])
     parser.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"])
     parser.add_argument("--out", type=Path, help="also write the table here (markdown, with a .json beside it)")
+    parser.add_argument("--write-et", nargs=2, metavar=("D", "FOLDER"),
+                        help="only write the depth-D second look's ET-profile, cut from the full one's, to FOLDER")
     args = parser.parse_args()
     et = ETRecord.load(args.fixture / "et.npz")
     holdout = CSProfile.load(args.fixture / "cs-holdout.npz")
@@ -55,6 +62,16 @@ def main() -> None:
     n = len(et.conv) // 2
     if len(et.conv) != 2 * base_holdout.num_exits or holdout.num_exits != len(et.conv):
         raise SystemExit(f"{args.fixture} must hold twice the exits of {args.base}: a full second look of it")
+    if args.write_et:
+        depth, folder = int(args.write_et[0]), Path(args.write_et[1])
+        if not 1 <= depth <= n:
+            raise SystemExit(f"--write-et: the depth must lie in 1..{n}, got {depth}")
+        keep = depth_exits(n, depth)
+        ETRecord(**{field: getattr(et, field)[keep] for field in ETRecord.TIMES},
+                 meta={**et.meta, "second_look": {**et.meta.get("second_look", {}), "depth": depth},
+                       "cut_from": args.fixture.name}).save(folder / "et.npz")
+        print(f"wrote {folder / 'et.npz'}")
+        return
     depths = args.depths or list(range(1, n + 1))
     if not all(1 <= d <= n for d in depths):
         raise SystemExit(f"--depths must lie in 1..{n}, got {depths}")

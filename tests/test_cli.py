@@ -247,6 +247,44 @@ def test_profile_skip_cs_retimes_only_and_skip_et_reprofiles_only_confidences(tm
 
 
 @needs_torch
+def test_refit_exits_writes_a_checkpoint_whose_profiles_name_the_pools(tmp_path, capsys):
+    from einet.models import load_checkpoint
+    from einet.profiling import CSProfile
+
+    data = fake_cifar10(tmp_path / "data", per_batch=16)
+    checkpoint = save_model(tmp_path / "m.pt", in_channels=3, exit_head="light")
+    assert main(["refit-exits", "--checkpoint", str(checkpoint), "--dataset", "cifar10", "--data", str(data),
+                 "--holdout", "0.25", "--epochs", "1", "--threads", "1", "--quiet",
+                 "--out", str(tmp_path / "r.pt")]) == 0
+    assert "| 1 | 16x16 |" in capsys.readouterr().out  # B-AlexNet's first exit: a 16 x 16 map, pooled 4 x 4 before
+    summary = json.loads((tmp_path / "r.json").read_text())
+    model, state = load_checkpoint(tmp_path / "r.pt")
+    pools = [model.exits[i].pool for i in (0, 1)]
+    assert state["spec"]["exit_pools"] == pools == [8 if r["kept"] else 4 for r in summary["refit"]]
+    assert main(["profile", "--checkpoint", str(tmp_path / "r.pt"), "--dataset", "cifar10", "--data", str(data),
+                 "--holdout", "0.25", "--skip-et", "--quiet", "--out-dir", str(tmp_path / "p")]) == 0
+    recipe = CSProfile.load(tmp_path / "p" / "cs-test.npz").meta["recipe"]
+    kept = [i + 1 for i, pool in enumerate(pools) if pool == 8]
+    assert recipe == "joint, light exits" + ({(): "", (1,): ", exit 1 pooled 8x8", (2,): ", exit 2 pooled 8x8",
+                                              (1, 2): ", exits 1-2 pooled 8x8"}[tuple(kept)])
+
+
+@needs_torch
+def test_mistake_refit_exits_without_light_exits_or_onto_itself(tmp_path, capsys):
+    data = str(fake_cifar10(tmp_path / "data"))
+    paper = save_model(tmp_path / "paper.pt", in_channels=3)
+    light = save_model(tmp_path / "light.pt", in_channels=3, exit_head="light")
+    base = ["refit-exits", "--dataset", "cifar10", "--data", data, "--quiet"]
+    assert_one_line_error(capsys, [*base, "--checkpoint", str(paper), "--out", str(tmp_path / "r.pt")],
+                          r"no light exits to refit")
+    assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--out", str(light)],
+                          r"--out .*light\.pt is the --checkpoint")
+    assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--pool", "0", "--out", str(tmp_path / "r.pt")],
+                          r"pool must be a whole number in 1\.\.32, got 0")
+    assert not (tmp_path / "r.pt").exists()
+
+
+@needs_torch
 def test_profile_with_a_second_look_doubles_the_exits_and_names_it(tmp_path):
     from einet.profiling import CSProfile, ETRecord
 

@@ -180,6 +180,8 @@ def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[A
     recipe = config.get("recipe", "joint")
     if spec.get("exit_head", "paper") != "paper":
         recipe += f", {spec['exit_head']} exits"
+    if spec.get("exit_pools"):  # refitted exits (einet refit-exits) answer differently: part of the recipe
+        recipe += _pools_label(model)
     provenance = {"zoo": spec.get("constructor", spec.get("name")), "width": spec.get("width", 1.0)}
     if config.get("exit_weights"):  # a schedule is part of the recipe: twins must not share a name
         runs = [(w, len(list(group))) for w, group in itertools.groupby(config["exit_weights"])]
@@ -187,6 +189,20 @@ def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[A
         provenance["exit_weights"] = list(config["exit_weights"])
     provenance["recipe"] = recipe
     return model, provenance, spec
+
+
+def _pools_label(model: Any) -> str:
+    """E.g. ", exits 1-4 pooled 8x8": the light exits whose pool is not the light head's default."""
+    from .models.base import DEFAULT_LIGHT_POOL, light_exits
+
+    changed = [(i + 1, model.exits[i].pool) for i in light_exits(model) if model.exits[i].pool != DEFAULT_LIGHT_POOL]
+    parts = []
+    for pool, group in itertools.groupby(changed, key=lambda item: item[1]):
+        numbers = [i for i, _ in group]
+        exits = f"{numbers[0]}-{numbers[-1]}" if numbers == list(range(numbers[0], numbers[-1] + 1)) and \
+            len(numbers) > 1 else ", ".join(map(str, numbers))
+        parts.append(f", exit{'s' if len(numbers) > 1 else ''} {exits} pooled {pool}x{pool}")
+    return "".join(parts)
 
 
 def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -238,6 +254,40 @@ def cmd_profile(args: argparse.Namespace) -> int:
                    split=split, extra_meta=provenance, progress=_progress(args)).save(out / f"cs-{split}.npz")
         written.append(out / f"cs-{split}.npz")
     print(f"wrote {', '.join(map(str, written))}")
+    return 0
+
+
+def cmd_refit_exits(args: argparse.Namespace) -> int:
+    import torch
+
+    from . import data
+    from .models import load_checkpoint, save_checkpoint
+    from .models.base import light_exits
+    from .models.refit import refit_light_exits
+
+    _writable_parent(args.out, "--out")
+    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
+        raise ValueError(f"--out {args.out} is the --checkpoint: write the refitted network beside it")
+    torch.set_num_threads(args.threads)
+    model, state = load_checkpoint(args.checkpoint)
+    train_arrays, holdout_arrays = data.load(args.dataset, args.data, "train").split(args.holdout, seed=args.seed)
+    started = time.perf_counter()
+    refitted, report = refit_light_exits(
+        model, data.dataset_for(args.dataset, train_arrays, train=False),
+        data.dataset_for(args.dataset, holdout_arrays, train=False), pool=args.pool, epochs=args.epochs,
+        seed=args.seed, progress=_progress(args))
+    spec = dict(state["spec"]) | {"exit_pools": [refitted.exits[i].pool for i in light_exits(refitted)]}
+    save_checkpoint(args.out, refitted, spec, config=state.get("config") or {},
+                    refit=[r.as_dict() for r in report])
+    print("| exit | map | held-out accuracy, old pool | new pool | kept |\n|---:|---|---:|---:|---|")
+    for r in report:
+        print(f"| {r.exit + 1} | {r.map_size[0]}x{r.map_size[1]} | {100 * r.old_accuracy:.2f} "
+              f"({r.old_pool}x{r.old_pool}) | {100 * r.new_accuracy:.2f} ({r.new_pool}x{r.new_pool}) | "
+              f"{'yes' if r.kept else 'no'} |")
+    summary = {"checkpoint": args.checkpoint, "model": spec, "seconds": time.perf_counter() - started,
+               "refit": [r.as_dict() for r in report], "command": " ".join(["einet", *sys.argv[1:]])}
+    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 
@@ -491,6 +541,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="with --second-look: each pass runs the first D blocks only (2D exits; choose D on "
                         "held-out data with scripts/second_look_depth.py)")
     p.set_defaults(run=cmd_profile)
+
+    p = commands.add_parser("refit-exits", help="refit a trained network's early light exits at a finer pool on its "
+                                                "frozen features; each kept only where held-out data says it is better")
+    _add_data_arguments(p)
+    p.add_argument("--checkpoint", required=True, help="a checkpoint of a network with light exits (`einet train "
+                                                        "--exit-head light`)")
+    p.add_argument("--pool", type=int, default=8,
+                   help="the refitted exits' pooled map, pool x pool (default: %(default)s)")
+    p.add_argument("--epochs", type=int, default=16, help="passes over the frozen features per exit")
+    p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
+    p.add_argument("--seed", type=int, default=0, help="as given to `einet train`; also fixes the fit's order")
+    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    _add_quiet(p)
+    p.add_argument("--out", required=True, help="the refitted checkpoint (.pt); a .json summary is written beside it")
+    p.set_defaults(run=cmd_refit_exits)
 
     p = commands.add_parser("fit-predictor", help="train the confidence-score predictor on a held-out CS-profile")
     p.add_argument("--cs", required=True, help="cs-holdout.npz (never the test split)")

@@ -9,6 +9,7 @@ what ``forward`` gives for that exit: the runtime relies on it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, cast
 
 import torch
@@ -85,6 +86,10 @@ class Branch(nn.Module):
         return cast(torch.Tensor, self.classifier(self.conv(h)))
 
 
+DEFAULT_LIGHT_POOL = 4  # what `einet train --exit-head light` trains
+MAX_LIGHT_POOL = 32  # a light exit's largest pooled map: 32 x 32 is a CIFAR image's full resolution
+
+
 class LightBranch(nn.Module):
     """A cheap exit: the features average-pooled to ``pool`` x ``pool``, one linear layer.
 
@@ -93,12 +98,16 @@ class LightBranch(nn.Module):
     takes, and a plan pays it for every exit it runs. Two layers take 28-37 us: exits get cheap
     enough to run many (see docs/anytime.md, "light exits"), at some accuracy at the first exits.
     Maps smaller than ``pool`` are spread to it (the same linear map on more inputs: simple, at a
-    few microseconds on VGG-16's last, 2x2 and 1x1, exits).
+    few microseconds on VGG-16's last, 2x2 and 1x1, exits). A 4 x 4 pool throws away most of an
+    early exit's map (32 x 32 on CIFAR); :func:`einet.models.refit.refit_light_exits` refits such
+    exits at a finer pool, at almost the same cost.
     """
 
-    def __init__(self, in_channels: int, num_classes: int, pool: int = 4) -> None:
+    def __init__(self, in_channels: int, num_classes: int, pool: int = DEFAULT_LIGHT_POOL) -> None:
         super().__init__()
-        self.pool = pool
+        if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= MAX_LIGHT_POOL:
+            raise ValueError(f"a light exit's pool must be a whole number in 1..{MAX_LIGHT_POOL}, got {pool!r}")
+        self.in_channels, self.num_classes, self.pool = in_channels, num_classes, pool
         self.linear = nn.Linear(in_channels * pool * pool, num_classes)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
@@ -108,6 +117,23 @@ class LightBranch(nn.Module):
 
 
 EXIT_HEADS = ("paper", "light")
+
+
+def light_exits(model: MultiExitNetwork) -> list[int]:
+    """The indices of `model`'s light exits, in order."""
+    return [i for i, branch in enumerate(model.exits) if isinstance(branch, LightBranch)]
+
+
+def set_light_pools(model: MultiExitNetwork, pools: Sequence[int]) -> None:
+    """Give `model`'s light exits these pools, one per light exit in order (a checkpoint's
+    ``exit_pools``): an exit whose pool changes gets a new, untrained linear layer."""
+    indices = light_exits(model)
+    if len(pools) != len(indices):
+        raise ValueError(f"exit_pools has {len(pools)} entries for {len(indices)} light exits")
+    for i, pool in zip(indices, pools):
+        branch = cast(LightBranch, model.exits[i])
+        if pool != branch.pool:
+            model.exits[i] = LightBranch(branch.in_channels, branch.num_classes, pool)
 
 
 def exit_branch(head: str, in_channels: int, num_classes: int, conv_channels: int | None = None) -> nn.Module:

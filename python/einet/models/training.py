@@ -33,7 +33,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..data import ImageDataset, as_batches, count_batches, loader_is_sharded
-from .base import EXIT_HEADS, MultiExitNetwork
+from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork
 from .convert import CONVERTED, build_converted, resolve_constructor
 
 CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
@@ -407,7 +407,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
 _SPEC_INTEGERS = {"num_classes": (1, 100_000), "in_channels": (1, 64), "growth": (1, 1024),
                   "compress_every": (1, 1024)}
 _SPEC_MAX_WIDTH = 16.0
-_SPEC_KEYS = ("num_classes", "in_channels", "width", "exit_head")
+_SPEC_KEYS = ("num_classes", "in_channels", "width", "exit_head", "exit_pools")
 _MSDNET_SPEC_KEYS = ("growth", "compress_every")
 _CHECKSUM = "sha256"
 # A converted model's spec (see convert.build_converted): these keys, the constructor as a
@@ -530,6 +530,12 @@ def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tup
         raise ValueError(f"{path}: spec width must be a number in (0, {_SPEC_MAX_WIDTH}], got {width!r}")
     if kwargs.get("exit_head", "paper") not in EXIT_HEADS:
         raise ValueError(f"{path}: spec exit_head must be one of {', '.join(EXIT_HEADS)}, got {kwargs['exit_head']!r}")
+    pools = kwargs.get("exit_pools")
+    if pools is not None and not (kwargs.get("exit_head") == "light" and isinstance(pools, list)
+                                  and len(pools) <= _MAX_EXITS
+                                  and all(type(p) is int and 1 <= p <= MAX_LIGHT_POOL for p in pools)):
+        raise ValueError(f"{path}: spec exit_pools must be a list of whole numbers in 1..{MAX_LIGHT_POOL}, one per "
+                         f"light exit (exit_head 'light'), got {pools!r}")
     return name, kwargs
 
 

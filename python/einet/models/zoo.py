@@ -9,13 +9,13 @@ msdnet(blocks=40) 40.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import cast
 
 import torch
 from torch import nn
 
-from .base import MultiExitNetwork, channels, exit_branch
+from .base import MultiExitNetwork, channels, exit_branch, set_light_pools
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
@@ -237,8 +237,14 @@ ZOO: dict[str, Callable[..., MultiExitNetwork]] = {
 }
 
 
-def build(name: str, **kwargs: object) -> MultiExitNetwork:
-    """A zoo model by name: b_alexnet, flex_vgg16, vgg16_fine, resnet50_fine, msdnet21, msdnet40."""
+def build(name: str, exit_pools: Sequence[int] | None = None, **kwargs: object) -> MultiExitNetwork:
+    """A zoo model by name: b_alexnet, flex_vgg16, vgg16_fine, resnet50_fine, msdnet21, msdnet40.
+
+    `exit_pools`: its light exits' pools, one per light exit (as :func:`einet.models.refit.refit_light_exits`
+    writes them into a checkpoint's spec); default: each head's own."""
     if name not in ZOO:
         raise ValueError(f"unknown model {name!r}: expected one of {', '.join(ZOO)}")
-    return ZOO[name](**kwargs)
+    model = ZOO[name](**kwargs)
+    if exit_pools is not None:
+        set_light_pools(model, exit_pools)
+    return model
