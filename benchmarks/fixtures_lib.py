@@ -73,7 +73,7 @@ FIXTURES = {
                                                  "../shared/data/cifar10-jpeg.zip --skip-et --second-look flip "
                                                  "--second-look-depth 10 --out-dir "
                                                  "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look_d10",
-    # The light-exit VGG-16 with exits 1-3 refitted at 8x8 on frozen features (`einet refit-exits --checkpoint
+    # The light-exit VGG-16 with exits 1-5 refitted at 8x8 on frozen features (`einet refit-exits --checkpoint
     # benchmarks/fixtures/vgg16_fine_w025_cpu_light/model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip
     # --threads 1 --out runs/vgg16_fine_w025_light_refit.pt`, 4 min), alone, with a second look through 10 or 8
     # blocks and with a full one (for the depth). Only et.npz (`scripts/spliced_et.py` on the matching light

@@ -67,9 +67,11 @@ def main() -> None:
         if not 1 <= depth <= n:
             raise SystemExit(f"--write-et: the depth must lie in 1..{n}, got {depth}")
         keep = depth_exits(n, depth)
+        meta = {key: value for key, value in et.meta.items() if key != "spliced"}  # per-block lists of 2N
         ETRecord(**{field: getattr(et, field)[keep] for field in ETRecord.TIMES},
-                 meta={**et.meta, "second_look": {**et.meta.get("second_look", {}), "depth": depth},
-                       "cut_from": args.fixture.name}).save(folder / "et.npz")
+                 meta=meta | {"model": f"{et.meta.get('model', 'model')}, cut to depth {depth}",
+                              "second_look": {**et.meta.get("second_look", {}), "depth": depth},
+                              "cut_from": args.fixture.name}).save(folder / "et.npz")
         print(f"wrote {folder / 'et.npz'}")
         return
     depths = args.depths or list(range(1, n + 1))

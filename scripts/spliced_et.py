@@ -76,7 +76,8 @@ def main() -> None:
         raise SystemExit(f"{args.variant} has {len(plain_variant.blocks)} blocks, {args.checkpoint} "
                          f"{len(plain_base.blocks)}: a variant keeps its base's blocks")
     model, variant = plain_base, plain_variant
-    labels = ["refitted exits"] if args.variant else []
+    labels = [f"variant {Path(args.variant).name}"] if args.variant else []
+    adds_look = bool(args.second_look) and not args.base_has_second_look
     if args.second_look:
         try:
             variant = with_second_look(plain_variant, args.second_look, args.depth)
@@ -84,13 +85,13 @@ def main() -> None:
                 model = with_second_look(plain_base, args.second_look, args.depth)
         except ValueError as error:
             raise SystemExit(f"--depth/--second-look: {error}") from None
-        if not args.base_has_second_look:
+        if adds_look:
             labels.append(variant.label)
     n = model.num_exits
     # the base block each of the variant's blocks corresponds to, and the plain network's index of both
-    base_of = np.arange(n) if variant.num_exits == n else np.tile(np.arange(variant.num_exits // 2), 2)
+    base_of = np.tile(np.arange(variant.num_exits // 2), 2) if adds_look else np.arange(n)
     plain_index = base_of % len(variant.blocks)
-    same_structure = variant.num_exits == n
+    same_structure = not adds_look
     base = ETRecord.load(args.fixture / "et.npz")
     if len(base.conv) != n:
         raise SystemExit(f"{args.fixture / 'et.npz'} has {len(base.conv)} blocks, the base network {n}")

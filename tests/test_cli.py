@@ -268,6 +268,11 @@ def test_mistake_refit_exits_without_light_exits_or_onto_itself(tmp_path, capsys
                           r"--out .*light\.pt is the --checkpoint")
     assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--pool", "0", "--out", str(tmp_path / "r.pt")],
                           r"pool must be a whole number in 1\.\.32, got 0")
+    assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--out", str(tmp_path / "r.json")],
+                          r"--out .*r\.json: the checkpoint's \.json summary is written beside it")
+    mnist = save_model(tmp_path / "mnist.pt", exit_head="light")
+    assert_one_line_error(capsys, [*base, "--checkpoint", str(mnist), "--out", str(tmp_path / "r.pt")],
+                          r"mnist\.pt takes 1-channel images and 10 classes, but .* 3-channel images .*: refit a")
     assert not (tmp_path / "r.pt").exists()
 
 

@@ -60,7 +60,7 @@ def test_only_the_changed_head_is_re_timed(tmp_path, monkeypatch):
     np.testing.assert_array_equal(et.conv, times)  # the same blocks: the base's times, not a noisy re-measurement
     np.testing.assert_array_equal(et.branch[1:], times[1:])  # exits 2-3 unchanged
     assert et.branch[0] != times[0]  # the refitted head was timed against the old one
-    assert et.meta["model"] == "base + refitted exits"
+    assert et.meta["model"] == "base + variant variant.pt"
 
 
 def test_a_second_look_on_a_base_that_has_one_re_times_only_the_head(tmp_path, monkeypatch):
@@ -86,6 +86,22 @@ def test_a_second_look_added_to_a_plain_base_is_timed_everywhere(tmp_path, monke
     et = ETRecord.load(out / "et.npz")
     assert len(et.conv) == 6 and et.meta["second_look"] == {"view": "flip", "depth": 3}
     assert not np.array_equal(et.conv, np.tile(times, 2))  # the carried input and the flip are measured
+
+
+def test_a_second_look_of_half_the_blocks_is_still_a_second_look(tmp_path, monkeypatch):
+    """Depth N/2 gives the variant as many blocks as the base: still two passes over blocks 1..N/2."""
+    torch.manual_seed(0)
+    spec = SPEC | {"name": "resnet50_fine"}
+    save_checkpoint(tmp_path / "r.pt", build("resnet50_fine", **{k: v for k, v in SPEC.items() if k != "name"}), spec)
+    times = base_fixture(tmp_path / "plain", 6)
+    out = tmp_path / "looked"
+    out.mkdir()
+    run(monkeypatch, tmp_path / "plain", "--checkpoint", tmp_path / "r.pt", "--second-look", "flip", "--depth", "3",
+        "--data", fake_cifar10(tmp_path / "data"), "--holdout", "0.5", "--out", out)
+    et = ETRecord.load(out / "et.npz")
+    assert et.meta["second_look"]["depth"] == 3
+    second_pass = et.conv[3:] - times[:3]  # blocks 1-3 again, with the flip and the carried input measured
+    assert not np.array_equal(et.conv, times) and np.all(np.abs(second_pass) < 1.0)
 
 
 @pytest.mark.parametrize("argv, message", [

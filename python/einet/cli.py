@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -205,13 +205,27 @@ def _pools_label(model: Any) -> str:
     return "".join(parts)
 
 
+def _train_and_holdout(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The training split without its held-out part, and that part (as `einet train` cut them)."""
+    from . import data
+
+    return cast("tuple[Any, Any]", data.load(args.dataset, args.data, "train").split(args.holdout, seed=args.seed))
+
+
 def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
     """The held-out part of the training split (for the predictor) and the test split."""
     from . import data
 
-    train_arrays = data.load(args.dataset, args.data, "train")
-    _, holdout = train_arrays.split(args.holdout, seed=args.seed)
-    return holdout, data.load(args.dataset, args.data, "test")
+    return _train_and_holdout(args)[1], data.load(args.dataset, args.data, "test")
+
+
+def _check_trained_on(args: argparse.Namespace, spec: dict[str, Any], arrays: Any, verb: str) -> None:
+    """Refuse a checkpoint whose input channels or classes are not the dataset's, before torch fails on it."""
+    trained_on = (spec.get("in_channels", (spec.get("input_shape") or [None])[0]), spec.get("num_classes"))
+    if trained_on != (arrays.channels, arrays.num_classes):
+        raise ValueError(f"{args.checkpoint} takes {trained_on[0]}-channel images and {trained_on[1]} classes, but "
+                         f"--dataset {args.dataset} --data {args.data} has {arrays.channels}-channel images and "
+                         f"{arrays.num_classes} classes: {verb} a checkpoint on the data it was trained on")
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -232,11 +246,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         provenance["recipe"] += f", {model.label}"
     out = Path(args.out_dir)
     holdout, test = _splits(args)
-    trained_on = (spec.get("in_channels", (spec.get("input_shape") or [None])[0]), spec.get("num_classes"))
-    if trained_on != (holdout.channels, holdout.num_classes):
-        raise ValueError(f"{args.checkpoint} takes {trained_on[0]}-channel images and {trained_on[1]} classes, but "
-                         f"--dataset {args.dataset} --data {args.data} has {holdout.channels}-channel images and "
-                         f"{holdout.num_classes} classes: profile a checkpoint on the data it was trained on")
+    _check_trained_on(args, spec, holdout, "profile")
     shape = (holdout.channels, *holdout.images.shape[1:3])
     provenance["dataset"] = args.dataset
     name = f"{provenance['zoo']} ({args.dataset}, width {provenance['width']}, {provenance['recipe']})"
@@ -262,21 +272,24 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
 
     from . import data
     from .models import load_checkpoint, save_checkpoint
-    from .models.base import light_exits
+    from .models.base import light_pools
     from .models.refit import refit_light_exits
 
     _writable_parent(args.out, "--out")
     if Path(args.out).resolve() == Path(args.checkpoint).resolve():
         raise ValueError(f"--out {args.out} is the --checkpoint: write the refitted network beside it")
+    if Path(args.out).suffix == ".json":
+        raise ValueError(f"--out {args.out}: the checkpoint's .json summary is written beside it; name it .pt")
     torch.set_num_threads(args.threads)
     model, state = load_checkpoint(args.checkpoint)
-    train_arrays, holdout_arrays = data.load(args.dataset, args.data, "train").split(args.holdout, seed=args.seed)
+    train_arrays, holdout_arrays = _train_and_holdout(args)
+    _check_trained_on(args, state["spec"], holdout_arrays, "refit")
     started = time.perf_counter()
     refitted, report = refit_light_exits(
         model, data.dataset_for(args.dataset, train_arrays, train=False),
         data.dataset_for(args.dataset, holdout_arrays, train=False), pool=args.pool, epochs=args.epochs,
         seed=args.seed, progress=_progress(args))
-    spec = dict(state["spec"]) | {"exit_pools": [refitted.exits[i].pool for i in light_exits(refitted)]}
+    spec = dict(state["spec"]) | {"exit_pools": light_pools(refitted)}
     save_checkpoint(args.out, refitted, spec, config=state.get("config") or {},
                     refit=[r.as_dict() for r in report])
     print("| exit | map | held-out accuracy, old pool | new pool | kept |\n|---:|---|---:|---:|---|")

@@ -576,6 +576,11 @@ class ImageDataset:
             yield images, self.labels[index]
 
 
+def trained_with_flips(channels: int) -> bool:
+    """Whether training shows the network mirrored images: colour ones (a mirrored digit is another digit)."""
+    return channels == 3
+
+
 def _augment(images: torch.Tensor, pad: int, generator: torch.Generator | None,
              shard: tuple[int, int] = (0, 1)) -> torch.Tensor:
     """Random crops of the zero-padded batch (one offset per image) and, for colour, random flips.
@@ -596,7 +601,7 @@ def _augment(images: torch.Tensor, pad: int, generator: torch.Generator | None,
     cols = (dx[:, None] + torch.arange(w, device=device)[None, :])[:, None, None, :]
     index_n = torch.arange(n, device=device)[:, None, None, None]
     out = padded[index_n, torch.arange(c, device=device)[None, :, None, None], rows, cols]
-    if c == 3:
+    if trained_with_flips(c):
         flip = torch.rand(n * world, generator=generator, device=device)[rank::world] < 0.5
         out[flip] = out[flip].flip(3)
     return out

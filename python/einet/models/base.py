@@ -90,6 +90,11 @@ DEFAULT_LIGHT_POOL = 4  # what `einet train --exit-head light` trains
 MAX_LIGHT_POOL = 32  # a light exit's largest pooled map: 32 x 32 is a CIFAR image's full resolution
 
 
+def is_light_pool(pool: object) -> bool:
+    """Whether `pool` is a light exit's pooled map size: a whole number in 1..MAX_LIGHT_POOL (not a bool)."""
+    return type(pool) is int and 1 <= pool <= MAX_LIGHT_POOL
+
+
 class LightBranch(nn.Module):
     """A cheap exit: the features average-pooled to ``pool`` x ``pool``, one linear layer.
 
@@ -105,7 +110,7 @@ class LightBranch(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int, pool: int = DEFAULT_LIGHT_POOL) -> None:
         super().__init__()
-        if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= MAX_LIGHT_POOL:
+        if not is_light_pool(pool):
             raise ValueError(f"a light exit's pool must be a whole number in 1..{MAX_LIGHT_POOL}, got {pool!r}")
         self.in_channels, self.num_classes, self.pool = in_channels, num_classes, pool
         self.linear = nn.Linear(in_channels * pool * pool, num_classes)
@@ -122,6 +127,11 @@ EXIT_HEADS = ("paper", "light")
 def light_exits(model: MultiExitNetwork) -> list[int]:
     """The indices of `model`'s light exits, in order."""
     return [i for i, branch in enumerate(model.exits) if isinstance(branch, LightBranch)]
+
+
+def light_pools(model: MultiExitNetwork) -> list[int]:
+    """Each light exit's pool, in order: what a checkpoint's ``exit_pools`` records."""
+    return [cast(LightBranch, model.exits[i]).pool for i in light_exits(model)]
 
 
 def set_light_pools(model: MultiExitNetwork, pools: Sequence[int]) -> None:

@@ -4,8 +4,9 @@ A light exit pools its block's output to 4 x 4 and applies one linear layer. On 
 that throws most of the map away (VGG-16's first block on CIFAR: 16 channels of 32 x 32, of
 which the head sees 256 numbers), and the first exits are where an anytime curve loses most
 under early deadlines (docs/anytime.md, "Reading"). Pooled to 8 x 8 instead, the same kind of
-head costs 2-9 us more and, fitted on the frozen features of the training split, is right
-2-4 points more often on VGG-16's first four exits (measured: docs/training.md).
+head costs a few microseconds more and, fitted on the frozen features of the training split,
+is right 1.7-5.1 points more often on VGG-16's first four exits' test images (measured:
+docs/training.md).
 
 Only the chosen heads change: the backbone and every other exit keep their weights, so the
 network's block times and its other exits' answers stay exactly what they were. Each candidate
@@ -28,7 +29,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from .base import MAX_LIGHT_POOL, LightBranch, MultiExitNetwork, light_exits
+from ..data import trained_with_flips
+from .base import MAX_LIGHT_POOL, LightBranch, MultiExitNetwork, is_light_pool, light_exits
 
 
 @dataclass(frozen=True)
@@ -54,36 +56,41 @@ def refit_light_exits(model: MultiExitNetwork, train: Any, holdout: Any, pool: i
                       batch_size: int = 512, lr: float = 1e-3, weight_decay: float = 1e-4, seed: int = 0,
                       progress: bool = True) -> tuple[MultiExitNetwork, list[RefitExit]]:
     """A copy of `model` whose light exits with maps larger than their pool are refitted at `pool`
-    where that is right more often on `holdout` (ImageDatasets: normalised images, labels, no
-    augmentation); returns it and one :class:`RefitExit` per candidate. `model` is not changed.
-    Its light exits' pools are ``[model.exits[i].pool for i in light_exits(model)]``: what a
-    checkpoint's ``exit_pools`` spec key records."""
+    (or at their map's size, if smaller) where that is right more often on `holdout`
+    (ImageDatasets: normalised images, labels, no augmentation); returns it and one
+    :class:`RefitExit` per candidate. `model` is not changed; :func:`einet.models.base.light_pools`
+    of the copy is what a checkpoint's ``exit_pools`` spec key records."""
     from tqdm.auto import tqdm
 
     if not isinstance(model, MultiExitNetwork):
         raise TypeError(f"refit_light_exits needs a MultiExitNetwork, got {type(model).__name__}")
-    if isinstance(pool, bool) or not isinstance(pool, int) or not 1 <= pool <= MAX_LIGHT_POOL:
+    if not is_light_pool(pool):
         raise ValueError(f"pool must be a whole number in 1..{MAX_LIGHT_POOL}, got {pool!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+    for name, data in (("train", train), ("holdout", holdout)):
+        if len(data.labels) == 0:
+            raise ValueError(f"the {name} split is empty: refitting needs images in both splits")
     if not light_exits(model):
         raise ValueError("this network has no light exits to refit (train it with --exit-head light)")
     refitted = copy.deepcopy(model).eval()
     maps = _map_sizes(refitted, holdout.images[:1])
     heads = {i: cast(LightBranch, refitted.exits[i]) for i in light_exits(refitted)}
-    candidates = [i for i, head in heads.items() if head.pool < pool and max(maps[i]) > head.pool]
-    flip = train.images.shape[1] == 3  # colour images are trained with mirror images (einet.data._augment)
+    new_pools = {i: min(pool, max(maps[i])) for i in heads}  # a finer pool than the map adds nothing
+    candidates = [i for i, head in heads.items() if new_pools[i] > head.pool]
+    flip = trained_with_flips(train.images.shape[1])
     generator = torch.Generator().manual_seed(seed)
     report = []
     for i in tqdm(candidates, desc="refitting light exits", disable=not progress, leave=False):
         old = heads[i]
-        new = LightBranch(old.in_channels, old.num_classes, pool)
-        features = _pooled_features(refitted, i, train.images, pool, flip)
+        with torch.random.fork_rng(devices=[]):  # a new layer's initialisation must not move the caller's RNG
+            new = LightBranch(old.in_channels, old.num_classes, new_pools[i])
+        features = _pooled_features(refitted, i, train.images, new.pool, flip)
         labels = train.labels.repeat(2) if flip else train.labels
         _fit_linear(new.linear, features, labels, epochs, batch_size, lr, weight_decay, generator)
         old_accuracy, new_accuracy = (_accuracy(refitted, i, head, holdout) for head in (old, new))
-        report.append(RefitExit(i, maps[i], old.pool, pool, old_accuracy, new_accuracy))
+        report.append(RefitExit(i, maps[i], old.pool, new.pool, old_accuracy, new_accuracy))
         if report[-1].kept:
             refitted.exits[i] = new
     return refitted.eval(), report
@@ -103,11 +110,14 @@ def _map_sizes(model: MultiExitNetwork, sample: torch.Tensor) -> list[tuple[int,
 CHUNK = 500  # images per forward pass while collecting features
 
 
-def _block_outputs(model: MultiExitNetwork, exit_index: int, images: torch.Tensor) -> Iterator[torch.Tensor]:
-    """Block `exit_index`'s output for `images`, CHUNK images at a time."""
+def _block_outputs(model: MultiExitNetwork, exit_index: int, images: torch.Tensor,
+                   flip: bool = False) -> Iterator[torch.Tensor]:
+    """Block `exit_index`'s output for `images` (mirrored, with `flip`), CHUNK images at a time."""
     with torch.inference_mode():
         for first in range(0, len(images), CHUNK):
             h: Any = images[first:first + CHUNK]
+            if flip:
+                h = h.flip(-1)
             for b in range(exit_index + 1):
                 h = model.forward_block(b, h)
             yield h
@@ -116,10 +126,9 @@ def _block_outputs(model: MultiExitNetwork, exit_index: int, images: torch.Tenso
 def _pooled_features(model: MultiExitNetwork, exit_index: int, images: torch.Tensor, pool: int,
                      flip: bool) -> torch.Tensor:
     """What a light exit with `pool` sees, for `images` (then their mirror images): float16 to halve memory."""
-    views = (images, images.flip(-1)) if flip else (images,)
-    parts = [F.adaptive_avg_pool2d(h, pool).flatten(1).half()
-             for view in views for h in _block_outputs(model, exit_index, view)]
-    return torch.cat(parts)
+    return torch.cat([F.adaptive_avg_pool2d(h, pool).flatten(1).half()
+                      for mirrored in ((False, True) if flip else (False,))
+                      for h in _block_outputs(model, exit_index, images, mirrored)])
 
 
 def _fit_linear(linear: nn.Linear, features: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int,
@@ -127,27 +136,31 @@ def _fit_linear(linear: nn.Linear, features: torch.Tensor, labels: torch.Tensor,
     """Multinomial logistic regression on standardised features (Adam with a cosine schedule, L2 on
     the weights; these settings scored best on VGG-16's held-out split among 8 or 16 epochs and L2
     1e-5 to 1e-3), folded back into `linear` so that it takes the raw pooled features."""
-    mean = features.float().mean(0)
-    std = torch.sqrt(((features.float() - mean) ** 2).mean(0)) + 1e-4
-    fitted = nn.Linear(linear.in_features, linear.out_features)
-    with torch.no_grad():  # a convex fit: start from zero, so that the result depends on `generator` only
-        fitted.weight.zero_()
-        fitted.bias.zero_()
-    optimizer = torch.optim.Adam(fitted.parameters(), lr=lr)
+    mean, std = _mean_std(features)
+    weight = torch.zeros(linear.out_features, linear.in_features, requires_grad=True)  # convex: start at zero
+    bias = torch.zeros(linear.out_features, requires_grad=True)
+    optimizer = torch.optim.Adam([weight, bias], lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs * -(-len(features) // batch_size))
     for _ in range(epochs):
         order = torch.randperm(len(features), generator=generator)
         for first in range(0, len(order), batch_size):
             index = order[first:first + batch_size]
             x = (features[index].float() - mean) / std
-            loss = F.cross_entropy(fitted(x), labels[index]) + weight_decay * fitted.weight.pow(2).sum()
+            loss = F.cross_entropy(F.linear(x, weight, bias), labels[index]) + weight_decay * weight.pow(2).sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             optimizer.step()
             schedule.step()
     with torch.no_grad():
-        linear.weight.copy_(fitted.weight / std)
-        linear.bias.copy_(fitted.bias - (fitted.weight * (mean / std)).sum(1))
+        linear.weight.copy_(weight / std)
+        linear.bias.copy_(bias - (weight * (mean / std)).sum(1))
+
+
+def _mean_std(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-feature mean and standard deviation (+1e-4, so that a dead feature divides safely)."""
+    values = features.float()  # one float32 copy of the float16 features, freed on return
+    mean = values.mean(0)
+    return mean, torch.sqrt(((values - mean) ** 2).mean(0)) + 1e-4
 
 
 def _accuracy(model: MultiExitNetwork, exit_index: int, head: nn.Module, data: Any) -> float:

@@ -33,7 +33,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..data import ImageDataset, as_batches, count_batches, loader_is_sharded
-from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork
+from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
 from .convert import CONVERTED, build_converted, resolve_constructor
 
 CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
@@ -533,7 +533,7 @@ def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tup
     pools = kwargs.get("exit_pools")
     if pools is not None and not (kwargs.get("exit_head") == "light" and isinstance(pools, list)
                                   and len(pools) <= _MAX_EXITS
-                                  and all(type(p) is int and 1 <= p <= MAX_LIGHT_POOL for p in pools)):
+                                  and all(is_light_pool(p) for p in pools)):
         raise ValueError(f"{path}: spec exit_pools must be a list of whole numbers in 1..{MAX_LIGHT_POOL}, one per "
                          f"light exit (exit_head 'light'), got {pools!r}")
     return name, kwargs
