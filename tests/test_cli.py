@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fakes import fake_cifar10  # tests/ is on the path under pytest
+from helpers import fake_cifar10  # tests/ is on the path under pytest
 
 import einet
 from einet import cli

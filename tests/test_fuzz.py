@@ -9,28 +9,22 @@ under a minute on a loaded 2-core machine. The regression tests below pin what t
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import pickle
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einet
 from einet import _core
 
-_SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fuzz_planner.py"
-_spec = importlib.util.spec_from_file_location("fuzz_planner", _SCRIPT)
-assert _spec is not None and _spec.loader is not None
-fuzz = importlib.util.module_from_spec(_spec)
-sys.modules["fuzz_planner"] = fuzz  # dataclasses look their module up by name
-_spec.loader.exec_module(fuzz)
+fuzz = load_script("fuzz_planner")
 fuzz.LARGE_MODELS = False  # models of thousands of blocks: the script's job, not CI's
 
 SLOW_S = 5.0

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import load_script
 
 from einet.policies import statistics_plan
 from einet.profiling import CSProfile, ETRecord
@@ -14,10 +14,7 @@ from einet.simulate import evaluate, full_inference_time, relative_distribution
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "benchmarks" / "fixtures"
-_spec = importlib.util.spec_from_file_location("loss_by_time", ROOT / "scripts" / "loss_by_time.py")
-assert _spec is not None and _spec.loader is not None
-loss_by_time = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(loss_by_time)
+loss_by_time = load_script("loss_by_time")
 
 
 @pytest.mark.parametrize("kind", ["uniform", "normal"])

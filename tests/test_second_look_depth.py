@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import load_script
 
 torch = pytest.importorskip("torch")
 
@@ -14,11 +12,7 @@ from einet.models import build  # noqa: E402
 from einet.models.second_look import with_second_look  # noqa: E402
 from einet.profiling import CSProfile, ETRecord, profile_cs  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("second_look_depth", ROOT / "scripts" / "second_look_depth.py")
-assert _spec is not None and _spec.loader is not None
-second_look_depth = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(second_look_depth)
+second_look_depth = load_script("second_look_depth")
 
 
 def test_the_cut_is_the_shallower_networks_own_profile():

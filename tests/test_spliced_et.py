@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,17 +9,13 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from fakes import fake_cifar10  # noqa: E402
+from helpers import fake_cifar10, load_script  # noqa: E402
 
 from einet.models import build, save_checkpoint  # noqa: E402
 from einet.models.base import set_light_pools  # noqa: E402
 from einet.profiling import ETRecord  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("spliced_et", ROOT / "scripts" / "spliced_et.py")
-assert _spec is not None and _spec.loader is not None
-spliced_et = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(spliced_et)
+spliced_et = load_script("spliced_et")
 
 SPEC = {"name": "b_alexnet", "num_classes": 10, "in_channels": 3, "width": 0.125, "exit_head": "light"}
 

@@ -1,9 +1,12 @@
-"""Tiny synthetic datasets in the formats einet reads, for tests."""
+"""Test helpers: tiny synthetic datasets in the formats einet reads, and the repo's scripts as modules."""
 
 from __future__ import annotations
 
+import importlib.util
 import pickle
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 
@@ -19,3 +22,16 @@ def fake_cifar10(root: Path, per_batch: int = 8) -> Path:
         (folder / name).write_bytes(pickle.dumps(batch))
     (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": [f"c{i}".encode() for i in range(10)]}))
     return root
+
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def load_script(name: str) -> ModuleType:
+    """scripts/NAME.py imported as the module NAME (registered: dataclasses look their module up by name)."""
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
