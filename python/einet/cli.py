@@ -290,15 +290,15 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
         data.dataset_for(args.dataset, holdout_arrays, train=False), pool=args.pool, epochs=args.epochs,
         seed=args.seed, progress=_progress(args))
     spec = dict(state["spec"]) | {"exit_pools": light_pools(refitted)}
-    save_checkpoint(args.out, refitted, spec, config=state.get("config") or {},
-                    refit=[r.as_dict() for r in report])
+    rows = [r.as_dict() for r in report]
+    save_checkpoint(args.out, refitted, spec, config=state.get("config") or {}, refit=rows)
     print("| exit | map | held-out accuracy, old pool | new pool | kept |\n|---:|---|---:|---:|---|")
     for r in report:
         print(f"| {r.exit + 1} | {r.map_size[0]}x{r.map_size[1]} | {100 * r.old_accuracy:.2f} "
               f"({r.old_pool}x{r.old_pool}) | {100 * r.new_accuracy:.2f} ({r.new_pool}x{r.new_pool}) | "
               f"{'yes' if r.kept else 'no'} |")
     summary = {"checkpoint": args.checkpoint, "model": spec, "seconds": time.perf_counter() - started,
-               "refit": [r.as_dict() for r in report], "command": " ".join(["einet", *sys.argv[1:]])}
+               "refit": rows, "command": " ".join(["einet", *sys.argv[1:]])}
     Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0

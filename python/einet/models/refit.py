@@ -89,7 +89,7 @@ def refit_light_exits(model: MultiExitNetwork, train: Any, holdout: Any, pool: i
         features = _pooled_features(refitted, i, train.images, new.pool, flip)
         labels = train.labels.repeat(2) if flip else train.labels
         _fit_linear(new.linear, features, labels, epochs, batch_size, lr, weight_decay, generator)
-        old_accuracy, new_accuracy = (_accuracy(refitted, i, head, holdout) for head in (old, new))
+        old_accuracy, new_accuracy = _accuracies(refitted, i, (old, new), holdout)
         report.append(RefitExit(i, maps[i], old.pool, new.pool, old_accuracy, new_accuracy))
         if report[-1].kept:
             refitted.exits[i] = new
@@ -163,10 +163,12 @@ def _mean_std(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return mean, torch.sqrt(((values - mean) ** 2).mean(0)) + 1e-4
 
 
-def _accuracy(model: MultiExitNetwork, exit_index: int, head: nn.Module, data: Any) -> float:
-    """How often `head` on block `exit_index`'s output is right on `data`."""
-    right = 0
+def _accuracies(model: MultiExitNetwork, exit_index: int, heads: tuple[nn.Module, ...], data: Any) -> list[float]:
+    """How often each of `heads` on block `exit_index`'s output is right on `data` (one pass through the blocks)."""
+    right = [0] * len(heads)
     with torch.inference_mode():
         for first, h in zip(range(0, len(data.labels), CHUNK), _block_outputs(model, exit_index, data.images)):
-            right += int((head(h).argmax(1) == data.labels[first:first + CHUNK]).sum())
-    return right / len(data.labels)
+            labels = data.labels[first:first + CHUNK]
+            for k, head in enumerate(heads):
+                right[k] += int((head(h).argmax(1) == labels).sum())
+    return [count / len(data.labels) for count in right]
