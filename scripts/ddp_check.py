@@ -36,7 +36,7 @@ def run(nproc: int, args: argparse.Namespace, data: str, folder: Path) -> dict:
     done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.exit(f"{' '.join(command)} failed:\n{done.stderr[-4000:]}")
-    summary = json.loads(out.with_suffix(".json").read_text())
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
     summary["samples_per_second"] = summary["train_samples"] * args.epochs / summary["seconds_total"]
     summary["threads_per_process"] = threads
     return summary

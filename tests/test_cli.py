@@ -142,11 +142,11 @@ def test_train_with_bf16_and_channels_last_records_them(tmp_path, capsys):
     data = fake_cifar10(tmp_path / "data")
     assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--precision", "bf16",
                  "--channels-last", "--out", str(tmp_path / "m.pt")]) == 0
-    summary = json.loads((tmp_path / "m.json").read_text())
+    summary = json.loads((tmp_path / "m.summary.json").read_text())
     assert (summary["precision"], summary["memory_format"]) == ("torch.bfloat16", "torch.channels_last")
     assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN,
                  "--out", str(tmp_path / "n.pt")]) == 0
-    summary = json.loads((tmp_path / "n.json").read_text())
+    summary = json.loads((tmp_path / "n.summary.json").read_text())
     assert (summary["precision"], summary["memory_format"]) == ("torch.float32", "torch.contiguous_format")
 
 
@@ -244,7 +244,7 @@ def test_refit_exits_writes_a_checkpoint_whose_profiles_name_the_pools(tmp_path,
                  "--holdout", "0.25", "--epochs", "1", "--threads", "1", "--quiet",
                  "--out", str(tmp_path / "r.pt")]) == 0
     assert "| 1 | 16x16 |" in capsys.readouterr().out  # B-AlexNet's first exit: a 16 x 16 map, pooled 4 x 4 before
-    summary = json.loads((tmp_path / "r.json").read_text())
+    summary = json.loads((tmp_path / "r.summary.json").read_text())
     model, state = load_checkpoint(tmp_path / "r.pt")
     pools = [model.exits[i].pool for i in (0, 1)]
     assert state["spec"]["exit_pools"] == pools == [8 if r["kept"] else 4 for r in summary["refit"]]
@@ -265,11 +265,11 @@ def test_mistake_refit_exits_without_light_exits_or_onto_itself(tmp_path, capsys
     assert_one_line_error(capsys, [*base, "--checkpoint", str(paper), "--out", str(tmp_path / "r.pt")],
                           r"no light exits to refit")
     assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--out", str(light)],
-                          r"--out .*light\.pt is the --checkpoint")
+                          r"--out .*light\.pt would overwrite --checkpoint")
     assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--pool", "0", "--out", str(tmp_path / "r.pt")],
-                          r"pool must be a whole number in 1\.\.32, got 0")
-    assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--out", str(tmp_path / "r.json")],
-                          r"--out .*r\.json: the checkpoint's \.json summary is written beside it")
+                          r"--pool: the value must lie in \[1, 64\], got 0")
+    assert_one_line_error(capsys, [*base, "--checkpoint", str(light), "--pool", "33", "--out", str(tmp_path / "r.pt")],
+                          r"pool must be a whole number in 1\.\.32, got 33")
     mnist = save_model(tmp_path / "mnist.pt", exit_head="light")
     assert_one_line_error(capsys, [*base, "--checkpoint", str(mnist), "--out", str(tmp_path / "r.pt")],
                           r"mnist\.pt takes 1-channel images and 10 classes, but .* 3-channel images .*: refit a")
@@ -357,7 +357,7 @@ def test_select_writes_a_deployment_that_pays_for_planning(tmp_path, capsys):
     assert not deployment.policy.startswith("EINet") and deployment.planning_seconds == 0.0
     assert "chosen on held-out data" in capsys.readouterr().out
     assert_one_line_error(capsys, [*base, "--planning-us", "-1", "--out", str(tmp_path / "e.json")],
-                          r"planning must be a finite number >= 0")
+                          r"--planning-us: the value must lie in \[0, 1e\+09\], got -1.0")
 
 
 @needs_torch
@@ -375,9 +375,11 @@ def test_select_chooses_among_networks(tmp_path, capsys):
     assert f"chosen on held-out data: {light}: " in capsys.readouterr().out
     assert_one_line_error(capsys, [*base, "--profiles", joint, joint + "/", "--out", str(tmp_path / "e.json")],
                           r"--profiles names a folder twice")
-    for flag, value in (("--scale", "-1"), ("--horizon-ms", "0"), ("--horizon-ms", "nan")):
+    for flag, value, reason in (("--scale", "-1", r"must lie in \(0, 1e\+09\], got -1.0"),
+                                ("--horizon-ms", "0", r"must lie in \(0, 1e\+09\], got 0.0"),
+                                ("--horizon-ms", "nan", r"must be a finite number, got nan")):
         assert_one_line_error(capsys, [*base, "--profiles", joint, flag, value, "--out", str(tmp_path / "e.json")],
-                              rf"{flag} must be a finite number > 0, got {float(value)}")
+                              rf"argument {flag}: the value {reason}")
     assert main([*base, "--profiles", light, "--horizon-ms", "3", "--out", str(tmp_path / "h.json")]) == 0
     et = ETRecord.load(Path(light) / "et.npz").profile
     assert load_deployment(tmp_path / "h.json").scale == pytest.approx(3e-3 / et.total())

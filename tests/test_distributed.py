@@ -106,7 +106,7 @@ def test_torchrun_two_cpu_processes(tmp_path):
     assert state["world_size"] == 2
     assert all(torch.equal(api.state_dict()[k], ranks[0]["state"][k]) for k in ranks[0]["state"])
     # CLI: rank 0 alone wrote the summary (printed once) and it records the world size.
-    summary = json.loads((tmp_path / "cli.json").read_text())
+    summary = json.loads((tmp_path / "cli.summary.json").read_text())
     assert summary["world_size"] == 2 and summary["batch_size"] == 16 and len(summary["test_accuracy_per_exit"]) == 3
     assert run.stdout.count('"world_size": 2') == 1
     _, state = load_checkpoint(tmp_path / "cli.pt")

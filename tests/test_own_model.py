@@ -415,7 +415,7 @@ def test_cli_trains_branches_of_a_users_resnet_on_its_frozen_backbone_then_profi
             "--freeze-backbone", "--backbone-weights", str(tmp_path / "backbone.pt"), "--epochs", "2",
             "--batch-size", "16", "--threads", "1", "--device", "cpu", "--quiet", "--out", str(tmp_path / "m.pt")]
     assert cli.main(argv) == 0
-    summary = json.loads((tmp_path / "m.json").read_text())
+    summary = json.loads((tmp_path / "m.summary.json").read_text())
     assert summary["world_size"] == 1 and summary["freeze_backbone"] is True
     assert summary["model"]["constructor"] == f"{MODULE}:resnet" and len(summary["test_accuracy_per_exit"]) == 3
     model, state = load_checkpoint(tmp_path / "m.pt", constructor=f"{MODULE}:resnet")

@@ -91,7 +91,7 @@ def test_time_zero_answer_is_the_most_frequent_class():
     (("majority",), "unknown rule"),
     (("ensemble",), "needs per-exit weights"),
     (("latest", (1.0,)), "only it takes them"),
-    (("ensemble", (1.0, -1.0)), "finite and >= 0"),
+    (("ensemble", (1.0, -1.0)), r"ensemble weight must lie in \[0, inf\]"),
     (("latest", None, -1), "prior_class"),
     (("latest", None, 1, 1.5), "prior_accuracy"),
 ])

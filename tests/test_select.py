@@ -133,7 +133,7 @@ def test_deployment_files_keep_the_network_and_version_1_files_still_load(tmp_pa
     record["version"] = 1
     (tmp_path / "v1.json").write_text(json.dumps(record))
     assert load_deployment(tmp_path / "v1.json").network is None
-    record["version"] = 3
-    (tmp_path / "v3.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="not an einet deployment of this version"):
-        load_deployment(tmp_path / "v3.json")
+    record["version"] = 4
+    (tmp_path / "v4.json").write_text(json.dumps(record))
+    with pytest.raises(ValueError, match="not an einet deployment of versions"):
+        load_deployment(tmp_path / "v4.json")

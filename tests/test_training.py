@@ -104,7 +104,7 @@ def test_branch_only_training_keeps_the_backbone(tmp_path):
     ("config", "message"),
     [
         ({"epochs": 0}, "epochs and batch_size"),
-        ({"lr": 0.0}, "lr must be > 0"),
+        ({"lr": 0.0}, r"lr must lie in \(0, inf\]"),
         ({"optimizer": "lbfgs"}, "unknown optimizer"),
         ({"schedule": "warm"}, "unknown schedule"),
         ({"precision": "fp16"}, "unknown precision"),

@@ -14,6 +14,18 @@ from typing import Any, cast
 
 import numpy as np
 
+from .predictor_file import MAX_PREDICTOR_WIDTH
+from .validation import MAX_THREADS, check_memory, check_outputs, integer_option, real_option, summary_path
+
+# Option bounds: wide enough for any real use, narrow enough that no value can make a command
+# allocate without limit or loop for ever (the memory estimates in the commands cover the rest).
+COUNT = integer_option(1, 1_000_000)  # epochs, repeats, draws, samples
+SEED = integer_option(0, 2**32 - 1)
+THREADS = integer_option(1, MAX_THREADS)
+BATCH = integer_option(1, 65_536)
+HOLDOUT = real_option(0.0, 0.99)
+POSITIVE = real_option(0.0, 1e9, low_open=True)
+
 
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes in one line on stderr, `einet <command>: error: <problem>`, exit status 2."""
@@ -46,7 +58,7 @@ def _add_torch_arguments(parser: argparse.ArgumentParser, threads_help: str = "t
     """--device, --threads and --quiet: for the commands that run torch."""
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                         help="where torch runs; auto: cuda when available, else cpu")
-    parser.add_argument("--threads", type=int, default=2, help=threads_help)
+    parser.add_argument("--threads", type=THREADS, default=2, help=threads_help)
     _add_quiet(parser)
 
 
@@ -72,14 +84,24 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def _writable_parent(path: str | Path, option: str) -> None:
-    """Refuse an output path whose folder does not exist before any work is done."""
-    folder = Path(path).parent
-    if not folder.is_dir():
-        raise FileNotFoundError(f"{option} {path}: the folder {folder} does not exist")
+# What evaluate holds per sample, exit and drawn exit time (times, exits, answers: a generous estimate).
+_DRAW_BYTES = 32
+
+
+def _table_outputs(out: str) -> dict[str, Path]:
+    """The two files `--out OUT` of a table names: OUT.md and OUT.csv."""
+    return {f"--out ({suffix})": Path(out).with_suffix(suffix) for suffix in (".md", ".csv")}
+
+
+def _profile_files(folders: Sequence[Path], extra: Sequence[str] = ()) -> list[tuple[str, Path]]:
+    """The files a command reads from profile folders, named for check_outputs."""
+    return [(f"--profiles {folder}: {name}", folder / name) for folder in folders
+            for name in ("et.npz", "cs-holdout.npz", "cs-test.npz", *extra)]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    check_outputs({"--out": args.out, "its summary": summary_path(args.out)},
+                  {"--data": args.data, "--backbone-weights": args.backbone_weights})
     import torch
 
     from . import data
@@ -87,7 +109,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .models.training import finish_distributed, init_distributed
 
     device = _device(args.device)
-    _writable_parent(args.out, "--out")
     torch.set_num_threads(args.threads)
     train_arrays = data.load(args.dataset, args.data, "train")
     test_arrays = data.load(args.dataset, args.data, "test")
@@ -133,7 +154,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                    "world_size": world_size, "batch_size": args.batch_size, "train_samples": len(train_set),
                    "threads": args.threads, "device": device, "precision": str(config.autocast_dtype or torch.float32),
                    "memory_format": str(config.memory_format), "command": " ".join(["einet", *sys.argv[1:]])}
-        Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+        summary_path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary, indent=2))
     return 0
 
@@ -229,13 +250,17 @@ def _check_trained_on(args: argparse.Namespace, spec: dict[str, Any], arrays: An
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.second_look_depth is not None and not args.second_look:
+        raise ValueError(f"--second-look-depth {args.second_look_depth} needs --second-look")
+    out = Path(args.out_dir)
+    written = ([] if args.skip_et else ["et.npz"]) + ([] if args.skip_cs else ["cs-holdout.npz", "cs-test.npz"])
+    check_outputs({f"--out-dir {args.out_dir}: {name}": out / name for name in written},
+                  {"--checkpoint": args.checkpoint, "--data": args.data}, creates_folders=True)
     import torch
 
     from .data import dataset_for, timing_images
     from .profiling import profile_cs, profile_et
 
-    if args.second_look_depth is not None and not args.second_look:
-        raise ValueError(f"--second-look-depth {args.second_look_depth} needs --second-look")
     device = _device(args.device)
     torch.set_num_threads(args.threads)
     model, provenance, spec = _model_from_checkpoint(args.checkpoint, args.constructor)
@@ -244,7 +269,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
         model = with_second_look(model, args.second_look, args.second_look_depth)
         provenance["recipe"] += f", {model.label}"
-    out = Path(args.out_dir)
     holdout, test = _splits(args)
     _check_trained_on(args, spec, holdout, "profile")
     shape = (holdout.channels, *holdout.images.shape[1:3])
@@ -258,16 +282,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         record.save(out / "et.npz")
         print(f"ET-profile (ms, median) conv {np.round(record.conv * 1e3, 3).tolist()}")
         print(f"                        branch {np.round(record.branch * 1e3, 3).tolist()}")
-    written = [] if args.skip_et else [out / "et.npz"]
     for split, arrays in () if args.skip_cs else (("holdout", holdout), ("test", test)):
         profile_cs(model, dataset_for(args.dataset, arrays, train=False), device=device, name=name,
                    split=split, extra_meta=provenance, progress=_progress(args)).save(out / f"cs-{split}.npz")
-        written.append(out / f"cs-{split}.npz")
-    print(f"wrote {', '.join(map(str, written))}")
+    print(f"wrote {', '.join(str(out / name) for name in written)}")
     return 0
 
 
 def cmd_refit_exits(args: argparse.Namespace) -> int:
+    check_outputs({"--out": args.out, "its summary": summary_path(args.out)},
+                  {"--checkpoint": args.checkpoint, "--data": args.data})
     import torch
 
     from . import data
@@ -275,11 +299,6 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
     from .models.base import light_pools
     from .models.refit import refit_light_exits
 
-    _writable_parent(args.out, "--out")
-    if Path(args.out).resolve() == Path(args.checkpoint).resolve():
-        raise ValueError(f"--out {args.out} is the --checkpoint: write the refitted network beside it")
-    if Path(args.out).suffix == ".json":
-        raise ValueError(f"--out {args.out}: the checkpoint's .json summary is written beside it; name it .pt")
     torch.set_num_threads(args.threads)
     model, state = load_checkpoint(args.checkpoint)
     train_arrays, holdout_arrays = _train_and_holdout(args)
@@ -299,17 +318,21 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
               f"{'yes' if r.kept else 'no'} |")
     summary = {"checkpoint": args.checkpoint, "model": spec, "seconds": time.perf_counter() - started,
                "refit": rows, "command": " ".join(["einet", *sys.argv[1:]])}
-    Path(args.out).with_suffix(".json").write_text(json.dumps(summary, indent=2) + "\n")
+    summary_path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
     print(f"wrote {args.out}")
     return 0
 
 
 def cmd_fit_predictor(args: argparse.Namespace) -> int:
-    from .predictor import fit_ensemble_weights, fit_predictor, save_predictor
+    from .predictor_file import check_predictor_size
     from .profiling import CSProfile
     from .rules import AnswerRule, time_zero_answer
 
+    check_outputs({"--out": args.out}, {"--cs": args.cs})
     holdout = CSProfile.load(args.cs)
+    check_predictor_size(holdout.num_exits, args.hidden)
+    from .predictor import fit_ensemble_weights, fit_predictor, save_predictor  # torch: after the checks
+
     weights = fit_ensemble_weights(holdout, seed=args.seed) if args.rule == "ensemble" else None
     rule = AnswerRule(args.rule, weights, *(time_zero_answer(holdout.labels) if args.time_zero else (None, 0.0)))
     model, report = fit_predictor(holdout, args.target, hidden=args.hidden, epochs=args.epochs, seed=args.seed,
@@ -342,11 +365,14 @@ def _horizon(args: argparse.Namespace, full_time: float) -> float:
 
 def cmd_select(args: argparse.Namespace) -> int:
     from .profiling import CSProfile, ETRecord
-    from .select import save_deployment, select_network
+    from .select import DEPLOYED_PREDICTOR, save_deployment, select_network
     from .simulate import full_inference_time
 
     if len({Path(folder).resolve() for folder in args.profiles}) != len(args.profiles):
         raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
+    check_outputs({"--out": args.out, "its predictor": Path(args.out).parent / DEPLOYED_PREDICTOR},
+                  [(f"--profiles {folder}: {name}", Path(folder) / name) for folder in args.profiles
+                   for name in ("et.npz", "cs-holdout.npz")])
     candidates = {folder: (ETRecord.load(Path(folder) / "et.npz").profile,
                            CSProfile.load(Path(folder) / "cs-holdout.npz")) for folder in args.profiles}
     first_et = next(iter(candidates.values()))[0]
@@ -354,7 +380,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     planning = None if args.planning_us is None else args.planning_us * 1e-6
     deployment, predictor = select_network(candidates, kinds=args.dist, horizon=horizon, rules=args.rules,
                                            predictor_epochs=args.epochs, seed=args.seed, signals=args.signals,
-                                           planning=planning)
+                                           planning=planning, progress=_progress(args))
     save_deployment(args.out, deployment, predictor)
     network = f"{deployment.network}: " if len(candidates) > 1 else ""
     print(f"chosen on held-out data: {network}{deployment.policy}, rule {deployment.rule.label()} "
@@ -369,9 +395,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .profiling import CSProfile, ETRecord
     from .simulate import compare, csv_table, evaluate_all, full_inference_time, markdown_table, relative_distribution
 
+    folders = [Path(args.profiles), *([Path(args.compressed)] if args.compressed else [])]
+    if args.out:
+        check_outputs(_table_outputs(args.out), [("--predictor", args.predictor), *_profile_files(folders)],
+                      creates_folders=True)
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
+    check_memory(_DRAW_BYTES * test.num_samples * test.num_exits * args.draws,
+                 f"--draws {args.draws} on {test.num_samples} samples")
     checked = read_predictor(args.predictor)
     native, rule, signal = checked.to_native(), _rule_for(args, checked.rule), checked.signal
     full = full_inference_time(et)
@@ -413,6 +445,8 @@ def cmd_table(args: argparse.Namespace) -> int:
     from .simulate import csv_table, evaluate_all, full_inference_time, model_row, models_table, relative_distribution
 
     folders = [Path(p) for p in args.profiles]
+    if args.out:
+        check_outputs(_table_outputs(args.out), _profile_files(folders, ("predictor.npz",)))
     tests = {folder: CSProfile.load(folder / "cs-test.npz") for folder in folders}
     rows = []
     for folder in folders:
@@ -447,13 +481,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .profiling import CSProfile, ETRecord
     from .simulate import accuracy_curves, plot_curves
 
+    check_outputs({"--out": args.out}, [("--predictor", args.predictor), *_profile_files([Path(args.profiles)])])
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
     checked = read_predictor(args.predictor)
     native, rule, signal = checked.to_native(), _rule_for(args, checked.rule), checked.signal
-    scales = [float(s) for s in args.scales]
-    _writable_parent(args.out, "--out")
+    scales = args.scales
 
     def policies(dist: Any) -> list[Any]:
         return [p for p in standard_policies(et, dist, native, holdout, rule, signal)
@@ -468,14 +502,20 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.out_dir:
+        from .select import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
+
+        check_outputs({f"--out-dir {args.out_dir}: {name}": Path(args.out_dir) / name
+                       for name in (DEPLOYMENT_NAME, DEPLOYED_PREDICTOR)}, creates_folders=True)
     args.device, args.progress = _device(args.device), _progress(args)
     return run_demo(args)
 
 
 def _add_horizon_arguments(p: argparse.ArgumentParser, whose: str) -> None:
     horizon = p.add_mutually_exclusive_group()
-    horizon.add_argument("--scale", type=float, default=1.0, help=f"exit-time horizon / full inference time ({whose})")
-    horizon.add_argument("--horizon-ms", type=float, default=None,
+    horizon.add_argument("--scale", type=POSITIVE, default=1.0,
+                         help=f"exit-time horizon / full inference time ({whose})")
+    horizon.add_argument("--horizon-ms", type=POSITIVE, default=None,
                          help="exit-time horizon in milliseconds (to compare networks of different speed under the "
                               "same deadlines)")
 
@@ -491,17 +531,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = commands.add_parser("train", help="train a zoo model on a dataset (checkpointed every epoch, resumable)")
     _add_data_arguments(p)
     p.add_argument("--model", default="b_alexnet", help="zoo model (docs/models.md)")
-    p.add_argument("--width", type=float, default=1.0, help="channel width multiplier")
-    p.add_argument("--epochs", type=int, default=10, help="training epochs")
-    p.add_argument("--batch-size", type=int, default=128, help="training batch size")
+    p.add_argument("--width", type=real_option(0.0, 16.0, low_open=True), default=1.0, help="channel width multiplier")
+    p.add_argument("--epochs", type=COUNT, default=10, help="training epochs")
+    p.add_argument("--batch-size", type=BATCH, default=128, help="training batch size")
     p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimizer")
-    p.add_argument("--lr", type=float, default=0.05, help="peak learning rate")
+    p.add_argument("--lr", type=real_option(0.0, 100.0, low_open=True), default=0.05, help="peak learning rate")
     p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "step", "constant"],
                    help="learning-rate schedule")
     p.add_argument("--exit-head", default="paper", choices=["paper", "light"],
                    help="the early exits' branch: paper (conv + two FC layers) or light (pool + one linear layer, "
                         "several times cheaper at batch size 1: docs/anytime.md) (default: %(default)s)")
-    p.add_argument("--exit-weights", type=float, nargs="+", default=None,
+    p.add_argument("--exit-weights", type=real_option(0.0, 1e6), nargs="+", default=None,
                    help="loss weight per exit (default: uniform)")
     p.add_argument("--recipe", default="joint", choices=["joint", "distill", "distill-ensemble"],
                    help="joint: every exit's cross-entropy (the paper); distill: plus self-distillation from the "
@@ -511,8 +551,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "fp32 on CPU (default: %(default)s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,
                    help="NHWC memory layout for the convolutions (default: on for CUDA, off for CPU)")
-    p.add_argument("--holdout", type=float, default=0.1, help="share of the training split held out for the predictor")
-    p.add_argument("--seed", type=int, default=0,
+    p.add_argument("--holdout", type=HOLDOUT, default=0.1,
+                   help="share of the training split held out for the predictor")
+    p.add_argument("--seed", type=SEED, default=0,
                    help="fixes the initial weights, the held-out split, the data order and the augmentation")
     p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
                    help="your own single-exit network instead of a zoo model: imported, called with "
@@ -524,7 +565,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--freeze-backbone", action="store_true",
                    help="train the exit branches only; the backbone and its final classifier keep their weights")
     _add_torch_arguments(p)
-    p.add_argument("--out", required=True, help="checkpoint path (.pt); a .json summary is written beside it")
+    p.add_argument("--out", required=True,
+                   help="checkpoint path (.pt); a summary, NAME.summary.json, is written beside it")
     p.set_defaults(run=cmd_train)
 
     p = commands.add_parser("profile", help="ET-profile on this device, CS-profiles of the held-out and test splits")
@@ -533,11 +575,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
                    help="for a checkpoint of a converted network: the constructor it names (loading imports it)")
     p.add_argument("--out-dir", required=True, help="folder for et.npz, cs-holdout.npz and cs-test.npz")
-    p.add_argument("--batch-size", type=int, default=1, help="batch size of the ET-profile")
-    p.add_argument("--warmup", type=int, default=20, help="untimed runs before the ET-profile")
-    p.add_argument("--repeats", type=int, default=400, help="timed runs of the ET-profile")
-    p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
-    p.add_argument("--seed", type=int, default=0, help="as given to `einet train`")
+    p.add_argument("--batch-size", type=integer_option(1, 4096), default=1, help="batch size of the ET-profile")
+    p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=20, help="untimed runs before the ET-profile")
+    p.add_argument("--repeats", type=COUNT, default=400, help="timed runs of the ET-profile")
+    p.add_argument("--holdout", type=HOLDOUT, default=0.1, help="as given to `einet train`")
+    p.add_argument("--seed", type=SEED, default=0, help="as given to `einet train`")
     _add_torch_arguments(p, "torch threads for the CS-profiles")
     skip = p.add_mutually_exclusive_group()
     skip.add_argument("--skip-et", action="store_true",
@@ -545,12 +587,12 @@ def build_parser() -> argparse.ArgumentParser:
     skip.add_argument("--skip-cs", action="store_true",
                       help="keep the folder's CS-profiles: write the ET-profile only (block times depend on the "
                            "device and its load, confidences do not: re-time on the target device)")
-    p.add_argument("--runtime-threads", type=int, default=1,
+    p.add_argument("--runtime-threads", type=THREADS, default=1,
                    help="torch threads the runtime will use (the ET-profile is measured with them)")
     p.add_argument("--second-look", choices=["flip"],
                    help="profile the network followed by a second pass of itself on this view of the input "
                         "(2N exits; einet.models.second_look): spare time before a deadline buys accuracy")
-    p.add_argument("--second-look-depth", type=int, metavar="D",
+    p.add_argument("--second-look-depth", type=integer_option(1, 100_000), metavar="D",
                    help="with --second-look: each pass runs the first D blocks only (2D exits; choose D on "
                         "held-out data with scripts/second_look_depth.py)")
     p.set_defaults(run=cmd_profile)
@@ -560,14 +602,15 @@ def build_parser() -> argparse.ArgumentParser:
     _add_data_arguments(p)
     p.add_argument("--checkpoint", required=True, help="a checkpoint of a network with light exits (`einet train "
                                                         "--exit-head light`)")
-    p.add_argument("--pool", type=int, default=8,
+    p.add_argument("--pool", type=integer_option(1, 64), default=8,
                    help="the refitted exits' pooled map, pool x pool (default: %(default)s)")
-    p.add_argument("--epochs", type=int, default=16, help="passes over the frozen features per exit")
-    p.add_argument("--holdout", type=float, default=0.1, help="as given to `einet train`")
-    p.add_argument("--seed", type=int, default=0, help="as given to `einet train`; also fixes the fit's order")
-    p.add_argument("--threads", type=int, default=2, help="torch threads")
+    p.add_argument("--epochs", type=COUNT, default=16, help="passes over the frozen features per exit")
+    p.add_argument("--holdout", type=HOLDOUT, default=0.1, help="as given to `einet train`")
+    p.add_argument("--seed", type=SEED, default=0, help="as given to `einet train`; also fixes the fit's order")
+    p.add_argument("--threads", type=THREADS, default=2, help="torch threads")
     _add_quiet(p)
-    p.add_argument("--out", required=True, help="the refitted checkpoint (.pt); a .json summary is written beside it")
+    p.add_argument("--out", required=True,
+                   help="the refitted checkpoint (.pt); a summary, NAME.summary.json, is written beside it")
     p.set_defaults(run=cmd_refit_exits)
 
     p = commands.add_parser("fit-predictor", help="train the confidence-score predictor on a held-out CS-profile")
@@ -581,9 +624,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="what it reads per observed exit (rules latest/best; needs log-probabilities)")
     p.add_argument("--time-zero", action="store_true",
                    help="hold the held-out split's most frequent class before the first branch finishes")
-    p.add_argument("--hidden", type=int, nargs="+", default=[64, 64], help="hidden layer sizes of the MLP")
-    p.add_argument("--epochs", type=int, default=60, help="training epochs")
-    p.add_argument("--seed", type=int, default=0, help="fixes the initial weights and the drawn observations")
+    p.add_argument("--hidden", type=integer_option(1, MAX_PREDICTOR_WIDTH), nargs="+", default=[64, 64],
+                   help="hidden layer sizes of the MLP")
+    p.add_argument("--epochs", type=COUNT, default=60, help="training epochs")
+    p.add_argument("--seed", type=SEED, default=0, help="fixes the initial weights and the drawn observations")
     p.add_argument("--out", required=True, help="predictor file (.npz)")
     _add_quiet(p)
     p.set_defaults(run=cmd_fit_predictor)
@@ -600,10 +644,11 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
     evaluate_parser, report_parser = commands.choices["evaluate"], commands.choices["report"]
     _add_horizon_arguments(evaluate_parser, "of this network")
-    evaluate_parser.add_argument("--draws", type=int, default=100, help="exit times drawn per sample")
+    evaluate_parser.add_argument("--draws", type=integer_option(1, 100_000), default=100,
+                                 help="exit times drawn per sample")
     evaluate_parser.add_argument("--compressed", help="profiles folder of the half-width single-exit model")
     evaluate_parser.add_argument("--out", help="write the table as OUT.md and OUT.csv")
-    report_parser.add_argument("--scales", nargs="+", default=["0.25", "0.5", "0.75", "1.0", "1.25", "1.5", "2.0"],
+    report_parser.add_argument("--scales", type=POSITIVE, nargs="+", default=[0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 2.0],
                                help="exit-time horizons / full inference time, one point per line each")
     report_parser.add_argument("--out", required=True, help="image path (.png, .pdf, .svg); its folder must exist")
 
@@ -629,17 +674,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--signals", nargs="+", default=["confidence"],
                    choices=["confidence", "entropy", "margin", "agreement"],
                    help="candidate signals EINet's predictor may read per observed exit (rules latest/best)")
-    p.add_argument("--epochs", type=int, default=40, help="predictor training epochs")
-    p.add_argument("--seed", type=int, default=0, help="fixes the predictor training")
-    p.add_argument("--planning-us", type=float, default=None,
+    p.add_argument("--epochs", type=COUNT, default=40, help="predictor training epochs")
+    p.add_argument("--seed", type=SEED, default=0, help="fixes the predictor training")
+    p.add_argument("--planning-us", type=real_option(0.0, 1e9), default=None,
                    help="microseconds EINet's re-planning adds per branch where it runs (default: timed on this "
                         "machine; 0 where the runtime overlaps it, e.g. on a GPU, behind queued kernels)")
     p.add_argument("--out", required=True, help="deployment file (.json); the predictor is written beside it")
+    _add_quiet(p)
     p.set_defaults(run=cmd_select)
 
     p = commands.add_parser("demo", help="the whole pipeline on embedded MNIST data, in under a minute")
-    p.add_argument("--epochs", type=int, default=8, help="training epochs")
-    p.add_argument("--samples", type=int, default=1000, help="test samples run under real interrupts")
+    p.add_argument("--epochs", type=COUNT, default=8, help="training epochs")
+    p.add_argument("--samples", type=integer_option(1, 10_000), default=1000,
+                   help="test samples run under real interrupts")
     p.add_argument("--out-dir", default=None, help="keep the deployment file (and its predictor) here "
                                                    "(default: a temporary folder)")
     _add_torch_arguments(p)

@@ -27,7 +27,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .predictor import load_predictor
     from .profiling import profile_cs, profile_et
     from .runtime import ElasticRuntime, check_against_simulator
-    from .select import load_deployment, save_deployment, select
+    from .select import DEPLOYMENT_NAME, load_deployment, save_deployment, select
     from .simulate import (
         compare,
         evaluate_all,
@@ -46,8 +46,6 @@ def run_demo(args: argparse.Namespace) -> int:
         train_all, test = load_mnist(root, "train"), load_mnist(root, "test")
     if not 1 <= args.samples <= len(test):
         raise ValueError(f"--samples must lie in [1, {len(test)}] (the embedded test images), got {args.samples}")
-    if args.epochs < 1:
-        raise ValueError(f"--epochs must be >= 1, got {args.epochs}")
     train_part, holdout = train_all.split(0.2, seed=0)
     print(f"[1/5] training a 14-exit VGG-16 (width 1/8) on {len(train_part)} MNIST images "
           f"({len(holdout)} held out for the predictor, {len(test)} for testing)")
@@ -70,7 +68,7 @@ def run_demo(args: argparse.Namespace) -> int:
     print("[3/5] choosing policy, output rule and time-zero answer on the held-out split only "
           "(predictor fitted on one half, scored on the other)")
     with tempfile.TemporaryDirectory() as folder:
-        path = Path(args.out_dir or folder) / "deployment.json"
+        path = Path(args.out_dir or folder) / DEPLOYMENT_NAME
         deployment, predictor = select(et, holdout_cs, kinds=("uniform",), rules=("latest", "ensemble"),
                                        predictor_epochs=60, progress=progress)
         save_deployment(path, deployment, predictor)

@@ -28,10 +28,10 @@ import torch
 from torch import nn
 
 from .planner import NativePredictor
-from .predictor_file import TARGETS, read_predictor
+from .predictor_file import TARGETS, check_predictor_size, read_predictor
 from .profiling import CSProfile, write_arrays
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
-from .signals import agreement, exit_signals, signal_index
+from .signals import agreement, check_signal, exit_signals, signal_index
 
 
 class ConfidencePredictor(nn.Module):
@@ -40,19 +40,18 @@ class ConfidencePredictor(nn.Module):
     def __init__(self, num_exits: int, hidden: Sequence[int] = (64, 64), target: str = "correctness",
                  rule: AnswerRule | None = None, signal: str = "confidence") -> None:
         super().__init__()
-        signal_index(signal)  # checks the name
-        self.signal = signal  # what it reads per observed exit (einet.signals)
         # The output rule it scores for: under ``ensemble`` its inputs and targets are the ensemble's,
         # and the rule's weights and time-zero answer travel with the predictor file.
         self.rule = rule or AnswerRule()
         if target not in TARGETS:
             raise ValueError(f"unknown target {target!r}: expected 'confidence' or 'correctness'")
-        if num_exits < 1 or any(h < 1 for h in hidden):
-            raise ValueError(f"need num_exits >= 1 and hidden sizes >= 1, got {num_exits} and {list(hidden)}")
+        check_signal(signal, self.rule.name, target)
+        self.signal = signal  # what it reads per observed exit (einet.signals)
+        check_predictor_size(num_exits, hidden)  # the bounds its file must meet, before anything is allocated
+        sizes = [2 * num_exits, *hidden, num_exits]
         self.num_exits = num_exits
         self.target = target
         self.hidden = tuple(hidden)
-        sizes = [2 * num_exits, *hidden, num_exits]
         layers: list[nn.Module] = []
         for k, (fan_in, fan_out) in enumerate(zip(sizes[:-1], sizes[1:])):
             layers.append(nn.Linear(fan_in, fan_out))
@@ -123,8 +122,6 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
     rng = np.random.default_rng(seed)
     rule = as_rule(rule)
     model = ConfidencePredictor(profile.num_exits, hidden, target, rule, signal)
-    if signal != "confidence" and (rule.name == "ensemble" or target != "correctness"):
-        raise ValueError(f"signal {signal!r} goes with rules latest or best and the correctness target")
     log_probs = profile.dense_log_probs() if rule.name == "ensemble" else None
     observed = (exit_signals(profile.dense_log_probs())[..., signal_index(signal)]
                 if signal in ("entropy", "margin") else profile.confidence)

@@ -11,6 +11,7 @@ Numpy only: `einet evaluate` and `einet report` plan with the native predictor, 
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,7 +20,8 @@ import numpy as np
 from .planner import NativePredictor
 from .profiling import ProfileFormatError, read_arrays
 from .rules import AnswerRule
-from .signals import SIGNALS
+from .signals import check_signal
+from .validation import check_memory, number
 
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard
@@ -52,11 +54,14 @@ def _predictor_rule(path: str | os.PathLike[str], meta: dict[str, Any], num_exit
         if weights is not None:
             if not isinstance(weights, list) or len(weights) != num_exits:
                 raise ValueError(f"ensemble weights must be a list of {num_exits} numbers")
-            weights = tuple(float(w) for w in weights)
+            weights = tuple(weights)  # each checked by AnswerRule: numbers, finite, >= 0
         prior = record.get("prior_class")
         if prior is not None and type(prior) is not int:
             raise TypeError("prior_class must be an integer")
-        return AnswerRule(str(record.get("name")), weights, prior, float(record.get("prior_accuracy", 0.0)))
+        name = record.get("name")
+        if not isinstance(name, str):
+            raise TypeError("the rule's name must be a string")
+        return AnswerRule(name, weights, prior, record.get("prior_accuracy", 0.0))
     except (TypeError, ValueError) as error:
         raise ProfileFormatError(f"{path}: bad predictor header: rule {record!r}: {error}") from None
 
@@ -66,6 +71,24 @@ def _predictor_rule(path: str | os.PathLike[str], meta: dict[str, Any], num_exit
 MAX_PREDICTOR_EXITS = 1024
 MAX_PREDICTOR_WIDTH = 16384
 MAX_PREDICTOR_HIDDEN_LAYERS = 64
+
+
+# A weight in training: itself, its gradient and Adam's two moments (float32), plus the float64
+# copy the native export makes.
+_BYTES_PER_WEIGHT = 4 * 4 + 8
+
+
+def check_predictor_size(num_exits: int, hidden: Sequence[int]) -> None:
+    """The bounds a predictor must meet to be written and read back, and its training memory
+    (:func:`einet.validation.check_memory`): checked before any layer is allocated."""
+    number("num_exits", num_exits, 1, MAX_PREDICTOR_EXITS, integer=True)
+    if len(hidden) > MAX_PREDICTOR_HIDDEN_LAYERS:
+        raise ValueError(f"at most {MAX_PREDICTOR_HIDDEN_LAYERS} hidden layers, got {len(hidden)}")
+    for h in hidden:
+        number("a hidden layer size", h, 1, MAX_PREDICTOR_WIDTH, integer=True)
+    sizes = [2 * num_exits, *hidden, num_exits]
+    weights = sum(a * b for a, b in zip(sizes[:-1], sizes[1:]))
+    check_memory(_BYTES_PER_WEIGHT * weights, f"a predictor with hidden layers {list(hidden)}")
 
 
 def _predictor_shapes(path: str | os.PathLike[str],
@@ -120,8 +143,10 @@ def read_predictor(path: str | os.PathLike[str]) -> PredictorFile:
         state[name] = values
     layers = [(state[f"weight{k}"], state[f"bias{k}"]) for k in range(len(hidden) + 1)]
     signal = meta.get("signal", "confidence")
-    if signal not in SIGNALS:
-        raise ProfileFormatError(f"{path}: bad predictor header: signal must be one of {SIGNALS}, got {signal!r}")
+    try:
+        check_signal(signal, rule.name, target)
+    except (TypeError, ValueError) as error:
+        raise ProfileFormatError(f"{path}: bad predictor header: {error}") from None
     return PredictorFile(num_exits, hidden, target, rule, layers, signal)
 
 

@@ -16,13 +16,16 @@ The profile classes need numpy only; measuring needs torch.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
 import platform
+import stat
+import struct
 import time
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, ClassVar, cast
@@ -31,6 +34,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 from .planner import ETProfile
+from .validation import MAX_CLASSES
 
 if TYPE_CHECKING:
     import torch
@@ -38,8 +42,10 @@ if TYPE_CHECKING:
     from .data import ImageDataset
     from .models.base import MultiExitNetwork
 
-FORMAT_VERSION = 2  # 2: CS-profiles may carry log-probabilities
-READABLE_VERSIONS = (1, 2)  # format 1 files load; their CS-profiles simply have no log-probabilities
+# 2: CS-profiles may carry log-probabilities. 3: the header lists every array and holds a SHA-256
+# of the arrays and the metadata, verified on load; class indices are int32.
+FORMAT_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)  # format 1 files load; their CS-profiles simply have no log-probabilities
 
 
 class ProfileFormatError(ValueError):
@@ -57,18 +63,48 @@ MAX_HEADER_BYTES = 4 * 1024**2
 _ARRAY_KINDS = "biufc"  # bool, int, uint, float, complex: no objects, strings, records or void
 
 
+def _content_digest(kind: str, arrays: Mapping[str, np.ndarray], meta: Mapping[str, Any]) -> str:
+    """SHA-256 over the kind, the metadata and every array (name, dtype, shape, bytes) in name order:
+    a file whose content changed in any way no longer matches."""
+    digest = hashlib.sha256(json.dumps([kind, meta], sort_keys=True).encode())
+    for name in sorted(arrays):
+        array = np.ascontiguousarray(arrays[name])
+        digest.update(f"|{name}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def write_arrays(path: str | os.PathLike[str], kind: str, arrays: Mapping[str, np.ndarray],
                  meta: Mapping[str, Any] | None = None) -> Path:
     """Atomically and durably write named arrays and a JSON header to `path` (.npz).
 
+    The header lists the arrays and holds a SHA-256 of the content (:func:`_content_digest`).
     Goes through :func:`einet._atomic.atomic_write`: readers and concurrent writers of the same
     path see the previous file or a complete new one, never a half-written one.
     """
     path = Path(path)
-    header = json.dumps({"format": "einet", "version": FORMAT_VERSION, "kind": kind, "meta": dict(meta or {})})
+    meta = json.loads(json.dumps(dict(meta or {})))  # as it will read back (tuples become lists)
+    header = json.dumps({"format": "einet", "version": FORMAT_VERSION, "kind": kind, "meta": meta,
+                         "arrays": sorted(arrays), "sha256": _content_digest(kind, arrays, meta)})
     with atomic_write(path) as f:
         np.savez_compressed(f, __header__=np.frombuffer(header.encode(), dtype=np.uint8), **arrays)  # type: ignore[arg-type]
     return path
+
+
+def _check_directory(file: BinaryIO, members: int) -> None:
+    """The zip's end record must declare exactly the entries read, in a directory that ends where
+    the record starts: a damaged record would otherwise let zipfile read a shorter list and an array
+    vanish without an error (numpy writes no comment and no prepended data)."""
+    end = file.seek(0, os.SEEK_END)
+    if end < 22:
+        raise ProfileFormatError("is too short to be a zip archive")
+    file.seek(end - 22)
+    record = file.read(22)
+    if record[:4] != b"PK\x05\x06":
+        raise ProfileFormatError("has no zip end record where numpy writes it")
+    _, _, _, on_disk, total, size, offset, comment = struct.unpack("<4s4H2LH", record)
+    if not (on_disk == total == members and comment == 0 and offset + size == end - 22):
+        raise ProfileFormatError(f"has a damaged zip directory ({total} entries declared, {members} read)")
 
 
 def _read_npz(file: BinaryIO, max_bytes: int) -> dict[str, np.ndarray]:
@@ -77,6 +113,8 @@ def _read_npz(file: BinaryIO, max_bytes: int) -> dict[str, np.ndarray]:
     reader never returns more than the declared size, so no header can force a larger allocation)."""
     with zipfile.ZipFile(file) as archive:
         members = archive.infolist()
+        if len(members) <= 0xFFFF:  # beyond, zip64 records the count elsewhere (and the cap below refuses)
+            _check_directory(file, len(members))
         if len(members) > MAX_ARCHIVE_MEMBERS:
             raise ProfileFormatError(f"holds {len(members)} arrays, more than the {MAX_ARCHIVE_MEMBERS} allowed")
         total = sum(member.file_size for member in members)
@@ -117,7 +155,7 @@ def read_arrays(path: str | os.PathLike[str], kind: str,
     """
     path = Path(path)
     try:
-        with open(path, "rb") as f:  # our handle: closed on errors too
+        with open_regular(path) as f:  # our handle: closed on errors too
             arrays = _read_npz(f, MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes)
     except FileNotFoundError:
         raise ProfileFormatError(f"missing file {path}") from None
@@ -146,7 +184,35 @@ def read_arrays(path: str | os.PathLike[str], kind: str,
                                  f"this einet reads versions {READABLE_VERSIONS}")
     if header.get("kind") != kind:
         raise ProfileFormatError(f"{path} holds a {header.get('kind')!r}, not a {kind!r}")
-    return arrays, header.get("meta", {})
+    meta = header.get("meta", {})
+    if version >= 3:
+        if header.get("arrays") != sorted(arrays):
+            raise ProfileFormatError(f"{path} holds the arrays {sorted(arrays)}, not the {header.get('arrays')} "
+                                     "its header lists (damaged?)")
+        if header.get("sha256") != _content_digest(kind, arrays, meta):
+            raise ProfileFormatError(f"{path} fails its SHA-256 checksum: the file is damaged or was edited")
+    return arrays, meta
+
+
+def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
+    """`path` opened for reading if it is a regular file. A FIFO, a device (/dev/zero) or a socket
+    is refused at once: reading one could block for ever or never end."""
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise ProfileFormatError(f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _only(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], allowed: Sequence[str]) -> None:
+    """Refuse an array the format does not define: a damaged name would otherwise go unnoticed."""
+    unexpected = sorted(set(arrays) - set(allowed))
+    if unexpected:
+        raise ProfileFormatError(f"{path}: unexpected array {unexpected[0]!r} in this kind of file")
 
 
 def _require(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray],
@@ -193,6 +259,7 @@ class ETRecord:
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ETRecord:
         arrays, meta = read_arrays(path, "et-profile")
+        _only(path, arrays, cls.TIMES)
         _require(path, arrays, {n: (BLOCKS,) for n in cls.TIMES})
         record = cls(**{n: arrays[n].astype(np.float64) for n in cls.TIMES}, meta=meta)
         record.profile  # noqa: B018 - validates the times (finite, >= 0)
@@ -201,6 +268,23 @@ class ETRecord:
 
 # Rich per-exit signals: all log-probabilities for up to this many classes, the top ones beyond.
 LOG_PROB_CLASSES = 100
+LOG_PROB_SLACK = 1e-2  # float16 rounding of a log-softmax near 0 may land just above it
+
+
+def _class_indices(array: np.ndarray) -> np.ndarray:
+    """Stored class indices as int64, refused (not wrapped) when out of range."""
+    _check_classes("class indices", array)
+    return array.astype(np.int64)
+
+
+def _check_classes(name: str, array: np.ndarray | None) -> None:
+    """Class indices must be integers in [0, MAX_CLASSES): what bounds every array made from them."""
+    if array is None or not array.size:
+        return
+    if array.dtype.kind not in "iu":
+        raise ProfileFormatError(f"{name} must be integers, got {array.dtype}")
+    if array.min() < 0 or array.max() >= MAX_CLASSES:
+        raise ProfileFormatError(f"{name} must lie in [0, {MAX_CLASSES}), got {array.min()}..{array.max()}")
 
 
 @dataclass(frozen=True)
@@ -219,7 +303,7 @@ class CSProfile:
     labels: np.ndarray  # int64 [S]
     meta: dict[str, Any] = field(default_factory=dict)
     log_probs: np.ndarray | None = None  # float16 [S, N, K]
-    log_prob_classes: np.ndarray | None = None  # int16 [S, N, K] when only the top K of more classes are kept
+    log_prob_classes: np.ndarray | None = None  # int32 [S, N, K] when only the top K of more classes are kept
 
     def __post_init__(self) -> None:
         s, n = self.confidence.shape if self.confidence.ndim == 2 else (-1, -1)
@@ -229,9 +313,13 @@ class CSProfile:
                 f" correct {self.correct.shape}, labels {self.labels.shape}")
         if s and not (np.all(self.confidence >= 0) and np.all(self.confidence <= 1)):
             raise ProfileFormatError("CS-profile confidences must lie in [0, 1]")
+        for name in ("labels", "prediction", "log_prob_classes"):
+            _check_classes(name, getattr(self, name))
         if self.log_probs is not None:
-            if self.log_probs.ndim != 3 or self.log_probs.shape[:2] != (s, n):
-                raise ProfileFormatError(f"log_probs must be [{s}, {n}, K], got {self.log_probs.shape}")
+            if self.log_probs.ndim != 3 or self.log_probs.shape[:2] != (s, n) or not self.log_probs.shape[2]:
+                raise ProfileFormatError(f"log_probs must be [{s}, {n}, K >= 1], got {self.log_probs.shape}")
+            if self.log_probs.size and not np.all(self.log_probs <= LOG_PROB_SLACK):  # NaN fails too; -inf is p=0
+                raise ProfileFormatError("CS-profile log-probabilities must be numbers <= 0 (no NaN, no +inf)")
             if self.log_prob_classes is not None and self.log_prob_classes.shape != self.log_probs.shape:
                 raise ProfileFormatError(f"log_prob_classes {self.log_prob_classes.shape} must match log_probs "
                                          f"{self.log_probs.shape}")
@@ -285,27 +373,45 @@ class CSProfile:
         return CSProfile(take(self.confidence), take(self.prediction), take(self.correct), self.labels[samples],
                          dict(self.meta), pick(self.log_probs), pick(self.log_prob_classes))
 
+    ARRAYS: ClassVar[tuple[str, ...]] = ("confidence", "prediction", "correct", "labels", "log_probs",
+                                         "log_prob_classes")
+
     def save(self, path: str | os.PathLike[str]) -> Path:
         arrays: dict[str, np.ndarray] = {
-            "confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int16),
-            "correct": self.correct.astype(bool), "labels": self.labels.astype(np.int16)}
+            "confidence": self.confidence.astype(np.float32), "prediction": self.prediction.astype(np.int32),
+            "correct": self.correct.astype(bool), "labels": self.labels.astype(np.int32)}
         if self.log_probs is not None:
             arrays["log_probs"] = self.log_probs.astype(np.float16)
         if self.log_prob_classes is not None:
-            arrays["log_prob_classes"] = self.log_prob_classes.astype(np.int16)
+            arrays["log_prob_classes"] = self.log_prob_classes.astype(np.int32)
         return write_arrays(path, "cs-profile", arrays, self.meta)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CSProfile:
+        """Read and check a CS-profile: its arrays, their shapes, dtypes and values (class indices in
+        range, confidences in [0, 1], log-probabilities <= 0, each exit's correctness its prediction's)."""
         arrays, meta = read_arrays(path, "cs-profile")
+        _only(path, arrays, cls.ARRAYS)
         _require(path, arrays, {"confidence": (SAMPLES, BLOCKS), "prediction": (SAMPLES, BLOCKS),
                                 "correct": (SAMPLES, BLOCKS), "labels": (SAMPLES,)})
-        log_probs = arrays.get("log_probs")
+        kinds = {"confidence": "f", "prediction": "iu", "correct": "b", "labels": "iu", "log_probs": "f",
+                 "log_prob_classes": "iu"}
+        for name, array in arrays.items():
+            if array.dtype.kind not in kinds[name]:
+                raise ProfileFormatError(f"{path}: {name} has dtype {array.dtype}")
+        log_probs, top = arrays.get("log_probs"), arrays.get("log_prob_classes")
         if log_probs is not None:
             _require(path, arrays, {"confidence": (SAMPLES, BLOCKS), "log_probs": (SAMPLES, BLOCKS, -3)})
-        return cls(arrays["confidence"].astype(np.float32), arrays["prediction"].astype(np.int64),
-                   arrays["correct"].astype(bool), arrays["labels"].astype(np.int64), meta,
-                   None if log_probs is None else log_probs.astype(np.float16), arrays.get("log_prob_classes"))
+        try:
+            profile = cls(arrays["confidence"].astype(np.float32), _class_indices(arrays["prediction"]),
+                          arrays["correct"].astype(bool), _class_indices(arrays["labels"]), meta,
+                          None if log_probs is None else log_probs.astype(np.float16),
+                          None if top is None else _class_indices(top))
+        except ProfileFormatError as error:
+            raise ProfileFormatError(f"{path}: {error}") from None
+        if not np.array_equal(profile.correct, profile.prediction == profile.labels[:, None]):
+            raise ProfileFormatError(f"{path}: correct disagrees with prediction == label (damaged?)")
+        return profile
 
 
 def environment(device: str, batch_size: int, dtype: str) -> dict[str, Any]:

@@ -22,10 +22,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from .validation import MAX_CLASSES, number
+
 if TYPE_CHECKING:
     from .profiling import CSProfile
 
 RULES = ("latest", "best", "ensemble")
+MAX_EXITS = 100_000  # far above any network's; bounds what a file can make einet allocate
 
 
 @dataclass(frozen=True)
@@ -42,12 +45,16 @@ class AnswerRule:
             raise ValueError(f"unknown rule {self.name!r}: expected one of {', '.join(RULES)}")
         if (self.name == "ensemble") != (self.weights is not None):
             raise ValueError("rule 'ensemble' needs per-exit weights, and only it takes them")
-        if self.weights is not None and not all(np.isfinite(w) and w >= 0 for w in self.weights):
-            raise ValueError(f"ensemble weights must be finite and >= 0, got {self.weights}")
-        if self.prior_class is not None and self.prior_class < 0:
-            raise ValueError(f"prior_class must be a class index >= 0, got {self.prior_class}")
-        if not 0.0 <= self.prior_accuracy <= 1.0:
-            raise ValueError(f"prior_accuracy must lie in [0, 1], got {self.prior_accuracy}")
+        if self.weights is not None:
+            if not 1 <= len(self.weights) <= MAX_EXITS:
+                raise ValueError(f"rule 'ensemble' needs 1 to {MAX_EXITS} weights, got {len(self.weights)}")
+            for w in self.weights:
+                number("an ensemble weight", w, 0.0)
+        if self.prior_class is not None:
+            number("prior_class (the time-zero answer)", self.prior_class, 0, MAX_CLASSES - 1, integer=True)
+            if not isinstance(self.prior_class, (int, np.integer)):
+                raise TypeError(f"prior_class must be an integer class index, got {self.prior_class!r}")
+        number("prior_accuracy", self.prior_accuracy, 0.0, 1.0)
 
     @property
     def native(self) -> str:

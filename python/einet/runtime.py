@@ -372,6 +372,19 @@ def _stop_workers_at_exit() -> None:
         worker.join(max(0.0, end - time.monotonic()))
 
 
+def _check_input(x: object) -> None:
+    """A sample must be a tensor of finite numbers: a NaN pixel would otherwise come back as a
+    confident-looking answer (prediction 0, confidence NaN)."""
+    import torch
+
+    if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.dtype == torch.uint8):
+        raise TypeError(f"the input must be a floating-point (or uint8) tensor, got {type(x).__name__} "
+                        f"{getattr(x, 'dtype', '')}".rstrip())
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+        raise ValueError(f"the input holds {int((~torch.isfinite(x)).sum())} non-finite values (NaN or inf): "
+                         "no answer can be trusted")
+
+
 class ElasticRuntime:
     """Runs one sample at a time with `policy`, returning the best answer held when stopped.
 
@@ -427,6 +440,7 @@ class ElasticRuntime:
         once more then)."""
         started = time.perf_counter()
         limit = _Interrupt(interrupt, started)
+        _check_input(x)
         if self._worker.stopping:
             raise RuntimeError("this runtime is closed")
         if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt

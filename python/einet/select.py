@@ -24,6 +24,7 @@ held-out data is deployed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,9 +41,14 @@ from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_po
 from .profiling import CSProfile
 from .rules import AnswerRule, time_zero_answer
 
-DEPLOYMENT_VERSION = 2  # 2 added `network`
-READABLE_VERSIONS = (1, 2)
+DEPLOYMENT_VERSION = 3  # 2 added `network`; 3 a SHA-256 of the record, verified on load
+READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 (no checksum) still load, unverified
 CANDIDATE_RULES = ("latest", "best", "ensemble")
+DEPLOYMENT_NAME = "deployment.json"  # what `einet demo --out-dir` writes
+DEPLOYED_PREDICTOR = "predictor-deployed.npz"  # the predictor, beside the deployment file
+DIST_KINDS = ("uniform", "normal", "exponential")  # as einet.simulate.relative_distribution knows them
+MAX_DEPLOYMENT_BYTES = 16 * 1024**2
+MAX_PLAN_EXITS = 100_000
 NOT_DEPLOYABLE = ("clairvoyant", "EINet (random search)")  # an oracle, and a slower ablation
 
 
@@ -69,6 +75,10 @@ class Deployment:
         ``einet.simulate.charged(et, self.planning_seconds)``), as it was scored."""
         from .policies import HEDGE_MARGIN
 
+        for name, plan in (("mask", self.mask), ("first_plan", self.first_plan)):
+            if plan is not None and len(plan) != et.num_blocks:
+                raise ValueError(f"the deployment's {name} has {len(plan)} exits but the ET-profile {et.num_blocks} "
+                                 "blocks: it was selected for another network")
         if self.policy.startswith("EINet"):
             if predictor is None:
                 raise ValueError(f"the deployed policy {self.policy!r} needs its predictor")
@@ -151,7 +161,7 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     uses_predictor = best_policy.startswith("EINet")
     deployment = Deployment(
         policy=best_policy, rule=rule, dist=kinds[0], scale=scale,
-        predictor="predictor-deployed.npz" if uses_predictor else None,
+        predictor=DEPLOYED_PREDICTOR if uses_predictor else None,
         mask=tuple(bool(b) for b in chosen.mask) if isinstance(chosen, FixedPlan) else None,
         threshold=chosen.threshold if isinstance(chosen, ConfidenceThreshold) else None,
         first_plan=tuple(bool(b) for b in statistics.mask) if best_policy == "EINet" else None,  # type: ignore
@@ -206,35 +216,122 @@ def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds:
 
 
 def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predictor: Any = None) -> Path:
-    """Write the deployment (JSON) and, beside it, the predictor it needs."""
+    """Write the deployment (JSON) and, beside it, the predictor it needs. The deployment is checked
+    as :func:`load_deployment` checks it first, so a file that cannot be read back is never written."""
     from .predictor import save_predictor
 
     path = Path(path)
+    record = asdict(deployment) | {"format": "einet-deployment", "version": DEPLOYMENT_VERSION}
+    record["sha256"] = _record_digest(record)
+    _checked(json.loads(json.dumps(record)), path.parent)
     if deployment.predictor is not None:  # only policies that plan per sample need it
         if predictor is None:
             raise ValueError(f"the deployment of {deployment.policy!r} needs its predictor to be saved with it")
+        if (path.parent / deployment.predictor).resolve() == path.resolve():
+            raise ValueError(f"{path} is also the name of its predictor: name the deployment file otherwise")
         save_predictor(path.parent / deployment.predictor, predictor)
-    record = asdict(deployment) | {"format": "einet-deployment", "version": DEPLOYMENT_VERSION}
     with atomic_write(path) as f:
         f.write(json.dumps(record, indent=2).encode() + b"\n")
     return path
 
 
 def load_deployment(path: str | os.PathLike[str]) -> Deployment:
-    """Read a deployment file written by :func:`save_deployment` (checked; no code runs)."""
+    """Read a deployment file written by :func:`save_deployment`: every field typed and range-checked,
+    the predictor inside the file's folder, no code run. ValueError names the file and the field."""
+    from .validation import parse_json
+
     path = Path(path)
     try:
-        record = json.loads(path.read_text())
-        if record.pop("format") != "einet-deployment" or record.pop("version") not in READABLE_VERSIONS:
-            raise ValueError("not an einet deployment of this version")
-        rule = record.pop("rule")
-        for key in ("mask", "first_plan"):
-            if record.get(key) is not None:
-                record[key] = tuple(record[key])
-        if rule.get("weights") is not None:
-            rule["weights"] = tuple(float(w) for w in rule["weights"])
-        return Deployment(rule=AnswerRule(**rule), **record)
+        with open(path, "rb") as f:
+            text = f.read(MAX_DEPLOYMENT_BYTES + 1)
+        if len(text) > MAX_DEPLOYMENT_BYTES:
+            raise ValueError(f"larger than {MAX_DEPLOYMENT_BYTES} bytes")
+        return _checked(parse_json(text), path.parent)
     except FileNotFoundError:
         raise
-    except (ValueError, TypeError, KeyError, AttributeError) as error:
+    except (ValueError, TypeError) as error:
         raise ValueError(f"{path} is not a readable einet deployment: {error}") from None
+
+
+def _record_digest(record: Mapping[str, Any]) -> str:
+    """SHA-256 of a deployment record without its own checksum, in a canonical JSON form."""
+    content = {key: value for key, value in record.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _checked(record: object, folder: Path) -> Deployment:
+    """A deployment from its JSON record, every field checked (TypeError/ValueError name the field)."""
+    from .signals import SIGNALS
+    from .validation import number
+
+    if not isinstance(record, dict):
+        raise TypeError("not a JSON object")
+    version = record.get("version")
+    if record.get("format") != "einet-deployment" or type(version) is not int or version not in READABLE_VERSIONS:
+        raise ValueError(f"not an einet deployment of versions {READABLE_VERSIONS}")
+    if version >= 3 and record.get("sha256") != _record_digest(record):  # a checksum covers every field
+        raise ValueError("fails its SHA-256 checksum: the file is damaged or was edited")
+    fields = {f.name for f in Deployment.__dataclass_fields__.values()}
+    unknown = sorted(set(record) - fields - {"format", "version", "sha256"})
+    if unknown:
+        raise ValueError(f"unknown field {unknown[0]!r}")
+
+    def text(name: str, optional: bool = True, source: dict[str, Any] = record) -> str | None:
+        value = source.get(name)
+        if value is None and optional:
+            return None
+        if not isinstance(value, str) or not value or len(value) > 1000:
+            raise TypeError(f"{name} must be a non-empty string, got {value!r:.80}")
+        return value
+
+    def plan(name: str) -> tuple[bool, ...] | None:
+        value = record.get(name)
+        if value is None:
+            return None
+        if not isinstance(value, list) or not 1 <= len(value) <= MAX_PLAN_EXITS \
+                or not all(type(b) is bool for b in value):
+            raise TypeError(f"{name} must be a list of 1 to {MAX_PLAN_EXITS} booleans, got {value!r:.80}")
+        return tuple(value)
+
+    rule_record = record.get("rule")
+    if not isinstance(rule_record, dict) or not set(rule_record) <= {"name", "weights", "prior_class",
+                                                                     "prior_accuracy"}:
+        raise TypeError(f"rule must be an object with name, weights, prior_class, prior_accuracy, got {rule_record!r}")
+    weights = rule_record.get("weights")
+    if weights is not None and not isinstance(weights, list):
+        raise TypeError(f"rule weights must be a list of numbers, got {weights!r}")
+    rule = AnswerRule(str(text("name", optional=False, source=rule_record)),
+                      None if weights is None else tuple(number("an ensemble weight", w, 0.0) for w in weights),
+                      rule_record.get("prior_class"), rule_record.get("prior_accuracy", 0.0))
+    dist = text("dist", optional=False)
+    if dist not in DIST_KINDS:
+        raise ValueError(f"dist must be one of {', '.join(DIST_KINDS)}, got {dist!r}")
+    predictor = text("predictor")
+    if predictor is not None:
+        inside = (folder / predictor).resolve()
+        if Path(predictor).is_absolute() or folder.resolve() not in inside.parents:
+            raise ValueError(f"predictor {predictor!r} must be a file in the deployment's folder")
+    signal = record.get("signal", "confidence")
+    if signal not in SIGNALS:
+        raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
+    validation = record.get("validation", {})
+    if not isinstance(validation, dict):
+        raise TypeError(f"validation must be an object of held-out scores, got {validation!r:.80}")
+    threshold = record.get("threshold")
+    deployment = Deployment(
+        policy=str(text("policy", optional=False)), rule=rule, dist=dist,
+        scale=number("scale", record.get("scale", 1.0), 0.0, 1e9, low_open=True), predictor=predictor,
+        mask=plan("mask"), threshold=None if threshold is None else number("threshold", threshold, 0.0, 1.0,
+                                                                           low_open=True),
+        first_plan=plan("first_plan"), signal=signal,
+        planning_seconds=number("planning_seconds", record.get("planning_seconds", 0.0), 0.0, 1.0),
+        validation={str(k): number(f"the held-out score of {k!r}", v, 0.0, 1.0) for k, v in validation.items()},
+        network=text("network"))
+    if deployment.policy.startswith("EINet"):
+        if predictor is None:
+            raise ValueError(f"policy {deployment.policy!r} needs a predictor file")
+    elif (deployment.mask is None) == (deployment.threshold is None):
+        raise ValueError(f"policy {deployment.policy!r} needs exactly one of a mask and a threshold")
+    return deployment
+
+

@@ -16,6 +16,17 @@ import numpy as np
 SIGNALS = ("confidence", "entropy", "margin", "agreement")
 
 
+def check_signal(signal: object, rule: str, target: str) -> None:
+    """The one rule of which signals a predictor may read: any of SIGNALS under rules latest and
+    best with the correctness target; only the confidence otherwise (under ensemble it reads the
+    ensemble's confidence)."""
+    if not isinstance(signal, str):
+        raise TypeError(f"signal must be a string, got {signal!r:.40}")
+    signal_index(signal)
+    if signal != "confidence" and (rule == "ensemble" or target != "correctness"):
+        raise ValueError(f"signal {signal!r} goes with rules latest or best and the correctness target")
+
+
 def exit_signals(log_probs: np.ndarray) -> np.ndarray:
     """[..., 3] per-exit signals (the first three of SIGNALS) from log-probabilities [..., C]."""
     probabilities = np.exp(log_probs.astype(np.float32))

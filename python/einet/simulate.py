@@ -56,10 +56,7 @@ def sample_exit_times(dist: Distribution, size: tuple[int, ...], rng: np.random.
     if isinstance(dist, Uniform):
         return rng.uniform(dist.low, dist.high, size)
     if isinstance(dist, Normal):
-        draws = rng.normal(dist.mean, dist.std, size)
-        while (negative := draws < 0).any():  # truncated at 0: redraw the rejected ones
-            draws[negative] = rng.normal(dist.mean, dist.std, int(negative.sum()))
-        return draws
+        return _truncated_normal(dist.mean, dist.std, size, rng)
     if isinstance(dist, Exponential):
         return rng.exponential(1.0 / dist.rate, size)
     if isinstance(dist, Empirical):
@@ -67,6 +64,37 @@ def sample_exit_times(dist: Distribution, size: tuple[int, ...], rng: np.random.
     if isinstance(dist, Deterministic):
         return np.full(size, dist.deadline)
     raise TypeError(f"unknown distribution {dist!r}")
+
+
+def _truncated_normal(mean: float, std: float, size: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+    """Draws of N(mean, std) truncated to t >= 0, in a bounded amount of work however little mass lies
+    above 0 (redrawing negative draws until none is left never ends for Normal(-8.2, 1)).
+
+    With mean >= 0 (at least half the mass above 0) negative draws are redrawn at most
+    ``_REDRAWS`` times, the draws einet has always made; what is left, and every draw when the
+    mass above 0 is smaller, comes from the inverse CDF of the upper tail,
+    t = mean - std * Phi^-1(u * Phi(mean / std)) with u in (0, 1], accurate however small
+    Phi(mean / std) is."""
+    from statistics import NormalDist
+
+    unit = NormalDist()
+    above = unit.cdf(mean / std)  # the mass above 0
+    if not above > 0:
+        raise ValueError(f"Normal({mean}, {std}) has no mass above 0 to draw exit times from")
+    draws = rng.normal(mean, std, size) if above >= 0.5 else np.full(size, -1.0)
+    for _ in range(_REDRAWS if above >= 0.5 else 0):
+        negative = draws < 0
+        if not negative.any():
+            return draws
+        draws[negative] = rng.normal(mean, std, int(negative.sum()))
+    negative = draws < 0
+    quantiles = np.minimum((1.0 - rng.random(int(negative.sum()))) * above, 1.0 - 1e-16)  # in (0, above]
+    tail = np.asarray(np.frompyfunc(unit.inv_cdf, 1, 1)(quantiles), dtype=np.float64)
+    draws[negative] = np.maximum(mean - std * tail, 0.0)
+    return draws
+
+
+_REDRAWS = 64  # rounds of redrawing negative draws: each leaves at most half of them
 
 
 @dataclass(frozen=True)

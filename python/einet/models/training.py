@@ -33,6 +33,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..data import ImageDataset, as_batches, count_batches, loader_is_sharded
+from ..validation import number
 from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
 from .convert import CONVERTED, build_converted, resolve_constructor
 
@@ -44,6 +45,10 @@ CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no c
 # teacher that early exits can follow more closely than the final one (as in ensemble-teacher
 # self-distillation for anytime networks).
 RECIPES = ("joint", "distill", "distill-ensemble")
+
+
+class DivergedError(ValueError):
+    """Training stopped: its loss became NaN or infinite (the checkpoint keeps the last good epoch)."""
 
 
 @dataclass
@@ -74,15 +79,18 @@ class TrainConfig:
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
-        if not self.lr > 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
+        number("lr", self.lr, 0.0, None, low_open=True)
+        number("momentum", self.momentum, 0.0, 1.0)
+        number("weight_decay", self.weight_decay, 0.0)
+        for weight in self.exit_weights or ():
+            number("an exit weight", weight, 0.0)
         if self.optimizer not in ("sgd", "adam"):
             raise ValueError(f"unknown optimizer {self.optimizer!r}: expected 'sgd' or 'adam'")
         if self.schedule not in ("onecycle", "cosine", "step", "constant"):
             raise ValueError(f"unknown schedule {self.schedule!r}: expected onecycle, cosine, step or constant")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
-        if not self.temperature > 0 or not 0.0 <= self.distill_weight <= 1.0:
+        if not (math.isfinite(self.temperature) and self.temperature > 0) or not 0.0 <= self.distill_weight <= 1.0:
             raise ValueError(f"need temperature > 0 and 0 <= distill_weight <= 1, got {self.temperature} and "
                              f"{self.distill_weight}")
         if self.precision not in ("auto", "fp32", "bf16"):
@@ -380,9 +388,14 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
                 dist.broadcast(buffer, 0)
             summed = _all_reduce(torch.stack([total.double().cpu(), torch.tensor(float(seen), dtype=torch.float64)]),
                                  model)
-            history.loss.append(float(summed[0] / summed[1]))
+            epoch_loss = float(summed[0] / summed[1])
         else:
-            history.loss.append(float(total) / seen)
+            epoch_loss = float(total) / seen
+        if not math.isfinite(epoch_loss):  # every process sees the same summed loss: all stop alike
+            kept = f"; {path} keeps epoch {epoch}'s weights" if path and path.exists() else ""
+            raise DivergedError(f"the training loss became {epoch_loss} in epoch {epoch + 1} (learning rate "
+                                f"{config.lr:g} too high, or non-finite inputs?){kept}")
+        history.loss.append(epoch_loss)
         history.test_accuracy.append(_distributed_evaluate(model, test_set, 500, rank, world_size)
                                      if test_set is not None else [])
         history.seconds.append(time.perf_counter() - started)

@@ -1,0 +1,190 @@
+"""The one validation layer: numbers, output paths, JSON and memory estimates.
+
+Every command-line option and every field einet reads from a file goes through these
+checks, so that a hostile or mistyped value is refused *before any work*, in one line
+naming the value, never later as a traceback, a hang, a NaN result or a process killed
+for memory:
+
+- :func:`number` (and :func:`integer_option` / :func:`real_option`, its argparse forms):
+  of the right type, finite, within bounds.
+- :func:`check_outputs`: the files a command will write never equal a file it reads (or
+  lie inside a folder it reads), never equal each other, and can be written.
+- :func:`parse_json`: JSON without NaN/Infinity literals and with bounded nesting.
+- :func:`check_memory`: a size estimate refused above a limit the user can raise
+  (``EINET_MEMORY_LIMIT_GB``), before the allocation is attempted.
+
+Only the standard library and numpy: importing it costs nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = ["MAX_CLASSES", "MAX_JSON_DEPTH", "MAX_THREADS", "ResourceLimitError", "check_memory", "check_outputs",
+           "integer_option", "memory_limit", "number", "parse_json", "real_option", "summary_path"]
+
+MAX_CLASSES = 100_000  # classes of a dataset, a checkpoint, a profile (class indices fit an int32)
+MAX_THREADS = 1024  # torch intra-op threads: far above any machine einet runs on
+MAX_JSON_DEPTH = 64  # nesting of a deployment or a file header: real ones nest 3 deep
+MEMORY_LIMIT_VARIABLE = "EINET_MEMORY_LIMIT_GB"
+
+
+class ResourceLimitError(ValueError):
+    """Work refused because its estimated size is above a limit the user can raise."""
+
+
+def number(name: str, value: object, low: float | None = None, high: float | None = None, *,
+           integer: bool = False, low_open: bool = False) -> Any:
+    """`value` checked: a real number (an integer if `integer`; never a bool), finite, in
+    [low, high] (or (low, high] with `low_open`). Returns it as int or float; else TypeError or
+    ValueError naming `name` and the value."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r:.40}")
+    whole = isinstance(value, (int, np.integer)) or (math.isfinite(value) and float(value).is_integer())
+    if integer and not whole:
+        raise TypeError(f"{name} must be an integer, got {value!r:.40}")
+    try:
+        checked: int | float = int(value) if integer else float(value)
+    except OverflowError:  # an int beyond float range (JSON reads 10**400 as one)
+        raise ValueError(f"{name} must be a finite number, got {value!r:.40}") from None
+    if not integer and not math.isfinite(checked):
+        raise ValueError(f"{name} must be a finite number, got {value!r:.40}")
+    too_low = low is not None and (checked <= low if low_open else checked < low)
+    if too_low or (high is not None and checked > high):
+        lower = "-inf" if low is None else f"{low:g}"
+        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{lower}, "
+                         f"{'inf' if high is None else f'{high:g}'}], got {value!r:.40}")
+    return checked
+
+
+def _option(parse: Callable[[str], Any], what: str) -> Callable[[str], Any]:
+    """An argparse `type` whose refusal argparse prints as ``argument --x: <reason>`` (exit status 2)."""
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except (TypeError, ValueError) as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+    convert.__name__ = what  # argparse names the type in its "invalid <type> value" fallback
+    return convert
+
+
+def integer_option(low: int, high: int) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high] (``1e3`` is read as 1000)."""
+    def parse(text: str) -> int:
+        try:
+            value: float = int(text)
+        except ValueError:
+            value = float(text)  # "1e3"; "abc" raises ValueError, "nan" fails the check below
+        return int(number("the value", value, low, high, integer=True))
+    return _option(parse, "integer")
+
+
+def real_option(low: float | None = None, high: float | None = None, *,
+                low_open: bool = False) -> Callable[[str], float]:
+    """argparse type: a finite number in [low, high] (or (low, high] with `low_open`)."""
+    return _option(lambda text: float(number("the value", float(text), low, high, low_open=low_open)), "number")
+
+
+def summary_path(out: str | os.PathLike[str]) -> Path:
+    """Where a command writes the JSON summary of `out` (``model.pt`` -> ``model.summary.json``): a
+    name that never equals `out` itself, whatever its suffix."""
+    return Path(out).with_suffix(".summary.json")
+
+
+def _resolved(path: str | os.PathLike[str]) -> Path:
+    return Path(os.path.abspath(Path(path).expanduser())).resolve()
+
+
+def check_outputs(outputs: Mapping[str, str | os.PathLike[str]],
+                  inputs: Mapping[str, str | os.PathLike[str] | None] | Iterable[tuple[str, Any]] = (),
+                  creates_folders: bool = False) -> None:
+    """Refuse, before any work, outputs that would destroy an input or each other, or cannot be written.
+
+    `outputs` and `inputs` map a description (an option, e.g. ``"--out"``) to a path. An input that
+    is a folder protects everything under it (a dataset folder); ``None`` inputs are skipped. Each
+    output's folder must exist (with `creates_folders`, for commands that make their output folder:
+    be creatable below a writable one), and an output may not be an existing folder.
+    """
+    pairs = inputs.items() if isinstance(inputs, Mapping) else inputs
+    read = [(name, _resolved(path)) for name, path in pairs if path is not None]
+    written: dict[Path, str] = {}
+    for name, given in outputs.items():
+        path = _resolved(given)
+        if path in written:
+            raise ValueError(f"{name} {given} is also {written[path]}: each output needs its own path")
+        written[path] = f"{name} {given}"
+        for source, source_path in read:
+            if path == source_path or (source_path.is_dir() and source_path in path.parents):
+                inside = "" if path == source_path else f"inside {source} "
+                raise ValueError(f"{name} {given} would overwrite {inside}{source} {source_path if inside else ''}"
+                                 .rstrip() + ": give another output path")
+        if path.is_dir():
+            raise ValueError(f"{name} {given} is a folder: name a file")
+        folder = path.parent
+        if not folder.exists() and not creates_folders:
+            raise FileNotFoundError(f"{name} {given}: the folder {Path(given).parent} does not exist")
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(f"{name} {given}: cannot write into {folder}")
+        if path.exists() and not os.access(path.parent, os.W_OK):
+            raise PermissionError(f"{name} {given}: cannot replace it (its folder is not writable)")
+
+
+_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+
+
+def _nesting(text: bytes) -> int:
+    """The deepest nesting of arrays and objects in JSON `text` (strings skipped), in numpy."""
+    bare = np.frombuffer(_JSON_STRING.sub(b'""', text), dtype=np.uint8)
+    steps = np.isin(bare, np.frombuffer(b"[{", np.uint8)).astype(np.int64) - np.isin(bare, np.frombuffer(b"]}",
+                                                                                                       np.uint8))
+    return int(np.cumsum(steps).max(initial=0))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
+    """JSON as einet reads it from files: nesting at most `max_depth` deep (checked before parsing,
+    so no RecursionError), no NaN/Infinity literals, integers of at most 4,300 digits. ValueError
+    for anything else."""
+    raw = text.encode() if isinstance(text, str) else bytes(text)
+    depth = _nesting(raw)
+    if depth > max_depth:
+        raise ValueError(f"JSON nested {depth} deep, more than the {max_depth} allowed")
+    try:
+        return json.loads(raw, parse_constant=_no_constant)
+    except (UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"not JSON: {type(error).__name__}: {error}") from None
+
+
+def memory_limit() -> int:
+    """Bytes one estimated allocation may take: ``EINET_MEMORY_LIMIT_GB`` if set, else half the
+    machine's physical memory (8 GiB where that cannot be read)."""
+    text = os.environ.get(MEMORY_LIMIT_VARIABLE)
+    if text:
+        return int(number(MEMORY_LIMIT_VARIABLE, float(text), 0.0, None, low_open=True) * 1024**3)
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2)
+    except (AttributeError, ValueError, OSError):
+        return 8 * 1024**3
+
+
+def check_memory(nbytes: float, what: str) -> None:
+    """Refuse work whose estimated memory `nbytes` exceeds :func:`memory_limit`, naming `what` and
+    how to raise the limit (the estimate is made from the options, before anything is allocated)."""
+    limit = memory_limit()
+    if not nbytes <= limit:
+        raise ResourceLimitError(f"{what} needs about {nbytes / 1024**3:.3g} GiB, above the limit of "
+                          f"{limit / 1024**3:.3g} GiB: if this is intended, raise {MEMORY_LIMIT_VARIABLE}")
