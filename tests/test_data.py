@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import codecs
 import gzip
+import hashlib
+import hmac
 import io
 import os
 import pickle
+import signal
 import struct
+import subprocess
+import sys
+import time
 import tracemalloc
 import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -190,12 +197,19 @@ NAMES = {b"label_names": [f"c{i}".encode() for i in range(10)]}
 
 @pytest.mark.parametrize(("batch", "meta", "match"), [
     ({b"data": Crafted(codecs.encode, "x", "no-such-codec"), b"labels": []}, NAMES, "refusing _codecs.encode"),
-    ({b"data": ROW, b"labels": [2**70]}, NAMES, "labels must be 1 integers, got object"),  # was OverflowError
+    ({b"data": ROW, b"labels": [2**70]}, NAMES, r"labels\[0\] is 1180591620717411303424, outside \[0, 10\)"),
     ({b"data": ROW}, NAMES, "no b'data' and b'labels' entries"),  # was TypeError
-    ({b"data": ROW, b"labels": [[0], [1, 2]]}, NAMES, "not a CIFAR batch: ValueError"),
-    ({b"data": ROW, b"labels": [0]}, {b"label_names": [b"\xff"] * 10}, "not a CIFAR meta file .*UnicodeDecodeError"),
-    ({b"data": ROW, b"labels": [0]}, ["not a dict"], "not a CIFAR meta file .*TypeError"),
-], ids=["codec", "overflow", "no-labels", "ragged-labels", "undecodable-name", "meta-not-a-dict"])
+    ({b"data": ROW, b"labels": [[0, 1]]}, NAMES, r"labels\[0\] is a list, not an integer"),
+    ({b"data": ROW, b"labels": [0, 1]}, NAMES, "labels must be a list .* of 1 class indices, got 2 items"),
+    ({b"data": ROW, b"labels": [True]}, NAMES, r"labels\[0\] is a bool, not an integer"),
+    ({b"data": ROW, b"labels": np.array([0.5])}, NAMES, r"labels must be .* got float64 \(1,\)"),
+    ({b"data": ROW.tolist(), b"labels": [0]}, NAMES, "data must be a uint8 array .* got a list"),
+    ({b"data": ROW, b"labels": [0]}, {b"label_names": [bytes([0xFF, i]) for i in range(10)]},
+     "not a CIFAR meta file .*UnicodeDecodeError"),
+    ({b"data": ROW, b"labels": [0]}, ["not a dict"], "not a CIFAR meta file with label_names"),
+    ({b"data": ROW, b"labels": [0]}, {b"label_names": [b"same"] * 10}, r"label_names \(a list of distinct names\)"),
+], ids=["codec", "overflow", "no-labels", "nested-labels", "label-count", "bool-label", "float-array-labels",
+        "data-as-a-list", "undecodable-name", "meta-not-a-dict", "repeated-names"])
 def test_cifar_bad_content_is_a_dataset_error_naming_the_file(tmp_path, batch, meta, match):
     fake_cifar10(tmp_path)
     folder = tmp_path / "cifar-10-batches-py"
@@ -226,6 +240,54 @@ def test_cifar_file_size_cap(tmp_path, monkeypatch):
     monkeypatch.setattr(data, "MAX_CIFAR_FILE_BYTES", 1000, raising=False)
     with pytest.raises(data.DatasetError, match=r"test_batch holds 12\d+ bytes, above MAX_CIFAR_FILE_BYTES = 1000"):
         data.load_cifar10(tmp_path, "test")
+
+
+def test_cifar_labels_repeating_a_shared_list_are_refused_without_expanding_them(tmp_path):
+    fake_cifar10(tmp_path)
+    path = tmp_path / "cifar-10-batches-py" / "test_batch"
+    shared = [0] * 50_000  # pickled once; every further use is a 2-byte reference to it
+    write_pickle(path, {b"data": np.zeros((4, 3072), np.uint8), b"labels": [[shared] * 200] * 4})
+    assert path.stat().st_size < 200_000  # np.asarray of the labels: 4 x 200 x 50,000 int64 = 320 MB
+    started = time.perf_counter()
+    assert_refused_cheaply(lambda: data.load_cifar10(tmp_path, "test"), r"test_batch: labels\[0\] is a list")
+    assert time.perf_counter() - started < 1
+
+
+@pytest.mark.parametrize(("loader", "count", "image_bytes"), [
+    ("mnist", 12, 28 * 28), ("cifar10", 20, 3072), ("folder", 6, 8 * 8 * 3), ("zip", 6, 8 * 8 * 3)])
+def test_split_size_cap(tmp_path, monkeypatch, loader, count, image_bytes):
+    split_bytes = count * (image_bytes + 8)  # uint8 images and int64 labels
+    if loader == "mnist":
+        fake_mnist(tmp_path, compress=False)
+        load = lambda: data.load_mnist(tmp_path, "train")  # noqa: E731
+    elif loader == "cifar10":
+        fake_cifar10(tmp_path)
+        load = lambda: data.load_cifar10(tmp_path, "train")  # noqa: E731
+    else:
+        write_png_folder(tmp_path / "set")
+        source = tmp_path / "set"
+        if loader == "zip":
+            source = write_zip(tmp_path / "set.zip", {str(p.relative_to(source)): p.read_bytes()
+                                                      for p in source.rglob("*.png")})
+        load = lambda: data.load_image_folder(source, "train", cache=False)  # noqa: E731
+    decoded = []
+    monkeypatch.setattr(data, "_pixels", lambda image: decoded.append(image) or np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setattr(data, "MAX_DATASET_BYTES", split_bytes - 1)
+    with pytest.raises(data.DatasetError, match=rf"holds {split_bytes} bytes, above MAX_DATASET_BYTES = "):
+        load()
+    assert not decoded  # an image folder is refused from the first image's header, before any decoding
+    monkeypatch.setattr(data, "MAX_DATASET_BYTES", split_bytes)
+    assert len(load()) == count
+
+
+def test_image_pixel_cap_is_checked_before_decoding(tmp_path, monkeypatch):
+    write_png_folder(tmp_path / "set")
+    decoded = []
+    monkeypatch.setattr(data, "_pixels", lambda image: decoded.append(image))
+    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 8 * 8 - 1)
+    with pytest.raises(data.DatasetError, match=r"0\.png holds 64 pixels, above MAX_IMAGE_PIXELS = 63"):
+        data.load_image_folder(tmp_path / "set", "train", cache=False)
+    assert not decoded
 
 
 def python2_pickle(rows: np.ndarray, labels: list[int]) -> bytes:
@@ -406,18 +468,120 @@ def test_truncated_cache_entry_is_rebuilt(cached_folder):
     np.testing.assert_array_equal(data.load_image_folder(source, "train").images, arrays.images)  # no warning now
 
 
-@pytest.mark.parametrize("planted", ["other-images", "no-digest"])
-def test_planted_cache_entry_is_not_trusted(cached_folder, planted):
+def signed_entry(arrays: data.ImageArrays, fingerprint: str, mac: object) -> bytes:
+    """A cache entry as einet writes one: mac(the .npz) + the .npz (of the arrays and the source's fingerprint)."""
+    npz = io.BytesIO()
+    np.savez(npz, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes),
+             source=np.array(fingerprint))
+    return mac(npz.getvalue()) + npz.getvalue()
+
+
+@pytest.mark.parametrize("signer", ["nothing", "plain-sha256", "another-key", "the-users-key"])
+def test_forged_cache_entry_is_not_trusted(cached_folder, signer):
     source, arrays, entry = cached_folder
-    with np.load(entry) as stored:
-        fields = dict(stored)
-    fields["images"] = np.zeros_like(arrays.images)
-    if planted == "no-digest":  # what the earlier cache format held
-        del fields["source"], fields["digest"]
-    np.savez(entry, **fields)
+    key = (entry.parent / "cache.key").read_bytes()
+    mac = {"nothing": lambda payload: b"",  # an entry of the earlier formats
+           "plain-sha256": lambda payload: hashlib.sha256(payload).digest(),  # anyone can compute this
+           "another-key": lambda payload: hmac.new(bytes(32), payload, hashlib.sha256).digest(),
+           "the-users-key": lambda payload: hmac.new(key, payload, hashlib.sha256).digest()}[signer]
+    black = data.ImageArrays(np.zeros_like(arrays.images), arrays.labels, arrays.classes)
+    entry.write_bytes(signed_entry(black, data._fingerprint(source, "train"), mac))
+    if signer == "the-users-key":  # the control: only the key tells a forged entry from einet's own
+        assert (data.load_image_folder(source, "train").images == 0).all()
+        return
     with pytest.warns(UserWarning, match="rebuilding the invalid cache entry"):
         again = data.load_image_folder(source, "train")
     np.testing.assert_array_equal(again.images, arrays.images)
+    np.testing.assert_array_equal(data.load_image_folder(source, "train").images, arrays.images)  # rewritten
+
+
+def test_cache_key_is_private_and_made_once(cached_folder):
+    source, arrays, entry = cached_folder
+    key_file = entry.parent / "cache.key"
+    assert len(key_file.read_bytes()) == 32 and key_file.stat().st_mode & 0o777 == 0o600
+    key_file.chmod(0o644)  # others could read it, so could forge entries: einet stops caching until it is replaced
+    with pytest.warns(UserWarning, match=r"could not cache .*readable by you only"):
+        np.testing.assert_array_equal(data.load_image_folder(source, "train").images, arrays.images)
+
+
+def test_a_key_made_by_another_process_meanwhile_is_the_one_used(tmp_path, monkeypatch):
+    monkeypatch.setenv("EINET_CACHE_DIR", str(tmp_path / "cache"))
+    write_png_folder(tmp_path / "set")
+    real_token_bytes = data.secrets.token_bytes
+
+    def token_bytes_while_another_process_loads(count):
+        # Another process makes its key and caches the folder while this one is making a key.
+        monkeypatch.setattr(data.secrets, "token_bytes", real_token_bytes)
+        data.load_image_folder(tmp_path / "set", "train")
+        return real_token_bytes(count)
+
+    monkeypatch.setattr(data.secrets, "token_bytes", token_bytes_while_another_process_loads)
+    arrays = data.load_image_folder(tmp_path / "set", "train")  # no warning: the other's key and entry are used
+    np.testing.assert_array_equal(arrays.images, data.load_image_folder(tmp_path / "set", "train", cache=False).images)
+    assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".npz") == ["cache.key"]
+
+
+LOAD_IN_A_CHILD = """
+import sys
+from einet import data
+arrays = data.load_image_folder(sys.argv[1], "train")
+print(arrays.images.sum(dtype="int64"), arrays.labels.tolist())
+"""
+
+
+def test_processes_loading_one_folder_at_once_all_get_its_arrays(tmp_path):
+    write_png_folder(tmp_path / "set")
+    expected = data.load_image_folder(tmp_path / "set", "train", cache=False)
+    env = {**os.environ, "EINET_CACHE_DIR": str(tmp_path / "cache")}
+    children = [subprocess.Popen([sys.executable, "-c", LOAD_IN_A_CHILD, str(tmp_path / "set")], env=env,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0 and not err, err  # no warning either: no one saw a damaged key or entry
+        assert out.split(maxsplit=1) == [str(expected.images.sum(dtype="int64")), f"{expected.labels.tolist()}\n"]
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 1
+
+
+@contextmanager
+def deadline(seconds: int):
+    """Fail, instead of hanging the test run, if the block takes `seconds` (a timeout it swallows fails too)."""
+    def expire(signum, frame):
+        raise TimeoutError(f"blocked for {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    started = time.monotonic()
+    signal.alarm(seconds)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert time.monotonic() - started < seconds, f"blocked for {seconds} s"
+
+
+needs_fifos = pytest.mark.skipif(not hasattr(os, "mkfifo") or not hasattr(signal, "SIGALRM"), reason="POSIX only")
+
+
+@needs_fifos
+def test_fifo_planted_as_the_cache_entry_is_replaced_not_waited_on(cached_folder):
+    source, arrays, entry = cached_folder
+    entry.unlink()
+    os.mkfifo(entry)  # open() for reading would wait for a writer forever
+    with deadline(10), pytest.warns(UserWarning, match="rebuilding the invalid cache entry"):
+        again = data.load_image_folder(source, "train")
+    np.testing.assert_array_equal(again.images, arrays.images)
+    assert entry.is_file()
+
+
+@needs_fifos
+@pytest.mark.parametrize("cache", [True, False])
+@pytest.mark.parametrize("fifo", ["set/train/cat/2.png", "set.zip"])
+def test_fifo_as_a_source_file_is_refused_not_waited_on(tmp_path, monkeypatch, cache, fifo):
+    monkeypatch.setenv("EINET_CACHE_DIR", str(tmp_path / "cache"))
+    write_png_folder(tmp_path / "set")
+    os.mkfifo(tmp_path / fifo)
+    with deadline(10), pytest.raises(data.DatasetError, match=r"OSError: .*not a regular file: '.*(2\.png|set\.zip)'"):
+        data.load_image_folder(tmp_path / fifo.split("/")[0], "train", cache=cache)
 
 
 def test_cache_sees_a_file_changed_inside_a_folder(cached_folder):
@@ -425,6 +589,17 @@ def test_cache_sees_a_file_changed_inside_a_folder(cached_folder):
     changed = sorted((source / "train").rglob("*.png"))[0]
     changed.write_bytes(png_bytes(np.zeros((8, 8, 3), np.uint8)))
     os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    assert (data.load_image_folder(source, "train").images == 0).all(axis=(1, 2, 3)).sum() == 1
+
+
+def test_cache_sees_a_same_size_edit_with_the_mtime_put_back(cached_folder):
+    source, _, _ = cached_folder
+    changed = sorted((source / "train").rglob("*.png"))[0]
+    before = changed.stat()
+    black = png_bytes(np.zeros((8, 8, 3), np.uint8))
+    changed.write_bytes(black + bytes(before.st_size - len(black)))  # Pillow stops reading at the PNG's end
+    os.utime(changed, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert (changed.stat().st_size, changed.stat().st_mtime_ns) == (before.st_size, before.st_mtime_ns)
     assert (data.load_image_folder(source, "train").images == 0).all(axis=(1, 2, 3)).sum() == 1
 
 
@@ -446,8 +621,9 @@ def test_cache_write_is_atomic_and_durable(tmp_path, monkeypatch):
     monkeypatch.setattr(os, "fsync", fsync)
     monkeypatch.setattr(os, "replace", replace_after_another_writer)
     arrays = data.load_image_folder(tmp_path / "set", "train")
-    assert len(synced) == 2
-    assert [p.suffix for p in (tmp_path / "cache").iterdir()] == [".npz"]  # no temporary file left behind
+    assert len(synced) == 3  # the key, and the entry by each writer
+    # no temporary file left behind
+    assert sorted(p.suffix for p in (tmp_path / "cache").iterdir()) == [".key", ".npz"]
     np.testing.assert_array_equal(data.load_image_folder(tmp_path / "set", "train").images, arrays.images)
 
 
@@ -474,6 +650,106 @@ def test_split_and_dataset():
     assert batches[0][0].shape == (16, 3, 8, 8)
     with pytest.raises(ValueError, match="fraction"):
         arrays.split(1.5)
+
+
+class Samples:
+    """What users write: a map-style dataset (len and [i]) of (image tensor, label) items."""
+
+    def __init__(self, items: list) -> None:
+        self.items = items
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int):
+        return self.items[index]
+
+
+def samples(count: int = 6, shape=(3, 4, 4)) -> list:
+    """`count` good (float image, class index) items."""
+    torch = pytest.importorskip("torch")
+    generator = torch.Generator().manual_seed(0)
+    return [(torch.rand(shape, generator=generator), i % 3) for i in range(count)]
+
+
+def batches_of(items: list, through: str, **checks) -> list:
+    """All batches (of 2) of `items` served as a Dataset or through a DataLoader, by as_batches."""
+    from torch.utils.data import DataLoader
+
+    source = Samples(items) if through == "dataset" else DataLoader(Samples(items), batch_size=2)
+    return list(data.as_batches(source, 2, **checks))
+
+
+@pytest.mark.parametrize("through", ["dataset", "loader"])
+def test_good_batches_pass_the_checks_unchanged(through):
+    torch = pytest.importorskip("torch")
+    items = samples()
+    batches = batches_of(items, through, num_classes=3, expected_shape=(3, 4, 4))
+    assert torch.equal(torch.cat([images for images, _ in batches]), torch.stack([image for image, _ in items]))
+    assert torch.cat([labels for _, labels in batches]).tolist() == [0, 1, 2, 0, 1, 2]
+    assert all(labels.dtype == torch.int64 for _, labels in batches)
+
+
+@pytest.mark.parametrize("through", ["dataset", "loader"])
+@pytest.mark.parametrize(("label", "checks", "match"), [
+    (1.7, {}, r"label 1\.7\d* of {} is not an integer class index \(the labels are torch\.float"),
+    (float("nan"), {}, r"label nan of {} is not an integer class index"),
+    (-1, {}, r"label -1 of {} is negative"),
+    (3, {"num_classes": 3}, r"label 3 of {} is outside \[0, 3\)"),
+], ids=["fraction", "nan", "negative", "too-large"])
+def test_bad_label_is_refused_naming_its_sample(through, label, checks, match):
+    items = samples()
+    items[3] = (items[3][0], label)  # the second of the second batch
+    where = "sample 3 of the Samples" if through == "dataset" else "item 1 of batch 1 of the DataLoader"
+    with pytest.raises(ValueError, match=match.format(where)):
+        batches_of(items, through, **checks)
+
+
+def test_boolean_and_non_numeric_labels_are_refused():
+    torch = pytest.importorskip("torch")
+    booleans = [(image, index % 2 == 1) for index, (image, _) in enumerate(samples())]  # collated to a bool tensor
+    with pytest.raises(ValueError, match=r"label True of sample 1 of the Samples is not an integer class index "
+                                         r"\(the labels are torch\.bool\)"):
+        batches_of(booleans, "dataset")
+    with pytest.raises(ValueError, match=r"label 0\.0 of sample 0 .*torch\.float64"):  # whole, but floats
+        batches_of([(image, float(label)) for image, label in samples()], "dataset")
+    with pytest.raises(TypeError, match="yields labels that are not numbers"):
+        batches_of([(image, "cat") for image, _ in samples()], "dataset")
+    with pytest.raises(ValueError, match="a batch of 2 images with 4 labels"):  # one-hot pairs, say
+        batches_of([(image, torch.tensor([1, 0])) for image, _ in samples()], "dataset")
+
+
+@pytest.mark.parametrize("through", ["dataset", "loader"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_non_finite_image_is_refused_naming_its_sample(through, value):
+    items = samples()
+    items[5][0][1, 2, 3] = value
+    where = "sample 5 of the Samples" if through == "dataset" else "item 1 of batch 2 of the DataLoader"
+    with pytest.raises(ValueError, match=f"{where} has non-finite pixel values"):
+        batches_of(items, through)
+
+
+def test_images_of_the_wrong_kind_are_refused():
+    torch = pytest.importorskip("torch")
+    with pytest.raises(ValueError, match=r"sample 0 of the Samples is an image of shape \(1, 4, 4\), but "
+                                         r"\(3, 4, 4\) \(channels, height, width\) is expected"):
+        batches_of(samples(shape=(1, 4, 4)), "dataset", expected_shape=(3, 4, 4))
+    with pytest.raises(ValueError, match=r"shape \(2, 4, 4\), not \[batch, channels, height, width\]"):
+        batches_of(samples(shape=(4, 4)), "dataset")
+    with pytest.raises(TypeError, match=r"images of dtype torch\.uint8: einet takes floating-point images"):
+        batches_of([(torch.zeros(3, 4, 4, dtype=torch.uint8), 0)] * 2, "loader")
+    with pytest.raises(TypeError, match=r"images of dtype torch\.complex64"):
+        batches_of([(torch.zeros(3, 4, 4, dtype=torch.complex64), 0)] * 2, "dataset")
+
+
+def test_image_dataset_is_checked_against_classes_and_shape_up_front():
+    arrays = data.ImageArrays(np.zeros((5, 4, 4, 1), np.uint8), np.arange(5) % 3, ("a", "b", "c"))
+    dataset = data.ImageDataset(arrays, mean=(0.0,), std=(1.0,))
+    assert len(list(data.as_batches(dataset, 2, num_classes=3, expected_shape=(1, 4, 4)))) == 3
+    with pytest.raises(ValueError, match=r"label 2 of sample 2 of the ImageDataset is outside \[0, 2\)"):
+        data.as_batches(dataset, 2, num_classes=2)
+    with pytest.raises(ValueError, match=r"sample 0 of the ImageDataset is an image of shape \(1, 4, 4\)"):
+        data.as_batches(dataset, 2, expected_shape=(3, 4, 4))
 
 
 @pytest.mark.skipif(not (SHARED / "mnist").exists(), reason="../shared/data is not here")

@@ -339,7 +339,7 @@ def test_train_config_refuses_non_finite_settings(field, value):
     pytest.importorskip("torch")
     from einet.models import TrainConfig
 
-    with pytest.raises(ValueError, match="finite|must lie in"):
+    with pytest.raises(ValueError, match=r"finite|must lie in"):
         TrainConfig(**{field: value})
 
 

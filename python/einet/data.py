@@ -6,8 +6,10 @@
 - Any class-folder image layout (``root/<split>/<class>/*.jpg|png``), as a
   directory or a zip of one; decoded once with Pillow and cached (see
   :func:`cache_dir`).
+- Any torch ``Dataset`` or ``DataLoader`` (:func:`as_batches`), whose batches are
+  checked: floating-point finite images ``[B, C, H, W]`` and integer class labels.
 
-Every loader returns an :class:`ImageArrays` (uint8 images ``[N, H, W, C]``,
+Every file loader returns an :class:`ImageArrays` (uint8 images ``[N, H, W, C]``,
 int64 labels, class names); :class:`ImageDataset` turns it into normalised
 float tensors with the standard augmentations. Files are untrusted input: a
 corrupt, truncated, oversized or crafted file raises :class:`DatasetError` (a
@@ -19,22 +21,26 @@ for a genuine file above one.
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
+import hmac
 import io
 import math
 import os
 import pickle
+import secrets
+import stat
 import struct
 import tempfile
 import warnings
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -51,6 +57,8 @@ SPLITS = ("train", "test")
 MAX_IDX_BYTES = 1 << 30  # decompressed payload of one IDX file
 MAX_CIFAR_FILE_BYTES = 256 << 20  # one CIFAR python-version file (batch or meta)
 MAX_IMAGE_BYTES = 64 << 20  # one encoded image file (or zip member) of an image folder
+MAX_IMAGE_PIXELS = 1 << 24  # one image of an image folder, from its header (4096 x 4096)
+MAX_DATASET_BYTES = 1 << 30  # the decoded arrays of one split: uint8 images and int64 labels
 
 # Per-channel mean and std of the training sets, on pixel values scaled to [0, 1].
 NORMALISATION = {
@@ -85,12 +93,21 @@ def _malformed(description: str) -> Iterator[None]:
         raise DatasetError(f"{description}: {type(error).__name__}: {error}") from None
 
 
-def _check_size(what: object, size: int, cap: str) -> None:
-    """Refuse `size` bytes above the module constant named `cap` (named in the message, so it can be raised)."""
+def _check_size(what: object, size: int, cap: str, unit: str = "bytes") -> None:
+    """Refuse `size` above the module constant named `cap` (named in the message, so it can be raised)."""
     limit = globals()[cap]
     if size > limit:
-        raise DatasetError(f"{what} holds {size} bytes, above {cap} = {limit}; "
-                           f"if the file is genuine, raise einet.data.{cap}")
+        raise DatasetError(f"{what} holds {size} {unit}, above {cap} = {limit}; "
+                           f"if it is genuine, raise einet.data.{cap}")
+
+
+_LABEL_BYTES = np.dtype(np.int64).itemsize
+
+
+def _check_split_size(what: object, count: int, image_bytes: int) -> None:
+    """Refuse a split of `count` images of `image_bytes` each (plus their labels) above MAX_DATASET_BYTES,
+    before its arrays are allocated."""
+    _check_size(what, count * (image_bytes + _LABEL_BYTES), "MAX_DATASET_BYTES")
 
 
 @dataclass(frozen=True)
@@ -188,10 +205,12 @@ def load_mnist(root: str | os.PathLike[str], split: str = "train", fashion: bool
     root = Path(root)
     prefix = "train" if split == "train" else "t10k"
     images = read_idx(_find(root, f"{prefix}-images-idx3-ubyte"))
+    if images.ndim != 3 or images.dtype != np.uint8:
+        raise DatasetError(f"{root}: expected uint8 images [N, H, W], got {images.dtype} {images.shape}")
+    _check_split_size(f"the {split} split under {root}", images.shape[0], math.prod(images.shape[1:]))
     labels = read_idx(_find(root, f"{prefix}-labels-idx1-ubyte"))
-    if images.ndim != 3 or labels.ndim != 1 or images.dtype != np.uint8:
-        raise DatasetError(f"{root}: expected uint8 images [N, H, W] and labels [N], "
-                           f"got {images.shape}, {labels.shape}")
+    if labels.ndim != 1 or labels.dtype.kind not in "iu":  # float labels would be truncated silently
+        raise DatasetError(f"{root}: expected integer labels [N], got {labels.dtype} {labels.shape}")
     if images.shape[0] != labels.shape[0]:
         raise DatasetError(f"{root}: {images.shape[0]} images but {labels.shape[0]} labels")
     classes = FASHION_CLASSES if fashion else tuple(str(d) for d in range(10))
@@ -292,25 +311,50 @@ def _unpickle(path: Path) -> object:
         return _ArraysOnlyUnpickler(f, encoding="bytes").load()
 
 
-def _load_batch(path: Path, labels_key: bytes) -> tuple[np.ndarray, np.ndarray]:
-    """(images [N, 32, 32, 3], labels [N]) of one batch file."""
+def _load_batch(path: Path, labels_key: bytes, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """(images [N, 32, 32, 3], labels [N]) of one batch file.
+
+    Types and lengths are checked before numpy converts anything: a pickle can repeat
+    one shared (memoised) list many times, and np.asarray would expand it into an
+    array thousands of times the size of the file.
+    """
     batch = _unpickle(path)
     if not isinstance(batch, dict) or b"data" not in batch or labels_key not in batch:
         raise DatasetError(f"{path} is not a CIFAR batch (no {b'data'!r} and {labels_key!r} entries)")
-    with _malformed(f"{path} is not a CIFAR batch"):
-        data, labels = np.asarray(batch[b"data"]), np.asarray(batch[labels_key])
+    data, labels = batch[b"data"], batch[labels_key]
+    if not isinstance(data, np.ndarray):
+        raise DatasetError(f"{path}: data must be a uint8 array [N, 3072], got a {type(data).__name__}")
     if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
         raise DatasetError(f"{path}: data must be uint8 [N, 3072], got {data.dtype} {data.shape}")
-    if labels.dtype.kind not in "iu" or labels.shape != (data.shape[0],):
-        raise DatasetError(f"{path}: {labels_key.decode()} must be {data.shape[0]} integers, "
-                           f"got {labels.dtype} {labels.shape}")
-    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), labels.astype(np.int64)
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), _class_indices(labels, data.shape[0], num_classes,
+                                                                             f"{path}: {labels_key.decode()}")
+
+
+def _class_indices(labels: object, count: int, num_classes: int, what: str) -> np.ndarray:
+    """`count` labels (a list of integers, or a 1-D integer array) as int64 class indices in [0, num_classes)."""
+    if isinstance(labels, np.ndarray) and labels.shape == (count,) and labels.dtype.kind in "iu":
+        labels = labels.tolist()
+    if not isinstance(labels, list) or len(labels) != count:
+        got = (f"{len(labels)} items" if isinstance(labels, list) else f"{labels.dtype} {labels.shape}"
+               if isinstance(labels, np.ndarray) else f"a {type(labels).__name__}")
+        raise DatasetError(f"{what} must be a list (or 1-D integer array) of {count} class indices, got {got}")
+    for index, label in enumerate(labels):
+        if isinstance(label, bool) or not isinstance(label, (int, np.integer)):
+            raise DatasetError(f"{what}[{index}] is a {type(label).__name__}, not an integer")
+        if not 0 <= label < num_classes:
+            raise DatasetError(f"{what}[{index}] is {label}, outside [0, {num_classes})")
+    return np.array(labels, dtype=np.int64)
 
 
 def _load_meta(path: Path, key: bytes) -> tuple[str, ...]:
-    meta: Any = _unpickle(path)  # untrusted: whatever it lacks fails inside _malformed
+    """The class names; they must be distinct, so that a pickle repeating one shared name cannot expand."""
+    meta = _unpickle(path)
+    names = meta.get(key) if isinstance(meta, dict) else None
+    if not (isinstance(names, list) and all(isinstance(name, (bytes, str)) for name in names)
+            and len(set(names)) == len(names)):
+        raise DatasetError(f"{path} is not a CIFAR meta file with {key.decode()} (a list of distinct names)")
     with _malformed(f"{path} is not a CIFAR meta file with {key.decode()}"):
-        return tuple(name.decode() for name in meta[key])
+        return tuple(name.decode() if isinstance(name, bytes) else name for name in names)
 
 
 def _cifar_folder(root: Path, marker: str) -> Path:
@@ -324,9 +368,10 @@ def load_cifar10(root: str | os.PathLike[str], split: str = "train") -> ImageArr
     """CIFAR-10 from its python-version batches (``data_batch_1..5``, ``test_batch``, ``batches.meta``)."""
     _check_split(split)
     folder = _cifar_folder(Path(root), "batches.meta")
-    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
-    images, labels = zip(*(_load_batch(folder / name, b"labels") for name in names))
     classes = _load_meta(folder / "batches.meta", b"label_names")
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    images, labels = zip(*(_load_batch(folder / name, b"labels", len(classes)) for name in names))
+    _check_split_size(f"the {split} split under {folder}", sum(len(part) for part in labels), 3 * 32 * 32)
     return ImageArrays(np.concatenate(images), np.concatenate(labels), classes)
 
 
@@ -334,14 +379,19 @@ def load_cifar100(root: str | os.PathLike[str], split: str = "train") -> ImageAr
     """CIFAR-100 (fine labels) from its python-version files (``train``, ``test``, ``meta``)."""
     _check_split(split)
     folder = _cifar_folder(Path(root), "meta")
-    images, labels = _load_batch(folder / split, b"fine_labels")
-    return ImageArrays(images, labels, _load_meta(folder / "meta", b"fine_label_names"))
+    classes = _load_meta(folder / "meta", b"fine_label_names")
+    images, labels = _load_batch(folder / split, b"fine_labels", len(classes))
+    _check_split_size(f"the {split} split under {folder}", len(labels), 3 * 32 * 32)
+    return ImageArrays(images, labels, classes)
 
 
 # ---------------------------------------------------------------- class folders
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
-_CACHE_FORMAT = 2  # bump when the cached content changes
+_CACHE_FORMAT = 3  # bump when the cached content or the fingerprint changes
+_CACHE_KEY = "cache.key"  # the user's secret that authenticates the entries of a cache directory
+_KEY_BYTES = 32
+_MAC_BYTES = hashlib.sha256().digest_size
 
 
 def cache_dir() -> Path:
@@ -360,71 +410,153 @@ def load_image_folder(source: str | os.PathLike[str], split: str | None = "train
     share one size; 16-bit grey images are scaled to 8 bits (their high byte, as
     Pillow does for 16-bit colour). Decoded arrays are cached in :func:`cache_dir`,
     so the second load is fast; an entry is used only if it was made from the
-    source as it is now and its arrays still hash to what was written, else it is
-    rebuilt.
+    source's current content and carries a valid HMAC under the user's cache key,
+    else it is rebuilt.
     """
     source = Path(source)
     if not source.exists():
         raise DatasetError(f"missing image folder or zip {source}")
     if not cache:
         return _decode_folder(source, split)
+    directory = cache_dir()
+    try:
+        key = _cache_key(directory)
+    except OSError as error:
+        warnings.warn(f"could not cache the decoded {source} in {directory}: {error}", stacklevel=2)
+        return _decode_folder(source, split)
     fingerprint = _fingerprint(source, split)
-    entry = cache_dir() / f"{source.stem}-{split}-{fingerprint[:16]}.npz"
-    arrays = _read_cache(entry, fingerprint)
+    entry = directory / f"{source.stem}-{split}-{fingerprint[:16]}.npz"
+    arrays = _read_cache(entry, fingerprint, key)
     if arrays is None:
         arrays = _decode_folder(source, split)
         try:
-            _write_cache(entry, arrays, fingerprint)
+            _write_cache(entry, arrays, fingerprint, key)
         except OSError as error:
             warnings.warn(f"could not cache the decoded {source} as {entry}: {error}", stacklevel=2)
     return arrays
 
 
+def _open_regular(path: Path, follow_symlinks: bool = True) -> io.BufferedReader:
+    """`path` opened for reading, if it is a regular file: anything else raises OSError. open() of a FIFO
+    would block until someone writes to it; with O_NONBLOCK it returns at once, and fstat tells."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags if follow_symlinks else flags | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+def _cache_key(directory: Path) -> bytes:
+    """The user's secret key for the entries of the cache `directory`, made on first use (readable by the user only).
+
+    Entries carry an HMAC under this key, so an entry planted by someone who can write to
+    the directory but cannot read the key is rejected. A new key is written under a unique
+    name and hard-linked into place, which fails if the key exists: of processes making it
+    at once, one wins and all read the winner's complete key.
+    """
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = directory / _CACHE_KEY
+    with suppress(FileNotFoundError):
+        return _read_key(path)
+    fd, temporary = tempfile.mkstemp(dir=directory, prefix=f".{_CACHE_KEY}.")  # O_CREAT | O_EXCL, mode 0o600
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(secrets.token_bytes(_KEY_BYTES))
+            f.flush()
+            os.fsync(f.fileno())
+        with suppress(FileExistsError):  # another process made the key first
+            os.link(temporary, path)
+    finally:
+        os.unlink(temporary)
+    return _read_key(path)
+
+
+def _read_key(path: Path) -> bytes:
+    """The key at `path`, if it is a regular file of the right size that only its owner, this user, can read."""
+    with _open_regular(path, follow_symlinks=False) as f:
+        info = os.fstat(f.fileno())
+        key = f.read(_KEY_BYTES + 1)
+    others_can_read = hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077)
+    if len(key) != _KEY_BYTES or others_can_read:
+        raise OSError(errno.EINVAL, f"not a cache key of {_KEY_BYTES} bytes readable by you only (delete it)",
+                      str(path))
+    return key
+
+
+def _directory_images(source: Path) -> list[Path]:
+    """The image files under a directory, sorted. Anything not a directory counts, so that a FIFO or a device
+    with an image suffix is refused when read (see :func:`_open_regular`), not silently skipped."""
+    return sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir())
+
+
+def _in_split(parts: tuple[str, ...], split: str | None) -> bool:
+    """Whether the image at `parts` is in the layout ``[prefix/]split/<class>/<image>`` (``<class>/<image>``
+    anywhere when `split` is None)."""
+    return (split is None and len(parts) >= 2) or (len(parts) >= 3 and parts[-3] == split)
+
+
 def _fingerprint(source: Path, split: str | None) -> str:
-    """The source as it is now: its path, the split, and the size and mtime of the file (of each file in a folder)."""
-    files = sorted(p for p in source.rglob("*") if p.is_file()) if source.is_dir() else [source]
+    """The source as it is now: its path, the split, and the SHA-256 of the content of the zip (of each image of
+    the split in a folder). Content, not size and mtime: an edit that keeps the size and restores the mtime shows."""
+    if source.is_dir():
+        files = [path for path in _directory_images(source) if _in_split(path.relative_to(source).parts, split)]
+    else:
+        files = [source]
     digest = hashlib.sha256(f"{_CACHE_FORMAT}|{source.resolve()}|{split}".encode())
     for path in files:
-        stat = path.stat()
-        digest.update(f"|{path.relative_to(source)}|{stat.st_size}|{stat.st_mtime_ns}".encode())
+        content = hashlib.sha256()
+        with _malformed(f"cannot read {path}"), _open_regular(path) as f:
+            while chunk := f.read(_CHUNK):
+                content.update(chunk)
+        digest.update(f"|{path.relative_to(source)}|{content.hexdigest()}".encode())
     return digest.hexdigest()
 
 
-def _digest(arrays: ImageArrays) -> str:
-    """SHA-256 of everything a cache entry holds: a truncated, corrupted or edited entry no longer matches."""
-    digest = hashlib.sha256("\n".join(arrays.classes).encode())
-    for array in (arrays.images, arrays.labels):
-        digest.update(f"|{array.dtype.str}{array.shape}|".encode())
-        digest.update(np.ascontiguousarray(array).data)
-    return digest.hexdigest()
+def _read_cache(entry: Path, fingerprint: str, key: bytes) -> ImageArrays | None:
+    """The cached arrays if `entry` is a regular file with a valid HMAC under `key`, made from this source;
+    otherwise None, and a bad entry is removed.
 
-
-def _read_cache(entry: Path, fingerprint: str) -> ImageArrays | None:
-    """The cached arrays if `entry` is intact and made from this source; otherwise None, and a bad entry is removed."""
-    if not entry.exists():
-        return None
+    The entry is read whole and its HMAC checked before numpy parses any of it: the
+    headers of a planted .npz could otherwise make numpy allocate whatever they claim.
+    """
     try:
-        with open(entry, "rb") as f, np.load(f, allow_pickle=False) as stored:
-            arrays = ImageArrays(stored["images"], stored["labels"], tuple(str(c) for c in stored["classes"]))
-            valid = str(stored["source"]) == fingerprint and str(stored["digest"]) == _digest(arrays)
-    except Exception:  # unreadable, whatever numpy or zipfile raise on it
-        valid = False
-    if valid:
-        return arrays
+        with _open_regular(entry, follow_symlinks=False) as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > 2 * MAX_DATASET_BYTES:  # one split (up to MAX_DATASET_BYTES) and its class names: not einet's
+                raise ValueError(f"{size} bytes")
+            content = f.read(size)
+        if hmac.compare_digest(content[:_MAC_BYTES],
+                               hmac.new(key, memoryview(content)[_MAC_BYTES:], hashlib.sha256).digest()):
+            npz = io.BytesIO(content)  # shares the bytes; zipfile finds the archive after the MAC
+            npz.seek(_MAC_BYTES)
+            with np.load(npz, allow_pickle=False) as stored:
+                if str(stored["source"]) == fingerprint:
+                    return ImageArrays(stored["images"], stored["labels"], tuple(str(c) for c in stored["classes"]))
+    except FileNotFoundError:
+        return None
+    except Exception:  # not a regular file, unreadable, or whatever numpy or zipfile raise on it
+        pass
     warnings.warn(f"rebuilding the invalid cache entry {entry}", stacklevel=3)
     with suppress(OSError):  # a read-only cache: the rebuilt arrays are then returned uncached
         entry.unlink()
     return None
 
 
-def _write_cache(entry: Path, arrays: ImageArrays, fingerprint: str) -> None:
-    """Write under a unique temporary name, fsync, then rename: readers and concurrent writers never see half a file."""
-    entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+def _write_cache(entry: Path, arrays: ImageArrays, fingerprint: str, key: bytes) -> None:
+    """Write the HMAC under `key` of an .npz of the arrays and the fingerprint, then the .npz, under a unique
+    temporary name; fsync, then rename: readers and concurrent writers never see half a file."""
+    npz = io.BytesIO()
+    np.savez(npz, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes),
+             source=np.array(fingerprint))
     fd, temporary = tempfile.mkstemp(dir=entry.parent, prefix=f".{entry.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            np.savez(f, images=arrays.images, labels=arrays.labels, classes=np.array(arrays.classes),
-                     source=np.array(fingerprint), digest=np.array(_digest(arrays)))
+            f.write(hmac.new(key, npz.getbuffer(), hashlib.sha256).digest())
+            f.write(npz.getbuffer())
             f.flush()
             os.fsync(f.fileno())
         os.replace(temporary, entry)
@@ -433,24 +565,41 @@ def _write_cache(entry: Path, arrays: ImageArrays, fingerprint: str) -> None:
         raise
 
 
-_ImageFile = tuple[tuple[str, ...], str, int, Callable[[], bytes]]  # path parts, name, size, reader
+_ImageFile = tuple[tuple[str, ...], str, Callable[[], bytes]]  # path parts, name, reader (checks MAX_IMAGE_BYTES)
 
 
 def _image_files(source: Path, stack: ExitStack) -> Iterator[_ImageFile]:
     """Every image file in a directory or zip (kept open by `stack`)."""
     if source.is_dir():
-        for path in sorted(source.rglob("*")):
-            if path.suffix.lower() in IMAGE_SUFFIXES:
-                yield path.relative_to(source).parts, str(path), path.stat().st_size, path.read_bytes
+        for path in _directory_images(source):
+            yield path.relative_to(source).parts, str(path), partial(_read_image_file, path)
         return
     with _malformed(f"{source} is neither a directory nor a readable zip"):
-        archive = stack.enter_context(zipfile.ZipFile(source))
+        archive = stack.enter_context(zipfile.ZipFile(stack.enter_context(_open_regular(source))))
     for member in sorted(archive.infolist(), key=lambda m: m.filename):
-        name = PureWindowsPath(member.filename)  # splits on '/' and '\\', and sees drives and roots
-        if name.drive or name.root or ".." in name.parts:
+        inside = PureWindowsPath(member.filename)  # splits on '/' and '\\', and sees drives and roots
+        if inside.drive or inside.root or ".." in inside.parts:
             raise DatasetError(f"{source}: refusing member {member.filename!r} (an absolute or '..' path)")
-        if name.suffix.lower() in IMAGE_SUFFIXES:
-            yield name.parts, f"{source}:{member.filename}", member.file_size, partial(archive.read, member)
+        if inside.suffix.lower() in IMAGE_SUFFIXES:
+            name = f"{source}:{member.filename}"
+            yield inside.parts, name, partial(_read_member, archive, member, name)
+
+
+def _read_image_file(path: Path) -> bytes:
+    with _open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        _check_size(path, size, "MAX_IMAGE_BYTES")
+        return f.read(size)
+
+
+def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -> bytes:
+    _check_size(name, member.file_size, "MAX_IMAGE_BYTES")  # zipfile reads no more than the declared size
+    return archive.read(member)
+
+
+def _channels(mode: str) -> int:
+    """How many channels :func:`_pixels` makes of an image of this Pillow mode: grey ones keep one."""
+    return 1 if mode in ("L", "1") or mode.startswith("I") else 3
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -465,31 +614,43 @@ def _pixels(image: Image.Image) -> np.ndarray:
         if array.size and (array.min() < 0 or array.max() > 0xFFFF):
             raise ValueError(f"{image.mode} pixel values outside 16 bits")
         return (array.astype(np.uint16) >> 8).astype(np.uint8)[..., None]
-    array = np.asarray(image.convert("L" if image.mode in ("L", "1") else "RGB"))
+    array = np.asarray(image.convert("L" if _channels(image.mode) == 1 else "RGB"))
     return array if array.ndim == 3 else array[..., None]
 
 
+def _declared_shape(name: str, image: Image.Image) -> tuple[int, int, int]:
+    """The [H, W, C] an opened image will decode to, from its header alone (within MAX_IMAGE_PIXELS)."""
+    _check_size(name, image.width * image.height, "MAX_IMAGE_PIXELS", unit="pixels")
+    return image.height, image.width, _channels(image.mode)
+
+
 def _decode_folder(source: Path, split: str | None) -> ImageArrays:
+    """Decode the split's images into one array, allocated from the first image's header once the split's size
+    (count x that shape) is known to be within MAX_DATASET_BYTES: every image must have that shape."""
     from PIL import Image
 
     with ExitStack() as stack:
-        files = [(parts[-2], name, size, read) for parts, name, size, read in _image_files(source, stack)
-                 if (split is None and len(parts) >= 2) or (len(parts) >= 3 and parts[-3] == split)]
+        files = [(parts[-2], name, read) for parts, name, read in _image_files(source, stack)
+                 if _in_split(parts, split)]
         if not files:
             where = f"'{split}/<class>/<image>'" if split else "'<class>/<image>'"
             raise DatasetError(f"no images in the layout {where} under {source}")
-        images = []
-        for _, name, size, read in files:
-            _check_size(name, size, "MAX_IMAGE_BYTES")
+        images = np.empty((0, 0, 0, 0), np.uint8)  # replaced at the first image
+        for index, (_, name, read) in enumerate(files):
             with _malformed(f"cannot decode image {name}"), Image.open(io.BytesIO(read())) as image:
-                images.append(_pixels(image))
-    shapes = {a.shape for a in images}
-    if len(shapes) != 1:
-        raise DatasetError(f"images under {source} differ in size: {sorted(shapes)[:3]}...")
+                shape = _declared_shape(name, image)
+                if index == 0:
+                    _check_split_size(f"the {len(files)} images of {source} (of {shape})", len(files),
+                                      math.prod(shape))
+                    images = np.empty((len(files), *shape), np.uint8)
+                elif shape != images.shape[1:]:
+                    raise DatasetError(f"images under {source} differ in size: {name} is {shape}, "
+                                       f"{files[0][1]} {images.shape[1:]}")
+                images[index] = _pixels(image)
     classes = tuple(sorted({label for label, *_ in files}))
-    index = {name: i for i, name in enumerate(classes)}
-    labels = np.array([index[label] for label, *_ in files], dtype=np.int64)
-    return ImageArrays(np.stack(images), labels, classes)
+    label_of = {name: i for i, name in enumerate(classes)}
+    labels = np.array([label_of[label] for label, *_ in files], dtype=np.int64)
+    return ImageArrays(images, labels, classes)
 
 
 def _check_split(split: str) -> None:
@@ -655,8 +816,10 @@ def loader_is_sharded(loader: object) -> bool:
     return any(isinstance(s, DistributedSampler) for s in samplers)
 
 
-def _pair(batch: object, where: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A collated batch as (images, int64 labels)."""
+def _checked_batch(batch: object, where: str, sample: Callable[[int], str], num_classes: int | None,
+                   expected_shape: tuple[int, int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """A collated batch as (images, int64 labels), checked so that bad data fails here, naming the sample
+    (`sample(i)` names the batch's i-th), not as a wrong number or deep inside a convolution."""
     import torch
 
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
@@ -664,7 +827,51 @@ def _pair(batch: object, where: str) -> tuple[torch.Tensor, torch.Tensor]:
     images, labels = batch[0], batch[1]
     if not isinstance(images, torch.Tensor):
         raise TypeError(f"{where} yields images as {type(images).__name__}, not tensors: add a to-tensor transform")
-    return images, torch.as_tensor(labels).long().reshape(-1)
+    _check_images(images, where, sample, expected_shape)
+    if not bool(torch.isfinite(images).all()):  # one cheap pass per batch; the culprit is looked for only now
+        first = int((~torch.isfinite(images)).flatten(1).any(1).byte().argmax())
+        raise ValueError(f"{sample(first)} of {where} has non-finite pixel values")
+    labels = _class_labels(labels, where, sample, num_classes)
+    if labels.numel() != images.shape[0]:
+        raise ValueError(f"{where} yields a batch of {images.shape[0]} images with {labels.numel()} labels")
+    return images, labels
+
+
+def _check_images(images: torch.Tensor, where: str, sample: Callable[[int], str],
+                  expected_shape: tuple[int, int, int] | None) -> None:
+    """Floating-point [B, C, H, W] (of `expected_shape` [C, H, W] if given)."""
+    if not images.is_floating_point():
+        raise TypeError(f"{where} yields images of dtype {images.dtype}: einet takes floating-point images "
+                        f"(e.g. pixels / 255, normalised)")
+    if images.dim() != 4:
+        raise ValueError(f"{where} yields image batches of shape {tuple(images.shape)}, not "
+                         f"[batch, channels, height, width]")
+    if expected_shape is not None and tuple(images.shape[1:]) != tuple(expected_shape):
+        raise ValueError(f"{sample(0)} of {where} is an image of shape {tuple(images.shape[1:])}, but "
+                         f"{tuple(expected_shape)} (channels, height, width) is expected")
+
+
+def _class_labels(labels: object, where: str, sample: Callable[[int], str],
+                  num_classes: int | None) -> torch.Tensor:
+    """Labels as int64 class indices: integers (not floats, which would be truncated, nor booleans), >= 0 and
+    below `num_classes` if given; else a ValueError naming the first bad one's sample."""
+    import torch
+
+    try:
+        labels = torch.as_tensor(labels).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"{where} yields labels that are not numbers ({type(labels).__name__}): {error}") from None
+    if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
+        fractional = ~torch.isfinite(labels) | (labels != labels.round()) if labels.is_floating_point() else labels
+        first = int(fractional.bool().byte().argmax())  # the first that is not a whole number, else the first
+        raise ValueError(f"label {labels[first].item()} of {sample(first)} of {where} is not an integer class "
+                         f"index (the labels are {labels.dtype})")
+    outside = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
+    if bool(outside.any()):
+        first = int(outside.byte().argmax())
+        allowed = "negative" if num_classes is None else f"outside [0, {num_classes})"
+        raise ValueError(f"label {labels[first].item()} of {sample(first)} of {where} is {allowed}")
+    return labels.long()
 
 
 def count_batches(source: object, batch_size: int, world_size: int = 1) -> int:
@@ -677,7 +884,8 @@ def count_batches(source: object, batch_size: int, world_size: int = 1) -> int:
 
 def as_batches(source: object, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                *, augment: bool | None = None, rank: int = 0, world_size: int = 1, pad: bool = True,
-               epoch: int | None = None, num_workers: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+               epoch: int | None = None, num_workers: int = 0, num_classes: int | None = None,
+               expected_shape: tuple[int, int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, int64 labels) batches from any source einet trains, evaluates or profiles on.
 
     - :class:`ImageDataset`: the fast in-memory path (its own batching and augmentation;
@@ -692,6 +900,15 @@ def as_batches(source: object, batch_size: int, shuffle: bool = False, generator
     With ``world_size > 1`` the two dataset kinds are sharded like torch's DistributedSampler
     (:func:`shard_indices`): the same `generator` state in every process gives one order, and
     process `rank` takes its share (padded to equal shares when `pad`).
+
+    Batches of a Dataset or DataLoader are checked as they come: images must be
+    floating-point ``[B, C, H, W]`` tensors of finite values, labels integer class
+    indices >= 0 (a float, NaN or boolean label is refused, not truncated). With
+    `num_classes`, labels must also be below it; with `expected_shape` (channels,
+    height, width), every image must have that shape. A bad batch raises a
+    ValueError or TypeError naming the sample (its index in a Dataset, its place in
+    the batch for a DataLoader). An ImageDataset is checked against `num_classes`
+    and `expected_shape` once, up front.
     """
     if _is_loader(source):
         if epoch is not None:
@@ -699,10 +916,12 @@ def as_batches(source: object, batch_size: int, shuffle: bool = False, generator
                                                                        "sampler", None)):
                 if sampler is not None and hasattr(sampler, "set_epoch"):
                     sampler.set_epoch(epoch)
-        return (_pair(batch, "the DataLoader") for batch in source)  # type: ignore[attr-defined]
+        return _loader_batches(source, num_classes, expected_shape)  # type: ignore[arg-type]
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(source, ImageDataset):
+        _check_images(source.images, "the ImageDataset", _dataset_sample, expected_shape)
+        _class_labels(source.labels, "the ImageDataset", _dataset_sample, num_classes)
         if world_size == 1:  # exactly the draws einet has always made
             return source.batches(batch_size, shuffle, generator, augment=augment)
         order = shard_indices(len(source), shuffle, generator, rank, world_size, pad)
@@ -712,11 +931,32 @@ def as_batches(source: object, batch_size: int, shuffle: bool = False, generator
         raise TypeError(f"cannot draw batches from a {type(source).__name__}: expected an einet ImageDataset, a "
                         f"map-style torch Dataset (len and [i] -> (image tensor, label)) or a DataLoader")
     return _dataset_batches(source, batch_size, shard_indices(len(source), shuffle, generator, rank,
-                                                              world_size, pad), num_workers)
+                                                              world_size, pad), num_workers, num_classes,
+                            expected_shape)
 
 
-def _dataset_batches(dataset: object, batch_size: int, order: torch.Tensor,
-                     num_workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _dataset_sample(index: int) -> str:
+    return f"sample {index}"
+
+
+def _chunk_sample(chunk: list[int], position: int) -> str:
+    return _dataset_sample(chunk[position])
+
+
+def _loader_item(number: int, position: int) -> str:
+    """A DataLoader's sample by its place: which dataset index it is, only its sampler knows."""
+    return f"item {position} of batch {number}"
+
+
+def _loader_batches(loader: Iterable[object], num_classes: int | None,
+                    expected_shape: tuple[int, int, int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    for number, batch in enumerate(loader):
+        yield _checked_batch(batch, "the DataLoader", partial(_loader_item, number), num_classes, expected_shape)
+
+
+def _dataset_batches(dataset: object, batch_size: int, order: torch.Tensor, num_workers: int,
+                     num_classes: int | None,
+                     expected_shape: tuple[int, int, int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     from torch.utils.data import DataLoader
 
     index = order.tolist()
@@ -725,5 +965,5 @@ def _dataset_batches(dataset: object, batch_size: int, order: torch.Tensor,
     loader: DataLoader[object] = DataLoader(dataset, batch_sampler=chunks,  # type: ignore[arg-type]
                                             num_workers=num_workers)
     where = f"the {type(dataset).__name__}"
-    for batch in loader:
-        yield _pair(batch, where)
+    for chunk, batch in zip(chunks, loader):  # a DataLoader yields its batches in its sampler's order
+        yield _checked_batch(batch, where, partial(_chunk_sample, chunk), num_classes, expected_shape)

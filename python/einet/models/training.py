@@ -358,7 +358,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
         total, seen = torch.zeros((), device=config.device), 0
         correct = torch.zeros(model.num_exits, device=config.device)
         batches = as_batches(train_set, local_batch, shuffle=True, generator=generator, rank=rank,
-                             world_size=world_size, epoch=epoch)
+                             world_size=world_size, epoch=epoch, num_classes=(model_spec or {}).get("num_classes"))
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    leave=False)
         for images, labels in bar:
