@@ -15,6 +15,9 @@ Kinds, their readers and seed files (the files every mutation starts from):
   ``predictor-ensemble.npz``.
 - ``deployment``: :func:`einet.select.load_deployment`; three deployments (a fixed plan, EINet with
   its predictor beside it, a confidence threshold) written at start by ``save_deployment``.
+- ``checkpoint``: :func:`einet.models.load_checkpoint` (returns the model and the checkpoint's
+  state); the committed ``benchmarks/fixtures/b_alexnet_w025_mnist_cpu/model.pt`` (a version 2
+  checkpoint, with its SHA-256; a torch zip file, so the zip mutations apply).
 
 Mutations (mutation i of kind k and seed s comes from random.Random(f"{k}:{s}:{i}") alone, so any
 one replays): flip a random bit; set a random byte to 0x00, 0xFF, 0x7F, 0x80 or a random value;
@@ -25,10 +28,12 @@ an ill-typed list or object, lists nested 100,000 deep, true), delete a key or a
 (keys of the file's own objects: the top level and the rule, not the free-form ``validation`` map).
 Each mutation's label names the field of the file it hit (e.g. ``cd-bitflip@1234:eocd.cd_size``).
 
-Outcomes of a load: ``refused`` (ProfileFormatError for profiles and predictors, ValueError for
-deployments); ``identical`` (loads equal to the original: every array bit for bit, with dtype and
-shape, every field, the meta dict, types included, except that an int equal to a float is the same
-number); findings: ``DIFFERENT`` (loads, but not equal
+Outcomes of a load: ``refused`` (ProfileFormatError for profiles and predictors, ValueError, its
+subclasses included, for deployments and checkpoints); ``identical`` (loads equal to the original:
+every array and tensor bit for bit, with dtype and shape, every field, the meta dict, types
+included, except that an int equal to a float is the same number; for checkpoints every tensor of
+the returned state, its spec and other entries, and the model's class, mode and state_dict);
+findings: ``DIFFERENT`` (loads, but not equal
 to the original: a silent wrong load), ``CRASH`` (any other exception, FileNotFoundError included,
 since the mutated file always exists; or the worker died), ``HANG`` (a load over --hang seconds,
 killed). The table's seconds are the workers' time on the kind (mutating, writing, loading and
@@ -67,10 +72,10 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = ROOT / "benchmarks" / "fixtures"
 HANG_S = 10.0
-KINDS = ("et", "cs", "predictor", "deployment")
+KINDS = ("et", "cs", "predictor", "deployment", "checkpoint")
 BAD = ("DIFFERENT", "CRASH", "HANG")
 OUTCOMES = ("refused", "identical", *BAD)
-SUFFIX = {"et": ".npz", "cs": ".npz", "predictor": ".npz", "deployment": ".json"}
+SUFFIX = {"et": ".npz", "cs": ".npz", "predictor": ".npz", "deployment": ".json", "checkpoint": ".pt"}
 MANIFEST = "seeds.json"
 
 
@@ -90,12 +95,15 @@ def reader(kind: str) -> Callable[[Path], Any]:
     if kind == "deployment":
         from einet.select import load_deployment
         return load_deployment
+    if kind == "checkpoint":
+        from einet.models import load_checkpoint
+        return load_checkpoint  # (model, state)
     raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
 
 
 def refusals(kind: str) -> tuple[type[BaseException], ...]:
     """The exceptions that count as a proper refusal of a damaged file of this kind."""
-    if kind == "deployment":
+    if kind in ("deployment", "checkpoint"):
         return (ValueError,)
     from einet.profiling import ProfileFormatError
     return (ProfileFormatError,)
@@ -109,14 +117,35 @@ def _same_float(a: float, b: float) -> bool:
     return a == b and math.copysign(1.0, a) == math.copysign(1.0, b)
 
 
+def _tensor_difference(a: Any, b: Any, path: str) -> str | None:
+    """Where tensor `b` differs from tensor `a`: dtype, shape and device, then bit for bit
+    (torch.equal on the raw bytes: -0.0 is not 0.0, and a NaN is the same NaN)."""
+    torch = sys.modules["torch"]  # imported: `a` is a tensor
+    if a.dtype != b.dtype or a.shape != b.shape or a.device != b.device:
+        return f"{path}: {a.dtype}{list(a.shape)} on {a.device} became {b.dtype}{list(b.shape)} on {b.device}"
+    x, y = a.detach().cpu().contiguous().reshape(-1), b.detach().cpu().contiguous().reshape(-1)
+    if x.numel() == 0 or torch.equal(x.view(torch.uint8), y.view(torch.uint8)):
+        return None
+    at = int((x.view(torch.uint8) != y.view(torch.uint8)).nonzero()[0, 0]) // x.element_size()
+    return f"{path}: element {at} {x[at].item()!r} became {y[at].item()!r}"
+
+
 def difference(a: Any, b: Any, path: str = "value") -> str | None:
     """Where `b` differs from `a` (None: equal). Strict: types must match (True is not 1; an int
-    equal to a float is the one exception), arrays bit for bit with dtype and shape, dataclasses
-    field by field, dicts key by key and in order."""
+    equal to a float is the one exception), arrays and tensors bit for bit with dtype and shape,
+    torch modules by class, training mode and state_dict, dataclasses field by field, dicts key by
+    key and in order."""
     if type(a) is not type(b):
         if {type(a), type(b)} == {int, float} and a == b:
             return None  # 0 read as 0.0: the same number (bool is neither: True is not 1)
         return f"{path}: {type(a).__name__} {_short(a)} became {type(b).__name__} {_short(b)}"
+    torch = sys.modules.get("torch")  # not imported: no tensor or module can be here
+    if torch is not None and isinstance(a, torch.Tensor):
+        return _tensor_difference(a, b, path)
+    if torch is not None and isinstance(a, torch.nn.Module):
+        if a.training != b.training:
+            return f"{path}: training mode {a.training} became {b.training}"
+        return difference(a.state_dict(), b.state_dict(), f"{path}.state_dict()")
     if dataclasses.is_dataclass(a) and not isinstance(a, type):
         for f in dataclasses.fields(a):
             found = difference(getattr(a, f.name), getattr(b, f.name), f"{path}.{f.name}")
@@ -401,12 +430,17 @@ def write_seeds(directory: Path) -> dict[str, list[str]]:
 
     directory.mkdir(parents=True, exist_ok=True)
     model = FIXTURES / "b_alexnet_w025_mnist_cpu"
-    seeds: dict[str, list[str]] = {"et": [], "cs": [], "predictor": [], "deployment": []}
+    seeds: dict[str, list[str]] = {kind: [] for kind in KINDS}
     for kind, source in [("et", model / "et.npz"), ("et", FIXTURES / "vgg16_fine_w025_cpu" / "et.npz"),
-                         ("predictor", model / "predictor-ensemble.npz"), ("predictor", model / "predictor.npz")]:
+                         ("predictor", model / "predictor-ensemble.npz"), ("predictor", model / "predictor.npz"),
+                         ("checkpoint", model / "model.pt")]:
         name = f"{kind}-{source.parent.name}-{source.name}"
         shutil.copyfile(source, directory / name)
         seeds[kind].append(name)
+    import torch  # the checkpoint seed must be verified on load (version 2, a SHA-256), not a version 1 file
+
+    state = torch.load(directory / seeds["checkpoint"][0], map_location="cpu", weights_only=True)
+    assert state["version"] == 2 and isinstance(state.get("sha256"), str), "the checkpoint seed must be version 2"
     small = CSProfile.load(model / "cs-holdout.npz").subset(np.arange(64))
     assert small.has_log_probs
     small.save(directory / "cs-64.npz")

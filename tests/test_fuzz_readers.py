@@ -1,7 +1,8 @@
 """The reader fuzzer (scripts/fuzz_readers.py): its classifier and mutations, and a short run of it.
 
 The long run (10,000 mutations of each file kind) is the script's job; here 150 of each must give
-no silent wrong load, crash or hang, and the classifier itself must tell those apart.
+no silent wrong load, crash or hang, and the classifier itself must tell those apart (for
+checkpoints too: a (model, state) pair, compared tensor by tensor).
 """
 
 from __future__ import annotations
@@ -15,13 +16,23 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 from helpers import load_script
 
+from einet.models import load_checkpoint
 from einet.profiling import CSProfile, ETRecord, ProfileFormatError
 
 fuzz = load_script("fuzz_readers")
 ROOT = Path(__file__).resolve().parents[1]
 ET = ROOT / "benchmarks" / "fixtures" / "b_alexnet_w025_mnist_cpu" / "et.npz"
+CHECKPOINT = ET.with_name("model.pt")
+
+
+def raises(error: BaseException) -> Callable[[], Any]:
+    """A load that raises `error`."""
+    def load() -> Any:
+        raise error
+    return load
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +45,6 @@ def seeds(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_classifier_tells_refusals_identical_loads_wrong_loads_and_crashes() -> None:
     original = ETRecord.load(ET)
     refused = fuzz.refusals("et")
-
-    def raises(error: BaseException) -> Callable[[], Any]:
-        def load() -> Any:
-            raise error
-        return load
 
     assert fuzz.classify(lambda: ETRecord.load(ET), original, refused) == ("identical", "")
     assert fuzz.classify(raises(ProfileFormatError("damaged")), original, refused)[0] == "refused"
@@ -63,6 +69,47 @@ def test_classifier_tells_refusals_identical_loads_wrong_loads_and_crashes() -> 
     assert fuzz.difference({"a": float("nan")}, {"a": float("nan")}) is None
     assert fuzz.difference({"a": 0.0}, {"a": 0}) is None
     assert fuzz.difference((True,), (1,)) is not None
+
+
+def test_classifier_compares_checkpoints_tensor_by_tensor() -> None:
+    """A checkpoint load is (model, state): every tensor of the state, its spec and the model's
+    weights must be the original's, bit for bit."""
+    original = load_checkpoint(CHECKPOINT)
+    refused = fuzz.refusals("checkpoint")
+    assert fuzz.classify(lambda: load_checkpoint(CHECKPOINT), original, refused) == ("identical", "")
+
+    class Damaged(ValueError):
+        pass
+
+    assert fuzz.classify(raises(Damaged("checksum")), original, refused)[0] == "refused"
+    for error in (TypeError("x"), KeyError("x"), RuntimeError("x"), EOFError(), OverflowError("x")):
+        assert fuzz.classify(raises(error), original, refused)[0] == "CRASH"
+
+    def one_weight_changed() -> Any:  # the state's weights: one element one ulp off
+        model, state = load_checkpoint(CHECKPOINT)
+        weights = state["model"].copy()
+        key = next(k for k, v in weights.items() if v.is_floating_point() and v.numel())
+        weights[key] = weights[key].clone()
+        flat = weights[key].view(-1)
+        flat[0] = torch.nextafter(flat[0], torch.tensor(np.inf, dtype=flat.dtype))
+        return model, {**state, "model": weights}
+
+    outcome, detail = fuzz.classify(one_weight_changed, original, refused)
+    assert outcome == "DIFFERENT" and "[1]['model']" in detail and "element 0" in detail, detail
+
+    def model_weight_changed() -> Any:  # the model's weights, the state untouched
+        model, state = load_checkpoint(CHECKPOINT)
+        with torch.no_grad():
+            next(model.parameters()).view(-1)[-1] *= -1
+        return model, state
+
+    outcome, detail = fuzz.classify(model_weight_changed, original, refused)
+    assert outcome == "DIFFERENT" and "[0].state_dict()" in detail, detail
+    model, state = original
+    assert fuzz.difference(original, (model, {**state, "spec": {**state["spec"], "width": 0.5}})) is not None
+    assert fuzz.difference(torch.zeros(3), torch.zeros(3, dtype=torch.float64)) is not None
+    assert fuzz.difference(torch.zeros(3), -torch.zeros(3)) is not None  # bit for bit: -0.0 is not 0.0
+    assert fuzz.difference(torch.full((2,), float("nan")), torch.full((2,), float("nan"))) is None
 
 
 def test_mutations_replay_and_target_the_zip_directory(seeds: Path, tmp_path: Path) -> None:
@@ -116,4 +163,6 @@ def test_a_short_run_finds_nothing() -> None:
     done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuzz_readers.py"), "--mutations", "150",
                            "--workers", "1", "--seed", "0"], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert "mutations" in done.stdout, done.stderr[-3000:]
+    for kind in fuzz.KINDS:  # checkpoints included
+        assert any(line.split()[:2] == [kind, "150"] for line in done.stdout.splitlines()), (kind, done.stdout)
     assert done.returncode == 0, done.stdout[-6000:] + done.stderr[-2000:]
