@@ -101,7 +101,8 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, name, 
     overheads weigh most there) under rule ensemble with the time-zero answer."""
     from einet.policies import EINet
     from einet.profiling import profile_et
-    from einet.runtime import ElasticRuntime, check_against_simulator
+    from einet.realtime import check_against_simulator
+    from einet.runtime import ElasticRuntime
     from einet.simulate import sample_exit_times
 
     model, base, cs, native, rule, images, labels = realtime_case(name, predictor)

@@ -26,7 +26,8 @@ from einet.models import TrainConfig, build, train
 from einet.policies import EINet
 from einet.predictor import fit_predictor, save_predictor
 from einet.profiling import profile_cs, profile_et
-from einet.runtime import ElasticRuntime, check_against_simulator
+from einet.realtime import check_against_simulator
+from einet.runtime import ElasticRuntime
 from einet.simulate import full_inference_time, relative_distribution, sample_exit_times
 
 

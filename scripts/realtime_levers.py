@@ -37,8 +37,9 @@ from einet.models.second_look import with_second_look
 from einet.policies import EINet
 from einet.predictor import load_predictor
 from einet.profiling import CSProfile, profile_et
+from einet.realtime import check_against_simulator
 from einet.rules import AnswerRule
-from einet.runtime import ElasticRuntime, check_against_simulator
+from einet.runtime import ElasticRuntime
 from einet.select import select
 from einet.simulate import ci95_half_width, full_inference_time, relative_distribution, sample_exit_times
 

@@ -466,7 +466,7 @@ def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
     deadline. Only timing may part them (a deadline within scheduling jitter of a branch's end)."""
     import einet
     from einet.profiling import CSProfile
-    from einet.runtime import check_against_simulator
+    from einet.realtime import check_against_simulator
 
     model, samples = slow_model(0.02), 40
     labels = np.random.default_rng(0).integers(0, 3, samples)

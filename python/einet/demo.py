@@ -26,7 +26,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from .models import TrainConfig, build, train
     from .predictor import load_predictor
     from .profiling import profile_cs, profile_et
-    from .runtime import ElasticRuntime, check_against_simulator
+    from .realtime import check_against_simulator
+    from .runtime import ElasticRuntime
     from .select import DEPLOYMENT_NAME, load_deployment, save_deployment, select
     from .simulate import (
         compare,

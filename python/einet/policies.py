@@ -91,17 +91,19 @@ def single_exit(num_exits: int, name: str = "single-exit") -> FixedPlan:
 
 
 def statistics_plan(holdout: CSProfile | Sequence[float], et: ETProfile, dist: Distribution,
-                    rule: str | AnswerRule = "latest", method: str = "hybrid") -> FixedPlan:
+                    rule: str | AnswerRule = "latest", method: str = "hybrid",
+                    memo: dict[tuple[int, ...], float] | None = None) -> FixedPlan:
     """The statistics near-optimal plan: the search on dataset-mean exit accuracies, one plan for all.
 
     `holdout`: the held-out CS-profile (or its per-exit accuracies, for rules other than
     ``ensemble``). Under rule ``ensemble`` an exit's accuracy depends on which earlier branches
-    the plan runs, so the plan comes from :func:`ensemble_statistics_plan` instead."""
+    the plan runs, so the plan comes from :func:`ensemble_statistics_plan` instead (`memo`: its
+    held-out accuracies of exit sets, kept by a caller that plans again, e.g. an adaptive runtime)."""
     rule = as_rule(rule)
     if rule.name == "ensemble":
         if not isinstance(holdout, CSProfile):
             raise TypeError("rule 'ensemble' needs the held-out CS-profile, not per-exit accuracies")
-        return FixedPlan(ensemble_statistics_plan(holdout, et, dist, rule), "statistics")
+        return FixedPlan(ensemble_statistics_plan(holdout, et, dist, rule, memo=memo), "statistics")
     mean_accuracy = holdout.accuracy_per_exit() if isinstance(holdout, CSProfile) else holdout
     plan = search(np.asarray(mean_accuracy, dtype=np.float64), et, dist, method=method, rule=rule.native,
                   held=rule.held_credit)
@@ -110,17 +112,18 @@ def statistics_plan(holdout: CSProfile | Sequence[float], et: ETProfile, dist: D
 
 
 def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distribution, rule: AnswerRule,
-                             depth: int = 4) -> np.ndarray:
+                             depth: int = 4, memo: dict[tuple[int, ...], float] | None = None) -> np.ndarray:
     """The best single plan under rule ``ensemble``, exactly scored on held-out data.
 
     For a fixed plan every sample's branches finish at the same times, so the held-out mean of
     E is E with s_q = the held-out accuracy of the ensemble of the plan's first q branches. Those
     scores depend on the plan (a set, not one exit), which the native search does not model:
     the hybrid search (docs/design.md section 4: enumerate the next `depth` branches, greedy over the rest) runs
-    here in Python on that exact objective, memoising each set's accuracy."""
+    here in Python on that exact objective, memoising each set's accuracy (in `memo`, if given:
+    they depend on the held-out data and the rule only, not on the profile or distribution)."""
     log_probs, labels = holdout.dense_log_probs(), holdout.labels
     weights = np.asarray(rule.weights, dtype=np.float32)
-    accuracy: dict[tuple[int, ...], float] = {}
+    accuracy: dict[tuple[int, ...], float] = {} if memo is None else memo
 
     def set_accuracy(chosen: tuple[int, ...]) -> float:
         if chosen not in accuracy:

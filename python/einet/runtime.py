@@ -41,17 +41,16 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Union
 
 import numpy as np
 import torch
 
+from .adaptive import Adaptation
 from .models.base import MultiExitNetwork
 from .planner import ETProfile
 from .policies import Policy
-from .profiling import CSProfile
 from .rules import AnswerRule, RunningAnswer, as_rule
-from .simulate import ci95_half_width, correct_at
 
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
@@ -62,7 +61,6 @@ POLL_SECONDS = 1e-4  # how often an Event or callable interrupt is asked
 FINAL_POLL_SECONDS = 2e-3
 SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
 EXIT_JOIN_SECONDS = 60.0  # at interpreter exit, how long to wait for the workers' blocks in flight
-COLD_START_RUNS = 10  # untimed inferences before a real-time check measures the runtime
 
 
 @dataclass(frozen=True)
@@ -76,6 +74,9 @@ class Answer:
     interrupted: bool  # True when a forced exit ended it
     exits_run: tuple[int, ...] = ()  # branches that finished before the end
     planning_seconds: float = 0.0  # time spent in the policy (predict + plan), included in elapsed
+    # (block, conv-part seconds, branch seconds or NaN when not run) of each block that had ended when
+    # the answer was returned, as the worker measured them (CPU only: empty on CUDA)
+    block_times: tuple[tuple[int, float, float], ...] = ()
 
 
 # Python's thread switch interval: a waiting caller needs the GIL back within its latency budget, not
@@ -184,6 +185,10 @@ class _Job:
         # and the answer then held under the runtime's rule: its exit, prediction, confidence).
         self.answers: list[tuple[float, int, int | None, int | None, float]] = []
         self.planning = 0.0
+        # (block, conv-part seconds, branch seconds or NaN when not run) as this sample ran them; the
+        # conv part runs from the previous block's end to the branch decision, the branch from there to
+        # its published answer, so they add up to when each answer came (see einet.adaptive)
+        self.times: list[tuple[int, float, float]] = []
         self.ended = math.inf  # when the worker was done with it, in seconds since the call
         self.error: BaseException | None = None
         self.returned = False  # the caller has gone: a later error is reported by the runtime
@@ -264,8 +269,9 @@ class _Worker:
     torch, costing more than a small model's whole inference."""
 
     def __init__(self, model: MultiExitNetwork, device: torch.device, rule: AnswerRule, threads: int,
-                 statistics: _Statistics) -> None:
+                 statistics: _Statistics, adaptation: Adaptation | None = None) -> None:
         self.model, self.device, self.threads, self.statistics = model, device, threads, statistics
+        self.adaptation = adaptation  # learnt from between samples, in this thread
         self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
         self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # put() is safe in finalisers
         self.late_errors: deque[BaseException] = deque()  # raised after their callers had returned
@@ -313,9 +319,15 @@ class _Worker:
                 job.ended = time.perf_counter() - job.started
                 with self._lock:
                     self._pending -= 1
-                    if self._pending == 0:
+                    idle = self._pending == 0
+                    if idle:
                         self.idle.set()
                 job.done.set()
+            if idle and self.adaptation is not None and self.adaptation.pending():
+                try:
+                    self.adaptation.update()
+                except BaseException as error:  # raised by the next infer()
+                    self.late_errors.append(error)
 
     def _run(self, job: _Job) -> None:
         if job.stop.is_set():  # interrupted before its turn came
@@ -326,9 +338,11 @@ class _Worker:
             self.statistics.dispatch.append(time.perf_counter() - started)
         running = self.running
         running.reset()
+        times = job.times if self.device.type == "cpu" else None  # on CUDA a block's time shows only at a sync
         with torch.inference_mode():
             h = job.x.to(self.device, non_blocking=True)
             pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
+            mark = started  # where the next conv part's time starts
             for i in range(self.model.num_exits):
                 if job.stop.is_set():
                     return
@@ -346,15 +360,23 @@ class _Worker:
                     return
                 before = time.perf_counter()
                 run = policy.run_branch(i, before - started)
-                job.planning += time.perf_counter() - before
+                decided = time.perf_counter()
+                job.planning += decided - before
                 if not run:
+                    if times is not None:
+                        times.append((i, decided - mark, math.nan))
+                    mark = decided
                     continue
                 log_probs = self.model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
                 if policy.needs_log_probs:
                     policy.record_log_probs(i, log_probs)
                 signal = running.add(i, log_probs)
-                finished = time.perf_counter() - started
+                now = time.perf_counter()
+                finished = now - started
                 job.publish(finished, i, running)
+                if times is not None:
+                    times.append((i, decided - mark, now - decided))
+                mark = now
                 pending = (i, signal, finished)
             if pending is not None:  # the last block's branch: the policy still hears of it
                 policy.observe(*pending)
@@ -404,16 +426,21 @@ class ElasticRuntime:
     collected, and at interpreter exit after its block in flight (up to ``EXIT_JOIN_SECONDS``).
     """
 
-    def __init__(self, model: MultiExitNetwork, policy: Policy, rule: str | AnswerRule = "latest",
-                 device: str = "cpu", threads: int = 1) -> None:
+    def __init__(self, model: MultiExitNetwork, policy: Policy | None = None, rule: str | AnswerRule = "latest",
+                 device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None) -> None:
         rule = as_rule(rule)
+        if (policy is None) == (adapt is None):
+            raise TypeError("give a policy, or an Adaptation (adapt=...) that plans one")
+        self._adaptation = adapt
+        policy = adapt.policy if adapt is not None else policy
+        assert policy is not None
         if rule.weights is not None and len(rule.weights) != model.num_exits:
             raise ValueError(f"the ensemble has {len(rule.weights)} weights, the model {model.num_exits} exits")
         if policy.needs_oracle:
             raise ValueError(f"{policy.name} needs each sample's true correctness: it can only be simulated")
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
-        self.policy = policy
+        self._policy = policy
         self.rule = rule
         # torch's intra-op threads for the worker. One by default: a batch of one gains little from more
         # on a small CPU, and a second core stays free for the caller; profile_et uses the same default.
@@ -423,16 +450,37 @@ class ElasticRuntime:
         self.dispatch_seconds = self._statistics.dispatch  # from infer() to the first block starting
         self.planning_seconds = self._statistics.planning  # policy time after each branch run
         self._lock = threading.Lock()  # one inference at a time
-        self._worker = _Worker(self.model, self.device, rule, threads, self._statistics)
+        self.last_policy: Policy = policy  # the policy of the latest infer() call
+        self._worker = _Worker(self.model, self.device, rule, threads, self._statistics, adapt)
         self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
 
-    def infer(self, x: torch.Tensor, interrupt: Interrupt = None) -> Answer:
+    @property
+    def policy(self) -> Policy:
+        """The policy the next sample runs with (an adaptive runtime's: planned with its estimates)."""
+        return self._adaptation.policy if self._adaptation is not None else self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        if self._adaptation is not None:
+            self._adaptation.policy = policy
+        else:
+            self._policy = policy
+
+    @property
+    def adaptation(self) -> Adaptation | None:
+        """What an adaptive runtime has learnt (its ``profile`` and ``dist`` are planned with); None
+        for a static one."""
+        return self._adaptation
+
+    def infer(self, x: torch.Tensor, interrupt: Interrupt = None, plan_for_deadline: bool = False) -> Answer:
         """Elastic inference of one sample (batch of one) until it ends or `interrupt` fires.
 
         `interrupt`: None (run to the end); a deadline in seconds from this call (any real number
         >= 0, numpy scalars included; inf or one beyond any possible wait means none); a
         ``threading.Event``; or a callable returning True to stop. A NaN or negative deadline
         raises ValueError, a bool or anything else TypeError, before anything runs.
+        `plan_for_deadline` (adaptive runtimes): the caller knows the deadline, and this sample is
+        planned for exactly it (the current block-time estimate, exit at the deadline).
 
         ``interrupted`` is True whenever the inference had not ended when the interrupt fired:
         for a deadline, by the worker's clock, even when this caller got the CPU back late; for an
@@ -443,11 +491,17 @@ class ElasticRuntime:
         _check_input(x)
         if self._worker.stopping:
             raise RuntimeError("this runtime is closed")
+        policy = self.policy
+        if plan_for_deadline:
+            if self._adaptation is None or limit.deadline is None:
+                raise ValueError("plan_for_deadline needs an adaptive runtime and a deadline in seconds")
+            policy = self._adaptation.for_deadline(limit.deadline)
+        self.last_policy = policy
         if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt
             return Answer(self.rule.prior_class, None, 0.0, time.perf_counter() - started, True)
         try:
             self._raise_late_error()
-            job = _Job(x, self.policy, started)
+            job = _Job(x, policy, started)
             self._worker.submit(job)
             try:
                 finished = limit.wait(job.done.wait)
@@ -465,14 +519,19 @@ class ElasticRuntime:
                 raise error
             if finished and not job.queued:
                 self._statistics.answers.append([(a[0], a[1]) for a in job.answers])
+            times = list(job.times)  # (the worker may still be appending the block in flight's)
+            if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
+                self._adaptation.record([] if job.queued else times, job.ended if finished else limit.cutoff(elapsed),
+                                        not finished)
             held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
         finally:
             self._lock.release()
         elapsed = time.perf_counter() - started
         if held is None:  # no branch finished: the time-zero answer, if the rule holds one
-            return Answer(self.rule.prior_class, None, 0.0, elapsed, not finished, exits_run, job.planning)
+            return Answer(self.rule.prior_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
+                          tuple(times))
         exit_index, prediction, confidence = held
-        return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning)
+        return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning, tuple(times))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the block an interrupted inference left in flight has ended (True), or
@@ -516,94 +575,3 @@ class ElasticRuntime:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-@dataclass(frozen=True, eq=False)
-class RealtimeReport:
-    """Elastic inference under real timer interrupts over many samples."""
-
-    correct: np.ndarray  # [S] bool: each sample's returned answer was right (no answer: wrong)
-    latencies: tuple[float, ...]  # seconds from each forced exit to the answer's return
-    planning_share: float  # time in the policy / total inference time, over the runs not interrupted
-
-    @property
-    def accuracy(self) -> float:
-        return float(self.correct.mean()) if len(self.correct) else 0.0
-
-    @property
-    def samples(self) -> int:
-        return len(self.correct)
-
-
-def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadlines: Any,
-                       uninterrupted: int = 100, progress: bool = True) -> RealtimeReport:
-    """Each image (a row of `images`) interrupted at its deadline (seconds), started once the previous
-    image's block in flight has ended (as the simulator assumes: every sample on an idle device);
-    then `uninterrupted` images run to the end to measure the planner's share of the inference time."""
-    from tqdm.auto import tqdm
-
-    correct, latencies = np.zeros(len(deadlines), dtype=bool), []
-    for k in tqdm(range(len(deadlines)), desc="real-time", disable=not progress, leave=False):
-        runtime.wait_idle()
-        answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]))
-        correct[k] = answer.prediction is not None and answer.prediction == int(labels[k])
-        if answer.interrupted:
-            latencies.append(answer.elapsed - float(deadlines[k]))
-    planning, total = 0.0, 0.0
-    runtime.wait_idle()  # the last interrupted image's block in flight is not this one's time
-    for k in range(min(uninterrupted, len(deadlines))):
-        answer = runtime.infer(images[k:k + 1])
-        planning += answer.planning_seconds
-        total += answer.elapsed
-    return RealtimeReport(correct, tuple(latencies), planning / total if total else 0.0)
-
-
-@dataclass(frozen=True, eq=False)
-class SimulatorCheck:
-    """The runtime against the trace-driven simulator on the same images and the same deadlines."""
-
-    report: RealtimeReport  # what the runtime returned
-    simulated: np.ndarray  # [S] bool: the simulator's held answer right at the same deadline
-    et: ETProfile  # the calibrated profile both planned and simulated with
-
-    @property
-    def per_sample(self) -> np.ndarray:
-        """[S]: runtime minus simulator, each sample's answer right (1) or not (0)."""
-        difference: np.ndarray = self.report.correct.astype(np.float64) - self.simulated
-        return difference
-
-    @property
-    def difference(self) -> float:
-        """Runtime minus simulator accuracy (a share): only timing can make them differ."""
-        return float(self.per_sample.mean())
-
-    @property
-    def ci95(self) -> float:
-        """The paired 95% half-width of `difference` over the samples."""
-        return ci95_half_width(self.per_sample)
-
-
-def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETProfile], Policy], et: ETProfile,
-                            cs: CSProfile, images: torch.Tensor, deadlines: Any, warmup: int = 100,
-                            uninterrupted: int = 100, progress: bool = False) -> SimulatorCheck:
-    """Does the runtime do what the simulator predicts? The one real-time check (demo, CUDA script,
-    benchmark). `images` and `cs` (their CS-profile: labels, confidences, log-probabilities) are the
-    same samples in the same order, one deadline (seconds) each. A few images run untimed (the cold
-    start), then `warmup` run to the end so the runtime measures what it adds to `et`
-    (:meth:`ElasticRuntime.calibrate`); the policy is rebuilt for the calibrated profile
-    (`policy_for`); every image is then interrupted at its deadline, and the simulator replays the
-    same policy on `cs` and scores the answer it holds at the same deadlines."""
-    deadlines = np.asarray(deadlines, dtype=np.float64)
-    if not len(images) == len(deadlines) == cs.num_samples:
-        raise ValueError(f"one image, deadline and CS-profile row per sample: got {len(images)} images, "
-                         f"{len(deadlines)} deadlines and {cs.num_samples} profiled samples")
-    for k in range(min(COLD_START_RUNS, len(images))):
-        runtime.infer(images[k:k + 1])
-    runtime.reset_statistics()
-    for k in range(min(warmup, len(images))):
-        runtime.infer(images[k:k + 1])
-    et = runtime.calibrate(et)
-    runtime.policy = policy_for(et)
-    report = run_with_deadlines(runtime, images, cs.labels, deadlines, uninterrupted, progress)
-    simulated = correct_at(policy_for(et), cs, et, deadlines, runtime.rule)
-    return SimulatorCheck(report, simulated, et)

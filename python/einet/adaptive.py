@@ -1,0 +1,301 @@
+"""What the runtime learns while it runs: block times and the exit-time distribution (design section 11).
+
+The planner's two inputs are estimates made once, offline: the ET-profile (measured under one
+load) and the exit-time distribution (assumed). A device that shares its cores, throttles, or
+meets interrupts nobody modelled makes both wrong. The elastic runtime sees every block and
+branch it runs and every interrupt that ends a sample, so it can correct both:
+
+- :class:`BlockTimes`: a robust running estimate of every block's conv-part and branch time,
+  as the offline profile times two corrections in log space: one per block that moves slowly
+  (what the profile got wrong for good) and one device-wide factor that moves fast (load that
+  comes and goes). Each observation's residual is clipped, so one preempted block (a 50x
+  outlier) moves the estimate by a bounded step.
+- :class:`ExitTimes`: the exit-time distribution from what happened to recent samples. An
+  interrupted sample gives its exit time; a sample that finished first gives only a lower
+  bound (right-censored). Kaplan-Meier over a sliding window, blended with the configured
+  prior while few samples have been seen, as an :class:`einet.Empirical` the planner takes.
+
+Numpy and the native planner only; the runtime (:mod:`einet.runtime`) feeds them.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from .planner import Deterministic, Distribution, Empirical, ETProfile, NativePredictor
+from .policies import HEDGE_MARGIN, EINet, Policy, statistics_plan
+from .profiling import CSProfile
+from .rules import AnswerRule
+from .validation import number
+
+__all__ = ["Adaptation", "BlockTimes", "ExitTimes", "kaplan_meier", "replanning"]
+
+
+@dataclass(frozen=True)
+class _Rates:
+    block: float  # per-block correction: slow
+    device: float  # device-wide factor: fast
+    clip: float  # largest log-residual one observation may contribute
+
+
+class BlockTimes:
+    """Block and branch times as measured now: ``base * exp(per_block + device)``, in log space.
+
+    `block_rate` (default 0.01: about a hundred samples to settle) moves each block's own
+    correction; `device_rate` (default 0.05: some twenty block or branch times, a few samples)
+    moves the device-wide factor shared by all; `clip` bounds one observation's residual to a
+    factor of that many (default 4).
+    """
+
+    def __init__(self, et: ETProfile, block_rate: float = 0.01, device_rate: float = 0.05, clip: float = 4.0) -> None:
+        self.base = et
+        self._rates = _Rates(number("block_rate", block_rate, 0.0, 1.0), number("device_rate", device_rate, 0.0, 1.0),
+                             math.log(number("clip", clip, 1.0, None, low_open=True)))
+        # the floor keeps log(observed / predicted) finite for a branch the profile timed at zero
+        self._floor = max(1e-9, 1e-3 * float(np.median(np.concatenate([et.conv, et.branch]))))
+        self.reset()
+
+    def reset(self) -> None:
+        """Back to the offline profile."""
+        n = self.base.num_blocks
+        self._log_conv, self._log_branch = np.zeros(n), np.zeros(n)
+        self._log_device = 0.0
+        self.observations = 0
+
+    @property
+    def slowdown(self) -> float:
+        """The device-wide factor: how much slower than the offline profile the device runs now."""
+        return math.exp(self._log_device)
+
+    def observe(self, block: int, conv: float | None = None, branch: float | None = None) -> None:
+        """One block's measured conv-part time and/or branch time, in seconds."""
+        for seconds, base, log_block in ((conv, self.base.conv, self._log_conv),
+                                         (branch, self.base.branch, self._log_branch)):
+            if seconds is None or not math.isfinite(seconds) or seconds < 0:
+                continue
+            expected = max(float(base[block]), self._floor)
+            observed = max(seconds, self._floor)
+            rates = self._rates
+            residual = math.log(observed / expected) - log_block[block] - self._log_device
+            residual = min(max(residual, -rates.clip), rates.clip)
+            self._log_device += rates.device * residual
+            log_block[block] += rates.block * (residual - rates.device * residual)
+            self.observations += 1
+
+    def profile(self) -> ETProfile:
+        """The current estimate, as the planner takes it."""
+        scale = math.exp(self._log_device)
+        return ETProfile(self.base.conv * np.exp(self._log_conv) * scale,
+                         self.base.branch * np.exp(self._log_branch) * scale)
+
+
+def kaplan_meier(times: np.ndarray, observed: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The Kaplan-Meier estimate of P(tau <= t) from right-censored data: (event times, CDF just
+    after each). `observed[k]` is True when `times[k]` is an exit time, False when it is only a
+    lower bound on it (the sample finished first). Ties: events count before censorings."""
+    times, observed = np.asarray(times, dtype=np.float64), np.asarray(observed, dtype=bool)
+    order = np.lexsort((~observed, times))  # by time; at equal times, events first
+    times, observed = times[order], observed[order]
+    at_risk = len(times) - np.arange(len(times))
+    factors = np.where(observed, 1.0 - 1.0 / at_risk, 1.0)
+    survival = np.cumprod(factors)
+    return times[observed], 1.0 - survival[observed]
+
+
+class ExitTimes:
+    """The exit-time distribution learned from a sliding window of samples, blended with `prior`.
+
+    With n samples in the window, the CDF is ``(n * KM + weight * prior) / (n + weight)``: the prior
+    leads until about `weight` samples have been seen, then the data. The mass beyond the last
+    observation (every sample finished before it: no exit seen) stays beyond it, at `far` times
+    the latest time seen; to a planner all that mass comes after every branch has finished.
+    """
+
+    def __init__(self, prior: Distribution, horizon: float, window: int = 500, weight: float = 50.0,
+                 points: int = 256) -> None:
+        self.prior = prior
+        self.horizon = number("horizon", horizon, 0.0, None, low_open=True)
+        self.window = int(number("window", window, 1, None, integer=True))
+        self.weight = number("weight", weight, 0.0)
+        self.points = int(number("points", points, 8, 100_000, integer=True))
+        self._times: deque[float] = deque(maxlen=self.window)
+        self._observed: deque[bool] = deque(maxlen=self.window)
+
+    def __len__(self) -> int:
+        return len(self._times)
+
+    def reset(self) -> None:
+        self._times.clear()
+        self._observed.clear()
+
+    def observe(self, seconds: float, interrupted: bool) -> None:
+        """A sample's end: interrupted at `seconds` (an exit time), or finished then (a lower bound)."""
+        if math.isfinite(seconds) and seconds >= 0:
+            self._times.append(float(seconds))
+            self._observed.append(bool(interrupted))
+
+    def cdf(self, t: np.ndarray) -> np.ndarray:
+        """The blended CDF at times `t`."""
+        t = np.asarray(t, dtype=np.float64)
+        prior = np.asarray(self.prior.cdf(t), dtype=np.float64)
+        n = len(self._times)
+        if n == 0:
+            return np.asarray(prior)
+        events, after = kaplan_meier(np.array(self._times), np.array(self._observed))
+        index = np.searchsorted(events, t, side="right")
+        learned = np.where(index > 0, np.concatenate([[0.0], after])[index], 0.0)
+        blended: np.ndarray = (n * learned + self.weight * prior) / (n + self.weight)
+        return blended
+
+    def distribution(self) -> Distribution:
+        """The blended distribution as the planner takes it: `points` quantiles of the blended CDF
+        (the prior itself while no sample has been seen)."""
+        if not self._times:
+            return self.prior
+        latest = max(max(self._times), self.horizon)
+        grid = np.concatenate([np.linspace(0.0, latest, 4 * self.points), np.sort(np.array(self._times))])
+        grid.sort()
+        cdf = np.maximum.accumulate(self.cdf(grid))
+        levels = (np.arange(self.points) + 0.5) / self.points
+        index = np.searchsorted(cdf, levels, side="left")
+        far = 10.0 * latest  # the mass no sample reached: after every branch
+        samples = np.where(index < len(grid), grid[np.minimum(index, len(grid) - 1)], far)
+        return Empirical(samples)
+
+    def distance(self, other: Distribution) -> float:
+        """The largest CDF difference to `other` over the horizon (Kolmogorov-Smirnov): how far the
+        estimate has moved since a plan was made with `other`."""
+        grid = np.linspace(0.0, max(self.horizon, max(self._times, default=0.0)), 4 * self.points)
+        return float(np.max(np.abs(self.cdf(grid) - np.asarray(other.cdf(grid), dtype=np.float64))))
+
+
+class Adaptation:
+    """What an adaptive :class:`einet.runtime.ElasticRuntime` keeps: the two estimates, the policy
+    planned with them, and when to plan again.
+
+    `policy_for(et, dist)` builds the policy for a profile and an exit-time distribution (e.g. EINet
+    with the statistics plan first, or the statistics plan itself); it is called at the start, and
+    again when the estimates have moved: the full inference time by more than `tolerance`
+    (relative), or the exit-time CDF by more than `distance` (Kolmogorov-Smirnov), and `gap`
+    samples have passed since the last plan (a plan costs; a load that flickers faster than that
+    is averaged over). Samples are
+    learnt from in batches of `every`, by the runtime's worker thread between samples, so the
+    caller's inference never waits for it; a new plan is made on a thread of its own
+    (`background`; a search over held-out data can take a tenth of a second, which would otherwise
+    hold up the next sample) and used from the next sample on. `learn_blocks` / `learn_exits`
+    switch either estimate off.
+    """
+
+    def __init__(self, policy_for: Callable[[ETProfile, Distribution], Policy], et: ETProfile, prior: Distribution,
+                 horizon: float, *, block_rate: float = 0.01, device_rate: float = 0.05, window: int = 500,
+                 weight: float = 50.0, every: int = 10, gap: int = 50, tolerance: float = 0.1,
+                 distance: float = 0.05, learn_blocks: bool = True, learn_exits: bool = True,
+                 background: bool = True) -> None:
+        self.policy_for = policy_for
+        self.block_times = BlockTimes(et, block_rate, device_rate)
+        self.exit_times = ExitTimes(prior, horizon, window, weight)
+        self.every = int(number("every", every, 1, None, integer=True))
+        self.gap = int(number("gap", gap, 0, None, integer=True))
+        self._since = 0  # samples learnt from since the last plan
+        self.tolerance = number("tolerance", tolerance, 0.0)
+        self.distance = number("distance", distance, 0.0, 1.0)
+        self.learn_blocks, self.learn_exits, self.background = learn_blocks, learn_exits, background
+        self._records: deque[tuple[list[tuple[int, float, float]], float, bool]] = deque()
+        self.replans = 0
+        self._planner: threading.Thread | None = None
+        self._error: BaseException | None = None  # of a background plan: raised by the next update()
+        self._plan(et, prior)
+
+    def _plan(self, et: ETProfile, dist: Distribution) -> None:
+        try:
+            policy = self.policy_for(et, dist)
+        except BaseException as error:
+            self._error = error
+            return
+        self.planned_et, self.planned_dist, self.policy = et, dist, policy
+
+    @property
+    def profile(self) -> ETProfile:
+        """The block times the runtime plans with now."""
+        return self.block_times.profile() if self.learn_blocks else self.block_times.base
+
+    @property
+    def dist(self) -> Distribution:
+        """The exit-time distribution the runtime plans with now."""
+        return self.exit_times.distribution() if self.learn_exits else self.exit_times.prior
+
+    def record(self, times: list[tuple[int, float, float]], end: float, interrupted: bool) -> None:
+        """One sample (the caller's thread; a deque append): its (block, conv, branch) times, NaN for a
+        branch not run, and when it ended: at its interrupt, or when it finished (a lower bound)."""
+        self._records.append((times, end, interrupted))
+
+    def pending(self) -> bool:
+        return len(self._records) >= self.every
+
+    def update(self) -> bool:
+        """Learn from the recorded samples and plan again if the estimates moved (True then)."""
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
+        while self._records:
+            times, end, interrupted = self._records.popleft()
+            if self.learn_blocks:
+                for block, conv, branch in times:
+                    self.block_times.observe(block, conv, None if math.isnan(branch) else branch)
+            if self.learn_exits:
+                self.exit_times.observe(end, interrupted)
+            self._since += 1
+        if self._since < self.gap:
+            return False
+        et, planned = self.profile, self.planned_et
+        moved = abs(math.log((et.total() + 1e-12) / (planned.total() + 1e-12))) > math.log1p(self.tolerance)
+        if self.learn_exits and len(self.exit_times):
+            moved = moved or self.exit_times.distance(self.planned_dist) > self.distance
+        if not moved or (self._planner is not None and self._planner.is_alive()):
+            return False  # (a plan under way: the estimates are looked at again after the next batch)
+        self.replans += 1
+        self._since = 0
+        if self.background:
+            self._planner = threading.Thread(target=self._plan, args=(et, self.dist), daemon=True,
+                                             name="einet-planner")
+            self._planner.start()
+        else:
+            self._plan(et, self.dist)
+        return True
+
+    def for_deadline(self, deadline: float) -> Policy:
+        """The policy for a sample whose deadline the caller knows: planned for exactly that deadline."""
+        return self.policy_for(self.profile, Deterministic(deadline))
+
+    def reset(self) -> None:
+        """Forget everything learnt: back to the offline profile and the prior."""
+        if self._planner is not None:
+            self._planner.join()
+        self._records.clear()
+        self._since = 0
+        self.block_times.reset()
+        self.exit_times.reset()
+        self._plan(self.block_times.base, self.exit_times.prior)
+
+
+def replanning(holdout: CSProfile, rule: AnswerRule, predictor: NativePredictor | None = None,
+               signal: str = "confidence") -> Callable[[ETProfile, Distribution], Policy]:
+    """The `policy_for` of an :class:`Adaptation`: einet's EINet (the statistics plan of `holdout`
+    first, re-planned per sample for a predicted gain of HEDGE_MARGIN) or, without a predictor,
+    the statistics plan itself, for any profile and distribution. Planning again is cheap: under
+    rule ensemble the held-out accuracies of exit sets are kept between calls."""
+    memo: dict[tuple[int, ...], float] = {}
+
+    def policy_for(et: ETProfile, dist: Distribution) -> Policy:
+        first = statistics_plan(holdout, et, dist, rule, memo=memo)
+        if predictor is None:
+            return first
+        return EINet(predictor, et, dist, rule, first_plan=first.mask, margin=HEDGE_MARGIN, signal=signal)
+
+    return policy_for

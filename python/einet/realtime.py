@@ -1,0 +1,178 @@
+"""Real-time checks of the elastic runtime: does it do what the simulator predicts (design section 9)?
+
+- :func:`run_with_deadlines`: a stream of images, each interrupted at its deadline;
+- :func:`check_against_simulator`: a static runtime against the simulator replaying the same
+  policy on the images' CS-profile with the runtime's calibrated profile;
+- :func:`run_stream` and :func:`replay_observed`: an adaptive runtime against the simulator
+  replaying, for every sample, the block times the runtime actually observed for it.
+
+Kept apart from :mod:`einet.runtime`, which serves inferences and needs none of this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from .planner import ETProfile
+from .policies import Policy
+from .profiling import CSProfile
+from .runtime import Answer, ElasticRuntime
+from .simulate import ci95_half_width, correct_at
+
+COLD_START_RUNS = 10  # untimed inferences before a real-time check measures the runtime
+
+
+@dataclass(frozen=True, eq=False)
+class RealtimeReport:
+    """Elastic inference under real timer interrupts over many samples."""
+
+    correct: np.ndarray  # [S] bool: each sample's returned answer was right (no answer: wrong)
+    latencies: tuple[float, ...]  # seconds from each forced exit to the answer's return
+    planning_share: float  # time in the policy / total inference time, over the runs not interrupted
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self.correct) else 0.0
+
+    @property
+    def samples(self) -> int:
+        return len(self.correct)
+
+
+def run_with_deadlines(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadlines: Any,
+                       uninterrupted: int = 100, progress: bool = True) -> RealtimeReport:
+    """Each image (a row of `images`) interrupted at its deadline (seconds), started once the previous
+    image's block in flight has ended (as the simulator assumes: every sample on an idle device);
+    then `uninterrupted` images run to the end to measure the planner's share of the inference time."""
+    from tqdm.auto import tqdm
+
+    correct, latencies = np.zeros(len(deadlines), dtype=bool), []
+    for k in tqdm(range(len(deadlines)), desc="real-time", disable=not progress, leave=False):
+        runtime.wait_idle()
+        answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]))
+        correct[k] = answer.prediction is not None and answer.prediction == int(labels[k])
+        if answer.interrupted:
+            latencies.append(answer.elapsed - float(deadlines[k]))
+    planning, total = 0.0, 0.0
+    runtime.wait_idle()  # the last interrupted image's block in flight is not this one's time
+    for k in range(min(uninterrupted, len(deadlines))):
+        answer = runtime.infer(images[k:k + 1])
+        planning += answer.planning_seconds
+        total += answer.elapsed
+    return RealtimeReport(correct, tuple(latencies), planning / total if total else 0.0)
+
+
+@dataclass(frozen=True, eq=False)
+class SimulatorCheck:
+    """The runtime against the trace-driven simulator on the same images and the same deadlines."""
+
+    report: RealtimeReport  # what the runtime returned
+    simulated: np.ndarray  # [S] bool: the simulator's held answer right at the same deadline
+    et: ETProfile  # the calibrated profile both planned and simulated with
+
+    @property
+    def per_sample(self) -> np.ndarray:
+        """[S]: runtime minus simulator, each sample's answer right (1) or not (0)."""
+        difference: np.ndarray = self.report.correct.astype(np.float64) - self.simulated
+        return difference
+
+    @property
+    def difference(self) -> float:
+        """Runtime minus simulator accuracy (a share): only timing can make them differ."""
+        return float(self.per_sample.mean())
+
+    @property
+    def ci95(self) -> float:
+        """The paired 95% half-width of `difference` over the samples."""
+        return ci95_half_width(self.per_sample)
+
+
+def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETProfile], Policy], et: ETProfile,
+                            cs: CSProfile, images: torch.Tensor, deadlines: Any, warmup: int = 100,
+                            uninterrupted: int = 100, progress: bool = False) -> SimulatorCheck:
+    """Does the runtime do what the simulator predicts? The one real-time check (demo, CUDA script,
+    benchmark). `images` and `cs` (their CS-profile: labels, confidences, log-probabilities) are the
+    same samples in the same order, one deadline (seconds) each. A few images run untimed (the cold
+    start), then `warmup` run to the end so the runtime measures what it adds to `et`
+    (:meth:`ElasticRuntime.calibrate`); the policy is rebuilt for the calibrated profile
+    (`policy_for`); every image is then interrupted at its deadline, and the simulator replays the
+    same policy on `cs` and scores the answer it holds at the same deadlines."""
+    deadlines = np.asarray(deadlines, dtype=np.float64)
+    if not len(images) == len(deadlines) == cs.num_samples:
+        raise ValueError(f"one image, deadline and CS-profile row per sample: got {len(images)} images, "
+                         f"{len(deadlines)} deadlines and {cs.num_samples} profiled samples")
+    for k in range(min(COLD_START_RUNS, len(images))):
+        runtime.infer(images[k:k + 1])
+    runtime.reset_statistics()
+    for k in range(min(warmup, len(images))):
+        runtime.infer(images[k:k + 1])
+    et = runtime.calibrate(et)
+    runtime.policy = policy_for(et)
+    report = run_with_deadlines(runtime, images, cs.labels, deadlines, uninterrupted, progress)
+    simulated = correct_at(policy_for(et), cs, et, deadlines, runtime.rule)
+    return SimulatorCheck(report, simulated, et)
+
+
+@dataclass(frozen=True, eq=False)
+class Stream:
+    """A stream of samples run by a runtime, each with its deadline, and what the runtime held for each."""
+
+    answers: tuple[Answer, ...]
+    policies: tuple[Policy, ...]  # the policy each sample ran with (an adaptive runtime's changes)
+    profiles: tuple[ETProfile, ...]  # the block times the runtime planned each sample with
+    deadlines: np.ndarray
+    correct: np.ndarray  # [S] bool: the answer returned was right
+
+    @property
+    def accuracy(self) -> float:
+        return float(self.correct.mean()) if len(self.correct) else 0.0
+
+
+def run_stream(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadlines: Any,
+               profile: ETProfile | None = None, plan_for_deadline: bool = False,
+               between: Callable[[int], None] | None = None, progress: bool = False) -> Stream:
+    """Each image interrupted at its deadline, on an idle device (after the previous block in flight),
+    recording what the runtime planned with. `profile`: a static runtime's (an adaptive one's is
+    read from it before each sample); `between(k)` is called before sample k (e.g. to switch a
+    load or a slowdown on)."""
+    from tqdm.auto import tqdm
+
+    deadlines = np.asarray(deadlines, dtype=np.float64)
+    answers, policies, profiles = [], [], []
+    correct = np.zeros(len(deadlines), dtype=bool)
+    for k in tqdm(range(len(deadlines)), desc="stream", disable=not progress, leave=False):
+        if between is not None:
+            between(k)
+        runtime.wait_idle()
+        adaptation = runtime.adaptation
+        held = adaptation.profile if adaptation is not None else profile
+        if held is None:
+            raise ValueError("a static runtime's stream needs the profile it plans with")
+        answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]), plan_for_deadline=plan_for_deadline)
+        answers.append(answer)
+        policies.append(runtime.last_policy)
+        profiles.append(held)
+        correct[k] = answer.prediction is not None and answer.prediction == int(labels[k])
+    return Stream(tuple(answers), tuple(policies), tuple(profiles), deadlines, correct)
+
+
+def replay_observed(stream: Stream, cs: CSProfile, rule: Any) -> np.ndarray:
+    """[S] bool: for each sample, the simulator's held answer right at its deadline, replaying the
+    policy it ran with on the block times the runtime observed for it (the blocks it had not
+    finished when it answered: the times it planned with). Only what timing cannot tell apart is
+    left to differ: the block in flight at the deadline, and the answer's way back to the caller."""
+    simulated = np.zeros(len(stream.answers), dtype=bool)
+    for k, (answer, policy, planned) in enumerate(zip(stream.answers, stream.policies, stream.profiles)):
+        conv, branch = planned.conv.copy(), planned.branch.copy()
+        for block, conv_seconds, branch_seconds in answer.block_times:
+            conv[block] = conv_seconds
+            if not np.isnan(branch_seconds):
+                branch[block] = branch_seconds
+        simulated[k] = correct_at(policy, cs.subset(np.array([k])), ETProfile(conv, branch),
+                                  stream.deadlines[k:k + 1], rule)[0]
+    return simulated
