@@ -293,7 +293,7 @@ def test_an_inference_ending_after_its_deadline_is_interrupted_even_when_the_cal
 
         def submit_then_stall(job):  # the caller is descheduled until after the inference has ended
             submit(job)
-            job.done.wait(5.0)
+            job.wait(5.0)
 
         monkeypatch.setattr(runtime._worker, "submit", submit_then_stall)
         answer = runtime.infer(X, interrupt=0.05)

@@ -30,16 +30,17 @@ adds to the model and folds it into an ET-profile (``calibrate``);
 
 from __future__ import annotations
 
+import _thread
 import atexit
 import math
 import numbers
-import queue
 import sys
 import threading
 import time
 import weakref
 from collections import deque
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import dataclass
 from typing import Union
 
@@ -179,8 +180,13 @@ class _Job:
     def __init__(self, x: torch.Tensor, policy: Policy, started: float) -> None:
         self.x, self.policy, self.started = x, policy, started
         self.queued = False  # handed over while the worker was still busy (with an interrupted sample)
-        self.stop, self.done = threading.Event(), threading.Event()
-        self.lock = threading.Lock()
+        self.stopped = False  # the interrupt fired: the worker stops before the next block
+        # Released by the worker when it is done with the job. A bare lock, not an Event: it is the
+        # cheapest way for one thread to wake another in CPython (an Event's Condition makes a
+        # new lock per wait and takes its own lock twice).
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+        self.lock = _thread.allocate_lock()
         # After every finished branch, in order: (finish time since the call, the exit that finished,
         # and the answer then held under the runtime's rule: its exit, prediction, confidence).
         self.answers: list[tuple[float, int, int | None, int | None, float]] = []
@@ -192,6 +198,17 @@ class _Job:
         self.ended = math.inf  # when the worker was done with it, in seconds since the call
         self.error: BaseException | None = None
         self.returned = False  # the caller has gone: a later error is reported by the runtime
+
+    def finish(self) -> None:
+        """The worker is done with this job."""
+        self._done.release()
+
+    def wait(self, timeout: float | None) -> bool:
+        """Wait until the worker is done with this job (True) or `timeout` seconds have passed (False)."""
+        if self._done.acquire(timeout=-1 if timeout is None else timeout):
+            self._done.release()  # done stays done
+            return True
+        return False
 
     def publish(self, finished: float, exit_index: int, running: RunningAnswer) -> None:
         with self.lock:
@@ -273,7 +290,11 @@ class _Worker:
         self.model, self.device, self.threads, self.statistics = model, device, threads, statistics
         self.adaptation = adaptation  # learnt from between samples, in this thread
         self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
-        self.jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()  # put() is safe in finalisers
+        # Handed-over jobs (None: stop), and a bare lock released to wake the worker for them; both
+        # safe to use from a finaliser (no Python-level lock is taken).
+        self.jobs: deque[_Job | None] = deque()
+        self._wake = _thread.allocate_lock()
+        self._wake.acquire()
         self.late_errors: deque[BaseException] = deque()  # raised after their callers had returned
         self._lock = threading.RLock()  # re-entrant: the finaliser may run inside this thread
         self._pending = 0  # jobs handed over and not yet ended
@@ -292,7 +313,8 @@ class _Worker:
             job.queued = self._pending > 0
             self._pending += 1
             self.idle.clear()
-            self.jobs.put(job)
+            self.jobs.append(job)
+            self._signal()
 
     def stop(self) -> None:
         """End the thread after the jobs handed over (each stopped at its block in flight); never blocks."""
@@ -300,16 +322,27 @@ class _Worker:
             if self.stopping:
                 return
             self.stopping = True
-            self.jobs.put(None)
+            self.jobs.append(None)
+            self._signal()
         _restore_switch_interval()
 
     def join(self, timeout: float | None = None) -> None:
         if threading.current_thread() is not self.thread:
             self.thread.join(timeout)
 
+    def _signal(self) -> None:
+        """Wake the worker (if it is waiting; a pending wake-up stays pending)."""
+        with suppress(RuntimeError):  # already released: the worker has not taken the last wake-up yet
+            self._wake.release()
+
+    def _next(self) -> _Job | None:
+        while not self.jobs:
+            self._wake.acquire()
+        return self.jobs.popleft()
+
     def _serve(self) -> None:
         torch.set_num_threads(self.threads)
-        while (job := self.jobs.get()) is not None:
+        while (job := self._next()) is not None:
             try:
                 self._run(job)
             except BaseException as error:  # to the caller, or to the runtime's next call if it has returned
@@ -322,7 +355,7 @@ class _Worker:
                     idle = self._pending == 0
                     if idle:
                         self.idle.set()
-                job.done.set()
+                job.finish()
             if idle and self.adaptation is not None and self.adaptation.pending():
                 try:
                     self.adaptation.update()
@@ -330,7 +363,7 @@ class _Worker:
                     self.late_errors.append(error)
 
     def _run(self, job: _Job) -> None:
-        if job.stop.is_set():  # interrupted before its turn came
+        if job.stopped:  # interrupted before its turn came
             return
         policy, started = job.policy, job.started
         policy.begin()
@@ -339,39 +372,37 @@ class _Worker:
         running = self.running
         running.reset()
         times = job.times if self.device.type == "cpu" else None  # on CUDA a block's time shows only at a sync
+        clock, forward_block, forward_exit = time.perf_counter, self.model.forward_block, self.model.forward_exit
         with torch.inference_mode():
             h = job.x.to(self.device, non_blocking=True)
             pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
             mark = started  # where the next conv part's time starts
             for i in range(self.model.num_exits):
-                if job.stop.is_set():
+                if job.stopped:
                     return
-                h = self.model.forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
+                h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
+                now = clock()
                 if pending is not None:
-                    before = time.perf_counter()
                     finish = policy.observe(*pending)
-                    spent = time.perf_counter() - before
-                    job.planning += spent
-                    self.statistics.planning.append(spent)
-                    pending = None
-                    if finish:
+                    after = clock()
+                    job.planning += after - now
+                    self.statistics.planning.append(after - now)
+                    now, pending = after, None
+                    if finish or job.stopped:
                         return
-                if job.stop.is_set():
-                    return
-                before = time.perf_counter()
-                run = policy.run_branch(i, before - started)
-                decided = time.perf_counter()
-                job.planning += decided - before
+                run = policy.run_branch(i, now - started)
+                decided = clock()
+                job.planning += decided - now
                 if not run:
                     if times is not None:
                         times.append((i, decided - mark, math.nan))
                     mark = decided
                     continue
-                log_probs = self.model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
+                log_probs = forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
                 if policy.needs_log_probs:
                     policy.record_log_probs(i, log_probs)
                 signal = running.add(i, log_probs)
-                now = time.perf_counter()
+                now = clock()
                 finished = now - started
                 job.publish(finished, i, running)
                 if times is not None:
@@ -394,6 +425,13 @@ def _stop_workers_at_exit() -> None:
         worker.join(max(0.0, end - time.monotonic()))
 
 
+def _finite(x: torch.Tensor) -> bool:
+    """All of `x` finite: through numpy on the CPU (a quarter of torch's dispatch time at batch one)."""
+    if x.device.type == "cpu" and not x.requires_grad and x.dtype in (torch.float32, torch.float64, torch.float16):
+        return bool(np.isfinite(x.numpy()).all())
+    return bool(torch.isfinite(x).all())
+
+
 def _check_input(x: object) -> None:
     """A sample must be a tensor of finite numbers: a NaN pixel would otherwise come back as a
     confident-looking answer (prediction 0, confidence NaN)."""
@@ -402,7 +440,7 @@ def _check_input(x: object) -> None:
     if not isinstance(x, torch.Tensor) or not (x.is_floating_point() or x.dtype == torch.uint8):
         raise TypeError(f"the input must be a floating-point (or uint8) tensor, got {type(x).__name__} "
                         f"{getattr(x, 'dtype', '')}".rstrip())
-    if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+    if x.is_floating_point() and not _finite(x):
         raise ValueError(f"the input holds {int((~torch.isfinite(x)).sum())} non-finite values (NaN or inf): "
                          "no answer can be trusted")
 
@@ -504,16 +542,16 @@ class ElasticRuntime:
             job = _Job(x, policy, started)
             self._worker.submit(job)
             try:
-                finished = limit.wait(job.done.wait)
+                finished = limit.wait(job.wait)
             except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
-                job.stop.set()
+                job.stopped = True
                 job.collect()
                 raise
             elapsed = time.perf_counter() - started
             if finished and limit.fired(job.ended):
                 finished = False  # it ended after the interrupt, and only a late caller saw it end
             if not finished:
-                job.stop.set()
+                job.stopped = True
             error = job.collect()
             if error is not None:
                 raise error
@@ -544,11 +582,8 @@ class ElasticRuntime:
 
     def _raise_late_error(self) -> None:
         """Raise the first error of an inference whose caller had already returned, if any."""
-        try:
-            error = self._worker.late_errors.popleft()
-        except IndexError:
-            return
-        raise error
+        if self._worker.late_errors:  # (only this thread takes from it)
+            raise self._worker.late_errors.popleft()
 
     def calibrate(self, et: ETProfile) -> ETProfile:
         """`et` with what this runtime adds, as measured over its recent uninterrupted inferences:
