@@ -6,10 +6,12 @@ meets interrupts nobody modelled makes both wrong. The elastic runtime sees ever
 branch it runs and every interrupt that ends a sample, so it can correct both:
 
 - :class:`BlockTimes`: a robust running estimate of every block's conv-part and branch time,
-  as the offline profile times two corrections in log space: one per block that moves slowly
-  (what the profile got wrong for good) and one device-wide factor that moves fast (load that
-  comes and goes). Each observation's residual is clipped, so one preempted block (a 50x
-  outlier) moves the estimate by a bounded step.
+  as the offline profile times two factors: one per block that moves slowly (what the profile
+  got wrong for good) and one device-wide factor that moves fast (load that comes and goes).
+  Each tracks the *mean* time (a deadline's accuracy is linear in when answers come, and on a
+  busy device times are skewed to the right: a median or a geometric mean would promise
+  answers earlier than they come); each observation's ratio to the estimate is clipped, so one
+  preempted block (a 50x outlier) moves the estimate by a bounded step.
 - :class:`ExitTimes`: the exit-time distribution from what happened to recent samples. An
   interrupted sample gives its exit time; a sample that finished first gives only a lower
   bound (right-censored). Kaplan-Meier over a sliding window, blended with the configured
@@ -41,11 +43,12 @@ __all__ = ["Adaptation", "BlockTimes", "ExitTimes", "kaplan_meier", "replanning"
 class _Rates:
     block: float  # per-block correction: slow
     device: float  # device-wide factor: fast
-    clip: float  # largest log-residual one observation may contribute
+    clip: float  # the largest factor one observation's ratio to the estimate may count as
 
 
 class BlockTimes:
-    """Block and branch times as measured now: ``base * exp(per_block + device)``, in log space.
+    """Block and branch times as measured now: ``base * per_block * device``, each factor an
+    exponentially weighted mean of the observed / expected ratio (kept in log space).
 
     `block_rate` (default 0.01: about a hundred samples to settle) moves each block's own
     correction; `device_rate` (default 0.05: some twenty block or branch times, a few samples)
@@ -55,10 +58,11 @@ class BlockTimes:
 
     def __init__(self, et: ETProfile, block_rate: float = 0.01, device_rate: float = 0.05, clip: float = 4.0) -> None:
         self.base = et
-        self._rates = _Rates(number("block_rate", block_rate, 0.0, 1.0), number("device_rate", device_rate, 0.0, 1.0),
-                             math.log(number("clip", clip, 1.0, None, low_open=True)))
+        self._rates = _Rates(number("block_rate", block_rate, 0.0, 0.5), number("device_rate", device_rate, 0.0, 0.5),
+                             number("clip", clip, 1.0, 1e6, low_open=True))
         # the floor keeps log(observed / predicted) finite for a branch the profile timed at zero
         self._floor = max(1e-9, 1e-3 * float(np.median(np.concatenate([et.conv, et.branch]))))
+        self._typical = max(self._floor, et.total() / (2 * et.num_blocks))  # a mean part's time
         self.reset()
 
     def reset(self) -> None:
@@ -79,13 +83,15 @@ class BlockTimes:
                                          (branch, self.base.branch, self._log_branch)):
             if seconds is None or not math.isfinite(seconds) or seconds < 0:
                 continue
-            expected = max(float(base[block]), self._floor)
-            observed = max(seconds, self._floor)
+            expected = max(float(base[block]), self._floor) * math.exp(log_block[block] + self._log_device)
             rates = self._rates
-            residual = math.log(observed / expected) - log_block[block] - self._log_device
-            residual = min(max(residual, -rates.clip), rates.clip)
-            self._log_device += rates.device * residual
-            log_block[block] += rates.block * (residual - rates.device * residual)
+            ratio = min(max(max(seconds, self._floor) / expected, 1.0 / rates.clip), rates.clip)
+            # each factor moves by its rate towards the observed ratio: a fixed point where the mean ratio is 1;
+            # the device factor by a share of it that grows with the part's time (up to a typical part's),
+            # so that a branch the profile timed at next to nothing cannot drag the whole device along
+            weight = min(1.0, float(base[block]) / self._typical)
+            self._log_device += math.log1p(rates.device * weight * (ratio - 1.0))
+            log_block[block] += math.log1p(rates.block * (ratio - 1.0) * (1.0 - rates.device * weight))
             self.observations += 1
 
     def profile(self) -> ETProfile:
@@ -185,18 +191,21 @@ class Adaptation:
     (relative), or the exit-time CDF by more than `distance` (Kolmogorov-Smirnov), and `gap`
     samples have passed since the last plan (a plan costs; a load that flickers faster than that
     is averaged over). Samples are
-    learnt from in batches of `every`, by the runtime's worker thread between samples, so the
-    caller's inference never waits for it; a new plan is made on a thread of its own
-    (`background`; a search over held-out data can take a tenth of a second, which would otherwise
-    hold up the next sample) and used from the next sample on. `learn_blocks` / `learn_exits`
+    learnt from in batches of `every`, by the runtime's worker thread between samples, and a new
+    plan is made there too, used from the next sample on. With `background` it is made on a thread
+    of its own instead, while samples go on with the old one: measured, that costs more than it
+    saves (on 2 busy cores its Python time slows the samples it overlaps: B-AlexNet, idle, -2.3 pp
+    against planning between samples), so it is off by default. Plans are kept per profile rounded
+    to steps of `step` (relative, per block) and exit-time estimate, so a load that comes and goes
+    finds its plans made (at most `cache` of them are kept). `learn_blocks` / `learn_exits`
     switch either estimate off.
     """
 
     def __init__(self, policy_for: Callable[[ETProfile, Distribution], Policy], et: ETProfile, prior: Distribution,
                  horizon: float, *, block_rate: float = 0.01, device_rate: float = 0.05, window: int = 500,
                  weight: float = 50.0, every: int = 10, gap: int = 50, tolerance: float = 0.1,
-                 distance: float = 0.05, learn_blocks: bool = True, learn_exits: bool = True,
-                 background: bool = True) -> None:
+                 distance: float = 0.05, step: float = 0.1, cache: int = 32, learn_blocks: bool = True,
+                 learn_exits: bool = True, background: bool = False) -> None:
         self.policy_for = policy_for
         self.block_times = BlockTimes(et, block_rate, device_rate)
         self.exit_times = ExitTimes(prior, horizon, window, weight)
@@ -206,19 +215,43 @@ class Adaptation:
         self.tolerance = number("tolerance", tolerance, 0.0)
         self.distance = number("distance", distance, 0.0, 1.0)
         self.learn_blocks, self.learn_exits, self.background = learn_blocks, learn_exits, background
+        self._step = math.log1p(number("step", step, 0.0, 10.0, low_open=True))
+        self._cache_size = int(number("cache", cache, 1, None, integer=True))
+        self._plans: dict[tuple[bytes, bytes, int], Policy] = {}  # (rounded profile, exit-time version) -> policy
+        self._dist_version = 0  # counts the exit-time estimates planned with
         self._records: deque[tuple[list[tuple[int, float, float]], float, bool]] = deque()
         self.replans = 0
         self._planner: threading.Thread | None = None
         self._error: BaseException | None = None  # of a background plan: raised by the next update()
-        self._plan(et, prior)
+        self.planned_et, self.planned_dist = et, prior
+        self._plan(*self._rounded(et), prior)
 
-    def _plan(self, et: ETProfile, dist: Distribution) -> None:
-        try:
-            policy = self.policy_for(et, dist)
-        except BaseException as error:
-            self._error = error
-            return
-        self.planned_et, self.planned_dist, self.policy = et, dist, policy
+    def _rounded(self, et: ETProfile) -> tuple[tuple[bytes, bytes], ETProfile]:
+        """`et` rounded to steps of the base profile (per block), and the key of the rounding."""
+        base, floor = self.block_times.base, 1e-12
+        steps = [np.round(np.log(np.maximum(now, floor) / np.maximum(then, floor)) / self._step).astype(np.int64)
+                 for now, then in ((et.conv, base.conv), (et.branch, base.branch))]
+        rounded = ETProfile(base.conv * np.exp(steps[0] * self._step), base.branch * np.exp(steps[1] * self._step))
+        return (steps[0].tobytes(), steps[1].tobytes()), rounded
+
+    def _plan(self, key: tuple[bytes, bytes], et: ETProfile, dist: Distribution) -> None:
+        full = (*key, self._dist_version)
+        policy = self._plans.get(full)
+        if policy is None:
+            try:
+                policy = self.policy_for(et, dist)
+            except BaseException as error:
+                self._error = error
+                return
+            if len(self._plans) >= self._cache_size:
+                self._plans.pop(next(iter(self._plans)))  # the oldest
+            self._plans[full] = policy
+        self.policy = policy
+
+    @property
+    def cached_plans(self) -> int:
+        """How many plans are kept (see `step` and `cache`)."""
+        return len(self._plans)
 
     @property
     def profile(self) -> ETProfile:
@@ -261,12 +294,19 @@ class Adaptation:
             return False  # (a plan under way: the estimates are looked at again after the next batch)
         self.replans += 1
         self._since = 0
-        if self.background:
-            self._planner = threading.Thread(target=self._plan, args=(et, self.dist), daemon=True,
+        dist = self.dist
+        if dist is not self.planned_dist and self.exit_times.distance(self.planned_dist) > self.distance:
+            self._dist_version += 1  # the exit-time estimate moved: plans of the earlier one no longer apply
+        else:
+            dist = self.planned_dist
+        self.planned_et, self.planned_dist = et, dist
+        key, rounded = self._rounded(et)
+        if self.background and (*key, self._dist_version) not in self._plans:
+            self._planner = threading.Thread(target=self._plan, args=(key, rounded, dist), daemon=True,
                                              name="einet-planner")
             self._planner.start()
         else:
-            self._plan(et, self.dist)
+            self._plan(key, rounded, dist)
         return True
 
     def for_deadline(self, deadline: float) -> Policy:
@@ -281,7 +321,9 @@ class Adaptation:
         self._since = 0
         self.block_times.reset()
         self.exit_times.reset()
-        self._plan(self.block_times.base, self.exit_times.prior)
+        self._dist_version += 1
+        self.planned_et, self.planned_dist = self.block_times.base, self.exit_times.prior
+        self._plan(*self._rounded(self.planned_et), self.planned_dist)
 
 
 def replanning(holdout: CSProfile, rule: AnswerRule, predictor: NativePredictor | None = None,

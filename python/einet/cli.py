@@ -508,7 +508,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         check_outputs({f"--out-dir {args.out_dir}: {name}": Path(args.out_dir) / name
                        for name in (DEPLOYMENT_NAME, DEPLOYED_PREDICTOR)}, creates_folders=True)
     args.device, args.progress = _device(args.device), _progress(args)
-    return run_demo(args)
+    from .stress import Burners
+
+    with Burners.for_load(args.stress, limit=3600):
+        return run_demo(args)
 
 
 def _add_horizon_arguments(p: argparse.ArgumentParser, whose: str) -> None:
@@ -689,6 +692,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="test samples run under real interrupts")
     p.add_argument("--out-dir", default=None, help="keep the deployment file (and its predictor) here "
                                                    "(default: a temporary folder)")
+    p.add_argument("--stress", default="idle", choices=["idle", "steady", "switching"],
+                   help="run it on a busy device: two CPU burners always on (steady) or switched on and off "
+                        "every 1.5 s (switching), started and stopped with the demo (einet.stress)")
     _add_torch_arguments(p)
     p.set_defaults(run=cmd_demo)
 

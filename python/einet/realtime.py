@@ -158,18 +158,19 @@ def run_stream(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadl
         policies.append(runtime.last_policy)
         profiles.append(held)
         correct[k] = answer.prediction is not None and answer.prediction == int(labels[k])
+    runtime.wait_idle()  # the last block in flight has ended: every sample's block times are complete
     return Stream(tuple(answers), tuple(policies), tuple(profiles), deadlines, correct)
 
 
-def replay_observed(stream: Stream, cs: CSProfile, rule: Any) -> np.ndarray:
+def replay_observed(stream: Stream, cs: CSProfile, rule: Any, observed: bool = True) -> np.ndarray:
     """[S] bool: for each sample, the simulator's held answer right at its deadline, replaying the
-    policy it ran with on the block times the runtime observed for it (the blocks it had not
-    finished when it answered: the times it planned with). Only what timing cannot tell apart is
-    left to differ: the block in flight at the deadline, and the answer's way back to the caller."""
+    policy it ran with on the block times the runtime observed for it, the block in flight at the
+    deadline included (the blocks it never ran: the times it planned with). With `observed` False,
+    on the times it planned with only: what the runtime promised before the sample ran."""
     simulated = np.zeros(len(stream.answers), dtype=bool)
     for k, (answer, policy, planned) in enumerate(zip(stream.answers, stream.policies, stream.profiles)):
         conv, branch = planned.conv.copy(), planned.branch.copy()
-        for block, conv_seconds, branch_seconds in answer.block_times:
+        for block, conv_seconds, branch_seconds in answer.block_times if observed else ():
             conv[block] = conv_seconds
             if not np.isnan(branch_seconds):
                 branch[block] = branch_seconds

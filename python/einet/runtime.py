@@ -39,7 +39,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 from typing import Union
@@ -75,9 +75,10 @@ class Answer:
     interrupted: bool  # True when a forced exit ended it
     exits_run: tuple[int, ...] = ()  # branches that finished before the end
     planning_seconds: float = 0.0  # time spent in the policy (predict + plan), included in elapsed
-    # (block, conv-part seconds, branch seconds or NaN when not run) of each block that had ended when
-    # the answer was returned, as the worker measured them (CPU only: empty on CUDA)
-    block_times: tuple[tuple[int, float, float], ...] = ()
+    # (block, conv-part seconds, branch seconds or NaN when not run) of each block, as the worker measured
+    # them (CPU only: empty on CUDA). The worker's own list: after an interrupt, the block in flight is
+    # added when it ends (runtime.wait_idle() waits for that)
+    block_times: Sequence[tuple[int, float, float]] = ()
 
 
 # Python's thread switch interval: a waiting caller needs the GIL back within its latency budget, not
@@ -363,7 +364,9 @@ class _Worker:
                     self.late_errors.append(error)
 
     def _run(self, job: _Job) -> None:
-        if job.stopped:  # interrupted before its turn came
+        if job.stopped:  # interrupted before its turn came: block 0 was not even started by now (a lower
+            if self.device.type == "cpu":  # bound on its time, which a replay of this sample needs)
+                job.times.append((0, time.perf_counter() - job.started, math.nan))
             return
         policy, started = job.policy, job.started
         policy.begin()
@@ -389,6 +392,8 @@ class _Worker:
                     self.statistics.planning.append(after - now)
                     now, pending = after, None
                     if finish or job.stopped:
+                        if times is not None:  # the block in flight's time: a replay of this sample needs it
+                            times.append((i, now - mark, math.nan))
                         return
                 run = policy.run_branch(i, now - started)
                 decided = clock()
@@ -557,19 +562,20 @@ class ElasticRuntime:
                 raise error
             if finished and not job.queued:
                 self._statistics.answers.append([(a[0], a[1]) for a in job.answers])
-            times = list(job.times)  # (the worker may still be appending the block in flight's)
             if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
-                self._adaptation.record([] if job.queued else times, job.ended if finished else limit.cutoff(elapsed),
-                                        not finished)
+                # (the worker's own list: the block in flight is in it by the time it is learnt from, between
+                # samples; leaving it out would learn too fast a device, as slow blocks are more often in flight)
+                self._adaptation.record([] if job.queued else job.times,
+                                        job.ended if finished else limit.cutoff(elapsed), not finished)
             held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
         finally:
             self._lock.release()
         elapsed = time.perf_counter() - started
         if held is None:  # no branch finished: the time-zero answer, if the rule holds one
             return Answer(self.rule.prior_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
-                          tuple(times))
+                          job.times)
         exit_index, prediction, confidence = held
-        return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning, tuple(times))
+        return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning, job.times)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the block an interrupted inference left in flight has ended (True), or
