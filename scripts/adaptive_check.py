@@ -110,13 +110,14 @@ def loads(args: argparse.Namespace) -> list[dict[str, Any]]:
                         runtime.infer(x[k % len(x):k % len(x) + 1])
                     adaptive = run_stream(runtime, x, y, deadlines)
                     replans, slowdown = adaptation.replans, adaptation.block_times.slowdown
+                    planning_ms = 1e3 * float(np.sum(adaptation.planning_seconds))
                 adaptive_sim = replay_observed(adaptive, sub, rule)
             row = {"model": name, "load": load, "samples": args.samples, "dist": args.dist,
                    "static": 100 * static.accuracy, "adaptive": 100 * adaptive.accuracy,
                    "static_minus_simulator": paired(static.correct.astype(float) - static_sim),
                    "adaptive_minus_replay": paired(adaptive.correct.astype(float) - adaptive_sim),
                    "adaptive_minus_static": paired(adaptive.correct.astype(float) - static.correct),
-                   "replans": replans, "slowdown": slowdown,
+                   "replans": replans, "slowdown": slowdown, "planning_ms": planning_ms,
                    "static_profile_ms": 1e3 * full_inference_time(calibrated)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -94,9 +95,9 @@ class BlockTimes:
             log_block[block] += math.log1p(rates.block * (ratio - 1.0) * (1.0 - rates.device * weight))
             self.observations += 1
 
-    def profile(self) -> ETProfile:
-        """The current estimate, as the planner takes it."""
-        scale = math.exp(self._log_device)
+    def profile(self, slowdown: float | None = None) -> ETProfile:
+        """The current estimate, as the planner takes it (with another device factor, if given)."""
+        scale = math.exp(self._log_device) if slowdown is None else slowdown
         return ETProfile(self.base.conv * np.exp(self._log_conv) * scale,
                          self.base.branch * np.exp(self._log_branch) * scale)
 
@@ -218,6 +219,8 @@ class Adaptation:
         self._step = math.log1p(number("step", step, 0.0, 10.0, low_open=True))
         self._cache_size = int(number("cache", cache, 1, None, integer=True))
         self._plans: dict[tuple[bytes, bytes, int], Policy] = {}  # (rounded profile, exit-time version) -> policy
+        self._batch_slowdown: float | None = None  # the device factor over the last batch of samples
+        self.planning_seconds: list[float] = []  # what each new plan took to make
         self._dist_version = 0  # counts the exit-time estimates planned with
         self._records: deque[tuple[list[tuple[int, float, float]], float, bool]] = deque()
         self.replans = 0
@@ -238,11 +241,13 @@ class Adaptation:
         full = (*key, self._dist_version)
         policy = self._plans.get(full)
         if policy is None:
+            started = time.perf_counter()
             try:
                 policy = self.policy_for(et, dist)
             except BaseException as error:
                 self._error = error
                 return
+            self.planning_seconds.append(time.perf_counter() - started)
             if len(self._plans) >= self._cache_size:
                 self._plans.pop(next(iter(self._plans)))  # the oldest
             self._plans[full] = policy
@@ -255,8 +260,11 @@ class Adaptation:
 
     @property
     def profile(self) -> ETProfile:
-        """The block times the runtime plans with now."""
-        return self.block_times.profile() if self.learn_blocks else self.block_times.base
+        """The block times the runtime plans with now: the per-block estimates, with the device factor
+        averaged over the last batch of samples (one slow sample does not make a plan)."""
+        if not self.learn_blocks:
+            return self.block_times.base
+        return self.block_times.profile(self._batch_slowdown)
 
     @property
     def dist(self) -> Distribution:
@@ -276,14 +284,18 @@ class Adaptation:
         if self._error is not None:
             error, self._error = self._error, None
             raise error
+        slowdowns = []
         while self._records:
             times, end, interrupted = self._records.popleft()
             if self.learn_blocks:
                 for block, conv, branch in times:
                     self.block_times.observe(block, conv, None if math.isnan(branch) else branch)
+                slowdowns.append(self.block_times.slowdown)
             if self.learn_exits:
                 self.exit_times.observe(end, interrupted)
             self._since += 1
+        if slowdowns:
+            self._batch_slowdown = float(np.exp(np.mean(np.log(slowdowns))))
         if self._since < self.gap:
             return False
         et, planned = self.profile, self.planned_et
@@ -319,6 +331,7 @@ class Adaptation:
             self._planner.join()
         self._records.clear()
         self._since = 0
+        self._batch_slowdown = None
         self.block_times.reset()
         self.exit_times.reset()
         self._dist_version += 1

@@ -165,11 +165,15 @@ def run_stream(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadl
 def replay_observed(stream: Stream, cs: CSProfile, rule: Any, observed: bool = True) -> np.ndarray:
     """[S] bool: for each sample, the simulator's held answer right at its deadline, replaying the
     policy it ran with on the block times the runtime observed for it, the block in flight at the
-    deadline included (the blocks it never ran: the times it planned with). With `observed` False,
-    on the times it planned with only: what the runtime promised before the sample ran."""
+    deadline included (the blocks it never ran: the times it planned with; a sample interrupted
+    before the worker could start it: no block finished). With `observed` False, on the times it
+    planned with only: what the runtime promised before the sample ran. CPU runtimes (on CUDA the
+    runtime does not time blocks)."""
     simulated = np.zeros(len(stream.answers), dtype=bool)
     for k, (answer, policy, planned) in enumerate(zip(stream.answers, stream.policies, stream.profiles)):
         conv, branch = planned.conv.copy(), planned.branch.copy()
+        if observed and answer.interrupted and not answer.block_times:
+            conv[0] = stream.deadlines[k] + 1.0  # the worker had not started it (busy, or given no core) by then
         for block, conv_seconds, branch_seconds in answer.block_times if observed else ():
             conv[block] = conv_seconds
             if not np.isnan(branch_seconds):

