@@ -78,6 +78,10 @@ class BlockTimes:
         """The device-wide factor: how much slower than the offline profile the device runs now."""
         return math.exp(self._log_device)
 
+    def expected_conv(self, block: int) -> float:
+        """Block `block`'s conv-part time in the current estimate."""
+        return float(self.base.conv[block]) * math.exp(self._log_conv[block] + self._log_device)
+
     def observe(self, block: int, conv: float | None = None, branch: float | None = None) -> None:
         """One block's measured conv-part time and/or branch time, in seconds."""
         for seconds, base, log_block in ((conv, self.base.conv, self._log_conv),
@@ -222,7 +226,7 @@ class Adaptation:
         self._batch_slowdown: float | None = None  # the device factor over the last batch of samples
         self.planning_seconds: list[float] = []  # what each new plan took to make
         self._dist_version = 0  # counts the exit-time estimates planned with
-        self._records: deque[tuple[list[tuple[int, float, float]], float, bool]] = deque()
+        self._records: deque[tuple[list[tuple[int, float, float]], float, bool, tuple[int, float] | None]] = deque()
         self.replans = 0
         self._planner: threading.Thread | None = None
         self._error: BaseException | None = None  # of a background plan: raised by the next update()
@@ -271,10 +275,14 @@ class Adaptation:
         """The exit-time distribution the runtime plans with now."""
         return self.exit_times.distribution() if self.learn_exits else self.exit_times.prior
 
-    def record(self, times: list[tuple[int, float, float]], end: float, interrupted: bool) -> None:
+    def record(self, times: list[tuple[int, float, float]], end: float, interrupted: bool,
+               in_flight: tuple[int, float] | None = None) -> None:
         """One sample (the caller's thread; a deque append): its (block, conv, branch) times, NaN for a
-        branch not run, and when it ended: at its interrupt, or when it finished (a lower bound)."""
-        self._records.append((times, end, interrupted))
+        branch not run; when it ended: at its interrupt, or when it finished (a lower bound); and for
+        an interrupted sample, the block in flight and how long it had run by then (a lower bound on
+        its time: on a busy device the longest blocks are the likeliest to be cut, and leaving them
+        out would learn too fast a device)."""
+        self._records.append((times, end, interrupted, in_flight))
 
     def pending(self) -> bool:
         return len(self._records) >= self.every
@@ -286,10 +294,12 @@ class Adaptation:
             raise error
         slowdowns = []
         while self._records:
-            times, end, interrupted = self._records.popleft()
+            times, end, interrupted, in_flight = self._records.popleft()
             if self.learn_blocks:
                 for block, conv, branch in times:
                     self.block_times.observe(block, conv, None if math.isnan(branch) else branch)
+                if in_flight is not None and in_flight[1] > self.block_times.expected_conv(in_flight[0]):
+                    self.block_times.observe(in_flight[0], conv=in_flight[1])  # longer than expected already
                 slowdowns.append(self.block_times.slowdown)
             if self.learn_exits:
                 self.exit_times.observe(end, interrupted)

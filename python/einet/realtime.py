@@ -11,7 +11,7 @@ Kept apart from :mod:`einet.runtime`, which serves inferences and needs none of 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,26 +140,42 @@ def run_stream(runtime: ElasticRuntime, images: torch.Tensor, labels: Any, deadl
     recording what the runtime planned with. `profile`: a static runtime's (an adaptive one's is
     read from it before each sample); `between(k)` is called before sample k (e.g. to switch a
     load or a slowdown on)."""
+    return run_streams([(runtime, profile)], images, labels, deadlines, plan_for_deadline, between, progress)[0]
+
+
+def run_streams(runtimes: Sequence[tuple[ElasticRuntime, ETProfile | None]], images: torch.Tensor, labels: Any,
+                deadlines: Any, plan_for_deadline: bool = False, between: Callable[[int], None] | None = None,
+                progress: bool = False) -> list[Stream]:
+    """:func:`run_stream` for several runtimes (each with its profile, as there) side by side: every
+    image goes through each of them in turn, the order rotating from image to image, so that what
+    changes on the device over the run (load, clock speed) hits them all alike: their paired
+    differences are the runtimes', not the moments'."""
     from tqdm.auto import tqdm
 
     deadlines = np.asarray(deadlines, dtype=np.float64)
-    answers, policies, profiles = [], [], []
-    correct = np.zeros(len(deadlines), dtype=bool)
+    records: list[tuple[list[Answer], list[Policy], list[ETProfile]]] = [([], [], []) for _ in runtimes]
+    correct = np.zeros((len(runtimes), len(deadlines)), dtype=bool)
     for k in tqdm(range(len(deadlines)), desc="stream", disable=not progress, leave=False):
         if between is not None:
             between(k)
-        runtime.wait_idle()
-        adaptation = runtime.adaptation
-        held = adaptation.profile if adaptation is not None else profile
-        if held is None:
-            raise ValueError("a static runtime's stream needs the profile it plans with")
-        answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]), plan_for_deadline=plan_for_deadline)
-        answers.append(answer)
-        policies.append(runtime.last_policy)
-        profiles.append(held)
-        correct[k] = answer.prediction is not None and answer.prediction == int(labels[k])
-    runtime.wait_idle()  # the last block in flight has ended: every sample's block times are complete
-    return Stream(tuple(answers), tuple(policies), tuple(profiles), deadlines, correct)
+        for j in [(k + i) % len(runtimes) for i in range(len(runtimes))]:
+            runtime, profile = runtimes[j]
+            for other, _ in runtimes:  # nothing of another sample still running
+                other.wait_idle()
+            adaptation = runtime.adaptation
+            held = adaptation.profile if adaptation is not None else profile
+            if held is None:
+                raise ValueError("a static runtime's stream needs the profile it plans with")
+            answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]), plan_for_deadline=plan_for_deadline)
+            answers, policies, profiles = records[j]
+            answers.append(answer)
+            policies.append(runtime.last_policy)
+            profiles.append(held)
+            correct[j, k] = answer.prediction is not None and answer.prediction == int(labels[k])
+    for runtime, _ in runtimes:
+        runtime.wait_idle()  # the last block in flight has ended: every sample's block times are complete
+    return [Stream(tuple(answers), tuple(policies), tuple(profiles), deadlines, correct[j])
+            for j, (answers, policies, profiles) in enumerate(records)]
 
 
 def replay_observed(stream: Stream, cs: CSProfile, rule: Any, observed: bool = True) -> np.ndarray:

@@ -563,8 +563,13 @@ class ElasticRuntime:
             if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
                 # The blocks that had ended by now; not the block in flight at an interrupt, which ends while
                 # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
-                self._adaptation.record([] if job.queued else list(job.times),
-                                        job.ended if finished else limit.cutoff(elapsed), not finished)
+                ended = list(job.times)
+                end = job.ended if finished else limit.cutoff(elapsed)
+                in_flight = None
+                if not finished and not job.queued and len(ended) < self.model.num_exits:
+                    spent = sum(c + (0.0 if math.isnan(b) else b) for _, c, b in ended)
+                    in_flight = (len(ended), end - spent)  # the next block (with its branch, if run) so far
+                self._adaptation.record([] if job.queued else ended, end, not finished, in_flight)
             held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
         finally:
             self._lock.release()
