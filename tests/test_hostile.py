@@ -374,14 +374,18 @@ def test_the_runtime_refuses_a_non_finite_input():
     torch = pytest.importorskip("torch")
     from einet.models import build
     from einet.policies import FixedPlan
-    from einet.runtime import ElasticRuntime
+    from einet.runtime import ElasticRuntime, NonFiniteError
 
     model = build("b_alexnet", num_classes=10, in_channels=1, width=0.125).eval()
     with ElasticRuntime(model, FixedPlan([True, True, True], "static 100%")) as runtime:
         x = torch.zeros(1, 1, 28, 28)
         assert runtime.infer(x).prediction is not None
         x[0, 0, 3, 3] = float("nan")
-        with pytest.raises(ValueError, match="1 non-finite values"):
+        with pytest.raises(NonFiniteError, match=r"exit 0 answered with non-finite scores"):
+            runtime.infer(x)
+        x[0, 0, 3, 3] = float("inf")
+        with pytest.raises(NonFiniteError):
             runtime.infer(x)
         with pytest.raises(TypeError, match="tensor"):
             runtime.infer(np.zeros((1, 1, 28, 28)))
+        assert runtime.infer(torch.zeros(1, 1, 28, 28)).prediction is not None  # still serving
