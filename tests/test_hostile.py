@@ -389,3 +389,21 @@ def test_the_runtime_refuses_a_non_finite_input():
         with pytest.raises(TypeError, match="tensor"):
             runtime.infer(np.zeros((1, 1, 28, 28)))
         assert runtime.infer(torch.zeros(1, 1, 28, 28)).prediction is not None  # still serving
+
+
+def test_training_refuses_images_of_the_wrong_channels_naming_the_sample():
+    torch = pytest.importorskip("torch")
+    from einet.models import TrainConfig, build, train
+
+    class ThreeChannels(torch.utils.data.Dataset):
+        def __len__(self):
+            return 8
+
+        def __getitem__(self, i):
+            return torch.zeros(3, 28, 28), 1
+
+    spec = {"name": "b_alexnet", "num_classes": 2, "in_channels": 1, "width": 0.125}
+    model = build("b_alexnet", num_classes=2, in_channels=1, width=0.125)
+    with pytest.raises(ValueError, match=r"sample \d+ of the ThreeChannels is an image of shape \(3, 28, 28\), but "
+                                         r"\(1, None, None\)"):
+        train(model, ThreeChannels(), None, TrainConfig(epochs=1, batch_size=4), progress=False, model_spec=spec)

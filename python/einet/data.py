@@ -40,7 +40,7 @@ from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path, PureWindowsPath
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
@@ -50,6 +50,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
 SPLITS = ("train", "test")
+ImageShape = tuple[Optional[int], Optional[int], Optional[int]]  # (channels, height, width); None: any
 
 # Size caps, generous for the real datasets: the largest MNIST-family IDX file
 # (EMNIST ByClass images) holds 547 MB, the largest CIFAR file (CIFAR-100 'train')
@@ -817,7 +818,7 @@ def loader_is_sharded(loader: object) -> bool:
 
 
 def _checked_batch(batch: object, where: str, sample: Callable[[int], str], num_classes: int | None,
-                   expected_shape: tuple[int, int, int] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                   expected_shape: ImageShape | None) -> tuple[torch.Tensor, torch.Tensor]:
     """A collated batch as (images, int64 labels), checked so that bad data fails here, naming the sample
     (`sample(i)` names the batch's i-th), not as a wrong number or deep inside a convolution."""
     import torch
@@ -838,15 +839,16 @@ def _checked_batch(batch: object, where: str, sample: Callable[[int], str], num_
 
 
 def _check_images(images: torch.Tensor, where: str, sample: Callable[[int], str],
-                  expected_shape: tuple[int, int, int] | None) -> None:
-    """Floating-point [B, C, H, W] (of `expected_shape` [C, H, W] if given)."""
+                  expected_shape: ImageShape | None) -> None:
+    """Floating-point [B, C, H, W] (of `expected_shape` [C, H, W] if given; None: any size there)."""
     if not images.is_floating_point():
         raise TypeError(f"{where} yields images of dtype {images.dtype}: einet takes floating-point images "
                         f"(e.g. pixels / 255, normalised)")
     if images.dim() != 4:
         raise ValueError(f"{where} yields image batches of shape {tuple(images.shape)}, not "
                          f"[batch, channels, height, width]")
-    if expected_shape is not None and tuple(images.shape[1:]) != tuple(expected_shape):
+    if expected_shape is not None and not all(want is None or want == got
+                                              for want, got in zip(expected_shape, images.shape[1:])):
         raise ValueError(f"{sample(0)} of {where} is an image of shape {tuple(images.shape[1:])}, but "
                          f"{tuple(expected_shape)} (channels, height, width) is expected")
 
@@ -885,7 +887,7 @@ def count_batches(source: object, batch_size: int, world_size: int = 1) -> int:
 def as_batches(source: object, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None,
                *, augment: bool | None = None, rank: int = 0, world_size: int = 1, pad: bool = True,
                epoch: int | None = None, num_workers: int = 0, num_classes: int | None = None,
-               expected_shape: tuple[int, int, int] | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+               expected_shape: ImageShape | None = None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(images, int64 labels) batches from any source einet trains, evaluates or profiles on.
 
     - :class:`ImageDataset`: the fast in-memory path (its own batching and augmentation;
@@ -949,14 +951,14 @@ def _loader_item(number: int, position: int) -> str:
 
 
 def _loader_batches(loader: Iterable[object], num_classes: int | None,
-                    expected_shape: tuple[int, int, int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                    expected_shape: ImageShape | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     for number, batch in enumerate(loader):
         yield _checked_batch(batch, "the DataLoader", partial(_loader_item, number), num_classes, expected_shape)
 
 
 def _dataset_batches(dataset: object, batch_size: int, order: torch.Tensor, num_workers: int,
                      num_classes: int | None,
-                     expected_shape: tuple[int, int, int] | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                     expected_shape: ImageShape | None) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     from torch.utils.data import DataLoader
 
     index = order.tolist()

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
-from ..data import ImageDataset, as_batches, count_batches, loader_is_sharded
+from ..data import ImageDataset, ImageShape, as_batches, count_batches, loader_is_sharded
 from ..validation import number
 from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
 from .convert import CONVERTED, build_converted, resolve_constructor
@@ -123,6 +123,16 @@ class History:
     loss: list[float] = field(default_factory=list)
     test_accuracy: list[list[float]] = field(default_factory=list)
     seconds: list[float] = field(default_factory=list)
+
+
+def _expected_shape(spec: Mapping[str, Any] | None) -> ImageShape | None:
+    """The image shape a checkpoint spec promises: a converted network's input shape, a zoo model's channels."""
+    if not spec:
+        return None
+    if spec.get("input_shape"):
+        channels, height, width = spec["input_shape"]
+        return int(channels), int(height), int(width)
+    return (int(spec["in_channels"]), None, None) if spec.get("in_channels") else None
 
 
 def exit_weights(model: MultiExitNetwork, config: TrainConfig) -> torch.Tensor:
@@ -358,7 +368,8 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
         total, seen = torch.zeros((), device=config.device), 0
         correct = torch.zeros(model.num_exits, device=config.device)
         batches = as_batches(train_set, local_batch, shuffle=True, generator=generator, rank=rank,
-                             world_size=world_size, epoch=epoch, num_classes=(model_spec or {}).get("num_classes"))
+                             world_size=world_size, epoch=epoch, num_classes=(model_spec or {}).get("num_classes"),
+                             expected_shape=_expected_shape(model_spec))
         bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    leave=False)
         for images, labels in bar:
