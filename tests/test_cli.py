@@ -357,7 +357,7 @@ def test_select_writes_a_deployment_that_pays_for_planning(tmp_path, capsys):
     assert not deployment.policy.startswith("EINet") and deployment.planning_seconds == 0.0
     assert "chosen on held-out data" in capsys.readouterr().out
     assert_one_line_error(capsys, [*base, "--planning-us", "-1", "--out", str(tmp_path / "e.json")],
-                          r"--planning-us: the value must lie in \[0, 1e\+09\], got -1.0")
+                          r"--planning-us: the value must lie in \[0, 1e\+06\], got -1.0")
 
 
 @needs_torch

@@ -78,9 +78,10 @@ class BlockTimes:
         """The device-wide factor: how much slower than the offline profile the device runs now."""
         return math.exp(self._log_device)
 
-    def expected_conv(self, block: int) -> float:
-        """Block `block`'s conv-part time in the current estimate."""
-        return float(self.base.conv[block]) * math.exp(self._log_conv[block] + self._log_device)
+    def expected(self, block: int, branch: bool = False) -> float:
+        """Block `block`'s conv-part (or branch) time in the current estimate."""
+        base, log_block = (self.base.branch, self._log_branch) if branch else (self.base.conv, self._log_conv)
+        return float(base[block]) * math.exp(log_block[block] + self._log_device)
 
     def observe(self, block: int, conv: float | None = None, branch: float | None = None) -> None:
         """One block's measured conv-part time and/or branch time, in seconds."""
@@ -226,12 +227,13 @@ class Adaptation:
         self._batch_slowdown: float | None = None  # the device factor over the last batch of samples
         self.planning_seconds: list[float] = []  # what each new plan took to make
         self._dist_version = 0  # counts the exit-time estimates planned with
-        self._records: deque[tuple[list[tuple[int, float, float]], float, bool, tuple[int, float] | None]] = deque()
+        self._records: deque[tuple[list[tuple[int, float, float]], float, bool, tuple[int, bool, float] | None]] = \
+            deque()
         self.replans = 0
         self._planner: threading.Thread | None = None
         self._error: BaseException | None = None  # of a background plan: raised by the next update()
         self.planned_et, self.planned_dist = et, prior
-        self._plan(*self._rounded(et), prior)
+        self._plan(*self._rounded(et), prior)  # (a failing policy_for raises here)
 
     def _rounded(self, et: ETProfile) -> tuple[tuple[bytes, bytes], ETProfile]:
         """`et` rounded to steps of the base profile (per block), and the key of the rounding."""
@@ -246,16 +248,18 @@ class Adaptation:
         policy = self._plans.get(full)
         if policy is None:
             started = time.perf_counter()
-            try:
-                policy = self.policy_for(et, dist)
-            except BaseException as error:
-                self._error = error
-                return
+            policy = self.policy_for(et, dist)
             self.planning_seconds.append(time.perf_counter() - started)
             if len(self._plans) >= self._cache_size:
                 self._plans.pop(next(iter(self._plans)))  # the oldest
             self._plans[full] = policy
-        self.policy = policy
+        self.planned_profile, self.policy = et, policy
+
+    def _plan_in_background(self, key: tuple[bytes, bytes], et: ETProfile, dist: Distribution) -> None:
+        try:
+            self._plan(key, et, dist)
+        except Exception as error:  # raised by the next update()
+            self._error = error
 
     @property
     def cached_plans(self) -> int:
@@ -276,12 +280,12 @@ class Adaptation:
         return self.exit_times.distribution() if self.learn_exits else self.exit_times.prior
 
     def record(self, times: list[tuple[int, float, float]], end: float, interrupted: bool,
-               in_flight: tuple[int, float] | None = None) -> None:
+               in_flight: tuple[int, bool, float] | None = None) -> None:
         """One sample (the caller's thread; a deque append): its (block, conv, branch) times, NaN for a
         branch not run; when it ended: at its interrupt, or when it finished (a lower bound); and for
-        an interrupted sample, the block in flight and how long it had run by then (a lower bound on
-        its time: on a busy device the longest blocks are the likeliest to be cut, and leaving them
-        out would learn too fast a device)."""
+        an interrupted sample, the part in flight (block, whether its branch) and how long it had run
+        by then (a lower bound on its time: on a busy device the longest parts are the likeliest to be
+        cut, and leaving them out would learn too fast a device)."""
         self._records.append((times, end, interrupted, in_flight))
 
     def pending(self) -> bool:
@@ -298,8 +302,10 @@ class Adaptation:
             if self.learn_blocks:
                 for block, conv, branch in times:
                     self.block_times.observe(block, conv, None if math.isnan(branch) else branch)
-                if in_flight is not None and in_flight[1] > self.block_times.expected_conv(in_flight[0]):
-                    self.block_times.observe(in_flight[0], conv=in_flight[1])  # longer than expected already
+                if in_flight is not None:
+                    block, branch, seconds = in_flight
+                    if seconds > self.block_times.expected(block, branch):  # longer than expected already
+                        self.block_times.observe(block, **{"branch" if branch else "conv": seconds})
                 slowdowns.append(self.block_times.slowdown)
             if self.learn_exits:
                 self.exit_times.observe(end, interrupted)
@@ -324,8 +330,8 @@ class Adaptation:
         self.planned_et, self.planned_dist = et, dist
         key, rounded = self._rounded(et)
         if self.background and (*key, self._dist_version) not in self._plans:
-            self._planner = threading.Thread(target=self._plan, args=(key, rounded, dist), daemon=True,
-                                             name="einet-planner")
+            self._planner = threading.Thread(target=self._plan_in_background, args=(key, rounded, dist),
+                                             daemon=True, name="einet-planner")
             self._planner.start()
         else:
             self._plan(key, rounded, dist)

@@ -679,7 +679,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="candidate signals EINet's predictor may read per observed exit (rules latest/best)")
     p.add_argument("--epochs", type=COUNT, default=40, help="predictor training epochs")
     p.add_argument("--seed", type=SEED, default=0, help="fixes the predictor training")
-    p.add_argument("--planning-us", type=real_option(0.0, 1e9), default=None,
+    p.add_argument("--planning-us", type=real_option(0.0, 1e6), default=None,
                    help="microseconds EINet's re-planning adds per branch where it runs (default: timed on this "
                         "machine; 0 where the runtime overlaps it, e.g. on a GPU, behind queued kernels)")
     p.add_argument("--out", required=True, help="deployment file (.json); the predictor is written beside it")

@@ -97,7 +97,8 @@ def run_demo(args: argparse.Namespace) -> int:
     deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
     images = dataset_for("mnist", test, False).images
     plans = deployment.policy.startswith("EINet") or deployment.policy == "statistics"  # the others never plan
-    adaptation = Adaptation(replanning(holdout_cs, rule, native if deployment.predictor else None) if plans
+    adaptation = Adaptation(replanning(holdout_cs, rule, native if deployment.predictor else None, deployment.signal)
+                            if plans
                             else lambda profile, exit_times: deployment.build(profile, exit_times, native),
                             et, dist, full_inference_time(et))
     with ElasticRuntime(model, rule=rule, device=device, adapt=adaptation) as runtime:

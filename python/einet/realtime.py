@@ -163,7 +163,7 @@ def run_streams(runtimes: Sequence[tuple[ElasticRuntime, ETProfile | None]], ima
             for other, _ in runtimes:  # nothing of another sample still running
                 other.wait_idle()
             adaptation = runtime.adaptation
-            held = adaptation.profile if adaptation is not None else profile
+            held = adaptation.planned_profile if adaptation is not None else profile
             if held is None:
                 raise ValueError("a static runtime's stream needs the profile it plans with")
             answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]), plan_for_deadline=plan_for_deadline)

@@ -41,7 +41,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Union
 
 import numpy as np
@@ -65,7 +65,9 @@ EXIT_JOIN_SECONDS = 60.0  # at interpreter exit, how long to wait for the worker
 
 
 class NonFiniteError(ValueError):
-    """An exit's scores were not finite (a NaN or inf input, or a broken network): no answer is given."""
+    """An exit's scores were not finite (NaN or inf values in the input, or a broken network): that
+    sample gets no answer. Checked on every answer a branch gives, not on the input (which would cost
+    before block 0): a non-finite input that does not reach the scores is not caught."""
 
 
 @dataclass(frozen=True)
@@ -82,7 +84,7 @@ class Answer:
     # (block, conv-part seconds, branch seconds or NaN when not run) of each block, as the worker measured
     # them (CPU only: empty on CUDA). The worker's own list: after an interrupt, the block in flight is
     # added when it ends (runtime.wait_idle() waits for that)
-    block_times: Sequence[tuple[int, float, float]] = ()
+    block_times: Sequence[tuple[int, float, float]] = field(default=(), compare=False)
 
 
 # Python's thread switch interval: a waiting caller needs the GIL back within its latency budget, not
@@ -200,6 +202,7 @@ class _Job:
         # conv part runs from the previous block's end to the branch decision, the branch from there to
         # its published answer, so they add up to when each answer came (see einet.adaptive)
         self.times: list[tuple[int, float, float]] = []
+        self.in_flight: tuple[int, bool, float] | None = None  # (block, its branch?, since when) as the worker runs it
         self.ended = math.inf  # when the worker was done with it, in seconds since the call
         self.error: BaseException | None = None
         self.returned = False  # the caller has gone: a later error is reported by the runtime
@@ -355,17 +358,18 @@ class _Worker:
                     self.late_errors.append(error)
             finally:
                 job.ended = time.perf_counter() - job.started
-                with self._lock:
-                    self._pending -= 1
-                    idle = self._pending == 0
-                    if idle:
-                        self.idle.set()
-                job.finish()
-            if idle and self.adaptation is not None and self.adaptation.pending():
+                job.finish()  # the caller has its answer; learning (below) is done before the device is idle
+            with self._lock:
+                last = self._pending == 1
+            if last and self.adaptation is not None and self.adaptation.pending():
                 try:
                     self.adaptation.update()
-                except BaseException as error:  # raised by the next infer()
+                except Exception as error:  # raised by the next infer()
                     self.late_errors.append(error)
+            with self._lock:
+                self._pending -= 1
+                if self._pending == 0:
+                    self.idle.set()
 
     def _run(self, job: _Job) -> None:
         if job.stopped:  # interrupted before its turn came
@@ -373,7 +377,7 @@ class _Worker:
         policy, started = job.policy, job.started
         policy.begin()
         if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
-            self.statistics.dispatch.append(time.perf_counter() - started)
+            self.statistics.dispatch.append(time.perf_counter() - started - job.planning)
         running = self.running
         running.reset()
         times = job.times if self.device.type == "cpu" else None  # on CUDA a block's time shows only at a sync
@@ -381,10 +385,11 @@ class _Worker:
         with torch.inference_mode():
             h = job.x.to(self.device, non_blocking=True)
             pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
-            mark = started  # where the next conv part's time starts
+            mark = started + job.planning  # where the next conv part's time starts (after a plan made for it)
             for i in range(self.model.num_exits):
                 if job.stopped:
                     return
+                job.in_flight = (i, False, mark - started)
                 h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
                 now = clock()
                 if pending is not None:
@@ -393,10 +398,12 @@ class _Worker:
                     job.planning += after - now
                     self.statistics.planning.append(after - now)
                     now, pending = after, None
-                    if finish or job.stopped:
-                        if times is not None:  # the block in flight's time: a replay of this sample needs it
-                            times.append((i, now - mark, math.nan))
+                    if finish:
                         return
+                if job.stopped:
+                    if times is not None:  # the block in flight's time: a replay of this sample needs it
+                        times.append((i, now - mark, math.nan))
+                    return
                 run = policy.run_branch(i, now - started)
                 decided = clock()
                 job.planning += decided - now
@@ -405,6 +412,7 @@ class _Worker:
                         times.append((i, decided - mark, math.nan))
                     mark = decided
                     continue
+                job.in_flight = (i, True, decided - started)
                 log_probs = forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
                 if policy.needs_log_probs:
                     policy.record_log_probs(i, log_probs)
@@ -520,17 +528,19 @@ class ElasticRuntime:
             raise TypeError(f"the input must be a tensor, got {type(x).__name__}")
         if self._worker.stopping:
             raise RuntimeError("this runtime is closed")
-        policy = self.policy
+        policy, planned = self.policy, 0.0
         if plan_for_deadline:
             if self._adaptation is None or limit.deadline is None:
                 raise ValueError("plan_for_deadline needs an adaptive runtime and a deadline in seconds")
             policy = self._adaptation.for_deadline(limit.deadline)
+            planned = time.perf_counter() - started  # not block 0's time: the worker starts its clock after it
         self.last_policy = policy
         if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt
             return Answer(self.rule.prior_class, None, 0.0, time.perf_counter() - started, True)
         try:
             self._raise_late_error()
             job = _Job(x, policy, started)
+            job.planning = planned
             self._worker.submit(job)
             try:
                 finished = limit.wait(job.wait)
@@ -551,13 +561,11 @@ class ElasticRuntime:
             if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
                 # The blocks that had ended by now; not the block in flight at an interrupt, which ends while
                 # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
-                ended = list(job.times)
                 end = job.ended if finished else limit.cutoff(elapsed)
-                in_flight = None
-                if not finished and not job.queued and len(ended) < self.model.num_exits:
-                    spent = sum(c + (0.0 if math.isnan(b) else b) for _, c, b in ended)
-                    in_flight = (len(ended), end - spent)  # the next block (with its branch, if run) so far
-                self._adaptation.record([] if job.queued else ended, end, not finished, in_flight)
+                running_part = job.in_flight if not finished and not job.queued and self.device.type == "cpu" else None
+                self._adaptation.record([] if job.queued else list(job.times), end, not finished,
+                                        None if running_part is None else (running_part[0], running_part[1],
+                                                                           end - running_part[2]))
             held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
         finally:
             self._lock.release()

@@ -38,7 +38,7 @@ import numpy as np
 from ._atomic import atomic_write
 from .planner import Distribution, ETProfile, NativePredictor
 from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
-from .profiling import CSProfile
+from .profiling import CSProfile, open_regular
 from .rules import AnswerRule, time_zero_answer
 
 DEPLOYMENT_VERSION = 3  # 2 added `network`; 3 a SHA-256 of the record, verified on load
@@ -242,7 +242,7 @@ def load_deployment(path: str | os.PathLike[str]) -> Deployment:
 
     path = Path(path)
     try:
-        with open(path, "rb") as f:
+        with open_regular(path) as f:
             text = f.read(MAX_DEPLOYMENT_BYTES + 1)
         if len(text) > MAX_DEPLOYMENT_BYTES:
             raise ValueError(f"larger than {MAX_DEPLOYMENT_BYTES} bytes")
