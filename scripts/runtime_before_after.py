@@ -81,9 +81,10 @@ def measure(name: str, before: type, rounds: int) -> str:
     first = [np.array(list(r.dispatch_seconds)) * 1e6 for r in (old, new)]
     old.close()
     new.close()
-    return (f"{name} ({n} exits): direct {np.median(d) * 1e3:.3f} ms; the runtime adds "
-            f"{np.median(o - d) * 1e6:.0f} us before, {np.median(w - d) * 1e6:.0f} us after; to the first block {np.median(first[0]):.0f} -> "
-            f"{np.median(first[1]):.0f} us (p99 {np.percentile(first[0], 99):.0f} -> {np.percentile(first[1], 99):.0f})")
+    dispatch = (f"{np.median(first[0]):.0f} -> {np.median(first[1]):.0f} us (p99 {np.percentile(first[0], 99):.0f} "
+                f"-> {np.percentile(first[1], 99):.0f})")
+    return (f"{name} ({n} exits): direct {np.median(d) * 1e3:.3f} ms; the runtime adds {np.median(o - d) * 1e6:.0f} "
+            f"us before, {np.median(w - d) * 1e6:.0f} us after; to the first block {dispatch}")
 
 
 def main() -> int:
