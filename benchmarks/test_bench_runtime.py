@@ -20,6 +20,7 @@ torch = pytest.importorskip("torch")
 
 from einet.models import load_checkpoint  # noqa: E402
 from einet.policies import FixedPlan  # noqa: E402
+from einet.realtime import run_directly  # noqa: E402
 from einet.rules import AnswerRule, RunningAnswer  # noqa: E402
 from einet.runtime import ElasticRuntime  # noqa: E402
 
@@ -40,12 +41,7 @@ def overhead(name: str, rounds: int) -> dict[str, float]:
     running = RunningAnswer(AnswerRule("latest"))
 
     def direct() -> None:
-        running.reset()
-        with torch.inference_mode():
-            h = x
-            for i in range(n):
-                h = model.forward_block(i, h)
-                running.add(i, model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy())
+        run_directly(model, x, running)
 
     direct_s, runtime_s, dispatch = [], [], []
     with ElasticRuntime(model, FixedPlan([True] * n, "every exit"), threads=1) as runtime:

@@ -25,6 +25,7 @@ import torch
 import einet
 from einet.models import load_checkpoint
 from einet.policies import FixedPlan
+from einet.realtime import run_directly
 from einet.rules import AnswerRule, RunningAnswer
 from einet.runtime import ElasticRuntime
 
@@ -57,12 +58,7 @@ def measure(name: str, before: type, rounds: int) -> str:
     running = RunningAnswer(AnswerRule("latest"))
 
     def direct() -> None:
-        running.reset()
-        with torch.inference_mode():
-            h = x
-            for i in range(n):
-                h = model.forward_block(i, h)
-                running.add(i, model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy())
+        run_directly(model, x, running)
 
     old, new = before(model, FixedPlan([True] * n, "all")), ElasticRuntime(model, FixedPlan([True] * n, "all"))
     calls = (direct, lambda: old.infer(x), lambda: new.infer(x))

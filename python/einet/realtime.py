@@ -21,10 +21,23 @@ import torch
 from .planner import ETProfile
 from .policies import Policy
 from .profiling import CSProfile
+from .rules import RunningAnswer
 from .runtime import Answer, ElasticRuntime
 from .simulate import ci95_half_width, correct_at
 
 COLD_START_RUNS = 10  # untimed inferences before a real-time check measures the runtime
+
+
+def run_directly(model: Any, x: torch.Tensor, running: RunningAnswer) -> None:
+    """One sample through every block and exit in the calling thread, each exit's log-probabilities
+    read back and folded into `running` as the runtime does: the baseline its own cost is measured
+    against (``benchmarks/test_bench_runtime.py``, ``scripts/runtime_before_after.py``)."""
+    running.reset()
+    with torch.inference_mode():
+        h = x
+        for i in range(model.num_exits):
+            h = model.forward_block(i, h)
+            running.add(i, model.forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy())
 
 
 @dataclass(frozen=True, eq=False)
