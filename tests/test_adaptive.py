@@ -232,6 +232,9 @@ def test_the_runtime_learns_a_slowdown_and_plans_for_it():
             assert len(answer.block_times) == 4 and all(c > 0 for _, c, _ in answer.block_times)
         assert adaptation.block_times.slowdown > 2.0 and adaptation.replans >= 1
         assert runtime.adaptation is adaptation and runtime.policy is adaptation.policy
+        assert runtime.profile is not None and runtime.profile.total() > 2 * et.total()
+        runtime.reset_profile()
+        assert runtime.profile.total() == pytest.approx(et.total()) and adaptation.block_times.slowdown == 1.0
 
 
 def test_plan_for_deadline_needs_an_adaptive_runtime_and_a_deadline():
@@ -243,9 +246,12 @@ def test_plan_for_deadline_needs_an_adaptive_runtime_and_a_deadline():
 
     model = _slow_model(1e-4)
     x = torch.zeros(1, 1)
-    with ElasticRuntime(model, FixedPlan([True] * 4, "all")) as runtime, \
-            pytest.raises(ValueError, match="needs an adaptive runtime"):
-        runtime.infer(x, 0.01, plan_for_deadline=True)
+    with ElasticRuntime(model, FixedPlan([True] * 4, "all")) as runtime:
+        with pytest.raises(ValueError, match="needs an adaptive runtime"):
+            runtime.infer(x, 0.01, plan_for_deadline=True)
+        assert runtime.profile is None
+        with pytest.raises(ValueError, match="a static runtime learns nothing"):
+            runtime.reset_profile()
     et = einet.ETProfile([1e-4] * 4, [0.0] * 4)
     adaptation = Adaptation(lambda p, d: statistics_plan([0.2, 0.4, 0.6, 0.9], p, d), et,
                             einet.Uniform(0.0, et.total()), et.total())

@@ -597,6 +597,22 @@ class ElasticRuntime:
         Plan and simulate with it to predict this runtime."""
         return self._statistics.calibrate(et)
 
+    @property
+    def profile(self) -> ETProfile | None:
+        """The block times an adaptive runtime plans with now: its calibration, continuous (every part as
+        measured in this runtime, overheads included, see einet.adaptive). None for a static runtime,
+        whose profile is the one its policy was made with (see :meth:`calibrate`)."""
+        return None if self._adaptation is None else self._adaptation.profile
+
+    def reset_profile(self) -> None:
+        """An adaptive runtime forgets what it learnt, block times and exit times: back to the offline
+        profile and the prior (e.g. after moving to another device)."""
+        if self._adaptation is None:
+            raise ValueError("a static runtime learns nothing to reset: give it adapt=Adaptation(...)")
+        with self._lock:  # no inference starts meanwhile, and none is learnt from (the worker learns before idle)
+            self._worker.idle.wait()
+            self._adaptation.reset()
+
     def reset_statistics(self) -> None:
         """Forget what the runtime measured so far (e.g. a cold start): :meth:`calibrate` then sees
         only the inferences that follow."""
