@@ -315,18 +315,17 @@ class Adaptation:
         if self._since < self.gap:
             return False
         et, planned = self.profile, self.planned_et
-        moved = abs(math.log((et.total() + 1e-12) / (planned.total() + 1e-12))) > math.log1p(self.tolerance)
-        if self.learn_exits and len(self.exit_times):
-            moved = moved or self.exit_times.distance(self.planned_dist) > self.distance
-        if not moved or (self._planner is not None and self._planner.is_alive()):
+        times_moved = abs(math.log((et.total() + 1e-12) / (planned.total() + 1e-12))) > math.log1p(self.tolerance)
+        exits_moved = (self.learn_exits and len(self.exit_times) > 0
+                       and self.exit_times.distance(self.planned_dist) > self.distance)
+        if not (times_moved or exits_moved) or (self._planner is not None and self._planner.is_alive()):
             return False  # (a plan under way: the estimates are looked at again after the next batch)
         self.replans += 1
         self._since = 0
-        dist = self.dist
-        if dist is not self.planned_dist and self.exit_times.distance(self.planned_dist) > self.distance:
+        dist = self.planned_dist
+        if exits_moved:
+            dist = self.dist
             self._dist_version += 1  # the exit-time estimate moved: plans of the earlier one no longer apply
-        else:
-            dist = self.planned_dist
         self.planned_et, self.planned_dist = et, dist
         key, rounded = self._rounded(et)
         if self.background and (*key, self._dist_version) not in self._plans:

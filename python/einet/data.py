@@ -30,7 +30,6 @@ import math
 import os
 import pickle
 import secrets
-import stat
 import struct
 import tempfile
 import warnings
@@ -43,6 +42,8 @@ from pathlib import Path, PureWindowsPath
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
+
+from .validation import open_regular
 
 if TYPE_CHECKING:
     import numpy.typing as npt
@@ -437,20 +438,6 @@ def load_image_folder(source: str | os.PathLike[str], split: str | None = "train
     return arrays
 
 
-def _open_regular(path: Path, follow_symlinks: bool = True) -> io.BufferedReader:
-    """`path` opened for reading, if it is a regular file: anything else raises OSError. open() of a FIFO
-    would block until someone writes to it; with O_NONBLOCK it returns at once, and fstat tells."""
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
-    fd = os.open(path, flags if follow_symlinks else flags | getattr(os, "O_NOFOLLOW", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise OSError(errno.EINVAL, "not a regular file", str(path))
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
-
-
 def _cache_key(directory: Path) -> bytes:
     """The user's secret key for the entries of the cache `directory`, made on first use (readable by the user only).
 
@@ -478,7 +465,7 @@ def _cache_key(directory: Path) -> bytes:
 
 def _read_key(path: Path) -> bytes:
     """The key at `path`, if it is a regular file of the right size that only its owner, this user, can read."""
-    with _open_regular(path, follow_symlinks=False) as f:
+    with open_regular(path, follow_symlinks=False) as f:
         info = os.fstat(f.fileno())
         key = f.read(_KEY_BYTES + 1)
     others_can_read = hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & 0o077)
@@ -490,7 +477,7 @@ def _read_key(path: Path) -> bytes:
 
 def _directory_images(source: Path) -> list[Path]:
     """The image files under a directory, sorted. Anything not a directory counts, so that a FIFO or a device
-    with an image suffix is refused when read (see :func:`_open_regular`), not silently skipped."""
+    with an image suffix is refused when read (see :func:`einet.validation.open_regular`), not silently skipped."""
     return sorted(path for path in source.rglob("*") if path.suffix.lower() in IMAGE_SUFFIXES and not path.is_dir())
 
 
@@ -510,7 +497,7 @@ def _fingerprint(source: Path, split: str | None) -> str:
     digest = hashlib.sha256(f"{_CACHE_FORMAT}|{source.resolve()}|{split}".encode())
     for path in files:
         content = hashlib.sha256()
-        with _malformed(f"cannot read {path}"), _open_regular(path) as f:
+        with _malformed(f"cannot read {path}"), open_regular(path) as f:
             while chunk := f.read(_CHUNK):
                 content.update(chunk)
         digest.update(f"|{path.relative_to(source)}|{content.hexdigest()}".encode())
@@ -525,7 +512,7 @@ def _read_cache(entry: Path, fingerprint: str, key: bytes) -> ImageArrays | None
     headers of a planted .npz could otherwise make numpy allocate whatever they claim.
     """
     try:
-        with _open_regular(entry, follow_symlinks=False) as f:
+        with open_regular(entry, follow_symlinks=False) as f:
             size = os.fstat(f.fileno()).st_size
             if size > 2 * MAX_DATASET_BYTES:  # one split (up to MAX_DATASET_BYTES) and its class names: not einet's
                 raise ValueError(f"{size} bytes")
@@ -576,7 +563,7 @@ def _image_files(source: Path, stack: ExitStack) -> Iterator[_ImageFile]:
             yield path.relative_to(source).parts, str(path), partial(_read_image_file, path)
         return
     with _malformed(f"{source} is neither a directory nor a readable zip"):
-        archive = stack.enter_context(zipfile.ZipFile(stack.enter_context(_open_regular(source))))
+        archive = stack.enter_context(zipfile.ZipFile(stack.enter_context(open_regular(source))))
     for member in sorted(archive.infolist(), key=lambda m: m.filename):
         inside = PureWindowsPath(member.filename)  # splits on '/' and '\\', and sees drives and roots
         if inside.drive or inside.root or ".." in inside.parts:
@@ -587,7 +574,7 @@ def _image_files(source: Path, stack: ExitStack) -> Iterator[_ImageFile]:
 
 
 def _read_image_file(path: Path) -> bytes:
-    with _open_regular(path) as f:
+    with open_regular(path) as f:
         size = os.fstat(f.fileno()).st_size
         _check_size(path, size, "MAX_IMAGE_BYTES")
         return f.read(size)

@@ -21,7 +21,6 @@ import json
 import math
 import os
 import platform
-import stat
 import struct
 import time
 import zipfile
@@ -34,7 +33,7 @@ import numpy as np
 
 from ._atomic import atomic_write
 from .planner import ETProfile
-from .validation import MAX_CLASSES
+from .validation import MAX_CLASSES, open_regular
 
 if TYPE_CHECKING:
     import torch
@@ -159,6 +158,8 @@ def read_arrays(path: str | os.PathLike[str], kind: str,
             arrays = _read_npz(f, MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes)
     except FileNotFoundError:
         raise ProfileFormatError(f"missing file {path}") from None
+    except OSError as error:  # not a regular file, unreadable
+        raise ProfileFormatError(f"{path}: {error.strerror or error}") from None
     except ProfileFormatError as error:
         raise ProfileFormatError(f"{path} {error}") from None
     except Exception as error:  # a damaged archive raises many types: zlib.error, EOFError, NotImplementedError
@@ -192,20 +193,6 @@ def read_arrays(path: str | os.PathLike[str], kind: str,
         if header.get("sha256") != _content_digest(kind, arrays, meta):
             raise ProfileFormatError(f"{path} fails its SHA-256 checksum: the file is damaged or was edited")
     return arrays, meta
-
-
-def open_regular(path: str | os.PathLike[str]) -> BinaryIO:
-    """`path` opened for reading if it is a regular file. A FIFO, a device (/dev/zero) or a socket
-    is refused at once: reading one could block for ever or never end."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0))
-    try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise ProfileFormatError(f"{path} is not a regular file")
-        os.set_blocking(fd, True)
-        return os.fdopen(fd, "rb")
-    except BaseException:
-        os.close(fd)
-        raise
 
 
 def _only(path: str | os.PathLike[str], arrays: Mapping[str, np.ndarray], allowed: Sequence[str]) -> None:
@@ -269,12 +256,6 @@ class ETRecord:
 # Rich per-exit signals: all log-probabilities for up to this many classes, the top ones beyond.
 LOG_PROB_CLASSES = 100
 LOG_PROB_SLACK = 1e-2  # float16 rounding of a log-softmax near 0 may land just above it
-
-
-def _class_indices(array: np.ndarray) -> np.ndarray:
-    """Stored class indices as int64, refused (not wrapped) when out of range."""
-    _check_classes("class indices", array)
-    return array.astype(np.int64)
 
 
 def _check_classes(name: str, array: np.ndarray | None) -> None:
@@ -403,10 +384,10 @@ class CSProfile:
         if log_probs is not None:
             _require(path, arrays, {"confidence": (SAMPLES, BLOCKS), "log_probs": (SAMPLES, BLOCKS, -3)})
         try:
-            profile = cls(arrays["confidence"].astype(np.float32), _class_indices(arrays["prediction"]),
-                          arrays["correct"].astype(bool), _class_indices(arrays["labels"]), meta,
+            profile = cls(arrays["confidence"].astype(np.float32), arrays["prediction"].astype(np.int64),
+                          arrays["correct"].astype(bool), arrays["labels"].astype(np.int64), meta,
                           None if log_probs is None else log_probs.astype(np.float16),
-                          None if top is None else _class_indices(top))
+                          None if top is None else top.astype(np.int64))
         except ProfileFormatError as error:
             raise ProfileFormatError(f"{path}: {error}") from None
         if not np.array_equal(profile.correct, profile.prediction == profile.labels[:, None]):

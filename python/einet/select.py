@@ -38,7 +38,7 @@ import numpy as np
 from ._atomic import atomic_write
 from .planner import Distribution, ETProfile, NativePredictor
 from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
-from .profiling import CSProfile, open_regular
+from .profiling import CSProfile
 from .rules import AnswerRule, time_zero_answer
 
 DEPLOYMENT_VERSION = 3  # 2 added `network`; 3 a SHA-256 of the record, verified on load
@@ -238,7 +238,7 @@ def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predic
 def load_deployment(path: str | os.PathLike[str]) -> Deployment:
     """Read a deployment file written by :func:`save_deployment`: every field typed and range-checked,
     the predictor inside the file's folder, no code run. ValueError names the file and the field."""
-    from .validation import parse_json
+    from .validation import open_regular, parse_json
 
     path = Path(path)
     try:

@@ -12,6 +12,7 @@ for memory:
 - :func:`parse_json`: JSON without NaN/Infinity literals and with bounded nesting.
 - :func:`check_memory`: a size estimate refused above a limit the user can raise
   (``EINET_MEMORY_LIMIT_GB``), before the allocation is attempted.
+- :func:`open_regular`: every file einet reads is opened as a regular file or not at all.
 
 Only the standard library and numpy: importing it costs nothing.
 """
@@ -19,10 +20,13 @@ Only the standard library and numpy: importing it costs nothing.
 from __future__ import annotations
 
 import argparse
+import errno
+import io
 import json
 import math
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +34,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MAX_CLASSES", "MAX_JSON_DEPTH", "MAX_THREADS", "ResourceLimitError", "check_memory", "check_outputs",
-           "integer_option", "memory_limit", "number", "parse_json", "real_option", "summary_path"]
+           "integer_option", "memory_limit", "number", "open_regular", "parse_json", "real_option", "summary_path"]
 
 MAX_CLASSES = 100_000  # classes of a dataset, a checkpoint, a profile (class indices fit an int32)
 MAX_THREADS = 1024  # torch intra-op threads: far above any machine einet runs on
@@ -188,3 +192,18 @@ def check_memory(nbytes: float, what: str) -> None:
     if not nbytes <= limit:
         raise ResourceLimitError(f"{what} needs about {nbytes / 1024**3:.3g} GiB, above the limit of "
                           f"{limit / 1024**3:.3g} GiB: if this is intended, raise {MEMORY_LIMIT_VARIABLE}")
+
+
+def open_regular(path: str | os.PathLike[str], follow_symlinks: bool = True) -> io.BufferedReader:
+    """`path` opened for reading, if it is a regular file: anything else raises OSError. open() of a FIFO
+    would block until someone writes to it, and /dev/zero never ends; with O_NONBLOCK open returns at
+    once, and fstat tells."""
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags if follow_symlinks else flags | getattr(os, "O_NOFOLLOW", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
