@@ -281,7 +281,8 @@ def test_deployment_fields_are_typed_and_range_checked(tmp_path, change, match):
     (tmp_path / "edited.json").write_text(json.dumps(record | change))
     with pytest.raises(ValueError, match=f"fails its SHA-256 checksum|{match}"):  # version 3: any edit at all
         load_deployment(tmp_path / "edited.json")
-    del record["sha256"]  # a version 2 file (no checksum): every field is still checked
+    for key in ("sha256", "kind", "value"):  # a version 2 file (no checksum, policy named by its label)
+        del record[key]  # every field is still checked
     (tmp_path / "v2.json").write_text(json.dumps(record | {"version": 2} | change))
     with pytest.raises(ValueError, match=match):
         load_deployment(tmp_path / "v2.json")

@@ -96,7 +96,7 @@ def run_demo(args: argparse.Namespace) -> int:
     chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
     deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
     images = dataset_for("mnist", test, False).images
-    plans = deployment.policy.startswith("EINet") or deployment.policy == "statistics"  # the others never plan
+    plans = deployment.spec.plans  # the others never plan
     adaptation = Adaptation(replanning(holdout_cs, rule, native if deployment.predictor else None, deployment.signal)
                             if plans
                             else lambda profile, exit_times: deployment.build(profile, exit_times, native),

@@ -20,6 +20,7 @@ Numpy and the native planner only: no torch.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import cast
 
 import numpy as np
@@ -45,6 +46,7 @@ class Policy:
     name = "all exits"
     needs_oracle = False
     needs_log_probs = False
+    spec: PolicySpec | None = None  # what it was built from (PolicySpec.build), for deployments
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         """A new sample starts."""
@@ -358,31 +360,108 @@ RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"
 HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicted accuracy
 
 
+@dataclass(frozen=True)
+class PolicySpec:
+    """A policy by kind and parameter, as deployments and bundles store it: the one registry of
+    policies. The table label is derived from it, never parsed (a renamed column breaks nothing)."""
+
+    kind: str  # a key of POLICY_KINDS
+    value: float | None = None  # static: the share of exits run; dynamic: the confidence threshold
+
+    def __post_init__(self) -> None:
+        if self.kind not in POLICY_KINDS:
+            raise ValueError(f"unknown policy kind {self.kind!r}: expected one of {', '.join(POLICY_KINDS)}")
+        if (self.kind in ("static", "dynamic")) != (self.value is not None):
+            raise ValueError(f"policy kind {self.kind!r} {'needs' if self.value is None else 'takes no'} a value")
+        if self.value is not None and not (isinstance(self.value, (int, float)) and 0.0 < self.value <= 1.0):
+            raise ValueError(f"policy {self.kind!r}: value must be a number in (0, 1], got {self.value!r}")
+
+    @property
+    def label(self) -> str:
+        """The policy's name in tables (and its Policy.name)."""
+        if self.value is not None:
+            return f"{self.kind} {round(100 * self.value)}%"
+        return POLICY_KINDS[self.kind]
+
+    @property
+    def uses_predictor(self) -> bool:
+        return self.kind.startswith("einet")
+
+    @property
+    def plans(self) -> bool:
+        """Whether it is planned from the profile and the exit-time distribution (an adaptive runtime
+        plans it again as they move): EINet and the statistics plan."""
+        return self.uses_predictor or self.kind == "statistics"
+
+    @property
+    def deployable(self) -> bool:
+        """Not an oracle, not a slower ablation of EINet."""
+        return self.kind not in ("clairvoyant", "einet-random")
+
+    def build(self, et: ETProfile, dist: Distribution, holdout: CSProfile, rule: str | AnswerRule = "latest",
+              predictor: NativePredictor | None = None, signal: str = "confidence",
+              einet_et: ETProfile | None = None, statistics: FixedPlan | None = None) -> Policy:
+        """The policy for this profile and distribution (`holdout`: the held-out CS-profile its plans
+        come from; `einet_et`: the profile EINets plan with, their own planning folded in; `statistics`:
+        the statistics plan, when the caller has it already)."""
+        rule = as_rule(rule)
+        n, planned = et.num_blocks, et if einet_et is None else einet_et
+        if self.uses_predictor and predictor is None:
+            raise ValueError(f"policy {self.label!r} needs its predictor")
+        policy: Policy
+        if self.kind in ("statistics", "einet"):
+            statistics = statistics or statistics_plan(holdout, et, dist, rule)
+        if self.kind == "einet":
+            assert predictor is not None and statistics is not None
+            policy = EINet(predictor, planned, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN,
+                           signal=signal)
+        elif self.kind in ("einet-paper", "einet-random"):
+            assert predictor is not None
+            policy = EINet(predictor, planned, dist, rule, name=self.label, signal=signal,
+                           **({"method": "random", "budget": RANDOM_SEARCH_BUDGET} if self.kind == "einet-random"
+                              else {}))
+        elif self.kind == "static":
+            assert self.value is not None
+            policy = static_plan(n, self.value)
+        elif self.kind == "dynamic":
+            assert self.value is not None
+            policy = ConfidenceThreshold(self.value)
+        elif self.kind == "statistics":
+            assert statistics is not None
+            policy = statistics
+        elif self.kind == "single-exit":
+            policy = single_exit(n)
+        else:
+            policy = Clairvoyant(et, dist, rule)
+        policy.spec = self
+        return policy
+
+
+# kind -> table label (static and dynamic: "<kind> <value>%")
+POLICY_KINDS = {"einet": "EINet", "einet-paper": "EINet (paper)", "einet-random": "EINet (random search)",
+                "static": "static", "dynamic": "dynamic", "statistics": "statistics", "single-exit": "single-exit",
+                "clairvoyant": "clairvoyant"}
+
+# The paper's comparison, in table order: EINet first, the clairvoyant ceiling last.
+STANDARD_POLICIES = (PolicySpec("einet"), PolicySpec("einet-paper"), PolicySpec("einet-random"),
+                     PolicySpec("static", 0.25), PolicySpec("static", 0.5), PolicySpec("static", 1.0),
+                     PolicySpec("dynamic", 0.90), PolicySpec("dynamic", 0.95), PolicySpec("dynamic", 0.99),
+                     PolicySpec("statistics"), PolicySpec("single-exit"), PolicySpec("clairvoyant"))
+
+
 def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredictor, holdout: CSProfile,
                       rule: str | AnswerRule = "latest", signal: str = "confidence",
                       einet_et: ETProfile | None = None) -> list[Policy]:
-    """Every policy of the paper's comparison for one exit-time distribution, EINet first, the
-    clairvoyant ceiling last (not under rule ensemble). `holdout`: the held-out CS-profile (the
-    statistics plan and EINet's first plan come from it; never the test split).
+    """Every policy of the paper's comparison (:data:`STANDARD_POLICIES`) for one exit-time
+    distribution, EINet first, the clairvoyant ceiling last (not under rule ensemble). `holdout`:
+    the held-out CS-profile (the statistics plan and EINet's first plan come from it; never the
+    test split).
 
     "EINet" is einet's default: the statistics plan first, re-planned only for a predicted gain
     of HEDGE_MARGIN. "EINet (paper)" is the paper's: the predictor's first plan, always re-planned.
     `signal`: what the predictor reads per observed exit (the one it was fitted on). `einet_et`: the
     profile the EINets plan with, their own planning time folded in (einet.simulate.charged); default `et`."""
-    n = et.num_blocks
     rule = as_rule(rule)
-    statistics = statistics_plan(holdout, et, dist, rule)
-    planned = et if einet_et is None else einet_et
-    policies: list[Policy] = [
-        EINet(predictor, planned, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN, signal=signal),
-        EINet(predictor, planned, dist, rule, name="EINet (paper)", signal=signal),
-        EINet(predictor, planned, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET,
-              name="EINet (random search)", signal=signal),
-        static_plan(n, 0.25), static_plan(n, 0.5), static_plan(n, 1.0),
-        ConfidenceThreshold(0.90), ConfidenceThreshold(0.95), ConfidenceThreshold(0.99),
-        statistics,
-        single_exit(n),
-    ]
-    if rule.name != "ensemble":
-        policies.append(Clairvoyant(et, dist, rule))
-    return policies
+    statistics = cast(FixedPlan, PolicySpec("statistics").build(et, dist, holdout, rule))
+    return [spec.build(et, dist, holdout, rule, predictor, signal, einet_et, statistics)
+            for spec in STANDARD_POLICIES if not (spec.kind == "clairvoyant" and rule.name == "ensemble")]

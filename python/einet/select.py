@@ -37,19 +37,18 @@ import numpy as np
 
 from ._atomic import atomic_write
 from .planner import Distribution, ETProfile, NativePredictor
-from .policies import ConfidenceThreshold, EINet, FixedPlan, Policy, standard_policies
+from .policies import STANDARD_POLICIES, ConfidenceThreshold, EINet, FixedPlan, Policy, PolicySpec, standard_policies
 from .profiling import CSProfile
 from .rules import AnswerRule, time_zero_answer
 
-DEPLOYMENT_VERSION = 3  # 2 added `network`; 3 a SHA-256 of the record, verified on load
-READABLE_VERSIONS = (1, 2, 3)  # 1 and 2 (no checksum) still load, unverified
+DEPLOYMENT_VERSION = 4  # 2 added `network`; 3 a SHA-256 of the record, verified on load; 4 the policy's kind
+READABLE_VERSIONS = (1, 2, 3, 4)  # 1 and 2 (no checksum) still load, unverified; before 4 the kind is the label's
 CANDIDATE_RULES = ("latest", "best", "ensemble")
 DEPLOYMENT_NAME = "deployment.json"  # what `einet demo --out-dir` writes
 DEPLOYED_PREDICTOR = "predictor-deployed.npz"  # the predictor, beside the deployment file
 DIST_KINDS = ("uniform", "normal", "exponential")  # as einet.simulate.relative_distribution knows them
 MAX_DEPLOYMENT_BYTES = 16 * 1024**2
 MAX_PLAN_EXITS = 100_000
-NOT_DEPLOYABLE = ("clairvoyant", "EINet (random search)")  # an oracle, and a slower ablation
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,21 @@ class Deployment:
     planning_seconds: float = 0.0  # what EINet's planning was charged per branch when it was scored
     validation: dict[str, float] = field(default_factory=dict)  # candidate -> held-out exact accuracy
     network: str | None = None  # the chosen network's name, as given to select_network
+    kind: str | None = None  # the policy's kind (einet.policies.POLICY_KINDS); None: the one labelled `policy`
+    value: float | None = None  # its parameter (static: share of exits; dynamic: threshold)
+
+    def __post_init__(self) -> None:
+        if self.kind is None:  # files before version 4, and callers naming the policy by its label
+            spec = spec_for_label(self.policy)
+            object.__setattr__(self, "kind", spec.kind)
+            object.__setattr__(self, "value", spec.value)
+        self.spec  # noqa: B018 - checks kind and value
+
+    @property
+    def spec(self) -> PolicySpec:
+        """The deployed policy by kind and parameter."""
+        assert self.kind is not None
+        return PolicySpec(self.kind, self.value)
 
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
         """The policy, planned for this ET-profile and exit-time distribution. For EINet pass the
@@ -79,18 +93,32 @@ class Deployment:
             if plan is not None and len(plan) != et.num_blocks:
                 raise ValueError(f"the deployment's {name} has {len(plan)} exits but the ET-profile {et.num_blocks} "
                                  "blocks: it was selected for another network")
-        if self.policy.startswith("EINet"):
+        spec = self.spec
+        policy: Policy
+        if spec.uses_predictor:
             if predictor is None:
                 raise ValueError(f"the deployed policy {self.policy!r} needs its predictor")
             if self.first_plan is not None:
-                return EINet(predictor, et, dist, self.rule, first_plan=self.first_plan, margin=HEDGE_MARGIN,
-                             name=self.policy, signal=self.signal)
-            return EINet(predictor, et, dist, self.rule, name=self.policy, signal=self.signal)
-        if self.threshold is not None:
-            return ConfidenceThreshold(self.threshold)
-        if self.mask is None:
+                policy = EINet(predictor, et, dist, self.rule, first_plan=self.first_plan, margin=HEDGE_MARGIN,
+                               name=spec.label, signal=self.signal)
+            else:
+                policy = EINet(predictor, et, dist, self.rule, name=spec.label, signal=self.signal)
+        elif self.threshold is not None:
+            policy = ConfidenceThreshold(self.threshold)
+        elif self.mask is None:
             raise ValueError(f"the deployment of {self.policy!r} holds no plan")
-        return FixedPlan(self.mask, self.policy)
+        else:
+            policy = FixedPlan(self.mask, spec.label)
+        policy.spec = spec
+        return policy
+
+
+def spec_for_label(label: str) -> PolicySpec:
+    """The standard policy a table label names (deployment files before version 4 stored only it)."""
+    for spec in STANDARD_POLICIES:
+        if spec.label == label:
+            return spec
+    raise ValueError(f"unknown policy {label!r}: expected one of {', '.join(s.label for s in STANDARD_POLICIES)}")
 
 
 def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, signal: str, predictor_epochs: int,
@@ -147,7 +175,8 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
                                             score_half, et, rule)
             planned_et = charged(et, planning)  # EINet, planned and scored paying for its own planning
             for policy in standard_policies(et, dist, native, fit_half, rule, signal, einet_et=planned_et):
-                if policy.name in NOT_DEPLOYABLE or (signal != "confidence" and not policy.name.startswith("EINet")):
+                assert policy.spec is not None
+                if not policy.spec.deployable or (signal != "confidence" and not policy.spec.uses_predictor):
                     continue  # only EINet reads the signal: the other policies were scored already
                 profile = planned_et if isinstance(policy, EINet) else et
                 result = evaluate(policy, score_half, profile, dist, draws=1, rule=rule)
@@ -158,13 +187,15 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     # the winner, rebuilt on the whole held-out split for the first distribution kind asked for
     built = {p.name: p for p in standard_policies(et, dists[kinds[0]], native, holdout, rule, best_signal)}
     chosen, statistics = built[best_policy], built["statistics"]
-    uses_predictor = best_policy.startswith("EINet")
+    spec = chosen.spec
+    assert spec is not None
+    uses_predictor = spec.uses_predictor
     deployment = Deployment(
-        policy=best_policy, rule=rule, dist=kinds[0], scale=scale,
+        policy=best_policy, kind=spec.kind, value=spec.value, rule=rule, dist=kinds[0], scale=scale,
         predictor=DEPLOYED_PREDICTOR if uses_predictor else None,
         mask=tuple(bool(b) for b in chosen.mask) if isinstance(chosen, FixedPlan) else None,
         threshold=chosen.threshold if isinstance(chosen, ConfidenceThreshold) else None,
-        first_plan=tuple(bool(b) for b in statistics.mask) if best_policy == "EINet" else None,  # type: ignore
+        first_plan=tuple(bool(b) for b in statistics.mask) if spec.kind == "einet" else None,  # type: ignore
         signal=best_signal, planning_seconds=planning if uses_predictor and planning is not None else 0.0,
         validation={f"{name} | {rule_name}{' + time-zero' if zero else ''}"
                     f"{'' if signal == 'confidence' else ' | ' + signal}": value
@@ -273,6 +304,8 @@ def _checked(record: object, folder: Path) -> Deployment:
         raise ValueError("fails its SHA-256 checksum: the file is damaged or was edited")
     fields = {f.name for f in Deployment.__dataclass_fields__.values()}
     unknown = sorted(set(record) - fields - {"format", "version", "sha256"})
+    if version < 4 and {"kind", "value"} & set(record):
+        unknown = sorted({"kind", "value"} & set(record))
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r}")
 
@@ -326,8 +359,9 @@ def _checked(record: object, folder: Path) -> Deployment:
         first_plan=plan("first_plan"), signal=signal,
         planning_seconds=number("planning_seconds", record.get("planning_seconds", 0.0), 0.0, 1.0),
         validation={str(k): number(f"the held-out score of {k!r}", v, 0.0, 1.0) for k, v in validation.items()},
-        network=text("network"))
-    if deployment.policy.startswith("EINet"):
+        network=text("network"), kind=text("kind"),
+        value=None if record.get("value") is None else number("value", record["value"], 0.0, 1.0, low_open=True))
+    if deployment.spec.uses_predictor:
         if predictor is None:
             raise ValueError(f"policy {deployment.policy!r} needs a predictor file")
     elif (deployment.mask is None) == (deployment.threshold is None):
