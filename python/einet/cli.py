@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 import numpy as np
 
@@ -110,10 +110,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     torch.set_num_threads(args.threads)
+    from .split import HeldOutSplit
+
     train_arrays = data.load(args.dataset, args.data, "train")
     test_arrays = data.load(args.dataset, args.data, "test")
-    if args.holdout > 0:  # kept out of training: the predictor is fitted on it, never on the test split
-        train_arrays, _ = train_arrays.split(args.holdout, seed=args.seed)
+    split = HeldOutSplit.of(train_arrays, args.holdout, args.seed)  # recorded: later stages cut the same images
+    train_arrays, _ = split.apply(train_arrays)  # kept out of training: the predictor is fitted on the rest
     if args.constructor and args.exit_head != "paper":
         raise ValueError("--exit-head is for zoo models: a converted model's branches are the paper's")
     if args.constructor:  # the user's own single-exit network, converted
@@ -126,7 +128,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.exit_head != "paper":  # only when asked: checkpoints of the paper's branches keep their spec
             spec["exit_head"] = args.exit_head
     if Path(args.out).exists():  # resumed: it must be this model (train() checks the settings)
-        _, _, stored = _model_from_checkpoint(args.out, args.constructor)
+        _, _, state = _model_from_checkpoint(args.out, args.constructor)
+        stored = state["spec"]
         if _without_defaults(stored) != _without_defaults(spec):
             raise ValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
                              "give another --out, or the same model to resume it")
@@ -144,7 +147,7 @@ def cmd_train(args: argparse.Namespace) -> int:
                              precision=args.precision, channels_last=args.channels_last)
         started = time.perf_counter()
         history = train(model, train_set, data.dataset_for(args.dataset, test_arrays, train=False), config,
-                        checkpoint=args.out, model_spec=spec, progress=_progress(args))
+                        checkpoint=args.out, model_spec=spec, progress=_progress(args), split=split.as_dict())
     finally:
         finish_distributed()
     if rank == 0:
@@ -190,7 +193,7 @@ def _converted_model(args: argparse.Namespace, spec: dict[str, Any], train_set: 
 
 
 def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-    """The model, its provenance (zoo name first, width, training recipe) and its spec. A checkpoint of a
+    """The model, its provenance (zoo name first, width, training recipe) and the checkpoint. A checkpoint of a
     converted model loads only with `constructor` (--constructor) naming the constructor it stores:
     loading imports that module (see einet.models.load_checkpoint)."""
     from .models import load_checkpoint
@@ -209,7 +212,7 @@ def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[A
         recipe += ", exit weights " + "/".join(f"{w:g}" + (f"x{n}" if n > 1 else "") for w, n in runs)
         provenance["exit_weights"] = list(config["exit_weights"])
     provenance["recipe"] = recipe
-    return model, provenance, spec
+    return model, provenance, state
 
 
 def _pools_label(model: Any) -> str:
@@ -226,18 +229,23 @@ def _pools_label(model: Any) -> str:
     return "".join(parts)
 
 
-def _train_and_holdout(args: argparse.Namespace) -> tuple[Any, Any]:
-    """The training split without its held-out part, and that part (as `einet train` cut them)."""
+def _train_and_holdout(args: argparse.Namespace, state: dict[str, Any]) -> tuple[Any, Any, Any]:
+    """The training split without its held-out part, that part, and the split: as the checkpoint
+    (`state`) records it, or (older checkpoints) as --holdout and --seed say `einet train` cut them."""
     from . import data
+    from .models.training import recorded_split
+    from .split import resolve
 
-    return cast("tuple[Any, Any]", data.load(args.dataset, args.data, "train").split(args.holdout, seed=args.seed))
+    arrays = data.load(args.dataset, args.data, "train")
+    split = resolve(recorded_split(args.checkpoint, state), args.holdout, args.seed, arrays, args.checkpoint)
+    return (*split.apply(arrays, f"--data {args.data}"), split)
 
 
-def _splits(args: argparse.Namespace) -> tuple[Any, Any]:
+def _splits(args: argparse.Namespace, state: dict[str, Any]) -> tuple[Any, Any]:
     """The held-out part of the training split (for the predictor) and the test split."""
     from . import data
 
-    return _train_and_holdout(args)[1], data.load(args.dataset, args.data, "test")
+    return _train_and_holdout(args, state)[1], data.load(args.dataset, args.data, "test")
 
 
 def _check_trained_on(args: argparse.Namespace, spec: dict[str, Any], arrays: Any, verb: str) -> None:
@@ -263,13 +271,14 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     device = _device(args.device)
     torch.set_num_threads(args.threads)
-    model, provenance, spec = _model_from_checkpoint(args.checkpoint, args.constructor)
+    model, provenance, state = _model_from_checkpoint(args.checkpoint, args.constructor)
+    spec = state["spec"]
     if args.second_look:
         from .models.second_look import with_second_look
 
         model = with_second_look(model, args.second_look, args.second_look_depth)
         provenance["recipe"] += f", {model.label}"
-    holdout, test = _splits(args)
+    holdout, test = _splits(args, state)
     _check_trained_on(args, spec, holdout, "profile")
     shape = (holdout.channels, *holdout.images.shape[1:3])
     provenance["dataset"] = args.dataset
@@ -301,16 +310,16 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
 
     torch.set_num_threads(args.threads)
     model, state = load_checkpoint(args.checkpoint)
-    train_arrays, holdout_arrays = _train_and_holdout(args)
+    train_arrays, holdout_arrays, split = _train_and_holdout(args, state)
     _check_trained_on(args, state["spec"], holdout_arrays, "refit")
     started = time.perf_counter()
     refitted, report = refit_light_exits(
         model, data.dataset_for(args.dataset, train_arrays, train=False),
         data.dataset_for(args.dataset, holdout_arrays, train=False), pool=args.pool, epochs=args.epochs,
-        seed=args.seed, progress=_progress(args))
+        seed=split.seed, progress=_progress(args))
     spec = dict(state["spec"]) | {"exit_pools": light_pools(refitted)}
     rows = [r.as_dict() for r in report]
-    save_checkpoint(args.out, refitted, spec, config=state.get("config") or {}, refit=rows)
+    save_checkpoint(args.out, refitted, spec, config=state.get("config") or {}, refit=rows, split=split.as_dict())
     print("| exit | map | held-out accuracy, old pool | new pool | kept |\n|---:|---|---:|---:|---|")
     for r in report:
         print(f"| {r.exit + 1} | {r.map_size[0]}x{r.map_size[1]} | {100 * r.old_accuracy:.2f} "
@@ -581,8 +590,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=integer_option(1, 4096), default=1, help="batch size of the ET-profile")
     p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=20, help="untimed runs before the ET-profile")
     p.add_argument("--repeats", type=COUNT, default=400, help="timed runs of the ET-profile")
-    p.add_argument("--holdout", type=HOLDOUT, default=0.1, help="as given to `einet train`")
-    p.add_argument("--seed", type=SEED, default=0, help="as given to `einet train`")
+    p.add_argument("--holdout", type=HOLDOUT, default=None,
+                   help="for checkpoints that do not record their split: as given to `einet train` (default 0.1)")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="for checkpoints that do not record their split: as given to `einet train` (default 0)")
     _add_torch_arguments(p, "torch threads for the CS-profiles")
     skip = p.add_mutually_exclusive_group()
     skip.add_argument("--skip-et", action="store_true",
@@ -608,8 +619,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pool", type=integer_option(1, 64), default=8,
                    help="the refitted exits' pooled map, pool x pool (default: %(default)s)")
     p.add_argument("--epochs", type=COUNT, default=16, help="passes over the frozen features per exit")
-    p.add_argument("--holdout", type=HOLDOUT, default=0.1, help="as given to `einet train`")
-    p.add_argument("--seed", type=SEED, default=0, help="as given to `einet train`; also fixes the fit's order")
+    p.add_argument("--holdout", type=HOLDOUT, default=None,
+                   help="for checkpoints that do not record their split: as given to `einet train` (default 0.1)")
+    p.add_argument("--seed", type=SEED, default=None,
+                   help="for checkpoints that do not record their split: as given to `einet train` (default 0); "
+                        "also fixes the fit's order")
     p.add_argument("--threads", type=THREADS, default=2, help="torch threads")
     _add_quiet(p)
     p.add_argument("--out", required=True,

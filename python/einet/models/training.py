@@ -33,6 +33,7 @@ from torch import nn
 
 from .._atomic import atomic_write
 from ..data import ImageDataset, ImageShape, as_batches, count_batches, loader_is_sharded
+from ..split import HeldOutSplit
 from ..validation import number
 from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
 from .convert import CONVERTED, build_converted, resolve_constructor
@@ -299,13 +300,15 @@ def _all_reduce(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
 
 def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: ImageDataset | Any | None = None,
           config: TrainConfig | None = None, checkpoint: str | os.PathLike[str] | None = None,
-          model_spec: dict[str, Any] | None = None, progress: bool = True) -> History:
+          model_spec: dict[str, Any] | None = None, progress: bool = True,
+          split: Mapping[str, Any] | None = None) -> History:
     """Train every exit with the weighted sum of their cross-entropies; resume from `checkpoint` if present.
 
     `train_set` and `test_set`: an ImageDataset, a map-style torch Dataset of (image tensor, label)
     or a DataLoader (:func:`einet.data.as_batches`). `model_spec` (e.g. ``{"name": "b_alexnet",
     "width": 0.5, ...}``, or the spec of :func:`einet.models.convert.build_converted`) is stored in
-    the checkpoint so that :func:`load_checkpoint` can rebuild the model.
+    the checkpoint so that :func:`load_checkpoint` can rebuild the model; `split` (the held-out split
+    the training data excludes, :meth:`einet.split.HeldOutSplit.as_dict`) too, for later stages.
 
     In a torch.distributed process group (e.g. under ``torchrun``) this trains with
     DistributedDataParallel, as the module docstring describes; only rank 0 writes `checkpoint`.
@@ -416,7 +419,8 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
                        f"{history.seconds[-1]:.0f} s")
         if path and rank == 0:
             save_checkpoint(path, model, model_spec, optimizer=optimizer, scheduler=scheduler, generator=generator,
-                            torch_rng=torch.get_rng_state(), history=history, config=config, world_size=world_size)
+                            torch_rng=torch.get_rng_state(), history=history, config=config, world_size=world_size,
+                            **({} if split is None else {"split": dict(split)}))
         if world_size > 1:
             import torch.distributed as dist
 
@@ -637,6 +641,17 @@ def _check_tensors(path: str | os.PathLike[str], name: str, stored: Any, expecte
         if got.shape != want.shape or got.dtype.is_floating_point != want.dtype.is_floating_point:
             raise ValueError(f"{path}: {key} has shape {tuple(got.shape)} ({got.dtype}); the spec's {name} needs "
                              f"{tuple(want.shape)} ({want.dtype})")
+
+
+def recorded_split(path: str | os.PathLike[str], state: Mapping[str, Any]) -> HeldOutSplit | None:
+    """The held-out split a checkpoint records (None for checkpoints written before splits were)."""
+    record = state.get("split")
+    if record is None:
+        return None
+    try:
+        return HeldOutSplit.from_dict(record)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: {error}") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, trust_constructor: bool = False,
