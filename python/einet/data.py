@@ -756,11 +756,15 @@ def _augment(images: torch.Tensor, pad: int, generator: torch.Generator | None,
     return out
 
 
+def timing_arrays(arrays: ImageArrays, count: int = 200) -> ImageArrays:
+    """The real inputs blocks are timed with: `count` images of `arrays` drawn at random (seed 0, so
+    across classes). Block times depend on the data."""
+    return arrays.subset(np.random.default_rng(0).permutation(len(arrays))[:count])
+
+
 def timing_images(name: str, arrays: ImageArrays, count: int = 200) -> torch.Tensor:
-    """The real inputs `einet profile` times blocks with: `count` images of `arrays` drawn at random
-    (seed 0, so across classes), normalised as for `name`. Block times depend on the data."""
-    return dataset_for(name, arrays.subset(np.random.default_rng(0).permutation(len(arrays))[:count]),
-                       train=False).images
+    """The inputs `einet profile` times blocks with (:func:`timing_arrays`), normalised as for `name`."""
+    return dataset_for(name, timing_arrays(arrays, count), train=False).images
 
 
 def dataset_for(name: str, arrays: ImageArrays, train: bool) -> ImageDataset:

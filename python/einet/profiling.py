@@ -243,6 +243,12 @@ class ETRecord:
         return write_arrays(path, "et-profile", {n: np.asarray(getattr(self, n), np.float64) for n in self.TIMES},
                             self.meta)
 
+    def subset_blocks(self, blocks: np.ndarray) -> ETRecord:
+        """The profile of the network made of these blocks and their exits (e.g. a variant's cut of a
+        larger one: einet.bundle.variant_exits), provenance kept."""
+        return ETRecord(**{name: getattr(self, name)[blocks] for name in self.TIMES},
+                        meta={**self.meta, "cut_to_blocks": [int(b) for b in blocks]})
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> ETRecord:
         arrays, meta = read_arrays(path, "et-profile")

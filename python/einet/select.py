@@ -137,7 +137,8 @@ def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, signal: str, predi
 def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform", "normal"), scale: float = 1.0,
            rules: Sequence[str] = CANDIDATE_RULES, time_zero: Sequence[bool] = (False, True),
            predictor_epochs: int = 40, seed: int = 0, progress: bool = True,
-           signals: Sequence[str] = ("confidence",), planning: float | None = None) -> tuple[Deployment, Any]:
+           signals: Sequence[str] = ("confidence",), planning: float | None = None,
+           policies: Sequence[str] | None = None) -> tuple[Deployment, Any]:
     """Choose (policy, rule, time-zero answer) on the held-out split; returns the deployment,
     refitted on the whole split, and the torch predictor fitted for its rule (saved with the
     deployment only when its policy needs it).
@@ -150,6 +151,9 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
 
     from .simulate import charged, evaluate, full_inference_time, planning_seconds, relative_distribution
 
+    deployable = sorted({spec.kind for spec in STANDARD_POLICIES if spec.deployable})
+    if policies is not None and (not policies or not set(policies) <= set(deployable)):
+        raise ValueError(f"policies must be deployable kinds ({', '.join(deployable)}), got {list(policies)}")
     if holdout.meta.get("split") == "test":
         raise ValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
     if not rules or not time_zero or not kinds:
@@ -176,7 +180,8 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
             planned_et = charged(et, planning)  # EINet, planned and scored paying for its own planning
             for policy in standard_policies(et, dist, native, fit_half, rule, signal, einet_et=planned_et):
                 assert policy.spec is not None
-                if not policy.spec.deployable or (signal != "confidence" and not policy.spec.uses_predictor):
+                if not policy.spec.deployable or (signal != "confidence" and not policy.spec.uses_predictor) or (
+                        policies is not None and policy.spec.kind not in policies):
                     continue  # only EINet reads the signal: the other policies were scored already
                 profile = planned_et if isinstance(policy, EINet) else et
                 result = evaluate(policy, score_half, profile, dist, draws=1, rule=rule)
@@ -252,8 +257,7 @@ def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predic
     from .predictor import save_predictor
 
     path = Path(path)
-    record = asdict(deployment) | {"format": "einet-deployment", "version": DEPLOYMENT_VERSION}
-    record["sha256"] = _record_digest(record)
+    record = deployment_record(deployment)
     _checked(json.loads(json.dumps(record)), path.parent)
     if deployment.predictor is not None:  # only policies that plan per sample need it
         if predictor is None:
@@ -264,6 +268,19 @@ def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predic
     with atomic_write(path) as f:
         f.write(json.dumps(record, indent=2).encode() + b"\n")
     return path
+
+
+def deployment_record(deployment: Deployment) -> dict[str, Any]:
+    """A deployment as the JSON object its file (and a bundle) stores, with its checksum."""
+    record = asdict(deployment) | {"format": "einet-deployment", "version": DEPLOYMENT_VERSION}
+    record["sha256"] = _record_digest(record)
+    return record
+
+
+def deployment_from_record(record: object, folder: Path) -> Deployment:
+    """A deployment from its JSON object, checked as :func:`load_deployment` checks a file's (its
+    predictor a file in `folder`)."""
+    return _checked(record, folder)
 
 
 def load_deployment(path: str | os.PathLike[str]) -> Deployment:

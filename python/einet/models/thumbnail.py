@@ -11,7 +11,7 @@ decides whether to run it.
 
 from __future__ import annotations
 
-from typing import cast
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -34,9 +34,28 @@ class ThumbnailClassifier(nn.Module):
         return cast(torch.Tensor, self.linear(nn.functional.adaptive_avg_pool2d(x, self.size).flatten(1)))
 
 
+class ThumbnailFirst(MultiExitNetwork):
+    """`model`'s blocks and exits behind a thumbnail exit 0 (its block: the identity). `model` runs as
+    it defines its blocks (a second look included), so the thumbnail goes outermost."""
+
+    def __init__(self, model: MultiExitNetwork, thumbnail: ThumbnailClassifier) -> None:
+        super().__init__([nn.Identity()], [thumbnail])
+        self.inner = model
+
+    @property
+    def num_exits(self) -> int:
+        return 1 + self.inner.num_exits
+
+    def forward_block(self, i: int, h: Any) -> Any:
+        return h if i == 0 else self.inner.forward_block(i - 1, h)
+
+    def forward_exit(self, i: int, h: Any) -> torch.Tensor:
+        return cast(torch.Tensor, self.exits[0](h)) if i == 0 else self.inner.forward_exit(i - 1, h)
+
+
 def with_thumbnail_exit(model: MultiExitNetwork, thumbnail: ThumbnailClassifier) -> MultiExitNetwork:
     """`model` with `thumbnail` as a new exit 0 in front (its block: the identity)."""
-    return MultiExitNetwork([nn.Identity(), *model.blocks], [thumbnail, *model.exits])
+    return ThumbnailFirst(model, thumbnail)
 
 
 def fit_thumbnail(images: torch.Tensor, labels: torch.Tensor, num_classes: int, size: int = 8, epochs: int = 30,

@@ -14,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from .predictor_file import MAX_PREDICTOR_WIDTH
-from .validation import MAX_THREADS, check_memory, check_outputs, integer_option, real_option, summary_path
+from ..predictor_file import MAX_PREDICTOR_WIDTH
+from ..validation import MAX_THREADS, check_memory, check_outputs, integer_option, real_option, summary_path
 
 # Option bounds: wide enough for any real use, narrow enough that no value can make a command
 # allocate without limit or loop for ever (the memory estimates in the commands cover the rest).
@@ -48,10 +48,10 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return str(super()._get_help_string(action))
 
 
-def _add_data_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
     parser.add_argument("--dataset", default="cifar10", choices=["mnist", "fashion-mnist", "cifar10", "cifar100",
                                                                   "folder"], help="dataset format")
-    parser.add_argument("--data", required=True, help="dataset root, IDX folder, CIFAR batch folder, or image zip")
+    parser.add_argument("--data", required=required, help="dataset root, IDX folder, CIFAR batch folder, or image zip")
 
 
 def _add_torch_arguments(parser: argparse.ArgumentParser, threads_help: str = "torch threads") -> None:
@@ -104,13 +104,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                   {"--data": args.data, "--backbone-weights": args.backbone_weights})
     import torch
 
-    from . import data
-    from .models import TrainConfig, build, train
-    from .models.training import finish_distributed, init_distributed
+    from .. import data
+    from ..models import TrainConfig, build, train
+    from ..models.training import finish_distributed, init_distributed
 
     device = _device(args.device)
     torch.set_num_threads(args.threads)
-    from .split import HeldOutSplit
+    from ..split import HeldOutSplit
 
     train_arrays = data.load(args.dataset, args.data, "train")
     test_arrays = data.load(args.dataset, args.data, "test")
@@ -182,7 +182,7 @@ def _converted_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, An
 
 def _converted_model(args: argparse.Namespace, spec: dict[str, Any], train_set: Any) -> Any:
     """`--constructor` built, `--backbone-weights` loaded, converted with `--exits` (real images trace it)."""
-    from .models.convert import build_converted
+    from ..models.convert import build_converted
 
     model, built = build_converted(args.constructor, spec["kwargs"], train_set.images[:8], args.exits,
                                    args.backbone_weights)
@@ -196,7 +196,7 @@ def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[A
     """The model, its provenance (zoo name first, width, training recipe) and the checkpoint. A checkpoint of a
     converted model loads only with `constructor` (--constructor) naming the constructor it stores:
     loading imports that module (see einet.models.load_checkpoint)."""
-    from .models import load_checkpoint
+    from ..models import load_checkpoint
 
     model, state = load_checkpoint(path, constructor=constructor)
     spec = dict(state["spec"])
@@ -217,7 +217,7 @@ def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[A
 
 def _pools_label(model: Any) -> str:
     """E.g. ", exits 1-4 pooled 8x8": the light exits whose pool is not the light head's default."""
-    from .models.base import DEFAULT_LIGHT_POOL, light_exits
+    from ..models.base import DEFAULT_LIGHT_POOL, light_exits
 
     changed = [(i + 1, model.exits[i].pool) for i in light_exits(model) if model.exits[i].pool != DEFAULT_LIGHT_POOL]
     parts = []
@@ -232,9 +232,9 @@ def _pools_label(model: Any) -> str:
 def _train_and_holdout(args: argparse.Namespace, state: dict[str, Any]) -> tuple[Any, Any, Any]:
     """The training split without its held-out part, that part, and the split: as the checkpoint
     (`state`) records it, or (older checkpoints) as --holdout and --seed say `einet train` cut them."""
-    from . import data
-    from .models.training import recorded_split
-    from .split import resolve
+    from .. import data
+    from ..models.training import recorded_split
+    from ..split import resolve
 
     arrays = data.load(args.dataset, args.data, "train")
     split = resolve(recorded_split(args.checkpoint, state), args.holdout, args.seed, arrays, args.checkpoint)
@@ -243,7 +243,7 @@ def _train_and_holdout(args: argparse.Namespace, state: dict[str, Any]) -> tuple
 
 def _splits(args: argparse.Namespace, state: dict[str, Any]) -> tuple[Any, Any]:
     """The held-out part of the training split (for the predictor) and the test split."""
-    from . import data
+    from .. import data
 
     return _train_and_holdout(args, state)[1], data.load(args.dataset, args.data, "test")
 
@@ -257,7 +257,19 @@ def _check_trained_on(args: argparse.Namespace, spec: dict[str, Any], arrays: An
                          f"{arrays.num_classes} classes: {verb} a checkpoint on the data it was trained on")
 
 
+def _require(args: argparse.Namespace, *options: str) -> None:
+    """Options a command needs when it is not given a bundle (with one, the bundle holds them)."""
+    missing = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name) is None]
+    if missing:
+        raise ValueError(f"without a BUNDLE, {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
+
+
 def cmd_profile(args: argparse.Namespace) -> int:
+    if args.bundle:
+        from .bundle import profile_bundle
+
+        return profile_bundle(args, _device(args.device))
+    _require(args, "data", "checkpoint", "out_dir")
     if args.second_look_depth is not None and not args.second_look:
         raise ValueError(f"--second-look-depth {args.second_look_depth} needs --second-look")
     out = Path(args.out_dir)
@@ -266,15 +278,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
                   {"--checkpoint": args.checkpoint, "--data": args.data}, creates_folders=True)
     import torch
 
-    from .data import dataset_for, timing_images
-    from .profiling import profile_cs, profile_et
+    from ..data import dataset_for, timing_images
+    from ..profiling import profile_cs, profile_et
 
     device = _device(args.device)
     torch.set_num_threads(args.threads)
     model, provenance, state = _model_from_checkpoint(args.checkpoint, args.constructor)
     spec = state["spec"]
     if args.second_look:
-        from .models.second_look import with_second_look
+        from ..models.second_look import with_second_look
 
         model = with_second_look(model, args.second_look, args.second_look_depth)
         provenance["recipe"] += f", {model.label}"
@@ -303,10 +315,10 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
                   {"--checkpoint": args.checkpoint, "--data": args.data})
     import torch
 
-    from . import data
-    from .models import load_checkpoint, save_checkpoint
-    from .models.base import light_pools
-    from .models.refit import refit_light_exits
+    from .. import data
+    from ..models import load_checkpoint, save_checkpoint
+    from ..models.base import light_pools
+    from ..models.refit import refit_light_exits
 
     torch.set_num_threads(args.threads)
     model, state = load_checkpoint(args.checkpoint)
@@ -333,14 +345,14 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
 
 
 def cmd_fit_predictor(args: argparse.Namespace) -> int:
-    from .predictor_file import check_predictor_size
-    from .profiling import CSProfile
-    from .rules import AnswerRule, time_zero_answer
+    from ..predictor_file import check_predictor_size
+    from ..profiling import CSProfile
+    from ..rules import AnswerRule, time_zero_answer
 
     check_outputs({"--out": args.out}, {"--cs": args.cs})
     holdout = CSProfile.load(args.cs)
     check_predictor_size(holdout.num_exits, args.hidden)
-    from .predictor import fit_ensemble_weights, fit_predictor, save_predictor  # torch: after the checks
+    from ..predictor import fit_ensemble_weights, fit_predictor, save_predictor  # torch: after the checks
 
     weights = fit_ensemble_weights(holdout, seed=args.seed) if args.rule == "ensemble" else None
     rule = AnswerRule(args.rule, weights, *(time_zero_answer(holdout.labels) if args.time_zero else (None, 0.0)))
@@ -373,9 +385,9 @@ def _horizon(args: argparse.Namespace, full_time: float) -> float:
 
 
 def cmd_select(args: argparse.Namespace) -> int:
-    from .profiling import CSProfile, ETRecord
-    from .select import DEPLOYED_PREDICTOR, save_deployment, select_network
-    from .simulate import full_inference_time
+    from ..profiling import CSProfile, ETRecord
+    from ..select import DEPLOYED_PREDICTOR, save_deployment, select_network
+    from ..simulate import full_inference_time
 
     if len({Path(folder).resolve() for folder in args.profiles}) != len(args.profiles):
         raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
@@ -400,9 +412,15 @@ def cmd_select(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from .predictor_file import read_predictor
-    from .profiling import CSProfile, ETRecord
-    from .simulate import compare, csv_table, evaluate_all, full_inference_time, markdown_table, relative_distribution
+    if args.bundle:
+        from .bundle import evaluate_bundles
+
+        return evaluate_bundles(args)
+    _require(args, "profiles", "predictor")
+    args.dist = args.dist or "uniform"
+    from ..predictor_file import read_predictor
+    from ..profiling import CSProfile, ETRecord
+    from ..simulate import compare, csv_table, evaluate_all, full_inference_time, markdown_table, relative_distribution
 
     folders = [Path(args.profiles), *([Path(args.compressed)] if args.compressed else [])]
     if args.out:
@@ -449,9 +467,9 @@ def _zoo_and_width(meta: dict[str, Any]) -> tuple[str | None, float]:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """The paper's table over several profiled models: one row each (numpy only)."""
-    from .predictor_file import read_predictor
-    from .profiling import CSProfile, ETRecord
-    from .simulate import csv_table, evaluate_all, full_inference_time, model_row, models_table, relative_distribution
+    from ..predictor_file import read_predictor
+    from ..profiling import CSProfile, ETRecord
+    from ..simulate import csv_table, evaluate_all, full_inference_time, model_row, models_table, relative_distribution
 
     folders = [Path(p) for p in args.profiles]
     if args.out:
@@ -485,12 +503,13 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib  # noqa: F401  (the plot extra: named before any work is done)
 
-    from .policies import standard_policies
-    from .predictor_file import read_predictor
-    from .profiling import CSProfile, ETRecord
-    from .simulate import accuracy_curves, plot_curves
+    from ..policies import standard_policies
+    from ..predictor_file import read_predictor
+    from ..profiling import CSProfile, ETRecord
+    from ..simulate import accuracy_curves, plot_curves
 
     check_outputs({"--out": args.out}, [("--predictor", args.predictor), *_profile_files([Path(args.profiles)])])
+    args.dist = args.dist or "uniform"
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")
     test = CSProfile.load(Path(args.profiles) / "cs-test.npz")
@@ -509,15 +528,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from ..demo import run_demo
 
     if args.out_dir:
-        from .select import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
+        from ..select import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
 
         check_outputs({f"--out-dir {args.out_dir}: {name}": Path(args.out_dir) / name
                        for name in (DEPLOYMENT_NAME, DEPLOYED_PREDICTOR)}, creates_folders=True)
     args.device, args.progress = _device(args.device), _progress(args)
-    from .stress import Burners
+    from ..stress import Burners
 
     with Burners.for_load(args.stress, limit=3600):
         return run_demo(args)
@@ -533,7 +552,7 @@ def _add_horizon_arguments(p: argparse.ArgumentParser, whose: str) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
+    from .. import __version__
 
     parser = _Parser(prog="einet", description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -581,12 +600,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="checkpoint path (.pt); a summary, NAME.summary.json, is written beside it")
     p.set_defaults(run=cmd_train)
 
-    p = commands.add_parser("profile", help="ET-profile on this device, CS-profiles of the held-out and test splits")
-    _add_data_arguments(p)
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by `einet train`")
+    p = commands.add_parser("profile", help="ET-profile on this device, CS-profiles of the held-out and test splits; "
+                                            "or, given a BUNDLE, time it on this device and add what is chosen for it")
+    p.add_argument("bundle", nargs="?", default=None,
+                   help="a bundle folder (`einet build`): time its network here, select its configuration for this "
+                        "device on its held-out data, and add both to it (no other input needed)")
+    _add_data_arguments(p, required=False)
+    p.add_argument("--checkpoint", help="a checkpoint written by `einet train` (without a BUNDLE)")
     p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
                    help="for a checkpoint of a converted network: the constructor it names (loading imports it)")
-    p.add_argument("--out-dir", required=True, help="folder for et.npz, cs-holdout.npz and cs-test.npz")
+    p.add_argument("--out-dir", help="folder for et.npz, cs-holdout.npz and cs-test.npz (without a BUNDLE)")
     p.add_argument("--batch-size", type=integer_option(1, 4096), default=1, help="batch size of the ET-profile")
     p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=20, help="untimed runs before the ET-profile")
     p.add_argument("--repeats", type=COUNT, default=400, help="timed runs of the ET-profile")
@@ -652,14 +675,19 @@ def build_parser() -> argparse.ArgumentParser:
     for name, run, text in (("evaluate", cmd_evaluate, "trace-driven comparison of EINet with every baseline"),
                             ("report", cmd_report, "plot accuracy against the mean exit time, one line per policy")):
         p = commands.add_parser(name, help=text)
-        p.add_argument("--profiles", required=True, help="folder with et.npz, cs-holdout.npz, cs-test.npz")
-        p.add_argument("--predictor", required=True, help="a predictor written by `einet fit-predictor`")
-        p.add_argument("--dist", default="uniform", choices=["uniform", "normal", "exponential"],
-                       help="exit-time distribution over the horizon")
+        p.add_argument("--profiles", required=name == "report", help="folder with et.npz, cs-holdout.npz, cs-test.npz")
+        p.add_argument("--predictor", required=name == "report", help="a predictor written by `einet fit-predictor`")
+        p.add_argument("--dist", default=None, choices=["uniform", "normal", "exponential"],
+                       help="exit-time distribution over the horizon (default: uniform; a bundle's own)")
         p.add_argument("--rule", default=None, choices=["latest", "best", "ensemble"],
                        help="output rule (default: the one the predictor was fitted for)")
         p.set_defaults(run=run)
     evaluate_parser, report_parser = commands.choices["evaluate"], commands.choices["report"]
+    evaluate_parser.add_argument("bundle", nargs="?", default=None,
+                                 help="a bundle (`einet build`): its deployed configuration on its test split, "
+                                      "exactly, instead of --profiles and --predictor")
+    evaluate_parser.add_argument("--against", metavar="OTHER", help="with a BUNDLE: another bundle, paired over the "
+                                                                    "same test images and exit times")
     _add_horizon_arguments(evaluate_parser, "of this network")
     evaluate_parser.add_argument("--draws", type=integer_option(1, 100_000), default=100,
                                  help="exit times drawn per sample")
@@ -712,6 +740,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_torch_arguments(p)
     p.set_defaults(run=cmd_demo)
 
+    from .bundle import add_commands
+
+    add_commands(commands, COUNT, THREADS, POSITIVE, SEED)
     for sub in commands.choices.values():
         sub.formatter_class = _HelpFormatter
         sub.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,

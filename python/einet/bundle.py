@@ -1,0 +1,544 @@
+"""The deployment bundle: what a user ships, and ``einet.load`` that turns it into a runtime.
+
+A bundle is a folder (``einet build`` writes one; ``pack`` zips it into one ``.einet`` file, which
+loads the same) holding everything needed to rebuild the elastic runtime and nothing that runs
+code:
+
+- ``manifest.json``: versioned and schema-checked, with a SHA-256 of itself and of every file;
+- the network: its checkpoint (``network.pt``: the zoo name and sizes or the user's constructor
+  name and keyword arguments, the exits and their pools, the weights, loaded with
+  ``torch.load(weights_only=True)``; a thumbnail exit's weights in it too) and the variant built on
+  it (thumbnail exit, second look and its depth), the input size, normalisation and class names;
+- per device it was timed on (CPU model and threads, or CUDA device name): the ET-profile, the
+  configuration chosen for it on held-out data (policy by kind and parameter, rule and ensemble
+  weights, time-zero answer, every candidate's held-out score) and its predictor;
+- the exit-time distribution and its horizon in milliseconds; whether the runtime adapts;
+- the held-out split (fraction, seed, fingerprint of the data), its CS-profile (re-selection for a
+  new device needs it), the test split's CS-profile when built with one (``einet evaluate``), a
+  few hundred real inputs to time blocks with on a new device;
+- provenance: einet version, the config and every stage's hash.
+
+Loading verifies every checksum and field before anything is built; a converted network's
+constructor is imported only when the caller names it (as for checkpoints).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import shutil
+import tempfile
+import zipfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .planner import Distribution, ETProfile, NativePredictor
+from .profiling import CSProfile, ETRecord, read_arrays, write_arrays
+from .select import Deployment, deployment_from_record, deployment_record
+from .split import HeldOutSplit
+from .validation import number, open_regular, parse_json
+
+BUNDLE_FORMAT = "einet-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+NETWORK = "network.pt"
+HOLDOUT = "cs-holdout.npz"
+TEST = "cs-test.npz"
+TIMING = "timing-images.npz"
+MAX_MANIFEST_BYTES = 16 * 1024**2
+MAX_BUNDLE_BYTES = 4 * 1024**3  # a packed bundle, unpacked
+DIST_KINDS = ("uniform", "normal", "exponential")
+_KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "test", "timing_images", "exit_times",
+         "runtime", "select", "devices", "provenance", "files", "sha256"}
+
+
+class BundleError(ValueError):
+    """A bundle that is damaged, edited, of another version, or that lacks what was asked of it."""
+
+
+def cpu_name() -> str:
+    """The CPU's model name (Linux: /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def device_identity(device: str = "cpu", threads: int = 1) -> dict[str, Any]:
+    """What an ET-profile is keyed by: the device kind and model and, on a CPU, the runtime's threads
+    (block times depend on all three); the torch version is recorded beside them."""
+    import torch
+
+    if device.startswith("cuda"):
+        return {"kind": "cuda", "name": torch.cuda.get_device_name(device), "threads": threads,
+                "torch": torch.__version__}
+    return {"kind": "cpu", "name": cpu_name(), "threads": threads, "torch": torch.__version__}
+
+
+def device_key(identity: Mapping[str, Any]) -> str:
+    return f"{identity['kind']}: {identity['name']}, {identity['threads']} thread{'s' * (identity['threads'] != 1)}"
+
+
+def exit_distribution(kind: str, horizon_ms: float) -> Distribution:
+    """The exit-time distribution over a horizon in milliseconds (uniform over it, normal around its middle,
+    exponential with half of it as mean), in seconds."""
+    from .simulate import relative_distribution
+
+    return relative_distribution(kind, horizon_ms * 1e-3)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """What a bundle builds on its checkpoint's network: a thumbnail exit in front (its side), a second
+    look (view and blocks per pass). Exits of the full variant a candidate keeps: :func:`variant_exits`."""
+
+    thumbnail: int | None = None
+    second_look: str | None = None
+    depth: int | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"thumbnail": self.thumbnail, "second_look": self.second_look, "depth": self.depth}
+
+    def label(self, blocks: int) -> str:
+        parts = [f"thumbnail exit ({self.thumbnail}x{self.thumbnail})"] if self.thumbnail else []
+        if self.second_look:
+            depth = self.depth or blocks
+            parts.append(f"second look ({self.second_look}" + (f", {depth} of {blocks} blocks)" if depth < blocks
+                                                                else ")"))
+        return " + ".join(parts) or "the network"
+
+    def build(self, model: Any, thumbnail: Any = None) -> Any:
+        """The variant of `model` (a MultiExitNetwork), with `thumbnail` (a ThumbnailClassifier) if it has one."""
+        from .models.second_look import with_second_look
+        from .models.thumbnail import with_thumbnail_exit
+
+        if self.second_look:
+            model = with_second_look(model, self.second_look, self.depth)
+        if self.thumbnail:
+            model = with_thumbnail_exit(model, thumbnail)
+        return model
+
+
+def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
+    """The exits of the `full` variant (the largest one profiled) that `candidate` runs, in order: its
+    profiles are the full one's cut to them (a depth-d second look runs passes 0..d-1 of each)."""
+    if (candidate.thumbnail and not full.thumbnail) or (candidate.second_look and not full.second_look):
+        raise ValueError(f"{candidate} is not a part of {full}")
+    offset = 1 if full.thumbnail else 0
+    depth = candidate.depth or blocks
+    kept = [0] if candidate.thumbnail else []
+    kept += [offset + i for i in range(depth if candidate.second_look else blocks)]
+    if candidate.second_look:
+        kept += [offset + blocks + i for i in range(depth)]
+    return np.asarray(kept, dtype=np.int64)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open_regular(path) as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    content = {key: value for key, value in manifest.items() if key != "sha256"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class DeviceEntry:
+    """One device a bundle was timed on: its identity, ET-profile, and the configuration chosen for it."""
+
+    key: str
+    device: dict[str, Any]
+    et: str  # file
+    deployment: Deployment
+
+
+class Bundle:
+    """A bundle read and verified (:func:`read_bundle`); builds the network, policies and the runtime."""
+
+    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+        self.folder, self.manifest = folder, manifest
+        self.variant = Variant(**manifest["network"]["variant"])
+        self.split = HeldOutSplit.from_dict(manifest["split"], "the bundle's split")
+        exit_times = manifest["exit_times"]
+        self.dist_kind: str = exit_times["kind"]
+        self.horizon_ms: float = exit_times["horizon_ms"]
+        self.devices = [DeviceEntry(entry["key"], entry["device"], entry["et"],
+                                    deployment_from_record(entry["deployment"], folder))
+                        for entry in manifest["devices"]]
+
+    @property
+    def name(self) -> str:
+        return str(self.manifest["name"])
+
+    @property
+    def classes(self) -> tuple[str, ...]:
+        return tuple(self.manifest["input"]["classes"])
+
+    @property
+    def num_exits(self) -> int:
+        return int(self.manifest["network"]["num_exits"])
+
+    def entry(self, device: str = "cpu", threads: int | None = None) -> DeviceEntry:
+        """The entry for this machine's `device` (CPU: with `threads`, default the runtime's), or a
+        BundleError naming the command that adds one."""
+        threads = threads or int(self.manifest["runtime"]["threads"])
+        key = device_key(device_identity(device, threads))
+        for entry in self.devices:
+            if entry.key == key:
+                return entry
+        known = "; ".join(entry.key for entry in self.devices) or "none"
+        raise BundleError(f"{self.folder} has no ET-profile for this device ({key}; it has: {known}): add one with "
+                          f"`einet profile {self.folder} --device {device.split(':')[0]} --threads {threads}`")
+
+    def et(self, entry: DeviceEntry) -> ETRecord:
+        return ETRecord.load(self.folder / entry.et)
+
+    def holdout(self) -> CSProfile:
+        return CSProfile.load(self.folder / HOLDOUT)
+
+    def test(self) -> CSProfile:
+        if self.manifest["test"] is None:
+            raise BundleError(f"{self.folder} holds no test-split CS-profile (built without a test split)")
+        return CSProfile.load(self.folder / TEST)
+
+    def timing_images(self) -> np.ndarray:
+        arrays, _ = read_arrays(self.folder / TIMING, "timing-images")
+        return arrays["images"]
+
+    def distribution(self, kind: str | None = None) -> Distribution:
+        return exit_distribution(kind or self.dist_kind, self.horizon_ms)
+
+    def predictor(self, entry: DeviceEntry) -> NativePredictor | None:
+        from .predictor_file import read_predictor
+
+        if entry.deployment.predictor is None:
+            return None
+        return read_predictor(self.folder / entry.deployment.predictor).to_native()
+
+    def network(self, constructor: str | Any | None = None) -> Any:
+        """The network the runtime runs (eval mode, CPU): the checkpoint's, with the bundle's variant."""
+        from .models import load_checkpoint
+        from .models.thumbnail import ThumbnailClassifier
+
+        model, state = load_checkpoint(self.folder / NETWORK, constructor=constructor)
+        thumbnail = None
+        if self.variant.thumbnail:
+            stored = state.get("thumbnail")
+            channels, classes = self.manifest["input"]["shape"][0], len(self.classes)
+            thumbnail = ThumbnailClassifier(channels, classes, self.variant.thumbnail)
+            expected = {key: tuple(value.shape) for key, value in thumbnail.state_dict().items()}
+            if not isinstance(stored, dict) or {key: tuple(getattr(value, "shape", ())) for key, value
+                                                in stored.items()} != expected:
+                raise BundleError(f"{self.folder / NETWORK}: no thumbnail exit of the shapes {expected}")
+            thumbnail.load_state_dict(stored)
+        built = self.variant.build(model, thumbnail).eval()
+        if built.num_exits != self.num_exits:
+            raise BundleError(f"{self.folder}: the network has {built.num_exits} exits, the manifest says "
+                              f"{self.num_exits}")
+        return built
+
+    def preprocess(self, images: np.ndarray) -> Any:
+        """uint8 images [N, H, W, C] to the normalised float tensor [N, C, H, W] the network takes."""
+        import torch
+
+        shape = tuple(self.manifest["input"]["shape"])
+        if images.ndim != 4 or images.dtype != np.uint8 or (images.shape[3], *images.shape[1:3]) != shape:
+            raise ValueError(f"images must be uint8 [N, H, W, C] with (C, H, W) = {shape}, got {images.dtype} "
+                             f"{images.shape}")
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
+        view = (1, shape[0], 1, 1)
+        mean, std = self.manifest["input"]["mean"], self.manifest["input"]["std"]
+        return (x - torch.tensor(mean).view(view)) / torch.tensor(std).view(view)
+
+    def policy(self, entry: DeviceEntry, et: ETProfile, dist: Distribution | None = None,
+               predictor: NativePredictor | None = None) -> Any:
+        """The deployed policy for profile `et` (what the runtime plans with) and `dist`."""
+        from .simulate import charged
+
+        deployment = entry.deployment
+        dist = dist or self.distribution()
+        planned = charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
+        if deployment.spec.plans:  # planned from the held-out split: made for this profile and distribution
+            return deployment.spec.build(et, dist, self.holdout(), deployment.rule, predictor, deployment.signal,
+                                         einet_et=planned)
+        return deployment.build(et, dist, predictor)
+
+    def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
+                constructor: str | Any | None = None) -> Any:
+        """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
+        adaptive (einet.adaptive) unless `adapt` is False or the bundle says so."""
+        from .adaptive import Adaptation
+        from .runtime import ElasticRuntime
+
+        threads = threads or int(self.manifest["runtime"]["threads"])
+        entry = self.entry(device, threads)
+        predictor = self.predictor(entry)
+        et = self.et(entry).profile
+        model = self.network(constructor)
+        rule = entry.deployment.rule
+        if adapt if adapt is not None else self.manifest["runtime"]["adapt"]:
+            adaptation = Adaptation(lambda profile, dist: self.policy(entry, profile, dist, predictor), et,
+                                    self.distribution(), self.horizon_ms * 1e-3)
+            return ElasticRuntime(model, rule=rule, device=device, threads=threads, adapt=adaptation)
+        return ElasticRuntime(model, self.policy(entry, et, None, predictor), rule, device, threads)
+
+
+def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
+         constructor: str | Any | None = None) -> Any:
+    """A ready :class:`einet.runtime.ElasticRuntime` from a bundle (folder or packed file): ``runtime.infer(x,
+    interrupt=...)``. `constructor`: for a network converted from a user's constructor, its name
+    (importing it runs its code, so only when named) or the callable itself."""
+    return read_bundle(path).runtime(device, threads, adapt, constructor)
+
+
+# ---------------------------------------------------------------- writing
+
+def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | os.PathLike[str], variant: Variant,
+                 num_exits: int, input_spec: Mapping[str, Any], split: HeldOutSplit, holdout: CSProfile,
+                 test: CSProfile | None, timing_images: np.ndarray, exit_times: Mapping[str, Any],
+                 runtime: Mapping[str, Any], select_options: Mapping[str, Any],
+                 devices: Sequence[tuple[Mapping[str, Any], ETRecord, Deployment, Any]],
+                 provenance: Mapping[str, Any]) -> Path:
+    """Write a bundle folder at `path` (replacing one there): files first, the manifest last, into a
+    temporary folder that is then renamed, so a reader never sees half a bundle. `devices`: per device,
+    (identity, ET-profile, deployment, its torch predictor or None)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        shutil.copyfile(checkpoint, staging / NETWORK)
+        holdout.save(staging / HOLDOUT)
+        if test is not None:
+            test.save(staging / TEST)
+        write_arrays(staging / TIMING, "timing-images", {"images": np.ascontiguousarray(timing_images, np.uint8)})
+        manifest: dict[str, Any] = {
+            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name,
+            "network": {"file": NETWORK, "variant": variant.as_dict(), "num_exits": num_exits},
+            "input": dict(input_spec), "split": split.as_dict(), "holdout": HOLDOUT,
+            "test": TEST if test is not None else None, "timing_images": TIMING, "exit_times": dict(exit_times),
+            "runtime": dict(runtime), "select": dict(select_options), "devices": [],
+            "provenance": dict(provenance)}
+        for identity, et, deployment, predictor in devices:
+            _add_device(staging, manifest, identity, et, deployment, predictor)
+        _write_manifest(staging, manifest)
+        read_bundle(staging)  # what cannot be read back is never published
+        if path.exists():
+            old = path.with_name(f".{path.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            path.rename(old)
+            staging.rename(path)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            staging.rename(path)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return path
+
+
+def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ETRecord, deployment: Deployment,
+               predictor: Any) -> Path:
+    """Add (or replace) one device's ET-profile and configuration in a bundle folder."""
+    folder = Path(path)
+    bundle = read_bundle(folder)
+    if not folder.is_dir():
+        raise BundleError(f"{path} is a packed bundle: unpack it (einet.bundle.unpack) to add a device")
+    manifest = json.loads(json.dumps(bundle.manifest))
+    _add_device(folder, manifest, identity, et, deployment, predictor)
+    _write_manifest(folder, manifest)
+    return folder
+
+
+def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, Any], et: ETRecord,
+                deployment: Deployment, predictor: Any) -> None:
+    from dataclasses import replace
+
+    from .predictor import save_predictor
+
+    key = device_key(identity)
+    devices = [entry for entry in manifest["devices"] if entry["key"] != key]
+    index = 1 + max([int(entry["et"][3:-4]) for entry in manifest["devices"]] or [-1])
+    et_file = f"et-{index}.npz"
+    et.save(folder / et_file)
+    if deployment.spec.uses_predictor:
+        if predictor is None:
+            raise ValueError(f"the deployed {deployment.policy!r} needs its predictor")
+        deployment = replace(deployment, predictor=f"predictor-{index}.npz")
+        save_predictor(folder / deployment.predictor, predictor)
+    else:
+        deployment = replace(deployment, predictor=None)
+    devices.append({"key": key, "device": dict(identity), "et": et_file,
+                    "deployment": deployment_record(deployment)})
+    manifest["devices"] = devices
+
+
+def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+    from ._atomic import atomic_write
+
+    referenced = {NETWORK, HOLDOUT, TIMING, *([TEST] if manifest["test"] else [])}
+    for entry in manifest["devices"]:
+        referenced |= {entry["et"], *([entry["deployment"]["predictor"]] if entry["deployment"]["predictor"] else [])}
+    for stale in {p.name for p in folder.iterdir()} - referenced - {MANIFEST}:
+        (folder / stale).unlink()  # a replaced device's files
+    manifest["files"] = {name: _sha256(folder / name) for name in sorted(referenced)}
+    manifest["sha256"] = _manifest_digest(manifest)
+    with atomic_write(folder / MANIFEST) as f:
+        f.write(json.dumps(manifest, indent=1).encode() + b"\n")
+
+
+# ---------------------------------------------------------------- reading
+
+def read_bundle(path: str | os.PathLike[str]) -> Bundle:
+    """A bundle folder or packed file, verified: the manifest's checksum and schema, every file's SHA-256.
+    Anything wrong is a BundleError naming the bundle and the problem; nothing is built or imported."""
+    path = Path(path)
+    if path.is_file():
+        return read_bundle(unpack(path))
+    try:
+        with open_regular(path / MANIFEST) as f:
+            text = f.read(MAX_MANIFEST_BYTES + 1)
+        if len(text) > MAX_MANIFEST_BYTES:
+            raise BundleError(f"its manifest is larger than {MAX_MANIFEST_BYTES} bytes")
+        manifest = _checked_manifest(parse_json(text), path)
+        return Bundle(path, manifest)
+    except FileNotFoundError:
+        raise BundleError(f"{path} is not an einet bundle: no {MANIFEST} in it") from None
+    except (ValueError, TypeError) as error:
+        raise BundleError(f"{path} is not a readable einet bundle: {error}") from None
+
+
+def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
+    """The manifest, every field checked (TypeError/ValueError name the field), every file's hash verified."""
+    if not isinstance(manifest, dict):
+        raise TypeError("its manifest is not a JSON object")
+    version = manifest.get("version")
+    if manifest.get("format") != BUNDLE_FORMAT or type(version) is not int:
+        raise ValueError("its manifest is not an einet bundle's")
+    if version != BUNDLE_VERSION:
+        raise ValueError(f"it is bundle version {version}; this einet reads version {BUNDLE_VERSION}")
+    if manifest.get("sha256") != _manifest_digest(manifest):
+        raise ValueError("its manifest fails its SHA-256 checksum: it is damaged or was edited")
+    if set(manifest) != _KEYS:
+        raise ValueError(f"its manifest has the fields {sorted(manifest)}, expected {sorted(_KEYS)}")
+    files = manifest["files"]
+    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
+        raise TypeError("files must map file names to SHA-256 digests")
+    for name, digest in files.items():
+        if Path(name).name != name or name == MANIFEST:
+            raise ValueError(f"file {name!r} must be a plain name inside the bundle")
+        if not (folder / name).is_file():
+            raise ValueError(f"its file {name} is missing")
+        if _sha256(folder / name) != digest:
+            raise ValueError(f"its file {name} fails its SHA-256 checksum: it is damaged or was replaced")
+    network = manifest["network"]
+    if not isinstance(network, dict) or network.get("file") != NETWORK or not isinstance(network.get("variant"), dict):
+        raise TypeError("network must name network.pt and its variant")
+    variant = Variant(**{key: network["variant"].get(key) for key in ("thumbnail", "second_look", "depth")})
+    if variant.thumbnail is not None:
+        number("the thumbnail's side", variant.thumbnail, 1, 64, integer=True)
+    if variant.second_look not in (None, "flip"):
+        raise ValueError(f"second_look must be null or 'flip', got {variant.second_look!r}")
+    if variant.depth is not None:
+        number("the second look's depth", variant.depth, 1, 100_000, integer=True)
+    number("num_exits", network.get("num_exits"), 1, 100_000, integer=True)
+    spec = manifest["input"]
+    if not isinstance(spec, dict) or set(spec) != {"shape", "mean", "std", "classes"}:
+        raise TypeError("input must give shape, mean, std and classes")
+    shape = spec["shape"]
+    if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and 1 <= n <= 65_536 for n in shape)):
+        raise ValueError(f"input shape must be [C, H, W], got {shape!r:.80}")
+    for field in ("mean", "std"):
+        values = spec[field]
+        if not isinstance(values, list) or len(values) != shape[0]:
+            raise ValueError(f"input {field} must have one number per channel")
+        for v in values:
+            number(f"input {field}", v, -1e3, 1e3, low_open=field == "std")
+    classes = spec["classes"]
+    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(isinstance(c, str) for c in classes)):
+        raise ValueError("input classes must be 2 to 100,000 names")
+    HeldOutSplit.from_dict(manifest["split"], "split")
+    for field, expected in (("holdout", HOLDOUT), ("timing_images", TIMING)):
+        if manifest[field] != expected or expected not in files:
+            raise ValueError(f"{field} must be {expected}, listed in files")
+    if manifest["test"] not in (None, TEST) or (manifest["test"] and TEST not in files):
+        raise ValueError(f"test must be null or {TEST}, listed in files")
+    exit_times = manifest["exit_times"]
+    if not isinstance(exit_times, dict) or exit_times.get("kind") not in DIST_KINDS:
+        raise ValueError(f"exit_times kind must be one of {', '.join(DIST_KINDS)}")
+    number("exit_times horizon_ms", exit_times.get("horizon_ms"), 0.0, 1e9, low_open=True)
+    runtime = manifest["runtime"]
+    if not isinstance(runtime, dict) or type(runtime.get("adapt")) is not bool:
+        raise TypeError("runtime must say whether it adapts (adapt: true/false) and its threads")
+    number("runtime threads", runtime.get("threads"), 1, 1024, integer=True)
+    devices = manifest["devices"]
+    if not isinstance(devices, list):
+        raise TypeError("devices must be a list")
+    for entry in devices:
+        if not isinstance(entry, dict) or set(entry) != {"key", "device", "et", "deployment"}:
+            raise TypeError("each device must give key, device, et and deployment")
+        if entry["et"] not in files or not str(entry["et"]).startswith("et-"):
+            raise ValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
+        if not isinstance(entry["device"], dict) or entry["key"] != device_key(entry["device"]):
+            raise ValueError(f"device key {entry['key']!r} does not match its device")
+        predictor = entry["deployment"].get("predictor") if isinstance(entry["deployment"], dict) else None
+        if predictor is not None and predictor not in files:
+            raise ValueError(f"a device's predictor {predictor!r} must be listed in files")
+    return manifest
+
+
+# ---------------------------------------------------------------- one file
+
+def pack(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
+    """Zip a bundle folder into one file (stored, fixed timestamps: the same bundle, the same bytes)."""
+    from ._atomic import atomic_write
+
+    bundle = read_bundle(folder)
+    names = [MANIFEST, *bundle.manifest["files"]]
+    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
+        for name in names:
+            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
+            info.external_attr = 0o644 << 16
+            with open_regular(Path(folder) / name) as source, archive.open(info, "w") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+    return Path(path)
+
+
+def unpack(path: str | os.PathLike[str], into: str | os.PathLike[str] | None = None) -> Path:
+    """A packed bundle's files in a folder (default: a temporary one, removed at exit): plain names only,
+    sizes bounded before anything is written."""
+    import atexit
+
+    try:
+        archive = zipfile.ZipFile(open_regular(path))
+    except (zipfile.BadZipFile, OSError) as error:
+        raise BundleError(f"{path} is neither a bundle folder nor a packed bundle: {error}") from None
+    with archive:
+        members = archive.infolist()
+        if sum(m.file_size for m in members) > MAX_BUNDLE_BYTES or len(members) > 1024:
+            raise BundleError(f"{path} would unpack to more than {MAX_BUNDLE_BYTES} bytes or 1024 files")
+        for member in members:
+            if Path(member.filename).name != member.filename or member.is_dir():
+                raise BundleError(f"{path}: member {member.filename!r} is not a plain file name")
+        if into is None:
+            into = tempfile.mkdtemp(prefix="einet-bundle-")
+            atexit.register(shutil.rmtree, into, True)
+        folder = Path(into)
+        folder.mkdir(parents=True, exist_ok=True)
+        for member in members:
+            with archive.open(member) as source, open(folder / member.filename, "wb") as target:
+                shutil.copyfileobj(source, target, 1 << 20)
+    return folder

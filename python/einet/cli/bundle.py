@@ -1,0 +1,201 @@
+"""The bundle commands: ``einet build``, ``einet run``, and ``einet profile`` / ``einet evaluate`` on a bundle.
+
+They parse and call the library (einet.pipeline, einet.bundle, einet.realtime); nothing here decides."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    from ..pipeline import build, read_config
+
+    config = read_config(args.config)
+    import torch  # noqa: F401  (the torch extra: named before any work)
+
+    build(config, progress=not args.quiet and sys.stderr.isatty(), force=args.force)
+    return 0
+
+
+def profile_bundle(args: argparse.Namespace, device: str) -> int:
+    """`einet profile BUNDLE --device D`: time the bundle's network here, select for this device, add it."""
+    import torch
+
+    from ..bundle import add_device, device_identity, read_bundle
+    from ..pipeline import reselect
+    from ..profiling import profile_et
+
+    bundle = read_bundle(args.bundle)
+    if not Path(args.bundle).is_dir():
+        raise ValueError(f"{args.bundle} is a packed bundle: profile its folder (einet.bundle.unpack) and pack again")
+    torch.set_num_threads(args.threads)
+    threads = args.runtime_threads
+    samples = bundle.preprocess(bundle.timing_images())
+    record = profile_et(bundle.network(args.constructor), tuple(samples.shape[1:]), device=device,
+                        warmup=args.warmup, repeats=args.repeats, threads=threads, samples=samples, name=bundle.name,
+                        progress=not args.quiet and sys.stderr.isatty())
+    identity = device_identity(device, threads)
+    deployment, predictor = reselect(Path(args.bundle), identity, record, progress=False)
+    add_device(args.bundle, identity, record, deployment, predictor)
+    print(f"timed {bundle.name} on {identity['name']} ({threads} thread{'s' * (threads != 1)}): full inference "
+          f"{1e3 * record.profile.total():.3f} ms; chosen for it: {deployment.policy}, rule {deployment.rule.label()}; "
+          f"added to {args.bundle}")
+    return 0
+
+
+def evaluate_bundles(args: argparse.Namespace) -> int:
+    """`einet evaluate BUNDLE [--against OTHER]`: exact expected accuracy on the test split's CS-profile,
+    paired over the same images and exit times (the first bundle's horizon)."""
+    from ..bundle import read_bundle
+    from ..simulate import charged, evaluate, paired_difference
+
+    bundles = [read_bundle(args.bundle), *([read_bundle(args.against)] if args.against else [])]
+    tests = [b.test() for b in bundles]
+    if len(tests) == 2 and not np.array_equal(tests[0].labels, tests[1].labels):
+        raise ValueError(f"{args.bundle} and {args.against} were not evaluated on the same test images")
+    horizon_ms = args.horizon_ms or bundles[0].horizon_ms
+    kinds = [args.dist or bundles[0].dist_kind]
+    print(f"exact expected accuracy on {tests[0].num_samples} test images, exit times over {horizon_ms:.3f} ms")
+    for kind in kinds:
+        from ..bundle import exit_distribution
+
+        dist = exit_distribution(kind, horizon_ms)
+        results = []
+        for bundle, test in zip(bundles, tests):
+            entry = _entry(bundle)
+            et = bundle.et(entry).profile
+            deployment = entry.deployment
+            planned = charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
+            policy = bundle.policy(entry, et, dist, bundle.predictor(entry))
+            results.append(evaluate(policy, test, planned, dist, draws=1, rule=deployment.rule))
+            print(f"  {kind:12s} {100 * results[-1].expected:6.2f}%  {bundle.name}: {deployment.policy}, rule "
+                  f"{deployment.rule.label()} ({entry.key})")
+        if len(results) == 2:
+            diff = paired_difference(results[0], results[1])
+            print(f"  {kind:12s} {bundles[0].name} minus {bundles[1].name}: {100 * diff.mean:+.2f} ± "
+                  f"{100 * diff.ci95:.2f} pp (paired 95%){' *' if diff.significant else ''}")
+    return 0
+
+
+def _entry(bundle: Any) -> Any:
+    """This machine's device entry if the bundle has one, else its first (simulation needs a profile, not the device)."""
+    from ..bundle import BundleError
+
+    try:
+        return bundle.entry("cpu")
+    except BundleError:
+        return bundle.devices[0]
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Real-time inference on image files, each answer written; accuracy where labels exist."""
+    import torch
+
+    from .. import data
+    from ..bundle import exit_distribution, read_bundle
+    from ..realtime import replay_observed, run_stream
+    from ..simulate import ci95_half_width, sample_exit_times
+
+    if args.out:
+        from ..validation import check_outputs
+
+        check_outputs({"--out": args.out}, {"BUNDLE": args.bundle, "--images": args.images})
+    bundle = read_bundle(args.bundle)
+    arrays = data.load_image_folder(args.images, args.split)
+    if args.limit:
+        arrays = arrays.subset(np.arange(min(args.limit, len(arrays))))
+    unknown = sorted(set(arrays.classes) - set(bundle.classes))
+    if unknown:
+        raise ValueError(f"--images has class folders the bundle does not know: {', '.join(unknown[:5])}")
+    labels = np.array([bundle.classes.index(arrays.classes[k]) for k in arrays.labels], dtype=np.int64)
+    arrays = data.ImageArrays(arrays.images, labels, bundle.classes)  # the bundle's class indices
+    images = bundle.preprocess(arrays.images)
+    rng = np.random.default_rng(args.seed)
+    if args.deadline_ms is not None:
+        deadlines = np.full(len(labels), args.deadline_ms * 1e-3)
+        what = f"deadline {args.deadline_ms} ms"
+    else:
+        kind, horizon = args.dist or bundle.dist_kind, args.horizon_ms or bundle.horizon_ms
+        deadlines = sample_exit_times(exit_distribution(kind, horizon), (len(labels),), rng)
+        what = f"{kind} exit times over {horizon:.3f} ms"
+    torch.set_num_threads(args.threads)
+    started = time.perf_counter()
+    with bundle.runtime("cpu", adapt=not args.static, constructor=args.constructor) as runtime:
+        for k in range(min(args.warmup, len(labels))):  # a cold start, then the estimates settle
+            runtime.infer(images[k:k + 1])
+        stream = run_stream(runtime, images, labels, deadlines, progress=not args.quiet and sys.stderr.isatty())
+    seconds = time.perf_counter() - started
+    print(f"{len(labels)} images, {what}, {'static' if args.static else 'adaptive'} runtime: real-time accuracy "
+          f"{100 * stream.accuracy:.2f}% ({seconds:.0f} s)")
+    if args.check_simulator:
+        from ..profiling import profile_cs
+
+        cs = profile_cs(bundle.network(args.constructor), data.ImageDataset(arrays, *_normalisation(bundle)),
+                        progress=False)
+        simulated = replay_observed(stream, cs, runtime.rule)
+        difference = stream.correct.astype(np.float64) - simulated
+        print(f"simulator replaying the block times the runtime measured: {100 * simulated.mean():.2f}%; runtime "
+              f"minus simulator {100 * difference.mean():+.2f} ± {100 * ci95_half_width(difference):.2f} pp "
+              "(paired 95%)")
+    if args.out:
+        with open(args.out, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["index", "label", "prediction", "exit", "confidence", "elapsed_ms", "deadline_ms",
+                             "interrupted", "correct"])
+            for k, answer in enumerate(stream.answers):
+                writer.writerow([k, bundle.classes[labels[k]],
+                                 "" if answer.prediction is None else bundle.classes[answer.prediction],
+                                 "" if answer.exit is None else answer.exit, f"{answer.confidence:.4f}",
+                                 f"{1e3 * answer.elapsed:.3f}", f"{1e3 * deadlines[k]:.3f}", int(answer.interrupted),
+                                 int(stream.correct[k])])
+        print(f"wrote {args.out}")
+    return 0
+
+
+def _normalisation(bundle: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    spec = bundle.manifest["input"]
+    return tuple(spec["mean"]), tuple(spec["std"])
+
+
+def add_commands(commands: Any, count: Any, threads: Any, positive: Any, seed: Any) -> None:
+    p = commands.add_parser("build", help="the whole pipeline from a TOML config to a deployment bundle: train, "
+                                          "levers, profile, select on held-out data (stages resumable)")
+    p.add_argument("config", help="the build config (.toml; see examples/)")
+    p.add_argument("--force", action="store_true", help="run every stage again, even where its inputs are unchanged")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_build)
+
+    p = commands.add_parser("run", help="real-time elastic inference of a bundle on image files")
+    p.add_argument("bundle", help="a bundle written by `einet build`")
+    p.add_argument("--images", required=True, help="class-folder images (a folder or a zip): [SPLIT/]CLASS/IMAGE")
+    p.add_argument("--split", default=None, help="the split folder inside --images (e.g. test)")
+    deadline = p.add_mutually_exclusive_group()
+    deadline.add_argument("--deadline-ms", type=positive, default=None, help="the same deadline for every image")
+    deadline.add_argument("--dist", choices=["uniform", "normal", "exponential"], default=None,
+                          help="deadlines drawn from this distribution (default: the bundle's)")
+    p.add_argument("--horizon-ms", type=positive, default=None, help="its horizon (default: the bundle's)")
+    p.add_argument("--static", action="store_true", help="do not adapt to measured block and exit times")
+    p.add_argument("--limit", type=count, default=None, help="the first N images only")
+    p.add_argument("--warmup", type=integer_or_zero(), default=100, help="uninterrupted runs first")
+    p.add_argument("--seed", type=seed, default=0, help="fixes the drawn deadlines")
+    p.add_argument("--check-simulator", action="store_true",
+                   help="also replay each image in the simulator at its deadline, and print the paired difference")
+    p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
+                   help="for a network converted from your constructor: its name (loading imports it)")
+    p.add_argument("--threads", type=threads, default=2, help="torch threads of the caller")
+    p.add_argument("--out", default=None, help="write every answer to this CSV file")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(run=cmd_run)
+
+
+def integer_or_zero() -> Any:
+    from ..validation import integer_option
+
+    return integer_option(0, 1_000_000)
