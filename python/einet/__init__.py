@@ -30,6 +30,15 @@ from .planner import (
 
 __version__: str = _core.__version__
 
+
+def load(path: str, device: str = "cpu", **options: object) -> object:
+    """A ready :class:`einet.runtime.ElasticRuntime` from a deployment bundle (``einet build``):
+    ``runtime.infer(x, interrupt=...)``. Options: see :func:`einet.bundle.load` (needs ``einet[torch]``)."""
+    from .bundle import load as load_bundle
+
+    return load_bundle(path, device, **options)  # type: ignore[arg-type]
+
+
 __all__ = [
     "BatchPlans",
     "Deterministic",
@@ -45,6 +54,7 @@ __all__ = [
     "Uniform",
     "__version__",
     "expected_accuracy",
+    "load",
     "online_step",
     "reference",
     "search",

@@ -202,7 +202,7 @@ class Bundle:
                 return entry
         known = "; ".join(entry.key for entry in self.devices) or "none"
         raise BundleError(f"{self.folder} has no ET-profile for this device ({key}; it has: {known}): add one with "
-                          f"`einet profile {self.folder} --device {device.split(':')[0]} --threads {threads}`")
+                          f"`einet profile {self.folder} --device {device.split(':')[0]} --runtime-threads {threads}`")
 
     def et(self, entry: DeviceEntry) -> ETRecord:
         return ETRecord.load(self.folder / entry.et)
@@ -267,15 +267,21 @@ class Bundle:
     def policy(self, entry: DeviceEntry, et: ETProfile, dist: Distribution | None = None,
                predictor: NativePredictor | None = None) -> Any:
         """The deployed policy for profile `et` (what the runtime plans with) and `dist`."""
-        from .simulate import charged
-
         deployment = entry.deployment
         dist = dist or self.distribution()
-        planned = charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
+        planned = self.planned_profile(entry, et)
         if deployment.spec.plans:  # planned from the held-out split: made for this profile and distribution
             return deployment.spec.build(et, dist, self.holdout(), deployment.rule, predictor, deployment.signal,
                                          einet_et=planned)
         return deployment.build(et, dist, predictor)
+
+    def planned_profile(self, entry: DeviceEntry, et: ETProfile) -> ETProfile:
+        """The profile a deployed EINet plans and is scored with: `et` with its own planning time per
+        branch, as selection charged it (einet.select); other policies plan with `et` itself."""
+        from .simulate import charged
+
+        deployment = entry.deployment
+        return charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
 
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
                 constructor: str | Any | None = None) -> Any:
@@ -523,10 +529,13 @@ def unpack(path: str | os.PathLike[str], into: str | os.PathLike[str] | None = N
     import atexit
 
     try:
-        archive = zipfile.ZipFile(open_regular(path))
+        handle = open_regular(path)
+        archive = zipfile.ZipFile(handle)
     except (zipfile.BadZipFile, OSError) as error:
+        if "handle" in locals():
+            handle.close()
         raise BundleError(f"{path} is neither a bundle folder nor a packed bundle: {error}") from None
-    with archive:
+    with handle, archive:
         members = archive.infolist()
         if sum(m.file_size for m in members) > MAX_BUNDLE_BYTES or len(members) > 1024:
             raise BundleError(f"{path} would unpack to more than {MAX_BUNDLE_BYTES} bytes or 1024 files")

@@ -54,7 +54,7 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
     """`einet evaluate BUNDLE [--against OTHER]`: exact expected accuracy on the test split's CS-profile,
     paired over the same images and exit times (the first bundle's horizon)."""
     from ..bundle import read_bundle
-    from ..simulate import charged, evaluate, paired_difference
+    from ..simulate import evaluate, paired_difference
 
     bundles = [read_bundle(args.bundle), *([read_bundle(args.against)] if args.against else [])]
     tests = [b.test() for b in bundles]
@@ -72,7 +72,7 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
             entry = _entry(bundle)
             et = bundle.et(entry).profile
             deployment = entry.deployment
-            planned = charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
+            planned = bundle.planned_profile(entry, et)
             policy = bundle.policy(entry, et, dist, bundle.predictor(entry))
             results.append(evaluate(policy, test, planned, dist, draws=1, rule=deployment.rule))
             print(f"  {kind:12s} {100 * results[-1].expected:6.2f}%  {bundle.name}: {deployment.policy}, rule "
@@ -130,7 +130,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     with bundle.runtime("cpu", adapt=not args.static, constructor=args.constructor) as runtime:
         for k in range(min(args.warmup, len(labels))):  # a cold start, then the estimates settle
             runtime.infer(images[k:k + 1])
-        stream = run_stream(runtime, images, labels, deadlines, progress=not args.quiet and sys.stderr.isatty())
+        entry = bundle.entry("cpu")
+        static_profile = None if runtime.adaptation else bundle.planned_profile(entry, bundle.et(entry).profile)
+        stream = run_stream(runtime, images, labels, deadlines, static_profile,
+                            progress=not args.quiet and sys.stderr.isatty())
     seconds = time.perf_counter() - started
     print(f"{len(labels)} images, {what}, {'static' if args.static else 'adaptive'} runtime: real-time accuracy "
           f"{100 * stream.accuracy:.2f}% ({seconds:.0f} s)")

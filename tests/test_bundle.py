@@ -1,0 +1,230 @@
+"""The deployment bundle and the path to it: `einet build` (resumable), `einet.load`, `einet run`,
+`einet profile BUNDLE`, `einet evaluate BUNDLE`; tampered, foreign or incomplete bundles refused."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import zipfile
+from importlib.resources import files
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from einet import bundle as bundles  # noqa: E402
+from einet.cli import main  # noqa: E402
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+
+
+def tiny_config(folder: Path, **changes: str) -> Path:
+    """A fast build of the embedded MNIST slice, every lever on (light exits refitted, thumbnail exit,
+    second look through 2 blocks), written into `folder`."""
+    sections = {
+        "data": f'dataset = "mnist"\npath = "{files("einet") / "resources"}"\nholdout = 0.2',
+        "network": 'zoo = "b_alexnet"\nwidth = 0.125\nexit_head = "light"',
+        "train": "epochs = 1\nbatch_size = 64",
+        "levers": "refit_exits = true\nrefit_epochs = 1\nthumbnail = true\nsecond_look = [2]",
+        "profile": "repeats = 20\nwarmup = 2",
+        "select": 'dist = "normal"\npredictor_epochs = 3',
+        "output": 'bundle = "out.einet"',
+    } | changes
+    path = folder / "config.toml"
+    path.write_text('name = "tiny"\n' + "\n".join(f"[{name}]\n{body}" for name, body in sections.items()) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("build")
+    assert main(["build", str(tiny_config(folder)), "--quiet"]) == 0
+    return folder / "out.einet"
+
+
+def test_a_build_writes_a_bundle_that_loads_into_a_runtime(built):
+    bundle = bundles.read_bundle(built)
+    assert bundle.name == "tiny" and bundle.classes == tuple(str(d) for d in range(10))
+    assert bundle.split.fraction == 0.2 and len(bundle.split.data) == 64
+    entry = bundle.entry("cpu")
+    assert entry.device["threads"] == 1 and bundle.et(entry).profile.num_blocks == bundle.num_exits
+    assert bundle.holdout().num_exits == bundle.num_exits == bundle.test().num_exits
+    assert bundle.test().num_samples == 1000 and bundle.holdout().num_samples == 500
+    validation = entry.deployment.validation
+    assert len(validation) > 10 and all(0 <= v <= 1 for v in validation.values())
+    assert {name.split(" | ")[0] for name in validation} >= {"the network", "thumbnail exit (8x8)"}
+    import einet
+
+    with einet.load(built) as runtime:
+        assert runtime.adaptation is not None  # adaptive by default, as the bundle says
+        x = bundle.preprocess(bundle.timing_images()[:1])
+        answer = runtime.infer(x)
+        assert answer.exit == bundle.num_exits - 1 or not answer.interrupted
+        late = runtime.infer(x, interrupt=0.0)
+        assert late.interrupted
+    with bundles.load(built, adapt=False) as runtime:
+        assert runtime.adaptation is None and runtime.infer(x).prediction is not None
+
+
+def test_a_second_build_reruns_nothing_unchanged_and_a_changed_option_reruns_its_stage_on(built, capsys):
+    config = built.parent / "config.toml"
+    assert main(["build", str(config), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("unchanged: kept") == 5 and "[network] running" not in out
+    text = config.read_text().replace("predictor_epochs = 3", "predictor_epochs = 4")
+    config.with_name("changed.toml").write_text(text.replace('bundle = "out.einet"', 'bundle = "changed.einet"\n'
+                                                             'work = "out.einet.work"'))
+    assert main(["build", str(config.with_name("changed.toml")), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "[profile] unchanged" in out and "[select] running" in out
+
+
+def test_pack_load_pack_gives_the_same_bytes_and_the_same_weights(built, tmp_path):
+    first = bundles.pack(built, tmp_path / "a.einet")
+    unpacked = bundles.read_bundle(first)  # a packed bundle loads like a folder
+    second = bundles.pack(unpacked.folder, tmp_path / "b.einet")
+    assert first.read_bytes() == second.read_bytes()
+    assert unpacked.manifest == bundles.read_bundle(built).manifest
+    a = bundles.read_bundle(built).network().state_dict()
+    b = unpacked.network().state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _copy(built: Path, tmp_path: Path) -> Path:
+    copy = tmp_path / "copy.einet"
+    shutil.copytree(built, copy)
+    return copy
+
+
+def _rewrite(folder: Path, change) -> None:
+    manifest = json.loads((folder / "manifest.json").read_text())
+    change(manifest)
+    manifest["sha256"] = bundles._manifest_digest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+
+
+@pytest.mark.parametrize(("tamper", "message"), [
+    (lambda f: (f / "manifest.json").write_text((f / "manifest.json").read_text().replace('"adapt": true',
+                                                                                           '"adapt": false')),
+     "fails its SHA-256 checksum"),
+    (lambda f: (f / "network.pt").write_bytes((f / "network.pt").read_bytes()[:-7] + b"garbage"),
+     "network.pt fails its SHA-256"),
+    (lambda f: (f / "cs-holdout.npz").unlink(), "cs-holdout.npz is missing"),
+    (lambda f: _rewrite(f, lambda m: m.update(version=2)), "bundle version 2; this einet reads version 1"),
+    (lambda f: _rewrite(f, lambda m: m.update(surprise=1)), "fields"),
+    (lambda f: _rewrite(f, lambda m: m["files"].update({"../x": "0" * 64})), "plain name"),
+    (lambda f: _rewrite(f, lambda m: m["exit_times"].update(horizon_ms=-1.0)), "horizon_ms"),
+    (lambda f: _rewrite(f, lambda m: m["input"].update(mean=[0.1, 0.2])), "one number per channel"),
+    (lambda f: _rewrite(f, lambda m: m["devices"][0].update(key="cuda: H200, 1 thread")), "does not match"),
+    (lambda f: (f / "manifest.json").write_text("[" * 100_000), "nested"),
+])
+def test_a_tampered_or_foreign_bundle_is_one_error_and_nothing_is_built(built, tmp_path, tamper, message):
+    folder = _copy(built, tmp_path)
+    tamper(folder)
+    with pytest.raises(bundles.BundleError, match=message):
+        bundles.read_bundle(folder)
+    assert main(["evaluate", str(folder)]) == 2
+
+
+def test_a_bundle_without_this_device_names_the_command_that_adds_it(built, tmp_path, capsys):
+    folder = _copy(built, tmp_path)
+    _rewrite(folder, lambda m: m["devices"][0]["device"].update(threads=3) or m["devices"][0].update(
+        key=bundles.device_key(m["devices"][0]["device"])))
+    with pytest.raises(bundles.BundleError, match=r"no ET-profile for this device .*einet profile .* --device cpu --runtime-threads 1"):
+        bundles.load(folder)
+    assert main(["profile", str(folder), "--device", "cpu", "--repeats", "5", "--warmup", "1", "--quiet"]) == 0
+    bundle = bundles.read_bundle(folder)
+    assert len(bundle.devices) == 2 and bundle.entry("cpu").device["threads"] == 1
+    with bundles.load(folder) as runtime:
+        assert runtime.infer(bundle.preprocess(bundle.timing_images()[:1])).prediction is not None
+    # profiled again: that device's entry is replaced, its old files gone
+    assert main(["profile", str(folder), "--device", "cpu", "--repeats", "5", "--warmup", "1", "--quiet"]) == 0
+    assert len(bundles.read_bundle(folder).devices) == 2
+    assert sorted(p.name for p in folder.glob("et-*.npz")) == ["et-0.npz", "et-2.npz"]
+
+
+def test_evaluate_pairs_a_bundle_with_another(built, capsys):
+    assert main(["evaluate", str(built), "--against", str(built), "--dist", "uniform"]) == 0
+    out = capsys.readouterr().out
+    assert "tiny minus tiny: +0.00 ± 0.00 pp" in out and "uniform" in out
+
+
+def image_zip(path: Path, count: int = 60) -> Path:
+    from PIL import Image
+
+    from einet.data import load_mnist
+
+    test = load_mnist(files("einet") / "resources", "test")
+    with zipfile.ZipFile(path, "w") as archive:
+        for k in range(count):
+            buffer = io.BytesIO()
+            Image.fromarray(test.images[k, :, :, 0]).save(buffer, format="png")
+            archive.writestr(f"test/{test.classes[test.labels[k]]}/{k:04d}.png", buffer.getvalue())
+    return path
+
+
+def test_run_answers_image_files_under_deadlines_and_agrees_with_the_simulator(built, tmp_path, capsys):
+    images = image_zip(tmp_path / "images.zip")
+    out = tmp_path / "answers.csv"
+    assert main(["run", str(built), "--images", str(images), "--split", "test", "--warmup", "5", "--check-simulator",
+                 "--out", str(out), "--quiet"]) == 0
+    text = capsys.readouterr().out
+    assert "60 images, normal exit times" in text and "runtime minus simulator" in text
+    rows = out.read_text().splitlines()
+    assert rows[0].startswith("index,label,prediction,exit") and len(rows) == 61
+    assert main(["run", str(built), "--images", str(images), "--split", "test", "--deadline-ms", "1000",
+                 "--static", "--warmup", "0", "--quiet"]) == 0
+    assert "60 images, deadline 1000.0 ms, static runtime" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["build", "missing.toml"], "No such file"),
+    (["run", "nowhere.einet", "--images", "x.zip"], "not an einet bundle"),
+    (["evaluate"], "without a BUNDLE, --profiles and --predictor are required"),
+    (["profile", "--device", "cpu"], "without a BUNDLE, --data and --checkpoint and --out-dir are required"),
+])
+def test_bundle_command_mistakes_are_one_line(tmp_path, monkeypatch, capsys, argv, message):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("[data]\npath = 'x'\n[network]\nzoo = 'b_alexnet'\n[output]\nbundle = 'b'\n[levers]\nsurprise = 1\n",
+     "unknown option levers.surprise"),
+    ("[network]\nzoo = 'b_alexnet'\n[output]\nbundle = 'b'\n", "data.path is required"),
+    ("[data]\npath = 'x'\n[network]\nzoo = 'b_alexnet'\nconstructor = 'a:b'\n[output]\nbundle = 'b'\n",
+     "exactly one of network.zoo and network.constructor"),
+    ("[data]\npath = 'x'\n[network]\nzoo = 'b_alexnet'\n[output]\nbundle = 'b'\n[levers]\nsecond_look = 3\n",
+     "list of depths"),
+    ("[oops]\n", "unknown section"),
+    ("x = = 1", "not valid TOML"),
+])
+def test_config_mistakes_are_named(tmp_path, capsys, text, message):
+    (tmp_path / "c.toml").write_text(text)
+    assert main(["build", str(tmp_path / "c.toml")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_the_example_configs_read():
+    from einet.pipeline import read_config
+
+    for path in sorted(EXAMPLES.glob("*.toml")):
+        config = read_config(path)
+        assert config["output"]["bundle"] and config["select"]["score_under"][0] == config["select"]["dist"]
+
+
+def test_variant_exits_cut_the_full_variant():
+    full = bundles.Variant(8, "flip")
+    assert bundles.variant_exits(3, full, bundles.Variant()).tolist() == [1, 2, 3]
+    assert bundles.variant_exits(3, full, bundles.Variant(8)).tolist() == [0, 1, 2, 3]
+    assert bundles.variant_exits(3, full, bundles.Variant(8, "flip", 2)).tolist() == [0, 1, 2, 4, 5]
+    assert bundles.variant_exits(3, bundles.Variant(None, "flip"), bundles.Variant(None, "flip")).tolist() == [
+        0, 1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="not a part of"):
+        bundles.variant_exits(3, bundles.Variant(), bundles.Variant(8))
+    assert np.array_equal(bundles.variant_exits(2, bundles.Variant(), bundles.Variant()), [0, 1])
