@@ -133,7 +133,8 @@ def test_a_bundle_without_this_device_names_the_command_that_adds_it(built, tmp_
     folder = _copy(built, tmp_path)
     _rewrite(folder, lambda m: m["devices"][0]["device"].update(threads=3) or m["devices"][0].update(
         key=bundles.device_key(m["devices"][0]["device"])))
-    with pytest.raises(bundles.BundleError, match=r"no ET-profile for this device .*einet profile .* --device cpu --runtime-threads 1"):
+    with pytest.raises(bundles.BundleError,
+                       match=r"no ET-profile for this device .*einet profile .* --device cpu --runtime-threads 1"):
         bundles.load(folder)
     assert main(["profile", str(folder), "--device", "cpu", "--repeats", "5", "--warmup", "1", "--quiet"]) == 0
     bundle = bundles.read_bundle(folder)

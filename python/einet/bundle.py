@@ -383,8 +383,9 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
     if deployment.spec.uses_predictor:
         if predictor is None:
             raise ValueError(f"the deployed {deployment.policy!r} needs its predictor")
-        deployment = replace(deployment, predictor=f"predictor-{index}.npz")
-        save_predictor(folder / deployment.predictor, predictor)
+        predictor_file = f"predictor-{index}.npz"
+        deployment = replace(deployment, predictor=predictor_file)
+        save_predictor(folder / predictor_file, predictor)
     else:
         deployment = replace(deployment, predictor=None)
     devices.append({"key": key, "device": dict(identity), "et": et_file,

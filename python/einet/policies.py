@@ -415,11 +415,13 @@ class PolicySpec:
             assert predictor is not None and statistics is not None
             policy = EINet(predictor, planned, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN,
                            signal=signal)
-        elif self.kind in ("einet-paper", "einet-random"):
+        elif self.kind == "einet-paper":
             assert predictor is not None
-            policy = EINet(predictor, planned, dist, rule, name=self.label, signal=signal,
-                           **({"method": "random", "budget": RANDOM_SEARCH_BUDGET} if self.kind == "einet-random"
-                              else {}))
+            policy = EINet(predictor, planned, dist, rule, name=self.label, signal=signal)
+        elif self.kind == "einet-random":
+            assert predictor is not None
+            policy = EINet(predictor, planned, dist, rule, method="random", budget=RANDOM_SEARCH_BUDGET,
+                           name=self.label, signal=signal)
         elif self.kind == "static":
             assert self.value is not None
             policy = static_plan(n, self.value)

@@ -24,7 +24,7 @@ if TYPE_CHECKING:
 def fingerprint(arrays: ImageArrays) -> str:
     """SHA-256 over a split's images, labels and class names: the same data, the same fingerprint."""
     digest = hashlib.sha256(repr((arrays.images.shape, arrays.classes)).encode())
-    digest.update(memoryview(np.ascontiguousarray(arrays.images)).cast("B"))
+    digest.update(np.ascontiguousarray(arrays.images).tobytes())
     digest.update(arrays.labels.astype("<i8").tobytes())
     return digest.hexdigest()
 

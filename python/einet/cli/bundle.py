@@ -85,7 +85,7 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
 
 
 def _entry(bundle: Any) -> Any:
-    """This machine's device entry if the bundle has one, else its first (simulation needs a profile, not the device)."""
+    """This machine's device entry if the bundle has one, else its first (a simulation needs a profile only)."""
     from ..bundle import BundleError
 
     try:
