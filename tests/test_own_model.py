@@ -462,3 +462,51 @@ def test_cli_constructor_mistakes(nets, tmp_path, capsys):
     for extra, message in cases:
         assert cli.main([*base, *extra]) == 2, extra
         assert message in capsys.readouterr().err, extra
+
+
+def test_a_users_network_goes_from_constructor_to_bundle_to_real_time_answers_by_the_cli_alone(
+        nets, tmp_path, capsys):
+    import io
+    import zipfile
+
+    from PIL import Image
+
+    from einet.data import load_mnist
+
+    data = tiny_mnist(tmp_path / "mnist")
+    config = tmp_path / "mine.toml"
+    config.write_text(textwrap.dedent(f"""
+        name = "my-resnet"
+        [data]
+        dataset = "mnist"
+        path = "mnist"
+        holdout = 0.25
+        [network]
+        constructor = "{MODULE}:resnet"
+        kwargs = {{ width = 4, in_channels = 1, num_classes = 10 }}
+        exits = ["layer1", "layer2"]
+        [train]
+        epochs = 2
+        batch_size = 16
+        [profile]
+        repeats = 10
+        warmup = 2
+        [select]
+        predictor_epochs = 3
+        [output]
+        bundle = "mine.einet"
+        """))
+    assert cli.main(["build", str(config), "--quiet"]) == 0
+    test = load_mnist(data, "test")
+    with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
+        for k in range(len(test)):
+            buffer = io.BytesIO()
+            Image.fromarray(test.images[k, :, :, 0]).save(buffer, format="png")
+            archive.writestr(f"{test.classes[test.labels[k]]}/{k:03d}.png", buffer.getvalue())
+    run = ["run", str(tmp_path / "mine.einet"), "--images", str(tmp_path / "images.zip"), "--warmup", "2", "--quiet"]
+    capsys.readouterr()
+    assert cli.main(run) == 2  # loading it imports the user's module: only when named
+    assert f"--constructor {MODULE}:resnet" in capsys.readouterr().err
+    assert cli.main([*run, "--constructor", f"{MODULE}:resnet", "--out", str(tmp_path / "answers.csv")]) == 0
+    assert f"{len(test)} images" in capsys.readouterr().out
+    assert len((tmp_path / "answers.csv").read_text().splitlines()) == len(test) + 1

@@ -224,7 +224,9 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     stages.run("network", network_key, [network_file], make_network)
     refit_file = work / "refit.pt"
-    refit_key = _key(network_key, lv["refit_exits"], lv["refit_pool"], lv["refit_epochs"])
+    # Each key covers the files a stage reads, not only its settings: an upstream stage run again
+    # (e.g. by --force) with another result re-runs what follows.
+    refit_key = _key(_file_hash(network_file), lv["refit_pool"], lv["refit_epochs"], split.as_dict())
 
     def make_refit() -> None:
         from .models.base import light_pools
@@ -245,7 +247,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     # 3. the final network file: the base network's weights and, if asked, the thumbnail exit's
     final_file = work / "final.pt"
-    final_key = _key(refit_key if lv["refit_exits"] else network_key, lv["thumbnail"], lv["thumbnail_size"])
+    final_key = _key(_file_hash(base_file), lv["thumbnail"], lv["thumbnail_size"], split.as_dict())
 
     def make_final() -> None:
         model, state = load_checkpoint(base_file, constructor=net["constructor"])
@@ -268,7 +270,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     full = Variant(lv["thumbnail_size"] if lv["thumbnail"] else None, lv["second_look_view"] if depths else None)
     profile_files = [work / "et.npz", work / "cs-holdout.npz", work / "cs-test.npz"]
     measured_et = config.path(config["profile"]["et"])
-    profile_key = _key(final_key, full.as_dict(), config["profile"], config["runtime"]["threads"],
+    profile_key = _key(_file_hash(final_file), full.as_dict(), config["profile"], config["runtime"]["threads"],
                        _file_hash(measured_et) if measured_et is not None else None)
 
     def make_profiles() -> None:
@@ -295,7 +297,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     # 5. selection on held-out data
     selected_files = [work / "deployment.json", work / "selected.json"]
     s = config["select"]
-    select_key = _key(profile_key, s, depths, lv["thumbnail"])
+    select_key = _key([_file_hash(p) for p in profile_files], s, depths, lv["thumbnail"])
 
     def make_selection() -> None:
         from .profiling import CSProfile, ETRecord
