@@ -72,7 +72,7 @@ class Deployment:
 
     def __post_init__(self) -> None:
         if self.kind is None:  # files before version 4, and callers naming the policy by its label
-            spec = spec_for_label(self.policy)
+            spec = PolicySpec("dynamic", self.threshold) if self.threshold is not None else spec_for_label(self.policy)
             object.__setattr__(self, "kind", spec.kind)
             object.__setattr__(self, "value", spec.value)
         self.spec  # noqa: B018 - checks kind and value
