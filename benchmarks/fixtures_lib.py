@@ -64,9 +64,8 @@ FIXTURES = {
                                              "model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip "
                                              "--skip-et --second-look flip --out-dir "
                                              "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look",
-    # The same with each pass through the first 10 blocks only (20 exits; depth 10 chosen on held-out data by
-    # `python scripts/second_look_depth.py benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look --base
-    # benchmarks/fixtures/vgg16_fine_w025_cpu_light --reference benchmarks/fixtures/vgg16_fine_w025_cpu_joint`);
+    # The same with each pass through the first 10 blocks only (20 exits; depth 10 chosen on held-out data, as
+    # `einet build` with levers.second_look now chooses it);
     # et.npz from `scripts/spliced_et.py ... --second-look flip --depth 10`, CS-profiles (6.3 MB, not committed) from:
     "vgg16_fine_w025_cpu_light_second_look_d10": "einet profile --checkpoint benchmarks/fixtures/"
                                                  "vgg16_fine_w025_cpu_light/model.pt --dataset cifar10 --data "
@@ -84,21 +83,13 @@ FIXTURES = {
        f"benchmarks/fixtures/vgg16_fine_w025_cpu_light_refit{suffix}" for suffix, flags in (
            ("", ""), ("_second_look_d10", " --second-look flip --second-look-depth 10"),
            ("_second_look", " --second-look flip"), ("_second_look_d8", " --second-look flip --second-look-depth 8"))},
-    # (the depth-8 one, chosen on held-out data by `python scripts/second_look_depth.py
-    # benchmarks/fixtures/vgg16_fine_w025_cpu_light_refit_second_look --base benchmarks/fixtures/
-    # vgg16_fine_w025_cpu_light_refit --reference benchmarks/fixtures/vgg16_fine_w025_cpu_joint --depths 5 6 7 8 9 10
-    # 11 12`, has as et.npz the cut of the full one's that this selection scored: the same command with
-    # `--write-et 8 benchmarks/fixtures/vgg16_fine_w025_cpu_light_refit_second_look_d8`)
-    # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero).
-    "vgg16_fine_w025_cpu_joint_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
-                                           "vgg16_fine_w025_cpu_joint --data ../shared/data/cifar10-jpeg.zip --out "
-                                           "benchmarks/fixtures/vgg16_fine_w025_cpu_joint_thumbnail",
-    "vgg16_fine_w025_cpu_light_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/"
-                                           "vgg16_fine_w025_cpu_light --data ../shared/data/cifar10-jpeg.zip --out "
-                                           "benchmarks/fixtures/vgg16_fine_w025_cpu_light_thumbnail",
-    "b_alexnet_w05_cpu_thumbnail": "python scripts/thumbnail_exit.py benchmarks/fixtures/b_alexnet_w05_cpu "
-                                   "--data ../shared/data/cifar10-jpeg.zip --out "
-                                   "benchmarks/fixtures/b_alexnet_w05_cpu_thumbnail",
+    # (the depth-8 one, chosen on held-out data among depths 5-12, has as et.npz the cut of the full one's that the
+    # selection scored; `einet build examples/vgg16_fine_deployed.toml` makes and chooses the same cut)
+    # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero), committed; made by
+    # scripts/thumbnail_exit.py, since replaced by `einet build` (levers.thumbnail; examples/b_alexnet_thumbnail.toml
+    # rebuilds the last one's bundle and its README row exactly).
+    **{name: "committed (einet build with levers.thumbnail = true makes the same exit)" for name in (
+        "vgg16_fine_w025_cpu_joint_thumbnail", "vgg16_fine_w025_cpu_light_thumbnail", "b_alexnet_w05_cpu_thumbnail")},
     # The rest of the paper's zoo, trained on this CPU at reduced width and few epochs; each folder also holds
     # predictor-ensemble.npz (rule ensemble + time-zero answer) and model.pt (fp16 weights) where <= 5 MB.
     **{name: f"bash scripts/train_zoo.sh {name}" for name in (

@@ -631,7 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "(2N exits; einet.models.second_look): spare time before a deadline buys accuracy")
     p.add_argument("--second-look-depth", type=integer_option(1, 100_000), metavar="D",
                    help="with --second-look: each pass runs the first D blocks only (2D exits; choose D on "
-                        "held-out data with scripts/second_look_depth.py)")
+                        "held-out data: `einet build` with levers.second_look)")
     p.set_defaults(run=cmd_profile)
 
     p = commands.add_parser("refit-exits", help="refit a trained network's early light exits at a finer pool on its "
