@@ -510,3 +510,59 @@ def test_a_users_network_goes_from_constructor_to_bundle_to_real_time_answers_by
     assert cli.main([*run, "--constructor", f"{MODULE}:resnet", "--out", str(tmp_path / "answers.csv")]) == 0
     assert f"{len(test)} images" in capsys.readouterr().out
     assert len((tmp_path / "answers.csv").read_text().splitlines()) == len(test) + 1
+
+
+class _Routed(nn.Module):
+    """A block whose forward branches on the data: fx cannot trace it, so it runs whole in one block."""
+
+    def __init__(self, c: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.abs().mean() > 1e6 else torch.relu(self.conv(x)) + x
+
+
+class _WithOptions(nn.Module):
+    def __init__(self, reads_option: bool = False) -> None:
+        super().__init__()
+        self.stem, self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), _Routed(8), _Routed(8)
+        self.fc = nn.Linear(8, 10)
+        self.reads_option = reads_option
+
+    def forward(self, x: torch.Tensor, scale: float = 1.0, pre_logits: bool = False) -> torch.Tensor:
+        h = self.b(self.a(torch.relu(self.stem(x)))).mean((2, 3))
+        if self.reads_option:
+            h = h * scale  # the option is part of the computation: converting at its default would hide it
+        return h if pre_logits else self.fc(h)
+
+
+def test_untraceable_blocks_run_whole_and_optional_arguments_take_their_defaults():
+    torch.manual_seed(0)
+    model = _WithOptions().eval()
+    x = torch.randn(2, 3, 16, 16)
+    network = convert(model, x)
+    assert network.num_exits == 3  # after the stem, after each routed block (each traced as one call)
+    with torch.no_grad():
+        assert torch.allclose(network(x)[-1], model(x), atol=1e-5)
+    named = convert(model, x, exits=["a"])
+    assert named.num_exits == 2
+
+
+def test_options_are_converted_at_their_defaults_and_a_forward_that_branches_itself_is_refused():
+    x = torch.randn(2, 3, 16, 16)
+    model = _WithOptions(reads_option=True).eval()
+    with torch.no_grad():
+        assert torch.allclose(convert(model, x)(x)[-1], model(x), atol=1e-5)  # scale = 1.0, as model(x) runs
+
+    class Branching(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            h = self.conv(x)
+            return h.mean((2, 3)) if h.mean() > 0 else -h.mean((2, 3))
+
+    with pytest.raises(ConversionError, match="cannot trace Branching"):
+        convert(Branching().eval(), x)

@@ -23,6 +23,7 @@ the spec a checkpoint stores to rebuild it (see
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
@@ -41,8 +42,9 @@ class ConversionError(ValueError):
 
 
 def _is_conv(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    """A conv layer, or a module traced as one call (see :func:`trace`) that holds one."""
     if node.op == "call_module":
-        return isinstance(modules[str(node.target)], nn.modules.conv._ConvNd)
+        return any(isinstance(m, nn.modules.conv._ConvNd) for m in modules[str(node.target)].modules())
     return node.op == "call_function" and node.target in (torch.conv2d, nn.functional.conv2d)
 
 
@@ -96,6 +98,68 @@ class _LeafTracer(fx.Tracer):
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         return module_qualified_name in self.leaves or super().is_leaf_module(m, module_qualified_name)
+
+
+def _optional_defaults(module: nn.Module) -> dict[str, Any]:
+    """The defaults of `module.forward`'s parameters after its input: traced as constants. A parameter
+    without a default (a second input) is left to fail: a network takes one input."""
+    parameters = list(inspect.signature(module.forward).parameters.values())[1:]
+    return {p.name: p.default for p in parameters
+            if p.default is not inspect.Parameter.empty and p.kind is not p.VAR_KEYWORD}
+
+
+def _traced_graph(module: nn.Module, leaves: set[str]) -> fx.Graph:
+    """`module`'s graph (`leaves`: qualified names traced as single calls), optional arguments at their
+    defaults and gone from the graph: fx keeps a placeholder and an assertion for each, which nothing
+    else may read."""
+    concrete = _optional_defaults(module)
+    graph = _LeafTracer(leaves).trace(module, concrete_args=concrete or None)
+    inputs = [node for node in graph.nodes if node.op == "placeholder"][1:]
+    if len(inputs) != len(concrete):
+        return graph  # a second input without a default: refused by the caller
+    dead = set(inputs)
+    for node in graph.nodes:
+        if any(arg in dead for arg in node.all_input_nodes):
+            dead.add(node)
+    for node in dead:
+        if any(user not in dead for user in node.users) or (node.op != "placeholder" and node.users == {}
+                                                          and node.target not in _ASSERTIONS):
+            raise TypeError(f"its forward uses its optional argument {inputs[0].target!r} beyond checking it")
+    for node in reversed(list(graph.nodes)):
+        if node in dead:
+            graph.erase_node(node)
+    return graph
+
+
+_ASSERTIONS = {torch._assert, getattr(fx._symbolic_trace, "_assert_is_none", None)} - {None}
+
+
+def trace(model: nn.Module, leaves: set[str]) -> fx.GraphModule:
+    """`model` as a torch.fx graph, the modules named in `leaves` traced as single calls.
+
+    A submodule whose own forward cannot be traced (Python control flow on tensor values, calls fx
+    cannot follow) is traced as one call instead, as timm's feature extraction does, rather than
+    refusing the whole network; it then runs whole inside one block. The network's own forward
+    must trace. Optional arguments of any forward are traced at their defaults."""
+    try:
+        return fx.GraphModule(model, _traced_graph(model, leaves), type(model).__name__)
+    except Exception as error:  # fx raises TraceError, TypeError, ... on data-dependent control flow
+        first = error
+    untraceable: set[str] = set()
+    for name, module in model.named_modules():
+        if not name or name in leaves or any(name.startswith(leaf + ".") for leaf in leaves | untraceable):
+            continue
+        children = {child for child, _ in module.named_children()}
+        try:
+            _traced_graph(module, children)  # its own forward, its children as single calls
+        except Exception:
+            untraceable.add(name)
+    if untraceable:
+        try:
+            return fx.GraphModule(model, _traced_graph(model, leaves | untraceable), type(model).__name__)
+        except Exception as error:
+            first = error
+    raise ConversionError(f"cannot trace {type(model).__name__} with torch.fx: {first}") from None
 
 
 def _check_exit_names(model: nn.Module, exits: Sequence[str]) -> list[str]:
@@ -199,13 +263,7 @@ def convert(model: nn.Module, example_input: torch.Tensor, num_classes: int | No
     is built as a shape-only skeleton and the numeric check is skipped.
     """
     names = _check_exit_names(model, exits) if exits is not None else None
-    try:
-        if names is None:
-            traced = fx.symbolic_trace(model)
-        else:
-            traced = fx.GraphModule(model, _LeafTracer(set(names)).trace(model), type(model).__name__)
-    except Exception as error:  # fx raises TraceError, TypeError, ... on data-dependent control flow
-        raise ConversionError(f"cannot trace {type(model).__name__} with torch.fx: {error}") from None
+    traced = trace(model, set(names or ()))
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
     if len(placeholders) != 1:
         raise ConversionError(f"the model must take exactly one input, it takes {len(placeholders)}")
