@@ -32,6 +32,7 @@ def tiny_config(folder: Path, **changes: str) -> Path:
         "profile": "repeats = 20\nwarmup = 2",
         "select": 'dist = "normal"\npredictor_epochs = 3',
         "output": 'bundle = "out.einet"',
+        "runtime": "adapt = true\n[runtime.adaptation]\nevery = 5\nbackground = false",
     } | changes
     path = folder / "config.toml"
     path.write_text('name = "tiny"\n' + "\n".join(f"[{name}]\n{body}" for name, body in sections.items()) + "\n")
@@ -60,6 +61,7 @@ def test_a_build_writes_a_bundle_that_loads_into_a_runtime(built):
 
     with einet.load(built) as runtime:
         assert runtime.adaptation is not None  # adaptive by default, as the bundle says
+        assert runtime.adaptation.every == 5  # with the settings it records
         x = bundle.preprocess(bundle.timing_images()[:1])
         answer = runtime.infer(x)
         assert answer.exit == bundle.num_exits - 1 or not answer.interrupted
@@ -118,6 +120,7 @@ def _rewrite(folder: Path, change) -> None:
     (lambda f: _rewrite(f, lambda m: m["files"].update({"../x": "0" * 64})), "plain name"),
     (lambda f: _rewrite(f, lambda m: m["exit_times"].update(horizon_ms=-1.0)), "horizon_ms"),
     (lambda f: _rewrite(f, lambda m: m["input"].update(mean=[0.1, 0.2])), "one number per channel"),
+    (lambda f: _rewrite(f, lambda m: m["runtime"]["adaptation"].update(background="yes")), "true or false"),
     (lambda f: _rewrite(f, lambda m: m["devices"][0].update(key="cuda: H200, 1 thread")), "does not match"),
     (lambda f: (f / "manifest.json").write_text("[" * 100_000), "nested"),
 ])
@@ -203,6 +206,8 @@ def test_bundle_command_mistakes_are_one_line(tmp_path, monkeypatch, capsys, arg
     ("[data]\npath = 'x'\n[network]\nzoo = 'b_alexnet'\n[output]\nbundle = 'b'\n[levers]\nsecond_look = 3\n",
      "list of depths"),
     ("[oops]\n", "unknown section"),
+    ("[data]\npath = 'x'\n[network]\nzoo = 'b_alexnet'\n[output]\nbundle = 'b'\n[runtime.adaptation]\nspeed = 2\n",
+     "unknown adaptation setting 'speed'"),
     ("x = = 1", "not valid TOML"),
 ])
 def test_config_mistakes_are_named(tmp_path, capsys, text, message):

@@ -143,6 +143,30 @@ def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
+def adaptation_options() -> dict[str, Any]:
+    """The settings of :class:`einet.adaptive.Adaptation` a bundle may record, with their defaults."""
+    import inspect
+
+    from .adaptive import Adaptation
+
+    return {p.name: p.default for p in inspect.signature(Adaptation).parameters.values() if p.kind is p.KEYWORD_ONLY}
+
+
+def check_adaptation(settings: object) -> None:
+    """A bundle's (or a config's) adaptation settings: known names, values of the default's type."""
+    if not isinstance(settings, dict):
+        raise TypeError(f"runtime adaptation must be a table of settings, got {settings!r:.80}")
+    options = adaptation_options()
+    for name, value in settings.items():
+        if name not in options:
+            raise ValueError(f"unknown adaptation setting {name!r}: expected one of {', '.join(options)}")
+        if isinstance(options[name], bool):
+            if type(value) is not bool:
+                raise TypeError(f"adaptation setting {name} must be true or false, got {value!r:.40}")
+        else:
+            number(f"adaptation setting {name}", value, 0.0, 1e9, integer=isinstance(options[name], int))
+
+
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open_regular(path) as f:
@@ -298,7 +322,8 @@ class Bundle:
         rule = entry.deployment.rule
         if adapt if adapt is not None else self.manifest["runtime"]["adapt"]:
             adaptation = Adaptation(lambda profile, dist: self.policy(entry, profile, dist, predictor), et,
-                                    self.distribution(), self.horizon_ms * 1e-3)
+                                    self.distribution(), self.horizon_ms * 1e-3,
+                                    **self.manifest["runtime"]["adaptation"])
             return ElasticRuntime(model, rule=rule, device=device, threads=threads, adapt=adaptation)
         return ElasticRuntime(model, self.policy(entry, et, None, predictor), rule, device, threads)
 
@@ -489,8 +514,9 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     number("exit_times horizon_ms", exit_times.get("horizon_ms"), 0.0, 1e9, low_open=True)
     runtime = manifest["runtime"]
     if not isinstance(runtime, dict) or type(runtime.get("adapt")) is not bool:
-        raise TypeError("runtime must say whether it adapts (adapt: true/false) and its threads")
+        raise TypeError("runtime must say whether it adapts (adapt: true/false), its threads and adaptation settings")
     number("runtime threads", runtime.get("threads"), 1, 1024, integer=True)
+    check_adaptation(runtime.get("adaptation"))
     devices = manifest["devices"]
     if not isinstance(devices, list):
         raise TypeError("devices must be a list")

@@ -44,7 +44,7 @@ SECTIONS: dict[str, dict[str, Any]] = {  # every option and its default (None: r
     "select": {"dist": "normal", "score_under": ["uniform", "normal"], "horizon_ms": None,
                "rules": ["latest", "best", "ensemble"], "time_zero": [False, True], "signals": ["confidence"],
                "policies": None, "predictor_epochs": 40, "seed": 0, "planning_us": None},
-    "runtime": {"adapt": True, "threads": 1},
+    "runtime": {"adapt": True, "threads": 1, "adaptation": {}},
     "output": {"bundle": None, "work": None, "keep_test_profile": True},
 }
 TOP_LEVEL = {"name"}
@@ -105,6 +105,12 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     select = sections["select"]
     # scored under each of these, averaged; deployed for the first (einet.select.select_network)
     select["score_under"] = [select["dist"], *[kind for kind in select["score_under"] if kind != select["dist"]]]
+    from .bundle import check_adaptation
+
+    try:
+        check_adaptation(sections["runtime"]["adaptation"])
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{path}: runtime.{error}") from None
     name = source.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{path}: name must be a non-empty string")
@@ -389,7 +395,9 @@ def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_fil
                  split=split, holdout=CSProfile.load(profile_files[1]).subset_exits(keep), test=test,
                  timing_images=timing_arrays(holdout_arrays).images,
                  exit_times={"kind": s["dist"], "horizon_ms": selected["horizon_ms"]},
-                 runtime={"adapt": bool(r["adapt"]), "threads": int(r["threads"])}, select_options=select_options,
+                 runtime={"adapt": bool(r["adapt"]), "threads": int(r["threads"]),
+                          "adaptation": dict(r["adaptation"])},
+                 select_options=select_options,
                  devices=[(device_identity("cpu", int(r["threads"])), et.subset_blocks(keep), deployment, predictor)],
                  provenance={"einet": __version__, "command": " ".join(["einet", *sys.argv[1:]]),
                              "config": config.source, "stages": stages.record})
