@@ -15,3 +15,8 @@ def make_instance():
 def make_distribution():
     """exit_distribution(kind, total, rng): an exit-time distribution scaled to a model."""
     return exit_distribution
+
+
+def pytest_addoption(parser):
+    parser.addoption("--update-results", action="store_true",
+                     help="benchmarks rewrite their committed result tables (benchmarks/results); never by default")

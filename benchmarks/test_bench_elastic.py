@@ -1,7 +1,7 @@
 """Issue 5: EINet against every baseline on real CS-/ET-profiles, and the runtime under real interrupts.
 
 - The paper's comparison, per committed fixture and exit-time distribution (uniform
-  and normal over one full inference): tables in benchmarks/results/compare_*.md|csv.
+  and normal over one full inference): tables in benchmarks/results/compare_*.md|csv, with --update-results.
 - Real time (needs ../shared/data and the committed B-AlexNet and light-exit VGG-16 weights): the runtime
   under timer interrupts drawn from the distribution, over 3,000 CIFAR-10 test
   images, against the simulator's prediction for the same images (within 2 pp),
@@ -11,8 +11,6 @@ Run: python -m pytest benchmarks/test_bench_elastic.py --benchmark-only -s
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,7 +22,6 @@ from einet.simulate import compare, csv_table, full_inference_time, markdown_tab
 torch = pytest.importorskip("torch")
 from einet.predictor import load_predictor  # noqa: E402
 
-RESULTS = Path(__file__).resolve().parent / "results"
 COMPRESSED = {"b_alexnet_w05_cpu": "b_alexnet_w025_cpu"}  # fixture of the half-width model
 
 
@@ -46,16 +43,15 @@ def comparison(name: str, kind: str, draws: int):
 
 @pytest.mark.parametrize("kind", ["uniform", "normal"])
 @pytest.mark.parametrize("name", available())
-def test_einet_against_every_baseline(benchmark, name, kind):
+def test_einet_against_every_baseline(benchmark, results_folder, name, kind):
     draws = 5 if benchmark.disabled else 100
     rows, test = benchmark.pedantic(comparison, args=(name, kind, draws), rounds=1, iterations=1)
     dataset = {"cifar10": "CIFAR-10", "mnist": "MNIST"}.get(str(test.meta.get("dataset", "cifar10")))
     title = (f"{test.meta.get('model', name)} on {dataset}, {kind} exit time over one full inference, "
              f"{test.num_samples} test images x {draws} draws")
-    if not benchmark.disabled:  # the committed tables come from full runs, not from CI's 5 draws
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"compare_{name}_{kind}.md").write_text(markdown_table(rows, title))
-        (RESULTS / f"compare_{name}_{kind}.csv").write_text(csv_table(rows))
+    if results_folder is not None and not benchmark.disabled:  # the committed tables: full runs, asked for
+        (results_folder / f"compare_{name}_{kind}.md").write_text(markdown_table(rows, title))
+        (results_folder / f"compare_{name}_{kind}.csv").write_text(csv_table(rows))
     by = {r["policy"]: r for r in rows}
     einet = by["EINet"]["expected"]
     # Never below a static, dynamic or single-exit plan (ties within 0.1 pp). (With B-AlexNet's three exits, every plan

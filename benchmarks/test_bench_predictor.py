@@ -2,7 +2,7 @@
 
 - Predictor MAE on the test split by number of observed exits, against the trivial
   predictor (each exit's held-out mean); it must win once an exit is observed.
-  ECE of the correctness target. Tables go to benchmarks/results/predictor_<model>.md.
+  ECE of the correctness target. Tables go to benchmarks/results/predictor_<model>.md with --update-results.
 - One native online step (predict + hybrid search) at N=14 <= 30 us per call from
   Python; the torch predictor + native search path beside it.
 - ET-profile repeatability: two CPU profiling runs' medians within 10%.
@@ -10,8 +10,6 @@ Run: python -m pytest benchmarks/test_bench_predictor.py --benchmark-only -s
 """
 
 from __future__ import annotations
-
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,8 +26,6 @@ from einet.predictor import (  # noqa: E402
     predict_numpy,
     random_observations,
 )
-
-RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def observed_states(num_samples: int, num_exits: int, observed: int, rng: np.random.Generator) -> np.ndarray:
@@ -94,11 +90,10 @@ def error_table(name: str) -> tuple[str, list[dict[str, float]]]:
 
 
 @pytest.mark.parametrize("name", available())
-def test_predictor_beats_the_dataset_mean(benchmark, name):
+def test_predictor_beats_the_dataset_mean(benchmark, results_folder, name):
     table, rows = benchmark.pedantic(error_table, args=(name,), rounds=1, iterations=1)
-    if not benchmark.disabled:  # the committed tables come from benchmark runs, never from CI's test runs
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / f"predictor_{name}.md").write_text(table)
+    if results_folder is not None:  # the committed tables: rewritten only when asked (--update-results)
+        (results_folder / f"predictor_{name}.md").write_text(table)
     for r in rows:
         if r["observed"] == 0:
             continue
@@ -169,7 +164,7 @@ def test_et_profile_repeatability(benchmark, speed_goal):
     speed_goal(difference.max() <= 0.10, f"conv medians differ by up to {100 * difference.max():.1f}%")
 
 
-def test_which_target_plans_better(benchmark):
+def test_which_target_plans_better(benchmark, results_folder):
     """EINet's accuracy with the paper's confidence target vs our correctness target (exact, all test images)."""
     from einet.policies import EINet
     from einet.simulate import evaluate, full_inference_time, relative_distribution
@@ -189,7 +184,6 @@ def test_which_target_plans_better(benchmark):
         return lines
 
     lines = benchmark.pedantic(run, rounds=1, iterations=1)
-    if not benchmark.disabled:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "predictor_targets.md").write_text("\n".join(lines) + "\n")
+    if results_folder is not None:
+        (results_folder / "predictor_targets.md").write_text("\n".join(lines) + "\n")
     assert len(lines) > 4
