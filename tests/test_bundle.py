@@ -216,6 +216,30 @@ def test_config_mistakes_are_named(tmp_path, capsys, text, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("train.epochs", "-1", "train.epochs must be an integer >= 1"),
+    ("select.horizon_ms", "'abc'", "select.horizon_ms must be milliseconds > 0"),
+    ("levers.refit_pool", "1000", "levers.refit_pool must be 1..64"),
+    ("data.holdout", "0", "data.holdout must be a fraction in (0, 0.99]"),
+    ("select.rules", "['latest', 'worst']", "select.rules must be a list of latest, best, ensemble"),
+    ("runtime.adapt", "'yes'", "runtime.adapt must be true or false"),
+    ("select.time_zero", "[]", "select.time_zero must be a list of true/false"),
+])
+def test_every_config_value_is_checked_before_any_work(tmp_path, capsys, option, value, message):
+    section, name = option.split(".")
+    base = {"data": "path = 'x'", "network": "zoo = 'b_alexnet'", "output": "bundle = 'b'"}
+    base[section] = base.get(section, "") + f"\n{name} = {value}"
+    (tmp_path / "c.toml").write_text("".join(f"[{s}]\n{body}\n" for s, body in base.items()))
+    assert main(["build", str(tmp_path / "c.toml")]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_every_config_option_has_a_check():
+    from einet.pipeline import CHECKS, SECTIONS
+
+    assert set(CHECKS) == {f"{section}.{option}" for section, options in SECTIONS.items() for option in options}
+
+
 def test_the_example_configs_read():
     from einet.pipeline import read_config
 

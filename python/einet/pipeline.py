@@ -50,6 +50,85 @@ SECTIONS: dict[str, dict[str, Any]] = {  # every option and its default (None: r
 TOP_LEVEL = {"name"}
 
 
+def _one_of(*choices: Any) -> Callable[[Any], bool]:
+    return lambda v: v in choices
+
+
+def _list_of(check: Callable[[Any], bool], empty: bool = False) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, list) and (empty or bool(v)) and all(check(item) for item in v)
+
+
+def _number(low: float, high: float, integer: bool = False, low_open: bool = False) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        from .validation import number
+
+        try:
+            number("", value, low, high, integer=integer, low_open=low_open)
+        except (TypeError, ValueError):
+            return False
+        return True
+
+    return check
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 4096
+
+
+def _optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda v: v is None or check(v)
+
+
+def _flag(value: Any) -> bool:
+    return type(value) is bool
+
+
+_KINDS = ("uniform", "normal", "exponential")
+_COUNT, _SEED = _number(1, 1_000_000, integer=True), _number(0, 2**32 - 1, integer=True)
+CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # "section.option": (check, what it must be)
+    "data.dataset": (_one_of("mnist", "fashion-mnist", "cifar10", "cifar100", "folder"),
+                     "mnist, fashion-mnist, cifar10, cifar100 or folder"),
+    "data.path": (_text, "a path"), "data.holdout": (_number(0, 0.99, low_open=True), "a fraction in (0, 0.99]"),
+    "data.seed": (_SEED, "an integer in [0, 2^32)"),
+    "network.zoo": (_optional(_text), "a zoo name"), "network.width": (_number(0, 16, low_open=True), "in (0, 16]"),
+    "network.exit_head": (_one_of("paper", "light"), "paper or light"),
+    "network.constructor": (_optional(_text), "package.module:callable"),
+    "network.kwargs": (lambda v: isinstance(v, dict), "a table"),
+    "network.exits": (_optional(_list_of(_text)), "a list of module names"),
+    "network.checkpoint": (_optional(_text), "a path"), "network.backbone_weights": (_optional(_text), "a path"),
+    "train.epochs": (_COUNT, "an integer >= 1"), "train.batch_size": (_number(1, 65_536, integer=True), "1..65536"),
+    "train.optimizer": (_one_of("sgd", "adam"), "sgd or adam"),
+    "train.lr": (_number(0, 100, low_open=True), "(0, 100]"),
+    "train.schedule": (_one_of("onecycle", "cosine", "step", "constant"), "onecycle, cosine, step or constant"),
+    "train.recipe": (_one_of("joint", "distill", "distill-ensemble"), "joint, distill or distill-ensemble"),
+    "train.exit_weights": (_optional(_list_of(_number(0, 1e6))), "a list of weights >= 0"),
+    "train.threads": (_number(1, 1024, integer=True), "1..1024"),
+    "levers.refit_exits": (_flag, "true or false"), "levers.refit_pool": (_number(1, 64, integer=True), "1..64"),
+    "levers.refit_epochs": (_COUNT, "an integer >= 1"), "levers.thumbnail": (_flag, "true or false"),
+    "levers.thumbnail_size": (_number(1, 64, integer=True), "1..64"),
+    "levers.second_look": (_list_of(_number(1, 100_000, integer=True), empty=True),
+                           "a list of depths (blocks per pass)"),
+    "levers.second_look_view": (_one_of("flip"), "flip"),
+    "profile.repeats": (_COUNT, "an integer >= 1"), "profile.warmup": (_number(0, 1_000_000, integer=True), ">= 0"),
+    "profile.et": (_optional(_text), "a path"),
+    "select.dist": (_one_of(*_KINDS), "uniform, normal or exponential"),
+    "select.score_under": (_list_of(_one_of(*_KINDS)), "a list of uniform, normal, exponential"),
+    "select.horizon_ms": (_optional(_number(0, 1e9, low_open=True)), "milliseconds > 0"),
+    "select.rules": (_list_of(_one_of("latest", "best", "ensemble")), "a list of latest, best, ensemble"),
+    "select.time_zero": (_list_of(_flag), "a list of true/false"),
+    "select.signals": (_list_of(_one_of("confidence", "entropy", "margin", "agreement")),
+                       "a list of confidence, entropy, margin, agreement"),
+    "select.policies": (_optional(_list_of(_one_of("einet", "einet-paper", "static", "dynamic", "statistics",
+                                                     "single-exit"))), "a list of deployable policy kinds"),
+    "select.predictor_epochs": (_COUNT, "an integer >= 1"), "select.seed": (_SEED, "an integer in [0, 2^32)"),
+    "select.planning_us": (_optional(_number(0, 1e6)), "microseconds >= 0"),
+    "runtime.adapt": (_flag, "true or false"), "runtime.threads": (_number(1, 1024, integer=True), "1..1024"),
+    "runtime.adaptation": (lambda v: True, "a table"),  # checked against einet.adaptive.Adaptation below
+    "output.bundle": (_text, "a path"), "output.work": (_optional(_text), "a path"),
+    "output.keep_test_profile": (_flag, "true or false"),
+}
+
+
 @dataclass(frozen=True)
 class BuildConfig:
     """A build's settings: each section of :data:`SECTIONS`, defaults filled in, paths resolved."""
@@ -92,6 +171,10 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
         if extra:
             raise ValueError(f"{path}: unknown option {name}.{extra[0]}: expected one of {', '.join(defaults)}")
         sections[name] = defaults | given
+        for option, value in given.items():
+            check, what = CHECKS[f"{name}.{option}"]
+            if not check(value):
+                raise ValueError(f"{path}: {name}.{option} must be {what}, got {value!r:.80}")
     if sections["data"]["path"] is None:
         raise ValueError(f"{path}: data.path is required (the dataset's folder or file)")
     network = sections["network"]
@@ -99,9 +182,6 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
         raise ValueError(f"{path}: give exactly one of network.zoo and network.constructor")
     if sections["output"]["bundle"] is None:
         raise ValueError(f"{path}: output.bundle is required (the bundle folder to write)")
-    depths = sections["levers"]["second_look"]
-    if not isinstance(depths, list) or not all(type(d) is int and d >= 1 for d in depths):
-        raise ValueError(f"{path}: levers.second_look must be a list of depths (blocks per pass), got {depths!r}")
     select = sections["select"]
     # scored under each of these, averaged; deployed for the first (einet.select.select_network)
     select["score_under"] = [select["dist"], *[kind for kind in select["score_under"] if kind != select["dist"]]]
