@@ -240,6 +240,20 @@ def test_every_config_option_has_a_check():
     assert set(CHECKS) == {f"{section}.{option}" for section, options in SECTIONS.items() for option in options}
 
 
+def test_the_mnist_example_builds_as_shipped(tmp_path, capsys):
+    """examples/mnist.toml as the README runs it, its output moved into a temporary folder."""
+    text = (EXAMPLES / "mnist.toml").read_text()
+    text = text.replace('path = "../python/einet/resources"', f'path = "{files("einet") / "resources"}"')
+    text = text.replace('bundle = "../runs/mnist.einet"', 'bundle = "mnist.einet"')
+    assert 'bundle = "mnist.einet"' in text and "../python" not in text
+    (tmp_path / "mnist.toml").write_text(text)
+    assert main(["build", str(tmp_path / "mnist.toml"), "--quiet"]) == 0
+    bundle = bundles.read_bundle(tmp_path / "mnist.einet")
+    assert bundle.name == "b_alexnet-mnist" and bundle.test().num_samples == 1000
+    assert main(["evaluate", str(tmp_path / "mnist.einet")]) == 0
+    assert "b_alexnet-mnist" in capsys.readouterr().out
+
+
 def test_the_example_configs_read():
     from einet.pipeline import read_config
 

@@ -17,7 +17,10 @@ from helpers import fake_cifar10  # tests/ is on the path under pytest
 
 import einet
 from einet import cli
+from einet.cli import evaluate as evaluate_command
 from einet.cli import main
+from einet.cli.common import _device as device
+from einet.cli.common import _progress as progress
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "vgg16_fine_w05_cuda"
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")
@@ -59,18 +62,18 @@ def test_every_option_has_help_and_shows_its_default():
 
 def test_progress_bars_only_on_a_terminal_and_not_when_quiet(monkeypatch):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: False, raising=False)
-    assert not cli._progress(argparse.Namespace(quiet=False))
+    assert not progress(argparse.Namespace(quiet=False))
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
-    assert cli._progress(argparse.Namespace(quiet=False))
-    assert not cli._progress(argparse.Namespace(quiet=True))
+    assert progress(argparse.Namespace(quiet=False))
+    assert not progress(argparse.Namespace(quiet=True))
 
 
 @needs_torch
 def test_device_auto_is_cuda_only_when_available():
     import torch
 
-    assert cli._device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
-    assert cli._device("cpu") == "cpu"
+    assert device("auto") == ("cuda" if torch.cuda.is_available() else "cpu")
+    assert device("cpu") == "cpu"
 
 
 @needs_torch
@@ -468,7 +471,7 @@ def test_internal_errors_keep_their_traceback(monkeypatch):
     def broken(args):
         raise AssertionError("a bug, not a mistake")
 
-    monkeypatch.setattr(cli, "cmd_evaluate", broken)
+    monkeypatch.setattr(evaluate_command, "cmd_evaluate", broken)
     with pytest.raises(AssertionError, match="a bug"):
         main(["evaluate", "--profiles", "x", "--predictor", "y"])
 
@@ -477,7 +480,7 @@ def test_missing_extra_is_named(monkeypatch, capsys):
     def needs_torch_module(args):
         raise ModuleNotFoundError("No module named 'torch'", name="torch")
 
-    monkeypatch.setattr(cli, "cmd_evaluate", needs_torch_module)
+    monkeypatch.setattr(evaluate_command, "cmd_evaluate", needs_torch_module)
     assert main(["evaluate", "--profiles", "x", "--predictor", "y"]) == 2
     assert capsys.readouterr().err.strip() == "einet evaluate needs torch: pip install 'einet[torch]'"
 

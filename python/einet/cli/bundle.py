@@ -168,7 +168,12 @@ def _normalisation(bundle: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
     return tuple(spec["mean"]), tuple(spec["std"])
 
 
-def add_commands(commands: Any, count: Any, threads: Any, positive: Any, seed: Any) -> None:
+def add_commands(commands: Any) -> None:
+    from .common import COUNT as count
+    from .common import POSITIVE as positive
+    from .common import SEED as seed
+    from .common import THREADS as threads
+
     p = commands.add_parser("build", help="the whole pipeline from a TOML config to a deployment bundle: train, "
                                           "levers, profile, select on held-out data (stages resumable)")
     p.add_argument("config", help="the build config (.toml; see examples/)")

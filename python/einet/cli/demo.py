@@ -1,0 +1,45 @@
+"""`einet demo`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from ..validation import check_outputs, integer_option
+from .common import (
+    COUNT,
+    _add_torch_arguments,
+    _device,
+    _progress,
+)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import run_demo
+
+    if args.out_dir:
+        from ..select import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
+
+        check_outputs({f"--out-dir {args.out_dir}: {name}": Path(args.out_dir) / name
+                       for name in (DEPLOYMENT_NAME, DEPLOYED_PREDICTOR)}, creates_folders=True)
+    args.device, args.progress = _device(args.device), _progress(args)
+    from ..stress import Burners
+
+    with Burners.for_load(args.stress, limit=3600):
+        return run_demo(args)
+
+
+def add_commands(commands: Any) -> None:
+    p = commands.add_parser("demo", help="the whole pipeline on embedded MNIST data, in under a minute")
+    p.add_argument("--epochs", type=COUNT, default=8, help="training epochs")
+    p.add_argument("--samples", type=integer_option(1, 10_000), default=1000,
+                   help="test samples run under real interrupts")
+    p.add_argument("--out-dir", default=None, help="keep the deployment file (and its predictor) here "
+                                                   "(default: a temporary folder)")
+    p.add_argument("--stress", default="idle", choices=["idle", "steady", "switching"],
+                   help="run it on a busy device: two CPU burners always on (steady) or switched on and off "
+                        "every 1.5 s (switching), started and stopped with the demo (einet.stress)")
+    _add_torch_arguments(p)
+    p.set_defaults(run=cmd_demo)
+
