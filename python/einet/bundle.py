@@ -200,6 +200,8 @@ class Bundle:
         exit_times = manifest["exit_times"]
         self.dist_kind: str = exit_times["kind"]
         self.horizon_ms: float = exit_times["horizon_ms"]
+        self._holdout: CSProfile | None = None
+        self._memos: dict[str, dict[tuple[int, ...], float]] = {}  # per device entry: see policy()
         self.devices = [DeviceEntry(entry["key"], entry["device"], entry["et"],
                                     deployment_from_record(entry["deployment"], folder))
                         for entry in manifest["devices"]]
@@ -232,7 +234,10 @@ class Bundle:
         return ETRecord.load(self.folder / entry.et)
 
     def holdout(self) -> CSProfile:
-        return CSProfile.load(self.folder / HOLDOUT)
+        """The held-out CS-profile (read once: an adaptive runtime plans from it again and again)."""
+        if self._holdout is None:
+            self._holdout = CSProfile.load(self.folder / HOLDOUT)
+        return self._holdout
 
     def test(self) -> CSProfile:
         if self.manifest["test"] is None:
@@ -296,7 +301,7 @@ class Bundle:
         planned = self.planned_profile(entry, et)
         if deployment.spec.plans:  # planned from the held-out split: made for this profile and distribution
             return deployment.spec.build(et, dist, self.holdout(), deployment.rule, predictor, deployment.signal,
-                                         einet_et=planned)
+                                         einet_et=planned, memo=self._memos.setdefault(entry.key, {}))
         return deployment.build(et, dist, predictor)
 
     def planned_profile(self, entry: DeviceEntry, et: ETProfile) -> ETProfile:

@@ -400,17 +400,19 @@ class PolicySpec:
 
     def build(self, et: ETProfile, dist: Distribution, holdout: CSProfile, rule: str | AnswerRule = "latest",
               predictor: NativePredictor | None = None, signal: str = "confidence",
-              einet_et: ETProfile | None = None, statistics: FixedPlan | None = None) -> Policy:
+              einet_et: ETProfile | None = None, statistics: FixedPlan | None = None,
+              memo: dict[tuple[int, ...], float] | None = None) -> Policy:
         """The policy for this profile and distribution (`holdout`: the held-out CS-profile its plans
         come from; `einet_et`: the profile EINets plan with, their own planning folded in; `statistics`:
-        the statistics plan, when the caller has it already)."""
+        the statistics plan, when the caller has it already; `memo`: held-out accuracies of exit sets
+        kept between calls by a caller that plans again, see :func:`statistics_plan`)."""
         rule = as_rule(rule)
         n, planned = et.num_blocks, et if einet_et is None else einet_et
         if self.uses_predictor and predictor is None:
             raise ValueError(f"policy {self.label!r} needs its predictor")
         policy: Policy
         if self.kind in ("statistics", "einet"):
-            statistics = statistics or statistics_plan(holdout, et, dist, rule)
+            statistics = statistics or statistics_plan(holdout, et, dist, rule, memo=memo)
         if self.kind == "einet":
             assert predictor is not None and statistics is not None
             policy = EINet(predictor, planned, dist, rule, first_plan=statistics.mask, margin=HEDGE_MARGIN,
