@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from einet import bundle as bundles  # noqa: E402
+from einet import manifest as manifests  # noqa: E402
 from einet.cli import main  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
@@ -85,9 +86,9 @@ def test_a_second_build_reruns_nothing_unchanged_and_a_changed_option_reruns_its
 
 
 def test_pack_load_pack_gives_the_same_bytes_and_the_same_weights(built, tmp_path):
-    first = bundles.pack(built, tmp_path / "a.einet")
+    first = manifests.pack(built, tmp_path / "a.einet")
     unpacked = bundles.read_bundle(first)  # a packed bundle loads like a folder
-    second = bundles.pack(unpacked.folder, tmp_path / "b.einet")
+    second = manifests.pack(unpacked.folder, tmp_path / "b.einet")
     assert first.read_bytes() == second.read_bytes()
     assert unpacked.manifest == bundles.read_bundle(built).manifest
     a = bundles.read_bundle(built).network().state_dict()
@@ -104,7 +105,7 @@ def _copy(built: Path, tmp_path: Path) -> Path:
 def _rewrite(folder: Path, change) -> None:
     manifest = json.loads((folder / "manifest.json").read_text())
     change(manifest)
-    manifest["sha256"] = bundles._manifest_digest(manifest)
+    manifest["sha256"] = manifests.manifest_digest(manifest)
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
@@ -127,7 +128,7 @@ def _rewrite(folder: Path, change) -> None:
 def test_a_tampered_or_foreign_bundle_is_one_error_and_nothing_is_built(built, tmp_path, tamper, message):
     folder = _copy(built, tmp_path)
     tamper(folder)
-    with pytest.raises(bundles.BundleError, match=message):
+    with pytest.raises(manifests.BundleError, match=message):
         bundles.read_bundle(folder)
     assert main(["evaluate", str(folder)]) == 2
 
@@ -135,8 +136,8 @@ def test_a_tampered_or_foreign_bundle_is_one_error_and_nothing_is_built(built, t
 def test_a_bundle_without_this_device_names_the_command_that_adds_it(built, tmp_path, capsys):
     folder = _copy(built, tmp_path)
     _rewrite(folder, lambda m: m["devices"][0]["device"].update(threads=3) or m["devices"][0].update(
-        key=bundles.device_key(m["devices"][0]["device"])))
-    with pytest.raises(bundles.BundleError,
+        key=manifests.device_key(m["devices"][0]["device"])))
+    with pytest.raises(manifests.BundleError,
                        match=r"no ET-profile for this device .*einet profile .* --device cpu --runtime-threads 1"):
         bundles.load(folder)
     assert main(["profile", str(folder), "--device", "cpu", "--repeats", "5", "--warmup", "1", "--quiet"]) == 0
@@ -263,12 +264,12 @@ def test_the_example_configs_read():
 
 
 def test_variant_exits_cut_the_full_variant():
-    full = bundles.Variant(8, "flip")
-    assert bundles.variant_exits(3, full, bundles.Variant()).tolist() == [1, 2, 3]
-    assert bundles.variant_exits(3, full, bundles.Variant(8)).tolist() == [0, 1, 2, 3]
-    assert bundles.variant_exits(3, full, bundles.Variant(8, "flip", 2)).tolist() == [0, 1, 2, 4, 5]
-    assert bundles.variant_exits(3, bundles.Variant(None, "flip"), bundles.Variant(None, "flip")).tolist() == [
+    full = manifests.Variant(8, "flip")
+    assert manifests.variant_exits(3, full, manifests.Variant()).tolist() == [1, 2, 3]
+    assert manifests.variant_exits(3, full, manifests.Variant(8)).tolist() == [0, 1, 2, 3]
+    assert manifests.variant_exits(3, full, manifests.Variant(8, "flip", 2)).tolist() == [0, 1, 2, 4, 5]
+    assert manifests.variant_exits(3, manifests.Variant(None, "flip"), manifests.Variant(None, "flip")).tolist() == [
         0, 1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="not a part of"):
-        bundles.variant_exits(3, bundles.Variant(), bundles.Variant(8))
-    assert np.array_equal(bundles.variant_exits(2, bundles.Variant(), bundles.Variant()), [0, 1])
+        manifests.variant_exits(3, manifests.Variant(), manifests.Variant(8))
+    assert np.array_equal(manifests.variant_exits(2, manifests.Variant(), manifests.Variant()), [0, 1])

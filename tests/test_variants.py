@@ -9,7 +9,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from einet.bundle import Variant, variant_exits  # noqa: E402
+from einet.manifest import Variant, variant_exits  # noqa: E402
 from einet.models import build  # noqa: E402
 from einet.models.thumbnail import ThumbnailClassifier  # noqa: E402
 from einet.profiling import ETRecord, profile_cs  # noqa: E402

@@ -24,42 +24,19 @@ constructor is imported only when the caller names it (as for checkpoints).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 import platform
-import shutil
-import tempfile
-import zipfile
-from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, Variant, device_key, read_manifest
 from .planner import Distribution, ETProfile, NativePredictor
-from .profiling import CSProfile, ETRecord, read_arrays, write_arrays
-from .select import Deployment, deployment_from_record, deployment_record
+from .profiling import CSProfile, ETRecord, read_arrays
+from .select import Deployment, deployment_from_record
 from .split import HeldOutSplit
-from .validation import number, open_regular, parse_json
-
-BUNDLE_FORMAT = "einet-bundle"
-BUNDLE_VERSION = 1
-MANIFEST = "manifest.json"
-NETWORK = "network.pt"
-HOLDOUT = "cs-holdout.npz"
-TEST = "cs-test.npz"
-TIMING = "timing-images.npz"
-MAX_MANIFEST_BYTES = 16 * 1024**2
-MAX_BUNDLE_BYTES = 4 * 1024**3  # a packed bundle, unpacked
-DIST_KINDS = ("uniform", "normal", "exponential")
-_KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "test", "timing_images", "exit_times",
-         "runtime", "select", "devices", "provenance", "files", "sha256"}
-
-
-class BundleError(ValueError):
-    """A bundle that is damaged, edited, of another version, or that lacks what was asked of it."""
 
 
 def cpu_name() -> str:
@@ -85,99 +62,12 @@ def device_identity(device: str = "cpu", threads: int = 1) -> dict[str, Any]:
     return {"kind": "cpu", "name": cpu_name(), "threads": threads, "torch": torch.__version__}
 
 
-def device_key(identity: Mapping[str, Any]) -> str:
-    return f"{identity['kind']}: {identity['name']}, {identity['threads']} thread{'s' * (identity['threads'] != 1)}"
-
-
 def exit_distribution(kind: str, horizon_ms: float) -> Distribution:
     """The exit-time distribution over a horizon in milliseconds (uniform over it, normal around its middle,
     exponential with half of it as mean), in seconds."""
     from .simulate import relative_distribution
 
     return relative_distribution(kind, horizon_ms * 1e-3)
-
-
-@dataclass(frozen=True)
-class Variant:
-    """What a bundle builds on its checkpoint's network: a thumbnail exit in front (its side), a second
-    look (view and blocks per pass). Exits of the full variant a candidate keeps: :func:`variant_exits`."""
-
-    thumbnail: int | None = None
-    second_look: str | None = None
-    depth: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"thumbnail": self.thumbnail, "second_look": self.second_look, "depth": self.depth}
-
-    def label(self, blocks: int) -> str:
-        parts = [f"thumbnail exit ({self.thumbnail}x{self.thumbnail})"] if self.thumbnail else []
-        if self.second_look:
-            depth = self.depth or blocks
-            parts.append(f"second look ({self.second_look}" + (f", {depth} of {blocks} blocks)" if depth < blocks
-                                                                else ")"))
-        return " + ".join(parts) or "the network"
-
-    def build(self, model: Any, thumbnail: Any = None) -> Any:
-        """The variant of `model` (a MultiExitNetwork), with `thumbnail` (a ThumbnailClassifier) if it has one."""
-        from .models.second_look import with_second_look
-        from .models.thumbnail import with_thumbnail_exit
-
-        if self.second_look:
-            model = with_second_look(model, self.second_look, self.depth)
-        if self.thumbnail:
-            model = with_thumbnail_exit(model, thumbnail)
-        return model
-
-
-def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
-    """The exits of the `full` variant (the largest one profiled) that `candidate` runs, in order: its
-    profiles are the full one's cut to them (a depth-d second look runs passes 0..d-1 of each)."""
-    if (candidate.thumbnail and not full.thumbnail) or (candidate.second_look and not full.second_look):
-        raise ValueError(f"{candidate} is not a part of {full}")
-    offset = 1 if full.thumbnail else 0
-    depth = candidate.depth or blocks
-    kept = [0] if candidate.thumbnail else []
-    kept += [offset + i for i in range(depth if candidate.second_look else blocks)]
-    if candidate.second_look:
-        kept += [offset + blocks + i for i in range(depth)]
-    return np.asarray(kept, dtype=np.int64)
-
-
-def adaptation_options() -> dict[str, Any]:
-    """The settings of :class:`einet.adaptive.Adaptation` a bundle may record, with their defaults."""
-    import inspect
-
-    from .adaptive import Adaptation
-
-    return {p.name: p.default for p in inspect.signature(Adaptation).parameters.values() if p.kind is p.KEYWORD_ONLY}
-
-
-def check_adaptation(settings: object) -> None:
-    """A bundle's (or a config's) adaptation settings: known names, values of the default's type."""
-    if not isinstance(settings, dict):
-        raise TypeError(f"runtime adaptation must be a table of settings, got {settings!r:.80}")
-    options = adaptation_options()
-    for name, value in settings.items():
-        if name not in options:
-            raise ValueError(f"unknown adaptation setting {name!r}: expected one of {', '.join(options)}")
-        if isinstance(options[name], bool):
-            if type(value) is not bool:
-                raise TypeError(f"adaptation setting {name} must be true or false, got {value!r:.40}")
-        else:
-            number(f"adaptation setting {name}", value, 0.0, 1e9, integer=isinstance(options[name], int))
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open_regular(path) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _manifest_digest(manifest: Mapping[str, Any]) -> str:
-    content = {key: value for key, value in manifest.items() if key != "sha256"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -341,245 +231,6 @@ def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | No
     return read_bundle(path).runtime(device, threads, adapt, constructor)
 
 
-# ---------------------------------------------------------------- writing
-
-def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | os.PathLike[str], variant: Variant,
-                 num_exits: int, input_spec: Mapping[str, Any], split: HeldOutSplit, holdout: CSProfile,
-                 test: CSProfile | None, timing_images: np.ndarray, exit_times: Mapping[str, Any],
-                 runtime: Mapping[str, Any], select_options: Mapping[str, Any],
-                 devices: Sequence[tuple[Mapping[str, Any], ETRecord, Deployment, Any]],
-                 provenance: Mapping[str, Any]) -> Path:
-    """Write a bundle folder at `path` (replacing one there): files first, the manifest last, into a
-    temporary folder that is then renamed, so a reader never sees half a bundle. `devices`: per device,
-    (identity, ET-profile, deployment, its torch predictor or None)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        shutil.copyfile(checkpoint, staging / NETWORK)
-        holdout.save(staging / HOLDOUT)
-        if test is not None:
-            test.save(staging / TEST)
-        write_arrays(staging / TIMING, "timing-images", {"images": np.ascontiguousarray(timing_images, np.uint8)})
-        manifest: dict[str, Any] = {
-            "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name,
-            "network": {"file": NETWORK, "variant": variant.as_dict(), "num_exits": num_exits},
-            "input": dict(input_spec), "split": split.as_dict(), "holdout": HOLDOUT,
-            "test": TEST if test is not None else None, "timing_images": TIMING, "exit_times": dict(exit_times),
-            "runtime": dict(runtime), "select": dict(select_options), "devices": [],
-            "provenance": dict(provenance)}
-        for identity, et, deployment, predictor in devices:
-            _add_device(staging, manifest, identity, et, deployment, predictor)
-        _write_manifest(staging, manifest)
-        read_bundle(staging)  # what cannot be read back is never published
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            staging.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(path)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return path
-
-
-def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ETRecord, deployment: Deployment,
-               predictor: Any) -> Path:
-    """Add (or replace) one device's ET-profile and configuration in a bundle folder."""
-    folder = Path(path)
-    bundle = read_bundle(folder)
-    if not folder.is_dir():
-        raise BundleError(f"{path} is a packed bundle: unpack it (einet.bundle.unpack) to add a device")
-    manifest = json.loads(json.dumps(bundle.manifest))
-    _add_device(folder, manifest, identity, et, deployment, predictor)
-    _write_manifest(folder, manifest)
-    return folder
-
-
-def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, Any], et: ETRecord,
-                deployment: Deployment, predictor: Any) -> None:
-    from dataclasses import replace
-
-    from .predictor import save_predictor
-
-    key = device_key(identity)
-    devices = [entry for entry in manifest["devices"] if entry["key"] != key]
-    index = 1 + max([int(entry["et"][3:-4]) for entry in manifest["devices"]] or [-1])
-    et_file = f"et-{index}.npz"
-    et.save(folder / et_file)
-    if deployment.spec.uses_predictor:
-        if predictor is None:
-            raise ValueError(f"the deployed {deployment.policy!r} needs its predictor")
-        predictor_file = f"predictor-{index}.npz"
-        deployment = replace(deployment, predictor=predictor_file)
-        save_predictor(folder / predictor_file, predictor)
-    else:
-        deployment = replace(deployment, predictor=None)
-    devices.append({"key": key, "device": dict(identity), "et": et_file,
-                    "deployment": deployment_record(deployment)})
-    manifest["devices"] = devices
-
-
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
-    from ._atomic import atomic_write
-
-    referenced = {NETWORK, HOLDOUT, TIMING, *([TEST] if manifest["test"] else [])}
-    for entry in manifest["devices"]:
-        referenced |= {entry["et"], *([entry["deployment"]["predictor"]] if entry["deployment"]["predictor"] else [])}
-    for stale in {p.name for p in folder.iterdir()} - referenced - {MANIFEST}:
-        (folder / stale).unlink()  # a replaced device's files
-    manifest["files"] = {name: _sha256(folder / name) for name in sorted(referenced)}
-    manifest["sha256"] = _manifest_digest(manifest)
-    with atomic_write(folder / MANIFEST) as f:
-        f.write(json.dumps(manifest, indent=1).encode() + b"\n")
-
-
-# ---------------------------------------------------------------- reading
-
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """A bundle folder or packed file, verified: the manifest's checksum and schema, every file's SHA-256.
-    Anything wrong is a BundleError naming the bundle and the problem; nothing is built or imported."""
-    path = Path(path)
-    if path.is_file():
-        return read_bundle(unpack(path))
-    try:
-        with open_regular(path / MANIFEST) as f:
-            text = f.read(MAX_MANIFEST_BYTES + 1)
-        if len(text) > MAX_MANIFEST_BYTES:
-            raise BundleError(f"its manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-        manifest = _checked_manifest(parse_json(text), path)
-        return Bundle(path, manifest)
-    except FileNotFoundError:
-        raise BundleError(f"{path} is not an einet bundle: no {MANIFEST} in it") from None
-    except (ValueError, TypeError) as error:
-        raise BundleError(f"{path} is not a readable einet bundle: {error}") from None
-
-
-def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
-    """The manifest, every field checked (TypeError/ValueError name the field), every file's hash verified."""
-    if not isinstance(manifest, dict):
-        raise TypeError("its manifest is not a JSON object")
-    version = manifest.get("version")
-    if manifest.get("format") != BUNDLE_FORMAT or type(version) is not int:
-        raise ValueError("its manifest is not an einet bundle's")
-    if version != BUNDLE_VERSION:
-        raise ValueError(f"it is bundle version {version}; this einet reads version {BUNDLE_VERSION}")
-    if manifest.get("sha256") != _manifest_digest(manifest):
-        raise ValueError("its manifest fails its SHA-256 checksum: it is damaged or was edited")
-    if set(manifest) != _KEYS:
-        raise ValueError(f"its manifest has the fields {sorted(manifest)}, expected {sorted(_KEYS)}")
-    files = manifest["files"]
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise TypeError("files must map file names to SHA-256 digests")
-    for name, digest in files.items():
-        if Path(name).name != name or name == MANIFEST:
-            raise ValueError(f"file {name!r} must be a plain name inside the bundle")
-        if not (folder / name).is_file():
-            raise ValueError(f"its file {name} is missing")
-        if _sha256(folder / name) != digest:
-            raise ValueError(f"its file {name} fails its SHA-256 checksum: it is damaged or was replaced")
-    network = manifest["network"]
-    if not isinstance(network, dict) or network.get("file") != NETWORK or not isinstance(network.get("variant"), dict):
-        raise TypeError("network must name network.pt and its variant")
-    variant = Variant(**{key: network["variant"].get(key) for key in ("thumbnail", "second_look", "depth")})
-    if variant.thumbnail is not None:
-        number("the thumbnail's side", variant.thumbnail, 1, 64, integer=True)
-    if variant.second_look not in (None, "flip"):
-        raise ValueError(f"second_look must be null or 'flip', got {variant.second_look!r}")
-    if variant.depth is not None:
-        number("the second look's depth", variant.depth, 1, 100_000, integer=True)
-    number("num_exits", network.get("num_exits"), 1, 100_000, integer=True)
-    spec = manifest["input"]
-    if not isinstance(spec, dict) or set(spec) != {"shape", "mean", "std", "classes"}:
-        raise TypeError("input must give shape, mean, std and classes")
-    shape = spec["shape"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and 1 <= n <= 65_536 for n in shape)):
-        raise ValueError(f"input shape must be [C, H, W], got {shape!r:.80}")
-    for field in ("mean", "std"):
-        values = spec[field]
-        if not isinstance(values, list) or len(values) != shape[0]:
-            raise ValueError(f"input {field} must have one number per channel")
-        for v in values:
-            number(f"input {field}", v, -1e3, 1e3, low_open=field == "std")
-    classes = spec["classes"]
-    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(isinstance(c, str) for c in classes)):
-        raise ValueError("input classes must be 2 to 100,000 names")
-    HeldOutSplit.from_dict(manifest["split"], "split")
-    for field, expected in (("holdout", HOLDOUT), ("timing_images", TIMING)):
-        if manifest[field] != expected or expected not in files:
-            raise ValueError(f"{field} must be {expected}, listed in files")
-    if manifest["test"] not in (None, TEST) or (manifest["test"] and TEST not in files):
-        raise ValueError(f"test must be null or {TEST}, listed in files")
-    exit_times = manifest["exit_times"]
-    if not isinstance(exit_times, dict) or exit_times.get("kind") not in DIST_KINDS:
-        raise ValueError(f"exit_times kind must be one of {', '.join(DIST_KINDS)}")
-    number("exit_times horizon_ms", exit_times.get("horizon_ms"), 0.0, 1e9, low_open=True)
-    runtime = manifest["runtime"]
-    if not isinstance(runtime, dict) or type(runtime.get("adapt")) is not bool:
-        raise TypeError("runtime must say whether it adapts (adapt: true/false), its threads and adaptation settings")
-    number("runtime threads", runtime.get("threads"), 1, 1024, integer=True)
-    check_adaptation(runtime.get("adaptation"))
-    devices = manifest["devices"]
-    if not isinstance(devices, list):
-        raise TypeError("devices must be a list")
-    for entry in devices:
-        if not isinstance(entry, dict) or set(entry) != {"key", "device", "et", "deployment"}:
-            raise TypeError("each device must give key, device, et and deployment")
-        if entry["et"] not in files or not str(entry["et"]).startswith("et-"):
-            raise ValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
-        if not isinstance(entry["device"], dict) or entry["key"] != device_key(entry["device"]):
-            raise ValueError(f"device key {entry['key']!r} does not match its device")
-        predictor = entry["deployment"].get("predictor") if isinstance(entry["deployment"], dict) else None
-        if predictor is not None and predictor not in files:
-            raise ValueError(f"a device's predictor {predictor!r} must be listed in files")
-    return manifest
-
-
-# ---------------------------------------------------------------- one file
-
-def pack(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
-    """Zip a bundle folder into one file (stored, fixed timestamps: the same bundle, the same bytes)."""
-    from ._atomic import atomic_write
-
-    bundle = read_bundle(folder)
-    names = [MANIFEST, *bundle.manifest["files"]]
-    with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-        for name in names:
-            info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
-            info.external_attr = 0o644 << 16
-            with open_regular(Path(folder) / name) as source, archive.open(info, "w") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-    return Path(path)
-
-
-def unpack(path: str | os.PathLike[str], into: str | os.PathLike[str] | None = None) -> Path:
-    """A packed bundle's files in a folder (default: a temporary one, removed at exit): plain names only,
-    sizes bounded before anything is written."""
-    import atexit
-
-    try:
-        handle = open_regular(path)
-        archive = zipfile.ZipFile(handle)
-    except (zipfile.BadZipFile, OSError) as error:
-        if "handle" in locals():
-            handle.close()
-        raise BundleError(f"{path} is neither a bundle folder nor a packed bundle: {error}") from None
-    with handle, archive:
-        members = archive.infolist()
-        if sum(m.file_size for m in members) > MAX_BUNDLE_BYTES or len(members) > 1024:
-            raise BundleError(f"{path} would unpack to more than {MAX_BUNDLE_BYTES} bytes or 1024 files")
-        for member in members:
-            if Path(member.filename).name != member.filename or member.is_dir():
-                raise BundleError(f"{path}: member {member.filename!r} is not a plain file name")
-        if into is None:
-            into = tempfile.mkdtemp(prefix="einet-bundle-")
-            atexit.register(shutil.rmtree, into, True)
-        folder = Path(into)
-        folder.mkdir(parents=True, exist_ok=True)
-        for member in members:
-            with archive.open(member) as source, open(folder / member.filename, "wb") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
-    return folder
+    """A bundle folder or packed file, verified (:func:`einet.manifest.read_manifest`)."""
+    return Bundle(*read_manifest(path))

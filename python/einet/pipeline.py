@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .bundle import Variant, variant_exits
+from .manifest import Variant, file_sha256, variant_exits
 
 SECTIONS: dict[str, dict[str, Any]] = {  # every option and its default (None: required or absent)
     "data": {"dataset": "cifar10", "path": None, "holdout": 0.1, "seed": 0},
@@ -185,7 +185,7 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     select = sections["select"]
     # scored under each of these, averaged; deployed for the first (einet.select.select_network)
     select["score_under"] = [select["dist"], *[kind for kind in select["score_under"] if kind != select["dist"]]]
-    from .bundle import check_adaptation
+    from .manifest import check_adaptation
 
     try:
         check_adaptation(sections["runtime"]["adaptation"])
@@ -197,12 +197,6 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     if sections["output"]["work"] is None:
         sections["output"]["work"] = f"{sections['output']['bundle']}.work"
     return BuildConfig(name, sections, path.resolve().parent, source)
-
-
-def _file_hash(path: Path) -> str:
-    from .bundle import _sha256
-
-    return _sha256(path)
 
 
 def _key(*parts: Any) -> str:
@@ -268,7 +262,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     network_file = work / "network.pt"
     given = config.path(net["checkpoint"])
     network_key = _key(net, config["train"] if given is None else None, split.as_dict(),
-                       _file_hash(given) if given is not None else None)
+                       file_sha256(given) if given is not None else None)
 
     def make_network() -> None:
         from .models import TrainConfig, train
@@ -312,7 +306,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     refit_file = work / "refit.pt"
     # Each key covers the files a stage reads, not only its settings: an upstream stage run again
     # (e.g. by --force) with another result re-runs what follows.
-    refit_key = _key(_file_hash(network_file), lv["refit_pool"], lv["refit_epochs"], split.as_dict())
+    refit_key = _key(file_sha256(network_file), lv["refit_pool"], lv["refit_epochs"], split.as_dict())
 
     def make_refit() -> None:
         from .models.base import light_pools
@@ -333,7 +327,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     # 3. the final network file: the base network's weights and, if asked, the thumbnail exit's
     final_file = work / "final.pt"
-    final_key = _key(_file_hash(base_file), lv["thumbnail"], lv["thumbnail_size"], split.as_dict())
+    final_key = _key(file_sha256(base_file), lv["thumbnail"], lv["thumbnail_size"], split.as_dict())
 
     def make_final() -> None:
         model, state = load_checkpoint(base_file, constructor=net["constructor"])
@@ -356,8 +350,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     full = Variant(lv["thumbnail_size"] if lv["thumbnail"] else None, lv["second_look_view"] if depths else None)
     profile_files = [work / "et.npz", work / "cs-holdout.npz", work / "cs-test.npz"]
     measured_et = config.path(config["profile"]["et"])
-    profile_key = _key(_file_hash(final_file), full.as_dict(), config["profile"], config["runtime"]["threads"],
-                       _file_hash(measured_et) if measured_et is not None else None)
+    profile_key = _key(file_sha256(final_file), full.as_dict(), config["profile"], config["runtime"]["threads"],
+                       file_sha256(measured_et) if measured_et is not None else None)
 
     def make_profiles() -> None:
         from .profiling import ETRecord, profile_cs, profile_et
@@ -383,7 +377,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     # 5. selection on held-out data
     selected_files = [work / "deployment.json", work / "selected.json"]
     s = config["select"]
-    select_key = _key([_file_hash(p) for p in profile_files], s, depths, lv["thumbnail"])
+    select_key = _key([file_sha256(p) for p in profile_files], s, depths, lv["thumbnail"])
 
     def make_selection() -> None:
         from .profiling import CSProfile, ETRecord
@@ -448,8 +442,9 @@ def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_fil
            classes: tuple[str, ...]) -> Path:
     """6. The bundle: the chosen variant's profiles, cut from the full ones, and its configuration."""
     from . import __version__
-    from .bundle import device_identity, write_bundle
+    from .bundle import device_identity
     from .data import timing_arrays
+    from .manifest import write_bundle
     from .predictor import load_predictor
     from .profiling import CSProfile, ETRecord
     from .select import load_deployment

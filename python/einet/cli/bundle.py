@@ -28,13 +28,14 @@ def profile_bundle(args: argparse.Namespace, device: str) -> int:
     """`einet profile BUNDLE --device D`: time the bundle's network here, select for this device, add it."""
     import torch
 
-    from ..bundle import add_device, device_identity, read_bundle
+    from ..bundle import device_identity, read_bundle
+    from ..manifest import add_device
     from ..pipeline import reselect
     from ..profiling import profile_et
 
     bundle = read_bundle(args.bundle)
     if not Path(args.bundle).is_dir():
-        raise ValueError(f"{args.bundle} is a packed bundle: profile its folder (einet.bundle.unpack) and pack again")
+        raise ValueError(f"{args.bundle} is a packed bundle: profile its folder (einet.manifest.unpack) and pack again")
     torch.set_num_threads(args.threads)
     threads = args.runtime_threads
     samples = bundle.preprocess(bundle.timing_images())
@@ -86,7 +87,7 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
 
 def _entry(bundle: Any) -> Any:
     """This machine's device entry if the bundle has one, else its first (a simulation needs a profile only)."""
-    from ..bundle import BundleError
+    from ..manifest import BundleError
 
     try:
         return bundle.entry("cpu")
