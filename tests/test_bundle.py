@@ -236,7 +236,7 @@ def test_every_config_value_is_checked_before_any_work(tmp_path, capsys, option,
 
 
 def test_every_config_option_has_a_check():
-    from einet.pipeline import CHECKS, SECTIONS
+    from einet.build_config import CHECKS, SECTIONS
 
     assert set(CHECKS) == {f"{section}.{option}" for section, options in SECTIONS.items() for option in options}
 
@@ -256,7 +256,7 @@ def test_the_mnist_example_builds_as_shipped(tmp_path, capsys):
 
 
 def test_the_example_configs_read():
-    from einet.pipeline import read_config
+    from einet.build_config import read_config
 
     for path in sorted(EXAMPLES.glob("*.toml")):
         config = read_config(path)

@@ -15,7 +15,8 @@ import numpy as np
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from ..pipeline import build, read_config
+    from ..build_config import read_config
+    from ..pipeline import build
 
     config = read_config(args.config)
     import torch  # noqa: F401  (the torch extra: named before any work)
