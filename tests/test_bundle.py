@@ -273,3 +273,76 @@ def test_variant_exits_cut_the_full_variant():
     with pytest.raises(ValueError, match="not a part of"):
         manifests.variant_exits(3, manifests.Variant(), manifests.Variant(8))
     assert np.array_equal(manifests.variant_exits(2, manifests.Variant(), manifests.Variant()), [0, 1])
+
+
+@pytest.mark.parametrize("layout", ["bundle is the config's folder", "bundle is the data", "bundle is the config",
+                                    "work inside the bundle", "bundle exists and is not one"])
+def test_a_build_never_replaces_or_writes_into_its_inputs(tmp_path, capsys, layout):
+    (tmp_path / "precious.txt").write_text("keep me")
+    data = tmp_path / "data"
+    shutil.copytree(files("einet") / "resources", data)
+    bundle, work = {"bundle is the config's folder": (".", "w"), "bundle is the data": ("data", "w"),
+                    "bundle is the config": ("c.toml", "w"), "work inside the bundle": ("b", "b/w"),
+                    "bundle exists and is not one": ("precious.txt", "w")}[layout]
+    config = tmp_path / "c.toml"
+    config.write_text(f'[data]\ndataset = "mnist"\npath = "data"\n[network]\nzoo = "b_alexnet"\n'
+                      f'[output]\nbundle = "{bundle}"\nwork = "{work}"\n')
+    before = sorted(p.name for p in tmp_path.iterdir())
+    assert main(["build", str(config)]) == 2
+    assert "overlap" in capsys.readouterr().err or layout == "bundle exists and is not one"
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+    assert (tmp_path / "precious.txt").read_text() == "keep me" and len(list(data.iterdir())) == 5
+
+
+def test_pack_never_overwrites_its_bundle_and_profile_keeps_unlisted_files(built, tmp_path):
+    folder = _copy(built, tmp_path)
+    with pytest.raises(ValueError, match="would overwrite inside"):
+        manifests.pack(folder, folder / "network.pt")
+    bundles.read_bundle(folder)  # intact
+    (folder / "README.txt").write_text("my notes")
+    assert main(["profile", str(folder), "--repeats", "3", "--warmup", "1", "--quiet"]) == 0
+    assert (folder / "README.txt").read_text() == "my notes"
+
+
+def _packed_with(built: Path, tmp_path: Path, compress: int = zipfile.ZIP_STORED, extra: bytes = b"") -> Path:
+    path = tmp_path / "odd.einet"
+    with zipfile.ZipFile(path, "w", compress) as archive:
+        for file in sorted(built.iterdir()):
+            archive.write(file, file.name)
+        if extra:
+            archive.writestr("junk.bin", extra)
+    return path
+
+
+def test_a_packed_bundle_is_read_manifest_first_and_only_as_einet_packs_it(built, tmp_path):
+    with pytest.raises(manifests.BundleError, match="not a plain stored file"):
+        bundles.read_bundle(_packed_with(built, tmp_path, zipfile.ZIP_DEFLATED))
+    unpacked = manifests.unpack(_packed_with(built, tmp_path, extra=b"0" * 1000), tmp_path / "out")
+    assert not (unpacked / "junk.bin").exists()  # only what the manifest lists is written
+    damaged = tmp_path / "damaged.einet"
+    data = bytearray(manifests.pack(built, tmp_path / "ok.einet").read_bytes())
+    data[len(data) // 2] ^= 0xFF  # inside a member: its CRC fails
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(manifests.BundleError):
+        bundles.read_bundle(damaged)
+
+
+@pytest.mark.parametrize(("change", "message"), [
+    (lambda m: m["input"].update(std=[-0.3]), "input std"),
+    (lambda m: m["network"]["variant"].update(thumbnail=8.0), "thumbnail's side must be a whole number"),
+    (lambda m: m["devices"][0].update(device={}), "a device must give kind"),
+    (lambda m: m.update(devices=[]), "at least one device"),
+    (lambda m: m["select"].update(predictor_epochs=10**12), "select predictor_epochs"),
+    (lambda m: m["select"].pop("rules"), "select must give"),
+    (lambda m: m["input"].update(classes=["a"] * 10), "distinct names"),
+    (lambda m: m["network"].update(num_exits=m["network"]["num_exits"] + 1), "entries for .* exits|has .* exits"),
+    (lambda m: m["input"].update(classes=[str(k) for k in range(5)]), "classes"),
+])
+def test_a_resigned_manifest_must_still_fit_its_network(built, tmp_path, change, message):
+    folder = _copy(built, tmp_path)
+    _rewrite(folder, change)
+    with pytest.raises(manifests.BundleError, match=message):
+        bundle = bundles.read_bundle(folder)
+        bundle.test()
+        bundle.network()
+    assert main(["evaluate", str(folder)]) == 2

@@ -28,7 +28,7 @@ from typing import BinaryIO
 __all__ = ["atomic_write"]
 
 
-def _umask() -> int:
+def process_umask() -> int:
     """The process umask, read without changing it where the platform allows (Linux)."""
     with suppress(OSError, ValueError), open("/proc/self/status", encoding="ascii", errors="replace") as status:
         for line in status:
@@ -67,7 +67,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     try:
         with os.fdopen(fd, "wb") as file:
             if hasattr(os, "fchmod"):
-                os.fchmod(file.fileno(), 0o666 & ~_umask())
+                os.fchmod(file.fileno(), 0o666 & ~process_umask())
             yield file
             file.flush()
             os.fsync(file.fileno())

@@ -118,6 +118,7 @@ class BuildConfig:
     sections: dict[str, dict[str, Any]]
     folder: Path  # the config's folder: relative paths start there
     source: dict[str, Any] = field(default_factory=dict)  # as written, for the bundle's provenance
+    file: Path | None = None  # the config file itself
 
     def __getitem__(self, section: str) -> dict[str, Any]:
         return self.sections[section]
@@ -138,8 +139,8 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     try:
         with open_regular(path) as f:
             source = tomllib.load(f)
-    except tomllib.TOMLDecodeError as error:
-        raise ValueError(f"{path} is not valid TOML: {error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
+        raise ValueError(f"{path} is not valid TOML: {type(error).__name__}: {str(error)[:200]}") from None
     unknown = sorted(set(source) - set(SECTIONS) - TOP_LEVEL)
     if unknown:
         raise ValueError(f"{path}: unknown section {unknown[0]!r}: expected {', '.join(SECTIONS)}")
@@ -171,10 +172,10 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     try:
         check_adaptation(sections["runtime"]["adaptation"])
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: runtime.{error}") from None
+        raise ValueError(f"{path}: runtime: {error}") from None
     name = source.get("name", path.stem)
     if not isinstance(name, str) or not name:
         raise ValueError(f"{path}: name must be a non-empty string")
     if sections["output"]["work"] is None:
         sections["output"]["work"] = f"{sections['output']['bundle']}.work"
-    return BuildConfig(name, sections, path.resolve().parent, source)
+    return BuildConfig(name, sections, path.resolve().parent, source, path.resolve())

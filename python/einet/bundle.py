@@ -92,9 +92,31 @@ class Bundle:
         self.horizon_ms: float = exit_times["horizon_ms"]
         self._holdout: CSProfile | None = None
         self._memos: dict[str, dict[tuple[int, ...], float]] = {}  # per device entry: see policy()
-        self.devices = [DeviceEntry(entry["key"], entry["device"], entry["et"],
-                                    deployment_from_record(entry["deployment"], folder))
-                        for entry in manifest["devices"]]
+        self.devices = []
+        for entry in manifest["devices"]:
+            try:
+                deployment = deployment_from_record(entry["deployment"], folder)
+            except (TypeError, ValueError) as error:
+                raise BundleError(f"{folder}: the configuration of {entry['key']!r}: {error}") from None
+            self._check_deployment(entry["key"], deployment)
+            self.devices.append(DeviceEntry(entry["key"], entry["device"], entry["et"], deployment))
+
+    def _check_deployment(self, key: str, deployment: Deployment) -> None:
+        """A device's configuration must fit the network: its plans and ensemble weights one per exit,
+        its time-zero answer one of the classes."""
+        rule = deployment.rule
+        for what, values in (("mask", deployment.mask), ("first_plan", deployment.first_plan),
+                             ("ensemble weights", rule.weights)):
+            if values is not None and len(values) != self.num_exits:
+                raise BundleError(f"{self.folder}: the {what} of {key!r} has {len(values)} entries for "
+                                  f"{self.num_exits} exits")
+        if rule.prior_class is not None and not 0 <= rule.prior_class < len(self.classes):
+            raise BundleError(f"{self.folder}: the time-zero answer of {key!r} is class {rule.prior_class}, "
+                              f"not one of the {len(self.classes)} classes")
+
+    def _fits(self, what: str, exits: int) -> None:
+        if exits != self.num_exits:
+            raise BundleError(f"{self.folder}: its {what} has {exits} exits, its network {self.num_exits}")
 
     @property
     def name(self) -> str:
@@ -121,22 +143,36 @@ class Bundle:
                           f"`einet profile {self.folder} --device {device.split(':')[0]} --runtime-threads {threads}`")
 
     def et(self, entry: DeviceEntry) -> ETRecord:
-        return ETRecord.load(self.folder / entry.et)
+        record = ETRecord.load(self.folder / entry.et)
+        self._fits(f"ET-profile for {entry.key!r}", len(record.conv))
+        return record
 
     def holdout(self) -> CSProfile:
         """The held-out CS-profile (read once: an adaptive runtime plans from it again and again)."""
         if self._holdout is None:
-            self._holdout = CSProfile.load(self.folder / HOLDOUT)
+            self._holdout = self._profile(HOLDOUT, "held-out CS-profile")
         return self._holdout
 
     def test(self) -> CSProfile:
         if self.manifest["test"] is None:
             raise BundleError(f"{self.folder} holds no test-split CS-profile (built without a test split)")
-        return CSProfile.load(self.folder / TEST)
+        return self._profile(TEST, "test CS-profile")
+
+    def _profile(self, file: str, what: str) -> CSProfile:
+        profile = CSProfile.load(self.folder / file)
+        self._fits(what, profile.num_exits)
+        if profile.labels.size and int(profile.labels.max()) >= len(self.classes):
+            raise BundleError(f"{self.folder}: its {what} has labels beyond its {len(self.classes)} classes")
+        return profile
 
     def timing_images(self) -> np.ndarray:
         arrays, _ = read_arrays(self.folder / TIMING, "timing-images")
-        return arrays["images"]
+        images = arrays.get("images")
+        shape = tuple(self.manifest["input"]["shape"])
+        if images is None or images.ndim != 4 or images.dtype != np.uint8 or \
+                (images.shape[3], *images.shape[1:3]) != shape or not len(images):
+            raise BundleError(f"{self.folder}: its timing images are not uint8 images of (C, H, W) = {shape}")
+        return images
 
     def distribution(self, kind: str | None = None) -> Distribution:
         return exit_distribution(kind or self.dist_kind, self.horizon_ms)
@@ -164,6 +200,10 @@ class Bundle:
                                                 in stored.items()} != expected:
                 raise BundleError(f"{self.folder / NETWORK}: no thumbnail exit of the shapes {expected}")
             thumbnail.load_state_dict(stored)
+        spec = state["spec"]
+        if spec.get("num_classes") != len(self.classes):
+            raise BundleError(f"{self.folder}: its network has {spec.get('num_classes')} classes, its manifest names "
+                              f"{len(self.classes)}")
         built = self.variant.build(model, thumbnail).eval()
         if built.num_exits != self.num_exits:
             raise BundleError(f"{self.folder}: the network has {built.num_exits} exits, the manifest says "

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from ._atomic import process_umask
 from .profiling import CSProfile, ETRecord, write_arrays
 from .select import Deployment, deployment_record
 from .split import HeldOutSplit
@@ -35,7 +38,8 @@ TIMING = "timing-images.npz"
 MAX_MANIFEST_BYTES = 16 * 1024**2
 MAX_BUNDLE_BYTES = 4 * 1024**3  # a packed bundle, unpacked
 DIST_KINDS = ("uniform", "normal", "exponential")
-_KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "test", "timing_images", "exit_times",
+_KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "test", "test_data", "timing_images",
+         "exit_times",
          "runtime", "select", "devices", "provenance", "files", "sha256"}
 
 
@@ -120,6 +124,16 @@ def check_adaptation(settings: object) -> None:
             number(f"adaptation setting {name}", value, 0.0, 1e9, integer=isinstance(options[name], int))
 
 
+def is_bundle_folder(path: Path) -> bool:
+    """Whether `path` is a folder holding an einet bundle's manifest (what a build may replace)."""
+    try:
+        with open_regular(path / MANIFEST) as f:
+            record = parse_json(f.read(MAX_MANIFEST_BYTES))
+    except (OSError, ValueError):
+        return False
+    return isinstance(record, dict) and record.get("format") == BUNDLE_FORMAT
+
+
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open_regular(path) as f:
@@ -135,7 +149,8 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 
 def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | os.PathLike[str], variant: Variant,
                  num_exits: int, input_spec: Mapping[str, Any], split: HeldOutSplit, holdout: CSProfile,
-                 test: CSProfile | None, timing_images: np.ndarray, exit_times: Mapping[str, Any],
+                 test: CSProfile | None, test_data: str | None, timing_images: np.ndarray,
+                 exit_times: Mapping[str, Any],
                  runtime: Mapping[str, Any], select_options: Mapping[str, Any],
                  devices: Sequence[tuple[Mapping[str, Any], ETRecord, Deployment, Any]],
                  provenance: Mapping[str, Any]) -> Path:
@@ -146,6 +161,7 @@ def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | o
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
+        staging.chmod(0o777 & ~process_umask())  # a folder like any other, not mkdtemp's private one
         shutil.copyfile(checkpoint, staging / NETWORK)
         holdout.save(staging / HOLDOUT)
         if test is not None:
@@ -155,7 +171,8 @@ def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | o
             "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION, "name": name,
             "network": {"file": NETWORK, "variant": variant.as_dict(), "num_exits": num_exits},
             "input": dict(input_spec), "split": split.as_dict(), "holdout": HOLDOUT,
-            "test": TEST if test is not None else None, "timing_images": TIMING, "exit_times": dict(exit_times),
+            "test": TEST if test is not None else None, "test_data": test_data if test is not None else None,
+            "timing_images": TIMING, "exit_times": dict(exit_times),
             "runtime": dict(runtime), "select": dict(select_options), "devices": [],
             "provenance": dict(provenance)}
         for identity, et, deployment, predictor in devices:
@@ -163,6 +180,8 @@ def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | o
         _write_manifest(staging, manifest)
         read_manifest(staging)  # what cannot be read back is never published
         if path.exists():
+            if not is_bundle_folder(path):
+                raise BundleError(f"{path} exists and is not an einet bundle: refusing to replace it")
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
             path.rename(old)
@@ -183,8 +202,9 @@ def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ET
     if not folder.is_dir():
         raise BundleError(f"{path} is a packed bundle: unpack it (einet.manifest.unpack) to add a device")
     manifest = json.loads(json.dumps(read_manifest(folder)[1]))
+    listed = list(manifest["files"])
     _add_device(folder, manifest, identity, et, deployment, predictor)
-    _write_manifest(folder, manifest)
+    _write_manifest(folder, manifest, listed)
     return folder
 
 
@@ -212,18 +232,20 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
     manifest["devices"] = devices
 
 
-def _write_manifest(folder: Path, manifest: dict[str, Any]) -> None:
+def _write_manifest(folder: Path, manifest: dict[str, Any], listed: Sequence[str] = ()) -> None:
+    """Write the manifest with every file's checksum; then remove the files of `listed` (the previous
+    manifest's) it no longer lists (a replaced device's). Nothing else in the folder is touched."""
     from ._atomic import atomic_write
 
     referenced = {NETWORK, HOLDOUT, TIMING, *([TEST] if manifest["test"] else [])}
     for entry in manifest["devices"]:
         referenced |= {entry["et"], *([entry["deployment"]["predictor"]] if entry["deployment"]["predictor"] else [])}
-    for stale in {p.name for p in folder.iterdir()} - referenced - {MANIFEST}:
-        (folder / stale).unlink()  # a replaced device's files
     manifest["files"] = {name: file_sha256(folder / name) for name in sorted(referenced)}
     manifest["sha256"] = manifest_digest(manifest)
     with atomic_write(folder / MANIFEST) as f:
         f.write(json.dumps(manifest, indent=1).encode() + b"\n")
+    for stale in set(listed) - referenced:
+        (folder / stale).unlink(missing_ok=True)
 
 
 def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
@@ -243,6 +265,24 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         raise BundleError(f"{path} is not an einet bundle: no {MANIFEST} in it") from None
     except (ValueError, TypeError) as error:
         raise BundleError(f"{path} is not a readable einet bundle: {error}") from None
+
+
+def _name(value: object) -> bool:
+    """A printable name (a class, a device, a bundle): at most 200 characters, no control characters."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+
+
+def _check_select(options: object) -> None:
+    """The options a new device is selected with (einet profile BUNDLE), checked as a build config's are."""
+    from .build_config import CHECKS
+
+    names = {"score_under", "rules", "time_zero", "signals", "policies", "predictor_epochs", "seed", "planning_us"}
+    if not isinstance(options, dict) or set(options) != names:
+        raise ValueError(f"select must give {', '.join(sorted(names))}")
+    for name, value in options.items():
+        check, what = CHECKS[f"select.{name}"]
+        if not check(value):
+            raise ValueError(f"select {name} must be {what}, got {value!r:.80}")
 
 
 def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
@@ -271,14 +311,16 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     network = manifest["network"]
     if not isinstance(network, dict) or network.get("file") != NETWORK or not isinstance(network.get("variant"), dict):
         raise TypeError("network must name network.pt and its variant")
-    variant = Variant(**{key: network["variant"].get(key) for key in ("thumbnail", "second_look", "depth")})
-    if variant.thumbnail is not None:
-        number("the thumbnail's side", variant.thumbnail, 1, 64, integer=True)
+    if set(network["variant"]) != {"thumbnail", "second_look", "depth"}:
+        raise ValueError("the network's variant must give thumbnail, second_look and depth")
+    variant = Variant(**network["variant"])
+    for what, value, high in (("the thumbnail's side", variant.thumbnail, 64), ("the second look's depth",
+                                                                               variant.depth, 100_000),
+                              ("num_exits", network.get("num_exits"), 100_000)):
+        if (value is not None or what == "num_exits") and (type(value) is not int or not 1 <= value <= high):
+            raise ValueError(f"{what} must be a whole number in 1..{high}, got {value!r:.40}")
     if variant.second_look not in (None, "flip"):
         raise ValueError(f"second_look must be null or 'flip', got {variant.second_look!r}")
-    if variant.depth is not None:
-        number("the second look's depth", variant.depth, 1, 100_000, integer=True)
-    number("num_exits", network.get("num_exits"), 1, 100_000, integer=True)
     spec = manifest["input"]
     if not isinstance(spec, dict) or set(spec) != {"shape", "mean", "std", "classes"}:
         raise TypeError("input must give shape, mean, std and classes")
@@ -289,11 +331,18 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
         values = spec[field]
         if not isinstance(values, list) or len(values) != shape[0]:
             raise ValueError(f"input {field} must have one number per channel")
-        for v in values:
-            number(f"input {field}", v, -1e3, 1e3, low_open=field == "std")
+        for v in values:  # a standard deviation is positive: a negative one turns every input over
+            number(f"input {field}", v, 1e-6 if field == "std" else -1e3, 1e3)
     classes = spec["classes"]
-    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(isinstance(c, str) for c in classes)):
-        raise ValueError("input classes must be 2 to 100,000 names")
+    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(_name(c) for c in classes)
+            and len(set(classes)) == len(classes)):
+        raise ValueError("input classes must be 2 to 100,000 distinct names (printable, at most 200 characters)")
+    if not _name(manifest["name"]):
+        raise ValueError(f"name must be a printable string of at most 200 characters, got {manifest['name']!r:.80}")
+    if manifest["test_data"] is not None and not (isinstance(manifest["test_data"], str)
+                                                  and len(manifest["test_data"]) == 64):
+        raise ValueError("test_data must be null or the test split's SHA-256 fingerprint")
+    _check_select(manifest["select"])
     HeldOutSplit.from_dict(manifest["split"], "split")
     for field, expected in (("holdout", HOLDOUT), ("timing_images", TIMING)):
         if manifest[field] != expected or expected not in files:
@@ -310,14 +359,18 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     number("runtime threads", runtime.get("threads"), 1, 1024, integer=True)
     check_adaptation(runtime.get("adaptation"))
     devices = manifest["devices"]
-    if not isinstance(devices, list):
-        raise TypeError("devices must be a list")
+    if not isinstance(devices, list) or not devices:
+        raise TypeError("devices must be a list of at least one device (its ET-profile and configuration)")
     for entry in devices:
         if not isinstance(entry, dict) or set(entry) != {"key", "device", "et", "deployment"}:
             raise TypeError("each device must give key, device, et and deployment")
-        if entry["et"] not in files or not str(entry["et"]).startswith("et-"):
+        if entry["et"] not in files or not re.fullmatch(r"et-\d{1,6}\.npz", str(entry["et"])):
             raise ValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
-        if not isinstance(entry["device"], dict) or entry["key"] != device_key(entry["device"]):
+        device = entry["device"]
+        if not (isinstance(device, dict) and device.get("kind") in ("cpu", "cuda") and _name(device.get("name"))
+                and type(device.get("threads")) is int and 1 <= device["threads"] <= 1024):
+            raise ValueError(f"a device must give kind (cpu or cuda), name and threads, got {device!r:.120}")
+        if entry["key"] != device_key(device):
             raise ValueError(f"device key {entry['key']!r} does not match its device")
         predictor = entry["deployment"].get("predictor") if isinstance(entry["deployment"], dict) else None
         if predictor is not None and predictor not in files:
@@ -328,42 +381,58 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
 def pack(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Zip a bundle folder into one file (stored, fixed timestamps: the same bundle, the same bytes)."""
     from ._atomic import atomic_write
+    from .validation import check_outputs
 
-    names = [MANIFEST, *read_manifest(folder)[1]["files"]]
+    checked, manifest = read_manifest(folder)
+    if not Path(folder).is_dir():
+        raise BundleError(f"{folder} is packed already: pack a bundle folder")
+    check_outputs({"the packed bundle": path}, {"the bundle folder": checked})
     with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-        for name in names:
+        for name in [MANIFEST, *manifest["files"]]:
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
-            with open_regular(Path(folder) / name) as source, archive.open(info, "w") as target:
+            with open_regular(checked / name) as source, archive.open(info, "w") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
     return Path(path)
 
 
+# what a damaged or foreign zip raises while it is read: each is a BundleError here
+_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
+               ValueError, zlib.error)
+
+
 def unpack(path: str | os.PathLike[str], into: str | os.PathLike[str] | None = None) -> Path:
-    """A packed bundle's files in a folder (default: a temporary one, removed at exit): plain names only,
-    sizes bounded before anything is written."""
+    """A packed bundle's files in a folder (default: a temporary one, removed at exit). Its manifest is
+    read first and only the files it lists are written; every member must be stored as :func:`pack`
+    stores it (no compression, no encryption, a plain name), sizes bounded before anything is written."""
     import atexit
 
     try:
-        handle = open_regular(path)
-        archive = zipfile.ZipFile(handle)
-    except (zipfile.BadZipFile, OSError) as error:
-        if "handle" in locals():
-            handle.close()
-        raise BundleError(f"{path} is neither a bundle folder nor a packed bundle: {error}") from None
-    with handle, archive:
-        members = archive.infolist()
-        if sum(m.file_size for m in members) > MAX_BUNDLE_BYTES or len(members) > 1024:
-            raise BundleError(f"{path} would unpack to more than {MAX_BUNDLE_BYTES} bytes or 1024 files")
-        for member in members:
-            if Path(member.filename).name != member.filename or member.is_dir():
-                raise BundleError(f"{path}: member {member.filename!r} is not a plain file name")
-        if into is None:
-            into = tempfile.mkdtemp(prefix="einet-bundle-")
-            atexit.register(shutil.rmtree, into, True)
-        folder = Path(into)
-        folder.mkdir(parents=True, exist_ok=True)
-        for member in members:
-            with archive.open(member) as source, open(folder / member.filename, "wb") as target:
-                shutil.copyfileobj(source, target, 1 << 20)
+        with open_regular(path) as handle, zipfile.ZipFile(handle) as archive:
+            members = {m.filename: m for m in archive.infolist()}
+            if len(members) != len(archive.infolist()) or len(members) > 1024:
+                raise BundleError(f"{path} holds duplicate members or more than 1024")
+            if sum(m.file_size for m in members.values()) > MAX_BUNDLE_BYTES:
+                raise BundleError(f"{path} would unpack to more than {MAX_BUNDLE_BYTES} bytes")
+            for name, member in members.items():
+                if Path(name).name != name or name in (".", "..") or member.is_dir() or member.flag_bits & 0x1 \
+                        or member.compress_type != zipfile.ZIP_STORED or member.compress_size != member.file_size:
+                    raise BundleError(f"{path}: member {name!r} is not a plain stored file, as einet packs them")
+            if MANIFEST not in members or members[MANIFEST].file_size > MAX_MANIFEST_BYTES:
+                raise BundleError(f"{path} has no {MANIFEST} of at most {MAX_MANIFEST_BYTES} bytes")
+            listed = parse_json(archive.read(MANIFEST)).get("files", {})
+            wanted = [MANIFEST, *(name for name in listed if name in members)] if isinstance(listed, dict) else []
+            if into is None:
+                into = tempfile.mkdtemp(prefix="einet-bundle-")
+                atexit.register(shutil.rmtree, into, True)
+            folder = Path(into)
+            folder.mkdir(parents=True, exist_ok=True)
+            for name in wanted:  # read_manifest then verifies each file's checksum (and finds a missing one)
+                with archive.open(members[name]) as source, open(folder / name, "wb") as target:
+                    shutil.copyfileobj(source, target, 1 << 20)
+    except BundleError:
+        raise
+    except (*_ZIP_ERRORS, TypeError, AttributeError) as error:
+        raise BundleError(f"{path} is neither a bundle folder nor a readable packed bundle: "
+                          f"{type(error).__name__}: {error}") from None
     return folder

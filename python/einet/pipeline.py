@@ -31,10 +31,43 @@ from typing import Any
 
 from .build_config import BuildConfig
 from .manifest import Variant, file_sha256, variant_exits
+from .validation import open_regular, parse_json
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def check_paths(config: BuildConfig) -> None:
+    """Refuse, before any work, a bundle or work folder that would replace or hold an input (the config,
+    the data, a checkpoint, a measured profile), or each other, or that is something else already: a
+    build replaces its bundle folder whole and keeps its stage files in the work folder."""
+    from .manifest import is_bundle_folder
+
+    out = config["output"]
+    bundle, work = config.path(out["bundle"]), config.path(out["work"])
+    assert bundle is not None and work is not None
+    inputs = {"the config": config.file, "data.path": config.path(config["data"]["path"]),
+              "network.checkpoint": config.path(config["network"]["checkpoint"]),
+              "network.backbone_weights": config.path(config["network"]["backbone_weights"]),
+              "profile.et": config.path(config["profile"]["et"])}
+    outputs = {"output.bundle": bundle.resolve(), "output.work": work.resolve()}
+    for name, path in outputs.items():
+        for source, given in inputs.items():
+            if given is None:
+                continue
+            other = given.resolve()
+            if path == other or path in other.parents or other in path.parents:
+                raise ValueError(f"{name} {path} and {source} {other} overlap: a build would replace or write "
+                                 "into it; give another output path")
+    bundle_path, work_path = outputs["output.bundle"], outputs["output.work"]
+    if bundle_path == work_path or bundle_path in work_path.parents or work_path in bundle_path.parents:
+        raise ValueError(f"output.bundle {bundle_path} and output.work {work_path} overlap: keep them apart")
+    if bundle_path.exists() and not is_bundle_folder(bundle_path):
+        raise ValueError(f"output.bundle {bundle_path} exists and is not an einet bundle: a build would replace it")
+    if work_path.exists() and (not work_path.is_dir() or (any(work_path.iterdir())
+                                                           and not (work_path / "stages.json").is_file())):
+        raise ValueError(f"output.work {work_path} exists and is not a build's work folder (no stages.json)")
 
 
 class Stages:
@@ -43,7 +76,15 @@ class Stages:
     def __init__(self, work: Path, log: Callable[[str], None], force: bool = False) -> None:
         self.work, self.log, self.force = work, log, force
         self.file = work / "stages.json"
-        self.record: dict[str, Any] = json.loads(self.file.read_text()) if self.file.exists() else {}
+        self.record: dict[str, Any] = {}
+        if self.file.exists():  # a damaged record only means every stage runs again
+            try:
+                with open_regular(self.file) as f:
+                    record = parse_json(f.read(1 << 20))
+            except (OSError, ValueError):
+                record = None
+            if isinstance(record, dict) and all(isinstance(v, dict) for v in record.values()):
+                self.record = record
 
     def run(self, name: str, key: str, outputs: list[Path], make: Callable[[], None]) -> bool:
         done = self.record.get(name, {})
@@ -69,10 +110,11 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     from . import data
     from .models import build as build_zoo
     from .models import load_checkpoint, save_checkpoint
-    from .split import HeldOutSplit
+    from .split import HeldOutSplit, fingerprint
 
     work = config.path(config["output"]["work"])
     assert work is not None
+    check_paths(config)
     work.mkdir(parents=True, exist_ok=True)
     stages = Stages(work, log, force)
     d, net, lv = config["data"], config["network"], config["levers"]
@@ -248,7 +290,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     stages.run("select", select_key, selected_files, make_selection)
     return _write(config, work, split, full, final_file, profile_files, selected_files, stages, holdout_arrays,
-                  (mean, std), train_all.classes)
+                  (mean, std), train_all.classes, fingerprint(test_arrays))
 
 
 def _blocks(full: Variant, et: Any) -> int:
@@ -273,7 +315,7 @@ def _network(config: BuildConfig, checkpoint: Path, variant: Variant) -> Any:
 
 def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_file: Path, profile_files: list[Path],
            selected_files: list[Path], stages: Stages, holdout_arrays: Any, normalisation: tuple[Any, Any],
-           classes: tuple[str, ...]) -> Path:
+           classes: tuple[str, ...], test_data: str) -> Path:
     """6. The bundle: the chosen variant's profiles, cut from the full ones, and its configuration."""
     from . import __version__
     from .bundle import device_identity
@@ -302,6 +344,7 @@ def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_fil
                  input_spec={"shape": input_shape, "mean": list(normalisation[0]), "std": list(normalisation[1]),
                              "classes": list(classes)},
                  split=split, holdout=CSProfile.load(profile_files[1]).subset_exits(keep), test=test,
+                 test_data=test_data,
                  timing_images=timing_arrays(holdout_arrays).images,
                  exit_times={"kind": s["dist"], "horizon_ms": selected["horizon_ms"]},
                  runtime={"adapt": bool(r["adapt"]), "threads": int(r["threads"]),

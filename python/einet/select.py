@@ -187,6 +187,10 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
                 result = evaluate(policy, score_half, profile, dist, draws=1, rule=rule)
                 scores.setdefault((policy.name, rule_name, zero, signal), []).append(result.expected)
     means = {key: float(np.mean(values)) for key, values in scores.items()}
+    if not means:
+        raise ValueError(f"no candidate left to select: policies {list(policies or [])}, rules {list(rules)} and "
+                         f"signals {list(signals)} exclude each other (signals other than confidence are read by "
+                         "EINet only, under rules latest and best)")
     best_policy, best_rule, best_zero, best_signal = max(means, key=lambda key: means[key])
     rule, native, model = _fit(holdout, best_rule, best_zero, best_signal, predictor_epochs, seed)
     # the winner, rebuilt on the whole held-out split for the first distribution kind asked for

@@ -60,8 +60,10 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
 
     bundles = [read_bundle(args.bundle), *([read_bundle(args.against)] if args.against else [])]
     tests = [b.test() for b in bundles]
-    if len(tests) == 2 and not np.array_equal(tests[0].labels, tests[1].labels):
-        raise ValueError(f"{args.bundle} and {args.against} were not evaluated on the same test images")
+    if len(bundles) == 2 and (bundles[0].manifest["test_data"] != bundles[1].manifest["test_data"]
+                              or not np.array_equal(tests[0].labels, tests[1].labels)):
+        raise ValueError(f"{args.bundle} and {args.against} were not evaluated on the same test images (their "
+                         "test data's fingerprints differ): a paired difference needs the same images")
     horizon_ms = args.horizon_ms or bundles[0].horizon_ms
     kinds = [args.dist or bundles[0].dist_kind]
     print(f"exact expected accuracy on {tests[0].num_samples} test images, exit times over {horizon_ms:.3f} ms")
@@ -151,18 +153,28 @@ def cmd_run(args: argparse.Namespace) -> int:
             print(f"simulator at the same deadlines, {what}: {100 * simulated.mean():.2f}%; runtime minus simulator "
                   f"{100 * difference.mean():+.2f} ± {100 * ci95_half_width(difference):.2f} pp (paired 95%)")
     if args.out:
-        with open(args.out, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["index", "label", "prediction", "exit", "confidence", "elapsed_ms", "deadline_ms",
-                             "interrupted", "correct"])
-            for k, answer in enumerate(stream.answers):
-                writer.writerow([k, bundle.classes[labels[k]],
-                                 "" if answer.prediction is None else bundle.classes[answer.prediction],
-                                 "" if answer.exit is None else answer.exit, f"{answer.confidence:.4f}",
-                                 f"{1e3 * answer.elapsed:.3f}", f"{1e3 * deadlines[k]:.3f}", int(answer.interrupted),
-                                 int(stream.correct[k])])
+        write_answers(args.out, stream, labels, deadlines, bundle.classes)
         print(f"wrote {args.out}")
     return 0
+
+
+def write_answers(path: str, stream: Any, labels: np.ndarray, deadlines: np.ndarray, classes: tuple[str, ...]) -> None:
+    """Every answer as a CSV row, written atomically (a run stopped half-way leaves the previous file)."""
+    import io
+
+    from .._atomic import atomic_write
+
+    text = io.StringIO(newline="")
+    writer = csv.writer(text)
+    writer.writerow(["index", "label", "prediction", "exit", "confidence", "elapsed_ms", "deadline_ms", "interrupted",
+                     "correct"])
+    for k, answer in enumerate(stream.answers):
+        writer.writerow([k, classes[labels[k]], "" if answer.prediction is None else classes[answer.prediction],
+                         "" if answer.exit is None else answer.exit, f"{answer.confidence:.4f}",
+                         f"{1e3 * answer.elapsed:.3f}", f"{1e3 * deadlines[k]:.3f}", int(answer.interrupted),
+                         int(stream.correct[k])])
+    with atomic_write(path) as f:
+        f.write(text.getvalue().encode())
 
 
 def _normalisation(bundle: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
