@@ -24,6 +24,7 @@ WARMUP_RUNS = 100  # uninterrupted runs before the stream: the adaptive runtime'
 
 
 def run_demo(args: argparse.Namespace) -> int:
+    """`einet demo` with parsed options (epochs, samples, out_dir, threads, device, progress)."""
     import torch
 
     from .adaptive import Adaptation, replanning

@@ -51,6 +51,7 @@ class BundleError(ValueError):
 
 
 def device_key(identity: Mapping[str, Any]) -> str:
+    """How a bundle names a device's entry: "cpu: <model>, N threads" (see einet.bundle.device_identity)."""
     return f"{identity['kind']}: {identity['name']}, {identity['threads']} thread{'s' * (identity['threads'] != 1)}"
 
 
@@ -135,6 +136,7 @@ def is_bundle_folder(path: Path) -> bool:
 
 
 def file_sha256(path: Path) -> str:
+    """SHA-256 of a regular file, read a MiB at a time."""
     digest = hashlib.sha256()
     with open_regular(path) as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
@@ -143,6 +145,7 @@ def file_sha256(path: Path) -> str:
 
 
 def manifest_digest(manifest: Mapping[str, Any]) -> str:
+    """SHA-256 of a manifest without its own checksum, in a canonical JSON form."""
     content = {key: value for key, value in manifest.items() if key != "sha256"}
     return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

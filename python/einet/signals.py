@@ -36,6 +36,7 @@ def exit_signals(log_probs: np.ndarray) -> np.ndarray:
 
 
 def signal_index(signal: str) -> int:
+    """The native predictor's code of a signal name (its index in SIGNALS); ValueError for an unknown one."""
     if signal not in SIGNALS:
         raise ValueError(f"unknown signal {signal!r}: expected one of {', '.join(SIGNALS)}")
     return SIGNALS.index(signal)

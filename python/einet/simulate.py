@@ -285,6 +285,7 @@ def compare(results: Sequence[PolicyResult], reference: str = "EINet") -> list[d
 
 
 def markdown_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
+    """The comparison (:func:`compare`) as a markdown table, differences marked * where significant."""
     def pct(value: object, signed: bool = False) -> str:
         if value is None or (isinstance(value, float) and math.isnan(value)):
             return "-"
@@ -344,6 +345,7 @@ def models_table(rows: Sequence[dict[str, object]], title: str = "") -> str:
 
 
 def csv_table(rows: Sequence[dict[str, object]]) -> str:
+    """Table rows as CSV, one column per key of the first row."""
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=list(rows[0]))
     writer.writeheader()

@@ -11,6 +11,7 @@ from .common import _HelpFormatter, _Parser
 
 
 def build_parser() -> Any:
+    """The `einet` argument parser: every command's options with their types, bounds and defaults."""
     from .. import __version__
     from . import bundle, demo, evaluate, predictor, profile, select, train
 
@@ -44,6 +45,7 @@ def _one_line(error: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run one `einet` command; a user's mistake is one line on stderr and exit status 2."""
     args = build_parser().parse_args(argv)
     try:
         return int(args.run(args))

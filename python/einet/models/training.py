@@ -137,6 +137,7 @@ def _expected_shape(spec: Mapping[str, Any] | None) -> ImageShape | None:
 
 
 def exit_weights(model: MultiExitNetwork, config: TrainConfig) -> torch.Tensor:
+    """The loss weight of each exit: the config's schedule, or 1 each; checked against the exit count."""
     weights = config.exit_weights if config.exit_weights is not None else [1.0] * model.num_exits
     if len(weights) != model.num_exits or any(not (w >= 0 and math.isfinite(w)) for w in weights):
         raise ValueError(f"exit_weights must be {model.num_exits} finite values >= 0, got {list(weights)}")

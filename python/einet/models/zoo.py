@@ -19,6 +19,7 @@ from .base import MultiExitNetwork, channels, exit_branch, set_light_pools
 
 
 def conv_bn_relu(cin: int, cout: int, kernel: int = 3, stride: int = 1) -> list[nn.Module]:
+    """Convolution (same padding, no bias), batch norm and ReLU: the zoo's building block."""
     return [nn.Conv2d(cin, cout, kernel, stride=stride, padding=kernel // 2, bias=False), nn.BatchNorm2d(cout),
             nn.ReLU(inplace=True)]
 
