@@ -8,7 +8,7 @@ import pytest
 
 pytest.importorskip("torch")  # the reference covers the torch parts too
 
-from einet.api_reference import public_modules, public_names, reference  # noqa: E402
+from einet.api_reference import public_modules, public_names, reference
 
 
 def test_every_public_name_has_a_docstring():
