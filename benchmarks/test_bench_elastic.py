@@ -17,7 +17,8 @@ import pytest
 from fixtures_lib import SHARED, available, folder
 
 from einet.profiling import CSProfile, ETRecord
-from einet.simulate import compare, csv_table, full_inference_time, markdown_table, relative_distribution
+from einet.simulate import compare, full_inference_time, relative_distribution
+from einet.tables import csv_table, markdown_table
 
 torch = pytest.importorskip("torch")
 from einet.predictor import load_predictor  # noqa: E402

@@ -491,14 +491,14 @@ def test_plot_shows_a_lead_of_a_tenth_of_a_point_in_distinct_colours(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_rgba
 
-    from einet.simulate import plot_curves
+    from einet.tables import plot_curves
 
     names = ["EINet", "EINet (paper)", "static 25%", "static 50%", "static 100%", "dynamic 90%",
              "dynamic 95%", "dynamic 99%", "statistics", "single-exit", "clairvoyant"]
     xs = [0.25, 0.5, 0.75]
     curves = {name: [(x, 0.5 + 0.2 * x - 0.01 * k) for x in xs] for k, name in enumerate(names)}
     curves["EINet"] = [(x, y + 0.001) for x, y in curves["statistics"]]  # a lead of 0.1 pp
-    code = ("import sys; from einet.simulate import plot_curves; "
+    code = ("import sys; from einet.tables import plot_curves; "
             f"plot_curves({curves!r}, {str(tmp_path / 'c.png')!r}, 't'); "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     subprocess.run([sys.executable, "-c", code], check=True)  # no backend chosen, pyplot untouched

@@ -11,14 +11,13 @@ from einet.profiling import CSProfile
 from einet.rules import held_correctness
 from einet.simulate import (
     compare,
-    csv_table,
     evaluate,
     full_inference_time,
-    markdown_table,
     relative_distribution,
     replay,
     sample_exit_times,
 )
+from einet.tables import csv_table, markdown_table
 
 
 def tiny_cs() -> CSProfile:

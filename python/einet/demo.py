@@ -40,10 +40,10 @@ def run_demo(args: argparse.Namespace) -> int:
         compare,
         evaluate_all,
         full_inference_time,
-        markdown_table,
         relative_distribution,
         sample_exit_times,
     )
+    from .tables import markdown_table
 
     started = time.perf_counter()
     device = getattr(args, "device", "cpu")  # resolved by the command: cpu or cuda

@@ -41,7 +41,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     args.dist = args.dist or "uniform"
     from ..predictor_file import read_predictor
     from ..profiling import CSProfile, ETRecord
-    from ..simulate import compare, csv_table, evaluate_all, full_inference_time, markdown_table, relative_distribution
+    from ..simulate import compare, evaluate_all, full_inference_time, relative_distribution
+    from ..tables import csv_table, markdown_table
 
     folders = [Path(args.profiles), *([Path(args.compressed)] if args.compressed else [])]
     if args.out:
@@ -76,21 +77,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _zoo_and_width(meta: dict[str, Any]) -> tuple[str | None, float]:
-    """A profile's zoo model and width: from its metadata, or (format-1 profiles) its model name."""
-    import re
-
-    if meta.get("zoo") is not None:
-        return str(meta["zoo"]), float(meta.get("width", 1.0))
-    named = re.match(r"(\w+) \(width ([0-9.]+)", str(meta.get("model", "")))
-    return (named[1], float(named[2])) if named else (None, 0.0)
-
-
 def cmd_table(args: argparse.Namespace) -> int:
     """The paper's table over several profiled models: one row each (numpy only)."""
     from ..predictor_file import read_predictor
     from ..profiling import CSProfile, ETRecord
-    from ..simulate import csv_table, evaluate_all, full_inference_time, model_row, models_table, relative_distribution
+    from ..simulate import evaluate_all, full_inference_time, relative_distribution
+    from ..tables import compressed_twin, csv_table, model_row, models_table
 
     folders = [Path(p) for p in args.profiles]
     if args.out:
@@ -100,11 +92,7 @@ def cmd_table(args: argparse.Namespace) -> int:
     for folder in folders:
         et = ETRecord.load(folder / "et.npz").profile
         meta = tests[folder].meta
-        zoo, width = _zoo_and_width(meta)
-        # the compressed single-exit model: the same network at half width, same data, profiled on the same device
-        twin = next((other for other in folders if other is not folder and zoo is not None
-                     and _zoo_and_width(tests[other].meta) == (zoo, width / 2)
-                     and all(tests[other].meta.get(key) == meta.get(key) for key in ("device", "dataset"))), None)
+        twin = compressed_twin({other: test.meta for other, test in tests.items()}, folder)
         compressed = (ETRecord.load(twin / "et.npz").profile, tests[twin]) if twin else None
         checked = read_predictor(folder / "predictor.npz")
         dist = relative_distribution(args.dist, full_inference_time(et))
@@ -127,7 +115,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..policies import standard_policies
     from ..predictor_file import read_predictor
     from ..profiling import CSProfile, ETRecord
-    from ..simulate import accuracy_curves, plot_curves
+    from ..tables import accuracy_curves, plot_curves
 
     check_outputs({"--out": args.out}, [("--predictor", args.predictor), *_profile_files([Path(args.profiles)])])
     args.dist = args.dist or "uniform"
