@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 from einet import bundle as bundles  # noqa: E402
 from einet import manifest as manifests  # noqa: E402
 from einet.cli import main  # noqa: E402
+from einet.variants import Variant, variant_exits  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -264,15 +265,15 @@ def test_the_example_configs_read():
 
 
 def test_variant_exits_cut_the_full_variant():
-    full = manifests.Variant(8, "flip")
-    assert manifests.variant_exits(3, full, manifests.Variant()).tolist() == [1, 2, 3]
-    assert manifests.variant_exits(3, full, manifests.Variant(8)).tolist() == [0, 1, 2, 3]
-    assert manifests.variant_exits(3, full, manifests.Variant(8, "flip", 2)).tolist() == [0, 1, 2, 4, 5]
-    assert manifests.variant_exits(3, manifests.Variant(None, "flip"), manifests.Variant(None, "flip")).tolist() == [
+    full = Variant(8, "flip")
+    assert variant_exits(3, full, Variant()).tolist() == [1, 2, 3]
+    assert variant_exits(3, full, Variant(8)).tolist() == [0, 1, 2, 3]
+    assert variant_exits(3, full, Variant(8, "flip", 2)).tolist() == [0, 1, 2, 4, 5]
+    assert variant_exits(3, Variant(None, "flip"), Variant(None, "flip")).tolist() == [
         0, 1, 2, 3, 4, 5]
     with pytest.raises(ValueError, match="not a part of"):
-        manifests.variant_exits(3, manifests.Variant(), manifests.Variant(8))
-    assert np.array_equal(manifests.variant_exits(2, manifests.Variant(), manifests.Variant()), [0, 1])
+        variant_exits(3, Variant(), Variant(8))
+    assert np.array_equal(variant_exits(2, Variant(), Variant()), [0, 1])
 
 
 @pytest.mark.parametrize("layout", ["bundle is the config's folder", "bundle is the data", "bundle is the config",

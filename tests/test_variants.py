@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from einet.manifest import Variant, variant_exits  # noqa: E402
 from einet.models import build  # noqa: E402
 from einet.models.thumbnail import ThumbnailClassifier  # noqa: E402
 from einet.profiling import ETRecord, profile_cs  # noqa: E402
+from einet.variants import Variant, variant_exits  # noqa: E402
 
 
 @pytest.mark.parametrize("candidate", [Variant(), Variant(8), Variant(None, "flip", 2), Variant(8, "flip", 2),

@@ -32,11 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, Variant, device_key, read_manifest
+from .manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, device_key, read_manifest
 from .planner import Distribution, ETProfile, NativePredictor
 from .profiling import CSProfile, ETRecord, read_arrays
 from .select import Deployment, deployment_from_record
 from .split import HeldOutSplit
+from .variants import Variant
 
 
 def cpu_name() -> str:

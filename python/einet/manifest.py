@@ -16,7 +16,6 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from .profiling import CSProfile, ETRecord, write_arrays
 from .select import Deployment, deployment_record
 from .split import HeldOutSplit
 from .validation import number, open_regular, parse_json
+from .variants import Variant
 
 BUNDLE_FORMAT = "einet-bundle"
 BUNDLE_VERSION = 1
@@ -55,50 +55,8 @@ def device_key(identity: Mapping[str, Any]) -> str:
     return f"{identity['kind']}: {identity['name']}, {identity['threads']} thread{'s' * (identity['threads'] != 1)}"
 
 
-@dataclass(frozen=True)
-class Variant:
-    """What a bundle builds on its checkpoint's network: a thumbnail exit in front (its side), a second
-    look (view and blocks per pass). Exits of the full variant a candidate keeps: :func:`variant_exits`."""
-
-    thumbnail: int | None = None
-    second_look: str | None = None
-    depth: int | None = None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"thumbnail": self.thumbnail, "second_look": self.second_look, "depth": self.depth}
-
-    def label(self, blocks: int) -> str:
-        parts = [f"thumbnail exit ({self.thumbnail}x{self.thumbnail})"] if self.thumbnail else []
-        if self.second_look:
-            depth = self.depth or blocks
-            parts.append(f"second look ({self.second_look}" + (f", {depth} of {blocks} blocks)" if depth < blocks
-                                                                else ")"))
-        return " + ".join(parts) or "the network"
-
-    def build(self, model: Any, thumbnail: Any = None) -> Any:
-        """The variant of `model` (a MultiExitNetwork), with `thumbnail` (a ThumbnailClassifier) if it has one."""
-        from .models.second_look import with_second_look
-        from .models.thumbnail import with_thumbnail_exit
-
-        if self.second_look:
-            model = with_second_look(model, self.second_look, self.depth)
-        if self.thumbnail:
-            model = with_thumbnail_exit(model, thumbnail)
-        return model
 
 
-def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
-    """The exits of the `full` variant (the largest one profiled) that `candidate` runs, in order: its
-    profiles are the full one's cut to them (a depth-d second look runs passes 0..d-1 of each)."""
-    if (candidate.thumbnail and not full.thumbnail) or (candidate.second_look and not full.second_look):
-        raise ValueError(f"{candidate} is not a part of {full}")
-    offset = 1 if full.thumbnail else 0
-    depth = candidate.depth or blocks
-    kept = [0] if candidate.thumbnail else []
-    kept += [offset + i for i in range(depth if candidate.second_look else blocks)]
-    if candidate.second_look:
-        kept += [offset + blocks + i for i in range(depth)]
-    return np.asarray(kept, dtype=np.int64)
 
 
 def adaptation_options() -> dict[str, Any]:

@@ -30,8 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from .build_config import BuildConfig
-from .manifest import Variant, file_sha256, variant_exits
+from .manifest import file_sha256
 from .validation import open_regular, parse_json
+from .variants import Variant, variant_exits
 
 
 def _key(*parts: Any) -> str:
