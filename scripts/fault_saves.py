@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from einet.models.training import _read, save_checkpoint
-from einet.profiling import read_arrays, write_arrays
+from einet.npz import read_arrays, write_arrays
 
 VALUES = 50_000  # per save (400 KB): a save takes about 10 ms
 

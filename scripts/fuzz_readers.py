@@ -105,7 +105,7 @@ def refusals(kind: str) -> tuple[type[BaseException], ...]:
     """The exceptions that count as a proper refusal of a damaged file of this kind."""
     if kind in ("deployment", "checkpoint"):
         return (ValueError,)
-    from einet.profiling import ProfileFormatError
+    from einet.npz import ProfileFormatError
     return (ProfileFormatError,)
 
 

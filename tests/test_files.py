@@ -152,15 +152,15 @@ def test_damaged_archives_raise_profile_format_error(tmp_path, make, message):
 
 
 def test_read_arrays_caps_what_it_decompresses(tmp_path, monkeypatch):
-    import einet.profiling as profiling
+    import einet.npz as container
 
-    assert profiling.MAX_ARCHIVE_BYTES >= 2**30  # documented; real CS-profiles with log-probabilities are big
+    assert container.MAX_ARCHIVE_BYTES >= 2**30  # documented; real CS-profiles with log-probabilities are big
     path = write_arrays(tmp_path / "zeros.npz", "et-profile", {"conv": np.zeros(1_000_000)})
     assert path.stat().st_size < 20_000  # compresses 1000-fold
     assert read_arrays(path, "et-profile")[0]["conv"].shape == (1_000_000,)
     with pytest.raises(ProfileFormatError, match=r"expands to 8000\d+ bytes, more than the 1000000"):
         read_arrays(path, "et-profile", max_bytes=1_000_000)
-    monkeypatch.setattr(profiling, "MAX_ARCHIVE_BYTES", 1_000_000)  # the default limit is the module's
+    monkeypatch.setattr(container, "MAX_ARCHIVE_BYTES", 1_000_000)  # the default limit is the module's
     with pytest.raises(ProfileFormatError, match="expands to"):
         read_arrays(path, "et-profile")
 

@@ -33,8 +33,9 @@ from typing import Any
 import numpy as np
 
 from .manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, device_key, read_manifest
+from .npz import read_arrays
 from .planner import Distribution, ETProfile, NativePredictor
-from .profiling import CSProfile, ETRecord, read_arrays
+from .profiling import CSProfile, ETRecord
 from .select import Deployment, deployment_from_record
 from .split import HeldOutSplit
 from .variants import Variant

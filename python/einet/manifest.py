@@ -22,7 +22,8 @@ from typing import Any
 import numpy as np
 
 from ._atomic import process_umask
-from .profiling import CSProfile, ETRecord, write_arrays
+from .npz import write_arrays
+from .profiling import CSProfile, ETRecord
 from .select import Deployment, deployment_record
 from .split import HeldOutSplit
 from .validation import number, open_regular, parse_json

@@ -27,9 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from .npz import write_arrays
 from .planner import NativePredictor
 from .predictor_file import TARGETS, check_predictor_size, read_predictor
-from .profiling import CSProfile, write_arrays
+from .profiling import CSProfile
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
 from .signals import agreement, check_signal, exit_signals, signal_index
 

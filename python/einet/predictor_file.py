@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .npz import ProfileFormatError, read_arrays
 from .planner import NativePredictor
-from .profiling import ProfileFormatError, read_arrays
 from .rules import AnswerRule
 from .signals import check_signal
 from .validation import check_memory, number
