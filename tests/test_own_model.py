@@ -29,7 +29,7 @@ from einet.models import (  # noqa: E402
     train,
     training,
 )
-from einet.models.convert import build_converted  # noqa: E402
+from einet.models.constructor import build_converted  # noqa: E402
 from einet.profiling import profile_cs  # noqa: E402
 
 # A user's package: a torchvision-style ResNet (BasicBlock, layer1..3, avgpool, fc) and a ConvNeXt-style
@@ -368,7 +368,7 @@ def test_converted_specs_are_checked_before_the_real_build(nets, tmp_path, chang
 
 
 def test_resolving_a_constructor_name():
-    from einet.models.convert import resolve_constructor
+    from einet.models.constructor import resolve_constructor
 
     assert resolve_constructor("collections:OrderedDict") is __import__("collections").OrderedDict
     for bad in ("collections", "collections:", "a b:c", "os:system;x", "../x:y"):

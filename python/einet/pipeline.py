@@ -155,7 +155,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
                             split=split.as_dict())
             return
         if net["constructor"] is not None:
-            from .models.convert import build_converted
+            from .models.constructor import build_converted
 
             spec = {"name": "converted", "constructor": net["constructor"], "kwargs": net["kwargs"],
                     "exits": net["exits"], "input_shape": [train_all.channels, *train_all.images.shape[1:3]],

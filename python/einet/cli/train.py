@@ -110,7 +110,7 @@ def _converted_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, An
 
 def _converted_model(args: argparse.Namespace, spec: dict[str, Any], train_set: Any) -> Any:
     """`--constructor` built, `--backbone-weights` loaded, converted with `--exits` (real images trace it)."""
-    from ..models.convert import build_converted
+    from ..models.constructor import build_converted
 
     model, built = build_converted(args.constructor, spec["kwargs"], train_set.images[:8], args.exits,
                                    args.backbone_weights)

@@ -1,7 +1,8 @@
 """Multi-exit networks (needs the ``einet[torch]`` extra): the protocol, the zoo, the converter, training."""
 
 from .base import Branch, MultiExitNetwork
-from .convert import ConversionError, build_converted, convert
+from .constructor import build_converted
+from .convert import ConversionError, convert
 from .training import History, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
 from .zoo import ZOO, b_alexnet, build, flex_vgg16, msdnet, resnet50_fine, vgg16_fine
 

@@ -36,7 +36,7 @@ from ..data import ImageDataset, ImageShape, as_batches, count_batches, loader_i
 from ..split import HeldOutSplit
 from ..validation import number
 from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
-from .convert import CONVERTED, build_converted, resolve_constructor
+from .constructor import CONVERTED, build_converted, resolve_constructor
 
 CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
 
@@ -307,7 +307,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
 
     `train_set` and `test_set`: an ImageDataset, a map-style torch Dataset of (image tensor, label)
     or a DataLoader (:func:`einet.data.as_batches`). `model_spec` (e.g. ``{"name": "b_alexnet",
-    "width": 0.5, ...}``, or the spec of :func:`einet.models.convert.build_converted`) is stored in
+    "width": 0.5, ...}``, or the spec of :func:`einet.models.constructor.build_converted`) is stored in
     the checkpoint so that :func:`load_checkpoint` can rebuild the model; `split` (the held-out split
     the training data excludes, :meth:`einet.split.HeldOutSplit.as_dict`) too, for later stages.
 
@@ -439,7 +439,7 @@ _SPEC_MAX_WIDTH = 16.0
 _SPEC_KEYS = ("num_classes", "in_channels", "width", "exit_head", "exit_pools")
 _MSDNET_SPEC_KEYS = ("growth", "compress_every")
 _CHECKSUM = "sha256"
-# A converted model's spec (see convert.build_converted): these keys, the constructor as a
+# A converted model's spec (see constructor.build_converted): these keys, the constructor as a
 # 'package.module:callable' name, kwargs as small plain JSON, and bounded exits and input shape.
 _CONVERTED_KEYS = ("name", "constructor", "kwargs", "exits", "input_shape", "num_classes")
 _MAX_NAME = 256  # characters of a constructor or module name
