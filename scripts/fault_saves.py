@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from einet.models.training import _read, save_checkpoint
+from einet.models.checkpoint import read_checkpoint, save_checkpoint
 from einet.npz import read_arrays, write_arrays
 
 VALUES = 50_000  # per save (400 KB): a save takes about 10 ms
@@ -47,7 +47,7 @@ def check(kind: str, path: str) -> int:
         arrays, meta = read_arrays(path, "et-profile")
         stamp, values = meta["stamp"], arrays["conv"]
     else:
-        state = _read(Path(path))
+        state = read_checkpoint(Path(path))
         stamp, values = state["stamp"], state["model"]["weight"].numpy().ravel()
     if values.size != VALUES or not (values == stamp).all():
         raise ValueError(f"inconsistent file (stamp {stamp})")

@@ -336,13 +336,13 @@ def test_train_resumes_with_or_without_the_default_exit_head_spelled_out(tmp_pat
     assert_one_line_error(capsys, light, r"holds a checkpoint of another model")  # the paper's head: another model
     import torch
 
-    from einet.models import training
+    from einet.models import checkpoint
 
     paper = ["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--out", str(tmp_path / "p.pt")]
     assert main(paper) == 0
     state = torch.load(tmp_path / "p.pt", weights_only=False)
     state["spec"]["exit_head"] = "paper"  # the default written out (as a Python caller may): the same model
-    state["sha256"] = training._state_digest(state)
+    state["sha256"] = checkpoint.state_digest(state)
     torch.save(state, tmp_path / "p.pt")
     assert main(paper) == 0
     assert_one_line_error(capsys, [*light, "--exit-head", "light", "--constructor", "torch.nn:Linear"],

@@ -25,6 +25,7 @@ from einet.profiling import CSProfile, ProfileFormatError, read_arrays, write_ar
 
 torch = pytest.importorskip("torch")
 
+import einet.models.checkpoint as checkpoint  # noqa: E402
 import einet.models.training as training  # noqa: E402
 import einet.models.zoo as zoo  # noqa: E402
 import einet.predictor as predictor  # noqa: E402
@@ -317,7 +318,7 @@ def test_checkpoints_without_checksum_still_load_unverified(tmp_path):
     assert same_state(model.state_dict(), restored.state_dict()) and "sha256" not in state
     fixture, _ = load_checkpoint(REPO / "benchmarks" / "fixtures" / "b_alexnet_w05_cpu" / "model.pt")
     assert fixture.num_exits == 3
-    assert "unverified" in (training._read.__doc__ or "") + (load_checkpoint.__doc__ or "")
+    assert "unverified" in (checkpoint.read_checkpoint.__doc__ or "") + (load_checkpoint.__doc__ or "")
 
 
 def test_checkpoint_round_trip_with_training_state(tmp_path):
@@ -369,7 +370,7 @@ def checkpoint_with(tmp_path: Path, spec: object = None, drop_spec: bool = False
     if version == 1:
         state["version"] = 1
     else:
-        state["sha256"] = training._state_digest(state)
+        state["sha256"] = checkpoint.state_digest(state)
     torch.save(state, path)
     return path
 
@@ -454,7 +455,7 @@ def read_stamped(kind: str, path: str) -> int:
         stamp = meta["stamp"]
         ok = (arrays["conv"] == stamp).all() and (arrays["branch"] == stamp).all() and arrays["conv"].size == STAMP_SIZE
     else:
-        state = training._read(Path(path))
+        state = checkpoint.read_checkpoint(Path(path))
         stamp = state["stamp"]
         ok = bool((state["model"]["weight"] == stamp).all()) and state["model"]["weight"].numel() == STAMP_SIZE
     if not ok:

@@ -143,7 +143,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     def make_network() -> None:
         from .models import TrainConfig, train
-        from .models.training import recorded_split
+        from .models.checkpoint import recorded_split
 
         if given is not None:
             model, state = load_checkpoint(given, constructor=net["constructor"])

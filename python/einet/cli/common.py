@@ -107,7 +107,7 @@ def _train_and_holdout(args: argparse.Namespace, state: dict[str, Any]) -> tuple
     """The training split without its held-out part, that part, and the split: as the checkpoint
     (`state`) records it, or (older checkpoints) as --holdout and --seed say `einet train` cut them."""
     from .. import data
-    from ..models.training import recorded_split
+    from ..models.checkpoint import recorded_split
     from ..split import resolve
 
     arrays = data.load(args.dataset, args.data, "train")

@@ -1,9 +1,10 @@
 """Multi-exit networks (needs the ``einet[torch]`` extra): the protocol, the zoo, the converter, training."""
 
 from .base import Branch, MultiExitNetwork
+from .checkpoint import load_checkpoint, save_checkpoint
 from .constructor import build_converted
 from .convert import ConversionError, convert
-from .training import History, TrainConfig, evaluate, load_checkpoint, save_checkpoint, train
+from .training import History, TrainConfig, evaluate, train
 from .zoo import ZOO, b_alexnet, build, flex_vgg16, msdnet, resnet50_fine, vgg16_fine
 
 __all__ = [
