@@ -31,7 +31,7 @@ from torch.utils.data import Dataset
 from einet import cli
 from einet.data import ImageArrays, ImageDataset
 from einet.models import TrainConfig, build, train
-from einet.models.training import init_distributed
+from einet.models.distributed import init_distributed
 
 folder, data = sys.argv[1], sys.argv[2]
 rank, world, device = init_distributed("cpu")
@@ -119,7 +119,7 @@ def test_batch_size_is_global_and_loaders_must_be_sharded(monkeypatch):
     import einet.models.training as training
     from einet.models import TrainConfig, build, train
 
-    monkeypatch.setattr(training, "_world", lambda: (0, 2))
+    monkeypatch.setattr(training, "world", lambda: (0, 2))
     model = build("b_alexnet", num_classes=2, in_channels=1, width=0.125)
     data = TensorDataset(torch.zeros(4, 1, 8, 8), torch.zeros(4, dtype=torch.int64))
     with pytest.raises(ValueError, match="batch_size 7 is the global batch"):
@@ -129,7 +129,7 @@ def test_batch_size_is_global_and_loaders_must_be_sharded(monkeypatch):
 
 
 def test_init_distributed_without_torchrun_is_a_single_process(monkeypatch):
-    from einet.models.training import finish_distributed, init_distributed
+    from einet.models.distributed import finish_distributed, init_distributed
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed("cpu") == (0, 1, "cpu")

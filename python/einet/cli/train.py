@@ -34,7 +34,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     from .. import data
     from ..models import TrainConfig, build, train
-    from ..models.training import finish_distributed, init_distributed
+    from ..models.distributed import finish_distributed, init_distributed
 
     device = _device(args.device)
     torch.set_num_threads(args.threads)

@@ -31,6 +31,7 @@ from ..data import ImageDataset, ImageShape, as_batches, count_batches, loader_i
 from ..validation import number
 from .base import MultiExitNetwork
 from .checkpoint import read_checkpoint, save_checkpoint
+from .distributed import all_reduce, world
 
 # How the exits learn. ``joint``: the weighted sum of every exit's cross-entropy (the paper).
 # ``distill``: plus self-distillation from the final exit (Phuong & Lampert, ICCV 2019; BYOT).
@@ -173,53 +174,6 @@ def _set_train_mode(model: MultiExitNetwork, config: TrainConfig) -> None:
         model.exits[-1].eval()
 
 
-def _world() -> tuple[int, int]:
-    """(rank, world size) of the initialised torch.distributed process group; (0, 1) without one."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-_JOINED = False  # whether init_distributed created the process group (finish_distributed then ends it)
-
-
-def init_distributed(device: str = "cpu") -> tuple[int, int, str]:
-    """Join the process group that ``torchrun`` describes in the environment (WORLD_SIZE, RANK,
-    LOCAL_RANK, MASTER_ADDR, MASTER_PORT): gloo on the CPU, nccl on CUDA, where each process takes
-    GPU LOCAL_RANK. Returns (rank, world size, device). Without WORLD_SIZE > 1 nothing happens:
-    (0, 1, device). An already initialised group is used as it is."""
-    global _JOINED
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size(), device
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0, 1, device
-    if not dist.is_available():
-        raise RuntimeError("WORLD_SIZE > 1 but this torch has no torch.distributed")
-    if torch.device(device).type == "cuda":
-        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-        torch.cuda.set_device(local_rank)
-        device = f"cuda:{local_rank}"
-        dist.init_process_group("nccl")
-    else:
-        dist.init_process_group("gloo")
-    _JOINED = True
-    return dist.get_rank(), dist.get_world_size(), device
-
-
-def finish_distributed() -> None:
-    """Leave the process group :func:`init_distributed` created (no-op otherwise)."""
-    global _JOINED
-    import torch.distributed as dist
-
-    if _JOINED and dist.is_initialized():
-        dist.destroy_process_group()
-    _JOINED = False
-
-
 def _shardable(source: Any) -> bool:
     from torch.utils.data import DataLoader
 
@@ -276,19 +230,8 @@ def _distributed_evaluate(model: MultiExitNetwork, dataset: Any, batch_size: int
     DataLoader, which cannot be sharded here, is scored whole by every process)."""
     if world_size == 1 or not _shardable(dataset):
         return evaluate(model, dataset, batch_size)
-    counts = _all_reduce(_correct_counts(model, dataset, batch_size, rank, world_size), model)
+    counts = all_reduce(_correct_counts(model, dataset, batch_size, rank, world_size), model)
     return (counts[:-1] / counts[-1]).tolist()
-
-
-def _all_reduce(tensor: torch.Tensor, model: nn.Module) -> torch.Tensor:
-    """The sum over processes (nccl sums on the GPU, so the tensor goes to the model's device and back)."""
-    import torch.distributed as dist
-
-    device = tensor.device
-    if dist.get_backend() == "nccl":
-        tensor = tensor.to(next(model.parameters()).device)
-    dist.all_reduce(tensor)
-    return tensor.to(device)
 
 
 def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: ImageDataset | Any | None = None,
@@ -309,7 +252,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
     from tqdm.auto import tqdm
 
     config = config or TrainConfig()
-    rank, world_size = _world()
+    rank, world_size = world()
     if config.batch_size % world_size:
         raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be a multiple of the "
                          f"{world_size} processes")
@@ -332,7 +275,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
     history, first_epoch = History(), 0
     path = Path(checkpoint) if checkpoint else None
     if path and world_size > 1:  # every process resumes, or none: a rank without the file would start afresh
-        found = _all_reduce(torch.tensor([float(path.exists())], dtype=torch.float64), model)
+        found = all_reduce(torch.tensor([float(path.exists())], dtype=torch.float64), model)
         if 0 < float(found) < world_size:
             raise ValueError(f"{path} exists for {int(found)} of the {world_size} processes: to resume on several "
                              f"machines, put the checkpoint on a file system they share")
@@ -393,7 +336,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
 
             for buffer in model.buffers():  # BN statistics: rank 0's, as DDP broadcasts them before each step
                 dist.broadcast(buffer, 0)
-            summed = _all_reduce(torch.stack([total.double().cpu(), torch.tensor(float(seen), dtype=torch.float64)]),
+            summed = all_reduce(torch.stack([total.double().cpu(), torch.tensor(float(seen), dtype=torch.float64)]),
                                  model)
             epoch_loss = float(summed[0] / summed[1])
         else:
