@@ -38,7 +38,7 @@ from .planner import Distribution, ETProfile, NativePredictor
 from .profiling import CSProfile, ETRecord
 from .select import Deployment, deployment_from_record
 from .split import HeldOutSplit
-from .variants import Variant
+from .variants import Variant, load_variant
 
 
 def cpu_name() -> str:
@@ -188,25 +188,14 @@ class Bundle:
 
     def network(self, constructor: str | Any | None = None) -> Any:
         """The network the runtime runs (eval mode, CPU): the checkpoint's, with the bundle's variant."""
-        from .models import load_checkpoint
-        from .models.thumbnail import ThumbnailClassifier
-
-        model, state = load_checkpoint(self.folder / NETWORK, constructor=constructor)
-        thumbnail = None
-        if self.variant.thumbnail:
-            stored = state.get("thumbnail")
-            channels, classes = self.manifest["input"]["shape"][0], len(self.classes)
-            thumbnail = ThumbnailClassifier(channels, classes, self.variant.thumbnail)
-            expected = {key: tuple(value.shape) for key, value in thumbnail.state_dict().items()}
-            if not isinstance(stored, dict) or {key: tuple(getattr(value, "shape", ())) for key, value
-                                                in stored.items()} != expected:
-                raise BundleError(f"{self.folder / NETWORK}: no thumbnail exit of the shapes {expected}")
-            thumbnail.load_state_dict(stored)
+        try:
+            built, state = load_variant(self.folder / NETWORK, self.variant, constructor)
+        except ValueError as error:
+            raise BundleError(str(error)) from None
         spec = state["spec"]
         if spec.get("num_classes") != len(self.classes):
             raise BundleError(f"{self.folder}: its network has {spec.get('num_classes')} classes, its manifest names "
                               f"{len(self.classes)}")
-        built = self.variant.build(model, thumbnail).eval()
         if built.num_exits != self.num_exits:
             raise BundleError(f"{self.folder}: the network has {built.num_exits} exits, the manifest says "
                               f"{self.num_exits}")

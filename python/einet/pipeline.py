@@ -32,7 +32,7 @@ from typing import Any
 from .build_config import BuildConfig
 from .manifest import file_sha256
 from .validation import open_regular, parse_json
-from .variants import Variant, variant_exits
+from .variants import Variant, load_variant, variant_exits
 
 
 def _key(*parts: Any) -> str:
@@ -302,16 +302,7 @@ def _blocks(full: Variant, et: Any) -> int:
 
 def _network(config: BuildConfig, checkpoint: Path, variant: Variant) -> Any:
     """`variant` of the network in `checkpoint` (its thumbnail exit from the same file)."""
-    from .models import load_checkpoint
-    from .models.thumbnail import ThumbnailClassifier
-
-    model, state = load_checkpoint(checkpoint, constructor=config["network"]["constructor"])
-    thumbnail = None
-    if variant.thumbnail:
-        weight = state["thumbnail"]["linear.weight"]
-        thumbnail = ThumbnailClassifier(weight.shape[1] // variant.thumbnail**2, weight.shape[0], variant.thumbnail)
-        thumbnail.load_state_dict(state["thumbnail"])
-    return variant.build(model, thumbnail).eval()
+    return load_variant(checkpoint, variant, config["network"]["constructor"])[0]
 
 
 def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_file: Path, profile_files: list[Path],

@@ -55,3 +55,24 @@ def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
         kept += [offset + blocks + i for i in range(depth)]
     return np.asarray(kept, dtype=np.int64)
 
+
+
+def load_variant(checkpoint: Any, variant: Variant, constructor: Any = None) -> tuple[Any, dict[str, Any]]:
+    """`variant` of the network in a checkpoint (its thumbnail exit's weights from the same file), in
+    eval mode, and the checkpoint; ValueError when the file holds no thumbnail exit of the right shapes."""
+    from .models import load_checkpoint
+    from .models.thumbnail import ThumbnailClassifier
+
+    model, state = load_checkpoint(checkpoint, constructor=constructor)
+    thumbnail = None
+    if variant.thumbnail:
+        spec = state["spec"]
+        channels = spec.get("in_channels", (spec.get("input_shape") or [0])[0])
+        thumbnail = ThumbnailClassifier(channels, spec["num_classes"], variant.thumbnail)
+        expected = {key: tuple(value.shape) for key, value in thumbnail.state_dict().items()}
+        stored = state.get("thumbnail")
+        if not isinstance(stored, dict) or {key: tuple(getattr(value, "shape", ())) for key, value
+                                            in stored.items()} != expected:
+            raise ValueError(f"{checkpoint}: no thumbnail exit of the shapes {expected}")
+        thumbnail.load_state_dict(stored)
+    return variant.build(model, thumbnail).eval(), state

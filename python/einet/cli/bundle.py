@@ -183,6 +183,7 @@ def _normalisation(bundle: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
 
 
 def add_commands(commands: Any) -> None:
+    from ..validation import integer_option
     from .common import COUNT as count
     from .common import POSITIVE as positive
     from .common import SEED as seed
@@ -206,7 +207,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--horizon-ms", type=positive, default=None, help="its horizon (default: the bundle's)")
     p.add_argument("--static", action="store_true", help="do not adapt to measured block and exit times")
     p.add_argument("--limit", type=count, default=None, help="the first N images only")
-    p.add_argument("--warmup", type=integer_or_zero(), default=100, help="uninterrupted runs first")
+    p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=100, help="uninterrupted runs first")
     p.add_argument("--seed", type=seed, default=0, help="fixes the drawn deadlines")
     p.add_argument("--check-simulator", action="store_true",
                    help="also replay each image in the simulator at its deadline, and print the paired difference")
@@ -216,9 +217,3 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--out", default=None, help="write every answer to this CSV file")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(run=cmd_run)
-
-
-def integer_or_zero() -> Any:
-    from ..validation import integer_option
-
-    return integer_option(0, 1_000_000)
