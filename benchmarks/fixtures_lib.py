@@ -33,7 +33,8 @@ FIXTURES = {
                                             "--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                             "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_distill-ensemble",
     # The same VGG-16 with exits 4-9 weighted twice the others in the loss (weights 0.7 x3, 1.4 x6, 0.7 x5: same
-    # sum), `einet train ... --epochs 15 --threads 2 --exit-weights ...` (CPU); levers: docs/levers/*_recipes.md.
+    # sum), `einet train ... --epochs 15 --threads 2 --exit-weights ...` (CPU); levers:
+    # experiments/levers/results/*_recipes.md.
     "vgg16_fine_w025_cpu_midweights": "einet profile --checkpoint runs/vgg16_fine_w025_midweights.pt --dataset "
                                       "cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et "
                                       "--out-dir benchmarks/fixtures/vgg16_fine_w025_cpu_midweights",
@@ -55,36 +56,6 @@ FIXTURES = {
     "b_alexnet_w025_cpu_light": "einet profile --checkpoint runs/b_alexnet_w025_light.pt --dataset cifar10 "
                                 "--data ../shared/data/cifar10-jpeg.zip --out-dir "
                                 "benchmarks/fixtures/b_alexnet_w025_cpu_light",
-    # The light-exit VGG-16 with a second look (its 14 blocks again on the flipped input: 28 exits). Only et.npz is
-    # committed (`python scripts/spliced_et.py benchmarks/fixtures/vgg16_fine_w025_cpu_light --checkpoint
-    # runs/vgg16_fine_w025_light.pt --data ../shared/data/cifar10-jpeg.zip --second-look flip --out <this folder>`,
-    # timed against the light fixture's own network back to back); its CS-profiles (8.8 MB) come from the committed
-    # weights:
-    "vgg16_fine_w025_cpu_light_second_look": "einet profile --checkpoint benchmarks/fixtures/vgg16_fine_w025_cpu_light/"
-                                             "model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip "
-                                             "--skip-et --second-look flip --out-dir "
-                                             "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look",
-    # The same with each pass through the first 10 blocks only (20 exits; depth 10 chosen on held-out data, as
-    # `einet build` with levers.second_look now chooses it);
-    # et.npz from `scripts/spliced_et.py ... --second-look flip --depth 10`, CS-profiles (6.3 MB, not committed) from:
-    "vgg16_fine_w025_cpu_light_second_look_d10": "einet profile --checkpoint benchmarks/fixtures/"
-                                                 "vgg16_fine_w025_cpu_light/model.pt --dataset cifar10 --data "
-                                                 "../shared/data/cifar10-jpeg.zip --skip-et --second-look flip "
-                                                 "--second-look-depth 10 --out-dir "
-                                                 "benchmarks/fixtures/vgg16_fine_w025_cpu_light_second_look_d10",
-    # The light-exit VGG-16 with exits 1-5 refitted at 8x8 on frozen features (`einet refit-exits --checkpoint
-    # benchmarks/fixtures/vgg16_fine_w025_cpu_light/model.pt --dataset cifar10 --data ../shared/data/cifar10-jpeg.zip
-    # --threads 1 --out runs/vgg16_fine_w025_light_refit.pt`, 4 min), alone, with a second look through 10 or 8
-    # blocks and with a full one (for the depth). Only et.npz (`scripts/spliced_et.py` on the matching light
-    # fixture with `--variant runs/vgg16_fine_w025_light_refit.pt`: the refitted heads re-timed, everything else
-    # kept) and the predictors are committed; the CS-profiles (4-9 MB each) come from the refitted checkpoint:
-    **{f"vgg16_fine_w025_cpu_light_refit{suffix}": "einet profile --checkpoint runs/vgg16_fine_w025_light_refit.pt "
-       f"--dataset cifar10 --data ../shared/data/cifar10-jpeg.zip --skip-et{flags} --out-dir "
-       f"benchmarks/fixtures/vgg16_fine_w025_cpu_light_refit{suffix}" for suffix, flags in (
-           ("", ""), ("_second_look_d10", " --second-look flip --second-look-depth 10"),
-           ("_second_look", " --second-look flip"), ("_second_look_d8", " --second-look flip --second-look-depth 8"))},
-    # (the depth-8 one, chosen on held-out data among depths 5-12, has as et.npz the cut of the full one's that the
-    # selection scored; `einet build examples/vgg16_fine_deployed.toml` makes and chooses the same cut)
     # The same profiles with a thumbnail classifier as exit 0 (an answer from time zero), committed; made by
     # scripts/thumbnail_exit.py, since replaced by `einet build` (levers.thumbnail; examples/b_alexnet_thumbnail.toml
     # rebuilds the last one's bundle and its README row exactly).
@@ -92,10 +63,10 @@ FIXTURES = {
         "vgg16_fine_w025_cpu_joint_thumbnail", "vgg16_fine_w025_cpu_light_thumbnail", "b_alexnet_w05_cpu_thumbnail")},
     # The rest of the paper's zoo, trained on this CPU at reduced width and few epochs; each folder also holds
     # predictor-ensemble.npz (rule ensemble + time-zero answer) and model.pt (fp16 weights) where <= 5 MB.
-    **{name: f"bash scripts/train_zoo.sh {name}" for name in (
+    **{name: f"bash experiments/zoo/train_zoo.sh {name}" for name in (
         "flex_vgg16_w025_cpu", "resnet50_fine_w0125_cpu", "msdnet21_w025_cpu", "msdnet40_w0125_cpu",
         "b_alexnet_w025_mnist_cpu", "vgg16_fine_w025_mnist_cpu")},
-    "vgg16_fine_w05_cuda": "python scripts/cuda_check.py --data cifar10-jpeg.zip --out benchmarks/fixtures/"
+    "vgg16_fine_w05_cuda": "python tools/cuda_check.py --data cifar10-jpeg.zip --out benchmarks/fixtures/"
                            "vgg16_fine_w05_cuda  (on a GPU machine; trains, profiles and fits the predictor)",
 }
 

@@ -1,4 +1,4 @@
-"""The adaptive runtime under load and under misjudged exit times (scripts/adaptive_check.py).
+"""The adaptive runtime under load and under misjudged exit times (experiments/adaptive/adaptive_check.py).
 
 - Real time, B-AlexNet and the light VGG-16, idle / two steady CPU burners / two burners switched
   on and off every 1.5 s / a throttled device (every block 3x as long): the adaptive runtime
@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from fixtures_lib import SHARED, folder
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "adaptive_check.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "adaptive" / "adaptive_check.py"
 pytest.importorskip("torch")
 
 

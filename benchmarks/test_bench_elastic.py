@@ -16,8 +16,9 @@ import numpy as np
 import pytest
 from fixtures_lib import SHARED, available, folder
 
+from einet.distributions import full_inference_time, relative_distribution
 from einet.profiling import CSProfile, ETRecord
-from einet.simulate import compare, full_inference_time, relative_distribution
+from einet.simulate import compare
 from einet.tables import csv_table, markdown_table
 
 torch = pytest.importorskip("torch")
@@ -96,11 +97,11 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, name, 
     """B-AlexNet under rule latest, and rule ensemble with the time-zero answer (the predictor file
     carries the rule); the 14-exit VGG-16 with light exits (30-us branches: the runtime's own
     overheads weigh most there) under rule ensemble with the time-zero answer."""
+    from einet.distributions import sample_exit_times
     from einet.policies import EINet
     from einet.profiling import profile_et
     from einet.realtime import check_against_simulator
     from einet.runtime import ElasticRuntime
-    from einet.simulate import sample_exit_times
 
     model, base, cs, native, rule, images, labels = realtime_case(name, predictor)
     samples = 50 if benchmark.disabled else 3000

@@ -166,8 +166,9 @@ def test_et_profile_repeatability(benchmark, speed_goal):
 
 def test_which_target_plans_better(benchmark, results_folder):
     """EINet's accuracy with the paper's confidence target vs our correctness target (exact, all test images)."""
+    from einet.distributions import full_inference_time, relative_distribution
     from einet.policies import EINet
-    from einet.simulate import evaluate, full_inference_time, relative_distribution
+    from einet.simulate import evaluate
 
     def run() -> list[str]:
         lines = ["EINet's accuracy (%, exact) by predictor target "

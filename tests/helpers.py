@@ -1,12 +1,9 @@
-"""Test helpers: tiny synthetic datasets in the formats einet reads, and the repo's scripts as modules."""
+"""Test helpers: tiny synthetic datasets in the formats einet reads."""
 
 from __future__ import annotations
 
-import importlib.util
 import pickle
-import sys
 from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 
@@ -24,14 +21,3 @@ def fake_cifar10(root: Path, per_batch: int = 8) -> Path:
     return root
 
 
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
-
-
-def load_script(name: str) -> ModuleType:
-    """scripts/NAME.py imported as the module NAME (registered: dataclasses look their module up by name)."""
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    spec.loader.exec_module(module)
-    return module

@@ -104,8 +104,17 @@ def test_idx_gzip_bomb_is_refused_without_inflating_it(tmp_path, monkeypatch):
     assert_refused_cheaply(lambda: data.read_idx(tmp_path / "bomb.gz"), "holds more than 10 bytes")
     # The same payload, declared honestly, but above the cap: refused from the header alone.
     write_idx_gz(tmp_path / "large.gz", (64, 1024, 1024), 64 << 20)
-    monkeypatch.setattr(data, "MAX_IDX_BYTES", 1 << 20, raising=False)
+    monkeypatch.setattr(data.limits, "MAX_IDX_BYTES", 1 << 20)
     assert_refused_cheaply(lambda: data.read_idx(tmp_path / "large.gz"), "above MAX_IDX_BYTES")
+
+
+def test_a_cap_raised_in_limits_is_the_one_the_loaders_read(tmp_path, monkeypatch):
+    write_idx_gz(tmp_path / "large.gz", (64, 1024), 64 << 10)
+    monkeypatch.setattr(data.limits, "MAX_IDX_BYTES", 1 << 10)
+    with pytest.raises(data.DatasetError, match=r"MAX_IDX_BYTES = 1024; .* raise einet\.data\.limits\.MAX_IDX_BYTES"):
+        data.read_idx(tmp_path / "large.gz")
+    monkeypatch.setattr(data.limits, "MAX_IDX_BYTES", 1 << 30)
+    assert data.read_idx(tmp_path / "large.gz").shape == (64, 1024)
 
 
 def test_idx_header_claiming_a_huge_shape_is_refused(tmp_path):
@@ -237,7 +246,7 @@ def test_cifar_pickle_cannot_allocate_more_than_it_holds(tmp_path, data_entry, m
 
 def test_cifar_file_size_cap(tmp_path, monkeypatch):
     fake_cifar10(tmp_path)
-    monkeypatch.setattr(data, "MAX_CIFAR_FILE_BYTES", 1000, raising=False)
+    monkeypatch.setattr(data.limits, "MAX_CIFAR_FILE_BYTES", 1000)
     with pytest.raises(data.DatasetError, match=r"test_batch holds 12\d+ bytes, above MAX_CIFAR_FILE_BYTES = 1000"):
         data.load_cifar10(tmp_path, "test")
 
@@ -271,20 +280,20 @@ def test_split_size_cap(tmp_path, monkeypatch, loader, count, image_bytes):
                                                       for p in source.rglob("*.png")})
         load = lambda: data.load_image_folder(source, "train", cache=False)  # noqa: E731
     decoded = []
-    monkeypatch.setattr(data, "_pixels", lambda image: decoded.append(image) or np.zeros((8, 8, 3), np.uint8))
-    monkeypatch.setattr(data, "MAX_DATASET_BYTES", split_bytes - 1)
+    monkeypatch.setattr(data.folder, "_pixels", lambda image: decoded.append(image) or np.zeros((8, 8, 3), np.uint8))
+    monkeypatch.setattr(data.limits, "MAX_DATASET_BYTES", split_bytes - 1)
     with pytest.raises(data.DatasetError, match=rf"holds {split_bytes} bytes, above MAX_DATASET_BYTES = "):
         load()
     assert not decoded  # an image folder is refused from the first image's header, before any decoding
-    monkeypatch.setattr(data, "MAX_DATASET_BYTES", split_bytes)
+    monkeypatch.setattr(data.limits, "MAX_DATASET_BYTES", split_bytes)
     assert len(load()) == count
 
 
 def test_image_pixel_cap_is_checked_before_decoding(tmp_path, monkeypatch):
     write_png_folder(tmp_path / "set")
     decoded = []
-    monkeypatch.setattr(data, "_pixels", lambda image: decoded.append(image))
-    monkeypatch.setattr(data, "MAX_IMAGE_PIXELS", 8 * 8 - 1)
+    monkeypatch.setattr(data.folder, "_pixels", lambda image: decoded.append(image))
+    monkeypatch.setattr(data.limits, "MAX_IMAGE_PIXELS", 8 * 8 - 1)
     with pytest.raises(data.DatasetError, match=r"0\.png holds 64 pixels, above MAX_IMAGE_PIXELS = 63"):
         data.load_image_folder(tmp_path / "set", "train", cache=False)
     assert not decoded
@@ -423,7 +432,7 @@ def test_image_file_size_cap(tmp_path, monkeypatch, as_zip):
     if as_zip:
         source = write_zip(tmp_path / "set.zip", {str(p.relative_to(source)): p.read_bytes()
                                                   for p in source.rglob("*.png")})
-    monkeypatch.setattr(data, "MAX_IMAGE_BYTES", 100, raising=False)
+    monkeypatch.setattr(data.limits, "MAX_IMAGE_BYTES", 100)
     with pytest.raises(data.DatasetError, match=r"0\.png holds \d+ bytes, above MAX_IMAGE_BYTES = 100"):
         data.load_image_folder(source, "train", cache=False)
 
@@ -485,7 +494,7 @@ def test_forged_cache_entry_is_not_trusted(cached_folder, signer):
            "another-key": lambda payload: hmac.new(bytes(32), payload, hashlib.sha256).digest(),
            "the-users-key": lambda payload: hmac.new(key, payload, hashlib.sha256).digest()}[signer]
     black = data.ImageArrays(np.zeros_like(arrays.images), arrays.labels, arrays.classes)
-    entry.write_bytes(signed_entry(black, data._fingerprint(source, "train"), mac))
+    entry.write_bytes(signed_entry(black, data.folder._fingerprint(source, "train"), mac))
     if signer == "the-users-key":  # the control: only the key tells a forged entry from einet's own
         assert (data.load_image_folder(source, "train").images == 0).all()
         return
@@ -507,15 +516,15 @@ def test_cache_key_is_private_and_made_once(cached_folder):
 def test_a_key_made_by_another_process_meanwhile_is_the_one_used(tmp_path, monkeypatch):
     monkeypatch.setenv("EINET_CACHE_DIR", str(tmp_path / "cache"))
     write_png_folder(tmp_path / "set")
-    real_token_bytes = data.secrets.token_bytes
+    real_token_bytes = data.folder.secrets.token_bytes
 
     def token_bytes_while_another_process_loads(count):
         # Another process makes its key and caches the folder while this one is making a key.
-        monkeypatch.setattr(data.secrets, "token_bytes", real_token_bytes)
+        monkeypatch.setattr(data.folder.secrets, "token_bytes", real_token_bytes)
         data.load_image_folder(tmp_path / "set", "train")
         return real_token_bytes(count)
 
-    monkeypatch.setattr(data.secrets, "token_bytes", token_bytes_while_another_process_loads)
+    monkeypatch.setattr(data.folder.secrets, "token_bytes", token_bytes_while_another_process_loads)
     arrays = data.load_image_folder(tmp_path / "set", "train")  # no warning: the other's key and entry are used
     np.testing.assert_array_equal(arrays.images, data.load_image_folder(tmp_path / "set", "train", cache=False).images)
     assert sorted(p.name for p in (tmp_path / "cache").iterdir() if p.suffix != ".npz") == ["cache.key"]

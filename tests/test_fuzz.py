@@ -1,4 +1,4 @@
-"""Bounded fuzzing of every public planner entry point (the long run: scripts/fuzz_planner.py).
+"""Bounded fuzzing of every public planner entry point (the long run: tests/fuzz/planner.py).
 
 Hostile input (NaN/inf/huge/negative numbers, wrong shapes, dtypes and types, empty and
 non-contiguous arrays, huge depths, budgets and threads, instances made by ``__new__`` alone)
@@ -17,14 +17,13 @@ import time
 
 import numpy as np
 import pytest
-from helpers import load_script
+from fuzz import planner as fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einet
 from einet import _core
 
-fuzz = load_script("fuzz_planner")
 fuzz.LARGE_MODELS = False  # models of thousands of blocks: the script's job, not CI's
 
 SLOW_S = 5.0

@@ -1,4 +1,4 @@
-"""The reader fuzzer (scripts/fuzz_readers.py): its classifier and mutations, and a short run of it.
+"""The reader fuzzer (tests/fuzz/readers.py): its classifier and mutations, and a short run of it.
 
 The long run (10,000 mutations of each file kind) is the script's job; here 150 of each must give
 no silent wrong load, crash or hang, and the classifier itself must tell those apart (for
@@ -17,12 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from helpers import load_script
+from fuzz import readers as fuzz
 
 from einet.models import load_checkpoint
 from einet.profiling import CSProfile, ETRecord, ProfileFormatError
 
-fuzz = load_script("fuzz_readers")
 ROOT = Path(__file__).resolve().parents[1]
 ET = ROOT / "benchmarks" / "fixtures" / "b_alexnet_w025_mnist_cpu" / "et.npz"
 CHECKPOINT = ET.with_name("model.pt")
@@ -160,7 +159,7 @@ def test_a_directory_comment_length_that_swallows_the_last_entries_is_refused(se
 
 
 def test_a_short_run_finds_nothing() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "scripts" / "fuzz_readers.py"), "--mutations", "150",
+    done = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "readers.py"), "--mutations", "150",
                            "--workers", "1", "--seed", "0"], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert "mutations" in done.stdout, done.stderr[-3000:]
     for kind in fuzz.KINDS:  # checkpoints included

@@ -324,7 +324,7 @@ def test_a_plan_of_another_length_is_refused_when_built():
 
 def test_exit_times_are_drawn_in_bounded_work_however_little_mass_lies_above_zero():
     import einet
-    from einet.simulate import sample_exit_times
+    from einet.distributions import sample_exit_times
 
     started = time.perf_counter()
     draws = sample_exit_times(einet.Normal(-8.2, 1.0), (10_000,), np.random.default_rng(0))

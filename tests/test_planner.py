@@ -58,8 +58,7 @@ def test_objective_matches_reference(problem, data):
 @settings(max_examples=200, deadline=None)
 def test_batched_objective_matches_single(problem):
     scores, et, dist, state = problem
-    n = et.num_blocks - state["start"]
-    plans = every_plan(n)
+    plans = every_plan(et.num_blocks - state["start"])
     batched = einet.expected_accuracy(plans, scores, et, dist, **state)
     single = [einet.expected_accuracy(plan, scores, et, dist, **state) for plan in plans]
     np.testing.assert_array_equal(batched, single)

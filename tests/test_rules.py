@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import einet
-from einet.policies import ensemble_statistics_plan, hybrid_search
+from einet.policies import ensemble_statistics_plan
 from einet.profiling import CSProfile
+from einet.reference import hybrid_search
 from einet.rules import AnswerRule, RunningAnswer, held_correctness, time_zero_answer
 
 
@@ -78,9 +79,12 @@ def test_hybrid_search_matches_the_native_one_on_per_exit_scores():
         scores = rng.random(n)
         et = einet.ETProfile(rng.uniform(1, 2, n), rng.uniform(0.1, 1, n))
         dist = einet.Uniform(0.0, et.total())
-        mask = hybrid_search(lambda m, s=scores, e=et, d=dist: einet.expected_accuracy(m, s, e, d), n, depth=3)
+        mask, value, evaluations = hybrid_search(
+            lambda m, s=scores, e=et, d=dist: einet.expected_accuracy(m, s, e, d), n, depth=3)
         native = einet.search(scores, et, dist, method="hybrid", depth=3)
-        assert einet.expected_accuracy(mask, scores, et, dist) == pytest.approx(native.value, abs=1e-12)
+        assert value == pytest.approx(native.value, abs=1e-12)
+        np.testing.assert_array_equal(np.array(mask, dtype=bool), native.mask)  # the same plan: the same tie rules
+        assert evaluations == native.evaluations
 
 
 def test_time_zero_answer_is_the_most_frequent_class():
@@ -110,10 +114,11 @@ def test_ensemble_needs_log_probabilities():
 @pytest.mark.parametrize("signal", ["margin", "agreement"])
 def test_a_predictor_reading_another_signal_round_trips_and_drives_einet(tmp_path, signal):
     pytest.importorskip("torch")
+    from einet.distributions import full_inference_time, relative_distribution
     from einet.policies import EINet
     from einet.predictor import fit_predictor, load_predictor, save_predictor
     from einet.predictor_file import read_predictor
-    from einet.simulate import evaluate, full_inference_time, relative_distribution
+    from einet.simulate import evaluate
 
     rng = np.random.default_rng(5)
     holdout, test = random_profile(rng, 300, 5, 4), random_profile(rng, 100, 5, 4)

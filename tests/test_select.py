@@ -92,8 +92,8 @@ def test_select_network_chooses_under_the_same_exit_times_in_seconds():
     """The light-exit VGG-16 against the paper's (the same held-out images): under the paper's network's
     exit times, held-out data picks the light exits (docs/anytime.md), planned over the same seconds."""
     pytest.importorskip("torch")
+    from einet.distributions import full_inference_time
     from einet.select import select_network
-    from einet.simulate import full_inference_time
 
     profiles = {name: (ETRecord.load(folder / "et.npz").profile,
                        CSProfile.load(folder / "cs-holdout.npz").subset(np.arange(1000)))

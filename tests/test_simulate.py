@@ -6,17 +6,11 @@ import numpy as np
 import pytest
 
 import einet
+from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
 from einet.policies import Clairvoyant, ConfidenceThreshold, EINet, Policy, single_exit, static_plan, statistics_plan
 from einet.profiling import CSProfile
 from einet.rules import held_correctness
-from einet.simulate import (
-    compare,
-    evaluate,
-    full_inference_time,
-    relative_distribution,
-    replay,
-    sample_exit_times,
-)
+from einet.simulate import compare, evaluate, replay
 from einet.tables import csv_table, markdown_table
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .distributions import RELATIVE_KINDS
+
 SECTIONS: dict[str, dict[str, Any]] = {  # every option and its default (None: required or absent)
     "data": {"dataset": "cifar10", "path": None, "holdout": 0.1, "seed": 0},
     "network": {"zoo": None, "width": 1.0, "exit_head": "paper", "constructor": None, "kwargs": {}, "exits": None,
@@ -64,7 +66,6 @@ def _flag(value: Any) -> bool:
     return type(value) is bool
 
 
-_KINDS = ("uniform", "normal", "exponential")
 _COUNT, _SEED = _number(1, 1_000_000, integer=True), _number(0, 2**32 - 1, integer=True)
 CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # "section.option": (check, what it must be)
     "data.dataset": (_one_of("mnist", "fashion-mnist", "cifar10", "cifar100", "folder"),
@@ -92,8 +93,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # "section.option": (c
     "levers.second_look_view": (_one_of("flip"), "flip"),
     "profile.repeats": (_COUNT, "an integer >= 1"), "profile.warmup": (_number(0, 1_000_000, integer=True), ">= 0"),
     "profile.et": (_optional(_text), "a path"),
-    "select.dist": (_one_of(*_KINDS), "uniform, normal or exponential"),
-    "select.score_under": (_list_of(_one_of(*_KINDS)), "a list of uniform, normal, exponential"),
+    "select.dist": (_one_of(*RELATIVE_KINDS), " or ".join(RELATIVE_KINDS)),
+    "select.score_under": (_list_of(_one_of(*RELATIVE_KINDS)), "a list of " + ", ".join(RELATIVE_KINDS)),
     "select.horizon_ms": (_optional(_number(0, 1e9, low_open=True)), "milliseconds > 0"),
     "select.rules": (_list_of(_one_of("latest", "best", "ensemble")), "a list of latest, best, ensemble"),
     "select.time_zero": (_list_of(_flag), "a list of true/false"),

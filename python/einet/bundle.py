@@ -67,7 +67,7 @@ def device_identity(device: str = "cpu", threads: int = 1) -> dict[str, Any]:
 def exit_distribution(kind: str, horizon_ms: float) -> Distribution:
     """The exit-time distribution over a horizon in milliseconds (uniform over it, normal around its middle,
     exponential with half of it as mean), in seconds."""
-    from .simulate import relative_distribution
+    from .distributions import relative_distribution
 
     return relative_distribution(kind, horizon_ms * 1e-3)
 

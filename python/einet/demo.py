@@ -29,20 +29,14 @@ def run_demo(args: argparse.Namespace) -> int:
 
     from .adaptive import Adaptation, replanning
     from .data import dataset_for, load_mnist
+    from .distributions import full_inference_time, relative_distribution, sample_exit_times
     from .models import TrainConfig, build, train
     from .predictor import load_predictor
     from .profiling import profile_cs, profile_et
     from .realtime import COLD_START_RUNS, replay_observed, run_stream
     from .runtime import ElasticRuntime
     from .select import DEPLOYMENT_NAME, load_deployment, save_deployment, select
-    from .simulate import (
-        ci95_half_width,
-        compare,
-        evaluate_all,
-        full_inference_time,
-        relative_distribution,
-        sample_exit_times,
-    )
+    from .simulate import ci95_half_width, compare, evaluate_all
     from .tables import markdown_table
 
     started = time.perf_counter()

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import process_umask
+from .distributions import RELATIVE_KINDS
 from .npz import write_arrays
 from .profiling import CSProfile, ETRecord
 from .select import Deployment, deployment_record
@@ -38,7 +39,6 @@ TEST = "cs-test.npz"
 TIMING = "timing-images.npz"
 MAX_MANIFEST_BYTES = 16 * 1024**2
 MAX_BUNDLE_BYTES = 4 * 1024**3  # a packed bundle, unpacked
-DIST_KINDS = ("uniform", "normal", "exponential")
 _KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "test", "test_data", "timing_images",
          "exit_times",
          "runtime", "select", "devices", "provenance", "files", "sha256"}
@@ -312,8 +312,8 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     if manifest["test"] not in (None, TEST) or (manifest["test"] and TEST not in files):
         raise ValueError(f"test must be null or {TEST}, listed in files")
     exit_times = manifest["exit_times"]
-    if not isinstance(exit_times, dict) or exit_times.get("kind") not in DIST_KINDS:
-        raise ValueError(f"exit_times kind must be one of {', '.join(DIST_KINDS)}")
+    if not isinstance(exit_times, dict) or exit_times.get("kind") not in RELATIVE_KINDS:
+        raise ValueError(f"exit_times kind must be one of {', '.join(RELATIVE_KINDS)}")
     number("exit_times horizon_ms", exit_times.get("horizon_ms"), 0.0, 1e9, low_open=True)
     runtime = manifest["runtime"]
     if not isinstance(runtime, dict) or type(runtime.get("adapt")) is not bool:

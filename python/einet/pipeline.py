@@ -257,9 +257,9 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     select_key = _key([file_sha256(p) for p in profile_files], s, depths, lv["thumbnail"])
 
     def make_selection() -> None:
+        from .distributions import full_inference_time
         from .profiling import CSProfile, ETRecord
         from .select import save_deployment, select_network
-        from .simulate import full_inference_time
 
         et, holdout = ETRecord.load(profile_files[0]), CSProfile.load(profile_files[1])
         blocks = _blocks(full, et)
@@ -357,7 +357,7 @@ def reselect(bundle_path: Path, identity: Mapping[str, Any], et: Any, progress: 
 
     bundle = read_bundle(bundle_path)
     options = bundle.manifest["select"]
-    from .simulate import full_inference_time
+    from .distributions import full_inference_time
 
     deployment, predictor = select(
         et.profile, bundle.holdout(), kinds=options["score_under"],

@@ -190,20 +190,9 @@ def search(
     return Plan(mask, value, evaluations)
 
 
-def search_batch(
-    scores: ArrayLike,
-    et: ETProfile,
-    dist: Distribution,
-    method: str = "hybrid",
-    depth: int = 4,
-    start: int = 0,
-    elapsed: ArrayLike = 0.0,
-    held: ArrayLike = 0.0,
-    rule: str = "latest",
-    budget: int = 1000,
-    seed: int = 0,
-    threads: int | None = None,
-) -> BatchPlans:
+def search_batch(scores: ArrayLike, et: ETProfile, dist: Distribution, method: str = "hybrid", depth: int = 4,
+                 start: int = 0, elapsed: ArrayLike = 0.0, held: ArrayLike = 0.0, rule: str = "latest",
+                 budget: int = 1000, seed: int = 0, threads: int | None = None) -> BatchPlans:
     """``search`` for every row of ``scores`` [B, N] in one native call, on ``threads`` cores (default: all).
 
     ``elapsed`` and ``held`` are scalars or one value per sample. ``threads`` is

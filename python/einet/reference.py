@@ -125,6 +125,23 @@ def _greedy_from(mask: list[int], first: int,
         current = evaluate(mask)
 
 
+def hybrid_search(evaluate: Callable[[list[int]], float], n: int, depth: int = 4) -> tuple[list[int], float, int]:
+    """The hybrid search on any objective of a whole plan of `n` branches: plain greedy, and every
+    setting of the first `depth` branches completed greedily over the rest; the preferred plan wins
+    (ties: fewer branches, then the smaller mask). Returns (mask, value, evaluations). Also for
+    objectives the native core does not model (rule ``ensemble``'s set-dependent exit accuracies:
+    :func:`einet.policies.ensemble_statistics_plan`)."""
+    k = min(depth, n)
+    mask, value, evaluations = _greedy_from([0] * n, 0, evaluate)
+    for bits in range(2**k):
+        prefix = [(bits >> i) & 1 for i in range(k)] + [0] * (n - k)
+        candidate, candidate_value, count = _greedy_from(prefix, k, evaluate)
+        evaluations += count
+        if _preferred(candidate_value, candidate, value, mask):
+            mask, value = candidate, candidate_value
+    return mask, value, evaluations
+
+
 def _splitmix64(state: int) -> tuple[int, int]:
     state = (state + 0x9E3779B97F4A7C15) & _MASK64
     z = state
@@ -172,14 +189,7 @@ def search(scores: ArrayLike, et: ETProfile, dist: Distribution, method: str = "
     elif method == "greedy":
         mask, value, evaluations = _greedy_from([0] * n, 0, evaluate)
     elif method == "hybrid":
-        k = min(depth, n)
-        mask, value, evaluations = _greedy_from([0] * n, 0, evaluate)
-        for bits in range(2**k):
-            prefix = [(bits >> i) & 1 for i in range(k)] + [0] * (n - k)
-            candidate, candidate_value, count = _greedy_from(prefix, k, evaluate)
-            evaluations += count
-            if _preferred(candidate_value, candidate, value, mask):
-                mask, value = candidate, candidate_value
+        mask, value, evaluations = hybrid_search(evaluate, n, depth)
     elif method == "random":
         mask, value = _best_of(_random_plans(n, budget, seed), evaluate)
         evaluations = budget

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import atomic_write
+from .distributions import RELATIVE_KINDS
 from .planner import Distribution, ETProfile, NativePredictor
 from .policies import STANDARD_POLICIES, ConfidenceThreshold, EINet, FixedPlan, Policy, PolicySpec, standard_policies
 from .profiling import CSProfile
@@ -46,7 +47,6 @@ READABLE_VERSIONS = (1, 2, 3, 4)  # 1 and 2 (no checksum) still load, unverified
 CANDIDATE_RULES = ("latest", "best", "ensemble")
 DEPLOYMENT_NAME = "deployment.json"  # what `einet demo --out-dir` writes
 DEPLOYED_PREDICTOR = "predictor-deployed.npz"  # the predictor, beside the deployment file
-DIST_KINDS = ("uniform", "normal", "exponential")  # as einet.simulate.relative_distribution knows them
 MAX_DEPLOYMENT_BYTES = 16 * 1024**2
 MAX_PLAN_EXITS = 100_000
 
@@ -149,7 +149,8 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     re-planning adds per branch run (None: timed here, see the module's docstring)."""
     from tqdm.auto import tqdm
 
-    from .simulate import charged, evaluate, full_inference_time, planning_seconds, relative_distribution
+    from .distributions import full_inference_time, relative_distribution
+    from .simulate import charged, evaluate, planning_seconds
 
     deployable = sorted({spec.kind for spec in STANDARD_POLICIES if spec.deployable})
     if policies is not None and (not policies or not set(policies) <= set(deployable)):
@@ -228,7 +229,7 @@ def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds:
     the first candidate's full inference: a deadline does not stretch because a network is
     faster); the network whose best configuration scored highest on held-out data is deployed,
     named in ``network``, with every network's candidates in ``validation`` ("name | candidate")."""
-    from .simulate import full_inference_time
+    from .distributions import full_inference_time
 
     if not candidates:
         raise ValueError("need at least one candidate network")
@@ -358,8 +359,8 @@ def _checked(record: object, folder: Path) -> Deployment:
                       None if weights is None else tuple(number("an ensemble weight", w, 0.0) for w in weights),
                       rule_record.get("prior_class"), rule_record.get("prior_accuracy", 0.0))
     dist = text("dist", optional=False)
-    if dist not in DIST_KINDS:
-        raise ValueError(f"dist must be one of {', '.join(DIST_KINDS)}, got {dist!r}")
+    if dist not in RELATIVE_KINDS:
+        raise ValueError(f"dist must be one of {', '.join(RELATIVE_KINDS)}, got {dist!r}")
     predictor = text("predictor")
     if predictor is not None:
         inside = (folder / predictor).resolve()

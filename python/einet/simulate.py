@@ -20,79 +20,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .planner import Deterministic, Distribution, Empirical, ETProfile, Exponential, NativePredictor, Normal, Uniform
+from .distributions import sample_exit_times
+from .planner import Distribution, ETProfile, NativePredictor
 from .policies import Policy, single_exit, standard_policies
 from .profiling import CSProfile
 from .rules import AnswerRule, RunningAnswer, as_rule, held_correctness
-
-
-def full_inference_time(et: ETProfile) -> float:
-    """The multi-exit network's full inference: every block and every branch (static 100%).
-    Exit-time distributions are expressed relative to it, so a policy that skips branches can
-    reach the last exit inside the horizon, and the single-exit model finishes at
-    (sum conv + last branch) / total of it."""
-    return et.total()
-
-
-def relative_distribution(kind: str, full_time: float, scale: float = 1.0) -> Distribution:
-    """Exit time relative to the full inference time T: uniform on [0, sT], normal N(sT/2, sT/4)
-    truncated at 0, exponential with mean sT/2."""
-    if not full_time > 0 or not scale > 0:
-        raise ValueError(f"full_time and scale must be > 0, got {full_time} and {scale}")
-    horizon = scale * full_time
-    if kind == "uniform":
-        return Uniform(0.0, horizon)
-    if kind == "normal":
-        return Normal(horizon / 2, horizon / 4)
-    if kind == "exponential":
-        return Exponential(2.0 / horizon)
-    raise ValueError(f"unknown distribution kind {kind!r}: expected uniform, normal or exponential")
-
-
-def sample_exit_times(dist: Distribution, size: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Draws of tau from any of einet's distributions."""
-    if isinstance(dist, Uniform):
-        return rng.uniform(dist.low, dist.high, size)
-    if isinstance(dist, Normal):
-        return _truncated_normal(dist.mean, dist.std, size, rng)
-    if isinstance(dist, Exponential):
-        return rng.exponential(1.0 / dist.rate, size)
-    if isinstance(dist, Empirical):
-        return rng.choice(dist.samples, size)
-    if isinstance(dist, Deterministic):
-        return np.full(size, dist.deadline)
-    raise TypeError(f"unknown distribution {dist!r}")
-
-
-def _truncated_normal(mean: float, std: float, size: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
-    """Draws of N(mean, std) truncated to t >= 0, in a bounded amount of work however little mass lies
-    above 0 (redrawing negative draws until none is left never ends for Normal(-8.2, 1)).
-
-    With mean >= 0 (at least half the mass above 0) negative draws are redrawn at most
-    ``_REDRAWS`` times, the draws einet has always made; what is left, and every draw when the
-    mass above 0 is smaller, comes from the inverse CDF of the upper tail,
-    t = mean - std * Phi^-1(u * Phi(mean / std)) with u in (0, 1], accurate however small
-    Phi(mean / std) is."""
-    from statistics import NormalDist
-
-    unit = NormalDist()
-    above = unit.cdf(mean / std)  # the mass above 0
-    if not above > 0:
-        raise ValueError(f"Normal({mean}, {std}) has no mass above 0 to draw exit times from")
-    draws = rng.normal(mean, std, size) if above >= 0.5 else np.full(size, -1.0)
-    for _ in range(_REDRAWS if above >= 0.5 else 0):
-        negative = draws < 0
-        if not negative.any():
-            return draws
-        draws[negative] = rng.normal(mean, std, int(negative.sum()))
-    negative = draws < 0
-    quantiles = np.minimum((1.0 - rng.random(int(negative.sum()))) * above, 1.0 - 1e-16)  # in (0, above]
-    tail = np.asarray(np.frompyfunc(unit.inv_cdf, 1, 1)(quantiles), dtype=np.float64)
-    draws[negative] = np.maximum(mean - std * tail, 0.0)
-    return draws
-
-
-_REDRAWS = 64  # rounds of redrawing negative draws: each leaves at most half of them
 
 
 @dataclass(frozen=True)

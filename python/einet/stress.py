@@ -8,7 +8,7 @@
 - :func:`switching_exit_times`: exit times drawn from one distribution, then from another after
   `at` samples: interrupts that change in the middle of a stream.
 
-Used by ``benchmarks/test_bench_adaptive.py``, ``scripts/adaptive_check.py`` and ``einet demo
+Used by ``benchmarks/test_bench_adaptive.py``, ``experiments/adaptive/adaptive_check.py`` and ``einet demo
 --stress``. Burners pause and resume with SIGSTOP/SIGCONT, so switching them needs a POSIX system.
 """
 
@@ -121,7 +121,7 @@ class Slowed:
 def switching_exit_times(first: Distribution, second: Distribution, count: int, at: int,
                          rng: np.random.Generator) -> np.ndarray:
     """`count` exit times: the first `at` drawn from `first`, the rest from `second`."""
-    from .simulate import sample_exit_times
+    from .distributions import sample_exit_times
 
     if not 0 <= at <= count:
         raise ValueError(f"the switch must come within the stream: 0 <= at <= {count}, got {at}")

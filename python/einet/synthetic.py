@@ -10,22 +10,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .distributions import RELATIVE_KINDS, relative_distribution
 from .planner import Deterministic, Distribution, Empirical, ETProfile
-from .simulate import relative_distribution
 
-DISTRIBUTION_KINDS = ("uniform", "normal", "exponential", "empirical", "deterministic")
+DISTRIBUTION_KINDS = (*RELATIVE_KINDS, "empirical", "deterministic")  # the named kinds and two stand-ins
 
 
 def exit_distribution(kind: str, total: float, rng: np.random.Generator | None = None) -> Distribution:
     """A forced-exit distribution relative to `total`, the full inference time in seconds.
 
-    uniform: U(0, total); normal: N(total/2, total/4) truncated at 0; exponential:
-    mean total/2; empirical: 200 uniform draws on [0, total] (a stand-in trace);
+    The named kinds of :mod:`einet.distributions` over the horizon `total`; empirical: 200
+    uniform draws on [0, total] (a stand-in trace);
     deterministic: a deadline at 0.6 total.
     """
     if not total > 0:
         raise ValueError(f"total must be > 0, got {total}")
-    if kind in ("uniform", "normal", "exponential"):
+    if kind in RELATIVE_KINDS:
         return relative_distribution(kind, total)
     if kind == "empirical":
         return Empirical((rng or np.random.default_rng(0)).uniform(0.0, total, 200))

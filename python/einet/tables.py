@@ -12,18 +12,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .distributions import full_inference_time, relative_distribution, sample_exit_times
 from .planner import Distribution, ETProfile
 from .policies import Policy
 from .profiling import CSProfile
 from .rules import AnswerRule
-from .simulate import (
-    PolicyResult,
-    evaluate,
-    full_inference_time,
-    paired_difference,
-    relative_distribution,
-    sample_exit_times,
-)
+from .simulate import PolicyResult, evaluate, paired_difference
 
 K = TypeVar("K")
 

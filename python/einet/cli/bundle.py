@@ -13,6 +13,8 @@ from typing import Any
 
 import numpy as np
 
+from ..distributions import RELATIVE_KINDS
+
 
 def cmd_build(args: argparse.Namespace) -> int:
     from ..build_config import read_config
@@ -104,8 +106,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     from .. import data
     from ..bundle import exit_distribution, read_bundle
+    from ..distributions import sample_exit_times
     from ..realtime import replay_observed, run_stream
-    from ..simulate import ci95_half_width, sample_exit_times
+    from ..simulate import ci95_half_width
 
     if args.out:
         from ..validation import check_outputs
@@ -202,7 +205,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--split", default=None, help="the split folder inside --images (e.g. test)")
     deadline = p.add_mutually_exclusive_group()
     deadline.add_argument("--deadline-ms", type=positive, default=None, help="the same deadline for every image")
-    deadline.add_argument("--dist", choices=["uniform", "normal", "exponential"], default=None,
+    deadline.add_argument("--dist", choices=list(RELATIVE_KINDS), default=None,
                           help="deadlines drawn from this distribution (default: the bundle's)")
     p.add_argument("--horizon-ms", type=positive, default=None, help="its horizon (default: the bundle's)")
     p.add_argument("--static", action="store_true", help="do not adapt to measured block and exit times")

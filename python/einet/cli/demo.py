@@ -7,12 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..validation import check_outputs, integer_option
-from .common import (
-    COUNT,
-    _add_torch_arguments,
-    _device,
-    _progress,
-)
+from .common import COUNT, _add_torch_arguments, _device, _progress
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

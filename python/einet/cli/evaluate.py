@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..distributions import RELATIVE_KINDS
 from ..validation import check_memory, check_outputs, integer_option
 from .common import (
     POSITIVE,
@@ -39,9 +40,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return evaluate_bundles(args)
     _require(args, "profiles", "predictor")
     args.dist = args.dist or "uniform"
+    from ..distributions import full_inference_time, relative_distribution
     from ..predictor_file import read_predictor
     from ..profiling import CSProfile, ETRecord
-    from ..simulate import compare, evaluate_all, full_inference_time, relative_distribution
+    from ..simulate import compare, evaluate_all
     from ..tables import csv_table, markdown_table
 
     folders = [Path(args.profiles), *([Path(args.compressed)] if args.compressed else [])]
@@ -79,9 +81,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_table(args: argparse.Namespace) -> int:
     """The paper's table over several profiled models: one row each (numpy only)."""
+    from ..distributions import full_inference_time, relative_distribution
     from ..predictor_file import read_predictor
     from ..profiling import CSProfile, ETRecord
-    from ..simulate import evaluate_all, full_inference_time, relative_distribution
+    from ..simulate import evaluate_all
     from ..tables import compressed_twin, csv_table, model_row, models_table
 
     folders = [Path(p) for p in args.profiles]
@@ -142,7 +145,7 @@ def add_commands(commands: Any) -> None:
         p = commands.add_parser(name, help=text)
         p.add_argument("--profiles", required=name == "report", help="folder with et.npz, cs-holdout.npz, cs-test.npz")
         p.add_argument("--predictor", required=name == "report", help="a predictor written by `einet fit-predictor`")
-        p.add_argument("--dist", default=None, choices=["uniform", "normal", "exponential"],
+        p.add_argument("--dist", default=None, choices=list(RELATIVE_KINDS),
                        help="exit-time distribution over the horizon (default: uniform; a bundle's own)")
         p.add_argument("--rule", default=None, choices=["latest", "best", "ensemble"],
                        help="output rule (default: the one the predictor was fitted for)")
@@ -166,7 +169,7 @@ def add_commands(commands: Any) -> None:
                                           "EINet minus the statistics plan paired (numpy only)")
     p.add_argument("--profiles", nargs="+", required=True,
                    help="folders with et.npz, cs-holdout.npz, cs-test.npz and predictor.npz, one per model")
-    p.add_argument("--dist", default="uniform", choices=["uniform", "normal", "exponential"],
+    p.add_argument("--dist", default="uniform", choices=list(RELATIVE_KINDS),
                    help="exit-time distribution over one full inference")
     p.add_argument("--out", default=None, help="write the table as OUT.md and OUT.csv")
     p.set_defaults(run=cmd_table)

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..distributions import RELATIVE_KINDS
 from ..validation import check_outputs, real_option
 from .common import (
     COUNT,
@@ -18,9 +19,9 @@ from .common import (
 
 
 def cmd_select(args: argparse.Namespace) -> int:
+    from ..distributions import full_inference_time
     from ..profiling import CSProfile, ETRecord
     from ..select import DEPLOYED_PREDICTOR, save_deployment, select_network
-    from ..simulate import full_inference_time
 
     if len({Path(folder).resolve() for folder in args.profiles}) != len(args.profiles):
         raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
@@ -50,7 +51,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--profiles", required=True, nargs="+",
                    help="folder with et.npz and cs-holdout.npz; several: the network is chosen too (the same "
                         "held-out images, the same exit times in seconds: see --horizon-ms)")
-    p.add_argument("--dist", nargs="+", default=["uniform", "normal"], choices=["uniform", "normal", "exponential"],
+    p.add_argument("--dist", nargs="+", default=["uniform", "normal"], choices=list(RELATIVE_KINDS),
                    help="exit-time distributions to score under (averaged; the first is deployed)")
     _add_horizon_arguments(p, "of the first --profiles network")
     p.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"],

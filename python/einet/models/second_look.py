@@ -18,7 +18,7 @@ exit): no parameters are added and the state dict is the base network's.
 A network whose exit d is already as accurate as its final one gains nothing from its blocks
 after d: ``depth=d`` runs each pass through its first d blocks only (2d exits), so the second
 look starts, and its ensemble pays, that much sooner. Choose d on held-out data
-(``einet build`` with ``levers.second_look = [depths]``; measured: docs/levers/second_look_depth.md).
+(``einet build`` with ``levers.second_look = [depths]``; measured: experiments/levers/results/second_look_depth.md).
 """
 
 from __future__ import annotations

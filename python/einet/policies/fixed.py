@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import cast
 
 import numpy as np
 
-from ..planner import (
-    Distribution,
-    ETProfile,
-    expected_accuracy,
-    search,
-)
+from ..planner import Distribution, ETProfile, expected_accuracy, search
 from ..profiling import CSProfile
+from ..reference import hybrid_search
 from ..rules import AnswerRule, as_rule
 from .base import Policy
 
@@ -77,8 +73,8 @@ def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distributi
     For a fixed plan every sample's branches finish at the same times, so the held-out mean of
     E is E with s_q = the held-out accuracy of the ensemble of the plan's first q branches. Those
     scores depend on the plan (a set, not one exit), which the native search does not model:
-    the hybrid search (docs/design.md section 4: enumerate the next `depth` branches, greedy over the rest) runs
-    here in Python on that exact objective, memoising each set's accuracy (in `memo`, if given:
+    the reference's hybrid search (:func:`einet.reference.hybrid_search`, the native one's rules)
+    runs on that exact objective, memoising each set's accuracy (in `memo`, if given:
     they depend on the held-out data and the rule only, not on the profile or distribution)."""
     log_probs, labels = holdout.dense_log_probs(), holdout.labels
     weights = np.asarray(rule.weights, dtype=np.float32)
@@ -90,44 +86,16 @@ def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distributi
             accuracy[chosen] = float((total.argmax(1) == labels).mean())
         return accuracy[chosen]
 
-    def value(mask: np.ndarray) -> float:
+    def value(plan: list[int]) -> float:
+        mask = np.array(plan, dtype=bool)
         ran = np.flatnonzero(mask)
         scores = np.zeros(et.num_blocks)
         for q, k in enumerate(ran):
             scores[k] = set_accuracy(tuple(ran[:q + 1].tolist()))
         return cast(float, expected_accuracy(mask, scores, et, dist, held=rule.held_credit))  # one plan: a float
 
-    mask = hybrid_search(value, et.num_blocks, depth)
+    mask = np.array(hybrid_search(value, et.num_blocks, depth)[0], dtype=bool)
     return mask if mask.any() else single_exit(et.num_blocks).mask
-
-
-def hybrid_search(value: Callable[[np.ndarray], float], n: int, depth: int = 4) -> np.ndarray:
-    """Hybrid search on any objective of a whole mask: every setting of the first `depth` branches,
-    each completed greedily (adding the branch that raises `value` most until none does), plus
-    plain greedy from the empty plan; the best wins (ties: the earlier candidate)."""
-
-    def greedy(mask: np.ndarray, free_from: int) -> tuple[float, np.ndarray]:
-        best = value(mask)
-        while True:
-            gains = []
-            for i in range(free_from, n):
-                if not mask[i]:
-                    trial = mask.copy()
-                    trial[i] = True
-                    gains.append((value(trial), i))
-            top = max(gains, default=(best, -1), key=lambda g: g[0])
-            if top[0] <= best:
-                return best, mask
-            best, mask = top[0], mask.copy()
-            mask[top[1]] = True
-
-    depth = min(depth, n)
-    candidates = [greedy(np.zeros(n, dtype=bool), 0)]
-    for setting in range(1 << depth):
-        prefix = np.zeros(n, dtype=bool)
-        prefix[:depth] = [(setting >> (depth - 1 - j)) & 1 for j in range(depth)]
-        candidates.append(greedy(prefix, depth))
-    return max(candidates, key=lambda c: c[0])[1]
 
 
 class ConfidenceThreshold(Policy):

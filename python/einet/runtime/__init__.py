@@ -1,0 +1,265 @@
+"""The online elastic inference loop, under real interrupts (docs/design.md section 8, the online runtime).
+
+A worker thread runs the model block by block. After each block's conv part
+the policy decides whether to run its branch; every finished branch's answer
+is published at once (rule ``latest``, ``best`` or ``ensemble``, see
+:mod:`einet.rules`; before the first, the rule's time-zero answer, if any),
+and its confidence goes to the policy, which re-plans (EINet: one native predict-and-search call) right
+after the next block has been issued: the plan is only needed once that block
+ends, so on CUDA the planning overlaps the queued kernels instead of idling the
+GPU. (On a CPU a planner thread would overlap too, but handing work between
+threads costs more than the ~10-40 us a re-planning step takes.) The caller
+waits for the inference or a forced exit, whichever comes first: a deadline in
+seconds, a ``threading.Event``, or a callable returning True. On a forced exit
+the held answer comes back at once; the block in flight is not waited for (the
+worker notices the stop when it ends, before the next block). Interrupts count
+from the call: when the worker is still finishing the previous, interrupted
+sample's block, the new sample waits behind it, and if its deadline passes
+first it returns, interrupted, with what it holds by then (the time-zero
+answer, or none).
+
+On CUDA the blocks are queued asynchronously; the only synchronisation is
+reading a finished branch's confidence, which the planner needs.
+
+The pieces: :mod:`._interrupt` turns a deadline, Event or callable into one waiting function;
+:mod:`._worker` owns the thread and the block-by-block loop (one job per sample);
+:mod:`._statistics` keeps what the runtime adds to the model and folds it into an ET-profile
+(``calibrate``); :mod:`._switch` lowers Python's thread switch interval while a runtime is open;
+:class:`ElasticRuntime`, here, ties them together behind ``infer``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..adaptive import Adaptation
+from ..models.base import MultiExitNetwork
+from ..planner import ETProfile
+from ..policies import Policy
+from ..rules import AnswerRule, as_rule
+from ._interrupt import Interrupt, InterruptCheck
+from ._statistics import Statistics
+from ._switch import SWITCH_INTERVAL
+from ._worker import EXIT_JOIN_SECONDS, Job, NonFiniteError, Worker
+
+__all__ = ["EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "Interrupt", "NonFiniteError"]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What an elastic inference returns: the held answer when it ended, and how it ended."""
+
+    prediction: int | None  # class index; None when no branch had finished (and no time-zero answer)
+    exit: int | None  # the latest finished exit when it was held (None: the time-zero answer, or none)
+    confidence: float  # its max softmax probability (the ensemble's under rule ensemble; 0 when none)
+    elapsed: float  # seconds from the call to the moment the answer was returned
+    interrupted: bool  # True when a forced exit ended it
+    exits_run: tuple[int, ...] = ()  # branches that finished before the end
+    planning_seconds: float = 0.0  # time spent in the policy (predict + plan), included in elapsed
+    # (block, conv-part seconds, branch seconds or NaN when not run) of each block, as the worker measured
+    # them (CPU only: empty on CUDA). The worker's own list: after an interrupt, the block in flight is
+    # added when it ends (runtime.wait_idle() waits for that)
+    block_times: Sequence[tuple[int, float, float]] = field(default=(), compare=False)
+
+
+# Python's thread switch interval: a waiting caller needs the GIL back within its latency budget, not
+# Python's default 5 ms. It is process-wide, so it is lowered while any runtime is open and given back
+# when the last one closes (unless someone else has set it meanwhile), counted under a lock.
+_switch_lock = threading.RLock()  # re-entrant: a finaliser may run inside the holder's thread
+_switch_users = 0  # runtimes open
+_switch_saved: float | None = None  # the interval before the first of them lowered it
+_switch_set: float | None = None  # what it was lowered to
+class ElasticRuntime:
+    """Runs one sample at a time with `policy`, returning the best answer held when stopped.
+
+    Thread safety: one runtime may be shared between threads. ``infer`` calls are serialised by a
+    lock (one sample at a time); each call's interrupt counts from its own call, so a call still
+    waiting for another thread's inference when its interrupt fires returns at once, interrupted,
+    with the time-zero answer (or none). ``runtime.policy`` may be replaced between calls.
+
+    Errors: an error in the worker (model or policy) is raised by the ``infer`` call it belongs
+    to. When it happens after that call has returned (the block in flight of an interrupted
+    sample), it is raised by the next ``infer`` or by ``close`` instead, never dropped; the
+    runtime stays usable.
+
+    Closing: ``close()`` (or ``with``) stops the worker after its block in flight, waits for it
+    and gives back Python's thread switch interval (lowered while any runtime is open). An
+    unclosed runtime's worker is a daemon thread that is stopped when the runtime is garbage
+    collected, and at interpreter exit after its block in flight (up to ``EXIT_JOIN_SECONDS``).
+    """
+
+    def __init__(self, model: MultiExitNetwork, policy: Policy | None = None, rule: str | AnswerRule = "latest",
+                 device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None) -> None:
+        rule = as_rule(rule)
+        if (policy is None) == (adapt is None):
+            raise TypeError("give a policy, or an Adaptation (adapt=...) that plans one")
+        self._adaptation = adapt
+        policy = adapt.policy if adapt is not None else policy
+        assert policy is not None
+        if rule.weights is not None and len(rule.weights) != model.num_exits:
+            raise ValueError(f"the ensemble has {len(rule.weights)} weights, the model {model.num_exits} exits")
+        if policy.needs_oracle:
+            raise ValueError(f"{policy.name} needs each sample's true correctness: it can only be simulated")
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self._policy = policy
+        self.rule = rule
+        # torch's intra-op threads for the worker. One by default: a batch of one gains little from more
+        # on a small CPU, and a second core stays free for the caller; profile_et uses the same default.
+        self.threads = threads
+        # What the runtime adds to the model, measured as it runs (see calibrate()).
+        self._statistics = Statistics()
+        self.dispatch_seconds = self._statistics.dispatch  # from infer() to the first block starting
+        self.planning_seconds = self._statistics.planning  # policy time after each branch run
+        self._lock = threading.Lock()  # one inference at a time
+        self.last_policy: Policy = policy  # the policy of the latest infer() call
+        self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt)
+        self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
+
+    @property
+    def policy(self) -> Policy:
+        """The policy the next sample runs with (an adaptive runtime's: planned with its estimates)."""
+        return self._adaptation.policy if self._adaptation is not None else self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        if self._adaptation is not None:
+            self._adaptation.policy = policy
+        else:
+            self._policy = policy
+
+    @property
+    def adaptation(self) -> Adaptation | None:
+        """What an adaptive runtime has learnt (its ``profile`` and ``dist`` are planned with); None
+        for a static one."""
+        return self._adaptation
+
+    def infer(self, x: torch.Tensor, interrupt: Interrupt = None, plan_for_deadline: bool = False) -> Answer:
+        """Elastic inference of one sample (batch of one) until it ends or `interrupt` fires.
+
+        `interrupt`: None (run to the end); a deadline in seconds from this call (any real number
+        >= 0, numpy scalars included; inf or one beyond any possible wait means none); a
+        ``threading.Event``; or a callable returning True to stop. A NaN or negative deadline
+        raises ValueError, a bool or anything else TypeError, before anything runs.
+        `plan_for_deadline` (adaptive runtimes): the caller knows the deadline, and this sample is
+        planned for exactly it (the current block-time estimate, exit at the deadline).
+
+        ``interrupted`` is True whenever the inference had not ended when the interrupt fired:
+        for a deadline, by the worker's clock, even when this caller got the CPU back late; for an
+        Event or callable, when it has fired by the time the end is seen (the callable is asked
+        once more then)."""
+        started = time.perf_counter()
+        limit = InterruptCheck(interrupt, started)
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"the input must be a tensor, got {type(x).__name__}")
+        if self._worker.stopping:
+            raise RuntimeError("this runtime is closed")
+        policy, planned = self.policy, 0.0
+        if plan_for_deadline:
+            if self._adaptation is None or limit.deadline is None:
+                raise ValueError("plan_for_deadline needs an adaptive runtime and a deadline in seconds")
+            policy = self._adaptation.for_deadline(limit.deadline)
+            planned = time.perf_counter() - started  # not block 0's time: the worker starts its clock after it
+        self.last_policy = policy
+        if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt
+            return Answer(self.rule.prior_class, None, 0.0, time.perf_counter() - started, True)
+        try:
+            self._raise_late_error()
+            job = Job(x, policy, started)
+            job.planning = planned
+            self._worker.submit(job)
+            try:
+                finished = limit.wait(job.wait)
+            except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
+                job.stopped = True
+                job.collect()
+                raise
+            elapsed = time.perf_counter() - started
+            if finished and limit.fired(job.ended):
+                finished = False  # it ended after the interrupt, and only a late caller saw it end
+            if not finished:
+                job.stopped = True
+            error = job.collect()
+            if error is not None:
+                raise error
+            if finished and not job.queued:
+                self._statistics.answers.append([(a[0], a[1]) for a in job.answers])
+            if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
+                # The blocks that had ended by now; not the block in flight at an interrupt, which ends while
+                # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
+                end = job.ended if finished else limit.cutoff(elapsed)
+                running_part = job.in_flight if not finished and not job.queued and self.device.type == "cpu" else None
+                self._adaptation.record([] if job.queued else list(job.times), end, not finished,
+                                        None if running_part is None else (running_part[0], running_part[1],
+                                                                           end - running_part[2]))
+            held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
+        finally:
+            self._lock.release()
+        elapsed = time.perf_counter() - started
+        if held is None:  # no branch finished: the time-zero answer, if the rule holds one
+            return Answer(self.rule.prior_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
+                          job.times)
+        exit_index, prediction, confidence = held
+        return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning, job.times)
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the block an interrupted inference left in flight has ended (True), or
+        `timeout` seconds (False). A sample that should start on an idle device waits here first:
+        otherwise its deadline, which counts from the call, also covers that block."""
+        return self._worker.idle.wait(timeout)
+
+    def _acquire(self, timeout: float | None) -> bool:
+        return self._lock.acquire(timeout=-1 if timeout is None else timeout)
+
+    def _raise_late_error(self) -> None:
+        """Raise the first error of an inference whose caller had already returned, if any."""
+        if self._worker.late_errors:  # (only this thread takes from it)
+            raise self._worker.late_errors.popleft()
+
+    def calibrate(self, et: ETProfile) -> ETProfile:
+        """`et` with what this runtime adds, as measured over its recent uninterrupted inferences:
+        the hand-over from infer() to the worker (added to block 0), the policy's time after each
+        branch (added to every branch) and any remaining per-block cost (added to every block).
+        Plan and simulate with it to predict this runtime."""
+        return self._statistics.calibrate(et)
+
+    @property
+    def profile(self) -> ETProfile | None:
+        """The block times an adaptive runtime plans with now: its calibration, continuous (every part as
+        measured in this runtime, overheads included, see einet.adaptive). None for a static runtime,
+        whose profile is the one its policy was made with (see :meth:`calibrate`)."""
+        return None if self._adaptation is None else self._adaptation.profile
+
+    def reset_profile(self) -> None:
+        """An adaptive runtime forgets what it learnt, block times and exit times: back to the offline
+        profile and the prior (e.g. after moving to another device)."""
+        if self._adaptation is None:
+            raise ValueError("a static runtime learns nothing to reset: give it adapt=Adaptation(...)")
+        with self._lock:  # no inference starts meanwhile, and none is learnt from (the worker learns before idle)
+            self._worker.idle.wait()
+            self._adaptation.reset()
+
+    def reset_statistics(self) -> None:
+        """Forget what the runtime measured so far (e.g. a cold start): :meth:`calibrate` then sees
+        only the inferences that follow."""
+        self._statistics.clear()
+
+    def close(self) -> None:
+        """Stop the worker after its block in flight, wait for it and give back Python's thread switch
+        interval; then raise the error of an inference whose caller had already returned, if any."""
+        with self._lock:
+            self._stop()  # once: later calls do nothing
+            self._worker.join()
+            self._raise_late_error()
+
+    def __enter__(self) -> ElasticRuntime:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
