@@ -8,7 +8,9 @@ confidence target). FIXTURES names the command that regenerates each.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent / "fixtures"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -77,3 +79,22 @@ def available() -> list[str]:
 
 def folder(name: str) -> Path:
     return HERE / name
+
+
+def network_and_direct_run(name: str) -> tuple[Any, Any, Callable[[], None]]:
+    """A fixture's committed network (eval mode), one random input for it, and a call that runs that
+    input directly through every block and exit as the runtime does (each exit's answer read back and
+    folded into a running answer): the baseline the runtime's own cost is measured against."""
+    import torch
+
+    from einet.formats.checkpoint import load_checkpoint
+    from einet.rules import AnswerRule, RunningAnswer
+    from einet.runtime.realtime import run_directly
+
+    model, state = load_checkpoint(folder(name) / "model.pt")
+    model.eval()
+    channels = state["spec"].get("in_channels", 3)
+    side = 32 if channels == 3 else 28
+    x = torch.randn(1, channels, side, side)
+    running = RunningAnswer(AnswerRule("latest"))
+    return model, x, lambda: run_directly(model, x, running)

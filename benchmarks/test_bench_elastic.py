@@ -17,9 +17,9 @@ import pytest
 from fixtures_lib import SHARED, available, folder
 
 from einet.distributions import full_inference_time, relative_distribution
-from einet.profiling import CSProfile, ETRecord
-from einet.simulate import compare
-from einet.tables import csv_table, markdown_table
+from einet.evaluation.simulate import compare
+from einet.evaluation.tables import csv_table, markdown_table
+from einet.formats.profiles import CSProfile, ETRecord
 
 torch = pytest.importorskip("torch")
 from einet.predictor import load_predictor  # noqa: E402
@@ -28,7 +28,7 @@ COMPRESSED = {"b_alexnet_w05_cpu": "b_alexnet_w025_cpu"}  # fixture of the half-
 
 
 def comparison(name: str, kind: str, draws: int):
-    from einet.simulate import evaluate_all
+    from einet.evaluation.simulate import evaluate_all
 
     et = ETRecord.load(folder(name) / "et.npz").profile
     test = CSProfile.load(folder(name) / "cs-test.npz")
@@ -73,12 +73,12 @@ def test_einet_against_every_baseline(benchmark, results_folder, name, kind):
 
 
 def realtime_case(name: str, predictor: str):
-    from einet.predictor_file import load_native_predictor
+    from einet.formats.predictor_file import load_native_predictor
 
     if not (folder(name) / "model.pt").exists() or not (SHARED / "cifar10-jpeg.zip").exists():
         pytest.skip(f"needs the {name} fixture with its weights and ../shared/data")
     from einet import data
-    from einet.models import load_checkpoint
+    from einet.formats.checkpoint import load_checkpoint
 
     model, _ = load_checkpoint(folder(name) / "model.pt")
     test = data.load("cifar10", SHARED / "cifar10-jpeg.zip", "test")
@@ -100,8 +100,8 @@ def test_runtime_agrees_with_the_simulator(benchmark, speed_goal, capsys, name, 
     from einet.distributions import sample_exit_times
     from einet.policies import EINet
     from einet.profiling import profile_et
-    from einet.realtime import check_against_simulator
     from einet.runtime import ElasticRuntime
+    from einet.runtime.realtime import check_against_simulator
 
     model, base, cs, native, rule, images, labels = realtime_case(name, predictor)
     samples = 50 if benchmark.disabled else 3000

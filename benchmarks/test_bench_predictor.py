@@ -17,7 +17,7 @@ from fixtures_lib import available, folder
 from timing import median_seconds
 
 import einet
-from einet.profiling import CSProfile, ETRecord
+from einet.formats.profiles import CSProfile, ETRecord
 
 torch = pytest.importorskip("torch")
 from einet.predictor import (  # noqa: E402
@@ -167,8 +167,8 @@ def test_et_profile_repeatability(benchmark, speed_goal):
 def test_which_target_plans_better(benchmark, results_folder):
     """EINet's accuracy with the paper's confidence target vs our correctness target (exact, all test images)."""
     from einet.distributions import full_inference_time, relative_distribution
+    from einet.evaluation.simulate import evaluate
     from einet.policies import EINet
-    from einet.simulate import evaluate
 
     def run() -> list[str]:
         lines = ["EINet's accuracy (%, exact) by predictor target "

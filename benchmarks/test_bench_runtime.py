@@ -14,14 +14,11 @@ import time
 
 import numpy as np
 import pytest
-from fixtures_lib import folder
+from fixtures_lib import folder, network_and_direct_run
 
 torch = pytest.importorskip("torch")
 
-from einet.models import load_checkpoint  # noqa: E402
 from einet.policies import FixedPlan  # noqa: E402
-from einet.realtime import run_directly  # noqa: E402
-from einet.rules import AnswerRule, RunningAnswer  # noqa: E402
 from einet.runtime import ElasticRuntime  # noqa: E402
 
 MODELS = ["b_alexnet_w025_mnist_cpu", "b_alexnet_w05_cpu", "vgg16_fine_w025_cpu_light"]
@@ -32,16 +29,8 @@ def overhead(name: str, rounds: int) -> dict[str, float]:
     if not path.exists():
         pytest.skip(f"the {name} weights are not here")
     torch.set_num_threads(1)
-    model, state = load_checkpoint(path)
-    model.eval()
-    channels = state["spec"].get("in_channels", 3)
-    side = 32 if channels == 3 else 28
-    x = torch.randn(1, channels, side, side)
+    model, x, direct = network_and_direct_run(name)
     n = model.num_exits
-    running = RunningAnswer(AnswerRule("latest"))
-
-    def direct() -> None:
-        run_directly(model, x, running)
 
     direct_s, runtime_s, dispatch = [], [], []
     with ElasticRuntime(model, FixedPlan([True] * n, "every exit"), threads=1) as runtime:

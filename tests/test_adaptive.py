@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import einet
-from einet.adaptive import Adaptation, BlockTimes, ExitTimes, kaplan_meier
 from einet.policies import Policy
+from einet.runtime.adaptive import Adaptation, BlockTimes, ExitTimes, kaplan_meier
 
 
 def brute_kaplan_meier(times, observed):
@@ -155,7 +155,7 @@ def test_a_failed_background_plan_is_raised_by_the_next_update():
 
 @pytest.mark.parametrize("load, switching", [("steady", False), ("switching", True)])
 def test_burners_run_switch_and_stop(load, switching):
-    from einet.stress import Burners
+    from einet.runtime.stress import Burners
 
     with Burners.for_load(load, count=1, period=0.2, limit=30) as burners:
         time.sleep(0.7)
@@ -166,7 +166,7 @@ def test_burners_run_switch_and_stop(load, switching):
 
 
 def test_burners_end_by_themselves():
-    from einet.stress import Burners
+    from einet.runtime.stress import Burners
 
     burners = Burners(1, limit=0.3).__enter__()
     burners._processes[0].wait(timeout=20)  # the burner's own limit ended it
@@ -176,7 +176,7 @@ def test_burners_end_by_themselves():
 
 
 def test_switching_exit_times_switch():
-    from einet.stress import switching_exit_times
+    from einet.runtime.stress import switching_exit_times
 
     draws = switching_exit_times(einet.Deterministic(1.0), einet.Deterministic(2.0), 10, 4, np.random.default_rng(0))
     assert draws.tolist() == [1.0] * 4 + [2.0] * 6
@@ -209,7 +209,7 @@ def test_the_runtime_learns_a_slowdown_and_plans_for_it():
 
     from einet.policies import statistics_plan
     from einet.runtime import ElasticRuntime
-    from einet.stress import Slowed
+    from einet.runtime.stress import Slowed
 
     et = einet.ETProfile([2e-3] * 4, [0.0] * 4)
     factor = {"now": 1.0}

@@ -16,8 +16,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from einet import bundle as bundles  # noqa: E402
-from einet import manifest as manifests  # noqa: E402
 from einet.cli import main  # noqa: E402
+from einet.formats import manifest as manifests  # noqa: E402
 from einet.variants import Variant, variant_exits  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"

@@ -79,7 +79,7 @@ def test_device_auto_is_cuda_only_when_available():
 @needs_torch
 @needs_fixture
 def test_fit_predictor_evaluate_and_report(tmp_path, capsys):
-    from einet.profiling import ETRecord
+    from einet.formats.profiles import ETRecord
 
     predictor = tmp_path / "p.npz"
     assert main(["fit-predictor", "--cs", str(FIXTURE / "cs-holdout.npz"), "--epochs", "2", "--hidden", "16",
@@ -110,7 +110,8 @@ def test_demo_runs_end_to_end_on_the_embedded_data(capsys):
 
 def save_model(path: Path, **spec: object) -> Path:
     """A checkpoint of an untrained zoo model, as `einet train` writes them."""
-    from einet.models import build, save_checkpoint
+    from einet.formats.checkpoint import save_checkpoint
+    from einet.models import build
 
     spec = {"name": "b_alexnet", "num_classes": 10, "in_channels": 1, "width": 0.125} | spec
     kwargs = dict(spec)
@@ -155,8 +156,8 @@ def test_train_with_bf16_and_channels_last_records_them(tmp_path, capsys):
 
 @needs_torch
 def test_train_with_light_exits_profiles_with_them_named(tmp_path):
-    from einet.models import load_checkpoint
-    from einet.profiling import CSProfile
+    from einet.formats.checkpoint import load_checkpoint
+    from einet.formats.profiles import CSProfile
 
     data = fake_cifar10(tmp_path / "data")
     assert main(["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--exit-head", "light",
@@ -238,8 +239,8 @@ def test_profile_skip_cs_retimes_only_and_skip_et_reprofiles_only_confidences(tm
 
 @needs_torch
 def test_refit_exits_writes_a_checkpoint_whose_profiles_name_the_pools(tmp_path, capsys):
-    from einet.models import load_checkpoint
-    from einet.profiling import CSProfile
+    from einet.formats.checkpoint import load_checkpoint
+    from einet.formats.profiles import CSProfile
 
     data = fake_cifar10(tmp_path / "data", per_batch=16)
     checkpoint = save_model(tmp_path / "m.pt", in_channels=3, exit_head="light")
@@ -281,7 +282,7 @@ def test_mistake_refit_exits_without_light_exits_or_onto_itself(tmp_path, capsys
 
 @needs_torch
 def test_profile_with_a_second_look_doubles_the_exits_and_names_it(tmp_path):
-    from einet.profiling import CSProfile, ETRecord
+    from einet.formats.profiles import CSProfile, ETRecord
 
     checkpoint = save_model(tmp_path / "m.pt", in_channels=3)
     data, out = fake_cifar10(tmp_path / "data"), tmp_path / "profiles"
@@ -336,7 +337,7 @@ def test_train_resumes_with_or_without_the_default_exit_head_spelled_out(tmp_pat
     assert_one_line_error(capsys, light, r"holds a checkpoint of another model")  # the paper's head: another model
     import torch
 
-    from einet.models import checkpoint
+    from einet.formats import checkpoint
 
     paper = ["train", "--dataset", "cifar10", "--data", str(data), *TINY_TRAIN, "--out", str(tmp_path / "p.pt")]
     assert main(paper) == 0
@@ -351,7 +352,7 @@ def test_train_resumes_with_or_without_the_default_exit_head_spelled_out(tmp_pat
 
 @needs_torch
 def test_select_writes_a_deployment_that_pays_for_planning(tmp_path, capsys):
-    from einet.select import load_deployment
+    from einet.evaluation.select import load_deployment
 
     profiles = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "b_alexnet_w025_cpu_light"
     base = ["select", "--profiles", str(profiles), "--dist", "uniform", "--rules", "latest", "--epochs", "1"]
@@ -365,8 +366,8 @@ def test_select_writes_a_deployment_that_pays_for_planning(tmp_path, capsys):
 
 @needs_torch
 def test_select_chooses_among_networks(tmp_path, capsys):
-    from einet.profiling import ETRecord
-    from einet.select import load_deployment
+    from einet.evaluation.select import load_deployment
+    from einet.formats.profiles import ETRecord
 
     fixtures = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures"
     joint, light = (str(fixtures / f"b_alexnet_w025_cpu_{name}") for name in ("joint", "light"))
@@ -458,7 +459,7 @@ def test_library_error_in_a_real_process_is_one_line_with_status_2(tmp_path):
 
 @needs_torch
 def test_debug_shows_the_traceback(tmp_path):
-    from einet.profiling import ProfileFormatError
+    from einet.formats.npz import ProfileFormatError
 
     argv = ["evaluate", "--profiles", str(tmp_path), "--predictor", "p.npz"]
     with pytest.raises(ProfileFormatError, match="missing file"):
@@ -491,14 +492,14 @@ def test_plot_shows_a_lead_of_a_tenth_of_a_point_in_distinct_colours(tmp_path):
     pytest.importorskip("matplotlib")
     from matplotlib.colors import to_rgba
 
-    from einet.tables import plot_curves
+    from einet.evaluation.tables import plot_curves
 
     names = ["EINet", "EINet (paper)", "static 25%", "static 50%", "static 100%", "dynamic 90%",
              "dynamic 95%", "dynamic 99%", "statistics", "single-exit", "clairvoyant"]
     xs = [0.25, 0.5, 0.75]
     curves = {name: [(x, 0.5 + 0.2 * x - 0.01 * k) for x in xs] for k, name in enumerate(names)}
     curves["EINet"] = [(x, y + 0.001) for x, y in curves["statistics"]]  # a lead of 0.1 pp
-    code = ("import sys; from einet.tables import plot_curves; "
+    code = ("import sys; from einet.evaluation.tables import plot_curves; "
             f"plot_curves({curves!r}, {str(tmp_path / 'c.png')!r}, 't'); "
             "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
     subprocess.run([sys.executable, "-c", code], check=True)  # no backend chosen, pyplot untouched
@@ -518,7 +519,7 @@ def test_plot_shows_a_lead_of_a_tenth_of_a_point_in_distinct_colours(tmp_path):
 def tiny_profiles(folder: Path, samples: int = 40, exits: int = 3, classes: int = 4,
                   meta: dict | None = None) -> Path:
     """et.npz, cs-holdout.npz and cs-test.npz of a made-up model, with log-probabilities."""
-    from einet.profiling import CSProfile, ETRecord
+    from einet.formats.profiles import CSProfile, ETRecord
 
     rng = np.random.default_rng(0)
     times = rng.uniform(1e-3, 2e-3, exits)
@@ -535,7 +536,7 @@ def tiny_profiles(folder: Path, samples: int = 40, exits: int = 3, classes: int 
 
 def tiny_predictor(path: Path, exits: int = 3, rule: dict | None = None) -> Path:
     """A predictor file with random weights (numpy only)."""
-    from einet.profiling import write_arrays
+    from einet.formats.npz import write_arrays
 
     rng = np.random.default_rng(1)
     arrays = {"weight0": rng.normal(0, 0.3, (4, 2 * exits)), "bias0": np.zeros(4),
@@ -570,9 +571,9 @@ def test_table_has_a_row_per_model_and_finds_the_half_width_twin(tmp_path, capsy
 def test_evaluate_with_rule_ensemble_needs_no_torch(tmp_path):
     """The predictor file carries its rule (ensemble weights, time-zero answer); evaluating it
     runs on numpy and the native planner only."""
+    from einet.formats.npz import write_arrays
+    from einet.formats.predictor_file import load_native_predictor
     from einet.planner import NativePredictor
-    from einet.predictor_file import load_native_predictor
-    from einet.profiling import write_arrays
 
     profiles = tiny_profiles(tmp_path)
     rng = np.random.default_rng(1)

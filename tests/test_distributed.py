@@ -18,7 +18,7 @@ torch = pytest.importorskip("torch")
 if not (torch.distributed.is_available() and torch.distributed.is_gloo_available()):
     pytest.skip("torch.distributed with gloo is not available", allow_module_level=True)
 
-from einet.models import load_checkpoint  # noqa: E402
+from einet.formats.checkpoint import load_checkpoint  # noqa: E402
 
 # Run by torchrun in each process: DDP through the API (recording which samples each process draws),
 # then `einet train` in the same process group.
@@ -30,8 +30,9 @@ from torch.utils.data import Dataset
 
 from einet import cli
 from einet.data import ImageArrays, ImageDataset
-from einet.models import TrainConfig, build, train
-from einet.models.distributed import init_distributed
+from einet.models import build
+from einet.training import TrainConfig, train
+from einet.training.distributed import init_distributed
 
 folder, data = sys.argv[1], sys.argv[2]
 rank, world, device = init_distributed("cpu")
@@ -116,8 +117,9 @@ def test_torchrun_two_cpu_processes(tmp_path):
 def test_batch_size_is_global_and_loaders_must_be_sharded(monkeypatch):
     from torch.utils.data import DataLoader, TensorDataset
 
-    import einet.models.training as training
-    from einet.models import TrainConfig, build, train
+    import einet.training.loop as training
+    from einet.models import build
+    from einet.training import TrainConfig, train
 
     monkeypatch.setattr(training, "world", lambda: (0, 2))
     model = build("b_alexnet", num_classes=2, in_channels=1, width=0.125)
@@ -129,7 +131,7 @@ def test_batch_size_is_global_and_loaders_must_be_sharded(monkeypatch):
 
 
 def test_init_distributed_without_torchrun_is_a_single_process(monkeypatch):
-    from einet.models.distributed import finish_distributed, init_distributed
+    from einet.training.distributed import finish_distributed, init_distributed
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)
     assert init_distributed("cpu") == (0, 1, "cpu")

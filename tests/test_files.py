@@ -21,15 +21,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from einet.profiling import CSProfile, ProfileFormatError, read_arrays, write_arrays
+from einet.formats.npz import ProfileFormatError, read_arrays, write_arrays
+from einet.formats.profiles import CSProfile
 
 torch = pytest.importorskip("torch")
 
-import einet.models.checkpoint as checkpoint  # noqa: E402
-import einet.models.training as training  # noqa: E402
+from fuzz.saves import check, kill_a_saver, reader, save, writer  # noqa: E402
+
+import einet.formats.checkpoint as checkpoint  # noqa: E402
 import einet.models.zoo as zoo  # noqa: E402
 import einet.predictor as predictor  # noqa: E402
-from einet.models import build, load_checkpoint, save_checkpoint  # noqa: E402
+import einet.training.loop as training  # noqa: E402
+from einet.formats.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from einet.models import build  # noqa: E402
 
 SPEC = {"name": "b_alexnet", "num_classes": 3, "in_channels": 1, "width": 0.125}
 REPO = Path(__file__).resolve().parents[1]
@@ -153,7 +157,7 @@ def test_damaged_archives_raise_profile_format_error(tmp_path, make, message):
 
 
 def test_read_arrays_caps_what_it_decompresses(tmp_path, monkeypatch):
-    import einet.npz as container
+    import einet.formats.npz as container
 
     assert container.MAX_ARCHIVE_BYTES >= 2**30  # documented; real CS-profiles with log-probabilities are big
     path = write_arrays(tmp_path / "zeros.npz", "et-profile", {"conv": np.zeros(1_000_000)})
@@ -435,70 +439,17 @@ def test_msdnet_spec_keys_are_allowed(tmp_path):
 
 # --------------------------------------------------------------------------- 10: atomic, concurrent saves
 
-STAMP_SIZE = 50_000  # values per save: large enough that saves take a while
-
-
-def save_stamped(kind: str, path: str, stamp: int) -> None:
-    values = np.full(STAMP_SIZE, stamp, dtype=np.float64)
-    if kind == "arrays":
-        write_arrays(path, "et-profile", {"conv": values, "branch": values[:1000]}, {"stamp": stamp})
-    else:
-        module = torch.nn.Linear(1, 1)
-        module.weight = torch.nn.Parameter(torch.from_numpy(values.reshape(-1, 1)))
-        save_checkpoint(path, module, None, stamp=stamp)
-
-
-def read_stamped(kind: str, path: str) -> int:
-    """The file's stamp; raises if the file is unreadable or its parts disagree."""
-    if kind == "arrays":
-        arrays, meta = read_arrays(path, "et-profile")
-        stamp = meta["stamp"]
-        ok = (arrays["conv"] == stamp).all() and (arrays["branch"] == stamp).all() and arrays["conv"].size == STAMP_SIZE
-    else:
-        state = checkpoint.read_checkpoint(Path(path))
-        stamp = state["stamp"]
-        ok = bool((state["model"]["weight"] == stamp).all()) and state["model"]["weight"].numel() == STAMP_SIZE
-    if not ok:
-        raise ValueError(f"inconsistent file (stamp {stamp})")
-    return int(stamp)
-
-
-def writer(kind: str, path: str, first_stamp: int, count: int) -> None:
-    for k in range(count):
-        save_stamped(kind, path, first_stamp + k)
-
-
-def reader(kind: str, path: str, stop, results) -> None:
-    reads = corrupt = 0
-    while not stop.is_set():
-        try:
-            read_stamped(kind, path)
-        except (ValueError, OSError) as error:
-            corrupt += 1
-            results.put(f"{type(error).__name__}: {error}"[:200])
-        reads += 1
-    results.put((reads, corrupt))
-
-
-def saver_forever(kind: str, path: str, started) -> None:
-    stamp = 1_000_000 + os.getpid() * 1000  # distinct from the parent's stamps
-    started.set()
-    while True:
-        stamp += 1
-        save_stamped(kind, path, stamp)
-
-
 @pytest.fixture
 def forkserver(monkeypatch):
-    """Processes forked from a clean server that has imported einet, torch and this module: each
+    """Processes forked from a clean server that has imported einet, torch and the harness: each
     starts in milliseconds, and none inherits pytest's threads."""
     if sys.platform == "win32" or "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs the forkserver start method (POSIX)")
-    # Before 3.12 the fork server ignores the parent's sys.path: it finds this module through PYTHONPATH.
+    # Before 3.12 the fork server ignores the parent's sys.path: it finds the harness through PYTHONPATH.
     here = str(Path(__file__).resolve().parent)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])]))
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["einet.profiling", "einet.models.training", __name__])
+    context.set_forkserver_preload(["einet.profiling", "einet.training.loop", "fuzz.saves"])
     return context
 
 
@@ -506,7 +457,7 @@ def forkserver(monkeypatch):
 def test_two_writers_and_a_reader(tmp_path, forkserver, kind):
     context = forkserver
     path = str(tmp_path / ("f.npz" if kind == "arrays" else "f.pt"))
-    save_stamped(kind, path, 0)
+    save(kind, path, 0)
     stop, results = context.Event(), context.Queue()
     read_process = context.Process(target=reader, args=(kind, path, stop, results))
     writers = [context.Process(target=writer, args=(kind, path, 1000 * (w + 1), 60)) for w in range(2)]
@@ -524,7 +475,7 @@ def test_two_writers_and_a_reader(tmp_path, forkserver, kind):
     assert [p.exitcode for p in writers] == [0, 0], "a writer crashed"
     assert corrupt == 0, messages[:5]
     assert reads > 0
-    assert read_stamped(kind, path) in {1059, 2059}  # one of the two last saves won
+    assert check(kind, path) in {1059, 2059}  # one of the two last saves won
     assert sorted(os.listdir(tmp_path)) == [Path(path).name]  # no temporary files left behind
 
 
@@ -533,21 +484,14 @@ def test_two_writers_and_a_reader(tmp_path, forkserver, kind):
 def test_sigkill_during_saves_leaves_a_complete_file(tmp_path, forkserver, kind):
     context = forkserver
     path = str(tmp_path / ("f.npz" if kind == "arrays" else "f.pt"))
-    save_stamped(kind, path, 7)
+    save(kind, path, 7)
     rng = np.random.default_rng(0)
     deadline = time.monotonic() + 8
     kills = 0
     while kills < 30 and time.monotonic() < deadline:
-        started = context.Event()
-        process = context.Process(target=saver_forever, args=(kind, path, started))
-        process.start()
-        started.wait(30)
-        time.sleep(float(rng.uniform(0, 0.05)))
-        os.kill(process.pid, signal.SIGKILL)
-        process.join(30)
-        assert process.exitcode == -signal.SIGKILL
+        assert kill_a_saver(context, kind, path, float(rng.uniform(0, 0.05)), timeout=30) == -signal.SIGKILL
         kills += 1
-        read_stamped(kind, path)  # complete and consistent: the last finished save, or the first one
+        check(kind, path)  # complete and consistent: the last finished save, or the first one
     assert kills >= 10
     leftovers = [name for name in os.listdir(tmp_path) if name != Path(path).name]
     assert leftovers, "no kill landed mid-save"  # a killed save leaves its temporary file, never the target
@@ -564,7 +508,7 @@ def test_saves_are_fsynced(tmp_path, monkeypatch, kind):
         real_fsync(fd)
 
     monkeypatch.setattr(os, "fsync", spy)
-    save_stamped(kind, str(tmp_path / "f"), 1)
+    save(kind, str(tmp_path / "f"), 1)
     assert len(synced) >= 2  # the file, then its directory
     if sys.platform == "linux":
         assert synced[0] is False and synced[-1] is True
@@ -575,14 +519,14 @@ def test_failed_saves_keep_the_previous_file_and_leave_nothing(tmp_path):
         def __array__(self, *args, **kwargs):
             raise RuntimeError("cannot convert")
 
-    save_stamped("arrays", str(tmp_path / "f.npz"), 3)
+    save("arrays", str(tmp_path / "f.npz"), 3)
     with pytest.raises(RuntimeError, match="cannot convert"):
         write_arrays(tmp_path / "f.npz", "et-profile", {"conv": Unconvertible()})
-    save_stamped("checkpoint", str(tmp_path / "f.pt"), 4)
+    save("checkpoint", str(tmp_path / "f.pt"), 4)
     with pytest.raises(Exception):  # noqa: B017 - pickling a lambda fails; which error is torch's business
         save_checkpoint(tmp_path / "f.pt", torch.nn.Linear(1, 1), None, callback=lambda: 0)
-    assert read_stamped("arrays", str(tmp_path / "f.npz")) == 3
-    assert read_stamped("checkpoint", str(tmp_path / "f.pt")) == 4
+    assert check("arrays", str(tmp_path / "f.npz")) == 3
+    assert check("checkpoint", str(tmp_path / "f.pt")) == 4
     assert sorted(os.listdir(tmp_path)) == ["f.npz", "f.pt"]
 
 

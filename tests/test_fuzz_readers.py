@@ -19,8 +19,9 @@ import pytest
 import torch
 from fuzz import readers as fuzz
 
-from einet.models import load_checkpoint
-from einet.profiling import CSProfile, ETRecord, ProfileFormatError
+from einet.formats.checkpoint import load_checkpoint
+from einet.formats.npz import ProfileFormatError
+from einet.formats.profiles import CSProfile, ETRecord
 
 ROOT = Path(__file__).resolve().parents[1]
 ET = ROOT / "benchmarks" / "fixtures" / "b_alexnet_w025_mnist_cpu" / "et.npz"

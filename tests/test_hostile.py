@@ -22,7 +22,8 @@ import numpy as np
 import pytest
 from helpers import fake_cifar10
 
-from einet.profiling import CSProfile, ProfileFormatError, read_arrays, write_arrays
+from einet.formats.npz import ProfileFormatError, read_arrays, write_arrays
+from einet.formats.profiles import CSProfile
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "b_alexnet_w025_mnist_cpu"
 pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="fixture missing")
@@ -126,16 +127,11 @@ CASES = {
     "evaluate --horizon-ms -1": ([*EVALUATE, "--horizon-ms", "-1"], r"--horizon-ms"),
     "report --scales inf": (["report", "--profiles", "P", "--predictor", "P/predictor.npz", "--out", "r.png",
                              "--scales", "1", "inf"], r"--scales: .*finite"),
-    "train --width 1e9": ([*TRAIN, "--width", "1e9"], r"--width: .*\(0, 16\]"),
-    "train --lr inf": ([*TRAIN, "--lr", "inf"], r"--lr: .*finite"),
-    "train --lr nan": ([*TRAIN, "--lr", "nan"], r"--lr: .*finite"),
-    "train --lr 0": ([*TRAIN, "--lr", "0"], r"--lr: .*\(0, 100\]"),
-    "train --holdout nan": ([*TRAIN, "--holdout", "nan"], r"--holdout: .*finite"),
-    "train --holdout 1": ([*TRAIN, "--holdout", "1"], r"--holdout: .*\[0, 0.99\]"),
-    "train --exit-weights nan": ([*TRAIN, "--exit-weights", "1", "nan", "1"], r"--exit-weights: .*finite"),
-    "train --epochs 0": ([*TRAIN, "--epochs", "0"], r"--epochs"),
-    "train --batch-size 1e9": ([*TRAIN, "--batch-size", "1e9"], r"--batch-size"),
-    "train --seed -1": ([*TRAIN, "--seed", "-1"], r"--seed"),
+    **{f"train --{flag} {value}": ([*TRAIN, f"--{flag}", *value.split()], message) for flag, value, message in (
+        ("width", "1e9", r"--width: .*\(0, 16\]"), ("lr", "inf", r"--lr: .*finite"), ("lr", "nan", r"--lr: .*finite"),
+        ("lr", "0", r"--lr: .*\(0, 100\]"), ("holdout", "nan", r"--holdout: .*finite"),
+        ("holdout", "1", r"--holdout: .*\[0, 0.99\]"), ("exit-weights", "1 nan 1", r"--exit-weights: .*finite"),
+        ("epochs", "0", r"--epochs"), ("batch-size", "1e9", r"--batch-size"), ("seed", "-1", r"--seed"))},
     "refit-exits --pool 1000": ([*REFIT, "--pool", "1000"], r"--pool"),
     "fit-predictor --hidden 1e9": ([*FIT, "--hidden", "1000000000"], r"--hidden: .*\[1, 16384\]"),
     "fit-predictor --hidden 16385": ([*FIT, "--hidden", "16385"], r"--hidden: .*\[1, 16384\]"),
@@ -243,7 +239,7 @@ def test_version_3_files_carry_a_checksum_and_their_array_list(tmp_path):
     with pytest.raises(ProfileFormatError, match="fails its SHA-256 checksum"):
         read_arrays(tmp_path / "forged.npz", "et-profile")
     write_arrays(tmp_path / "extra.npz", "et-profile", arrays | {"spare": np.zeros(3)}, meta)
-    from einet.profiling import ETRecord
+    from einet.formats.profiles import ETRecord
 
     with pytest.raises(ProfileFormatError, match="unexpected array 'spare'"):
         ETRecord.load(tmp_path / "extra.npz")
@@ -273,8 +269,8 @@ def read_header(path: Path) -> str:
     ({"format": "einet-deployment!"}, r"not an einet deployment"),
 ])
 def test_deployment_fields_are_typed_and_range_checked(tmp_path, change, match):
+    from einet.evaluation.select import Deployment, load_deployment, save_deployment
     from einet.rules import AnswerRule
-    from einet.select import Deployment, load_deployment, save_deployment
 
     save_deployment(tmp_path / "d.json", Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, True)))
     record = json.loads((tmp_path / "d.json").read_text())
@@ -289,7 +285,7 @@ def test_deployment_fields_are_typed_and_range_checked(tmp_path, change, match):
 
 
 def test_deployment_json_depth_and_literals_are_bounded(tmp_path):
-    from einet.select import load_deployment
+    from einet.evaluation.select import load_deployment
 
     (tmp_path / "deep.json").write_text("[" * 200_000 + "]" * 200_000)
     with pytest.raises(ValueError, match="nested 200000 deep"):
@@ -300,8 +296,8 @@ def test_deployment_json_depth_and_literals_are_bounded(tmp_path):
 
 
 def test_a_deployment_and_its_predictor_never_share_a_name(tmp_path):
+    from einet.evaluation.select import DEPLOYED_PREDICTOR, Deployment, save_deployment
     from einet.rules import AnswerRule
-    from einet.select import DEPLOYED_PREDICTOR, Deployment, save_deployment
 
     deployment = Deployment("EINet", AnswerRule("latest"), "normal", predictor=DEPLOYED_PREDICTOR)
     with pytest.raises(ValueError, match="also the name of its predictor"):
@@ -311,8 +307,8 @@ def test_a_deployment_and_its_predictor_never_share_a_name(tmp_path):
 
 def test_a_plan_of_another_length_is_refused_when_built():
     import einet
+    from einet.evaluation.select import Deployment
     from einet.rules import AnswerRule
-    from einet.select import Deployment
 
     deployment = Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, True))
     et = einet.ETProfile([1.0, 1.0, 1.0], [0.1, 0.1, 0.1])
@@ -338,7 +334,7 @@ def test_exit_times_are_drawn_in_bounded_work_however_little_mass_lies_above_zer
                                           ("weight_decay", -1.0), ("exit_weights", (1.0, float("nan")))])
 def test_train_config_refuses_non_finite_settings(field, value):
     pytest.importorskip("torch")
-    from einet.models import TrainConfig
+    from einet.training import TrainConfig
 
     with pytest.raises(ValueError, match=r"finite|must lie in"):
         TrainConfig(**{field: value})
@@ -347,8 +343,10 @@ def test_train_config_refuses_non_finite_settings(field, value):
 def test_a_loss_that_turns_nan_stops_training_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     torch = pytest.importorskip("torch")
     from einet.data import ImageArrays, dataset_for
-    from einet.models import TrainConfig, build, load_checkpoint, train
-    from einet.models import training as module
+    from einet.formats.checkpoint import load_checkpoint
+    from einet.models import build
+    from einet.training import TrainConfig, train
+    from einet.training import loop as module
 
     rng = np.random.default_rng(0)
     arrays = ImageArrays(rng.integers(0, 256, (16, 16, 16, 1), dtype=np.uint8), rng.integers(0, 2, 16),
@@ -394,7 +392,8 @@ def test_the_runtime_refuses_a_non_finite_input():
 
 def test_training_refuses_images_of_the_wrong_channels_naming_the_sample():
     torch = pytest.importorskip("torch")
-    from einet.models import TrainConfig, build, train
+    from einet.models import build
+    from einet.training import TrainConfig, train
 
     class ThreeChannels(torch.utils.data.Dataset):
         def __len__(self):

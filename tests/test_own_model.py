@@ -20,17 +20,11 @@ from torch.utils.data import DataLoader, Dataset  # noqa: E402
 
 from einet import cli  # noqa: E402
 from einet.data import ImageArrays, ImageDataset, as_batches, count_batches, shard_indices  # noqa: E402
-from einet.models import (  # noqa: E402
-    ConversionError,
-    TrainConfig,
-    convert,
-    evaluate,
-    load_checkpoint,
-    train,
-    training,
-)
+from einet.formats.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from einet.models import ConversionError, convert  # noqa: E402
 from einet.models.constructor import build_converted  # noqa: E402
 from einet.profiling import profile_cs  # noqa: E402
+from einet.training import TrainConfig, exit_accuracies, train  # noqa: E402
 
 # A user's package: a torchvision-style ResNet (BasicBlock, layer1..3, avgpool, fc) and a ConvNeXt-style
 # network (a functional layer norm reading its weights directly, a layer scale), with a call counter.
@@ -224,12 +218,12 @@ def test_train_evaluate_and_profile_take_a_dataset_or_a_dataloader():
         config = TrainConfig(epochs=3, batch_size=16, optimizer="adam", lr=3e-3, schedule="constant")
         history = train(model, source, user, config, progress=False)
         assert len(history.loss) == 3 and history.test_accuracy[-1][-1] > 0.6
-        assert evaluate(model, user) == pytest.approx(evaluate(model, data))
-        assert evaluate(model, DataLoader(user, batch_size=5)) == pytest.approx(evaluate(model, data))
+        assert exit_accuracies(model, user) == pytest.approx(exit_accuracies(model, data))
+        assert exit_accuracies(model, DataLoader(user, batch_size=5)) == pytest.approx(exit_accuracies(model, data))
         profile = profile_cs(model, source if isinstance(source, Dataset) else DataLoader(user, batch_size=9),
                              progress=False)
         assert profile.num_samples == 48 and np.array_equal(profile.labels, data.labels.numpy())
-        assert np.allclose(profile.accuracy_per_exit(), evaluate(model, data))
+        assert np.allclose(profile.accuracy_per_exit(), exit_accuracies(model, data))
 
 
 # ---------------------------------------------------------------- part 2: your own model
@@ -310,7 +304,7 @@ def save_converted(nets, path: Path, **kwargs) -> tuple[object, dict]:
     model, spec = build_converted(f"{MODULE}:resnet", {"width": 4, "in_channels": 1, "num_classes": 3},
                                   torch.randn(2, 1, 12, 12), ["layer1", "layer2"])
     spec.update(kwargs)
-    training.save_checkpoint(path, model, spec)
+    save_checkpoint(path, model, spec)
     return model, spec
 
 
@@ -398,7 +392,7 @@ def tiny_mnist(root: Path, train: int = 120, test: int = 60) -> Path:
 
 def test_cli_trains_branches_of_a_users_resnet_on_its_frozen_backbone_then_profiles_and_serves(
         nets, tmp_path, capsys, monkeypatch):
-    from einet.policies import Policy
+    from einet.policies import EveryExit
     from einet.runtime import ElasticRuntime
 
     data = tiny_mnist(tmp_path / "mnist")
@@ -433,7 +427,7 @@ def test_cli_trains_branches_of_a_users_resnet_on_its_frozen_backbone_then_profi
     assert "--constructor" in capsys.readouterr().err
     assert cli.main([*profile, "--constructor", f"{MODULE}:resnet"]) == 0
     assert (tmp_path / "profiles" / "cs-test.npz").exists() and (tmp_path / "profiles" / "et.npz").exists()
-    with ElasticRuntime(model, Policy()) as runtime:
+    with ElasticRuntime(model, EveryExit()) as runtime:
         answer = runtime.infer(x[:1])
     assert answer.exit == 2 and answer.prediction == int(model(x[:1])[-1].argmax())
 

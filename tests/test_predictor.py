@@ -8,6 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import einet  # noqa: E402
+from einet.formats.npz import ProfileFormatError  # noqa: E402
+from einet.formats.profiles import CSProfile  # noqa: E402
 from einet.predictor import (  # noqa: E402
     ConfidencePredictor,
     expected_calibration_error,
@@ -17,7 +19,6 @@ from einet.predictor import (  # noqa: E402
     random_observations,
     save_predictor,
 )
-from einet.profiling import CSProfile, ProfileFormatError  # noqa: E402
 
 
 def synthetic_cs(samples: int = 600, exits: int = 6, seed: int = 0) -> CSProfile:
@@ -129,7 +130,7 @@ def test_save_and_load(tmp_path):
     masks = np.zeros((5, 6), dtype=bool)
     masks[:, 0] = True
     np.testing.assert_array_equal(predict_numpy(loaded, observed, masks), predict_numpy(model, observed, masks))
-    from einet.profiling import read_arrays, write_arrays
+    from einet.formats.npz import read_arrays, write_arrays
 
     arrays, meta = read_arrays(tmp_path / "p.npz", "predictor")
     arrays["weight1"] = arrays["weight1"][:, :3]

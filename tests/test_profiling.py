@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from einet.profiling import CSProfile, ETRecord, ProfileFormatError, read_arrays, write_arrays
+from einet.formats.npz import ProfileFormatError, read_arrays, write_arrays
+from einet.formats.profiles import CSProfile, ETRecord
 
 
 def make_cs(samples: int = 20, exits: int = 4) -> CSProfile:

@@ -8,7 +8,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from einet.data import ImageArrays, ImageDataset  # noqa: E402
-from einet.models import build, load_checkpoint, save_checkpoint  # noqa: E402
+from einet.formats.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from einet.models import build  # noqa: E402
 from einet.models.base import LightBranch, light_exits, set_light_pools  # noqa: E402
 from einet.models.refit import refit_light_exits  # noqa: E402
 

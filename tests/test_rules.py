@@ -11,8 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import einet
+from einet.formats.profiles import CSProfile
 from einet.policies import ensemble_statistics_plan
-from einet.profiling import CSProfile
 from einet.reference import hybrid_search
 from einet.rules import AnswerRule, RunningAnswer, held_correctness, time_zero_answer
 
@@ -115,10 +115,10 @@ def test_ensemble_needs_log_probabilities():
 def test_a_predictor_reading_another_signal_round_trips_and_drives_einet(tmp_path, signal):
     pytest.importorskip("torch")
     from einet.distributions import full_inference_time, relative_distribution
+    from einet.evaluation.simulate import evaluate
+    from einet.formats.predictor_file import read_predictor
     from einet.policies import EINet
     from einet.predictor import fit_predictor, load_predictor, save_predictor
-    from einet.predictor_file import read_predictor
-    from einet.simulate import evaluate
 
     rng = np.random.default_rng(5)
     holdout, test = random_profile(rng, 300, 5, 4), random_profile(rng, 100, 5, 4)

@@ -9,6 +9,7 @@ import sys
 import textwrap
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 
 import numpy as np
@@ -18,7 +19,7 @@ torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
 
 from einet.models import MultiExitNetwork  # noqa: E402
-from einet.policies import Clairvoyant, ConfidenceThreshold, Policy, single_exit  # noqa: E402
+from einet.policies import Clairvoyant, ConfidenceThreshold, EveryExit, Policy, single_exit  # noqa: E402
 from einet.runtime import ElasticRuntime  # noqa: E402
 
 
@@ -59,19 +60,19 @@ X = torch.zeros(1, 1)
 
 
 def test_runs_to_completion_without_interrupt():
-    answer = ElasticRuntime(slow_model(0.001), Policy()).infer(X)
+    answer = ElasticRuntime(slow_model(0.001), EveryExit()).infer(X)
     assert not answer.interrupted
     assert answer.exit == 3 and answer.prediction == 0 and answer.confidence == pytest.approx(0.8, abs=1e-4)
     assert answer.exits_run == (0, 1, 2, 3)
 
 
 def test_rule_best_returns_the_most_confident():
-    answer = ElasticRuntime(slow_model(0.001), Policy(), rule="best").infer(X)
+    answer = ElasticRuntime(slow_model(0.001), EveryExit(), rule="best").infer(X)
     assert answer.exit == 2 and answer.prediction == 2
 
 
 def test_deadline_returns_the_held_answer_without_waiting_for_the_block():
-    runtime = ElasticRuntime(slow_model(0.05), Policy())
+    runtime = ElasticRuntime(slow_model(0.05), EveryExit())
     answer = runtime.infer(X, interrupt=0.125)  # blocks end at 0.05, 0.10, 0.15, ...
     assert answer.interrupted
     assert answer.exit == 1 and answer.exits_run == (0, 1)
@@ -80,17 +81,17 @@ def test_deadline_returns_the_held_answer_without_waiting_for_the_block():
 
 
 def test_nothing_held_before_the_first_branch():
-    answer = ElasticRuntime(slow_model(0.05), Policy()).infer(X, interrupt=0.01)
+    answer = ElasticRuntime(slow_model(0.05), EveryExit()).infer(X, interrupt=0.01)
     assert answer.interrupted and answer.prediction is None and answer.exit is None
 
 
 def test_event_and_callable_interrupts():
     event = threading.Event()  # (blocks of 0.1 s, stops at 0.15 s: 50 ms either side for a loaded machine)
     threading.Timer(0.15, event.set).start()
-    answer = ElasticRuntime(slow_model(0.1), Policy()).infer(X, interrupt=event)
+    answer = ElasticRuntime(slow_model(0.1), EveryExit()).infer(X, interrupt=event)
     assert answer.interrupted and answer.exit == 0
     stop_at = time.perf_counter() + 0.15
-    answer = ElasticRuntime(slow_model(0.1), Policy()).infer(X, interrupt=lambda: time.perf_counter() >= stop_at)
+    answer = ElasticRuntime(slow_model(0.1), EveryExit()).infer(X, interrupt=lambda: time.perf_counter() >= stop_at)
     assert answer.interrupted and answer.exit == 0
 
 
@@ -103,14 +104,14 @@ def test_policies_drive_the_runtime():
 
 def test_bad_arguments():
     with pytest.raises(ValueError, match="unknown rule"):
-        ElasticRuntime(slow_model(), Policy(), rule="first")
+        ElasticRuntime(slow_model(), EveryExit(), rule="first")
     import einet
 
     et = einet.ETProfile([1.0] * 4, [1.0] * 4)
     with pytest.raises(ValueError, match="can only be simulated"):
         ElasticRuntime(slow_model(), Clairvoyant(et, einet.Uniform(0, 8)))
     with pytest.raises(TypeError, match="interrupt must be"):
-        ElasticRuntime(slow_model(0.001), Policy()).infer(X, interrupt="soon")
+        ElasticRuntime(slow_model(0.001), EveryExit()).infer(X, interrupt="soon")
 
 
 class Failing(nn.Module):
@@ -120,7 +121,7 @@ class Failing(nn.Module):
 
 def test_a_failing_block_raises_in_the_caller_and_the_runtime_stays_usable():
     model = MultiExitNetwork([Sleep(0.0), Failing()], [Constant(0, 0.9), Constant(1, 0.9)])
-    runtime = ElasticRuntime(model, Policy())
+    runtime = ElasticRuntime(model, EveryExit())
     with pytest.raises(RuntimeError, match="block failed"):
         runtime.infer(X)
     with pytest.raises(RuntimeError, match="block failed"):
@@ -144,7 +145,7 @@ def test_interrupted_planning_never_leaks_into_the_next_sample():
 def test_calibrate_adds_what_the_runtime_costs():
     import einet
 
-    runtime = ElasticRuntime(slow_model(0.002), Policy())
+    runtime = ElasticRuntime(slow_model(0.002), EveryExit())
     with pytest.raises(ValueError, match="run some uninterrupted inferences"):
         runtime.calibrate(einet.ETProfile([0.002] * 4, [0.0] * 4))
     for _ in range(5):
@@ -159,12 +160,12 @@ def test_calibrate_adds_what_the_runtime_costs():
 
 
 def test_rule_ensemble_holds_what_the_simulator_scores():
-    from einet.profiling import CSProfile
+    from einet.formats.profiles import CSProfile
     from einet.rules import AnswerRule, held_correctness
 
     model = slow_model(0.001)
     weights = (0.5, 1.0, 0.2, 2.0)
-    answer = ElasticRuntime(model, Policy(), rule=AnswerRule("ensemble", weights)).infer(X)
+    answer = ElasticRuntime(model, EveryExit(), rule=AnswerRule("ensemble", weights)).infer(X)
     log_probs = torch.stack([model.forward_exit(i, X).log_softmax(-1) for i in range(4)], 1).numpy()
     confidence = np.exp(log_probs.max(2))
     for label in range(3):  # the simulator says which label the final ensemble holds
@@ -179,9 +180,9 @@ def test_time_zero_answer_is_held_before_the_first_branch():
     from einet.rules import AnswerRule
 
     rule = AnswerRule("latest", prior_class=2, prior_accuracy=0.4)
-    answer = ElasticRuntime(slow_model(0.05), Policy(), rule=rule).infer(X, interrupt=0.01)
+    answer = ElasticRuntime(slow_model(0.05), EveryExit(), rule=rule).infer(X, interrupt=0.01)
     assert answer.interrupted and answer.prediction == 2 and answer.exit is None
-    answer = ElasticRuntime(slow_model(0.05), Policy()).infer(X, interrupt=0.01)
+    answer = ElasticRuntime(slow_model(0.05), EveryExit()).infer(X, interrupt=0.01)
     assert answer.prediction is None
 
 
@@ -220,11 +221,8 @@ def test_concurrent_calls_from_several_threads_are_serialised():
                     except BaseException as error:  # reported below
                         errors.append(error)
 
-            threads = [threading.Thread(target=caller, args=(k,)) for k in range(4)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
+            with ThreadPoolExecutor(4) as pool:  # four callers at once, each on its own thread
+                list(pool.map(caller, range(4)))
         assert errors == [] and len(answers) == 100
         for answer in answers:
             assert answer.exit is None or answer.exit in answer.exits_run
@@ -239,7 +237,7 @@ def test_a_call_waiting_for_another_threads_inference_keeps_its_own_deadline():
     from einet.rules import AnswerRule
 
     rule = AnswerRule("latest", prior_class=1, prior_accuracy=0.3)
-    with ElasticRuntime(slow_model(0.1), Policy(), rule=rule) as runtime:
+    with ElasticRuntime(slow_model(0.1), EveryExit(), rule=rule) as runtime:
         long = []
         holder = threading.Thread(target=lambda: long.append(runtime.infer(X)))  # about 0.4 s
         holder.start()
@@ -271,7 +269,7 @@ def test_a_deadline_counts_from_the_call_while_the_previous_block_is_in_flight()
 
     rule = AnswerRule("latest", prior_class=2, prior_accuracy=0.4)
     model = MultiExitNetwork([SlowOnce(1.0), Sleep(0.001)], [Constant(0, 0.9), Constant(1, 0.9)])
-    with ElasticRuntime(model, Policy(), rule=rule) as runtime:
+    with ElasticRuntime(model, EveryExit(), rule=rule) as runtime:
         first = runtime.infer(X, interrupt=0.01)  # returns; its first block goes on for about 1 s
         assert first.interrupted and first.prediction == 2 and first.exit is None
         before = time.perf_counter()
@@ -288,7 +286,7 @@ def test_a_deadline_counts_from_the_call_while_the_previous_block_is_in_flight()
 
 
 def test_an_inference_ending_after_its_deadline_is_interrupted_even_when_the_caller_looks_late(monkeypatch):
-    with ElasticRuntime(slow_model(0.02), Policy()) as runtime:  # branches end at 0.02, 0.04, 0.06, 0.08 s
+    with ElasticRuntime(slow_model(0.02), EveryExit()) as runtime:  # branches end at 0.02, 0.04, 0.06, 0.08 s
         submit = runtime._worker.submit
 
         def submit_then_stall(job):  # the caller is descheduled until after the inference has ended
@@ -307,7 +305,7 @@ def test_an_inference_ending_after_its_deadline_is_interrupted_even_when_the_cal
 
 
 def test_deadlines_of_any_real_type():
-    with ElasticRuntime(slow_model(0.001), Policy()) as runtime:
+    with ElasticRuntime(slow_model(0.001), EveryExit()) as runtime:
         for none in (math.inf, 1e300, 10 ** 400, np.float64(np.inf), np.float32(np.inf), 2 * threading.TIMEOUT_MAX):
             answer = runtime.infer(X, interrupt=none)
             assert not answer.interrupted and answer.exits_run == (0, 1, 2, 3), none
@@ -339,7 +337,7 @@ class Counting(nn.Module):
 def test_a_bad_interrupt_is_refused_before_anything_runs():
     begun = []
 
-    class Recording(Policy):
+    class Recording(EveryExit):
         def begin(self, oracle=None) -> None:
             begun.append(True)
 
@@ -374,7 +372,7 @@ def test_a_worker_error_after_the_caller_returned_surfaces_at_the_next_call_or_c
     def model():
         return MultiExitNetwork([FailsLate(0.2), Sleep(0.0)], [Constant(0, 0.9), Constant(1, 0.9)])
 
-    with ElasticRuntime(model(), Policy()) as runtime:
+    with ElasticRuntime(model(), EveryExit()) as runtime:
         answer = runtime.infer(X, interrupt=0.01)  # the block fails later, in flight
         assert answer.interrupted and answer.prediction is None
         raised = 0
@@ -386,7 +384,7 @@ def test_a_worker_error_after_the_caller_returned_surfaces_at_the_next_call_or_c
                 raised += 1
         assert raised == 1
         assert runtime.infer(X).exits_run == (0, 1)  # and the runtime goes on
-    runtime = ElasticRuntime(model(), Policy())
+    runtime = ElasticRuntime(model(), EveryExit())
     assert runtime.infer(X, interrupt=0.01).interrupted
     with pytest.raises(RuntimeError, match="block failed"):
         runtime.close()
@@ -402,15 +400,15 @@ def test_the_switch_interval_is_lowered_while_any_runtime_is_open():
     previous = sys.getswitchinterval()
     sys.setswitchinterval(0.005)  # Python's default
     try:
-        first = ElasticRuntime(slow_model(0.001), Policy())
+        first = ElasticRuntime(slow_model(0.001), EveryExit())
         lowered = sys.getswitchinterval()
         assert lowered <= SWITCH_INTERVAL
-        second = ElasticRuntime(slow_model(0.001), Policy())
+        second = ElasticRuntime(slow_model(0.001), EveryExit())
         first.close()
         assert sys.getswitchinterval() == lowered  # the second is still open
         second.close()
         assert sys.getswitchinterval() == 0.005
-        third = ElasticRuntime(slow_model(0.001), Policy())
+        third = ElasticRuntime(slow_model(0.001), EveryExit())
         assert sys.getswitchinterval() == lowered
         del third  # unclosed
         gc.collect()
@@ -421,7 +419,7 @@ def test_the_switch_interval_is_lowered_while_any_runtime_is_open():
 
 def test_an_unclosed_runtime_stops_its_worker_when_collected():
     before = set(threading.enumerate())
-    runtime = ElasticRuntime(slow_model(0.001), Policy())
+    runtime = ElasticRuntime(slow_model(0.001), EveryExit())
     assert runtime.infer(X).exits_run == (0, 1, 2, 3)
     (worker,) = [t for t in threading.enumerate() if t not in before and t.name == "einet-runtime"]
     assert worker.daemon
@@ -434,7 +432,7 @@ def test_an_unclosed_runtime_stops_its_worker_when_collected():
 UNCLOSED = textwrap.dedent("""
     import torch
     from torch import nn
-    from einet.policies import Policy
+    from einet.policies import EveryExit, Policy
     from einet.models import MultiExitNetwork
     from einet.runtime import ElasticRuntime
 
@@ -450,8 +448,8 @@ UNCLOSED = textwrap.dedent("""
         def forward(self, h):
             return torch.zeros(h.shape[0], 3)
 
-    busy = ElasticRuntime(MultiExitNetwork([Busy(), Busy()], [Head(), Head()]), Policy(), threads=2)
-    idle = ElasticRuntime(MultiExitNetwork([Busy()], [Head()]), Policy())
+    busy = ElasticRuntime(MultiExitNetwork([Busy(), Busy()], [Head(), Head()]), EveryExit(), threads=2)
+    idle = ElasticRuntime(MultiExitNetwork([Busy()], [Head()]), EveryExit())
     print(busy.infer(torch.zeros(1, 1), interrupt=0.01).interrupted)
 """)
 
@@ -465,8 +463,8 @@ def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
     """The one real-time check, paired: each sample's runtime answer against the simulator's at its own
     deadline. Only timing may part them (a deadline within scheduling jitter of a branch's end)."""
     import einet
-    from einet.profiling import CSProfile
-    from einet.realtime import check_against_simulator
+    from einet.formats.profiles import CSProfile
+    from einet.runtime.realtime import check_against_simulator
 
     model, samples = slow_model(0.02), 40
     labels = np.random.default_rng(0).integers(0, 3, samples)
@@ -475,13 +473,13 @@ def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
     cs = CSProfile(confidence, prediction, prediction == labels[:, None], labels, {})
     deadlines = np.random.default_rng(1).uniform(0.0, 0.09, samples)
     images = torch.zeros(samples, 1)
-    with ElasticRuntime(model, Policy()) as runtime:
-        check = check_against_simulator(runtime, lambda et: Policy(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
+    with ElasticRuntime(model, EveryExit()) as runtime:
+        check = check_against_simulator(runtime, lambda et: EveryExit(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
                                         images, deadlines, warmup=5, uninterrupted=5)
     assert check.report.samples == samples and check.simulated.shape == (samples,)
     assert check.simulated.mean() > 0.1  # the answers depend on the deadline: not trivially equal
     assert abs(check.difference) <= 0.1, (check.report.correct, check.simulated)
     assert check.ci95 <= 0.15
-    with ElasticRuntime(model, Policy()) as runtime, pytest.raises(ValueError, match="one image, deadline"):
-        check_against_simulator(runtime, lambda et: Policy(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
+    with ElasticRuntime(model, EveryExit()) as runtime, pytest.raises(ValueError, match="one image, deadline"):
+        check_against_simulator(runtime, lambda et: EveryExit(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
                                 images, deadlines[:-1])

@@ -9,20 +9,17 @@ import numpy as np
 import pytest
 
 import einet
-from einet.policies import FixedPlan, Policy
-from einet.profiling import CSProfile, ETRecord
-from einet.simulate import charged, planning_seconds
+from einet.evaluation.simulate import charged, planning_seconds
+from einet.formats.profiles import CSProfile, ETRecord
+from einet.policies import EveryExit, FixedPlan
 
 LIGHT = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "vgg16_fine_w025_cpu_light"
 
 
-class SlowToObserve(Policy):
+class SlowToObserve(EveryExit):
     """Runs every branch and takes a millisecond to take in each one."""
 
     name = "slow"
-
-    def run_branch(self, block: int, elapsed: float) -> bool:
-        return True
 
     def observe(self, block: int, confidence: float, elapsed: float) -> bool:
         time.sleep(1e-3)
@@ -48,7 +45,7 @@ def test_selection_charges_einet_for_its_planning():
     """With light exits (~30 us each) EINet's re-planning is not free: charged an absurd second per
     branch, EINet scores far lower on held-out data and is never deployed."""
     pytest.importorskip("torch")
-    from einet.select import select
+    from einet.evaluation.select import select
 
     et = ETRecord.load(LIGHT / "et.npz").profile
     holdout = CSProfile.load(LIGHT / "cs-holdout.npz").subset(np.arange(1000))
@@ -67,8 +64,8 @@ def test_selection_charges_einet_for_its_planning():
 
 def test_selection_times_the_paper_einet_once_and_records_it(monkeypatch):
     pytest.importorskip("torch")
-    from einet import simulate
-    from einet.select import select
+    from einet.evaluation import simulate
+    from einet.evaluation.select import select
 
     timed = []
 
@@ -93,7 +90,7 @@ def test_select_network_chooses_under_the_same_exit_times_in_seconds():
     exit times, held-out data picks the light exits (docs/anytime.md), planned over the same seconds."""
     pytest.importorskip("torch")
     from einet.distributions import full_inference_time
-    from einet.select import select_network
+    from einet.evaluation.select import select_network
 
     profiles = {name: (ETRecord.load(folder / "et.npz").profile,
                        CSProfile.load(folder / "cs-holdout.npz").subset(np.arange(1000)))
@@ -123,8 +120,8 @@ def test_select_network_chooses_under_the_same_exit_times_in_seconds():
 def test_deployment_files_keep_the_network_and_version_1_files_still_load(tmp_path):
     import json
 
+    from einet.evaluation.select import Deployment, load_deployment, save_deployment
     from einet.rules import AnswerRule
-    from einet.select import Deployment, load_deployment, save_deployment
 
     deployment = Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, False), network="light")
     assert load_deployment(save_deployment(tmp_path / "d.json", deployment)) == deployment

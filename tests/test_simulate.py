@@ -7,11 +7,19 @@ import pytest
 
 import einet
 from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
-from einet.policies import Clairvoyant, ConfidenceThreshold, EINet, Policy, single_exit, static_plan, statistics_plan
-from einet.profiling import CSProfile
+from einet.evaluation.simulate import compare, evaluate, replay
+from einet.evaluation.tables import csv_table, markdown_table
+from einet.formats.profiles import CSProfile
+from einet.policies import (
+    Clairvoyant,
+    ConfidenceThreshold,
+    EINet,
+    EveryExit,
+    single_exit,
+    static_plan,
+    statistics_plan,
+)
 from einet.rules import held_correctness
-from einet.simulate import compare, evaluate, replay
-from einet.tables import csv_table, markdown_table
 
 
 def tiny_cs() -> CSProfile:
@@ -43,11 +51,11 @@ def test_replay_times_and_early_stop():
 
 def test_exact_and_drawn_accuracy_agree_and_match_hand_computation():
     dist = einet.Uniform(0.0, 5.0)
-    result = evaluate(Policy(), tiny_cs(), ET, dist, draws=20000, seed=1)
+    result = evaluate(EveryExit(), tiny_cs(), ET, dist, draws=20000, seed=1)
     # Sample 0: right on [3, 5) -> 0.4; sample 1: right on [4.5, 5) -> 0.1.
     assert result.expected == pytest.approx(0.25)
     assert result.accuracy == pytest.approx(0.25, abs=0.01)
-    best = evaluate(Policy(), tiny_cs(), ET, dist, draws=10, rule="best")
+    best = evaluate(EveryExit(), tiny_cs(), ET, dist, draws=10, rule="best")
     assert best.expected == pytest.approx(0.25)
 
 
@@ -55,7 +63,7 @@ def test_best_rule_keeps_the_most_confident_answer():
     confidence = np.array([[0.9, 0.3, 0.5]], dtype=np.float32)
     correct = np.array([[True, False, False]])
     cs = CSProfile(confidence, np.where(correct, 0, 1), correct, np.zeros(1, dtype=np.int64))
-    trace = replay(Policy(), cs, ET)
+    trace = replay(EveryExit(), cs, ET)
     assert held_correctness(trace.exits, cs, "latest")[0].tolist() == [False, True, False, False]
     assert held_correctness(trace.exits, cs, "best")[0].tolist() == [False, True, True, True]
 
@@ -116,8 +124,8 @@ def test_clairvoyant_needs_the_oracle_and_bad_inputs():
     with pytest.raises(ValueError, match="threshold"):
         ConfidenceThreshold(1.5)
     with pytest.raises(ValueError, match="draws"):
-        evaluate(Policy(), tiny_cs(), ET, einet.Uniform(0, 4), draws=0)
+        evaluate(EveryExit(), tiny_cs(), ET, einet.Uniform(0, 4), draws=0)
     with pytest.raises(ValueError, match="3 exits but the ET-profile 2 blocks"):
-        replay(Policy(), tiny_cs(), einet.ETProfile([1, 1], [1, 1]))
+        replay(EveryExit(), tiny_cs(), einet.ETProfile([1, 1], [1, 1]))
     with pytest.raises(ValueError, match="unknown distribution kind"):
         relative_distribution("gamma", 1.0)

@@ -8,7 +8,9 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from einet.data import ImageArrays, ImageDataset  # noqa: E402
-from einet.models import TrainConfig, build, evaluate, load_checkpoint, train  # noqa: E402
+from einet.formats.checkpoint import load_checkpoint  # noqa: E402
+from einet.models import build  # noqa: E402
+from einet.training import TrainConfig, exit_accuracies, train  # noqa: E402
 
 SPEC = {"name": "b_alexnet", "num_classes": 3, "in_channels": 1, "width": 0.125}
 
@@ -37,7 +39,7 @@ def test_joint_training_learns_and_checkpoints(tmp_path):
     assert len(history.loss) == 6 and history.loss[-1] < history.loss[0]
     assert history.test_accuracy[-1][-1] > 0.9
     restored, _state = load_checkpoint(tmp_path / "m.pt")
-    assert evaluate(restored, data) == evaluate(model, data)
+    assert exit_accuracies(restored, data) == exit_accuracies(model, data)
     assert not (tmp_path / "m.pt.partial").exists()
 
 
@@ -65,7 +67,7 @@ def test_bf16_autocast_and_channels_last_train_and_hand_the_model_back_contiguou
 
 
 def test_resume_continues_where_it_stopped(tmp_path, monkeypatch):
-    import einet.models.training as training
+    import einet.training.loop as training
 
     data = toy_dataset()
     torch.manual_seed(0)

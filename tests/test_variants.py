@@ -9,9 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from einet.formats.profiles import ETRecord  # noqa: E402
 from einet.models import build  # noqa: E402
 from einet.models.thumbnail import ThumbnailClassifier  # noqa: E402
-from einet.profiling import ETRecord, profile_cs  # noqa: E402
+from einet.profiling import profile_cs  # noqa: E402
 from einet.variants import Variant, variant_exits  # noqa: E402
 
 

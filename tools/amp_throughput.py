@@ -16,8 +16,9 @@ import time
 
 import torch
 
-from einet.models import TrainConfig, build
-from einet.models.training import exit_losses
+from einet.models import build
+from einet.training import TrainConfig
+from einet.training.loop import exit_losses
 
 
 def images_per_second(model: torch.nn.Module, config: TrainConfig, batch: int, steps: int) -> float:

@@ -23,12 +23,13 @@ import torch
 
 from einet import data
 from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
-from einet.models import TrainConfig, build, train
+from einet.models import build
 from einet.policies import EINet
 from einet.predictor import fit_predictor, save_predictor
 from einet.profiling import profile_cs, profile_et
-from einet.realtime import check_against_simulator
 from einet.runtime import ElasticRuntime
+from einet.runtime.realtime import check_against_simulator
+from einet.training import TrainConfig, train
 
 
 def main() -> None:

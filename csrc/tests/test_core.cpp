@@ -28,11 +28,12 @@ void check(bool ok, const char* what, int line) {
 }
 #define CHECK(expr) check((expr), #expr, __LINE__)
 
-template <class Call>
-bool throws_invalid_argument(Call call) {
+// Whether `call` throws an `Error` (std::invalid_argument, einet::Interrupted, ...).
+template <class Error, class Call>
+bool throws(Call call) {
     try {
         call();
-    } catch (const std::invalid_argument&) {
+    } catch (const Error&) {
         return true;
     }
     return false;
@@ -147,25 +148,25 @@ void test_batches(std::mt19937_64& rng) {
 
 void test_errors(std::mt19937_64& rng) {
     const Case c = random_case(rng, 4, 0);
-    CHECK(throws_invalid_argument([] { einet::Uniform(1.0, 1.0); }));
-    CHECK(throws_invalid_argument([] { einet::Uniform(-1.7e308, 1.7e308); }));  // the width overflows
-    CHECK(throws_invalid_argument([] { einet::Normal(0.0, 0.0); }));
-    CHECK(throws_invalid_argument([] { einet::Exponential(-1.0); }));
-    CHECK(throws_invalid_argument([] { einet::Empirical(std::vector<double>{}); }));
-    CHECK(throws_invalid_argument([] { einet::Deterministic(NAN); }));
-    CHECK(throws_invalid_argument([&] { einet::search(c.instance(5, 0.0, 0.0, einet::Rule::latest), c.dist, {}); }));
-    CHECK(throws_invalid_argument([&] { einet::search(c.instance(0, -1.0, 0.0, einet::Rule::latest), c.dist, {}); }));
-    CHECK(throws_invalid_argument([&] { einet::search(c.instance(0, 0.0, 1.5, einet::Rule::latest), c.dist, {}); }));
-    CHECK(throws_invalid_argument([] { einet::parse_method("simplex"); }));
-    CHECK(throws_invalid_argument([] { einet::parse_rule("first"); }));
+    CHECK(throws<std::invalid_argument>([] { einet::Uniform(1.0, 1.0); }));
+    CHECK(throws<std::invalid_argument>([] { einet::Uniform(-1.7e308, 1.7e308); }));  // the width overflows
+    CHECK(throws<std::invalid_argument>([] { einet::Normal(0.0, 0.0); }));
+    CHECK(throws<std::invalid_argument>([] { einet::Exponential(-1.0); }));
+    CHECK(throws<std::invalid_argument>([] { einet::Empirical(std::vector<double>{}); }));
+    CHECK(throws<std::invalid_argument>([] { einet::Deterministic(NAN); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::search(c.instance(5, 0.0, 0.0, einet::Rule::latest), c.dist, {}); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::search(c.instance(0, -1.0, 0.0, einet::Rule::latest), c.dist, {}); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::search(c.instance(0, 0.0, 1.5, einet::Rule::latest), c.dist, {}); }));
+    CHECK(throws<std::invalid_argument>([] { einet::parse_method("simplex"); }));
+    CHECK(throws<std::invalid_argument>([] { einet::parse_rule("first"); }));
     Case bad = c;
     bad.scores[2] = NAN;
-    CHECK(throws_invalid_argument([&] { einet::search(bad.instance(0, 0.0, 0.0, einet::Rule::latest), c.dist, {}); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::search(bad.instance(0, 0.0, 0.0, einet::Rule::latest), c.dist, {}); }));
     const std::vector<std::uint8_t> two{0, 2, 0, 1};
-    CHECK(throws_invalid_argument(
+    CHECK(throws<std::invalid_argument>(
         [&] { einet::expected_accuracy(c.instance(0, 0.0, 0.0, einet::Rule::latest), c.dist, {two.data(), 4}); }));
     const Case big = random_case(rng, 26, 0);
-    CHECK(throws_invalid_argument(
+    CHECK(throws<std::invalid_argument>(
         [&] { einet::search(big.instance(0, 0.0, 0.0, einet::Rule::latest), big.dist, {einet::Method::exhaustive}); }));
 }
 
@@ -203,9 +204,9 @@ void test_predictor_and_session(std::mt19937_64& rng) {
             }
         }
     }
-    CHECK(throws_invalid_argument([&] { session.observe(n, 0.5, 1.0); }));
-    CHECK(throws_invalid_argument([&] { session.observe(0, 1.5, 1.0); }));
-    CHECK(throws_invalid_argument([&] { einet::Predictor({last}, true); }));
+    CHECK(throws<std::invalid_argument>([&] { session.observe(n, 0.5, 1.0); }));
+    CHECK(throws<std::invalid_argument>([&] { session.observe(0, 1.5, 1.0); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::Predictor({last}, true); }));
 }
 
 bool close(double a, double b, double rel) { return std::fabs(a - b) <= rel * std::fabs(b); }
@@ -216,7 +217,7 @@ void test_normal_tails_and_nan_policy() {
     CHECK(close(einet::Normal(-30.0, 2.0).cdf(0.01), 0.072574563847890688418, 1e-11));
     CHECK(close(einet::Normal(-37.0, 1.0).cdf(1e-3), 0.036350353163608294605, 1e-11));
     CHECK(close(einet::Normal(10.0, 1.0).cdf(1.0), 1.1285122074235990425e-19, 1e-13));
-    CHECK(throws_invalid_argument([] { einet::Normal(-100.0, 1.0); }));
+    CHECK(throws<std::invalid_argument>([] { einet::Normal(-100.0, 1.0); }));
     const double inf = std::numeric_limits<double>::infinity();
     const std::vector<einet::Distribution> every{einet::Uniform(0.0, 2.0), einet::Normal(1.0, 0.5),
                                                  einet::Exponential(1.0), einet::Empirical({0.5, 1.0, 1.5}),
@@ -231,21 +232,21 @@ void test_normal_tails_and_nan_policy() {
 void test_work_caps(std::mt19937_64& rng) {
     const Case c = random_case(rng, 64, 0);
     const auto in = c.instance(0, 0.0, 0.0, einet::Rule::latest);
-    CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::hybrid, 21}); }));
-    CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::hybrid, 20}); }));
-    CHECK(throws_invalid_argument([&] { einet::search(in, c.dist, {einet::Method::random, 4, 10'000'001}); }));
-    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 33); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::search(in, c.dist, {einet::Method::hybrid, 21}); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::search(in, c.dist, {einet::Method::hybrid, 20}); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::search(in, c.dist, {einet::Method::random, 4, 10'000'001}); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 33); }));
     // 2^20 x 32 = 2^25 passes the prefix cap, but 2^20 greedy completions over 12 blocks exceed the work cap.
-    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 32); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 32); }));
     einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 21);
     einet::validate(einet::SearchOptions{einet::Method::hybrid, 20}, 1);
     // The work cap (2^27 block steps) bounds every search's time, also where depth and budget are small.
     einet::validate(einet::SearchOptions{einet::Method::greedy}, 926);
-    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::greedy}, 927); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::validate(einet::SearchOptions{einet::Method::greedy}, 927); }));
     einet::validate(einet::SearchOptions{einet::Method::hybrid, 4}, 358);
-    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 4}, 359); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::validate(einet::SearchOptions{einet::Method::hybrid, 4}, 359); }));
     einet::validate(einet::SearchOptions{einet::Method::random, 4, 10'000'000}, 13);
-    CHECK(throws_invalid_argument([&] { einet::validate(einet::SearchOptions{einet::Method::random, 4, 1000}, 200'000); }));
+    CHECK(throws<std::invalid_argument>([&] { einet::validate(einet::SearchOptions{einet::Method::random, 4, 1000}, 200'000); }));
     einet::validate(einet::SearchOptions{einet::Method::exhaustive}, 25);
     // Steps weigh what their CDF costs: erfc for Normal, a binary search for Empirical.
     const einet::Distribution normal = einet::Normal(1.0, 1.0);
@@ -254,36 +255,27 @@ void test_work_caps(std::mt19937_64& rng) {
     CHECK(einet::detail::cdf_cost(normal) == 4.0);
     CHECK(einet::detail::cdf_cost(einet::Uniform(0.0, 1.0)) == 1.0);
     einet::validate(einet::SearchOptions{einet::Method::exhaustive}, 24, einet::detail::cdf_cost(normal));
-    CHECK(throws_invalid_argument([&] {
+    CHECK(throws<std::invalid_argument>([&] {
         einet::validate(einet::SearchOptions{einet::Method::exhaustive}, 25, einet::detail::cdf_cost(normal));
     }));
-    CHECK(throws_invalid_argument([&] {
+    CHECK(throws<std::invalid_argument>([&] {
         einet::validate(einet::SearchOptions{einet::Method::greedy}, 926, einet::detail::cdf_cost(big_trace));
     }));
-    CHECK(throws_invalid_argument([&] {
+    CHECK(throws<std::invalid_argument>([&] {
         einet::validate(einet::SearchOptions{einet::Method::greedy}, std::numeric_limits<std::size_t>::max());
     }));
-    CHECK(throws_invalid_argument([] { einet::detail::pow2(64); }));
+    CHECK(throws<std::invalid_argument>([] { einet::detail::pow2(64); }));
     CHECK(einet::detail::pow2(63) == std::uint64_t{1} << 63);
     std::vector<double> scores(4 * 64, 0.5), elapsed(4, 0.0), held(4, 0.0), values(4);
     std::vector<std::uint8_t> masks(4 * 64);
     std::vector<std::uint64_t> evaluations(4);
-    CHECK(throws_invalid_argument([&] {
+    CHECK(throws<std::invalid_argument>([&] {
         einet::search_batch({c.conv.data(), 64}, {c.branch.data(), 64}, scores.data(), 4, 0, elapsed.data(),
                             held.data(), einet::Rule::latest, c.dist, {einet::Method::greedy},
                             {masks.data(), values.data(), evaluations.data()}, einet::kMaxThreads + 1);
     }));
 }
 
-template <class Call>
-bool throws_interrupted(Call call) {
-    try {
-        call();
-    } catch (const einet::Interrupted&) {
-        return true;
-    }
-    return false;
-}
 
 void test_stop_check(std::mt19937_64& rng) {
     const Case c = random_case(rng, 40, 1);
@@ -298,12 +290,12 @@ void test_stop_check(std::mt19937_64& rng) {
         CHECK(static_cast<std::uint64_t>(asked) <= plan.evaluations / einet::kPollInterval + 1);
         CHECK(plan.value == einet::search(in, c.dist, options).value);
         int calls = 0;
-        CHECK(throws_interrupted([&] { einet::search(in, c.dist, options, [&] { return ++calls == 3; }); }));
+        CHECK(throws<einet::Interrupted>([&] { einet::search(in, c.dist, options, [&] { return ++calls == 3; }); }));
         CHECK(calls == 3);
     }
     const Case small = random_case(rng, 25, 0);
     int calls = 0;
-    CHECK(throws_interrupted([&] {
+    CHECK(throws<einet::Interrupted>([&] {
         einet::search(small.instance(0, 0.0, 0.0, einet::Rule::best), small.dist, {einet::Method::exhaustive},
                       [&] { return ++calls == 2; });
     }));
@@ -318,7 +310,7 @@ void test_stop_check(std::mt19937_64& rng) {
                             {masks.data(), values.data(), evaluations.data()}, 4, stop);
     };
     std::atomic<int> asked{0};
-    CHECK(throws_interrupted([&] { batch([&] { return ++asked >= 5; }); }));
+    CHECK(throws<einet::Interrupted>([&] { batch([&] { return ++asked >= 5; }); }));
     bool runtime_error = false;
     try {
         batch([&] {

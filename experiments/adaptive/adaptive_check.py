@@ -36,17 +36,17 @@ from typing import Any
 
 import numpy as np
 
-from einet.adaptive import Adaptation, replanning
 from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
+from einet.evaluation.simulate import ci95_half_width, evaluate, replay
+from einet.formats.predictor_file import load_native_predictor
+from einet.formats.profiles import CSProfile, ETRecord
 from einet.planner import Distribution, Empirical, ETProfile
-from einet.predictor_file import load_native_predictor
-from einet.profiling import CSProfile, ETRecord
-from einet.simulate import ci95_half_width, evaluate, replay
+from einet.runtime.adaptive import Adaptation, replanning
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "benchmarks" / "fixtures"
 SHARED = ROOT.parent / "shared" / "data"
-SLOWDOWN = 3.0  # load "slowed": the factor on every block and branch time (einet.stress.Slowed)
+SLOWDOWN = 3.0  # load "slowed": the factor on every block and branch time (einet.runtime.stress.Slowed)
 MODELS = {"b_alexnet_w05_cpu": "predictor-ensemble.npz", "vgg16_fine_w025_cpu_light": "predictor-ensemble.npz"}
 
 
@@ -66,12 +66,12 @@ def loads(args: argparse.Namespace) -> list[dict[str, Any]]:
     import torch
 
     from einet import data
-    from einet.models import load_checkpoint
+    from einet.evaluation.simulate import correct_at
+    from einet.formats.checkpoint import load_checkpoint
     from einet.profiling import profile_et
-    from einet.realtime import COLD_START_RUNS, replay_observed, run_streams
     from einet.runtime import ElasticRuntime
-    from einet.simulate import correct_at
-    from einet.stress import Burners, Slowed
+    from einet.runtime.realtime import COLD_START_RUNS, replay_observed, run_streams
+    from einet.runtime.stress import Burners, Slowed
 
     torch.set_num_threads(1)
     test = data.load("cifar10", SHARED / "cifar10-jpeg.zip", "test")

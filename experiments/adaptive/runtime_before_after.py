@@ -23,13 +23,13 @@ import numpy as np
 import torch
 
 import einet
-from einet.models import load_checkpoint
 from einet.policies import FixedPlan
-from einet.realtime import run_directly
-from einet.rules import AnswerRule, RunningAnswer
 from einet.runtime import ElasticRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from fixtures_lib import network_and_direct_run  # noqa: E402
+
 MODELS = ["b_alexnet_w025_mnist_cpu", "b_alexnet_w05_cpu", "vgg16_fine_w025_cpu_light"]
 
 
@@ -49,16 +49,8 @@ def runtime_of(revision: str, folder: Path) -> type:
 
 
 def measure(name: str, before: type, rounds: int) -> str:
-    model, state = load_checkpoint(ROOT / "benchmarks" / "fixtures" / name / "model.pt")
-    model.eval()
-    channels = state["spec"].get("in_channels", 3)
-    side = 32 if channels == 3 else 28
-    x = torch.randn(1, channels, side, side)
+    model, x, direct = network_and_direct_run(name)
     n = model.num_exits
-    running = RunningAnswer(AnswerRule("latest"))
-
-    def direct() -> None:
-        run_directly(model, x, running)
 
     old, new = before(model, FixedPlan([True] * n, "all")), ElasticRuntime(model, FixedPlan([True] * n, "all"))
     calls = (direct, lambda: old.infer(x), lambda: new.infer(x))

@@ -12,11 +12,11 @@ EINet with its predictor):
 - the nearest-neighbour reference: the best a predictor on the richest signals can reach;
 - exits free: the statistics plan if every branch took no time, a bound on what cheaper exits
   (such as light ones) can give with the same exit accuracies;
-- the deployed configuration, chosen on held-out data only (einet.select); a deployed EINet is
+- the deployed configuration, chosen on held-out data only (einet.evaluation.select); a deployed EINet is
   scored paying the planning time the selection charged it, as in the runtime (the paper's EINet
   rows are scored without it, in its favour, and once, rule latest, with it);
 - the network to ship among the fixture and its twins, chosen on held-out data as
-  ``einet.select.select_network`` chooses (the highest held-out score of a deployed configuration);
+  ``einet.evaluation.select.select_network`` chooses (the highest held-out score of a deployed configuration);
 - the training recipe: the same configuration on a twin fixture trained with another recipe
   (`--twin`), paired over the same test images, under the *same* exit-time distribution in
   seconds (the reference's full inference time, not the twin's: a deadline does not stretch
@@ -43,13 +43,13 @@ import numpy as np
 import torch
 
 from einet.distributions import full_inference_time, relative_distribution
+from einet.evaluation.select import held_out_score, select
+from einet.evaluation.simulate import PolicyResult, charged, evaluate, paired_difference, planning_seconds
+from einet.formats.profiles import CSProfile, ETRecord
 from einet.planner import ETProfile
 from einet.policies import EINet, NearestNeighbours, statistics_plan
 from einet.predictor import fit_ensemble_weights, fit_predictor
-from einet.profiling import CSProfile, ETRecord
 from einet.rules import AnswerRule, time_zero_answer
-from einet.select import held_out_score, select
-from einet.simulate import PolicyResult, charged, evaluate, paired_difference, planning_seconds
 
 
 def rules_for(holdout: CSProfile) -> dict[str, AnswerRule]:
@@ -176,7 +176,7 @@ def main() -> None:
                 raw[f"{name} | {label} | {kind}"] = {"expected": r.expected, **vars(difference)}
             configuration, _, rule = label.partition(" | ")  # "deployed": its rule is in the notes below
             lines.append(f"| {name} | {configuration} | {rule or 'as chosen'} | " + " | ".join(cells) + " |")
-    if len(runs) > 1:  # which network to ship is chosen on held-out data too (as einet.select.select_network does)
+    if len(runs) > 1:  # the network to ship is chosen on held-out data too (select_network)
         picked = {kind: max(runs, key=lambda name: runs[name][1][kind]["held_out"]) for kind in args.dist}
         cells = []
         for kind in args.dist:

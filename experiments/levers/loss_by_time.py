@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 
 from einet.distributions import full_inference_time, relative_distribution
+from einet.evaluation.simulate import replay
+from einet.formats.profiles import CSProfile, ETRecord
 from einet.planner import Distribution
 from einet.policies import statistics_plan
-from einet.profiling import CSProfile, ETRecord
-from einet.simulate import replay
 
 
 def held_curve(folder: Path, dist: Distribution) -> tuple[np.ndarray, np.ndarray, np.ndarray, float]:

@@ -6,7 +6,7 @@ image interrupted at the same deadline in seconds (drawn relative to the *refere
 full inference time, timed back to back with the candidate's on this machine):
 
 - the reference runs the paper's method: its predictor's EINet, rule ``latest``;
-- the candidate runs its deployed configuration, chosen on its held-out split (``einet.select``).
+- the candidate runs its deployed configuration, chosen on its held-out split (``einet.evaluation.select``).
 
 Printed: each network's real-time accuracy and its difference from what the simulator predicts
 at the same deadlines, and candidate minus reference, paired over the images, with the 95%
@@ -33,16 +33,17 @@ import torch
 
 from einet import data
 from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
-from einet.models import load_checkpoint
+from einet.evaluation.select import select
+from einet.evaluation.simulate import ci95_half_width
+from einet.formats.checkpoint import load_checkpoint
+from einet.formats.profiles import CSProfile
 from einet.models.second_look import with_second_look
 from einet.policies import EINet
 from einet.predictor import load_predictor
-from einet.profiling import CSProfile, profile_et
-from einet.realtime import check_against_simulator
+from einet.profiling import profile_et
 from einet.rules import AnswerRule
 from einet.runtime import ElasticRuntime
-from einet.select import select
-from einet.simulate import ci95_half_width
+from einet.runtime.realtime import check_against_simulator
 
 
 def main() -> None:

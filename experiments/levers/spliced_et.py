@@ -39,9 +39,10 @@ import numpy as np
 import torch
 
 from einet import data
-from einet.models import load_checkpoint
+from einet.formats.checkpoint import load_checkpoint
+from einet.formats.profiles import ETRecord
 from einet.models.second_look import VIEWS, with_second_look
-from einet.profiling import ETRecord, profile_et
+from einet.profiling import profile_et
 
 
 def main() -> None:

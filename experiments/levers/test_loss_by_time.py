@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from einet.distributions import full_inference_time, relative_distribution
+from einet.evaluation.simulate import evaluate
+from einet.formats.profiles import CSProfile, ETRecord
 from einet.policies import statistics_plan
-from einet.profiling import CSProfile, ETRecord
-from einet.simulate import evaluate
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "benchmarks" / "fixtures"

@@ -23,8 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 from fixtures_lib import folder
 
 from einet.cli import main as einet
-from einet.profiling import CSProfile
-from einet.simulate import PAIRED_WITH_STATISTICS
+from einet.evaluation.simulate import PAIRED_WITH_STATISTICS
+from einet.formats.profiles import CSProfile
 
 # zoo model: (fixture, the paper's CIFAR-10 "statistics" and "ours", %)
 CIFAR10 = {

@@ -14,47 +14,34 @@ MAX_RANDOM_BUDGET: int
 MAX_SEARCH_WORK_LOG2: int
 MAX_THREADS: int
 
-class Uniform:
+class _CDF:
+    # Stub only (the native classes share no base): the CDF every distribution has.
+    @overload
+    def cdf(self, t: float) -> float: ...
+    @overload
+    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
+
+class Uniform(_CDF):
     low: float
     high: float
     def __init__(self, low: float, high: float) -> None: ...
-    @overload
-    def cdf(self, t: float) -> float: ...
-    @overload
-    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 
-class Normal:
+class Normal(_CDF):
     mean: float
     std: float
     def __init__(self, mean: float, std: float) -> None: ...
-    @overload
-    def cdf(self, t: float) -> float: ...
-    @overload
-    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 
-class Exponential:
+class Exponential(_CDF):
     rate: float
     def __init__(self, rate: float) -> None: ...
-    @overload
-    def cdf(self, t: float) -> float: ...
-    @overload
-    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 
-class Empirical:
+class Empirical(_CDF):
     samples: npt.NDArray[np.float64]
     def __init__(self, samples: npt.ArrayLike) -> None: ...
-    @overload
-    def cdf(self, t: float) -> float: ...
-    @overload
-    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 
-class Deterministic:
+class Deterministic(_CDF):
     deadline: float
     def __init__(self, deadline: float) -> None: ...
-    @overload
-    def cdf(self, t: float) -> float: ...
-    @overload
-    def cdf(self, t: npt.ArrayLike) -> npt.NDArray[np.float64]: ...
 
 class Predictor:
     num_exits: int

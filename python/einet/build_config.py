@@ -105,7 +105,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # "section.option": (c
     "select.predictor_epochs": (_COUNT, "an integer >= 1"), "select.seed": (_SEED, "an integer in [0, 2^32)"),
     "select.planning_us": (_optional(_number(0, 1e6)), "microseconds >= 0"),
     "runtime.adapt": (_flag, "true or false"), "runtime.threads": (_number(1, 1024, integer=True), "1..1024"),
-    "runtime.adaptation": (lambda v: True, "a table"),  # checked against einet.adaptive.Adaptation below
+    "runtime.adaptation": (lambda v: True, "a table"),  # checked against einet.runtime.adaptive.Adaptation below
     "output.bundle": (_text, "a path"), "output.work": (_optional(_text), "a path"),
     "output.keep_test_profile": (_flag, "true or false"),
 }
@@ -166,9 +166,9 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     if sections["output"]["bundle"] is None:
         raise ValueError(f"{path}: output.bundle is required (the bundle folder to write)")
     select = sections["select"]
-    # scored under each of these, averaged; deployed for the first (einet.select.select_network)
+    # scored under each of these, averaged; deployed for the first (einet.evaluation.select.select_network)
     select["score_under"] = [select["dist"], *[kind for kind in select["score_under"] if kind != select["dist"]]]
-    from .manifest import check_adaptation
+    from .formats.manifest import check_adaptation
 
     try:
         check_adaptation(sections["runtime"]["adaptation"])

@@ -32,12 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from .manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, device_key, read_manifest
-from .npz import read_arrays
+from .evaluation.select import Deployment, deployment_from_record
+from .formats.manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, device_key, read_manifest
+from .formats.npz import read_arrays
+from .formats.profiles import CSProfile, ETRecord
+from .formats.split import HeldOutSplit
 from .planner import Distribution, ETProfile, NativePredictor
-from .profiling import CSProfile, ETRecord
-from .select import Deployment, deployment_from_record
-from .split import HeldOutSplit
 from .variants import Variant, load_variant
 
 
@@ -180,7 +180,7 @@ class Bundle:
         return exit_distribution(kind or self.dist_kind, self.horizon_ms)
 
     def predictor(self, entry: DeviceEntry) -> NativePredictor | None:
-        from .predictor_file import read_predictor
+        from .formats.predictor_file import read_predictor
 
         if entry.deployment.predictor is None:
             return None
@@ -227,8 +227,8 @@ class Bundle:
 
     def planned_profile(self, entry: DeviceEntry, et: ETProfile) -> ETProfile:
         """The profile a deployed EINet plans and is scored with: `et` with its own planning time per
-        branch, as selection charged it (einet.select); other policies plan with `et` itself."""
-        from .simulate import charged
+        branch, as selection charged it (einet.evaluation.select); other policies plan with `et` itself."""
+        from .evaluation.simulate import charged
 
         deployment = entry.deployment
         return charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
@@ -236,9 +236,9 @@ class Bundle:
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
                 constructor: str | Any | None = None) -> Any:
         """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
-        adaptive (einet.adaptive) unless `adapt` is False or the bundle says so."""
-        from .adaptive import Adaptation
+        adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so."""
         from .runtime import ElasticRuntime
+        from .runtime.adaptive import Adaptation
 
         threads = threads or int(self.manifest["runtime"]["threads"])
         entry = self.entry(device, threads)
@@ -263,5 +263,5 @@ def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | No
 
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:
-    """A bundle folder or packed file, verified (:func:`einet.manifest.read_manifest`)."""
+    """A bundle folder or packed file, verified (:func:`einet.formats.manifest.read_manifest`)."""
     return Bundle(*read_manifest(path))

@@ -27,17 +27,18 @@ def run_demo(args: argparse.Namespace) -> int:
     """`einet demo` with parsed options (epochs, samples, out_dir, threads, device, progress)."""
     import torch
 
-    from .adaptive import Adaptation, replanning
     from .data import dataset_for, load_mnist
     from .distributions import full_inference_time, relative_distribution, sample_exit_times
-    from .models import TrainConfig, build, train
+    from .evaluation.select import DEPLOYMENT_NAME, load_deployment, save_deployment, select
+    from .evaluation.simulate import ci95_half_width, compare, evaluate_all
+    from .evaluation.tables import markdown_table
+    from .models import build
     from .predictor import load_predictor
     from .profiling import profile_cs, profile_et
-    from .realtime import COLD_START_RUNS, replay_observed, run_stream
     from .runtime import ElasticRuntime
-    from .select import DEPLOYMENT_NAME, load_deployment, save_deployment, select
-    from .simulate import ci95_half_width, compare, evaluate_all
-    from .tables import markdown_table
+    from .runtime.adaptive import Adaptation, replanning
+    from .runtime.realtime import COLD_START_RUNS, replay_observed, run_stream
+    from .training import TrainConfig, train
 
     started = time.perf_counter()
     device = getattr(args, "device", "cpu")  # resolved by the command: cpu or cuda

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .build_config import BuildConfig
-from .manifest import file_sha256
+from .formats.manifest import file_sha256
 from .validation import open_regular, parse_json
 from .variants import Variant, load_variant, variant_exits
 
@@ -43,7 +43,7 @@ def check_paths(config: BuildConfig) -> None:
     """Refuse, before any work, a bundle or work folder that would replace or hold an input (the config,
     the data, a checkpoint, a measured profile), or each other, or that is something else already: a
     build replaces its bundle folder whole and keeps its stage files in the work folder."""
-    from .manifest import is_bundle_folder
+    from .formats.manifest import is_bundle_folder
 
     out = config["output"]
     bundle, work = config.path(out["bundle"]), config.path(out["work"])
@@ -109,9 +109,9 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     import torch
 
     from . import data
+    from .formats.checkpoint import load_checkpoint, save_checkpoint
+    from .formats.split import HeldOutSplit, fingerprint
     from .models import build as build_zoo
-    from .models import load_checkpoint, save_checkpoint
-    from .split import HeldOutSplit, fingerprint
 
     work = config.path(config["output"]["work"])
     assert work is not None
@@ -142,8 +142,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
                        file_sha256(given) if given is not None else None)
 
     def make_network() -> None:
-        from .models import TrainConfig, train
-        from .models.checkpoint import recorded_split
+        from .formats.checkpoint import recorded_split
+        from .training import TrainConfig, train
 
         if given is not None:
             model, state = load_checkpoint(given, constructor=net["constructor"])
@@ -231,7 +231,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
                        file_sha256(measured_et) if measured_et is not None else None)
 
     def make_profiles() -> None:
-        from .profiling import ETRecord, profile_cs, profile_et
+        from .formats.profiles import ETRecord
+        from .profiling import profile_cs, profile_et
 
         network = _network(config, final_file, full)
         if measured_et is not None:  # timed before on this device, e.g. back to back with a reference
@@ -258,8 +259,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     def make_selection() -> None:
         from .distributions import full_inference_time
-        from .profiling import CSProfile, ETRecord
-        from .select import save_deployment, select_network
+        from .evaluation.select import save_deployment, select_network
+        from .formats.profiles import CSProfile, ETRecord
 
         et, holdout = ETRecord.load(profile_files[0]), CSProfile.load(profile_files[1])
         blocks = _blocks(full, et)
@@ -312,10 +313,10 @@ def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_fil
     from . import __version__
     from .bundle import device_identity
     from .data import timing_arrays
-    from .manifest import write_bundle
+    from .evaluation.select import load_deployment
+    from .formats.manifest import write_bundle
+    from .formats.profiles import CSProfile, ETRecord
     from .predictor import load_predictor
-    from .profiling import CSProfile, ETRecord
-    from .select import load_deployment
 
     selected = json.loads(selected_files[1].read_text())
     chosen = Variant(**selected["variant"])
@@ -353,7 +354,7 @@ def reselect(bundle_path: Path, identity: Mapping[str, Any], et: Any, progress: 
     """The configuration for another device: the bundle's network and held-out split, its ET-profile `et`
     timed there, selected as the bundle was (its select options and exit times)."""
     from .bundle import read_bundle
-    from .select import select
+    from .evaluation.select import select
 
     bundle = read_bundle(bundle_path)
     options = bundle.manifest["select"]

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from .npz import write_arrays
+from .formats.npz import write_arrays
+from .formats.predictor_file import TARGETS, check_predictor_size, read_predictor
+from .formats.profiles import CSProfile
 from .planner import NativePredictor
-from .predictor_file import TARGETS, check_predictor_size, read_predictor
-from .profiling import CSProfile
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
 from .signals import agreement, check_signal, exit_signals, signal_index
 
@@ -198,7 +198,7 @@ def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> 
 
 def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:
     """A torch predictor from a file written by :func:`save_predictor` (checked first:
-    :func:`einet.predictor_file.read_predictor`)."""
+    :func:`einet.formats.predictor_file.read_predictor`)."""
     checked = read_predictor(path)
     model = ConfidencePredictor(checked.num_exits, checked.hidden, checked.target, checked.rule, checked.signal)
     linears = [m for m in model.mlp if isinstance(m, nn.Linear)]

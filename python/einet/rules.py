@@ -25,7 +25,7 @@ import numpy as np
 from .validation import MAX_CLASSES, number
 
 if TYPE_CHECKING:
-    from .profiling import CSProfile
+    from .formats.profiles import CSProfile
 
 RULES = ("latest", "best", "ensemble")
 MAX_EXITS = 100_000  # far above any network's; bounds what a file can make einet allocate

@@ -60,7 +60,7 @@ def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
 def load_variant(checkpoint: Any, variant: Variant, constructor: Any = None) -> tuple[Any, dict[str, Any]]:
     """`variant` of the network in a checkpoint (its thumbnail exit's weights from the same file), in
     eval mode, and the checkpoint; ValueError when the file holds no thumbnail exit of the right shapes."""
-    from .models import load_checkpoint
+    from .formats.checkpoint import load_checkpoint
     from .models.thumbnail import ThumbnailClassifier
 
     model, state = load_checkpoint(checkpoint, constructor=constructor)

@@ -107,57 +107,50 @@ def hostile_values(r: random.Random, values: list[float], bad: float) -> list[fl
     return values
 
 
+def _as_integers(values: list[float]) -> Any:
+    with np.errstate(all="ignore"):
+        return np.array(values).astype(np.int64) if all(map(math.isfinite, values)) else np.array(values)
+
+
+def _read_only(values: list[float]) -> Any:
+    out = np.array(values, dtype=np.float64)
+    out.flags.writeable = False
+    return out
+
+
+# Hostile containers of a list of floats, each the same values in another shape, type or layout.
+HOSTILE_CONTAINERS: list[Callable[[list[float]], Any]] = [
+    tuple,
+    lambda v: np.array(v, dtype=np.float32),
+    lambda v: np.array(v, dtype=np.float16),
+    _as_integers,
+    lambda v: np.array(v).astype(bool),
+    lambda v: np.array(v, dtype=np.complex128) + 1j,
+    lambda v: np.array(v, dtype=object),
+    lambda v: np.array([str(x) for x in v]),
+    lambda v: np.array(v, dtype=">f8"),
+    lambda v: np.repeat(np.array(v, dtype=np.float64), 2)[::2],  # a non-contiguous view
+    _read_only,
+    lambda v: np.array(v, dtype=np.float64).reshape(1, -1),
+    lambda v: np.array(v, dtype=np.float64).reshape(-1, 1),
+    lambda v: np.array(v[0] if v else 0.5),
+    lambda v: np.array([], dtype=np.float64),
+    lambda v: [*v, 0.5],
+    lambda v: v[:-1],
+    lambda v: np.asfortranarray(np.tile(np.array(v, dtype=np.float64), (2, 1))),
+    lambda v: [None] * len(v),
+    iter,
+    lambda v: np.array(v, dtype=np.float64)[::-1],
+    lambda v: np.array(v, dtype=np.complex128),
+]
+
+
 def as_container(r: random.Random, values: list[float], bad: float) -> Any:
     """`values` as an array, most often float64; with probability `bad` a hostile container."""
     if r.random() >= bad:
         return np.array(values, dtype=np.float64) if r.random() < 0.8 else list(values)
-    kind = r.randrange(22)
-    if kind == 0:
-        return tuple(values)
-    if kind == 1:
-        return np.array(values, dtype=np.float32)
-    if kind == 2:
-        return np.array(values, dtype=np.float16)
-    if kind == 3:
-        with np.errstate(all="ignore"):
-            return np.array(values).astype(np.int64) if all(map(math.isfinite, values)) else np.array(values)
-    if kind == 4:
-        return np.array(values).astype(bool)
-    if kind == 5:
-        return np.array(values, dtype=np.complex128) + (1j if r.random() < 0.5 else 0)
-    if kind == 6:
-        return np.array(values, dtype=object)
-    if kind == 7:
-        return np.array([str(v) for v in values])
-    if kind == 8:
-        return np.array(values, dtype=">f8")
-    if kind == 9:  # non-contiguous view
-        return np.repeat(np.array(values, dtype=np.float64), 2)[::2]
-    if kind == 10:  # read-only
-        out = np.array(values, dtype=np.float64)
-        out.flags.writeable = False
-        return out
-    if kind == 11:
-        return np.array(values, dtype=np.float64).reshape(1, -1)
-    if kind == 12:
-        return np.array(values, dtype=np.float64).reshape(-1, 1)
-    if kind == 13:
-        return np.array(values[0] if values else 0.5)
-    if kind == 14:
-        return np.array([], dtype=np.float64)
-    if kind == 15:
-        return [*values, 0.5]
-    if kind == 16:
-        return values[:-1]
-    if kind == 17:
-        return np.asfortranarray(np.tile(np.array(values, dtype=np.float64), (2, 1)))
-    if kind == 18:
-        return [None] * len(values)
-    if kind == 19:
-        return iter(values)
-    if kind == 20:
-        return np.array(values, dtype=np.float64)[::-1]
-    return r.choice(WRONG_SCALARS)()
+    kind = r.randrange(len(HOSTILE_CONTAINERS) + 1)
+    return HOSTILE_CONTAINERS[kind](values) if kind < len(HOSTILE_CONTAINERS) else r.choice(WRONG_SCALARS)()
 
 
 def as_mask(r: random.Random, bits: list[int], bad: float) -> Any:
@@ -338,6 +331,15 @@ def instance(r: random.Random, bad: float) -> Instance:
         rule=any_rule(r, bad), method=any_method(r, bad), depth=any_depth(r, bad), budget=any_budget(r, bad),
         seed=any_int(r, 0, 2**64 - 1, bad),
     )
+
+
+def small_instance(r: random.Random, bad: float, blocks: int = 40) -> Instance:
+    """An instance of at most `blocks` blocks (a predictor's cost grows with the square of its exits)."""
+    inst = instance(r, bad)
+    if inst.n > blocks:
+        inst.n, inst.conv, inst.branch = blocks, inst.conv[:blocks], inst.branch[:blocks]
+        inst.et, inst.scores = einet.ETProfile([1.0] * blocks, [0.5] * blocks), inst.scores[:blocks]
+    return inst
 
 
 def predictor_layers(r: random.Random, n: int, bad: float) -> tuple[Any, Any]:
@@ -559,10 +561,7 @@ def case_search_batch(r: random.Random, c: Case, bad: float) -> None:
 
 
 def case_online_step(r: random.Random, c: Case, bad: float) -> None:
-    inst = instance(r, bad)
-    if inst.n > 40:
-        inst.n, inst.conv, inst.branch = 40, inst.conv[:40], inst.branch[:40]
-        inst.et, inst.scores = einet.ETProfile([1.0] * 40, [0.5] * 40), inst.scores[:40]
+    inst = small_instance(r, bad)
     n = inst.n
     state: dict[str, Any] = {}
     weights, biases = predictor_layers(r, n if r.random() >= bad else r.randint(0, n + 1), bad)
@@ -598,11 +597,9 @@ def case_online_step(r: random.Random, c: Case, bad: float) -> None:
 
 
 def case_session(r: random.Random, c: Case, bad: float) -> None:
-    inst = instance(r, bad)
-    if inst.n > 40:
-        inst.n, inst.et = 40, einet.ETProfile([1.0] * 40, [0.5] * 40)
+    state: dict[str, Any] = {}  # the session, once made
+    inst = small_instance(r, bad)
     n = inst.n
-    state: dict[str, Any] = {}
     conv = as_container(r, inst.et.conv.tolist() if isinstance(inst.et, einet.ETProfile) else inst.conv, bad)
     branch = as_container(r, inst.et.branch.tolist() if isinstance(inst.et, einet.ETProfile) else inst.branch, bad)
     first = as_mask(r, [r.randint(0, 1) for _ in range(n)], bad)

@@ -7,15 +7,15 @@
 
 Kinds, their readers and seed files (the files every mutation starts from):
 
-- ``et``: :meth:`einet.profiling.ETRecord.load`; committed ``benchmarks/fixtures/*/et.npz`` files.
-- ``cs``: :meth:`einet.profiling.CSProfile.load`; the first 64 samples of a committed held-out
+- ``et``: :meth:`einet.formats.profiles.ETRecord.load`; committed ``benchmarks/fixtures/*/et.npz`` files.
+- ``cs``: :meth:`einet.formats.profiles.CSProfile.load`; the first 64 samples of a committed held-out
   CS-profile (with its log-probabilities), saved at start (zip timestamps fixed, so seeds are
   byte-identical from run to run and every mutation replays).
-- ``predictor``: :func:`einet.predictor_file.read_predictor`; committed ``predictor.npz`` and
+- ``predictor``: :func:`einet.formats.predictor_file.read_predictor`; committed ``predictor.npz`` and
   ``predictor-ensemble.npz``.
-- ``deployment``: :func:`einet.select.load_deployment`; three deployments (a fixed plan, EINet with
+- ``deployment``: :func:`einet.evaluation.select.load_deployment`; three deployments (a fixed plan, EINet with
   its predictor beside it, a confidence threshold) written at start by ``save_deployment``.
-- ``checkpoint``: :func:`einet.models.load_checkpoint` (returns the model and the checkpoint's
+- ``checkpoint``: :func:`einet.formats.checkpoint.load_checkpoint` (returns the model and the checkpoint's
   state); the committed ``benchmarks/fixtures/b_alexnet_w025_mnist_cpu/model.pt`` (a version 2
   checkpoint, with its SHA-256; a torch zip file, so the zip mutations apply).
 
@@ -86,19 +86,19 @@ MANIFEST = "seeds.json"
 def reader(kind: str) -> Callable[[Path], Any]:
     """The public reader of a file kind."""
     if kind == "et":
-        from einet.profiling import ETRecord
+        from einet.formats.profiles import ETRecord
         return ETRecord.load
     if kind == "cs":
-        from einet.profiling import CSProfile
+        from einet.formats.profiles import CSProfile
         return CSProfile.load
     if kind == "predictor":
-        from einet.predictor_file import read_predictor
+        from einet.formats.predictor_file import read_predictor
         return read_predictor
     if kind == "deployment":
-        from einet.select import load_deployment
+        from einet.evaluation.select import load_deployment
         return load_deployment
     if kind == "checkpoint":
-        from einet.models import load_checkpoint
+        from einet.formats.checkpoint import load_checkpoint
         return load_checkpoint  # (model, state)
     raise ValueError(f"unknown kind {kind!r}: expected one of {', '.join(KINDS)}")
 
@@ -107,7 +107,7 @@ def refusals(kind: str) -> tuple[type[BaseException], ...]:
     """The exceptions that count as a proper refusal of a damaged file of this kind."""
     if kind in ("deployment", "checkpoint"):
         return (ValueError,)
-    from einet.npz import ProfileFormatError
+    from einet.formats.npz import ProfileFormatError
     return (ProfileFormatError,)
 
 
@@ -426,9 +426,9 @@ def _fixed_zip_times(data: bytes) -> bytes:
 
 def write_seeds(directory: Path) -> dict[str, list[str]]:
     """Writes (or copies) every kind's seed files into `directory`; returns {kind: [file names]}."""
-    from einet.profiling import CSProfile
+    from einet.evaluation.select import Deployment, save_deployment
+    from einet.formats.profiles import CSProfile
     from einet.rules import AnswerRule
-    from einet.select import Deployment, save_deployment
 
     directory.mkdir(parents=True, exist_ok=True)
     model = FIXTURES / "b_alexnet_w025_mnist_cpu"

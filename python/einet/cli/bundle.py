@@ -1,6 +1,6 @@
 """The bundle commands: ``einet build``, ``einet run``, and ``einet profile`` / ``einet evaluate`` on a bundle.
 
-They parse and call the library (einet.pipeline, einet.bundle, einet.realtime); nothing here decides."""
+They parse and call the library (einet.pipeline, einet.bundle, einet.runtime.realtime); nothing here decides."""
 
 from __future__ import annotations
 
@@ -32,13 +32,13 @@ def profile_bundle(args: argparse.Namespace, device: str) -> int:
     import torch
 
     from ..bundle import device_identity, read_bundle
-    from ..manifest import add_device
+    from ..formats.manifest import add_device
     from ..pipeline import reselect
     from ..profiling import profile_et
 
     bundle = read_bundle(args.bundle)
     if not Path(args.bundle).is_dir():
-        raise ValueError(f"{args.bundle} is a packed bundle: profile its folder (einet.manifest.unpack) and pack again")
+        raise ValueError(f"{args.bundle} is a packed bundle: profile its folder (unpack) and pack again")
     torch.set_num_threads(args.threads)
     threads = args.runtime_threads
     samples = bundle.preprocess(bundle.timing_images())
@@ -58,7 +58,7 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
     """`einet evaluate BUNDLE [--against OTHER]`: exact expected accuracy on the test split's CS-profile,
     paired over the same images and exit times (the first bundle's horizon)."""
     from ..bundle import read_bundle
-    from ..simulate import evaluate, paired_difference
+    from ..evaluation.simulate import evaluate, paired_difference
 
     bundles = [read_bundle(args.bundle), *([read_bundle(args.against)] if args.against else [])]
     tests = [b.test() for b in bundles]
@@ -92,7 +92,7 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
 
 def _entry(bundle: Any) -> Any:
     """This machine's device entry if the bundle has one, else its first (a simulation needs a profile only)."""
-    from ..manifest import BundleError
+    from ..formats.manifest import BundleError
 
     try:
         return bundle.entry("cpu")
@@ -107,8 +107,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .. import data
     from ..bundle import exit_distribution, read_bundle
     from ..distributions import sample_exit_times
-    from ..realtime import replay_observed, run_stream
-    from ..simulate import ci95_half_width
+    from ..evaluation.simulate import ci95_half_width
+    from ..runtime.realtime import replay_observed, run_stream
 
     if args.out:
         from ..validation import check_outputs

@@ -95,8 +95,8 @@ def _profile_files(folders: Sequence[Path], extra: Sequence[str] = ()) -> list[t
 def _model_from_checkpoint(path: str, constructor: str | None = None) -> tuple[Any, dict[str, Any], dict[str, Any]]:
     """The model, its provenance (einet.models.provenance) and the checkpoint. A checkpoint of a
     converted model loads only with `constructor` (--constructor) naming the constructor it stores:
-    loading imports that module (see einet.models.load_checkpoint)."""
-    from ..models import load_checkpoint
+    loading imports that module (see einet.formats.checkpoint.load_checkpoint)."""
+    from ..formats.checkpoint import load_checkpoint
     from ..models.provenance import provenance
 
     model, state = load_checkpoint(path, constructor=constructor)
@@ -107,8 +107,8 @@ def _train_and_holdout(args: argparse.Namespace, state: dict[str, Any]) -> tuple
     """The training split without its held-out part, that part, and the split: as the checkpoint
     (`state`) records it, or (older checkpoints) as --holdout and --seed say `einet train` cut them."""
     from .. import data
-    from ..models.checkpoint import recorded_split
-    from ..split import resolve
+    from ..formats.checkpoint import recorded_split
+    from ..formats.split import resolve
 
     arrays = data.load(args.dataset, args.data, "train")
     split = resolve(recorded_split(args.checkpoint, state), args.holdout, args.seed, arrays, args.checkpoint)

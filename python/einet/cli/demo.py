@@ -14,12 +14,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import run_demo
 
     if args.out_dir:
-        from ..select import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
+        from ..evaluation.select import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
 
         check_outputs({f"--out-dir {args.out_dir}: {name}": Path(args.out_dir) / name
                        for name in (DEPLOYMENT_NAME, DEPLOYED_PREDICTOR)}, creates_folders=True)
     args.device, args.progress = _device(args.device), _progress(args)
-    from ..stress import Burners
+    from ..runtime.stress import Burners
 
     with Burners.for_load(args.stress, limit=3600):
         return run_demo(args)
@@ -34,7 +34,7 @@ def add_commands(commands: Any) -> None:
                                                    "(default: a temporary folder)")
     p.add_argument("--stress", default="idle", choices=["idle", "steady", "switching"],
                    help="run it on a busy device: two CPU burners always on (steady) or switched on and off "
-                        "every 1.5 s (switching), started and stopped with the demo (einet.stress)")
+                        "every 1.5 s (switching), started and stopped with the demo (einet.runtime.stress)")
     _add_torch_arguments(p)
     p.set_defaults(run=cmd_demo)
 

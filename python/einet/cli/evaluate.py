@@ -41,10 +41,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     _require(args, "profiles", "predictor")
     args.dist = args.dist or "uniform"
     from ..distributions import full_inference_time, relative_distribution
-    from ..predictor_file import read_predictor
-    from ..profiling import CSProfile, ETRecord
-    from ..simulate import compare, evaluate_all
-    from ..tables import csv_table, markdown_table
+    from ..evaluation.simulate import compare, evaluate_all
+    from ..evaluation.tables import csv_table, markdown_table
+    from ..formats.predictor_file import read_predictor
+    from ..formats.profiles import CSProfile, ETRecord
 
     folders = [Path(args.profiles), *([Path(args.compressed)] if args.compressed else [])]
     if args.out:
@@ -82,10 +82,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_table(args: argparse.Namespace) -> int:
     """The paper's table over several profiled models: one row each (numpy only)."""
     from ..distributions import full_inference_time, relative_distribution
-    from ..predictor_file import read_predictor
-    from ..profiling import CSProfile, ETRecord
-    from ..simulate import evaluate_all
-    from ..tables import compressed_twin, csv_table, model_row, models_table
+    from ..evaluation.simulate import evaluate_all
+    from ..evaluation.tables import compressed_twin, csv_table, model_row, models_table
+    from ..formats.predictor_file import read_predictor
+    from ..formats.profiles import CSProfile, ETRecord
 
     folders = [Path(p) for p in args.profiles]
     if args.out:
@@ -115,10 +115,10 @@ def cmd_table(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib  # noqa: F401  (the plot extra: named before any work is done)
 
+    from ..evaluation.tables import accuracy_curves, plot_curves
+    from ..formats.predictor_file import read_predictor
+    from ..formats.profiles import CSProfile, ETRecord
     from ..policies import standard_policies
-    from ..predictor_file import read_predictor
-    from ..profiling import CSProfile, ETRecord
-    from ..tables import accuracy_curves, plot_curves
 
     check_outputs({"--out": args.out}, [("--predictor", args.predictor), *_profile_files([Path(args.profiles)])])
     args.dist = args.dist or "uniform"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..predictor_file import MAX_PREDICTOR_WIDTH
+from ..formats.predictor_file import MAX_PREDICTOR_WIDTH
 from ..validation import check_outputs, integer_option
 from .common import (
     COUNT,
@@ -16,8 +16,8 @@ from .common import (
 
 
 def cmd_fit_predictor(args: argparse.Namespace) -> int:
-    from ..predictor_file import check_predictor_size
-    from ..profiling import CSProfile
+    from ..formats.predictor_file import check_predictor_size
+    from ..formats.profiles import CSProfile
     from ..rules import AnswerRule, time_zero_answer
 
     check_outputs({"--out": args.out}, {"--cs": args.cs})

@@ -20,8 +20,8 @@ from .common import (
 
 def cmd_select(args: argparse.Namespace) -> int:
     from ..distributions import full_inference_time
-    from ..profiling import CSProfile, ETRecord
-    from ..select import DEPLOYED_PREDICTOR, save_deployment, select_network
+    from ..evaluation.select import DEPLOYED_PREDICTOR, save_deployment, select_network
+    from ..formats.profiles import CSProfile, ETRecord
 
     if len({Path(folder).resolve() for folder in args.profiles}) != len(args.profiles):
         raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")

@@ -33,12 +33,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     import torch
 
     from .. import data
-    from ..models import TrainConfig, build, train
-    from ..models.distributed import finish_distributed, init_distributed
+    from ..models import build
+    from ..training import TrainConfig, train
+    from ..training.distributed import finish_distributed, init_distributed
 
     device = _device(args.device)
     torch.set_num_threads(args.threads)
-    from ..split import HeldOutSplit
+    from ..formats.split import HeldOutSplit
 
     train_arrays = data.load(args.dataset, args.data, "train")
     test_arrays = data.load(args.dataset, args.data, "test")
@@ -126,7 +127,7 @@ def cmd_refit_exits(args: argparse.Namespace) -> int:
     import torch
 
     from .. import data
-    from ..models import load_checkpoint, save_checkpoint
+    from ..formats.checkpoint import load_checkpoint, save_checkpoint
     from ..models.base import light_pools
     from ..models.refit import refit_light_exits
 

@@ -80,8 +80,8 @@ def build_converted(constructor: str | Callable[..., nn.Module], kwargs: Mapping
     """(network, spec): ``constructor(**kwargs)``, with `backbone_weights` if given, converted with `exits`.
 
     `constructor` is a callable or a ``package.module:callable`` name (imported: its code runs). The
-    spec (constructor name, kwargs, exits, input shape, classes) is what :func:`einet.models.train`
-    stores in a checkpoint so that :func:`einet.models.load_checkpoint` can rebuild the network;
+    spec (constructor name, kwargs, exits, input shape, classes) is what :func:`einet.training.train`
+    stores in a checkpoint so that :func:`einet.formats.checkpoint.load_checkpoint` can rebuild the network;
     `kwargs` must therefore be plain JSON values.
     """
     make = resolve_constructor(constructor) if isinstance(constructor, str) else constructor

@@ -17,7 +17,7 @@ or cut, or whose result does not reproduce the original, is a
 :func:`build_converted` does the whole path from a constructor named
 ``package.module:callable`` (plus keyword arguments) to a converted network and
 the spec a checkpoint stores to rebuild it (see
-:func:`einet.models.load_checkpoint`).
+:func:`einet.formats.checkpoint.load_checkpoint`).
 """
 
 from __future__ import annotations

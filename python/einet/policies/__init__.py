@@ -2,7 +2,7 @@
 
 A policy decides, block by block, whether to run the exit branch, and may stop
 the inference early. The same objects drive the trace-driven simulator
-(:mod:`einet.simulate`, fed with CS-profile confidences and ET-profile times)
+(:mod:`einet.evaluation.simulate`, fed with CS-profile confidences and ET-profile times)
 and the real-time runtime (:mod:`einet.runtime`, fed with the live model), so
 what is evaluated is what runs. The protocol:
 
@@ -17,7 +17,7 @@ what is evaluated is what runs. The protocol:
 Numpy and the native planner only: no torch.
 """
 
-from .base import Policy
+from .base import EveryExit, Policy
 from .einet import HEDGE_MARGIN, RANDOM_SEARCH_BUDGET, EINet
 from .fixed import (
     ConfidenceThreshold,
@@ -38,6 +38,7 @@ __all__ = [
     "Clairvoyant",
     "ConfidenceThreshold",
     "EINet",
+    "EveryExit",
     "FixedPlan",
     "NearestNeighbours",
     "Policy",

@@ -1,4 +1,4 @@
-"""The policy protocol: the base class runs every branch and never stops early."""
+"""The policy protocol, and the simplest policy: every branch, never stopping early."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ if TYPE_CHECKING:
     from .registry import PolicySpec
 
 
-
 class Policy:
-    """Base class: run every branch, never stop early (the multi-exit network without skipping)."""
+    """What a policy answers, sample by sample: whether to run each branch (:meth:`run_branch`), and
+    whether to stop after one (:meth:`observe`). Subclasses name themselves (`name`, table labels)."""
 
-    name = "all exits"
+    name: str
     needs_oracle = False
     needs_log_probs = False
     spec: PolicySpec | None = None  # what it was built from (PolicySpec.build), for deployments
@@ -26,7 +26,18 @@ class Policy:
         """The log-probabilities of the branch that just ran (only for policies with `needs_log_probs`)."""
 
     def run_branch(self, block: int, elapsed: float) -> bool:
-        return True
+        """Whether to run `block`'s branch, `elapsed` seconds into the sample."""
+        raise NotImplementedError
 
     def observe(self, block: int, confidence: float, elapsed: float) -> bool:
+        """A branch answered with `confidence`: True stops the inference here."""
         return False
+
+
+class EveryExit(Policy):
+    """Every branch, never stopping early: the multi-exit network without skipping."""
+
+    name = "all exits"
+
+    def run_branch(self, block: int, elapsed: float) -> bool:
+        return True

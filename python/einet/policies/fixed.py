@@ -7,11 +7,11 @@ from typing import cast
 
 import numpy as np
 
+from ..formats.profiles import CSProfile
 from ..planner import Distribution, ETProfile, expected_accuracy, search
-from ..profiling import CSProfile
 from ..reference import hybrid_search
 from ..rules import AnswerRule, as_rule
-from .base import Policy
+from .base import EveryExit, Policy
 
 
 class FixedPlan(Policy):
@@ -98,7 +98,7 @@ def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distributi
     return mask if mask.any() else single_exit(et.num_blocks).mask
 
 
-class ConfidenceThreshold(Policy):
+class ConfidenceThreshold(EveryExit):
     """Classic early exit: run every branch in order, stop at the first confidence >= threshold."""
 
     def __init__(self, threshold: float) -> None:

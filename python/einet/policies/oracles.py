@@ -6,12 +6,12 @@ from typing import cast
 
 import numpy as np
 
+from ..formats.profiles import CSProfile
 from ..planner import (
     Distribution,
     ETProfile,
     search,
 )
-from ..profiling import CSProfile
 from ..rules import AnswerRule, as_rule, ensemble_prefix_correct
 from ..signals import exit_signals
 from .base import Policy

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
+from ..formats.profiles import CSProfile
 from ..planner import (
     Distribution,
     ETProfile,
     NativePredictor,
 )
-from ..profiling import CSProfile
 from ..rules import AnswerRule, as_rule
 from .base import Policy
 from .einet import HEDGE_MARGIN, RANDOM_SEARCH_BUDGET, EINet
@@ -121,7 +121,7 @@ def standard_policies(et: ETProfile, dist: Distribution, predictor: NativePredic
     "EINet" is einet's default: the statistics plan first, re-planned only for a predicted gain
     of HEDGE_MARGIN. "EINet (paper)" is the paper's: the predictor's first plan, always re-planned.
     `signal`: what the predictor reads per observed exit (the one it was fitted on). `einet_et`: the
-    profile the EINets plan with, their own planning time folded in (einet.simulate.charged); default `et`."""
+    profile the EINets plan with, their own planning time folded in (evaluation.simulate.charged); default `et`."""
     rule = as_rule(rule)
     statistics = cast(FixedPlan, PolicySpec("statistics").build(et, dist, holdout, rule))
     return [spec.build(et, dist, holdout, rule, predictor, signal, einet_et, statistics)

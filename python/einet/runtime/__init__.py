@@ -38,7 +38,6 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ..adaptive import Adaptation
 from ..models.base import MultiExitNetwork
 from ..planner import ETProfile
 from ..policies import Policy
@@ -47,6 +46,7 @@ from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
 from ._worker import EXIT_JOIN_SECONDS, Job, NonFiniteError, Worker
+from .adaptive import Adaptation
 
 __all__ = ["EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "Interrupt", "NonFiniteError"]
 
@@ -232,7 +232,7 @@ class ElasticRuntime:
     @property
     def profile(self) -> ETProfile | None:
         """The block times an adaptive runtime plans with now: its calibration, continuous (every part as
-        measured in this runtime, overheads included, see einet.adaptive). None for a static runtime,
+        measured in this runtime, overheads included, see einet.runtime.adaptive). None for a static runtime,
         whose profile is the one its policy was made with (see :meth:`calibrate`)."""
         return None if self._adaptation is None else self._adaptation.profile
 

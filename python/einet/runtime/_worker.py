@@ -13,12 +13,12 @@ from contextlib import suppress
 
 import torch
 
-from ..adaptive import Adaptation
 from ..models.base import MultiExitNetwork
 from ..policies import Policy
 from ..rules import AnswerRule, RunningAnswer
 from ._statistics import Statistics
 from ._switch import lower_switch_interval, restore_switch_interval
+from .adaptive import Adaptation
 
 EXIT_JOIN_SECONDS = 60.0  # at interpreter exit, how long to wait for the workers' blocks in flight
 
@@ -48,7 +48,7 @@ class Job:
         self.planning = 0.0
         # (block, conv-part seconds, branch seconds or NaN when not run) as this sample ran them; the
         # conv part runs from the previous block's end to the branch decision, the branch from there to
-        # its published answer, so they add up to when each answer came (see einet.adaptive)
+        # its published answer, so they add up to when each answer came (see einet.runtime.adaptive)
         self.times: list[tuple[int, float, float]] = []
         self.in_flight: tuple[int, bool, float] | None = None  # (block, its branch?, since when) as the worker runs it
         self.ended = math.inf  # when the worker was done with it, in seconds since the call

@@ -12,11 +12,11 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from .distributions import full_inference_time, relative_distribution, sample_exit_times
-from .planner import Distribution, ETProfile
-from .policies import Policy
-from .profiling import CSProfile
-from .rules import AnswerRule
+from ..distributions import full_inference_time, relative_distribution, sample_exit_times
+from ..formats.profiles import CSProfile
+from ..planner import Distribution, ETProfile
+from ..policies import Policy
+from ..rules import AnswerRule
 from .simulate import PolicyResult, evaluate, paired_difference
 
 K = TypeVar("K")

@@ -10,7 +10,7 @@ DistributedSampler, whose ``set_epoch`` is called every epoch), treats ``batch_s
 global batch (each of K processes takes ``batch_size / K``), evaluates on shards and sums
 the counts, and lets rank 0 alone write checkpoints.
 
-Checkpoints (:mod:`einet.models.checkpoint`) are written atomically after every epoch and hold
+Checkpoints (:mod:`einet.formats.checkpoint`) are written atomically after every epoch and hold
 everything needed to resume (model, optimiser, schedule, history, the held-out split).
 """
 
@@ -28,9 +28,9 @@ import torch
 from torch import nn
 
 from ..data import ImageDataset, ImageShape, as_batches, count_batches, loader_is_sharded
+from ..formats.checkpoint import read_checkpoint, save_checkpoint
+from ..models.base import MultiExitNetwork
 from ..validation import number
-from .base import MultiExitNetwork
-from .checkpoint import read_checkpoint, save_checkpoint
 from .distributed import all_reduce, world
 
 # How the exits learn. ``joint``: the weighted sum of every exit's cross-entropy (the paper).
@@ -215,7 +215,7 @@ def _correct_counts(model: MultiExitNetwork, dataset: Any, batch_size: int, rank
     return counts
 
 
-def evaluate(model: MultiExitNetwork, dataset: Any, batch_size: int = 500) -> list[float]:
+def exit_accuracies(model: MultiExitNetwork, dataset: Any, batch_size: int = 500) -> list[float]:
     """Per-exit accuracy on a dataset (an ImageDataset without augmentation, a torch Dataset or a
     DataLoader: see :func:`einet.data.as_batches`), on the model's device."""
     counts = _correct_counts(model, dataset, batch_size)
@@ -224,12 +224,12 @@ def evaluate(model: MultiExitNetwork, dataset: Any, batch_size: int = 500) -> li
     return (counts[:-1] / counts[-1]).tolist()
 
 
-def _distributed_evaluate(model: MultiExitNetwork, dataset: Any, batch_size: int, rank: int,
+def _distributed_exit_accuracies(model: MultiExitNetwork, dataset: Any, batch_size: int, rank: int,
                           world_size: int) -> list[float]:
-    """evaluate() with every process scoring its shard of a dataset and the counts summed (a
+    """exit_accuracies() with every process scoring its shard of a dataset and the counts summed (a
     DataLoader, which cannot be sharded here, is scored whole by every process)."""
     if world_size == 1 or not _shardable(dataset):
-        return evaluate(model, dataset, batch_size)
+        return exit_accuracies(model, dataset, batch_size)
     counts = all_reduce(_correct_counts(model, dataset, batch_size, rank, world_size), model)
     return (counts[:-1] / counts[-1]).tolist()
 
@@ -244,7 +244,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
     or a DataLoader (:func:`einet.data.as_batches`). `model_spec` (e.g. ``{"name": "b_alexnet",
     "width": 0.5, ...}``, or the spec of :func:`einet.models.constructor.build_converted`) is stored in
     the checkpoint so that :func:`load_checkpoint` can rebuild the model; `split` (the held-out split
-    the training data excludes, :meth:`einet.split.HeldOutSplit.as_dict`) too, for later stages.
+    the training data excludes, :meth:`einet.formats.split.HeldOutSplit.as_dict`) too, for later stages.
 
     In a torch.distributed process group (e.g. under ``torchrun``) this trains with
     DistributedDataParallel, as the module docstring describes; only rank 0 writes `checkpoint`.
@@ -346,7 +346,7 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
             raise DivergedError(f"the training loss became {epoch_loss} in epoch {epoch + 1} (learning rate "
                                 f"{config.lr:g} too high, or non-finite inputs?){kept}")
         history.loss.append(epoch_loss)
-        history.test_accuracy.append(_distributed_evaluate(model, test_set, 500, rank, world_size)
+        history.test_accuracy.append(_distributed_exit_accuracies(model, test_set, 500, rank, world_size)
                                      if test_set is not None else [])
         history.seconds.append(time.perf_counter() - started)
         if progress:

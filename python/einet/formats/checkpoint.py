@@ -18,9 +18,9 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
-from ..split import HeldOutSplit
-from .base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
-from .constructor import CONVERTED, build_converted, resolve_constructor
+from ..models.base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
+from ..models.constructor import CONVERTED, build_converted, resolve_constructor
+from .split import HeldOutSplit
 
 CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
 
@@ -130,7 +130,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
 
 def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """(zoo name, keyword arguments) from a checkpoint's spec: a known name, known keys, bounded values."""
-    from .zoo import ZOO
+    from ..models.zoo import ZOO
 
     spec = state.get("spec")
     if not isinstance(spec, dict):
@@ -272,7 +272,7 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_constructor: bool = F
     Without any of them such a checkpoint is refused with a ValueError naming its constructor. The
     constructor runs twice: once on the meta device for the skeleton check, then for real.
     """
-    from . import zoo
+    from ..models import zoo
 
     state = read_checkpoint(Path(path))
     spec = state.get("spec")

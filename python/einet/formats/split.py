@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .data import ImageArrays
+    from ..data import ImageArrays
 
 
 def fingerprint(arrays: ImageArrays) -> str:
@@ -38,7 +38,7 @@ class HeldOutSplit:
     data: str
 
     def __post_init__(self) -> None:
-        from .validation import number
+        from ..validation import number
 
         number("the held-out fraction", self.fraction, 0.0, 0.99)
         number("the split's seed", self.seed, 0, 2**32 - 1, integer=True)

@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from .planner import Distribution
-from .validation import number
+from ..planner import Distribution
+from ..validation import number
 
 __all__ = ["LOADS", "Burners", "Slowed", "switching_exit_times"]
 
@@ -121,7 +121,7 @@ class Slowed:
 def switching_exit_times(first: Distribution, second: Distribution, count: int, at: int,
                          rng: np.random.Generator) -> np.ndarray:
     """`count` exit times: the first `at` drawn from `first`, the rest from `second`."""
-    from .distributions import sample_exit_times
+    from ..distributions import sample_exit_times
 
     if not 0 <= at <= count:
         raise ValueError(f"the switch must come within the stream: 0 <= at <= {count}, got {at}")

@@ -12,7 +12,7 @@ A policy that plans pays for it: EINet re-plans after every branch it runs, and 
 runtime waits for it (:meth:`einet.runtime.ElasticRuntime.calibrate` folds that time into the
 branch times; on CUDA it overlaps the queued kernels, and the charge overstates it). The EINet
 candidates are therefore planned and scored with the paper's EINet's planning time, timed once on
-this machine (:func:`einet.simulate.planning_seconds`) and recorded in the deployment, added to
+this machine (:func:`einet.evaluation.simulate.planning_seconds`) and recorded in the deployment, added to
 every branch: next to a paper's branch (100-270 us on our CPU) it is a few percent, next to a
 light exit (28-37 us) half again.
 
@@ -35,12 +35,12 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import atomic_write
-from .distributions import RELATIVE_KINDS
-from .planner import Distribution, ETProfile, NativePredictor
-from .policies import STANDARD_POLICIES, ConfidenceThreshold, EINet, FixedPlan, Policy, PolicySpec, standard_policies
-from .profiling import CSProfile
-from .rules import AnswerRule, time_zero_answer
+from .._atomic import atomic_write
+from ..distributions import RELATIVE_KINDS
+from ..formats.profiles import CSProfile
+from ..planner import Distribution, ETProfile, NativePredictor
+from ..policies import STANDARD_POLICIES, ConfidenceThreshold, EINet, FixedPlan, Policy, PolicySpec, standard_policies
+from ..rules import AnswerRule, time_zero_answer
 
 DEPLOYMENT_VERSION = 4  # 2 added `network`; 3 a SHA-256 of the record, verified on load; 4 the policy's kind
 READABLE_VERSIONS = (1, 2, 3, 4)  # 1 and 2 (no checksum) still load, unverified; before 4 the kind is the label's
@@ -86,8 +86,8 @@ class Deployment:
     def build(self, et: ETProfile, dist: Distribution, predictor: NativePredictor | None = None) -> Policy:
         """The policy, planned for this ET-profile and exit-time distribution. For EINet pass the
         profile the runtime will see, its own planning included (:meth:`ElasticRuntime.calibrate`, or
-        ``einet.simulate.charged(et, self.planning_seconds)``), as it was scored."""
-        from .policies import HEDGE_MARGIN
+        ``einet.evaluation.simulate.charged(et, self.planning_seconds)``), as it was scored."""
+        from ..policies import HEDGE_MARGIN
 
         for name, plan in (("mask", self.mask), ("first_plan", self.first_plan)):
             if plan is not None and len(plan) != et.num_blocks:
@@ -124,7 +124,7 @@ def spec_for_label(label: str) -> PolicySpec:
 def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, signal: str, predictor_epochs: int,
          seed: int) -> tuple[AnswerRule, NativePredictor, Any]:
     """Fit a rule (ensemble weights, time-zero answer) and its predictor (reading `signal`) on `holdout`."""
-    from .predictor import fit_ensemble_weights, fit_predictor
+    from ..predictor import fit_ensemble_weights, fit_predictor
 
     weights = fit_ensemble_weights(holdout, seed=seed) if rule_name == "ensemble" else None
     prior = time_zero_answer(holdout.labels) if time_zero else (None, 0.0)
@@ -149,7 +149,7 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     re-planning adds per branch run (None: timed here, see the module's docstring)."""
     from tqdm.auto import tqdm
 
-    from .distributions import full_inference_time, relative_distribution
+    from ..distributions import full_inference_time, relative_distribution
     from .simulate import charged, evaluate, planning_seconds
 
     deployable = sorted({spec.kind for spec in STANDARD_POLICIES if spec.deployable})
@@ -229,7 +229,7 @@ def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds:
     the first candidate's full inference: a deadline does not stretch because a network is
     faster); the network whose best configuration scored highest on held-out data is deployed,
     named in ``network``, with every network's candidates in ``validation`` ("name | candidate")."""
-    from .distributions import full_inference_time
+    from ..distributions import full_inference_time
 
     if not candidates:
         raise ValueError("need at least one candidate network")
@@ -259,7 +259,7 @@ def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds:
 def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predictor: Any = None) -> Path:
     """Write the deployment (JSON) and, beside it, the predictor it needs. The deployment is checked
     as :func:`load_deployment` checks it first, so a file that cannot be read back is never written."""
-    from .predictor import save_predictor
+    from ..predictor import save_predictor
 
     path = Path(path)
     record = deployment_record(deployment)
@@ -291,7 +291,7 @@ def deployment_from_record(record: object, folder: Path) -> Deployment:
 def load_deployment(path: str | os.PathLike[str]) -> Deployment:
     """Read a deployment file written by :func:`save_deployment`: every field typed and range-checked,
     the predictor inside the file's folder, no code run. ValueError names the file and the field."""
-    from .validation import open_regular, parse_json
+    from ..validation import open_regular, parse_json
 
     path = Path(path)
     try:
@@ -314,8 +314,8 @@ def _record_digest(record: Mapping[str, Any]) -> str:
 
 def _checked(record: object, folder: Path) -> Deployment:
     """A deployment from its JSON record, every field checked (TypeError/ValueError name the field)."""
-    from .signals import SIGNALS
-    from .validation import number
+    from ..signals import SIGNALS
+    from ..validation import number
 
     if not isinstance(record, dict):
         raise TypeError("not a JSON object")

@@ -31,11 +31,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .planner import Deterministic, Distribution, Empirical, ETProfile, NativePredictor
-from .policies import HEDGE_MARGIN, EINet, Policy, statistics_plan
-from .profiling import CSProfile
-from .rules import AnswerRule
-from .validation import number
+from ..formats.profiles import CSProfile
+from ..planner import Deterministic, Distribution, Empirical, ETProfile, NativePredictor
+from ..policies import HEDGE_MARGIN, EINet, Policy, statistics_plan
+from ..rules import AnswerRule
+from ..validation import number
 
 __all__ = ["Adaptation", "BlockTimes", "ExitTimes", "kaplan_meier", "replanning"]
 

@@ -1,5 +1,5 @@
 """Several processes (``torchrun``): joining and leaving the process group, ranks, sums over
-processes. :func:`einet.models.training.train` runs DistributedDataParallel inside a group."""
+processes. :func:`einet.training.loop.train` runs DistributedDataParallel inside a group."""
 
 from __future__ import annotations
 

@@ -18,12 +18,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from .planner import ETProfile
-from .policies import Policy
-from .profiling import CSProfile
-from .rules import RunningAnswer
-from .runtime import Answer, ElasticRuntime
-from .simulate import ci95_half_width, correct_at
+from ..evaluation.simulate import ci95_half_width, correct_at
+from ..formats.profiles import CSProfile
+from ..planner import ETProfile
+from ..policies import Policy
+from ..rules import RunningAnswer
+from . import Answer, ElasticRuntime
 
 COLD_START_RUNS = 10  # untimed inferences before a real-time check measures the runtime
 

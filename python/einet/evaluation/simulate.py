@@ -1,4 +1,4 @@
-"""Trace-driven evaluation of exit policies (docs/design.md section 9); tables and plots: einet.tables.
+"""Trace-driven evaluation of exit policies (docs/design.md section 9); tables and plots: einet.evaluation.tables.
 
 For each test sample a policy is replayed on the sample's CS-profile row and
 the ET-profile: that gives the times at which its branches finish. For each of
@@ -20,11 +20,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .distributions import sample_exit_times
-from .planner import Distribution, ETProfile, NativePredictor
-from .policies import Policy, single_exit, standard_policies
-from .profiling import CSProfile
-from .rules import AnswerRule, RunningAnswer, as_rule, held_correctness
+from ..distributions import sample_exit_times
+from ..formats.profiles import CSProfile
+from ..planner import Distribution, ETProfile, NativePredictor
+from ..policies import Policy, single_exit, standard_policies
+from ..rules import AnswerRule, RunningAnswer, as_rule, held_correctness
 
 
 @dataclass(frozen=True)

@@ -2,8 +2,8 @@
 and concurrent writers with a reader. Prints what happened; exits 1 if any file was ever corrupt or
 any writer crashed.
 
-    python tools/fault_saves.py                 # 500 SIGKILLs per writer, then the race
-    python tools/fault_saves.py --kills 50 --saves 100
+    python tests/fuzz/saves.py                 # 500 SIGKILLs per writer, then the race
+    python tests/fuzz/saves.py --kills 50 --saves 100
 
 SIGKILL: a child saves the same path in a loop, is killed after a random 0-20 ms, and the file is
 read back: it must be complete and self-consistent (every value equals the stamp in its metadata).
@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from einet.models.checkpoint import read_checkpoint, save_checkpoint
-from einet.npz import read_arrays, write_arrays
+from einet.formats.checkpoint import read_checkpoint, save_checkpoint
+from einet.formats.npz import read_arrays, write_arrays
 
 VALUES = 50_000  # per save (400 KB): a save takes about 10 ms
 
@@ -80,20 +80,25 @@ def reader(kind: str, path: str, stop, results) -> None:  # type: ignore[no-unty
     results.put((reads, corrupt))
 
 
+def kill_a_saver(context, kind: str, path: str, pause: float, timeout: float = 60.0) -> int | None:  # type: ignore[no-untyped-def]
+    """Start a process saving `path` over and over, SIGKILL it `pause` seconds later: its exit code."""
+    started = context.Event()
+    process = context.Process(target=save_forever, args=(kind, path, started))
+    process.start()
+    started.wait(timeout)
+    time.sleep(pause)
+    os.kill(process.pid, signal.SIGKILL)
+    process.join(timeout)
+    return process.exitcode  # type: ignore[no-any-return]
+
+
 def kills(context, kind: str, folder: Path, count: int, rng: np.random.Generator) -> dict[str, int]:  # type: ignore[no-untyped-def]
     path = str(folder / f"{kind}.bin")
     save(kind, path, 1)
     counts = {"kills": 0, "mid_save": 0, "intact": 0, "corrupt": 0}
     for _ in range(count):
         before = set(os.listdir(folder))
-        started = context.Event()
-        process = context.Process(target=save_forever, args=(kind, path, started))
-        process.start()
-        started.wait(60)
-        time.sleep(float(rng.uniform(0, 0.02)))
-        os.kill(process.pid, signal.SIGKILL)
-        process.join(60)
-        counts["kills"] += process.exitcode == -signal.SIGKILL
+        counts["kills"] += kill_a_saver(context, kind, path, float(rng.uniform(0, 0.02))) == -signal.SIGKILL
         counts["mid_save"] += len(set(os.listdir(folder)) - before) > 0  # its temporary file stayed
         try:
             check(kind, path)
@@ -136,7 +141,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", "einet.profiling", "einet.models.training"])
+    context.set_forkserver_preload(["__main__", "einet.profiling", "einet.training.loop"])
     rng = np.random.default_rng(args.seed)
     failed = False
     with tempfile.TemporaryDirectory() as scratch:

@@ -17,11 +17,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..planner import NativePredictor
+from ..rules import AnswerRule
+from ..signals import check_signal
+from ..validation import check_memory, number
 from .npz import ProfileFormatError, read_arrays
-from .planner import NativePredictor
-from .rules import AnswerRule
-from .signals import check_signal
-from .validation import check_memory, number
 
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard

@@ -21,14 +21,14 @@ from typing import Any
 
 import numpy as np
 
-from ._atomic import process_umask
-from .distributions import RELATIVE_KINDS
+from .._atomic import process_umask
+from ..distributions import RELATIVE_KINDS
+from ..evaluation.select import Deployment, deployment_record
+from ..validation import number, open_regular, parse_json
+from ..variants import Variant
 from .npz import write_arrays
-from .profiling import CSProfile, ETRecord
-from .select import Deployment, deployment_record
+from .profiles import CSProfile, ETRecord
 from .split import HeldOutSplit
-from .validation import number, open_regular, parse_json
-from .variants import Variant
 
 BUNDLE_FORMAT = "einet-bundle"
 BUNDLE_VERSION = 1
@@ -61,10 +61,10 @@ def device_key(identity: Mapping[str, Any]) -> str:
 
 
 def adaptation_options() -> dict[str, Any]:
-    """The settings of :class:`einet.adaptive.Adaptation` a bundle may record, with their defaults."""
+    """The settings of :class:`einet.runtime.adaptive.Adaptation` a bundle may record, with their defaults."""
     import inspect
 
-    from .adaptive import Adaptation
+    from ..runtime.adaptive import Adaptation
 
     return {p.name: p.default for p in inspect.signature(Adaptation).parameters.values() if p.kind is p.KEYWORD_ONLY}
 
@@ -162,7 +162,7 @@ def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ET
     """Add (or replace) one device's ET-profile and configuration in a bundle folder."""
     folder = Path(path)
     if not folder.is_dir():
-        raise BundleError(f"{path} is a packed bundle: unpack it (einet.manifest.unpack) to add a device")
+        raise BundleError(f"{path} is a packed bundle: unpack it (einet.formats.manifest.unpack) to add a device")
     manifest = json.loads(json.dumps(read_manifest(folder)[1]))
     listed = list(manifest["files"])
     _add_device(folder, manifest, identity, et, deployment, predictor)
@@ -174,7 +174,7 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
                 deployment: Deployment, predictor: Any) -> None:
     from dataclasses import replace
 
-    from .predictor import save_predictor
+    from ..predictor import save_predictor
 
     key = device_key(identity)
     devices = [entry for entry in manifest["devices"] if entry["key"] != key]
@@ -197,7 +197,7 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
 def _write_manifest(folder: Path, manifest: dict[str, Any], listed: Sequence[str] = ()) -> None:
     """Write the manifest with every file's checksum; then remove the files of `listed` (the previous
     manifest's) it no longer lists (a replaced device's). Nothing else in the folder is touched."""
-    from ._atomic import atomic_write
+    from .._atomic import atomic_write
 
     referenced = {NETWORK, HOLDOUT, TIMING, *([TEST] if manifest["test"] else [])}
     for entry in manifest["devices"]:
@@ -236,7 +236,7 @@ def _name(value: object) -> bool:
 
 def _check_select(options: object) -> None:
     """The options a new device is selected with (einet profile BUNDLE), checked as a build config's are."""
-    from .build_config import CHECKS
+    from ..build_config import CHECKS
 
     names = {"score_under", "rules", "time_zero", "signals", "policies", "predictor_epochs", "seed", "planning_us"}
     if not isinstance(options, dict) or set(options) != names:
@@ -342,8 +342,8 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
 
 def pack(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
     """Zip a bundle folder into one file (stored, fixed timestamps: the same bundle, the same bytes)."""
-    from ._atomic import atomic_write
-    from .validation import check_outputs
+    from .._atomic import atomic_write
+    from ..validation import check_outputs
 
     checked, manifest = read_manifest(folder)
     if not Path(folder).is_dir():

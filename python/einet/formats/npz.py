@@ -20,8 +20,8 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ._atomic import atomic_write
-from .validation import open_regular
+from .._atomic import atomic_write
+from ..validation import open_regular
 
 # 2: CS-profiles may carry log-probabilities. 3: the header lists every array and holds a SHA-256
 # of the arrays and the metadata, verified on load; class indices are int32.

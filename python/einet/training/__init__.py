@@ -1,0 +1,7 @@
+"""Training multi-exit networks (needs the ``einet[torch]`` extra): the loop, recipes and checkpoints
+written as it goes (:mod:`.loop`), and training across processes (:mod:`.distributed`,
+DistributedDataParallel under torchrun)."""
+
+from .loop import RECIPES, DivergedError, History, TrainConfig, exit_accuracies, train
+
+__all__ = ["RECIPES", "DivergedError", "History", "TrainConfig", "exit_accuracies", "train"]
