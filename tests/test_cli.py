@@ -579,12 +579,12 @@ def test_evaluate_with_rule_ensemble_needs_no_torch(tmp_path):
     rng = np.random.default_rng(1)
     weights = [rng.normal(0, 0.3, (4, 6)), rng.normal(0, 0.3, (3, 4))]
     biases = [np.zeros(4), np.zeros(3)]
-    rule = {"name": "ensemble", "weights": [1.0, 0.5, 2.0], "prior_class": 1, "prior_accuracy": 0.25}
+    rule = {"name": "ensemble", "weights": [1.0, 0.5, 2.0], "time_zero_class": 1, "time_zero_accuracy": 0.25}
     write_arrays(tmp_path / "p.npz", "predictor", {"weight0": weights[0], "bias0": biases[0],
                                                    "weight1": weights[1], "bias1": biases[1]},
                  {"target": "correctness", "hidden": [4], "num_exits": 3, "layers": 2, "rule": rule})
     native, loaded = load_native_predictor(tmp_path / "p.npz")
-    assert isinstance(native, NativePredictor) and loaded.weights == (1.0, 0.5, 2.0) and loaded.prior_class == 1
+    assert isinstance(native, NativePredictor) and loaded.weights == (1.0, 0.5, 2.0) and loaded.time_zero_class == 1
     code = ("import sys; sys.modules['torch'] = None; from einet.cli import main; "
             f"sys.exit(main(['evaluate', '--profiles', {str(profiles)!r}, '--predictor', {str(tmp_path / 'p.npz')!r},"
             " '--draws', '2']))")

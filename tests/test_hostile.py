@@ -24,6 +24,7 @@ from helpers import fake_cifar10
 
 from einet.formats.npz import ProfileFormatError, read_arrays, write_arrays
 from einet.formats.profiles import CSProfile
+from einet.rules import AnswerRule
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "b_alexnet_w025_mnist_cpu"
 pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="fixture missing")
@@ -62,10 +63,10 @@ def place(tmp_path_factory):
                          }.items():
         write_arrays(root / f"cs-{name}.npz", "cs-profile", small | change, meta)
     arrays, meta = read_arrays(FIXTURE / "predictor.npz", "predictor")
-    rule = meta["rule"]
-    for name, change in {"prior_1e30": {"rule": rule | {"prior_class": 10**30}},
+    rule = AnswerRule.from_record(meta["rule"]).record()  # (the fixture may spell the fields as before)
+    for name, change in {"prior_1e30": {"rule": rule | {"time_zero_class": 10**30}},
                          "string_weights": {"rule": {"name": "ensemble", "weights": ["1"] * meta["num_exits"]}},
-                         "huge_number": {"rule": rule | {"prior_accuracy": 10**400}},
+                         "huge_number": {"rule": rule | {"time_zero_accuracy": 10**400}},
                          "signal_pair": {"rule": {"name": "ensemble", "weights": [1.0] * meta["num_exits"]},
                                          "signal": "entropy"},
                          "confidence_signal": {"target": "confidence", "signal": "margin"}}.items():
@@ -151,8 +152,8 @@ CASES = {
     "fit-predictor on NaN log-probs (entropy)": (["fit-predictor", "--cs", "cs-nan_log_probs.npz", "--signal",
                                                   "entropy", "--out", "f.npz"], r"no NaN"),
     **{f"evaluate a predictor with {name}": ([*EVALUATE[:-1], f"predictor-{name}.npz"], match)
-       for name, match in {"prior_1e30": r"prior_class .*must lie in", "string_weights": r"must be a number",
-                           "huge_number": r"prior_accuracy must be a finite number",
+       for name, match in {"prior_1e30": r"time_zero_class .*must lie in", "string_weights": r"must be a number",
+                           "huge_number": r"time_zero_accuracy must be a finite number",
                            "signal_pair": r"goes with rules latest or best",
                            "confidence_signal": r"goes with rules latest or best"}.items()},
     "evaluate a profile folder that is not one": (["evaluate", "--profiles", "D", "--predictor", "P/predictor.npz"],
@@ -254,8 +255,8 @@ def read_header(path: Path) -> str:
     ({"mask": "abc"}, r"mask must be a list of 1 to .* booleans"),
     ({"mask": [1, 0]}, r"mask must be a list of 1 to .* booleans"),
     ({"mask": []}, r"mask must be a list"),
-    ({"rule": {"name": "latest", "prior_class": 2.5, "weights": None, "prior_accuracy": 0.5}}, r"prior_class"),
-    ({"rule": {"name": "latest", "prior_class": True, "weights": None, "prior_accuracy": 0.5}}, r"prior_class"),
+    *(({"rule": {"name": "latest", "time_zero_class": bad, "weights": None, "time_zero_accuracy": 0.5}},
+        r"time_zero_class") for bad in (2.5, True)),
     ({"planning_seconds": -1}, r"planning_seconds must lie in"),
     ({"planning_seconds": "NaN"}, r"planning_seconds must be a number"),
     ({"predictor": "../elsewhere.npz", "policy": "EINet"}, r"must be a file in the deployment's folder"),
@@ -270,7 +271,7 @@ def read_header(path: Path) -> str:
 ])
 def test_deployment_fields_are_typed_and_range_checked(tmp_path, change, match):
     from einet.evaluation.select import Deployment, load_deployment, save_deployment
-    from einet.rules import AnswerRule
+
 
     save_deployment(tmp_path / "d.json", Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, True)))
     record = json.loads((tmp_path / "d.json").read_text())
@@ -297,7 +298,7 @@ def test_deployment_json_depth_and_literals_are_bounded(tmp_path):
 
 def test_a_deployment_and_its_predictor_never_share_a_name(tmp_path):
     from einet.evaluation.select import DEPLOYED_PREDICTOR, Deployment, save_deployment
-    from einet.rules import AnswerRule
+
 
     deployment = Deployment("EINet", AnswerRule("latest"), "normal", predictor=DEPLOYED_PREDICTOR)
     with pytest.raises(ValueError, match="also the name of its predictor"):
@@ -308,7 +309,7 @@ def test_a_deployment_and_its_predictor_never_share_a_name(tmp_path):
 def test_a_plan_of_another_length_is_refused_when_built():
     import einet
     from einet.evaluation.select import Deployment
-    from einet.rules import AnswerRule
+
 
     deployment = Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, True))
     et = einet.ETProfile([1.0, 1.0, 1.0], [0.1, 0.1, 0.1])

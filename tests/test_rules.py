@@ -65,7 +65,7 @@ def test_ensemble_statistics_plan_is_the_exhaustive_optimum_when_the_search_enum
         for q, k in enumerate(ran):
             total = (log_probs[:, ran[:q + 1]] * np.asarray(rule.weights, np.float32)[ran[:q + 1]][None, :, None])
             scores[k] = (total.sum(1).argmax(1) == cs.labels).mean()
-        return einet.expected_accuracy(mask, scores, et, dist, held=rule.prior_accuracy)
+        return einet.expected_accuracy(mask, scores, et, dist, held=rule.time_zero_accuracy)
 
     best = max(itertools.product([False, True], repeat=4), key=lambda m: value(np.array(m)))
     plan = ensemble_statistics_plan(cs, et, dist, rule, depth=4)
@@ -96,8 +96,8 @@ def test_time_zero_answer_is_the_most_frequent_class():
     (("ensemble",), "needs per-exit weights"),
     (("latest", (1.0,)), "only it takes them"),
     (("ensemble", (1.0, -1.0)), r"ensemble weight must lie in \[0, inf\]"),
-    (("latest", None, -1), "prior_class"),
-    (("latest", None, 1, 1.5), "prior_accuracy"),
+    (("latest", None, -1), "time_zero_class"),
+    (("latest", None, 1, 1.5), "time_zero_accuracy"),
 ])
 def test_bad_rules_are_refused(arguments, message):
     with pytest.raises(ValueError, match=message):
@@ -143,3 +143,14 @@ def test_agreement_compares_with_the_previous_observed_exit():
     predictions = np.array([[1, 1, 2, 2, 2]])
     observed = np.array([[True, False, True, True, False]])
     assert agreement(predictions, observed).tolist() == [[0, 1, 0, 1, 1]]
+
+
+def test_a_rule_record_round_trips_and_older_files_still_read():
+    rule = AnswerRule("ensemble", (1.0, 0.5), 3, 0.25)
+    assert AnswerRule.from_record(rule.record(), num_exits=2) == rule
+    older = {"name": "ensemble", "weights": [1.0, 0.5], "prior_class": 3, "prior_accuracy": 0.25}
+    assert AnswerRule.from_record(older) == rule
+    with pytest.raises(TypeError, match="fields"):
+        AnswerRule.from_record(older | {"time_zero_class": 3})  # both spellings: ambiguous
+    with pytest.raises(ValueError, match="list of 3 numbers"):
+        AnswerRule.from_record(rule.record(), num_exits=3)

@@ -179,7 +179,7 @@ def test_rule_ensemble_holds_what_the_simulator_scores():
 def test_time_zero_answer_is_held_before_the_first_branch():
     from einet.rules import AnswerRule
 
-    rule = AnswerRule("latest", prior_class=2, prior_accuracy=0.4)
+    rule = AnswerRule("latest", time_zero_class=2, time_zero_accuracy=0.4)
     answer = ElasticRuntime(slow_model(0.05), EveryExit(), rule=rule).infer(X, interrupt=0.01)
     assert answer.interrupted and answer.prediction == 2 and answer.exit is None
     answer = ElasticRuntime(slow_model(0.05), EveryExit()).infer(X, interrupt=0.01)
@@ -236,7 +236,7 @@ def test_concurrent_calls_from_several_threads_are_serialised():
 def test_a_call_waiting_for_another_threads_inference_keeps_its_own_deadline():
     from einet.rules import AnswerRule
 
-    rule = AnswerRule("latest", prior_class=1, prior_accuracy=0.3)
+    rule = AnswerRule("latest", time_zero_class=1, time_zero_accuracy=0.3)
     with ElasticRuntime(slow_model(0.1), EveryExit(), rule=rule) as runtime:
         long = []
         holder = threading.Thread(target=lambda: long.append(runtime.infer(X)))  # about 0.4 s
@@ -267,7 +267,7 @@ class SlowOnce(nn.Module):
 def test_a_deadline_counts_from_the_call_while_the_previous_block_is_in_flight():
     from einet.rules import AnswerRule
 
-    rule = AnswerRule("latest", prior_class=2, prior_accuracy=0.4)
+    rule = AnswerRule("latest", time_zero_class=2, time_zero_accuracy=0.4)
     model = MultiExitNetwork([SlowOnce(1.0), Sleep(0.001)], [Constant(0, 0.9), Constant(1, 0.9)])
     with ElasticRuntime(model, EveryExit(), rule=rule) as runtime:
         first = runtime.infer(X, interrupt=0.01)  # returns; its first block goes on for about 1 s

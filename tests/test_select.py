@@ -132,7 +132,7 @@ def test_deployment_files_keep_the_network_and_version_1_files_still_load(tmp_pa
     (tmp_path / "v1.json").write_text(json.dumps(record))
     old = load_deployment(tmp_path / "v1.json")
     assert old.network is None and old.spec == deployment.spec
-    record["version"] = 5
-    (tmp_path / "v5.json").write_text(json.dumps(record))
+    record["version"] = 6
+    (tmp_path / "v6.json").write_text(json.dumps(record))
     with pytest.raises(ValueError, match="not an einet deployment of versions"):
-        load_deployment(tmp_path / "v5.json")
+        load_deployment(tmp_path / "v6.json")

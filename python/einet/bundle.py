@@ -112,8 +112,8 @@ class Bundle:
             if values is not None and len(values) != self.num_exits:
                 raise BundleError(f"{self.folder}: the {what} of {key!r} has {len(values)} entries for "
                                   f"{self.num_exits} exits")
-        if rule.prior_class is not None and not 0 <= rule.prior_class < len(self.classes):
-            raise BundleError(f"{self.folder}: the time-zero answer of {key!r} is class {rule.prior_class}, "
+        if rule.time_zero_class is not None and not 0 <= rule.time_zero_class < len(self.classes):
+            raise BundleError(f"{self.folder}: the time-zero answer of {key!r} is class {rule.time_zero_class}, "
                               f"not one of the {len(self.classes)} classes")
 
     def _fits(self, what: str, exits: int) -> None:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
@@ -192,7 +192,7 @@ def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> 
     weights, biases = model.export()
     arrays = {f"weight{k}": w for k, w in enumerate(weights)} | {f"bias{k}": b for k, b in enumerate(biases)}
     meta = {"target": model.target, "hidden": list(model.hidden), "num_exits": model.num_exits,
-            "layers": len(weights), "rule": asdict(model.rule), "signal": model.signal}
+            "layers": len(weights), "rule": model.rule.record(), "signal": model.signal}
     return write_arrays(path, "predictor", arrays, meta)
 
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from .formats.profiles import CSProfile
 
 RULES = ("latest", "best", "ensemble")
+_OLDER_NAMES = {"prior_class": "time_zero_class", "prior_accuracy": "time_zero_accuracy"}  # files before the rename
 MAX_EXITS = 100_000  # far above any network's; bounds what a file can make einet allocate
 
 
@@ -37,8 +38,8 @@ class AnswerRule:
 
     name: str = "latest"
     weights: tuple[float, ...] | None = None  # rule ensemble: one weight per exit
-    prior_class: int | None = None  # held from time zero, before any branch has finished
-    prior_accuracy: float = 0.0  # the held-out share of prior_class: the planner's credit for it
+    time_zero_class: int | None = None  # the time-zero answer: held before any branch has finished
+    time_zero_accuracy: float = 0.0  # its held-out share: the planner's credit for it (`held`)
 
     def __post_init__(self) -> None:
         if self.name not in RULES:
@@ -50,11 +51,11 @@ class AnswerRule:
                 raise ValueError(f"rule 'ensemble' needs 1 to {MAX_EXITS} weights, got {len(self.weights)}")
             for w in self.weights:
                 number("an ensemble weight", w, 0.0)
-        if self.prior_class is not None:
-            number("prior_class (the time-zero answer)", self.prior_class, 0, MAX_CLASSES - 1, integer=True)
-            if not isinstance(self.prior_class, (int, np.integer)):
-                raise TypeError(f"prior_class must be an integer class index, got {self.prior_class!r}")
-        number("prior_accuracy", self.prior_accuracy, 0.0, 1.0)
+        if self.time_zero_class is not None:
+            number("time_zero_class (the time-zero answer)", self.time_zero_class, 0, MAX_CLASSES - 1, integer=True)
+            if not isinstance(self.time_zero_class, (int, np.integer)):
+                raise TypeError(f"time_zero_class must be an integer class index, got {self.time_zero_class!r}")
+        number("time_zero_accuracy", self.time_zero_accuracy, 0.0, 1.0)
 
     @property
     def native(self) -> str:
@@ -63,12 +64,41 @@ class AnswerRule:
         return "best" if self.name == "best" else "latest"
 
     @property
-    def held_credit(self) -> float:
+    def time_zero_score(self) -> float:
         """The planner's `held` score before any branch has finished."""
-        return self.prior_accuracy if self.prior_class is not None else 0.0
+        return self.time_zero_accuracy if self.time_zero_class is not None else 0.0
+
+    def record(self) -> dict[str, Any]:
+        """The rule as files store it (predictor headers, deployments): read back by :meth:`from_record`."""
+        return {"name": self.name, "weights": None if self.weights is None else list(self.weights),
+                "time_zero_class": self.time_zero_class, "time_zero_accuracy": self.time_zero_accuracy}
+
+    @classmethod
+    def from_record(cls, record: object, num_exits: int | None = None) -> AnswerRule:
+        """A rule read from a file, every field checked (TypeError / ValueError naming it); with
+        `num_exits`, ensemble weights must match it. Files written before the time-zero answer had
+        one name call its fields ``prior_class`` / ``prior_accuracy``: still read."""
+        if not isinstance(record, dict):
+            raise TypeError(f"the rule must be an object, got {record!r:.80}")
+        renamed = {_OLDER_NAMES.get(key, key): value for key, value in record.items()}
+        unknown = sorted(set(renamed) - {"name", "weights", "time_zero_class", "time_zero_accuracy"})
+        if unknown or len(renamed) < len(record):  # (both spellings of a field: ambiguous)
+            raise TypeError(f"the rule must have the fields name, weights, time_zero_class, time_zero_accuracy, "
+                            f"got {sorted(record)}")
+        record = renamed
+        name, weights, answer = record.get("name"), record.get("weights"), record.get("time_zero_class")
+        if not isinstance(name, str):
+            raise TypeError(f"the rule's name must be a string, got {name!r:.80}")
+        if weights is not None:
+            if not isinstance(weights, list) or (num_exits is not None and len(weights) != num_exits):
+                raise ValueError(f"ensemble weights must be a list of {num_exits or 'the exits'} numbers")
+            weights = tuple(number("an ensemble weight", w, 0.0) for w in weights)
+        if answer is not None and type(answer) is not int:
+            raise TypeError(f"time_zero_class must be an integer class index, got {answer!r:.80}")
+        return cls(name, weights, answer, record.get("time_zero_accuracy", 0.0))
 
     def label(self) -> str:
-        return self.name + (" + time-zero answer" if self.prior_class is not None else "")
+        return self.name + (" + time-zero answer" if self.time_zero_class is not None else "")
 
 
 def as_rule(rule: str | AnswerRule) -> AnswerRule:
@@ -95,8 +125,8 @@ def held_correctness(exits: np.ndarray, cs: CSProfile, rule: str | AnswerRule) -
     finished = exits >= 0
     index = np.where(finished, exits, 0)
     held = np.zeros((s_count, n + 1), dtype=bool)
-    if rule.prior_class is not None:
-        held[:, 0] = labels == rule.prior_class
+    if rule.time_zero_class is not None:
+        held[:, 0] = labels == rule.time_zero_class
     if rule.name == "latest":
         held[:, 1:] = np.take_along_axis(correct, index, 1) & finished
     elif rule.name == "best":
@@ -139,7 +169,7 @@ class RunningAnswer:
 
     def reset(self) -> None:
         """A new sample: only the time-zero answer (if any) is held."""
-        self.prediction: int | None = self.rule.prior_class
+        self.prediction: int | None = self.rule.time_zero_class
         self.exit: int | None = None
         self.confidence = 0.0
         self._started = False

@@ -463,8 +463,8 @@ def write_seeds(directory: Path) -> dict[str, list[str]]:
             first_plan=(True, True, False), signal=predictor.signal, planning_seconds=2.5e-05,
             validation=validation),
         "deployment-threshold.json": Deployment(
-            policy="dynamic 80%", rule=AnswerRule("latest", prior_class=3, prior_accuracy=0.125), dist="uniform",
-            scale=2.0, threshold=0.8),
+            policy="dynamic 80%", rule=AnswerRule("latest", time_zero_class=3, time_zero_accuracy=0.125),
+            dist="uniform", scale=2.0, threshold=0.8),
     }
     for name, deployment in deployments.items():
         save_deployment(directory / name, deployment, predictor if deployment.predictor else None)

@@ -42,8 +42,9 @@ from ..planner import Distribution, ETProfile, NativePredictor
 from ..policies import STANDARD_POLICIES, ConfidenceThreshold, EINet, FixedPlan, Policy, PolicySpec, standard_policies
 from ..rules import AnswerRule, time_zero_answer
 
-DEPLOYMENT_VERSION = 4  # 2 added `network`; 3 a SHA-256 of the record, verified on load; 4 the policy's kind
-READABLE_VERSIONS = (1, 2, 3, 4)  # 1 and 2 (no checksum) still load, unverified; before 4 the kind is the label's
+DEPLOYMENT_VERSION = 5  # 2 added `network`; 3 a SHA-256 of the record, verified on load; 4 the policy's kind;
+# 5 the time-zero answer's fields named time_zero_class / time_zero_accuracy (before: prior_class / prior_accuracy)
+READABLE_VERSIONS = (1, 2, 3, 4, 5)  # 1 and 2 (no checksum) still load, unverified; before 4 the kind is the label's
 CANDIDATE_RULES = ("latest", "best", "ensemble")
 DEPLOYMENT_NAME = "deployment.json"  # what `einet demo --out-dir` writes
 DEPLOYED_PREDICTOR = "predictor-deployed.npz"  # the predictor, beside the deployment file
@@ -348,16 +349,7 @@ def _checked(record: object, folder: Path) -> Deployment:
             raise TypeError(f"{name} must be a list of 1 to {MAX_PLAN_EXITS} booleans, got {value!r:.80}")
         return tuple(value)
 
-    rule_record = record.get("rule")
-    if not isinstance(rule_record, dict) or not set(rule_record) <= {"name", "weights", "prior_class",
-                                                                     "prior_accuracy"}:
-        raise TypeError(f"rule must be an object with name, weights, prior_class, prior_accuracy, got {rule_record!r}")
-    weights = rule_record.get("weights")
-    if weights is not None and not isinstance(weights, list):
-        raise TypeError(f"rule weights must be a list of numbers, got {weights!r}")
-    rule = AnswerRule(str(text("name", optional=False, source=rule_record)),
-                      None if weights is None else tuple(number("an ensemble weight", w, 0.0) for w in weights),
-                      rule_record.get("prior_class"), rule_record.get("prior_accuracy", 0.0))
+    rule = AnswerRule.from_record(record.get("rule"))
     dist = text("dist", optional=False)
     if dist not in RELATIVE_KINDS:
         raise ValueError(f"dist must be one of {', '.join(RELATIVE_KINDS)}, got {dist!r}")

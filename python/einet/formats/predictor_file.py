@@ -48,20 +48,7 @@ def _predictor_rule(path: str | os.PathLike[str], meta: dict[str, Any], num_exit
     """The output rule in a predictor header (files without one: rule ``latest``)."""
     record = meta.get("rule", {"name": "latest"})
     try:
-        if not isinstance(record, dict):
-            raise TypeError("not an object")
-        weights = record.get("weights")
-        if weights is not None:
-            if not isinstance(weights, list) or len(weights) != num_exits:
-                raise ValueError(f"ensemble weights must be a list of {num_exits} numbers")
-            weights = tuple(weights)  # each checked by AnswerRule: numbers, finite, >= 0
-        prior = record.get("prior_class")
-        if prior is not None and type(prior) is not int:
-            raise TypeError("prior_class must be an integer")
-        name = record.get("name")
-        if not isinstance(name, str):
-            raise TypeError("the rule's name must be a string")
-        return AnswerRule(name, weights, prior, record.get("prior_accuracy", 0.0))
+        return AnswerRule.from_record(record, num_exits)
     except (TypeError, ValueError) as error:
         raise ProfileFormatError(f"{path}: bad predictor header: rule {record!r}: {error}") from None
 

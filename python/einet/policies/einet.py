@@ -62,7 +62,7 @@ class EINet(Policy):
         if first_plan is None:  # the paper: the predictor's estimate with nothing observed
             nothing = np.zeros(et.num_blocks)
             first_plan = online_step(predictor, nothing, nothing.astype(bool), et, dist, 0, 0.0,
-                                     held=rule.held_credit, rule=rule.native, method=method, depth=depth,
+                                     held=rule.time_zero_score, rule=rule.native, method=method, depth=depth,
                                      budget=budget, seed=seed).plan.mask
         first = np.asarray(first_plan, dtype=bool)
         if first.shape != (et.num_blocks,):

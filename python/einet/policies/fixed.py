@@ -61,7 +61,7 @@ def statistics_plan(holdout: CSProfile | Sequence[float], et: ETProfile, dist: D
         return FixedPlan(ensemble_statistics_plan(holdout, et, dist, rule, memo=memo), "statistics")
     mean_accuracy = holdout.accuracy_per_exit() if isinstance(holdout, CSProfile) else holdout
     plan = search(np.asarray(mean_accuracy, dtype=np.float64), et, dist, method=method, rule=rule.native,
-                  held=rule.held_credit)
+                  held=rule.time_zero_score)
     mask = plan.mask if plan.mask.any() else single_exit(et.num_blocks).mask
     return FixedPlan(mask, "statistics")
 
@@ -92,7 +92,7 @@ def ensemble_statistics_plan(holdout: CSProfile, et: ETProfile, dist: Distributi
         scores = np.zeros(et.num_blocks)
         for q, k in enumerate(ran):
             scores[k] = set_accuracy(tuple(ran[:q + 1].tolist()))
-        return cast(float, expected_accuracy(mask, scores, et, dist, held=rule.held_credit))  # one plan: a float
+        return cast(float, expected_accuracy(mask, scores, et, dist, held=rule.time_zero_score))  # one plan: a float
 
     mask = np.array(hybrid_search(value, et.num_blocks, depth)[0], dtype=bool)
     return mask if mask.any() else single_exit(et.num_blocks).mask

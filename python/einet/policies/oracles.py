@@ -32,7 +32,7 @@ class Clairvoyant(Policy):
         if rule.name == "ensemble":
             raise ValueError("the clairvoyant ceiling is defined for rules latest and best: under ensemble an "
                              "exit's correctness depends on the branches run before it")
-        self.et, self.dist, self.rule, self.held = et, dist, rule.native, rule.held_credit
+        self.et, self.dist, self.rule, self.held = et, dist, rule.native, rule.time_zero_score
         self.method = "exhaustive" if et.num_blocks <= 20 else "hybrid"
         self._cache: dict[bytes, np.ndarray] = {}
 

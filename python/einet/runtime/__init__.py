@@ -168,7 +168,7 @@ class ElasticRuntime:
             planned = time.perf_counter() - started  # not block 0's time: the worker starts its clock after it
         self.last_policy = policy
         if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt
-            return Answer(self.rule.prior_class, None, 0.0, time.perf_counter() - started, True)
+            return Answer(self.rule.time_zero_class, None, 0.0, time.perf_counter() - started, True)
         try:
             self._raise_late_error()
             job = Job(x, policy, started)
@@ -203,7 +203,7 @@ class ElasticRuntime:
             self._lock.release()
         elapsed = time.perf_counter() - started
         if held is None:  # no branch finished: the time-zero answer, if the rule holds one
-            return Answer(self.rule.prior_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
+            return Answer(self.rule.time_zero_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
                           job.times)
         exit_index, prediction, confidence = held
         return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning, job.times)
