@@ -81,7 +81,8 @@ class AnswerRule:
         if not isinstance(record, dict):
             raise TypeError(f"the rule must be an object, got {record!r:.80}")
         renamed = {_OLDER_NAMES.get(key, key): value for key, value in record.items()}
-        unknown = sorted(set(renamed) - {"name", "weights", "time_zero_class", "time_zero_accuracy"})
+        fields = {"name", "weights", "time_zero_class", "time_zero_accuracy"}
+        unknown = sorted(str(key) for key in set(renamed) - fields)
         if unknown or len(renamed) < len(record):  # (both spellings of a field: ambiguous)
             raise TypeError(f"the rule must have the fields name, weights, time_zero_class, time_zero_accuracy, "
                             f"got {sorted(record)}")
