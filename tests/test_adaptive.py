@@ -203,7 +203,8 @@ def _slow_model(seconds, exits=4):
     return Sleepy()
 
 
-def test_the_runtime_learns_a_slowdown_and_plans_for_it():
+@pytest.mark.parametrize("inline", [False, True])
+def test_the_runtime_learns_a_slowdown_and_plans_for_it(inline):
     pytest.importorskip("torch")
     import torch
 
@@ -222,7 +223,7 @@ def test_the_runtime_learns_a_slowdown_and_plans_for_it():
     adaptation = Adaptation(policy_for, et, einet.Uniform(0.0, et.total()), et.total(), every=2, gap=4,
                             learn_exits=False, background=False)
     x = torch.zeros(1, 1)
-    with ElasticRuntime(model, rule="latest", adapt=adaptation) as runtime:
+    with ElasticRuntime(model, rule="latest", adapt=adaptation, inline=inline) as runtime:
         for _ in range(6):
             runtime.infer(x)
         assert adaptation.block_times.slowdown == pytest.approx(1.0, abs=0.5)

@@ -459,7 +459,8 @@ def test_exiting_without_close_with_a_block_in_flight_exits_cleanly():
     assert (result.returncode, result.stderr, result.stdout.strip()) == (0, "", "True")
 
 
-def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
+@pytest.mark.parametrize("inline", [False, True])
+def test_runtime_agrees_with_the_simulator_at_the_same_deadlines(inline):
     """The one real-time check, paired: each sample's runtime answer against the simulator's at its own
     deadline. Only timing may part them (a deadline within scheduling jitter of a branch's end)."""
     import einet
@@ -473,7 +474,7 @@ def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
     cs = CSProfile(confidence, prediction, prediction == labels[:, None], labels, {})
     deadlines = np.random.default_rng(1).uniform(0.0, 0.09, samples)
     images = torch.zeros(samples, 1)
-    with ElasticRuntime(model, EveryExit()) as runtime:
+    with ElasticRuntime(model, EveryExit(), inline=inline) as runtime:
         check = check_against_simulator(runtime, lambda et: EveryExit(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
                                         images, deadlines, warmup=5, uninterrupted=5)
     assert check.report.samples == samples and check.simulated.shape == (samples,)
@@ -483,3 +484,79 @@ def test_runtime_agrees_with_the_simulator_at_the_same_deadlines():
     with ElasticRuntime(model, EveryExit()) as runtime, pytest.raises(ValueError, match="one image, deadline"):
         check_against_simulator(runtime, lambda et: EveryExit(), einet.ETProfile([0.02] * 4, [0.0] * 4), cs,
                                 images, deadlines[:-1])
+
+
+# --------------------------------------------------------------------------- inline: no worker thread
+
+
+def test_an_inline_runtime_answers_as_the_threaded_one_when_nothing_interrupts():
+    model = slow_model(0.0)
+    with ElasticRuntime(model, EveryExit(), rule="best") as threaded, \
+            ElasticRuntime(model, EveryExit(), rule="best", inline=True) as inline:
+        a, b = threaded.infer(X), inline.infer(X)
+    assert (a.prediction, a.exit, a.exits_run, a.interrupted) == (b.prediction, b.exit, b.exits_run, b.interrupted)
+    assert b.exits_run == (0, 1, 2, 3) and len(b.block_times) == 4
+
+
+def test_an_inline_deadline_keeps_the_answer_held_then_and_returns_after_the_block_in_flight():
+    block = 0.03
+    with ElasticRuntime(slow_model(block), EveryExit(), inline=True) as runtime:
+        answer = runtime.infer(X, interrupt=1.5 * block)  # fires during block 1: only exit 0 had answered
+    assert answer.interrupted and answer.exits_run == (0,) and answer.exit == 0
+    assert answer.elapsed >= 2 * block  # block 1 was not interrupted: the call returned once it ended
+    assert answer.block_times[-1][0] == 1 and math.isnan(answer.block_times[-1][2])  # its branch never ran
+
+
+def test_an_inline_runtime_stops_between_blocks_on_an_event_or_a_callable():
+    event = threading.Event()
+    with ElasticRuntime(slow_model(0.02), EveryExit(), inline=True) as runtime:
+        timer = threading.Timer(0.03, event.set)
+        timer.start()
+        by_event = runtime.infer(X, interrupt=event)
+        timer.join()
+        asked = []
+        by_callable = runtime.infer(X, interrupt=lambda: asked.append(1) or len(asked) > 2)
+    assert by_event.interrupted and by_event.exits_run in ((0,), (0, 1))
+    assert by_callable.interrupted and len(by_callable.exits_run) < 4
+
+
+def test_an_inline_runtime_refuses_threads_and_a_closed_runtime_refuses_work():
+    with pytest.raises(ValueError, match="caller's thread"):
+        ElasticRuntime(slow_model(0.0), EveryExit(), threads=2, inline=True)
+    runtime = ElasticRuntime(slow_model(0.0), EveryExit(), inline=True)
+    assert runtime.wait_idle(0.0)
+    runtime.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        runtime.infer(X)
+
+
+def test_an_inline_runtime_raises_the_models_error_in_the_call():
+    class Broken(nn.Module):
+        def forward(self, h):
+            raise RuntimeError("broken block")
+
+    model = MultiExitNetwork([Sleep(0.0), Broken()], [Constant(0, 0.9), Constant(1, 0.9)])
+    with ElasticRuntime(model, EveryExit(), inline=True) as runtime:
+        with pytest.raises(RuntimeError, match="broken block"):
+            runtime.infer(X)
+        with pytest.raises(RuntimeError, match="broken block"):  # usable again: the same error, raised again
+            runtime.infer(X)
+
+
+def test_an_inline_runtime_learns_the_part_in_flight_at_an_interrupt_as_a_lower_bound():
+    class Recorder:  # what an Adaptation is told, and nothing learnt
+        policy, records = EveryExit(), []
+
+        def record(self, times, end, interrupted, in_flight=None):
+            self.records.append((times, end, interrupted, in_flight))
+
+        def pending(self):
+            return False
+
+    block, recorder = 0.03, Recorder()
+    with ElasticRuntime(slow_model(block), adapt=recorder, inline=True) as runtime:
+        runtime.infer(X, interrupt=1.5 * block)  # block 1's conv part is in flight at the deadline
+    times, end, interrupted, in_flight = recorder.records[0]
+    assert interrupted and end == pytest.approx(1.5 * block)
+    assert [part[0] for part in times] == [0]  # block 1 ended after the deadline: not learnt as a whole time
+    assert in_flight[:2] == (1, False) and 0 < in_flight[2] < 0.6 * block  # but as a lower bound

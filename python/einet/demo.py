@@ -24,7 +24,7 @@ WARMUP_RUNS = 100  # uninterrupted runs before the stream: the adaptive runtime'
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    """`einet demo` with parsed options (epochs, samples, out_dir, threads, device, progress)."""
+    """`einet demo` with parsed options (epochs, samples, out_dir, threads, device, progress, inline)."""
     import torch
 
     from .data import dataset_for, load_mnist
@@ -97,7 +97,10 @@ def run_demo(args: argparse.Namespace) -> int:
                             if plans
                             else lambda profile, exit_times: deployment.build(profile, exit_times, native),
                             et, dist, full_inference_time(et))
-    with ElasticRuntime(model, rule=rule, device=device, adapt=adaptation) as runtime:
+    inline = getattr(args, "inline", False)
+    if inline:  # the blocks run in this thread: with the thread count they were profiled with
+        torch.set_num_threads(1)
+    with ElasticRuntime(model, rule=rule, device=device, adapt=adaptation, inline=inline) as runtime:
         for k in range(COLD_START_RUNS + WARMUP_RUNS):  # a cold start, then the estimates settle
             runtime.infer(images[chosen[k % len(chosen)]:chosen[k % len(chosen)] + 1])
         stream = run_stream(runtime, images[chosen], test.labels[chosen], deadlines, progress=progress)

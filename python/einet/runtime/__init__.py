@@ -30,6 +30,7 @@ The pieces: :mod:`._interrupt` turns a deadline, Event or callable into one wait
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 import weakref
@@ -45,7 +46,7 @@ from ..rules import AnswerRule, as_rule
 from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
-from ._worker import EXIT_JOIN_SECONDS, Job, NonFiniteError, Worker
+from ._worker import EXIT_JOIN_SECONDS, BlockLoop, Job, NonFiniteError, Worker
 from .adaptive import Adaptation
 
 __all__ = ["EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "Interrupt", "NonFiniteError"]
@@ -92,11 +93,23 @@ class ElasticRuntime:
     and gives back Python's thread switch interval (lowered while any runtime is open). An
     unclosed runtime's worker is a daemon thread that is stopped when the runtime is garbage
     collected, and at interpreter exit after its block in flight (up to ``EXIT_JOIN_SECONDS``).
+
+    ``inline=True``: no worker thread; ``infer`` runs the blocks in the caller's own thread (with
+    its torch settings: `threads` is not applied), so nothing is handed between threads. The
+    interrupt is asked before every block and after every conv part: the answer is still the one
+    held when it fired (an answer finished after a deadline does not count), but the call returns
+    only once the block in flight has ended, up to one block late. The lean choice where blocks
+    are short and a late return costs nothing (the held answer is what the caller reads); an
+    adaptive inline runtime learns in the caller's thread, after the answer is made.
     """
 
     def __init__(self, model: MultiExitNetwork, policy: Policy | None = None, rule: str | AnswerRule = "latest",
-                 device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None) -> None:
+                 device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None,
+                 inline: bool = False) -> None:
         rule = as_rule(rule)
+        if inline and threads != 1:
+            raise ValueError("an inline runtime runs in the caller's thread with its torch settings: leave threads "
+                             "at 1 and call torch.set_num_threads yourself")
         if (policy is None) == (adapt is None):
             raise TypeError("give a policy, or an Adaptation (adapt=...) that plans one")
         self._adaptation = adapt
@@ -119,8 +132,13 @@ class ElasticRuntime:
         self.planning_seconds = self._statistics.planning  # policy time after each branch run
         self._lock = threading.Lock()  # one inference at a time
         self.last_policy: Policy = policy  # the policy of the latest infer() call
-        self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt)
-        self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
+        self._closed = False
+        if inline:
+            self._worker: Worker | None = None
+            self._loop = BlockLoop(self.model, self.device, rule, self._statistics)
+        else:
+            self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt)
+            self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
 
     @property
     def policy(self) -> Policy:
@@ -158,7 +176,7 @@ class ElasticRuntime:
         limit = InterruptCheck(interrupt, started)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"the input must be a tensor, got {type(x).__name__}")
-        if self._worker.stopping:
+        if self._closed:
             raise RuntimeError("this runtime is closed")
         policy, planned = self.policy, 0.0
         if plan_for_deadline:
@@ -173,13 +191,16 @@ class ElasticRuntime:
             self._raise_late_error()
             job = Job(x, policy, started)
             job.planning = planned
-            self._worker.submit(job)
-            try:
-                finished = limit.wait(job.wait)
-            except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
-                job.stopped = True
-                job.collect()
-                raise
+            if self._worker is None:
+                finished = self._run_inline(job, limit)
+            else:
+                self._worker.submit(job)
+                try:
+                    finished = limit.wait(job.wait)
+                except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
+                    job.stopped = True
+                    job.collect()
+                    raise
             elapsed = time.perf_counter() - started
             if finished and limit.fired(job.ended):
                 finished = False  # it ended after the interrupt, and only a late caller saw it end
@@ -195,31 +216,51 @@ class ElasticRuntime:
                 # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
                 end = job.ended if finished else limit.cutoff(elapsed)
                 running_part = job.in_flight if not finished and not job.queued and self.device.type == "cpu" else None
-                self._adaptation.record([] if job.queued else list(job.times), end, not finished,
+                times = [] if job.queued else list(job.times)
+                if self._worker is None and running_part is not None and times:
+                    # Inline, the part in flight at the interrupt has ended too, and its time is in `times`; learnt
+                    # as the threaded runtime learns it: a lower bound (the longest parts are the likeliest cut)
+                    block, conv, _ = times.pop()
+                    if running_part[1]:  # its branch was in flight: the conv part had ended before
+                        times.append((block, conv, math.nan))
+                self._adaptation.record(times, end, not finished,
                                         None if running_part is None else (running_part[0], running_part[1],
                                                                            end - running_part[2]))
             held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
+            elapsed = time.perf_counter() - started
+            if held is None:  # no branch finished: the time-zero answer, if the rule holds one
+                answer = Answer(self.rule.time_zero_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
+                                job.times)
+            else:
+                exit_index, prediction, confidence = held
+                answer = Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning,
+                                job.times)
+            if self._worker is None and self._adaptation is not None and self._adaptation.pending():
+                self._adaptation.update()  # inline: here, once the answer is made (a worker learns between samples)
         finally:
             self._lock.release()
-        elapsed = time.perf_counter() - started
-        if held is None:  # no branch finished: the time-zero answer, if the rule holds one
-            return Answer(self.rule.time_zero_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
-                          job.times)
-        exit_index, prediction, confidence = held
-        return Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning, job.times)
+        return answer
+
+    def _run_inline(self, job: Job, limit: InterruptCheck) -> bool:
+        """Run `job` in this thread; True when it ended before its interrupt fired."""
+        try:
+            self._loop.run(job, limit.passed)
+        finally:
+            job.ended = time.perf_counter() - job.started
+        return not limit.fired(job.ended)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the block an interrupted inference left in flight has ended (True), or
         `timeout` seconds (False). A sample that should start on an idle device waits here first:
         otherwise its deadline, which counts from the call, also covers that block."""
-        return self._worker.idle.wait(timeout)
+        return self._worker is None or self._worker.idle.wait(timeout)  # (inline: nothing is ever left in flight)
 
     def _acquire(self, timeout: float | None) -> bool:
         return self._lock.acquire(timeout=-1 if timeout is None else timeout)
 
     def _raise_late_error(self) -> None:
         """Raise the first error of an inference whose caller had already returned, if any."""
-        if self._worker.late_errors:  # (only this thread takes from it)
+        if self._worker is not None and self._worker.late_errors:  # (only this thread takes from it)
             raise self._worker.late_errors.popleft()
 
     def calibrate(self, et: ETProfile) -> ETProfile:
@@ -242,7 +283,7 @@ class ElasticRuntime:
         if self._adaptation is None:
             raise ValueError("a static runtime learns nothing to reset: give it adapt=Adaptation(...)")
         with self._lock:  # no inference starts meanwhile, and none is learnt from (the worker learns before idle)
-            self._worker.idle.wait()
+            self.wait_idle()
             self._adaptation.reset()
 
     def reset_statistics(self) -> None:
@@ -254,9 +295,11 @@ class ElasticRuntime:
         """Stop the worker after its block in flight, wait for it and give back Python's thread switch
         interval; then raise the error of an inference whose caller had already returned, if any."""
         with self._lock:
-            self._stop()  # once: later calls do nothing
-            self._worker.join()
-            self._raise_late_error()
+            self._closed = True
+            if self._worker is not None:
+                self._stop()  # once: later calls do nothing
+                self._worker.join()
+                self._raise_late_error()
 
     def __enter__(self) -> ElasticRuntime:
         return self

@@ -69,6 +69,12 @@ class InterruptCheck:
             if block(left - FINAL_POLL_SECONDS if left > FINAL_POLL_SECONDS else min(left, POLL_SECONDS)):
                 return True
 
+    def passed(self) -> bool:
+        """Whether it has fired by now (an inline runtime asks between blocks)."""
+        if self._check is not None:
+            return bool(self._check())
+        return time.perf_counter() > self._at
+
     def fired(self, ended: float) -> bool:
         """Whether the interrupt fired before an inference that ended `ended` seconds after the call:
         exact for a deadline; for an Event or callable, whether it has fired by the time the end is

@@ -9,6 +9,7 @@ import threading
 import time
 import weakref
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 
 import torch
@@ -55,6 +56,10 @@ class Job:
         self.error: BaseException | None = None
         self.returned = False  # the caller has gone: a later error is reported by the runtime
 
+    def stop_requested(self) -> bool:
+        """Whether the caller has stopped this job (its interrupt fired)."""
+        return self.stopped
+
     def finish(self) -> None:
         """The worker is done with this job."""
         self._done.release()
@@ -91,6 +96,79 @@ class Job:
         return (finished[-1][2:] if finished else None), tuple(a[1] for a in finished)
 
 
+class BlockLoop:
+    """The block-by-block loop of one sample: after each conv part the policy decides on the branch;
+    every finished branch's answer is published at once (through :class:`einet.rules.RunningAnswer`)
+    and its confidence goes to the policy. Run by the worker thread, or in the caller's own thread
+    by an inline runtime."""
+
+    def __init__(self, model: MultiExitNetwork, device: torch.device, rule: AnswerRule,
+                 statistics: Statistics) -> None:
+        self.model, self.device, self.statistics = model, device, statistics
+        self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
+
+    def run(self, job: Job, stopped: Callable[[], bool]) -> None:
+        """Run `job` block by block until its last exit, its policy stops it, or `stopped()` (asked
+        before every block and after every conv part)."""
+        if stopped():  # interrupted before its turn came
+            return
+        policy, started = job.policy, job.started
+        policy.begin()
+        if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
+            self.statistics.dispatch.append(time.perf_counter() - started - job.planning)
+        running = self.running
+        running.reset()
+        times = job.times if self.device.type == "cpu" else None  # on CUDA a block's time shows only at a sync
+        clock, forward_block, forward_exit = time.perf_counter, self.model.forward_block, self.model.forward_exit
+        with torch.inference_mode():
+            h = job.x.to(self.device, non_blocking=True)
+            pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
+            mark = started + job.planning  # where the next conv part's time starts (after a plan made for it)
+            for i in range(self.model.num_exits):
+                if stopped():
+                    return
+                job.in_flight = (i, False, mark - started)
+                h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
+                now = clock()
+                if pending is not None:
+                    finish = policy.observe(*pending)
+                    after = clock()
+                    job.planning += after - now
+                    self.statistics.planning.append(after - now)
+                    now, pending = after, None
+                    if finish:
+                        return
+                if stopped():
+                    if times is not None:  # the block in flight's time: a replay of this sample needs it
+                        times.append((i, now - mark, math.nan))
+                    return
+                run = policy.run_branch(i, now - started)
+                decided = clock()
+                job.planning += decided - now
+                if not run:
+                    if times is not None:
+                        times.append((i, decided - mark, math.nan))
+                    mark = decided
+                    continue
+                job.in_flight = (i, True, decided - started)
+                log_probs = forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
+                if policy.needs_log_probs:
+                    policy.record_log_probs(i, log_probs)
+                signal = running.add(i, log_probs)
+                if not math.isfinite(signal):  # NaN scores make a NaN answer: checked here, at no cost before block 0
+                    raise NonFiniteError(f"exit {i} answered with non-finite scores: the input (or the network) holds "
+                                         "NaN or inf values, and no answer can be trusted")
+                now = clock()
+                finished = now - started
+                job.publish(finished, i, running)
+                if times is not None:
+                    times.append((i, decided - mark, now - decided))
+                mark = now
+                pending = (i, signal, finished)
+            if pending is not None:  # the last block's branch: the policy still hears of it
+                policy.observe(*pending)
+
+
 WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()  # the live ones, stopped at exit
 
 
@@ -104,9 +182,8 @@ class Worker:
 
     def __init__(self, model: MultiExitNetwork, device: torch.device, rule: AnswerRule, threads: int,
                  statistics: Statistics, adaptation: Adaptation | None = None) -> None:
-        self.model, self.device, self.threads, self.statistics = model, device, threads, statistics
+        self.loop, self.threads = BlockLoop(model, device, rule, statistics), threads
         self.adaptation = adaptation  # learnt from between samples, in this thread
-        self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
         # Handed-over jobs (None: stop), and a bare lock released to wake the worker for them; both
         # safe to use from a finaliser (no Python-level lock is taken).
         self.jobs: deque[Job | None] = deque()
@@ -161,7 +238,7 @@ class Worker:
         torch.set_num_threads(self.threads)
         while (job := self._next()) is not None:
             try:
-                self._run(job)
+                self.loop.run(job, job.stop_requested)
             except BaseException as error:  # to the caller, or to the runtime's next call if it has returned
                 if not job.fail(error):
                     self.late_errors.append(error)
@@ -179,65 +256,6 @@ class Worker:
                 self._pending -= 1
                 if self._pending == 0:
                     self.idle.set()
-
-    def _run(self, job: Job) -> None:
-        if job.stopped:  # interrupted before its turn came
-            return
-        policy, started = job.policy, job.started
-        policy.begin()
-        if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
-            self.statistics.dispatch.append(time.perf_counter() - started - job.planning)
-        running = self.running
-        running.reset()
-        times = job.times if self.device.type == "cpu" else None  # on CUDA a block's time shows only at a sync
-        clock, forward_block, forward_exit = time.perf_counter, self.model.forward_block, self.model.forward_exit
-        with torch.inference_mode():
-            h = job.x.to(self.device, non_blocking=True)
-            pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
-            mark = started + job.planning  # where the next conv part's time starts (after a plan made for it)
-            for i in range(self.model.num_exits):
-                if job.stopped:
-                    return
-                job.in_flight = (i, False, mark - started)
-                h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
-                now = clock()
-                if pending is not None:
-                    finish = policy.observe(*pending)
-                    after = clock()
-                    job.planning += after - now
-                    self.statistics.planning.append(after - now)
-                    now, pending = after, None
-                    if finish:
-                        return
-                if job.stopped:
-                    if times is not None:  # the block in flight's time: a replay of this sample needs it
-                        times.append((i, now - mark, math.nan))
-                    return
-                run = policy.run_branch(i, now - started)
-                decided = clock()
-                job.planning += decided - now
-                if not run:
-                    if times is not None:
-                        times.append((i, decided - mark, math.nan))
-                    mark = decided
-                    continue
-                job.in_flight = (i, True, decided - started)
-                log_probs = forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
-                if policy.needs_log_probs:
-                    policy.record_log_probs(i, log_probs)
-                signal = running.add(i, log_probs)
-                if not math.isfinite(signal):  # NaN scores make a NaN answer: checked here, at no cost before block 0
-                    raise NonFiniteError(f"exit {i} answered with non-finite scores: the input (or the network) holds "
-                                         "NaN or inf values, and no answer can be trusted")
-                now = clock()
-                finished = now - started
-                job.publish(finished, i, running)
-                if times is not None:
-                    times.append((i, decided - mark, now - decided))
-                mark = now
-                pending = (i, signal, finished)
-            if pending is not None:  # the last block's branch: the policy still hears of it
-                policy.observe(*pending)
 
 
 @atexit.register
