@@ -86,8 +86,9 @@ JOINT = LIGHT.parent / "vgg16_fine_w025_cpu_joint"
 
 
 def test_select_network_chooses_under_the_same_exit_times_in_seconds():
-    """The light-exit VGG-16 against the paper's (the same held-out images): under the paper's network's
-    exit times, held-out data picks the light exits (docs/anytime.md), planned over the same seconds."""
+    """Two networks on the same held-out images, planned over the same seconds (the first one's full
+    inference): the one shipped is the one whose configuration scored highest on held-out data, whichever
+    that is (which one wins is a lab outcome, docs/anytime.md, not a property of the selection)."""
     pytest.importorskip("torch")
     from einet.distributions import full_inference_time
     from einet.evaluation.select import select_network
@@ -98,12 +99,11 @@ def test_select_network_chooses_under_the_same_exit_times_in_seconds():
     settings = {"kinds": ("normal",), "rules": ("latest",), "time_zero": (False,), "predictor_epochs": 1,
                 "planning": 0.0, "progress": False}
     deployment, _ = select_network(profiles, **settings)
-    assert deployment.network == "light"
-    horizon = full_inference_time(profiles["joint"][0])  # the first network's full inference
-    assert deployment.scale == pytest.approx(horizon / full_inference_time(profiles["light"][0]))
     assert {key.split(" | ")[0] for key in deployment.validation} == {"joint", "light"}
     assert list(deployment.validation.values()) == sorted(deployment.validation.values(), reverse=True)
-    assert next(iter(deployment.validation)).startswith("light | ")
+    assert next(iter(deployment.validation)).startswith(f"{deployment.network} | ")  # the best held-out score ships
+    horizon = full_inference_time(profiles["joint"][0])  # the first network's full inference
+    assert deployment.scale == pytest.approx(horizon / full_inference_time(profiles[deployment.network][0]))
     alone, _ = select_network({"joint": profiles["joint"]}, horizon=2 * horizon, **settings)
     assert (alone.network, alone.scale) == ("joint", pytest.approx(2.0))
     with pytest.raises(ValueError, match="'other' was profiled on other held-out images"):

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .distributions import RELATIVE_KINDS
+from .rules import RULES
 
 SECTIONS: dict[str, dict[str, Any]] = {  # every option and its default (None: required or absent)
     "data": {"dataset": "cifar10", "path": None, "holdout": 0.1, "seed": 0},
@@ -25,7 +26,7 @@ SECTIONS: dict[str, dict[str, Any]] = {  # every option and its default (None: r
                "second_look": [], "second_look_view": "flip"},
     "profile": {"repeats": 400, "warmup": 20, "et": None},
     "select": {"dist": "normal", "score_under": ["uniform", "normal"], "horizon_ms": None,
-               "rules": ["latest", "best", "ensemble"], "time_zero": [False, True], "signals": ["confidence"],
+               "rules": list(RULES), "time_zero": [False, True], "signals": ["confidence"],
                "policies": None, "predictor_epochs": 40, "seed": 0, "planning_us": None},
     "runtime": {"adapt": True, "threads": 1, "adaptation": {}},
     "output": {"bundle": None, "work": None, "keep_test_profile": True},
@@ -96,7 +97,7 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # "section.option": (c
     "select.dist": (_one_of(*RELATIVE_KINDS), " or ".join(RELATIVE_KINDS)),
     "select.score_under": (_list_of(_one_of(*RELATIVE_KINDS)), "a list of " + ", ".join(RELATIVE_KINDS)),
     "select.horizon_ms": (_optional(_number(0, 1e9, low_open=True)), "milliseconds > 0"),
-    "select.rules": (_list_of(_one_of("latest", "best", "ensemble")), "a list of latest, best, ensemble"),
+    "select.rules": (_list_of(_one_of(*RULES)), "a list of " + ", ".join(RULES)),
     "select.time_zero": (_list_of(_flag), "a list of true/false"),
     "select.signals": (_list_of(_one_of("confidence", "entropy", "margin", "agreement")),
                        "a list of confidence, entropy, margin, agreement"),

@@ -56,7 +56,6 @@ def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
-
 def load_variant(checkpoint: Any, variant: Variant, constructor: Any = None) -> tuple[Any, dict[str, Any]]:
     """`variant` of the network in a checkpoint (its thumbnail exit's weights from the same file), in
     eval mode, and the checkpoint; ValueError when the file holds no thumbnail exit of the right shapes."""

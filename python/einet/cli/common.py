@@ -22,8 +22,6 @@ HOLDOUT = real_option(0.0, 0.99)
 POSITIVE = real_option(0.0, 1e9, low_open=True)
 
 
-
-
 class _Parser(argparse.ArgumentParser):
     """Usage mistakes in one line on stderr, `einet <command>: error: <problem>`, exit status 2."""
 

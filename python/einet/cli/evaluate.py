@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distributions import RELATIVE_KINDS
+from ..rules import RULES
 from ..validation import check_memory, check_outputs, integer_option
 from .common import (
     POSITIVE,
@@ -147,7 +148,7 @@ def add_commands(commands: Any) -> None:
         p.add_argument("--predictor", required=name == "report", help="a predictor written by `einet fit-predictor`")
         p.add_argument("--dist", default=None, choices=list(RELATIVE_KINDS),
                        help="exit-time distribution over the horizon (default: uniform; a bundle's own)")
-        p.add_argument("--rule", default=None, choices=["latest", "best", "ensemble"],
+        p.add_argument("--rule", default=None, choices=RULES,
                        help="output rule (default: the one the predictor was fitted for)")
         p.set_defaults(run=run)
     evaluate_parser, report_parser = commands.choices["evaluate"], commands.choices["report"]

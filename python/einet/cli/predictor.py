@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from ..formats.predictor_file import MAX_PREDICTOR_WIDTH
+from ..rules import RULES
 from ..validation import check_outputs, integer_option
 from .common import (
     COUNT,
@@ -40,7 +41,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--cs", required=True, help="cs-holdout.npz (never the test split)")
     p.add_argument("--target", default="correctness", choices=["correctness", "confidence"],
                    help="correctness: whether an exit is right (calibrated); confidence: its softmax maximum")
-    p.add_argument("--rule", default="latest", choices=["latest", "best", "ensemble"],
+    p.add_argument("--rule", default="latest", choices=RULES,
                    help="the output rule it predicts for; ensemble also fits per-exit ensemble weights "
                         "(default: %(default)s)")
     p.add_argument("--signal", default="confidence", choices=["confidence", "entropy", "margin", "agreement"],

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distributions import RELATIVE_KINDS
+from ..rules import RULES
 from ..validation import check_outputs, real_option
 from .common import (
     COUNT,
@@ -54,8 +55,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--dist", nargs="+", default=["uniform", "normal"], choices=list(RELATIVE_KINDS),
                    help="exit-time distributions to score under (averaged; the first is deployed)")
     _add_horizon_arguments(p, "of the first --profiles network")
-    p.add_argument("--rules", nargs="+", default=["latest", "best", "ensemble"],
-                   choices=["latest", "best", "ensemble"], help="candidate output rules")
+    p.add_argument("--rules", nargs="+", default=list(RULES),
+                   choices=RULES, help="candidate output rules")
     p.add_argument("--signals", nargs="+", default=["confidence"],
                    choices=["confidence", "entropy", "margin", "agreement"],
                    help="candidate signals EINet's predictor may read per observed exit (rules latest/best)")

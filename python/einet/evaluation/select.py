@@ -40,12 +40,11 @@ from ..distributions import RELATIVE_KINDS
 from ..formats.profiles import CSProfile
 from ..planner import Distribution, ETProfile, NativePredictor
 from ..policies import STANDARD_POLICIES, ConfidenceThreshold, EINet, FixedPlan, Policy, PolicySpec, standard_policies
-from ..rules import AnswerRule, time_zero_answer
+from ..rules import RULES, AnswerRule, time_zero_answer
 
 DEPLOYMENT_VERSION = 5  # 2 added `network`; 3 a SHA-256 of the record, verified on load; 4 the policy's kind;
 # 5 the time-zero answer's fields named time_zero_class / time_zero_accuracy (before: prior_class / prior_accuracy)
 READABLE_VERSIONS = (1, 2, 3, 4, 5)  # 1 and 2 (no checksum) still load, unverified; before 4 the kind is the label's
-CANDIDATE_RULES = ("latest", "best", "ensemble")
 DEPLOYMENT_NAME = "deployment.json"  # what `einet demo --out-dir` writes
 DEPLOYED_PREDICTOR = "predictor-deployed.npz"  # the predictor, beside the deployment file
 MAX_DEPLOYMENT_BYTES = 16 * 1024**2
@@ -136,7 +135,7 @@ def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, signal: str, predi
 
 
 def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform", "normal"), scale: float = 1.0,
-           rules: Sequence[str] = CANDIDATE_RULES, time_zero: Sequence[bool] = (False, True),
+           rules: Sequence[str] = RULES, time_zero: Sequence[bool] = (False, True),
            predictor_epochs: int = 40, seed: int = 0, progress: bool = True,
            signals: Sequence[str] = ("confidence",), planning: float | None = None,
            policies: Sequence[str] | None = None) -> tuple[Deployment, Any]:

@@ -44,9 +44,6 @@ _KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "t
          "runtime", "select", "devices", "provenance", "files", "sha256"}
 
 
-
-
-
 class BundleError(ValueError):
     """A bundle that is damaged, edited, of another version, or that lacks what was asked of it."""
 
@@ -54,10 +51,6 @@ class BundleError(ValueError):
 def device_key(identity: Mapping[str, Any]) -> str:
     """How a bundle names a device's entry: "cpu: <model>, N threads" (see einet.bundle.device_identity)."""
     return f"{identity['kind']}: {identity['name']}, {identity['threads']} thread{'s' * (identity['threads'] != 1)}"
-
-
-
-
 
 
 def adaptation_options() -> dict[str, Any]:

@@ -50,7 +50,7 @@ class ETRecord:
 
     def subset_blocks(self, blocks: np.ndarray) -> ETRecord:
         """The profile of the network made of these blocks and their exits (e.g. a variant's cut of a
-        larger one: einet.bundle.variant_exits), provenance kept."""
+        larger one: einet.variants.variant_exits), provenance kept."""
         return ETRecord(**{name: getattr(self, name)[blocks] for name in self.TIMES},
                         meta={**self.meta, "cut_to_blocks": [int(b) for b in blocks]})
 

@@ -23,7 +23,6 @@ HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicte
 HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicted accuracy
 
 
-
 class EINet(Policy):
     """Per-sample elastic planning: after every branch, predict the unseen exits' scores and re-plan.
 
