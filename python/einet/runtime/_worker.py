@@ -116,6 +116,7 @@ class BlockLoop:
         policy.begin()
         if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
             self.statistics.dispatch.append(time.perf_counter() - started - job.planning)
+        observes = type(policy).observe is not Policy.observe  # (a fixed plan is told nothing: no time spent on it)
         running = self.running
         running.reset()
         times = job.times if self.device.type == "cpu" else None  # on CUDA a block's time shows only at a sync
@@ -164,7 +165,8 @@ class BlockLoop:
                 if times is not None:
                     times.append((i, decided - mark, now - decided))
                 mark = now
-                pending = (i, signal, finished)
+                if observes:
+                    pending = (i, signal, finished)
             if pending is not None:  # the last block's branch: the policy still hears of it
                 policy.observe(*pending)
 
