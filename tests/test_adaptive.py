@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 
 import numpy as np
@@ -173,6 +174,49 @@ def test_burners_end_by_themselves():
     burners.__exit__(None, None, None)
     with pytest.raises(ValueError, match="unknown load"):
         Burners.for_load("storm")
+
+
+CRASHING_CALLER = """
+import sys, time
+from einet.runtime.stress import Burners
+with Burners(2, period=0.1, limit=600) as burners:
+    print(*(p.pid for p in burners._processes), flush=True)
+    time.sleep(600)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc, and PR_SET_PDEATHSIG")
+def test_burners_die_with_a_killed_caller_even_while_stopped():
+    import subprocess
+
+    with subprocess.Popen([sys.executable, "-c", CRASHING_CALLER], stdout=subprocess.PIPE, text=True) as caller:
+        pids = [int(pid) for pid in caller.stdout.readline().split()]
+        _kill_while_a_burner_is_stopped(caller, pids)
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and any(_state(pid) not in (None, "Z") for pid in pids):
+        time.sleep(0.05)
+    assert all(_state(pid) in (None, "Z") for pid in pids)
+
+
+def _state(pid):
+    """A process's state letter (T: stopped, Z: a zombie), None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
+def _kill_while_a_burner_is_stopped(caller, pids):
+    import os
+    import signal
+
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and _state(pids[0]) != "T":  # caught while switched off
+        time.sleep(0.01)
+    assert _state(pids[0]) == "T"
+    os.kill(caller.pid, signal.SIGKILL)  # no __exit__: the burners are on their own
+    caller.wait()
 
 
 def test_switching_exit_times_switch():

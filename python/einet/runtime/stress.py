@@ -1,8 +1,8 @@
 """A stress harness for elastic inference on a busy, changing device (design section 11).
 
 - :class:`Burners`: background CPU burners, processes this harness starts and stops, steady or
-  switched on and off every `period` seconds; each ends by itself after `limit` seconds, so no
-  burner outlives a crashed caller for long.
+  switched on and off every `period` seconds; each ends by itself after `limit` seconds or when its
+  parent has gone (on Linux at once, even while stopped), so no burner outlives a crashed caller.
 - :class:`Slowed`: a multi-exit network whose blocks and branches take `factor()` times as long
   (the extra time slept after each), a controlled stand-in for throttling or a shared core.
 - :func:`switching_exit_times`: exit times drawn from one distribution, then from another after
@@ -32,7 +32,19 @@ from ..validation import number
 __all__ = ["LOADS", "Burners", "Slowed", "switching_exit_times"]
 
 LOADS = ("idle", "steady", "switching")  # the load patterns the checks run under
-_BURN = "import sys, time\nend = time.monotonic() + float(sys.argv[1])\nwhile time.monotonic() < end:\n    pass\n"
+# A burner: busy until its time limit, or until its parent has gone. On Linux it is also killed with its
+# parent (PR_SET_PDEATHSIG), which reaches it while stopped too: a stopped burner runs no timer.
+_BURN = """import os, sys, time
+parent = int(sys.argv[2])
+try:
+    import ctypes, signal
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+except (OSError, AttributeError):
+    pass
+end = time.monotonic() + float(sys.argv[1])
+while time.monotonic() < end and os.getppid() == parent:
+    pass
+"""
 
 
 class Burners:
@@ -58,7 +70,7 @@ class Burners:
         return cls(0 if load == "idle" else count, period if load == "switching" else None, limit)
 
     def __enter__(self) -> Burners:
-        self._processes = [subprocess.Popen([sys.executable, "-c", _BURN, str(self.limit)])
+        self._processes = [subprocess.Popen([sys.executable, "-c", _BURN, str(self.limit), str(os.getpid())])
                            for _ in range(self.count)]
         if self.period is not None and self._processes:
             self._switcher = threading.Thread(target=self._switch, daemon=True, name="einet-burners")
