@@ -15,6 +15,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+import einet  # noqa: E402
 from einet import bundle as bundles  # noqa: E402
 from einet.cli import main  # noqa: E402
 from einet.formats import manifest as manifests  # noqa: E402
@@ -184,6 +185,12 @@ def test_run_answers_image_files_under_deadlines_and_agrees_with_the_simulator(b
     assert main(["run", str(built), "--images", str(images), "--split", "test", "--deadline-ms", "1000",
                  "--static", "--warmup", "0", "--quiet"]) == 0
     assert "60 images, deadline 1000.0 ms, static runtime" in capsys.readouterr().out
+    assert main(["run", str(built), "--images", str(images), "--split", "test", "--inline", "--warmup", "5",
+                 "--check-simulator", "--quiet"]) == 0
+    assert "60 images, normal exit times" in capsys.readouterr().out
+    runtime = einet.load(built, inline=True)  # the library's way: no worker thread
+    with runtime:
+        assert runtime.wait_idle(0.0) and runtime.infer(torch.zeros(1, 1, 28, 28), interrupt=1.0).prediction is not None
 
 
 @pytest.mark.parametrize(("argv", "message"), [

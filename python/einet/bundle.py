@@ -234,9 +234,11 @@ class Bundle:
         return charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
 
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
-                constructor: str | Any | None = None) -> Any:
+                constructor: str | Any | None = None, inline: bool = False) -> Any:
         """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
-        adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so."""
+        adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so. `inline`: the
+        blocks in the caller's thread, with its torch settings (give it the `threads` the bundle was timed
+        with: ``torch.set_num_threads``)."""
         from .runtime import ElasticRuntime
         from .runtime.adaptive import Adaptation
 
@@ -246,20 +248,24 @@ class Bundle:
         et = self.et(entry).profile
         model = self.network(constructor)
         rule = entry.deployment.rule
+        runtime_threads = 1 if inline else threads  # (inline: the caller's thread and its torch settings)
         if adapt if adapt is not None else self.manifest["runtime"]["adapt"]:
             adaptation = Adaptation(lambda profile, dist: self.policy(entry, profile, dist, predictor), et,
                                     self.distribution(), self.horizon_ms * 1e-3,
                                     **self.manifest["runtime"]["adaptation"])
-            return ElasticRuntime(model, rule=rule, device=device, threads=threads, adapt=adaptation)
-        return ElasticRuntime(model, self.policy(entry, et, None, predictor), rule, device, threads)
+            return ElasticRuntime(model, rule=rule, device=device, threads=runtime_threads, adapt=adaptation,
+                                  inline=inline)
+        return ElasticRuntime(model, self.policy(entry, et, None, predictor), rule, device, runtime_threads,
+                              inline=inline)
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
-         constructor: str | Any | None = None) -> Any:
+         constructor: str | Any | None = None, inline: bool = False) -> Any:
     """A ready :class:`einet.runtime.ElasticRuntime` from a bundle (folder or packed file): ``runtime.infer(x,
     interrupt=...)``. `constructor`: for a network converted from a user's constructor, its name
-    (importing it runs its code, so only when named) or the callable itself."""
-    return read_bundle(path).runtime(device, threads, adapt, constructor)
+    (importing it runs its code, so only when named) or the callable itself. `inline`: see
+    :meth:`Bundle.runtime`."""
+    return read_bundle(path).runtime(device, threads, adapt, constructor, inline)
 
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:

@@ -134,7 +134,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         what = f"{kind} exit times over {horizon:.3f} ms"
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    with bundle.runtime("cpu", adapt=not args.static, constructor=args.constructor) as runtime:
+    if args.inline:  # the blocks run in this thread: with the thread count the bundle was timed with
+        torch.set_num_threads(int(bundle.manifest["runtime"]["threads"]))
+    with bundle.runtime("cpu", adapt=not args.static, constructor=args.constructor, inline=args.inline) as runtime:
         for k in range(min(args.warmup, len(labels))):  # a cold start, then the estimates settle
             runtime.infer(images[k:k + 1])
         entry = bundle.entry("cpu")
@@ -209,6 +211,8 @@ def add_commands(commands: Any) -> None:
                           help="deadlines drawn from this distribution (default: the bundle's)")
     p.add_argument("--horizon-ms", type=positive, default=None, help="its horizon (default: the bundle's)")
     p.add_argument("--static", action="store_true", help="do not adapt to measured block and exit times")
+    p.add_argument("--inline", action="store_true",
+                   help="run the blocks in this thread (no hand-over; a call returns once the block in flight ends)")
     p.add_argument("--limit", type=count, default=None, help="the first N images only")
     p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=100, help="uninterrupted runs first")
     p.add_argument("--seed", type=seed, default=0, help="fixes the drawn deadlines")

@@ -35,9 +35,9 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--stress", default="idle", choices=["idle", "steady", "switching"],
                    help="run it on a busy device: two CPU burners always on (steady) or switched on and off "
                         "every 1.5 s (switching), started and stopped with the demo (einet.runtime.stress)")
-    p.add_argument("--inline", action="store_true",
-                   help="run the blocks in this thread (ElasticRuntime(inline=True)): no hand-over between threads, "
-                        "an interrupt is honoured between blocks")
+    p.add_argument("--threaded", action="store_true",
+                   help="run the blocks on the runtime's worker thread, which returns at an interrupt at once, "
+                        "instead of in this thread (ElasticRuntime(inline=True), the default here)")
     _add_torch_arguments(p)
     p.set_defaults(run=cmd_demo)
 
