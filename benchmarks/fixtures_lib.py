@@ -8,7 +8,8 @@ confidence target). FIXTURES names the command that regenerates each.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -98,3 +99,22 @@ def network_and_direct_run(name: str) -> tuple[Any, Any, Callable[[], None]]:
     x = torch.randn(1, channels, side, side)
     running = RunningAnswer(AnswerRule("latest"))
     return model, x, lambda: run_directly(model, x, running)
+
+
+def rotated_timings(calls: Sequence[Callable[[], object]], rounds: int, warmup: int = 20,
+                    before: Callable[[], None] = lambda: None) -> list[Any]:
+    """Seconds of each call per round, the calls' order rotating every round so that load and clock
+    changes hit all alike (paired by round): `warmup` untimed rounds first, then `before()`."""
+    import numpy as np
+
+    for _ in range(warmup):
+        for call in calls:
+            call()
+    before()
+    seconds: list[list[float]] = [[] for _ in calls]
+    for k in range(rounds):
+        for which in [(k + i) % len(calls) for i in range(len(calls))]:
+            started = time.perf_counter()
+            calls[which]()
+            seconds[which].append(time.perf_counter() - started)
+    return [np.array(s) for s in seconds]

@@ -16,13 +16,12 @@ Run: python -m pytest benchmarks/test_bench_runtime.py --benchmark-only -s
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pytest
-from fixtures_lib import folder, network_and_direct_run
+from fixtures_lib import folder, network_and_direct_run, rotated_timings
 
 torch = pytest.importorskip("torch")
 
@@ -60,21 +59,10 @@ def overhead(name: str, rounds: int) -> dict[str, float]:
     n = model.num_exits
     every = FixedPlan([True] * n, "every exit")
     with ElasticRuntime(model, every, threads=1) as threaded, ElasticRuntime(model, every, inline=True) as inline:
-        calls = (direct, lambda: threaded.infer(x), lambda: inline.infer(x))
-        for _ in range(20):  # warm every path
-            for call in calls:
-                call()
-        threaded.reset_statistics()
-        inline.reset_statistics()
-        seconds: list[list[float]] = [[], [], []]
-        for k in range(rounds):
-            for which in [(k + i) % 3 for i in range(3)]:
-                started = time.perf_counter()
-                calls[which]()
-                seconds[which].append(time.perf_counter() - started)
+        d, w, i = rotated_timings((direct, lambda: threaded.infer(x), lambda: inline.infer(x)), rounds,
+                                  before=lambda: (threaded.reset_statistics(), inline.reset_statistics()))
         first = {mode: 1e6 * np.array(list(runtime.dispatch_seconds))
                  for mode, runtime in (("threaded", threaded), ("inline", inline))}
-    d, w, i = (np.array(s) for s in seconds)
     result = {"direct_ms": 1e3 * float(np.median(d)), "branches": n}
     for mode, measured in (("threaded", w), ("inline", i)):
         result |= {f"{mode}_added_us": 1e6 * float(np.median(measured - d)),

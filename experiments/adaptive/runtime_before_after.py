@@ -16,7 +16,6 @@ import importlib.util
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +27,7 @@ from einet.runtime import ElasticRuntime
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fixtures_lib import network_and_direct_run  # noqa: E402
+from fixtures_lib import network_and_direct_run, rotated_timings  # noqa: E402
 
 MODELS = ["b_alexnet_w025_mnist_cpu", "b_alexnet_w05_cpu", "vgg16_fine_w025_cpu_light"]
 
@@ -53,19 +52,8 @@ def measure(name: str, before: type, rounds: int) -> str:
     n = model.num_exits
 
     old, new = before(model, FixedPlan([True] * n, "all")), ElasticRuntime(model, FixedPlan([True] * n, "all"))
-    calls = (direct, lambda: old.infer(x), lambda: new.infer(x))
-    for _ in range(20):
-        for call in calls:
-            call()
-    old.reset_statistics()
-    new.reset_statistics()
-    seconds: list[list[float]] = [[], [], []]
-    for k in range(rounds):
-        for which in [(k + i) % 3 for i in range(3)]:
-            started = time.perf_counter()
-            calls[which]()
-            seconds[which].append(time.perf_counter() - started)
-    d, o, w = (np.array(s) for s in seconds)
+    d, o, w = rotated_timings((direct, lambda: old.infer(x), lambda: new.infer(x)), rounds,
+                              before=lambda: (old.reset_statistics(), new.reset_statistics()))
     first = [np.array(list(r.dispatch_seconds)) * 1e6 for r in (old, new)]
     old.close()
     new.close()
