@@ -100,8 +100,8 @@ def loads(args: argparse.Namespace) -> list[dict[str, Any]]:
                 # static: calibrated once, under whatever load there is then (today's runtime); adaptive:
                 # the same warm-up feeds its estimates; then both side by side, image by image
                 adaptation = Adaptation(policy_for, base, dist, horizon, learn_exits=False)
-                with ElasticRuntime(model, policy_for(base, dist), rule=rule) as static_runtime, \
-                        ElasticRuntime(model, rule=rule, adapt=adaptation) as adaptive_runtime:
+                with ElasticRuntime(model, policy_for(base, dist), rule=rule, inline=args.inline) as static_runtime, \
+                        ElasticRuntime(model, rule=rule, adapt=adaptation, inline=args.inline) as adaptive_runtime:
                     for runtime in (static_runtime, adaptive_runtime):
                         for k in range(COLD_START_RUNS):
                             runtime.infer(x[k:k + 1])
@@ -235,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--learn", type=int, default=500, help="exit-times: samples before scoring")
     parser.add_argument("--scored", type=int, default=1500, help="exit-times: samples scored")
     parser.add_argument("--switch-at", type=int, default=1000, help="exit-times: sample of the switch")
-    parser.add_argument("--out", type=Path, help="write OUT/<study>.md and .json")
+    parser.add_argument("--inline", action="store_true", help="loads: both runtimes inline (the caller's thread)")
+    parser.add_argument("--out", type=Path, help="write OUT/<study>.md and .json (loads-inline with --inline)")
     args = parser.parse_args(argv)
     if args.study == "loads" and not (SHARED / "cifar10-jpeg.zip").exists():
         print("needs ../shared/data/cifar10-jpeg.zip", file=sys.stderr)
@@ -245,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     print(table)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"{args.study}.md").write_text(table)
-        (args.out / f"{args.study}.json").write_text(json.dumps(rows, indent=1) + "\n")
+        name = f"{args.study}-inline" if args.inline else args.study
+        (args.out / f"{name}.md").write_text(table)
+        (args.out / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
     return 0
 
 
