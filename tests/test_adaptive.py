@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import einet
-from einet.policies import Policy
+from einet.policies import EveryExit
 from einet.runtime.adaptive import Adaptation, BlockTimes, ExitTimes, kaplan_meier
 
 
@@ -115,7 +115,7 @@ def test_adaptation_plans_again_only_when_the_estimates_move_and_not_too_often()
 
     def policy_for(profile, dist):
         plans.append(profile.total())
-        return Policy()
+        return EveryExit()
 
     adaptation = Adaptation(policy_for, et, einet.Uniform(0.0, et.total()), et.total(), every=5, gap=20,
                             learn_exits=False, background=False)
@@ -143,7 +143,7 @@ def test_a_failed_background_plan_is_raised_by_the_next_update():
         calls.append(1)
         if len(calls) > 1:
             raise RuntimeError("planner failed")
-        return Policy()
+        return EveryExit()
 
     adaptation = Adaptation(policy_for, et, einet.Uniform(0.0, et.total()), et.total(), every=1, gap=1,
                             learn_exits=False, background=True)

@@ -11,7 +11,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 # Where fixtures live, and the files a study makes into its fixture folders itself (not committed).
-PLACES = {ROOT / "benchmarks" / "fixtures": (),
+BENCHMARKS = ROOT / "benchmarks" / "fixtures"
+PLACES = {BENCHMARKS: (),
           ROOT / "experiments" / "levers" / "fixtures": ("cs-holdout.npz", "cs-test.npz")}
 PROFILED = ("et.npz", "cs-holdout.npz", "cs-test.npz", "predictor.npz", "predictor-confidence.npz")
 FOLDERS = sorted(folder for place in PLACES for folder in place.iterdir() if folder.is_dir())
@@ -34,6 +35,6 @@ def test_every_fixture_file_is_listed_present_and_intact(folder):
     assert present - set(files) <= set(made_here), f"{folder.name}: unlisted {sorted(present - set(files))}"
 
 
-@pytest.mark.parametrize("folder", sorted((ROOT / "benchmarks" / "fixtures").iterdir()), ids=lambda f: f.name)
+@pytest.mark.parametrize("folder", [f for f in FOLDERS if f.parent == BENCHMARKS], ids=lambda f: f.name)
 def test_every_benchmark_fixture_is_a_whole_profile(folder):
     assert set(PROFILED) <= set(listed(folder)), f"{folder.name} lacks {sorted(set(PROFILED) - set(listed(folder)))}"

@@ -560,3 +560,36 @@ def test_an_inline_runtime_learns_the_part_in_flight_at_an_interrupt_as_a_lower_
     assert interrupted and end == pytest.approx(1.5 * block)
     assert [part[0] for part in times] == [0]  # block 1 ended after the deadline: not learnt as a whole time
     assert in_flight[:2] == (1, False) and 0 < in_flight[2] < 0.6 * block  # but as a lower bound
+
+
+@pytest.mark.parametrize(("options", "error", "message"), [
+    ({"inline": "no"}, TypeError, "inline must be True or False"),
+    ({"inline": None}, TypeError, "inline must be True or False"),
+    ({"threads": 0}, ValueError, "threads"),
+    ({"threads": "2"}, TypeError, "threads"),
+    ({"inline": True, "device": "cuda"}, ValueError, "CPU only"),
+])
+def test_runtime_options_are_checked_before_anything_starts(options, error, message):
+    before = threading.active_count()
+    with pytest.raises(error, match=message):
+        ElasticRuntime(slow_model(0.0), EveryExit(), **options)
+    assert threading.active_count() == before  # no worker was started
+
+
+def test_an_inline_runtime_keeps_a_failed_update_for_the_next_call():
+    class Failing:  # an Adaptation whose learning fails
+        policy = EveryExit()
+
+        def record(self, times, end, interrupted, in_flight=None):
+            pass
+
+        def pending(self):
+            return True
+
+        def update(self):
+            raise RuntimeError("learning failed")
+
+    with ElasticRuntime(slow_model(0.0), adapt=Failing(), inline=True) as runtime:
+        assert runtime.infer(X).exits_run == (0, 1, 2, 3)  # the answer made is returned
+        with pytest.raises(RuntimeError, match="learning failed"):
+            runtime.infer(X)

@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from einet.models import MultiExitNetwork
-from einet.policies import Policy
+from einet.policies import EveryExit
 from einet.runtime import ElasticRuntime
 
 IN_FLIGHT: dict[str, int | None] = {"block": None}  # the block running now, if any (set by the blocks)
@@ -100,7 +100,7 @@ def main() -> int:
     load_before = os.getloadavg()
 
     rows = []
-    with ElasticRuntime(model, Policy()) as runtime:
+    with ElasticRuntime(model, EveryExit()) as runtime:
         for _ in range(20):  # warm-up, not counted
             runtime.infer(x, interrupt=float(rng.uniform(0.0, whole)))
         started_all = time.perf_counter()

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from einet.distributions import full_inference_time, relative_distribution
+from einet.distributions import RELATIVE_KINDS, full_inference_time, relative_distribution
 from einet.evaluation.simulate import replay
 from einet.formats.profiles import CSProfile, ETRecord
 from einet.planner import Distribution
@@ -94,7 +94,7 @@ def main() -> None:
     parser.add_argument("fixtures", type=Path, nargs="+")
     parser.add_argument("--reference", type=Path, help="the fixture whose full inference sets the exit times "
                                                        "(default: the first)")
-    parser.add_argument("--dist", default="normal", choices=["uniform", "normal", "exponential"])
+    parser.add_argument("--dist", default="normal", choices=list(RELATIVE_KINDS))
     parser.add_argument("--plot", type=Path, help="draw the curves and the exit-time density here (PNG)")
     args = parser.parse_args()
     reference = ETRecord.load((args.reference or args.fixtures[0]) / "et.npz").profile

@@ -90,7 +90,7 @@ def run_demo(args: argparse.Namespace) -> int:
     # Inline by default: the blocks run in this thread (a tenth of a millisecond each, so a call returns at most
     # that late), with the thread count they were profiled with. Measured under load, inline keeps the
     # simulator's promise far better than a worker thread (docs/results.md, the adaptive runtime).
-    inline = not getattr(args, "threaded", False)
+    inline = not getattr(args, "threaded", False) and device == "cpu"  # (queued CUDA blocks: threaded)
     if inline:
         torch.set_num_threads(1)
     print(f"[5/5] {deployment.policy} for real, in the adaptive {'inline' if inline else 'threaded'} runtime (it "

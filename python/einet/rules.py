@@ -70,8 +70,9 @@ class AnswerRule:
 
     def record(self) -> dict[str, Any]:
         """The rule as files store it (predictor headers, deployments): read back by :meth:`from_record`."""
-        return {"name": self.name, "weights": None if self.weights is None else list(self.weights),
-                "time_zero_class": self.time_zero_class, "time_zero_accuracy": self.time_zero_accuracy}
+        return {"name": self.name, "weights": None if self.weights is None else [float(w) for w in self.weights],
+                "time_zero_class": None if self.time_zero_class is None else int(self.time_zero_class),
+                "time_zero_accuracy": float(self.time_zero_accuracy)}
 
     @classmethod
     def from_record(cls, record: object, num_exits: int | None = None) -> AnswerRule:
@@ -84,15 +85,17 @@ class AnswerRule:
         fields = {"name", "weights", "time_zero_class", "time_zero_accuracy"}
         unknown = sorted(str(key) for key in set(renamed) - fields)
         if unknown or len(renamed) < len(record):  # (both spellings of a field: ambiguous)
-            raise TypeError(f"the rule must have the fields name, weights, time_zero_class, time_zero_accuracy, "
-                            f"got {sorted(record)}")
+            raise TypeError(f"the rule must have the fields name, weights, time_zero_class, time_zero_accuracy "
+                            f"(each spelt once), got {sorted(map(str, record))!r:.200}")
         record = renamed
         name, weights, answer = record.get("name"), record.get("weights"), record.get("time_zero_class")
         if not isinstance(name, str):
             raise TypeError(f"the rule's name must be a string, got {name!r:.80}")
         if weights is not None:
-            if not isinstance(weights, list) or (num_exits is not None and len(weights) != num_exits):
-                raise ValueError(f"ensemble weights must be a list of {num_exits or 'the exits'} numbers")
+            if not isinstance(weights, list):
+                raise TypeError(f"ensemble weights must be a list of numbers, got {weights!r:.80}")
+            if num_exits is not None and len(weights) != num_exits:
+                raise ValueError(f"ensemble weights must be a list of {num_exits} numbers, got {len(weights)}")
             weights = tuple(number("an ensemble weight", w, 0.0) for w in weights)
         if answer is not None and type(answer) is not int:
             raise TypeError(f"time_zero_class must be an integer class index, got {answer!r:.80}")

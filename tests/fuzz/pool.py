@@ -66,25 +66,28 @@ def serve(workers: int, start: Callable[[], Worker | None], going: Callable[[boo
         running.remove(w)
         retire(w, w.close(), hung)
 
-    while going(bool(running)):
-        while len(running) < workers and (w := start()) is not None:
-            running.append(w)
-            selector.register(w.fd, selectors.EVENT_READ, w)
-        for key, _ in selector.select(timeout=1.0):
-            w = key.data
-            lines = w.lines()
-            if lines is None:
-                end(w, hung=False)
-                continue
-            w.last_output = time.monotonic()
-            for line in lines:
-                handle(w, line)
-        now = time.monotonic()
-        for w in list(running):
-            if w.current is not None and now - w.last_output > hang:
-                end(w, hung=True)
-            elif now - w.last_output > stalled:
-                raise RuntimeError(f"a worker stalled outside a case after case {w.done_through}")
-    for w in running:
-        selector.unregister(w.fd)
-        w.close()
+    try:
+        while going(bool(running)):
+            while len(running) < workers and (w := start()) is not None:
+                running.append(w)
+                selector.register(w.fd, selectors.EVENT_READ, w)
+            for key, _ in selector.select(timeout=1.0):
+                w = key.data
+                lines = w.lines()
+                if lines is None:
+                    end(w, hung=False)
+                    continue
+                w.last_output = time.monotonic()
+                for line in lines:
+                    handle(w, line)
+            now = time.monotonic()
+            for w in list(running):
+                if w.current is not None and now - w.last_output > hang:
+                    end(w, hung=True)
+                elif now - w.last_output > stalled:
+                    raise RuntimeError(f"a worker stalled outside a case after case {w.done_through}")
+    finally:  # (also after an error here or in a callback: no worker is left running)
+        for w in running:
+            selector.unregister(w.fd)
+            w.close()
+        selector.close()

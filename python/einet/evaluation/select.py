@@ -277,7 +277,8 @@ def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predic
 
 def deployment_record(deployment: Deployment) -> dict[str, Any]:
     """A deployment as the JSON object its file (and a bundle) stores, with its checksum."""
-    record = asdict(deployment) | {"format": "einet-deployment", "version": DEPLOYMENT_VERSION}
+    record = asdict(deployment) | {"rule": deployment.rule.record(), "format": "einet-deployment",
+                                   "version": DEPLOYMENT_VERSION}
     record["sha256"] = _record_digest(record)
     return record
 
@@ -331,8 +332,8 @@ def _checked(record: object, folder: Path) -> Deployment:
     if unknown:
         raise ValueError(f"unknown field {unknown[0]!r}")
 
-    def text(name: str, optional: bool = True, source: dict[str, Any] = record) -> str | None:
-        value = source.get(name)
+    def text(name: str, optional: bool = True) -> str | None:
+        value = record.get(name)
         if value is None and optional:
             return None
         if not isinstance(value, str) or not value or len(value) > 1000:

@@ -34,6 +34,7 @@ import math
 import threading
 import time
 import weakref
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -43,6 +44,7 @@ from ..models.base import MultiExitNetwork
 from ..planner import ETProfile
 from ..policies import Policy
 from ..rules import AnswerRule, as_rule
+from ..validation import number
 from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
@@ -69,13 +71,6 @@ class Answer:
     block_times: Sequence[tuple[int, float, float]] = field(default=(), compare=False)
 
 
-# Python's thread switch interval: a waiting caller needs the GIL back within its latency budget, not
-# Python's default 5 ms. It is process-wide, so it is lowered while any runtime is open and given back
-# when the last one closes (unless someone else has set it meanwhile), counted under a lock.
-_switch_lock = threading.RLock()  # re-entrant: a finaliser may run inside the holder's thread
-_switch_users = 0  # runtimes open
-_switch_saved: float | None = None  # the interval before the first of them lowered it
-_switch_set: float | None = None  # what it was lowered to
 class ElasticRuntime:
     """Runs one sample at a time with `policy`, returning the best answer held when stopped.
 
@@ -107,6 +102,9 @@ class ElasticRuntime:
                  device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None,
                  inline: bool = False) -> None:
         rule = as_rule(rule)
+        if type(inline) is not bool:
+            raise TypeError(f"inline must be True or False, got {inline!r}")
+        threads = number("threads", threads, 1, 1024, integer=True)
         if inline and threads != 1:
             raise ValueError("an inline runtime runs in the caller's thread with its torch settings: leave threads "
                              "at 1 and call torch.set_num_threads yourself")
@@ -120,6 +118,8 @@ class ElasticRuntime:
         if policy.needs_oracle:
             raise ValueError(f"{policy.name} needs each sample's true correctness: it can only be simulated")
         self.device = torch.device(device)
+        if inline and self.device.type != "cpu":  # queued CUDA blocks would end long after the interrupt is seen
+            raise ValueError(f"an inline runtime runs on the CPU only, not {self.device}: use the threaded one")
         self.model = model.to(self.device).eval()
         self._policy = policy
         self.rule = rule
@@ -136,9 +136,11 @@ class ElasticRuntime:
         if inline:
             self._worker: Worker | None = None
             self._loop = BlockLoop(self.model, self.device, rule, self._statistics)
+            self._late_errors: deque[BaseException] = deque()  # learning failed after an answer was made
         else:
             self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt)
             self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
+            self._late_errors = self._worker.late_errors
 
     @property
     def policy(self) -> Policy:
@@ -188,6 +190,8 @@ class ElasticRuntime:
         if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt
             return Answer(self.rule.time_zero_class, None, 0.0, time.perf_counter() - started, True)
         try:
+            if self._closed:  # closed while this call waited for the lock
+                raise RuntimeError("this runtime is closed")
             self._raise_late_error()
             job = Job(x, policy, started)
             job.planning = planned
@@ -217,7 +221,7 @@ class ElasticRuntime:
                 end = job.ended if finished else limit.cutoff(elapsed)
                 running_part = job.in_flight if not finished and not job.queued and self.device.type == "cpu" else None
                 times = [] if job.queued else list(job.times)
-                if self._worker is None and running_part is not None and times:
+                if self._worker is None and running_part is not None and times and times[-1][0] == running_part[0]:
                     # Inline, the part in flight at the interrupt has ended too, and its time is in `times`; learnt
                     # as the threaded runtime learns it: a lower bound (the longest parts are the likeliest cut)
                     block, conv, _ = times.pop()
@@ -236,18 +240,22 @@ class ElasticRuntime:
                 answer = Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning,
                                 job.times)
             if self._worker is None and self._adaptation is not None and self._adaptation.pending():
-                self._adaptation.update()  # inline: here, once the answer is made (a worker learns between samples)
+                try:  # inline: here, once the answer is made (a worker learns between samples)
+                    self._adaptation.update()
+                except Exception as failure:  # raised by the next infer() or close(), as a worker's would be
+                    self._late_errors.append(failure)
         finally:
             self._lock.release()
         return answer
 
     def _run_inline(self, job: Job, limit: InterruptCheck) -> bool:
-        """Run `job` in this thread; True when it ended before its interrupt fired."""
+        """Run `job` in this thread until it ends or its interrupt is seen between parts; True (ended:
+        whether the interrupt fired first is decided, once, by the caller)."""
         try:
             self._loop.run(job, limit.passed)
         finally:
             job.ended = time.perf_counter() - job.started
-        return not limit.fired(job.ended)
+        return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the block an interrupted inference left in flight has ended (True), or
@@ -260,8 +268,8 @@ class ElasticRuntime:
 
     def _raise_late_error(self) -> None:
         """Raise the first error of an inference whose caller had already returned, if any."""
-        if self._worker is not None and self._worker.late_errors:  # (only this thread takes from it)
-            raise self._worker.late_errors.popleft()
+        if self._late_errors:  # (only this thread takes from it)
+            raise self._late_errors.popleft()
 
     def calibrate(self, et: ETProfile) -> ETProfile:
         """`et` with what this runtime adds, as measured over its recent uninterrupted inferences:
@@ -299,7 +307,7 @@ class ElasticRuntime:
             if self._worker is not None:
                 self._stop()  # once: later calls do nothing
                 self._worker.join()
-                self._raise_late_error()
+            self._raise_late_error()
 
     def __enter__(self) -> ElasticRuntime:
         return self

@@ -31,7 +31,7 @@ COLD_START_RUNS = 10  # untimed inferences before a real-time check measures the
 def run_directly(model: Any, x: torch.Tensor, running: RunningAnswer) -> None:
     """One sample through every block and exit in the calling thread, each exit's log-probabilities
     read back and folded into `running` as the runtime does: the baseline its own cost is measured
-    against (``benchmarks/test_bench_runtime.py``, ``experiments/adaptive/runtime_before_after.py``)."""
+    against (``benchmarks/test_bench_runtime.py``)."""
     running.reset()
     with torch.inference_mode():
         h = x

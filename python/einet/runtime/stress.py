@@ -2,7 +2,8 @@
 
 - :class:`Burners`: background CPU burners, processes this harness starts and stops, steady or
   switched on and off every `period` seconds; each ends by itself after `limit` seconds or when its
-  parent has gone (on Linux at once, even while stopped), so no burner outlives a crashed caller.
+  parent has gone (on Linux at once, even while stopped: with the thread that started it, so start
+  burners from a thread that outlives them), so no burner outlives a crashed caller.
 - :class:`Slowed`: a multi-exit network whose blocks and branches take `factor()` times as long
   (the extra time slept after each), a controlled stand-in for throttling or a shared core.
 - :func:`switching_exit_times`: exit times drawn from one distribution, then from another after
