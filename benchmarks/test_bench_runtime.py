@@ -1,9 +1,9 @@
 """What the elastic runtime adds to running the same blocks and exits directly (issue: a lean loop).
 
 Each round runs one sample directly in a loop (every block, every exit, its log-softmax read back
-and folded into the running answer, as the runtime does), through the threaded runtime and through
-the inline one (``inline=True``: the blocks in the caller's thread), the order rotating, in one run
-so that load and frequency changes hit all three alike. Reported per model and mode: the median
+and folded into the running answer, as the runtime does) and through a runtime, the threaded one
+(a worker thread) and then the inline one (``inline=True``: the blocks in the caller's thread), the
+order alternating, in one run so that load and frequency changes hit both alike. Reported per model and mode: the median
 per-round difference to the direct run, its 90th percentile, and ``infer()`` to the first block.
 The speed goal (at most 50 us per inference plus 5 us per branch; 10 us to the first block) is
 asserted on the inline runtime: the threaded one pays two hand-overs between threads (about 30 us
@@ -47,8 +47,10 @@ def bookkeeping_only(exits: int) -> tuple[Any, Any, Callable[[], None]]:
 
 
 def overhead(name: str, rounds: int) -> dict[str, float]:
-    """Each round one sample three ways, the order rotating: directly, through the threaded runtime,
-    through the inline one. Medians of the paired differences each runtime adds."""
+    """Each runtime against the direct run, each round one sample both ways, the order alternating:
+    the medians of the paired differences it adds. The threaded runtime is measured and closed
+    before the inline one: while open it lowers Python's switch interval and keeps a thread, which
+    would slow the inline runtime's calls too (measured: +30-60 us)."""
     torch.set_num_threads(1)
     if name.startswith("bookkeeping"):
         model, x, direct = bookkeeping_only(int(name.split("-")[1]))
@@ -58,17 +60,16 @@ def overhead(name: str, rounds: int) -> dict[str, float]:
         pytest.skip(f"the {name} weights are not here")
     n = model.num_exits
     every = FixedPlan([True] * n, "every exit")
-    with ElasticRuntime(model, every, threads=1) as threaded, ElasticRuntime(model, every, inline=True) as inline:
-        d, w, i = rotated_timings((direct, lambda: threaded.infer(x), lambda: inline.infer(x)), rounds,
-                                  before=lambda: (threaded.reset_statistics(), inline.reset_statistics()))
-        first = {mode: 1e6 * np.array(list(runtime.dispatch_seconds))
-                 for mode, runtime in (("threaded", threaded), ("inline", inline))}
-    result = {"direct_ms": 1e3 * float(np.median(d)), "branches": n}
-    for mode, measured in (("threaded", w), ("inline", i)):
-        result |= {f"{mode}_added_us": 1e6 * float(np.median(measured - d)),
+    result = {"branches": n}
+    for mode in ("threaded", "inline"):
+        with ElasticRuntime(model, every, threads=1, inline=mode == "inline") as runtime:
+            d, measured = rotated_timings((direct, lambda: runtime.infer(x)), rounds, before=runtime.reset_statistics)
+            first = 1e6 * np.array(list(runtime.dispatch_seconds))
+        result |= {f"{mode}_direct_ms": 1e3 * float(np.median(d)),
+                   f"{mode}_added_us": 1e6 * float(np.median(measured - d)),
                    f"{mode}_added_p90_us": 1e6 * float(np.percentile(measured - d, 90)),
-                   f"{mode}_to_first_block_us": float(np.median(first[mode])),
-                   f"{mode}_to_first_block_p99_us": float(np.percentile(first[mode], 99))}
+                   f"{mode}_to_first_block_us": float(np.median(first)),
+                   f"{mode}_to_first_block_p99_us": float(np.percentile(first, 99))}
     return result
 
 
@@ -79,7 +80,7 @@ def test_runtime_adds_little_to_the_direct_loop(benchmark, speed_goal, capsys, n
     benchmark.extra_info.update(result)
     with capsys.disabled():
         print(f"\n{name}:", {k: round(v, 1) for k, v in result.items()})
-    assert result["direct_ms"] > 0
+    assert result["inline_direct_ms"] > 0
     budget = 50 + 5 * result["branches"]  # the issue's goal, met by the inline runtime (no thread hand-over)
     speed_goal(result["inline_added_us"] <= budget, f"the inline runtime adds {result['inline_added_us']:.0f} us, "
                                                      f"over {budget} us")

@@ -15,6 +15,7 @@ from einet.policies import (
     ConfidenceThreshold,
     EINet,
     EveryExit,
+    FixedPlan,
     single_exit,
     static_plan,
     statistics_plan,
@@ -38,6 +39,16 @@ def test_static_and_single_exit_plans():
     assert single_exit(5).mask.nonzero()[0].tolist() == [4]
     with pytest.raises(ValueError, match="fraction"):
         static_plan(3, 0.0)
+
+
+def test_a_fixed_plan_keeps_the_mask_it_was_made_with():
+    mask = np.array([True, False, True])
+    plan = FixedPlan(mask, "mine")
+    mask[1] = True  # the caller's array: the plan copied it
+    assert [plan.run_branch(i, 0.0) for i in range(3)] == [True, False, True]
+    with pytest.raises(ValueError, match="read-only"):  # its decisions are a tuple read between blocks
+        plan.mask[1] = True
+    assert all(type(plan.run_branch(i, 0.0)) is bool for i in range(3))
 
 
 def test_replay_times_and_early_stop():

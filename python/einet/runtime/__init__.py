@@ -187,7 +187,8 @@ class ElasticRuntime:
             policy = self._adaptation.for_deadline(limit.deadline)
             planned = time.perf_counter() - started  # not block 0's time: the worker starts its clock after it
         self.last_policy = policy
-        if not limit.wait(self._acquire):  # another thread's inference held the runtime until the interrupt
+        # (not acquired: another thread's inference held the runtime until the interrupt)
+        if not (self._lock.acquire(False) or limit.wait(self._acquire)):
             return Answer(self.rule.time_zero_class, None, 0.0, time.perf_counter() - started, True)
         try:
             if self._closed:  # closed while this call waited for the lock
@@ -214,7 +215,7 @@ class ElasticRuntime:
             if error is not None:
                 raise error
             if finished and not job.queued:
-                self._statistics.answers.append([(a[0], a[1]) for a in job.answers])
+                self._statistics.answers.append(job.answers)  # (complete: the worker is done with it)
             if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
                 # The blocks that had ended by now; not the block in flight at an interrupt, which ends while
                 # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
@@ -252,7 +253,7 @@ class ElasticRuntime:
         """Run `job` in this thread until it ends or its interrupt is seen between parts; True (ended:
         whether the interrupt fired first is decided, once, by the caller)."""
         try:
-            self._loop.run(job, limit.passed)
+            self._loop.run(job, limit.poll, limit.at)
         finally:
             job.ended = time.perf_counter() - job.started
         return True

@@ -30,7 +30,8 @@ class InterruptCheck:
             pass
         elif isinstance(interrupt, bool):  # a Real too, but surely a mistake
             raise TypeError("interrupt must be seconds, a threading.Event or a callable, got a bool")
-        elif isinstance(interrupt, numbers.Real):  # int, float, numpy scalars, Fraction, ...
+        elif type(interrupt) is float or isinstance(interrupt, numbers.Real):  # int, numpy scalars, Fraction, ...
+            # (a float first: an ABC's isinstance costs microseconds between blocks)
             try:
                 seconds = float(interrupt)
             except OverflowError:  # an int too large for a float
@@ -69,11 +70,15 @@ class InterruptCheck:
             if block(left - FINAL_POLL_SECONDS if left > FINAL_POLL_SECONDS else min(left, POLL_SECONDS)):
                 return True
 
-    def passed(self) -> bool:
-        """Whether it has fired by now (an inline runtime asks between blocks)."""
-        if self._check is not None:
-            return bool(self._check())
-        return time.perf_counter() > self._at
+    @property
+    def at(self) -> float:
+        """The deadline on the perf_counter clock (inf: none)."""
+        return self._at
+
+    @property
+    def poll(self) -> Callable[[], bool] | None:
+        """What to ask whether an Event or callable interrupt has fired (None for a deadline)."""
+        return self._check
 
     def fired(self, ended: float) -> bool:
         """Whether the interrupt fired before an inference that ended `ended` seconds after the call:

@@ -15,7 +15,8 @@ class Statistics:
     def __init__(self, size: int = 1000) -> None:
         self.dispatch: deque[float] = deque(maxlen=size)  # from infer() to the first block starting
         self.planning: deque[float] = deque(maxlen=size)  # policy time after each branch run
-        self.answers: deque[list[tuple[float, int]]] = deque(maxlen=size)  # (finish time, exit) per sample
+        # Per sample, every answer as the loop published it: (finish time, exit, ...) (see _worker.Job)
+        self.answers: deque[list[tuple[float, int, int | None, int | None, float]]] = deque(maxlen=size)
 
     def clear(self) -> None:
         for measured in (self.dispatch, self.planning, self.answers):
@@ -36,8 +37,8 @@ class Statistics:
         for answers in list(self.answers):
             if not answers:
                 continue
-            finished, last = answers[-1]
-            ran = [exit_index for _, exit_index in answers]
+            finished, last = answers[-1][:2]
+            ran = [answer[1] for answer in answers]
             predicted = dispatch + et.conv[:last + 1].sum() + et.branch[ran].sum() + planning * (len(ran) - 1)
             per_block.append((finished - predicted) / (last + 1))
         # Negative when `et` is slower than this runtime (a profile from a busier moment): the

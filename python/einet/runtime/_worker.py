@@ -37,14 +37,15 @@ class Job:
         self.x, self.policy, self.started = x, policy, started
         self.queued = False  # handed over while the worker was still busy (with an interrupted sample)
         self.stopped = False  # the interrupt fired: the worker stops before the next block
-        # Released by the worker when it is done with the job. A bare lock, not an Event: it is the
-        # cheapest way for one thread to wake another in CPython (an Event's Condition makes a
-        # new lock per wait and takes its own lock twice).
-        self._done = _thread.allocate_lock()
+        # Released by the worker when it is done with the job (made by Worker.submit: an inline job has
+        # none). A bare lock, not an Event: it is the cheapest way for one thread to wake another in
+        # CPython (an Event's Condition makes a new lock per wait and takes its own lock twice).
+        self._done: _thread.LockType | None = _thread.allocate_lock()
         self._done.acquire()
         self.lock = _thread.allocate_lock()
         # After every finished branch, in order: (finish time since the call, the exit that finished,
-        # and the answer then held under the runtime's rule: its exit, prediction, confidence).
+        # and the answer then held under the runtime's rule: its exit, prediction, confidence). Only
+        # appended to, by the loop: read without a lock (see held()).
         self.answers: list[tuple[float, int, int | None, int | None, float]] = []
         self.planning = 0.0
         # (block, conv-part seconds, branch seconds or NaN when not run) as this sample ran them; the
@@ -60,20 +61,24 @@ class Job:
         """Whether the caller has stopped this job (its interrupt fired)."""
         return self.stopped
 
+    def hand_over(self) -> None:
+        """The job goes to a worker thread: from now on its caller can :meth:`wait` for it."""
+        self._done = _thread.allocate_lock()
+        self._done.acquire()
+
     def finish(self) -> None:
         """The worker is done with this job."""
+        assert self._done is not None
         self._done.release()
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until the worker is done with this job (True) or `timeout` seconds have passed (False)."""
+        assert self._done is not None
         if self._done.acquire(timeout=-1 if timeout is None else timeout):
             self._done.release()  # done stays done
             return True
         return False
 
-    def publish(self, finished: float, exit_index: int, running: RunningAnswer) -> None:
-        with self.lock:
-            self.answers.append((finished, exit_index, running.exit, running.prediction, running.confidence))
 
     def fail(self, error: BaseException) -> bool:
         """Hand `error` to the caller; False when the caller has already returned."""
@@ -90,10 +95,14 @@ class Job:
             return self.error
 
     def held(self, cutoff: float) -> tuple[tuple[int | None, int | None, float] | None, tuple[int, ...]]:
-        """The answer held at `cutoff` seconds (the one published last by then) and the exits run by then."""
-        with self.lock:
-            finished = [a for a in self.answers if a[0] <= cutoff]
-        return (finished[-1][2:] if finished else None), tuple(a[1] for a in finished)
+        """The answer held at `cutoff` seconds (the one published last by then) and the exits run by then.
+        No lock: the worker only appends, in time order (a list append is atomic), so the answers up to
+        any length read are complete."""
+        answers = self.answers
+        count = len(answers)
+        while count and answers[count - 1][0] > cutoff:
+            count -= 1
+        return (answers[count - 1][2:] if count else None), tuple([a[1] for a in answers[:count]])
 
 
 class BlockLoop:
@@ -105,28 +114,37 @@ class BlockLoop:
     def __init__(self, model: MultiExitNetwork, device: torch.device, rule: AnswerRule,
                  statistics: Statistics) -> None:
         self.model, self.device, self.statistics = model, device, statistics
+        # Asked once: between blocks even reading a device's type costs ~15 us (a cold torch call)
+        self.on_cpu = device.type == "cpu"
         self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
 
-    def run(self, job: Job, stopped: Callable[[], bool]) -> None:
-        """Run `job` block by block until its last exit, its policy stops it, or `stopped()` (asked
-        before every block and after every conv part)."""
-        if stopped():  # interrupted before its turn came
+    def run(self, job: Job, stopped: Callable[[], bool] | None, at: float = math.inf) -> None:
+        """Run `job` block by block until its last exit, its policy stops it, or it is stopped: by the
+        perf_counter clock passing `at`, or by `stopped()` (None: never), both asked before every block
+        (on the clock read when the previous part ended) and after every conv part."""
+        clock = time.perf_counter
+        if clock() > at or (stopped is not None and stopped()):  # interrupted before its turn came
             return
         policy, started = job.policy, job.started
         policy.begin()
-        if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
-            self.statistics.dispatch.append(time.perf_counter() - started - job.planning)
         observes = type(policy).observe is not Policy.observe  # (a fixed plan is told nothing: no time spent on it)
+        needs_log_probs = policy.needs_log_probs
         running = self.running
         running.reset()
-        times = job.times if self.device.type == "cpu" else None  # on CUDA a block's time shows only at a sync
-        clock, forward_block, forward_exit = time.perf_counter, self.model.forward_block, self.model.forward_exit
+        times = job.times if self.on_cpu else None  # on CUDA a block's time shows only at a sync
+        answers = job.answers
+        isfinite = math.isfinite
+        forward_block, forward_exit = self.model.forward_block, self.model.forward_exit
+        # Every statement below runs between two blocks, with the caches cold from the block before: a
+        # cheap one here costs ~1 us (benchmarks/test_bench_runtime.py); keep them few.
         with torch.inference_mode():
-            h = job.x.to(self.device, non_blocking=True)
+            h = job.x if self.on_cpu and job.x.is_cpu else job.x.to(self.device, non_blocking=True)
             pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
             mark = started + job.planning  # where the next conv part's time starts (after a plan made for it)
+            if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
+                self.statistics.dispatch.append(clock() - mark)  # the call to block 0, less a plan made for it
             for i in range(self.model.num_exits):
-                if stopped():
+                if mark > at or (stopped is not None and stopped()):
                     return
                 job.in_flight = (i, False, mark - started)
                 h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
@@ -139,34 +157,31 @@ class BlockLoop:
                     now, pending = after, None
                     if finish:
                         return
-                if stopped():
+                if now > at or (stopped is not None and stopped()):
                     if times is not None:  # the block in flight's time: a replay of this sample needs it
                         times.append((i, now - mark, math.nan))
                     return
-                run = policy.run_branch(i, now - started)
-                decided = clock()
-                job.planning += decided - now
-                if not run:
+                # (the decision is a look-up, the plan having been made in observe: not timed apart)
+                if not policy.run_branch(i, now - started):
                     if times is not None:
-                        times.append((i, decided - mark, math.nan))
-                    mark = decided
+                        times.append((i, now - mark, math.nan))
+                    mark = now
                     continue
-                job.in_flight = (i, True, decided - started)
+                job.in_flight = (i, True, now - started)
                 log_probs = forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
-                if policy.needs_log_probs:
+                if needs_log_probs:
                     policy.record_log_probs(i, log_probs)
                 signal = running.add(i, log_probs)
-                if not math.isfinite(signal):  # NaN scores make a NaN answer: checked here, at no cost before block 0
+                if not isfinite(signal):  # NaN scores make a NaN answer: checked here, at no cost before block 0
                     raise NonFiniteError(f"exit {i} answered with non-finite scores: the input (or the network) holds "
                                          "NaN or inf values, and no answer can be trusted")
-                now = clock()
-                finished = now - started
-                job.publish(finished, i, running)
+                finished = clock()
+                answers.append((finished - started, i, running.exit, running.prediction, running.confidence))
                 if times is not None:
-                    times.append((i, decided - mark, now - decided))
-                mark = now
+                    times.append((i, now - mark, finished - now))
+                mark = finished
                 if observes:
-                    pending = (i, signal, finished)
+                    pending = (i, signal, finished - started)
             if pending is not None:  # the last block's branch: the policy still hears of it
                 policy.observe(*pending)
 
