@@ -37,21 +37,30 @@ class Trace:
     policy_seconds: float = 0.0
 
 
-def replay(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | AnswerRule = "latest") -> Trace:
-    """Run `policy` on every sample of `cs` with the ET-profile's block times. The policy observes
-    what the runtime would tell it under `rule` (under ``ensemble``, the ensemble's confidence)."""
-    if cs.num_exits != et.num_blocks:
-        raise ValueError(f"the CS-profile has {cs.num_exits} exits but the ET-profile {et.num_blocks} blocks")
-    rule = as_rule(rule)
+def replay(policy: Policy, cs: CSProfile, et: ETProfile | Sequence[ETProfile],
+           rule: str | AnswerRule = "latest") -> Trace:
+    """Run `policy` on every sample of `cs` with the ET-profile's block times (or each sample with its
+    own profile: a sequence of one per sample). The policy observes what the runtime would tell it
+    under `rule` (under ``ensemble``, the ensemble's confidence)."""
     s_count, n = cs.confidence.shape
+    profiles = [et] if isinstance(et, ETProfile) else list(et)
+    if not isinstance(et, ETProfile) and len(profiles) != s_count:
+        raise ValueError(f"one ET-profile per sample: got {len(profiles)} for {s_count} samples")
+    for k, profile in enumerate(profiles):
+        if profile.num_blocks != n:
+            which = "the ET-profile" if isinstance(et, ETProfile) else f"sample {k}'s ET-profile"
+            raise ValueError(f"the CS-profile has {n} exits but {which} {profile.num_blocks} blocks")
+    rule = as_rule(rule)
     times = np.full((s_count, n), np.inf)
     exits = np.full((s_count, n), -1, dtype=np.int64)
-    conv, branch = et.conv.tolist(), et.branch.tolist()
+    conv, branch = profiles[0].conv.tolist(), profiles[0].branch.tolist()
     confidence = cs.confidence.astype(np.float64)
     running = RunningAnswer(rule) if rule.name == "ensemble" else None
     log_probs = cs.dense_log_probs() if running is not None or policy.needs_log_probs else None
     policy_seconds = 0.0
     for s in range(s_count):
+        if len(profiles) > 1:
+            conv, branch = profiles[s].conv.tolist(), profiles[s].branch.tolist()
         policy.begin(cs.correct[s] if policy.needs_oracle else None)
         if running is not None:
             running.reset()
@@ -131,11 +140,12 @@ def _held_at(trace: Trace, held: np.ndarray, taus: np.ndarray) -> np.ndarray:
     return np.take_along_axis(held, finished_by, 1)
 
 
-def correct_at(policy: Policy, cs: CSProfile, et: ETProfile, deadlines: np.ndarray,
+def correct_at(policy: Policy, cs: CSProfile, et: ETProfile | Sequence[ETProfile], deadlines: np.ndarray,
                rule: str | AnswerRule = "latest") -> np.ndarray:
     """[S] bool: whether each sample's held answer is right when it is stopped at its own exit time
     `deadlines[s]` (seconds): what a runtime interrupted at those deadlines should return, so that
-    the two can be compared sample by sample (paired) instead of through two noisy averages."""
+    the two can be compared sample by sample (paired) instead of through two noisy averages. `et`:
+    one profile, or one per sample (see :func:`replay`)."""
     deadlines = np.asarray(deadlines, dtype=np.float64)
     if deadlines.shape != (cs.num_samples,):
         raise ValueError(f"one deadline per sample: expected shape ({cs.num_samples},), got {deadlines.shape}")

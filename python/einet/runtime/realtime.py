@@ -4,7 +4,9 @@
 - :func:`check_against_simulator`: a static runtime against the simulator replaying the same
   policy on the images' CS-profile with the runtime's calibrated profile;
 - :func:`run_stream` and :func:`replay_observed`: an adaptive runtime against the simulator
-  replaying, for every sample, the block times the runtime actually observed for it.
+  replaying, for every sample, the block times the runtime actually observed for it; and
+  :func:`promised`: what the simulator predicts for each sample before it runs, knowing how the
+  device's part times have varied.
 
 Kept apart from :mod:`einet.runtime`, which serves inferences and needs none of this.
 """
@@ -23,9 +25,12 @@ from ..formats.profiles import CSProfile
 from ..planner import ETProfile
 from ..policies import Policy
 from ..rules import RunningAnswer
+from ..validation import number
 from . import Answer, ElasticRuntime
 
 COLD_START_RUNS = 10  # untimed inferences before a real-time check measures the runtime
+PROMISE_WINDOW = 200  # the earlier samples whose part delays `promised` draws from
+PROMISE_DRAWS = 20  # how many of them per sample
 
 
 def run_directly(model: Any, x: torch.Tensor, running: RunningAnswer) -> None:
@@ -191,22 +196,87 @@ def run_streams(runtimes: Sequence[tuple[ElasticRuntime, ETProfile | None]], ima
             for j, (answers, policies, profiles) in enumerate(records)]
 
 
+def observed_profile(answer: Answer, planned: ETProfile, deadline: float) -> ETProfile:
+    """The block times a sample ran with: those the runtime measured for it, the block in flight at
+    the deadline included (the blocks it never ran: the times it was planned with; a sample
+    interrupted before it could start: no block finished by its deadline)."""
+    conv, branch = planned.conv.copy(), planned.branch.copy()
+    if answer.interrupted and not answer.block_times:
+        conv[0] = deadline + 1.0  # not started (busy, or given no core) by then
+    for block, conv_seconds, branch_seconds in answer.block_times:
+        conv[block] = conv_seconds
+        if not np.isnan(branch_seconds):
+            branch[block] = branch_seconds
+    return ETProfile(conv, branch)
+
+
 def replay_observed(stream: Stream, cs: CSProfile, rule: Any, observed: bool = True) -> np.ndarray:
     """[S] bool: for each sample, the simulator's held answer right at its deadline, replaying the
-    policy it ran with on the block times the runtime observed for it, the block in flight at the
-    deadline included (the blocks it never ran: the times it planned with; a sample interrupted
-    before the worker could start it: no block finished). With `observed` False, on the times it
-    planned with only: what the runtime promised before the sample ran. CPU runtimes (on CUDA the
+    policy it ran with on the block times the runtime observed for it (:func:`observed_profile`).
+    With `observed` False, on the times it was planned with: the mean times the runtime expected
+    (see :func:`promised` for a prediction that knows how they vary). CPU runtimes (on CUDA the
     runtime does not time blocks)."""
-    simulated = np.zeros(len(stream.answers), dtype=bool)
-    for k, (answer, policy, planned) in enumerate(zip(stream.answers, stream.policies, stream.profiles)):
-        conv, branch = planned.conv.copy(), planned.branch.copy()
-        if observed and answer.interrupted and not answer.block_times:
-            conv[0] = stream.deadlines[k] + 1.0  # the worker had not started it (busy, or given no core) by then
-        for block, conv_seconds, branch_seconds in answer.block_times if observed else ():
-            conv[block] = conv_seconds
-            if not np.isnan(branch_seconds):
-                branch[block] = branch_seconds
-        simulated[k] = correct_at(policy, cs.subset(np.array([k])), ETProfile(conv, branch),
-                                  stream.deadlines[k:k + 1], rule)[0]
-    return simulated
+    profiles = ([observed_profile(a, p, d) for a, p, d in zip(stream.answers, stream.profiles, stream.deadlines)]
+                if observed else list(stream.profiles))
+    return _replay_each(stream.policies, cs, profiles, stream.deadlines, rule)
+
+
+def part_delays(answer: Answer, planned: ETProfile) -> tuple[np.ndarray, np.ndarray]:
+    """How much longer than planned each conv part and branch of a sample took, in seconds (negative:
+    faster; 0 for the parts it never ran)."""
+    conv, branch = np.zeros(planned.num_blocks), np.zeros(planned.num_blocks)
+    for block, conv_seconds, branch_seconds in answer.block_times:
+        conv[block] = conv_seconds - planned.conv[block]
+        if not np.isnan(branch_seconds):
+            branch[block] = branch_seconds - planned.branch[block]
+    return conv, branch
+
+
+def promised(stream: Stream, cs: CSProfile, rule: Any, window: int = PROMISE_WINDOW, draws: int = PROMISE_DRAWS,
+             seed: int = 0) -> np.ndarray:
+    """[S] float: each sample's chance of a right answer at its deadline, as the simulator predicts it
+    before the sample runs, knowing how this device's part times vary and not only their means: the
+    times it was planned with plus the part delays (:func:`part_delays`) of `draws` samples drawn
+    from the `window` before it, averaged (the first sample: the planned times).
+
+    Why: on a loaded CPU a part is now and then preempted for milliseconds. The mean times
+    (``replay_observed(observed=False)``) spread that over every sample as a little slowness,
+    while it costs the few samples it hits their later answers: measured in ``einet demo`` under two
+    steady CPU burners, the mean times promised 1.7-4.4 pp more than the runtime held, these times
+    0.1-0.7 pp (docs/results.md). A prediction, not a replay: no sample's own times are used."""
+    window, draws = (int(number(name, value, 1, None, integer=True)) for name, value in
+                     (("window", window), ("draws", draws)))
+    rng = np.random.default_rng(seed)
+    delays = [part_delays(answer, planned) for answer, planned in zip(stream.answers, stream.profiles)]
+    rows: list[int] = []
+    profiles: list[ETProfile] = []
+    for k, planned in enumerate(stream.profiles):
+        earlier = np.arange(max(0, k - window), k)
+        if not len(earlier):
+            rows.append(k)
+            profiles.append(planned)
+            continue
+        for j in rng.choice(earlier, min(draws, len(earlier)), replace=False):
+            conv, branch = delays[j]
+            rows.append(k)
+            profiles.append(ETProfile(np.maximum(planned.conv + conv, 0.0), np.maximum(planned.branch + branch, 0.0)))
+    index = np.array(rows)
+    right = _replay_each([stream.policies[k] for k in rows], cs.subset(index), profiles, stream.deadlines[index], rule)
+    chance: np.ndarray = np.bincount(index, weights=right, minlength=len(stream.answers)) / np.bincount(
+        index, minlength=len(stream.answers))
+    return chance
+
+
+def _replay_each(policies: Sequence[Policy], cs: CSProfile, profiles: Sequence[ETProfile], deadlines: np.ndarray,
+                 rule: Any) -> np.ndarray:
+    """[R] bool: row r of `cs` replayed by `policies[r]` with `profiles[r]`, stopped at `deadlines[r]`;
+    one replay per policy (an adaptive runtime changes policy a few times in a stream)."""
+    right = np.zeros(len(profiles), dtype=bool)
+    rows_of: dict[int, list[int]] = {}
+    for r, policy in enumerate(policies):
+        rows_of.setdefault(id(policy), []).append(r)
+    for rows in rows_of.values():
+        index = np.array(rows)
+        right[index] = correct_at(policies[rows[0]], cs.subset(index), [profiles[r] for r in rows],
+                                  np.asarray(deadlines)[index], rule)
+    return right
