@@ -179,7 +179,7 @@ def test_run_answers_image_files_under_deadlines_and_agrees_with_the_simulator(b
     assert main(["run", str(built), "--images", str(images), "--split", "test", "--warmup", "5", "--check-simulator",
                  "--out", str(out), "--quiet"]) == 0
     text = capsys.readouterr().out
-    assert "60 images, normal exit times" in text and "runtime minus simulator" in text
+    assert "60 images, normal exit times" in text and "runtime minus simulator" in text and "the promise" in text
     rows = out.read_text().splitlines()
     assert rows[0].startswith("index,label,prediction,exit") and len(rows) == 61
     assert main(["run", str(built), "--images", str(images), "--split", "test", "--deadline-ms", "1000",

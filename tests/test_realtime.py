@@ -6,12 +6,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import einet
-from einet.evaluation.simulate import correct_at, replay
-from einet.formats.profiles import CSProfile
-from einet.policies import EveryExit, static_plan
-from einet.runtime import Answer
-from einet.runtime.realtime import Stream, part_delays, promised, replay_observed
+torch = pytest.importorskip("torch")
+
+import einet  # noqa: E402
+from einet.evaluation.simulate import correct_at, replay  # noqa: E402
+from einet.formats.profiles import CSProfile  # noqa: E402
+from einet.policies import EveryExit, static_plan  # noqa: E402
+from einet.runtime import Answer  # noqa: E402
+from einet.runtime.realtime import Stream, part_delays, promised, replay_observed  # noqa: E402
 
 PLANNED = einet.ETProfile([1.0, 1.0, 1.0], [0.5, 0.5, 0.5])  # answers at 1.5, 3.0 and 4.5 s
 
@@ -22,15 +24,16 @@ def every_exit_right(samples: int) -> CSProfile:
                      np.zeros(samples, dtype=np.int64))
 
 
-def stream(late: list[float], deadline: float = 2.0) -> Stream:
-    """Every sample planned with PLANNED and stopped at `deadline`; sample k's block 0 ran `late[k]` s longer."""
+def stream(late: list[float | None], deadline: float = 2.0, policies: list | None = None) -> Stream:
+    """Every sample planned with PLANNED and stopped at `deadline`; sample k's block 0 ran `late[k]` s
+    longer (None: the sample could not start by its deadline: no block times)."""
     answers = []
     for extra in late:
-        times = [(0, 1.0 + extra, 0.5), (1, 1.0, 0.5), (2, 1.0, 0.5)]
+        times = [] if extra is None else [(0, 1.0 + extra, 0.5), (1, 1.0, 0.5), (2, 1.0, 0.5)]
         answers.append(Answer(0, 0, 0.9, deadline, True, (0,), 0.0, times))
-    policy = EveryExit()
     count = len(late)
-    return Stream(tuple(answers), (policy,) * count, (PLANNED,) * count, np.full(count, deadline), np.ones(count, bool))
+    return Stream(tuple(answers), tuple(policies or [EveryExit()] * count), (PLANNED,) * count,
+                  np.full(count, deadline), np.ones(count, bool))
 
 
 def test_a_replay_with_one_profile_per_sample_is_each_sample_replayed_alone():
@@ -55,9 +58,27 @@ def test_replaying_what_was_measured_and_what_was_planned():
     cs = every_exit_right(3)
     np.testing.assert_array_equal(replay_observed(s, cs, "latest"), [True, False, True])
     np.testing.assert_array_equal(replay_observed(s, cs, "latest", observed=False), [True, True, True])
-    conv, branch = part_delays(s.answers[1], PLANNED)
+    conv, branch = part_delays(s.answers[1], PLANNED, 2.0)
     np.testing.assert_allclose(conv, [1.0, 0.0, 0.0])
     np.testing.assert_allclose(branch, 0.0)
+    # A sample that could not start by its deadline finished nothing by then; its block 0 was late
+    # by at least the deadline past the plan
+    unstarted = stream([None], deadline=2.0)
+    assert not replay_observed(unstarted, every_exit_right(1), "latest")[0]
+    np.testing.assert_allclose(part_delays(unstarted.answers[0], PLANNED, 2.0)[0], [1.0, 0.0, 0.0])
+    np.testing.assert_allclose(part_delays(stream([None], deadline=0.5).answers[0], PLANNED, 0.5)[0], 0.0)
+
+
+def test_each_sample_is_replayed_with_the_policy_it_ran():
+    # exit 0 wrong, exit 1 right; by a 3.2-s deadline running every exit has answered with exit 1 (at
+    # 3 s), running the last exit only has not (3.5 s): no answer
+    cs = every_exit_right(4)
+    cs.correct[:, 0] = False
+    cs.prediction[:, 0] = 1
+    last_only = static_plan(3, 0.3)
+    s = stream([0.0] * 4, deadline=3.2, policies=[EveryExit(), last_only, EveryExit(), last_only])
+    np.testing.assert_array_equal(replay_observed(s, cs, "latest"), [True, False, True, False])
+    np.testing.assert_allclose(promised(s, cs, "latest"), [1.0, 0.0, 1.0, 0.0])
 
 
 def test_the_promise_learns_how_part_times_vary_from_earlier_samples_only():
@@ -74,6 +95,12 @@ def test_the_promise_learns_how_part_times_vary_from_earlier_samples_only():
     chance = promised(alternating, every_exit_right(100), "latest", window=20, draws=20)
     assert chance[1:].mean() == pytest.approx(0.5, abs=0.05)
     assert np.all((chance >= 0) & (chance <= 1))
+    # only the `window` samples before each: with one, every sample after the second draws an on-time one
+    chance = promised(stream([1.0] + [0.0] * 30), every_exit_right(31), "latest", window=1, draws=1)
+    np.testing.assert_allclose(chance, [1.0, 0.0] + [1.0] * 29)
+    # nothing to promise, and one sample alone (the planned times)
+    assert promised(stream([]), every_exit_right(0), "latest").shape == (0,)
+    np.testing.assert_allclose(promised(stream([1.0]), every_exit_right(1), "latest"), [1.0])
     with pytest.raises(ValueError, match="window"):
         promised(s, cs, "latest", window=0)
     with pytest.raises(TypeError, match="draws must be an integer"):

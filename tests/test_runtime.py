@@ -520,6 +520,15 @@ def test_an_inline_runtime_stops_between_blocks_on_an_event_or_a_callable():
     assert by_callable.interrupted and len(by_callable.exits_run) < 4
 
 
+def test_an_inline_runtime_reports_a_stop_by_an_interrupt_that_has_fired_and_cleared():
+    asked = []  # an edge-triggered callable: True once (the third time it is asked), False after
+    with ElasticRuntime(slow_model(0.0), EveryExit(), inline=True) as runtime:
+        answer = runtime.infer(X, interrupt=lambda: asked.append(1) or len(asked) == 3)
+        runtime_statistics = len(runtime._statistics.answers)
+    assert answer.interrupted and len(answer.exits_run) < 4
+    assert runtime_statistics == 0  # a stopped sample's answers do not calibrate the runtime
+
+
 def test_an_inline_runtime_refuses_threads_and_a_closed_runtime_refuses_work():
     with pytest.raises(ValueError, match="caller's thread"):
         ElasticRuntime(slow_model(0.0), EveryExit(), threads=2, inline=True)

@@ -48,6 +48,8 @@ def test_a_fixed_plan_keeps_the_mask_it_was_made_with():
     assert [plan.run_branch(i, 0.0) for i in range(3)] == [True, False, True]
     with pytest.raises(ValueError, match="read-only"):  # its decisions are a tuple read between blocks
         plan.mask[1] = True
+    with pytest.raises(AttributeError):
+        plan.mask = np.ones(3, dtype=bool)  # type: ignore[misc]
     assert all(type(plan.run_branch(i, 0.0)) is bool for i in range(3))
 
 

@@ -9,9 +9,10 @@ through both in turn, the order alternating), so the load hits both alike; and "
 machine where every block and branch takes 3x as long from the start of the stream on (after the
 calibration: a device that throttles). Reported: each one's real-time accuracy; each one minus
 the simulator of the profile it planned with (the static runtime: its calibrated one; the
-adaptive one: its estimate before each sample): the promise; the adaptive runtime minus the
-simulator replaying the block times it observed (only the runtime's mechanics can differ);
-adaptive minus static.
+adaptive one: its estimate before each sample, the mean times); the adaptive runtime minus its
+promise (``einet.runtime.realtime.promised``: those times plus the part delays of earlier
+samples); the adaptive runtime minus the simulator replaying the block times it observed (only
+the runtime's mechanics can differ); adaptive minus static.
 
 ``exit-times``: simulated, per model: the exit-time distribution is assumed uniform, the true one
 is normal, exponential, bimodal, or uniform switching to normal mid-stream. After 500 samples

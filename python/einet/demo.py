@@ -39,7 +39,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from .profiling import profile_cs, profile_et
     from .runtime import ElasticRuntime
     from .runtime.adaptive import Adaptation, replanning
-    from .runtime.realtime import COLD_START_RUNS, PROMISE_DRAWS, PROMISE_WINDOW, promised, replay_observed, run_stream
+    from .runtime.realtime import COLD_START_RUNS, run_stream, simulations
     from .training import TrainConfig, train
 
     started = time.perf_counter()
@@ -111,12 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
             runtime.infer(images[chosen[k % len(chosen)]:chosen[k % len(chosen)] + 1])
         stream = run_stream(runtime, images[chosen], test.labels[chosen], deadlines, progress=progress)
     print(f"      real-time accuracy {100 * stream.accuracy:.1f}%; the simulator, at the same exit times:")
-    cs = test_cs.subset(chosen)
-    for simulated, what in ((replay_observed(stream, cs, rule, observed=False),
-                             "with the mean block times the runtime planned each image with"),
-                            (promised(stream, cs, rule), f"the promise: those plus the part delays of {PROMISE_DRAWS} "
-                                                         f"of the {PROMISE_WINDOW} images before each"),
-                            (replay_observed(stream, cs, rule), "replaying the block times the runtime measured")):
+    for what, simulated in simulations(stream, test_cs.subset(chosen), rule):
         difference = stream.correct.astype(np.float64) - simulated
         print(f"      {100 * simulated.mean():.1f}% {what} (runtime minus simulator {100 * difference.mean():+.1f} ± "
               f"{100 * ci95_half_width(difference):.1f} pp, paired 95%)")

@@ -108,7 +108,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..bundle import exit_distribution, read_bundle
     from ..distributions import sample_exit_times
     from ..evaluation.simulate import ci95_half_width
-    from ..runtime.realtime import replay_observed, run_stream
+    from ..runtime.realtime import run_stream, simulations
 
     if args.out:
         from ..validation import check_outputs
@@ -151,9 +151,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         cs = profile_cs(bundle.network(args.constructor), data.ImageDataset(arrays, *_normalisation(bundle)),
                         progress=False)
-        for observed, what in ((False, "with the block times the runtime planned each image with (its promise)"),
-                               (True, "replaying the block times the runtime measured")):
-            simulated = replay_observed(stream, cs, runtime.rule, observed=observed)
+        for what, simulated in simulations(stream, cs, runtime.rule):
             difference = stream.correct.astype(np.float64) - simulated
             print(f"simulator at the same deadlines, {what}: {100 * simulated.mean():.2f}%; runtime minus simulator "
                   f"{100 * difference.mean():+.2f} ± {100 * ci95_half_width(difference):.2f} pp (paired 95%)")

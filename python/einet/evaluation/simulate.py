@@ -53,7 +53,7 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile | Sequence[ETProfile],
     rule = as_rule(rule)
     times = np.full((s_count, n), np.inf)
     exits = np.full((s_count, n), -1, dtype=np.int64)
-    conv, branch = profiles[0].conv.tolist(), profiles[0].branch.tolist()
+    conv, branch = (profiles[0].conv.tolist(), profiles[0].branch.tolist()) if profiles else ([], [])
     confidence = cs.confidence.astype(np.float64)
     running = RunningAnswer(rule) if rule.name == "ensemble" else None
     log_probs = cs.dense_log_probs() if running is not None or policy.needs_log_probs else None

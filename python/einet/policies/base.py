@@ -26,7 +26,9 @@ class Policy:
         """The log-probabilities of the branch that just ran (only for policies with `needs_log_probs`)."""
 
     def run_branch(self, block: int, elapsed: float) -> bool:
-        """Whether to run `block`'s branch, `elapsed` seconds into the sample."""
+        """Whether to run `block`'s branch, `elapsed` seconds into the sample. Asked between blocks: keep
+        it a look-up (plan in :meth:`observe`); the runtime counts its time as the branch's (or the next
+        block's, when the branch is skipped), not as planning."""
         raise NotImplementedError
 
     def observe(self, block: int, confidence: float, elapsed: float) -> bool:

@@ -18,13 +18,19 @@ class FixedPlan(Policy):
     """A plan fixed before the inference: the same branches for every sample."""
 
     def __init__(self, mask: Sequence[bool] | np.ndarray, name: str) -> None:
-        self.mask = np.array(mask, dtype=bool)
-        if not self.mask.any():
+        mask = np.array(mask, dtype=bool)  # a copy: the caller's array may change
+        if not mask.any():
             raise ValueError(f"{name}: a fixed plan must run at least one branch")
-        # Asked between blocks, where a tuple look-up costs a third of numpy's: the mask, frozen, as a tuple
-        self.mask.flags.writeable = False
-        self._runs: tuple[bool, ...] = tuple(self.mask.tolist())
+        mask.flags.writeable = False
+        self._mask = mask
+        # Asked between blocks, where a tuple look-up costs a third of numpy's
+        self._runs: tuple[bool, ...] = tuple(mask.tolist())
         self.name = name
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Which branches it runs (read-only: a plan is fixed)."""
+        return self._mask
 
     def run_branch(self, block: int, elapsed: float) -> bool:
         return self._runs[block]

@@ -250,13 +250,12 @@ class ElasticRuntime:
         return answer
 
     def _run_inline(self, job: Job, limit: InterruptCheck) -> bool:
-        """Run `job` in this thread until it ends or its interrupt is seen between parts; True (ended:
-        whether the interrupt fired first is decided, once, by the caller)."""
+        """Run `job` in this thread until it ends or its interrupt is seen between parts; True when it
+        ended without being stopped (whether a deadline passed first is decided, once, by the caller)."""
         try:
-            self._loop.run(job, limit.poll, limit.at)
+            return not self._loop.run(job, limit.poll, limit.at)
         finally:
             job.ended = time.perf_counter() - job.started
-        return True
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the block an interrupted inference left in flight has ended (True), or

@@ -31,7 +31,7 @@ class InterruptCheck:
         elif isinstance(interrupt, bool):  # a Real too, but surely a mistake
             raise TypeError("interrupt must be seconds, a threading.Event or a callable, got a bool")
         elif type(interrupt) is float or isinstance(interrupt, numbers.Real):  # int, numpy scalars, Fraction, ...
-            # (a float first: an ABC's isinstance costs microseconds between blocks)
+            # (a float first: an ABC's isinstance costs microseconds, on every infer() call)
             try:
                 seconds = float(interrupt)
             except OverflowError:  # an int too large for a float
@@ -77,7 +77,7 @@ class InterruptCheck:
 
     @property
     def poll(self) -> Callable[[], bool] | None:
-        """What to ask whether an Event or callable interrupt has fired (None for a deadline)."""
+        """What to ask whether an Event or callable interrupt has fired (None for a deadline or none)."""
         return self._check
 
     def fired(self, ended: float) -> bool:

@@ -37,20 +37,21 @@ class Job:
         self.x, self.policy, self.started = x, policy, started
         self.queued = False  # handed over while the worker was still busy (with an interrupted sample)
         self.stopped = False  # the interrupt fired: the worker stops before the next block
-        # Released by the worker when it is done with the job (made by Worker.submit: an inline job has
-        # none). A bare lock, not an Event: it is the cheapest way for one thread to wake another in
-        # CPython (an Event's Condition makes a new lock per wait and takes its own lock twice).
-        self._done: _thread.LockType | None = _thread.allocate_lock()
+        # Released by the worker when it is done with the job. A bare lock, not an Event: it is the
+        # cheapest way for one thread to wake another in CPython (an Event's Condition makes a
+        # new lock per wait and takes its own lock twice).
+        self._done = _thread.allocate_lock()
         self._done.acquire()
-        self.lock = _thread.allocate_lock()
+        self.lock = _thread.allocate_lock()  # guards the error hand-over (fail / collect)
         # After every finished branch, in order: (finish time since the call, the exit that finished,
         # and the answer then held under the runtime's rule: its exit, prediction, confidence). Only
         # appended to, by the loop: read without a lock (see held()).
         self.answers: list[tuple[float, int, int | None, int | None, float]] = []
         self.planning = 0.0
         # (block, conv-part seconds, branch seconds or NaN when not run) as this sample ran them; the
-        # conv part runs from the previous block's end to the branch decision, the branch from there to
-        # its published answer, so they add up to when each answer came (see einet.runtime.adaptive)
+        # conv part runs from the previous part's end to the block's end (a plan made after it, in
+        # observe, included), the branch from there to its published answer (the policy's look-up of
+        # whether to run it included), so they add up to when each answer came (einet.runtime.adaptive)
         self.times: list[tuple[int, float, float]] = []
         self.in_flight: tuple[int, bool, float] | None = None  # (block, its branch?, since when) as the worker runs it
         self.ended = math.inf  # when the worker was done with it, in seconds since the call
@@ -61,19 +62,12 @@ class Job:
         """Whether the caller has stopped this job (its interrupt fired)."""
         return self.stopped
 
-    def hand_over(self) -> None:
-        """The job goes to a worker thread: from now on its caller can :meth:`wait` for it."""
-        self._done = _thread.allocate_lock()
-        self._done.acquire()
-
     def finish(self) -> None:
         """The worker is done with this job."""
-        assert self._done is not None
         self._done.release()
 
     def wait(self, timeout: float | None) -> bool:
         """Wait until the worker is done with this job (True) or `timeout` seconds have passed (False)."""
-        assert self._done is not None
         if self._done.acquire(timeout=-1 if timeout is None else timeout):
             self._done.release()  # done stays done
             return True
@@ -118,13 +112,14 @@ class BlockLoop:
         self.on_cpu = device.type == "cpu"
         self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
 
-    def run(self, job: Job, stopped: Callable[[], bool] | None, at: float = math.inf) -> None:
+    def run(self, job: Job, stopped: Callable[[], bool] | None, at: float = math.inf) -> bool:
         """Run `job` block by block until its last exit, its policy stops it, or it is stopped: by the
         perf_counter clock passing `at`, or by `stopped()` (None: never), both asked before every block
-        (on the clock read when the previous part ended) and after every conv part."""
+        (on the clock read when the previous part ended) and after every conv part. True when it was
+        stopped so (an Event that is set and cleared again leaves no other trace)."""
         clock = time.perf_counter
         if clock() > at or (stopped is not None and stopped()):  # interrupted before its turn came
-            return
+            return True
         policy, started = job.policy, job.started
         policy.begin()
         observes = type(policy).observe is not Policy.observe  # (a fixed plan is told nothing: no time spent on it)
@@ -145,7 +140,7 @@ class BlockLoop:
                 self.statistics.dispatch.append(clock() - mark)  # the call to block 0, less a plan made for it
             for i in range(self.model.num_exits):
                 if mark > at or (stopped is not None and stopped()):
-                    return
+                    return True
                 job.in_flight = (i, False, mark - started)
                 h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
                 now = clock()
@@ -156,11 +151,11 @@ class BlockLoop:
                     self.statistics.planning.append(after - now)
                     now, pending = after, None
                     if finish:
-                        return
+                        return False
                 if now > at or (stopped is not None and stopped()):
                     if times is not None:  # the block in flight's time: a replay of this sample needs it
                         times.append((i, now - mark, math.nan))
-                    return
+                    return True
                 # (the decision is a look-up, the plan having been made in observe: not timed apart)
                 if not policy.run_branch(i, now - started):
                     if times is not None:
@@ -184,6 +179,7 @@ class BlockLoop:
                     pending = (i, signal, finished - started)
             if pending is not None:  # the last block's branch: the policy still hears of it
                 policy.observe(*pending)
+        return False
 
 
 WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()  # the live ones, stopped at exit

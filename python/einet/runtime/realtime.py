@@ -196,13 +196,14 @@ def run_streams(runtimes: Sequence[tuple[ElasticRuntime, ETProfile | None]], ima
             for j, (answers, policies, profiles) in enumerate(records)]
 
 
-def observed_profile(answer: Answer, planned: ETProfile, deadline: float) -> ETProfile:
+def observed_profile(answer: Answer, planned: ETProfile, deadline: float, started_late: float = 1.0) -> ETProfile:
     """The block times a sample ran with: those the runtime measured for it, the block in flight at
-    the deadline included (the blocks it never ran: the times it was planned with; a sample
-    interrupted before it could start: no block finished by its deadline)."""
+    the deadline included (the blocks it never ran: the times it was planned with). A sample
+    interrupted before it could start (busy, or given no core) had finished no block by its
+    deadline: block 0 takes the deadline plus `started_late` seconds."""
     conv, branch = planned.conv.copy(), planned.branch.copy()
     if answer.interrupted and not answer.block_times:
-        conv[0] = deadline + 1.0  # not started (busy, or given no core) by then
+        conv[0] = max(conv[0], deadline + started_late)
     for block, conv_seconds, branch_seconds in answer.block_times:
         conv[block] = conv_seconds
         if not np.isnan(branch_seconds):
@@ -221,15 +222,12 @@ def replay_observed(stream: Stream, cs: CSProfile, rule: Any, observed: bool = T
     return _replay_each(stream.policies, cs, profiles, stream.deadlines, rule)
 
 
-def part_delays(answer: Answer, planned: ETProfile) -> tuple[np.ndarray, np.ndarray]:
+def part_delays(answer: Answer, planned: ETProfile, deadline: float) -> tuple[np.ndarray, np.ndarray]:
     """How much longer than planned each conv part and branch of a sample took, in seconds (negative:
-    faster; 0 for the parts it never ran)."""
-    conv, branch = np.zeros(planned.num_blocks), np.zeros(planned.num_blocks)
-    for block, conv_seconds, branch_seconds in answer.block_times:
-        conv[block] = conv_seconds - planned.conv[block]
-        if not np.isnan(branch_seconds):
-            branch[block] = branch_seconds - planned.branch[block]
-    return conv, branch
+    faster; 0 for the parts it never ran; a sample that could not start by its deadline: block 0
+    was late by at least that much)."""
+    observed = observed_profile(answer, planned, deadline, started_late=0.0)
+    return observed.conv - planned.conv, observed.branch - planned.branch
 
 
 def promised(stream: Stream, cs: CSProfile, rule: Any, window: int = PROMISE_WINDOW, draws: int = PROMISE_DRAWS,
@@ -242,12 +240,14 @@ def promised(stream: Stream, cs: CSProfile, rule: Any, window: int = PROMISE_WIN
     Why: on a loaded CPU a part is now and then preempted for milliseconds. The mean times
     (``replay_observed(observed=False)``) spread that over every sample as a little slowness,
     while it costs the few samples it hits their later answers: measured in ``einet demo`` under two
-    steady CPU burners, the mean times promised 1.7-4.4 pp more than the runtime held, these times
-    0.1-0.7 pp (docs/results.md). A prediction, not a replay: no sample's own times are used."""
+    steady or switching CPU burners, the mean times predicted 1.0-2.5 pp more than the runtime held,
+    this promise within 1 pp (docs/results.md). A prediction, not a replay: no sample's own times
+    are used. CPU runtimes (on CUDA the runtime does not time blocks: this is the mean times)."""
     window, draws = (int(number(name, value, 1, None, integer=True)) for name, value in
                      (("window", window), ("draws", draws)))
     rng = np.random.default_rng(seed)
-    delays = [part_delays(answer, planned) for answer, planned in zip(stream.answers, stream.profiles)]
+    delays = [part_delays(answer, planned, deadline)
+              for answer, planned, deadline in zip(stream.answers, stream.profiles, stream.deadlines)]
     rows: list[int] = []
     profiles: list[ETProfile] = []
     for k, planned in enumerate(stream.profiles):
@@ -260,11 +260,23 @@ def promised(stream: Stream, cs: CSProfile, rule: Any, window: int = PROMISE_WIN
             conv, branch = delays[j]
             rows.append(k)
             profiles.append(ETProfile(np.maximum(planned.conv + conv, 0.0), np.maximum(planned.branch + branch, 0.0)))
-    index = np.array(rows)
+    index = np.array(rows, dtype=np.int64)
     right = _replay_each([stream.policies[k] for k in rows], cs.subset(index), profiles, stream.deadlines[index], rule)
     chance: np.ndarray = np.bincount(index, weights=right, minlength=len(stream.answers)) / np.bincount(
         index, minlength=len(stream.answers))
     return chance
+
+
+def simulations(stream: Stream, cs: CSProfile, rule: Any) -> list[tuple[str, np.ndarray]]:
+    """The simulator beside a stream a runtime ran, at the same deadlines, three ways (what the demo and
+    ``einet run --check-simulator`` print): with the mean block times it planned each sample with;
+    the promise (:func:`promised`); and replaying the block times it measured. Each as (what,
+    [S] chance of a right answer)."""
+    return [("with the mean block times the runtime planned each image with",
+             replay_observed(stream, cs, rule, observed=False).astype(np.float64)),
+            (f"the promise: those plus the part delays of {PROMISE_DRAWS} of the {PROMISE_WINDOW} images before each",
+             promised(stream, cs, rule)),
+            ("replaying the block times the runtime measured", replay_observed(stream, cs, rule).astype(np.float64))]
 
 
 def _replay_each(policies: Sequence[Policy], cs: CSProfile, profiles: Sequence[ETProfile], deadlines: np.ndarray,
@@ -276,7 +288,7 @@ def _replay_each(policies: Sequence[Policy], cs: CSProfile, profiles: Sequence[E
     for r, policy in enumerate(policies):
         rows_of.setdefault(id(policy), []).append(r)
     for rows in rows_of.values():
-        index = np.array(rows)
+        index = np.array(rows, dtype=np.int64)
         right[index] = correct_at(policies[rows[0]], cs.subset(index), [profiles[r] for r in rows],
                                   np.asarray(deadlines)[index], rule)
     return right
