@@ -3,14 +3,13 @@
 Each round runs one sample directly in a loop (every block, every exit, its log-softmax read back
 and folded into the running answer, as the runtime does) and through a runtime, the threaded one
 (a worker thread) and then the inline one (``inline=True``: the blocks in the caller's thread), the
-order alternating, in one run so that load and frequency changes hit both alike. Reported per model and mode: the median
-per-round difference to the direct run, its 90th percentile, and ``infer()`` to the first block.
-The speed goal (at most 50 us per inference plus 5 us per branch; 10 us to the first block) is
-asserted on the inline runtime: the threaded one pays two hand-overs between threads (about 30 us
-each way on a 2-core VM) before any bookkeeping, and runs the blocks on another core than the
-caller's. Two synthetic networks (blocks that do nothing, tiny exits) measure the bookkeeping alone;
-between real blocks the same Python costs about twice as much (the blocks evict the interpreter
-from the caches).
+order alternating, in one run so that load and frequency changes hit both alike. Reported per model
+and mode: the median per-round difference to the direct run, its 90th percentile, and ``infer()``
+to the start of block 0. The speed goal (at most 50 us per inference plus 5 us per branch; 10 us to
+the first block) is asserted on the inline runtime: the threaded one pays two hand-overs between
+threads (about 30 us each way on a 2-core VM) before any bookkeeping. Two synthetic networks (blocks
+that do nothing, tiny exits) measure the bookkeeping alone; between real blocks every statement
+costs more (a convolution leaves the caches cold: docs/results.md, "The lean loop").
 Run: python -m pytest benchmarks/test_bench_runtime.py --benchmark-only -s
 """
 
