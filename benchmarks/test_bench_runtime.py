@@ -5,9 +5,11 @@ and folded into the running answer, as the runtime does) and through a runtime, 
 (a worker thread) and then the inline one (``inline=True``: the blocks in the caller's thread), the
 order alternating, in one run so that load and frequency changes hit both alike. Reported per model
 and mode: the median per-round difference to the direct run, its 90th percentile, and ``infer()``
-to the start of block 0. The speed goal (at most 50 us per inference plus 5 us per branch; 10 us to
-the first block) is asserted on the inline runtime: the threaded one pays two hand-overs between
-threads (about 30 us each way on a 2-core VM) before any bookkeeping. Two synthetic networks (blocks
+to the start of block 0 (for the inline runtime also beside the direct loop's own time to its block
+0, both stamped by one wrapper, in an alternation of their own). The speed goal (at most 50 us per
+inference plus 5 us per branch; 10 us to the first block) is asserted on the inline runtime: the
+threaded one pays two hand-overs between threads (about 30 us each way on a 2-core VM) before any
+bookkeeping. Two synthetic networks (blocks
 that do nothing, tiny exits) measure the bookkeeping alone; between real blocks every statement
 costs more (a convolution leaves the caches cold: docs/results.md, "The lean loop").
 Run: python -m pytest benchmarks/test_bench_runtime.py --benchmark-only -s
@@ -15,6 +17,7 @@ Run: python -m pytest benchmarks/test_bench_runtime.py --benchmark-only -s
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -45,6 +48,32 @@ def bookkeeping_only(exits: int) -> tuple[Any, Any, Callable[[], None]]:
     return model, x, lambda: run_directly(model, x, running)
 
 
+def to_block_zero(model: Any, calls: tuple[Callable[[], object], ...], rounds: int) -> list[np.ndarray]:
+    """Microseconds from each call to block 0 starting, the calls alternating, block 0 stamped by the
+    same wrapper around the model's forward_block for all: what the direct loop itself takes to get
+    there (entering inference mode, resetting its answer), beside the runtime's."""
+    stamps: list[float] = []
+    original = model.forward_block
+
+    def stamped(i: int, h: Any) -> Any:
+        if i == 0:
+            stamps.append(time.perf_counter())
+        return original(i, h)
+
+    model.forward_block = stamped
+    try:
+        seconds: list[list[float]] = [[] for _ in calls]
+        for k in range(rounds):
+            for which in [(k + i) % len(calls) for i in range(len(calls))]:
+                stamps.clear()
+                started = time.perf_counter()
+                calls[which]()
+                seconds[which].append(1e6 * (stamps[0] - started))
+    finally:
+        del model.forward_block
+    return [np.array(s) for s in seconds]
+
+
 def overhead(name: str, rounds: int) -> dict[str, float]:
     """Each runtime against the direct run, each round one sample both ways, the order alternating:
     the medians of the paired differences it adds. The threaded runtime is measured and closed
@@ -64,6 +93,10 @@ def overhead(name: str, rounds: int) -> dict[str, float]:
         with ElasticRuntime(model, every, threads=1, inline=mode == "inline") as runtime:
             d, measured = rotated_timings((direct, lambda: runtime.infer(x)), rounds, before=runtime.reset_statistics)
             first = 1e6 * np.array(list(runtime.dispatch_seconds))
+            if mode == "inline":
+                direct_first, inline_first = to_block_zero(model, (direct, lambda: runtime.infer(x)), rounds)
+                result |= {"direct_to_first_block_us": float(np.median(direct_first)),
+                           "inline_to_first_block_stamped_us": float(np.median(inline_first))}
         result |= {f"{mode}_direct_ms": 1e3 * float(np.median(d)),
                    f"{mode}_added_us": 1e6 * float(np.median(measured - d)),
                    f"{mode}_added_p90_us": 1e6 * float(np.percentile(measured - d, 90)),
