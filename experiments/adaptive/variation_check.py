@@ -98,7 +98,7 @@ def study(name: str, load: str, samples: int) -> dict[str, Any]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | load | plan for the mean times | plan for their variation | its score | "
+    lines = ["| model | load | plan for the mean times | plan for their variation | the mean plan scores | "
              "variation plan - mean plan |", "|---|---|---|---|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['load']} | {r['plan_for_means']} | {r['plan_for_variation']} | "
