@@ -3,6 +3,8 @@ the promise made before each sample from how earlier samples' part times varied.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 
@@ -105,3 +107,21 @@ def test_the_promise_learns_how_part_times_vary_from_earlier_samples_only():
         promised(s, cs, "latest", window=0)
     with pytest.raises(TypeError, match="draws must be an integer"):
         promised(s, cs, "latest", draws=1.5)
+
+
+def test_the_promise_draws_only_delays_that_cover_the_deadline():
+    """An earlier sample stopped sooner never timed its later parts: they must not count as on time."""
+    cs = every_exit_right(3)
+    cs.correct[:, :2] = False  # only exit 2 is right: answered at 4.5 s when on time
+    cs.prediction[:, :2] = 1
+    on_time = [(0, 1.0, 0.5), (1, 1.0, 0.5), (2, 1.0, 0.5)]
+    cut_early = Answer(1, 0, 0.9, 2.0, True, (0,), 0.0, [(0, 1.0, 0.5), (1, 1.0, math.nan)])  # stopped at 2 s
+    late_exit_2 = Answer(1, 1, 0.9, 4.6, True, (0, 1), 0.0, [(0, 1.0, 0.5), (1, 1.0, 0.5), (2, 2.0, 0.5)])
+    last = Answer(0, 2, 0.9, 4.5, False, (0, 1, 2), 0.0, on_time)
+    s = Stream((cut_early, late_exit_2, last), (EveryExit(),) * 3, (PLANNED,) * 3, np.array([2.0, 4.6, 4.6]),
+               np.array([False, False, True]))
+    chance = promised(s, cs, "latest", window=2, draws=2)
+    # the last sample (deadline 4.6 s) learns only from the second (stopped at 4.6 s, its block 2 a second
+    # late), not from the first (stopped at 2 s, blocks 1 and 2 unknown): 0, not 0.5
+    assert chance[2] == 0.0
+    assert chance[1] == 1.0  # the second: the first covers nothing past 2 s, so the planned times

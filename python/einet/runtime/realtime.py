@@ -235,7 +235,8 @@ def promised(stream: Stream, cs: CSProfile, rule: Any, window: int = PROMISE_WIN
     """[S] float: each sample's chance of a right answer at its deadline, as the simulator predicts it
     before the sample runs, knowing how this device's part times vary and not only their means: the
     times it was planned with plus the part delays (:func:`part_delays`) of `draws` samples drawn
-    from the `window` before it, averaged (the first sample: the planned times).
+    from the `window` before it, averaged; only those that ran at least as long as its deadline
+    (the first sample, or none such: the planned times).
 
     Why: on a loaded CPU a part is now and then preempted for milliseconds. The mean times
     (``replay_observed(observed=False)``) spread that over every sample as a little slowness,
@@ -248,10 +249,15 @@ def promised(stream: Stream, cs: CSProfile, rule: Any, window: int = PROMISE_WIN
     rng = np.random.default_rng(seed)
     delays = [part_delays(answer, planned, deadline)
               for answer, planned, deadline in zip(stream.answers, stream.profiles, stream.deadlines)]
+    finished = np.array([not answer.interrupted for answer in stream.answers], dtype=bool)
     rows: list[int] = []
     profiles: list[ETProfile] = []
     for k, planned in enumerate(stream.profiles):
         earlier = np.arange(max(0, k - window), k)
+        # only delays that cover this deadline: of a sample that ran to its end or was stopped no sooner (an
+        # interrupted sample's later parts were never timed: counting them as on time promised too much;
+        # deadlines do not depend on the load, so choosing by them biases nothing)
+        earlier = earlier[finished[earlier] | (stream.deadlines[earlier] >= stream.deadlines[k])]
         if not len(earlier):
             rows.append(k)
             profiles.append(planned)
