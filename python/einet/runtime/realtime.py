@@ -241,7 +241,7 @@ def promised(stream: Stream, cs: CSProfile, rule: Any, window: int = PROMISE_WIN
     Why: on a loaded CPU a part is now and then preempted for milliseconds. The mean times
     (``replay_observed(observed=False)``) spread that over every sample as a little slowness,
     while it costs the few samples it hits their later answers: measured in ``einet demo`` under two
-    steady or switching CPU burners, the mean times predicted 1.0-2.5 pp more than the runtime held,
+    steady or switching CPU burners, the mean times predicted 0.8-3.9 pp more than the runtime held,
     this promise within 1 pp (docs/results.md). A prediction, not a replay: no sample's own times
     are used. CPU runtimes (on CUDA the runtime does not time blocks: this is the mean times)."""
     window, draws = (int(number(name, value, 1, None, integer=True)) for name, value in
