@@ -9,9 +9,9 @@ to the start of block 0 (for the inline runtime also beside the direct loop's ow
 0, both stamped by one wrapper, in an alternation of their own). The speed goal (at most 50 us per
 inference plus 5 us per branch; 10 us to the first block) is asserted on the inline runtime: the
 threaded one pays two hand-overs between threads (about 30 us each way on a 2-core VM) before any
-bookkeeping. Two synthetic networks (blocks
-that do nothing, tiny exits) measure the bookkeeping alone; between real blocks every statement
-costs more (a convolution leaves the caches cold: docs/results.md, "The lean loop").
+bookkeeping. Two synthetic networks (blocks that do nothing, tiny exits) measure the bookkeeping
+alone; between real blocks every statement costs more (a convolution leaves the caches cold:
+docs/results.md, "The lean loop").
 Run: python -m pytest benchmarks/test_bench_runtime.py --benchmark-only -s
 """
 
@@ -60,15 +60,19 @@ def to_block_zero(model: Any, calls: tuple[Callable[[], object], ...], rounds: i
             stamps.append(time.perf_counter())
         return original(i, h)
 
+    seconds: list[list[float]] = [[] for _ in calls]
+
+    def timed(which: int) -> Callable[[], None]:
+        def call() -> None:
+            stamps.clear()
+            started = time.perf_counter()
+            calls[which]()
+            seconds[which].append(1e6 * (stamps[0] - started))
+        return call
+
     model.forward_block = stamped
-    try:
-        seconds: list[list[float]] = [[] for _ in calls]
-        for k in range(rounds):
-            for which in [(k + i) % len(calls) for i in range(len(calls))]:
-                stamps.clear()
-                started = time.perf_counter()
-                calls[which]()
-                seconds[which].append(1e6 * (stamps[0] - started))
+    try:  # (warmed up already, by the overhead measurement)
+        rotated_timings([timed(which) for which in range(len(calls))], rounds, warmup=0)
     finally:
         del model.forward_block
     return [np.array(s) for s in seconds]

@@ -31,6 +31,7 @@ from adaptive_check import FIXTURES, MODELS, SHARED, paired, show
 from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
 from einet.formats.profiles import CSProfile
 from einet.planner import Distribution, ETProfile, expected_accuracy
+from einet.validation import integer_option
 
 MAX_EXITS = 16  # every plan is scored: 2^N - 1 of them
 
@@ -110,7 +111,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--load", default="steady", choices=["idle", "steady", "switching"])
-    parser.add_argument("--samples", type=int, default=1000)
+    parser.add_argument("--samples", type=integer_option(2, 10_000), default=1000,
+                        help="test images in the stream (half choose the plan, half score it)")
     parser.add_argument("--out", type=Path, help="write OUT/variation.md and .json")
     args = parser.parse_args()
     rows = [study(name, args.load, args.samples) for name in args.models]

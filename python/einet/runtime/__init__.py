@@ -139,6 +139,7 @@ class ElasticRuntime:
             self._late_errors: deque[BaseException] = deque()  # learning failed after an answer was made
         else:
             self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt)
+            self._loop = self._worker.loop  # (run by the worker: read here for what it knows of the device)
             self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
             self._late_errors = self._worker.late_errors
 
@@ -220,7 +221,7 @@ class ElasticRuntime:
                 # The blocks that had ended by now; not the block in flight at an interrupt, which ends while
                 # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
                 end = job.ended if finished else limit.cutoff(elapsed)
-                running_part = job.in_flight if not finished and not job.queued and self.device.type == "cpu" else None
+                running_part = job.in_flight if not finished and not job.queued and self._loop.on_cpu else None
                 times = [] if job.queued else list(job.times)
                 if self._worker is None and running_part is not None and times and times[-1][0] == running_part[0]:
                     # Inline, the part in flight at the interrupt has ended too, and its time is in `times`; learnt

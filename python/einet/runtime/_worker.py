@@ -73,7 +73,6 @@ class Job:
             return True
         return False
 
-
     def fail(self, error: BaseException) -> bool:
         """Hand `error` to the caller; False when the caller has already returned."""
         with self.lock:
