@@ -169,7 +169,7 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     select = sections["select"]
     # scored under each of these, averaged; deployed for the first (einet.evaluation.select.select_network)
     select["score_under"] = [select["dist"], *[kind for kind in select["score_under"] if kind != select["dist"]]]
-    from .formats.manifest import check_adaptation
+    from .formats.adaptation import check_adaptation
 
     try:
         check_adaptation(sections["runtime"]["adaptation"])

@@ -34,7 +34,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["MAX_CLASSES", "MAX_JSON_DEPTH", "MAX_THREADS", "ResourceLimitError", "check_memory", "check_outputs",
-           "integer_option", "memory_limit", "number", "open_regular", "parse_json", "real_option", "summary_path"]
+           "integer_option", "memory_limit", "number", "open_regular", "parse_json", "plain_json", "printable_name",
+           "real_option", "summary_path"]
 
 MAX_CLASSES = 100_000  # classes of a dataset, a checkpoint, a profile (class indices fit an int32)
 MAX_THREADS = 1024  # torch intra-op threads: far above any machine einet runs on
@@ -207,3 +208,33 @@ def open_regular(path: str | os.PathLike[str], follow_symlinks: bool = True) -> 
     except BaseException:
         os.close(fd)
         raise
+
+
+def printable_name(value: object) -> bool:
+    """A printable name (a bundle, a class, a device): at most 200 characters, no control characters."""
+    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
+
+
+def plain_json(value: Any, max_items: int = 1000, max_depth: int = 16) -> bool:
+    """Whether `value` is small plain JSON (None, bools, ints, finite floats, strings of at most 4,096
+    characters, lists, str-keyed dicts): at most `max_items` values, nested at most `max_depth` deep.
+    What a checkpoint or a config may hold as a constructor's keyword arguments."""
+    budget = [max_items]
+
+    def plain(item: Any, depth: int) -> bool:
+        budget[0] -= 1
+        if budget[0] < 0 or depth > max_depth:
+            return False
+        if item is None or isinstance(item, (bool, int)):
+            return True
+        if isinstance(item, float):
+            return math.isfinite(item)
+        if isinstance(item, str):
+            return len(item) <= 4096
+        if isinstance(item, (list, tuple)):
+            return all(plain(inner, depth + 1) for inner in item)
+        if isinstance(item, dict):
+            return all(isinstance(key, str) and plain(inner, depth + 1) for key, inner in item.items())
+        return False
+
+    return plain(value, 0)

@@ -20,6 +20,7 @@ from torch import nn
 from .._atomic import atomic_write
 from ..models.base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
 from ..models.constructor import CONVERTED, build_converted, resolve_constructor
+from ..validation import plain_json
 from .split import HeldOutSplit
 
 CHECKPOINT_VERSION = 2  # 2: a SHA-256 of the content, verified on load; 1 (no checksum) still loads, unverified
@@ -162,24 +163,6 @@ def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tup
     return name, kwargs
 
 
-def _plain_json(value: Any, budget: list[int], depth: int = 0) -> bool:
-    """Whether `value` is small plain JSON (None, bools, ints, finite floats, short strings, lists, str-keyed dicts)."""
-    budget[0] -= 1
-    if budget[0] < 0 or depth > 16:
-        return False
-    if value is None or isinstance(value, (bool, int)):
-        return True
-    if isinstance(value, float):
-        return math.isfinite(value)
-    if isinstance(value, str):
-        return len(value) <= 4096
-    if isinstance(value, (list, tuple)):
-        return all(_plain_json(item, budget, depth + 1) for item in value)
-    if isinstance(value, dict):
-        return all(isinstance(key, str) and _plain_json(item, budget, depth + 1) for key, item in value.items())
-    return False
-
-
 def _checked_converted_spec(path: str | os.PathLike[str], spec: Mapping[str, Any]) -> dict[str, Any]:
     """A converted model's spec, checked: known keys, a constructor name, plain kwargs, bounded exits and shape."""
     unknown = sorted(str(key) for key in spec if key not in _CONVERTED_KEYS)
@@ -190,7 +173,7 @@ def _checked_converted_spec(path: str | os.PathLike[str], spec: Mapping[str, Any
     if not isinstance(constructor, str) or not 0 < len(constructor) <= _MAX_NAME:
         raise ValueError(f"{path}: a converted model's spec must name its constructor, got {constructor!r}")
     kwargs = spec.get("kwargs", {})
-    if not isinstance(kwargs, dict) or not _plain_json(kwargs, [_MAX_KWARGS_ITEMS]):
+    if not isinstance(kwargs, dict) or not plain_json(kwargs, _MAX_KWARGS_ITEMS):
         raise ValueError(f"{path}: spec kwargs must be a dict of plain JSON values (at most {_MAX_KWARGS_ITEMS})")
     exits = spec.get("exits")
     if exits is not None and not (isinstance(exits, list) and 0 < len(exits) <= _MAX_EXITS and all(

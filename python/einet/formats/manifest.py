@@ -24,8 +24,9 @@ import numpy as np
 from .._atomic import process_umask
 from ..distributions import RELATIVE_KINDS
 from ..evaluation.select import Deployment, deployment_record
-from ..validation import number, open_regular, parse_json
+from ..validation import number, open_regular, parse_json, printable_name
 from ..variants import Variant
+from .adaptation import check_adaptation
 from .npz import write_arrays
 from .profiles import CSProfile, ETRecord
 from .split import HeldOutSplit
@@ -51,30 +52,6 @@ class BundleError(ValueError):
 def device_key(identity: Mapping[str, Any]) -> str:
     """How a bundle names a device's entry: "cpu: <model>, N threads" (see einet.bundle.device_identity)."""
     return f"{identity['kind']}: {identity['name']}, {identity['threads']} thread{'s' * (identity['threads'] != 1)}"
-
-
-def adaptation_options() -> dict[str, Any]:
-    """The settings of :class:`einet.runtime.adaptive.Adaptation` a bundle may record, with their defaults."""
-    import inspect
-
-    from ..runtime.adaptive import Adaptation
-
-    return {p.name: p.default for p in inspect.signature(Adaptation).parameters.values() if p.kind is p.KEYWORD_ONLY}
-
-
-def check_adaptation(settings: object) -> None:
-    """A bundle's (or a config's) adaptation settings: known names, values of the default's type."""
-    if not isinstance(settings, dict):
-        raise TypeError(f"runtime adaptation must be a table of settings, got {settings!r:.80}")
-    options = adaptation_options()
-    for name, value in settings.items():
-        if name not in options:
-            raise ValueError(f"unknown adaptation setting {name!r}: expected one of {', '.join(options)}")
-        if isinstance(options[name], bool):
-            if type(value) is not bool:
-                raise TypeError(f"adaptation setting {name} must be true or false, got {value!r:.40}")
-        else:
-            number(f"adaptation setting {name}", value, 0.0, 1e9, integer=isinstance(options[name], int))
 
 
 def is_bundle_folder(path: Path) -> bool:
@@ -222,11 +199,6 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
         raise BundleError(f"{path} is not a readable einet bundle: {error}") from None
 
 
-def _name(value: object) -> bool:
-    """A printable name (a class, a device, a bundle): at most 200 characters, no control characters."""
-    return isinstance(value, str) and 0 < len(value) <= 200 and value.isprintable()
-
-
 def _check_select(options: object) -> None:
     """The options a new device is selected with (einet profile BUNDLE), checked as a build config's are."""
     from ..build_config import CHECKS
@@ -289,10 +261,10 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
         for v in values:  # a standard deviation is positive: a negative one turns every input over
             number(f"input {field}", v, 1e-6 if field == "std" else -1e3, 1e3)
     classes = spec["classes"]
-    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(_name(c) for c in classes)
+    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(printable_name(c) for c in classes)
             and len(set(classes)) == len(classes)):
         raise ValueError("input classes must be 2 to 100,000 distinct names (printable, at most 200 characters)")
-    if not _name(manifest["name"]):
+    if not printable_name(manifest["name"]):
         raise ValueError(f"name must be a printable string of at most 200 characters, got {manifest['name']!r:.80}")
     if manifest["test_data"] is not None and not (isinstance(manifest["test_data"], str)
                                                   and len(manifest["test_data"]) == 64):
@@ -322,7 +294,8 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
         if entry["et"] not in files or not re.fullmatch(r"et-\d{1,6}\.npz", str(entry["et"])):
             raise ValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
         device = entry["device"]
-        if not (isinstance(device, dict) and device.get("kind") in ("cpu", "cuda") and _name(device.get("name"))
+        if not (isinstance(device, dict) and device.get("kind") in ("cpu", "cuda")
+                and printable_name(device.get("name"))
                 and type(device.get("threads")) is int and 1 <= device["threads"] <= 1024):
             raise ValueError(f"a device must give kind (cpu or cuda), name and threads, got {device!r:.120}")
         if entry["key"] != device_key(device):

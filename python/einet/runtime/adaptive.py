@@ -31,6 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..formats.adaptation import SETTINGS, check_adaptation
 from ..formats.profiles import CSProfile
 from ..planner import Deterministic, Distribution, Empirical, ETProfile, NativePredictor
 from ..policies import HEDGE_MARGIN, EINet, Policy, statistics_plan
@@ -59,7 +60,8 @@ class BlockTimes:
 
     def __init__(self, et: ETProfile, block_rate: float = 0.01, device_rate: float = 0.05, clip: float = 4.0) -> None:
         self.base = et
-        self._rates = _Rates(number("block_rate", block_rate, 0.0, 0.5), number("device_rate", device_rate, 0.0, 0.5),
+        self._rates = _Rates(float(SETTINGS["block_rate"].check("block_rate", block_rate)),
+                             float(SETTINGS["device_rate"].check("device_rate", device_rate)),
                              number("clip", clip, 1.0, 1e6, low_open=True))
         # the floor keeps log(observed / predicted) finite for a branch the profile timed at zero
         self._floor = max(1e-9, 1e-3 * float(np.median(np.concatenate([et.conv, et.branch]))))
@@ -133,8 +135,8 @@ class ExitTimes:
                  points: int = 256) -> None:
         self.prior = prior
         self.horizon = number("horizon", horizon, 0.0, None, low_open=True)
-        self.window = int(number("window", window, 1, None, integer=True))
-        self.weight = number("weight", weight, 0.0)
+        self.window = int(SETTINGS["window"].check("window", window))
+        self.weight = float(SETTINGS["weight"].check("weight", weight))
         self.points = int(number("points", points, 8, 100_000, integer=True))
         self._times: deque[float] = deque(maxlen=self.window)
         self._observed: deque[bool] = deque(maxlen=self.window)
@@ -215,14 +217,15 @@ class Adaptation:
         self.policy_for = policy_for
         self.block_times = BlockTimes(et, block_rate, device_rate)
         self.exit_times = ExitTimes(prior, horizon, window, weight)
-        self.every = int(number("every", every, 1, None, integer=True))
-        self.gap = int(number("gap", gap, 0, None, integer=True))
+        # every setting checked against the one table a config and a bundle are checked with
+        check_adaptation({"every": every, "gap": gap, "tolerance": tolerance, "distance": distance, "step": step,
+                          "cache": cache, "learn_blocks": learn_blocks, "learn_exits": learn_exits,
+                          "background": background})
+        self.every, self.gap, self._cache_size = int(every), int(gap), int(cache)
         self._since = 0  # samples learnt from since the last plan
-        self.tolerance = number("tolerance", tolerance, 0.0)
-        self.distance = number("distance", distance, 0.0, 1.0)
+        self.tolerance, self.distance = float(tolerance), float(distance)
         self.learn_blocks, self.learn_exits, self.background = learn_blocks, learn_exits, background
-        self._step = math.log1p(number("step", step, 0.0, 10.0, low_open=True))
-        self._cache_size = int(number("cache", cache, 1, None, integer=True))
+        self._step = math.log1p(step)
         self._plans: dict[tuple[bytes, bytes, int], Policy] = {}  # (rounded profile, exit-time version) -> policy
         self._batch_slowdown: float | None = None  # the device factor over the last batch of samples
         self.planning_seconds: list[float] = []  # what each new plan took to make
