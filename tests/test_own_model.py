@@ -490,7 +490,11 @@ def test_a_users_network_goes_from_constructor_to_bundle_to_real_time_answers_by
         [output]
         bundle = "mine.einet"
         """))
-    assert cli.main(["build", str(config), "--quiet"]) == 0
+    capsys.readouterr()
+    assert cli.main(["build", str(config), "--quiet"]) == 2  # a config runs no code its reader did not name
+    assert f"--constructor {MODULE}:resnet" in capsys.readouterr().err
+    assert not (tmp_path / "mine.einet").exists()
+    assert cli.main(["build", str(config), "--quiet", "--constructor", f"{MODULE}:resnet"]) == 0
     test = load_mnist(data, "test")
     with zipfile.ZipFile(tmp_path / "images.zip", "w") as archive:
         for k in range(len(test)):

@@ -15,6 +15,7 @@ from typing import Any
 
 from .distributions import RELATIVE_KINDS
 from .rules import RULES
+from .validation import plain_json, printable_name
 
 SECTIONS: dict[str, dict[str, Any]] = {  # every option and its default (None: required or absent)
     "data": {"dataset": "cifar10", "path": None, "holdout": 0.1, "seed": 0},
@@ -76,7 +77,8 @@ CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {  # "section.option": (c
     "network.zoo": (_optional(_text), "a zoo name"), "network.width": (_number(0, 16, low_open=True), "in (0, 16]"),
     "network.exit_head": (_one_of("paper", "light"), "paper or light"),
     "network.constructor": (_optional(_text), "package.module:callable"),
-    "network.kwargs": (lambda v: isinstance(v, dict), "a table"),
+    "network.kwargs": (lambda v: isinstance(v, dict) and plain_json(v), "a table of plain values (at most 1000, "
+                       "nested at most 16 deep)"),
     "network.exits": (_optional(_list_of(_text)), "a list of module names"),
     "network.checkpoint": (_optional(_text), "a path"), "network.backbone_weights": (_optional(_text), "a path"),
     "train.epochs": (_COUNT, "an integer >= 1"), "train.batch_size": (_number(1, 65_536, integer=True), "1..65536"),
@@ -129,8 +131,43 @@ class BuildConfig:
         return None if value is None else (self.folder / value)
 
 
-def read_config(path: str | os.PathLike[str]) -> BuildConfig:
-    """A build config from TOML: unknown sections and options refused, required ones checked."""
+# What only one kind of network uses: given with the other kind, an option would be ignored.
+_CONSTRUCTOR_ONLY, _ZOO_ONLY = ("kwargs", "exits", "backbone_weights"), ("width", "exit_head")
+
+
+def _check_network(path: Path, network: dict[str, Any], given: dict[str, Any], trusted: str | None) -> None:
+    """One kind of network (a zoo name, or a constructor the caller trusts), and only the options it uses."""
+    if (network["zoo"] is None) == (network["constructor"] is None):
+        raise ValueError(f"{path}: give exactly one of network.zoo and network.constructor")
+    named = network["constructor"]
+    unused = [option for option in (_ZOO_ONLY if named else _CONSTRUCTOR_ONLY) if option in given]
+    if unused:
+        raise ValueError(f"{path}: network.{unused[0]} goes with network.{'zoo' if named else 'constructor'}, "
+                         f"not with network.{'constructor' if named else 'zoo'}: it would be ignored")
+    if named is not None and named != trusted:
+        raise ValueError(f"{path}: network.constructor {named!r} imports and runs code: build it only if you trust "
+                         f"it, by naming it again on the command line (--constructor {named})")
+    if named is not None:  # trusted: imported now, so that what cannot make a network is refused before any work
+        from .models.constructor import resolve_constructor
+
+        try:
+            resolve_constructor(named)
+        except ValueError as error:
+            raise ValueError(f"{path}: network.constructor: {error}") from None
+    else:
+        from .models.zoo import ZOO  # (torch: a build needs it anyway)
+
+        if network["zoo"] not in ZOO:
+            raise ValueError(f"{path}: network.zoo {network['zoo']!r} is not a zoo network: expected one of "
+                             f"{', '.join(ZOO)}")
+
+
+def read_config(path: str | os.PathLike[str], constructor: str | None = None) -> BuildConfig:
+    """A build config from TOML: unknown sections and options refused, required ones checked, before any work.
+
+    A config that names a constructor (``network.constructor``: importing it runs its code) is read only
+    when the caller names the same `constructor`: a config is data, shared between people, and runs no
+    code that its reader did not name (as a checkpoint of a converted network)."""
     if sys.version_info >= (3, 11):
         import tomllib
     else:  # pragma: no cover
@@ -161,9 +198,7 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
                 raise ValueError(f"{path}: {name}.{option} must be {what}, got {value!r:.80}")
     if sections["data"]["path"] is None:
         raise ValueError(f"{path}: data.path is required (the dataset's folder or file)")
-    network = sections["network"]
-    if (network["zoo"] is None) == (network["constructor"] is None):
-        raise ValueError(f"{path}: give exactly one of network.zoo and network.constructor")
+    _check_network(path, sections["network"], source.get("network", {}), constructor)
     if sections["output"]["bundle"] is None:
         raise ValueError(f"{path}: output.bundle is required (the bundle folder to write)")
     select = sections["select"]
@@ -176,8 +211,8 @@ def read_config(path: str | os.PathLike[str]) -> BuildConfig:
     except (TypeError, ValueError) as error:
         raise ValueError(f"{path}: runtime: {error}") from None
     name = source.get("name", path.stem)
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"{path}: name must be a non-empty string")
+    if not printable_name(name):
+        raise ValueError(f"{path}: name must be a printable string of at most 200 characters, got {name!r:.80}")
     if sections["output"]["work"] is None:
         sections["output"]["work"] = f"{sections['output']['bundle']}.work"
     return BuildConfig(name, sections, path.resolve().parent, source, path.resolve())

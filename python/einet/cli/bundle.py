@@ -20,7 +20,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from ..build_config import read_config
     from ..pipeline import build
 
-    config = read_config(args.config)
+    config = read_config(args.config, args.constructor)
     import torch  # noqa: F401  (the torch extra: named before any work)
 
     build(config, progress=not args.quiet and sys.stderr.isatty(), force=args.force)
@@ -197,6 +197,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("config", help="the build config (.toml; see examples/)")
     p.add_argument("--force", action="store_true", help="run every stage again, even where its inputs are unchanged")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
+                   help="trust the config's network.constructor, named again here: building imports and runs it")
     p.set_defaults(run=cmd_build)
 
     p = commands.add_parser("run", help="real-time elastic inference of a bundle on image files")

@@ -6,8 +6,10 @@ bundles store the name, never code."""
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import re
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -38,9 +40,26 @@ def resolve_constructor(name: str) -> Callable[..., nn.Module]:
         if not hasattr(target, part):
             raise ValueError(f"{module_name} has no {qualname!r} (constructor {name})")
         target = getattr(target, part)
-    if not callable(target):
-        raise ValueError(f"{name} is a {type(target).__name__}, not a callable")
+    _check_makes_module(name, target)
     return target  # type: ignore[no-any-return]
+
+
+def _check_makes_module(name: str, target: Any) -> None:
+    """Refuse, before calling it, a `target` known not to make a network: a class that is not an
+    ``nn.Module``, a built-in function (``os:system``), a function annotated to return something else,
+    anything not callable. (A function without an annotation can only be known by calling it.)"""
+    if inspect.isclass(target):
+        if not issubclass(target, nn.Module):
+            raise ValueError(f"{name} is the class {target.__qualname__}, not an nn.Module")
+        return
+    if not callable(target) or inspect.isbuiltin(target) or inspect.ismethoddescriptor(target):
+        raise ValueError(f"{name} is a {type(target).__name__}, not a class or a function that makes a network")
+    try:
+        returns = typing.get_type_hints(target).get("return")
+    except Exception:  # an annotation that does not resolve says nothing either way
+        returns = None
+    if inspect.isclass(returns) and not issubclass(returns, nn.Module):
+        raise ValueError(f"{name} returns a {returns.__qualname__}, not an nn.Module")
 
 
 def _constructor_name(constructor: str | Callable[..., nn.Module]) -> str:
