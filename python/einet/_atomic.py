@@ -10,7 +10,9 @@ and fsyncs the directory, so that:
 - a crash (an exception, SIGKILL) mid-write leaves the previous file intact; after
   an exception the temporary file is removed (after SIGKILL or a power cut a
   ``.<name>.*.tmp`` file may stay behind, never under the target's name);
-- once the context exits normally, the new file has reached the disk.
+- once the context exits normally, the new file has reached the disk;
+- a symlink is written through: its target gets the new file, the link stays (:func:`write_target`); a
+  FIFO, a device or a socket (``/dev/stdout``) is refused, since renaming onto it would replace it.
 
 Only the standard library: importing it costs nothing.
 """
@@ -19,13 +21,14 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["atomic_write"]
+__all__ = ["atomic_write", "write_target"]
 
 
 def process_umask() -> int:
@@ -53,6 +56,21 @@ def _fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
+def write_target(path: str | os.PathLike[str]) -> Path:
+    """The file a write of `path` replaces: a symlink's final target (so the link is kept), which must be a
+    regular file or not exist yet. A FIFO, a device or a socket is a ValueError: einet writes whole files
+    by renaming them into place, which would replace it instead of writing to it."""
+    target = Path(os.path.realpath(path))
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        return target
+    if not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or a socket"
+        raise ValueError(f"{path} is {kind}, not a regular file: einet writes whole files, name a file")
+    return target
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     """A binary file to write `path`'s new content to; on normal exit it atomically replaces `path`.
@@ -61,7 +79,7 @@ def atomic_write(path: str | os.PathLike[str]) -> Iterator[BinaryIO]:
     temporary file is removed, `path` is left as it was and the exception propagates.
     The new file gets the usual permissions (0o666 minus the umask), not mkstemp's 0o600.
     """
-    path = Path(path)
+    path = write_target(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

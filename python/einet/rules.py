@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 RULES = ("latest", "best", "ensemble")
 _OLDER_NAMES = {"prior_class": "time_zero_class", "prior_accuracy": "time_zero_accuracy"}  # files before the rename
 MAX_EXITS = 100_000  # far above any network's; bounds what a file can make einet allocate
+MAX_WEIGHT = 1e6  # fitted weights start at 1 and stay near it; far larger ones overflow the float32 sums
 
 
 @dataclass(frozen=True)
@@ -47,10 +48,7 @@ class AnswerRule:
         if (self.name == "ensemble") != (self.weights is not None):
             raise ValueError("rule 'ensemble' needs per-exit weights, and only it takes them")
         if self.weights is not None:
-            if not 1 <= len(self.weights) <= MAX_EXITS:
-                raise ValueError(f"rule 'ensemble' needs 1 to {MAX_EXITS} weights, got {len(self.weights)}")
-            for w in self.weights:
-                number("an ensemble weight", w, 0.0)
+            object.__setattr__(self, "weights", _checked_weights(self.weights))
         if self.time_zero_class is not None:
             number("time_zero_class (the time-zero answer)", self.time_zero_class, 0, MAX_CLASSES - 1, integer=True)
             if not isinstance(self.time_zero_class, (int, np.integer)):
@@ -96,13 +94,24 @@ class AnswerRule:
                 raise TypeError(f"ensemble weights must be a list of numbers, got {weights!r:.80}")
             if num_exits is not None and len(weights) != num_exits:
                 raise ValueError(f"ensemble weights must be a list of {num_exits} numbers, got {len(weights)}")
-            weights = tuple(number("an ensemble weight", w, 0.0) for w in weights)
+            weights = tuple(weights)
         if answer is not None and type(answer) is not int:
             raise TypeError(f"time_zero_class must be an integer class index, got {answer!r:.80}")
         return cls(name, weights, answer, record.get("time_zero_accuracy", 0.0))
 
     def label(self) -> str:
         return self.name + (" + time-zero answer" if self.time_zero_class is not None else "")
+
+
+def _checked_weights(weights: Sequence[float]) -> tuple[float, ...]:
+    """Ensemble weights as floats: 1 to MAX_EXITS of them, each finite in [0, MAX_WEIGHT], not all zero
+    (all zero leaves no vote, and the simulator and the runtime would then break the tie differently)."""
+    if not 1 <= len(weights) <= MAX_EXITS:
+        raise ValueError(f"rule 'ensemble' needs 1 to {MAX_EXITS} weights, got {len(weights)}")
+    checked = tuple(float(number("an ensemble weight", w, 0.0, MAX_WEIGHT)) for w in weights)
+    if not any(checked):
+        raise ValueError(f"ensemble weights must not all be zero, got {list(weights)!r:.80}")
+    return checked
 
 
 def as_rule(rule: str | AnswerRule) -> AnswerRule:

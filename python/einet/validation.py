@@ -8,7 +8,8 @@ for memory:
 - :func:`number` (and :func:`integer_option` / :func:`real_option`, its argparse forms):
   of the right type, finite, within bounds.
 - :func:`check_outputs`: the files a command will write never equal a file it reads (or
-  lie inside a folder it reads), never equal each other, and can be written.
+  lie inside a folder it reads), never equal each other, can be written, and are files (a symlink
+  counts as its target; a FIFO or a device is refused).
 - :func:`parse_json`: JSON without NaN/Infinity literals and with bounded nesting.
 - :func:`check_memory`: a size estimate refused above a limit the user can raise
   (``EINET_MEMORY_LIMIT_GB``), before the allocation is attempted.
@@ -25,13 +26,14 @@ import io
 import json
 import math
 import os
-import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from ._atomic import write_target
 
 __all__ = ["MAX_CLASSES", "MAX_JSON_DEPTH", "MAX_THREADS", "ResourceLimitError", "check_memory", "check_outputs",
            "integer_option", "memory_limit", "number", "open_regular", "parse_json", "plain_json", "printable_name",
@@ -134,6 +136,10 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str]],
                                  .rstrip() + ": give another output path")
         if path.is_dir():
             raise ValueError(f"{name} {given} is a folder: name a file")
+        try:
+            write_target(given)  # a FIFO or a device (/dev/stdout) would be replaced, not written to
+        except ValueError as error:
+            raise ValueError(f"{name} {error}") from None
         folder = path.parent
         if not folder.exists() and not creates_folders:
             raise FileNotFoundError(f"{name} {given}: the folder {Path(given).parent} does not exist")
@@ -145,15 +151,27 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str]],
             raise PermissionError(f"{name} {given}: cannot replace it (its folder is not writable)")
 
 
-_JSON_STRING = re.compile(rb'"(?:[^"\\]|\\.)*"', re.DOTALL)
+_SCAN_CHUNK = 1 << 18  # bytes of JSON scanned at once: the scan's own arrays stay a few MiB
+_QUOTE, _OPEN, _CLOSE = (np.frombuffer(chars, np.uint8) for chars in (b'"', b"[{", b"]}"))
 
 
 def _nesting(text: bytes) -> int:
-    """The deepest nesting of arrays and objects in JSON `text` (strings skipped), in numpy."""
-    bare = np.frombuffer(_JSON_STRING.sub(b'""', text), dtype=np.uint8)
-    steps = np.isin(bare, np.frombuffer(b"[{", np.uint8)).astype(np.int64) - np.isin(bare, np.frombuffer(b"]}",
-                                                                                                       np.uint8))
-    return int(np.cumsum(steps).max(initial=0))
+    """The deepest nesting of arrays and objects in JSON `text`, brackets inside strings skipped.
+
+    One linear pass a chunk at a time: the escapes are dropped first, left to right as a JSON reader
+    reads them (so every quote left opens or closes a string), then a bracket is outside strings when
+    an even number of quotes precede it. Memory: at most two copies of the text, none if it has no
+    escapes (a backtracking regex over a long string needed ~120 times its size)."""
+    bare = np.frombuffer(text.replace(b"\\\\", b"").replace(b'\\"', b""), np.uint8)
+    depth = deepest = inside = 0  # inside: whether the chunk starts inside a string
+    for start in range(0, len(bare), _SCAN_CHUNK):
+        chunk = bare[start:start + _SCAN_CHUNK]
+        quotes = np.cumsum(chunk == _QUOTE, dtype=np.int32) + inside
+        outside = quotes % 2 == 0
+        steps = (np.isin(chunk, _OPEN) & outside).astype(np.int32) - (np.isin(chunk, _CLOSE) & outside)
+        levels = np.cumsum(steps, dtype=np.int32) + depth
+        deepest, depth, inside = max(deepest, int(levels.max())), int(levels[-1]), int(quotes[-1]) % 2
+    return deepest
 
 
 def _no_constant(name: str) -> Any:

@@ -28,7 +28,11 @@ from .arrays import _CHUNK, DatasetError, ImageArrays, _check_size, _check_split
 if TYPE_CHECKING:
     from PIL import Image
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp")
+# The Pillow format each suffix names: the only decoder a file is given (any other plugin, EPS's Ghostscript
+# among them, never sees the bytes of an image folder)
+_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
+IMAGE_SUFFIXES = tuple(_FORMATS)
+_GREY = ("1", "L", "LA", "La", "F")  # and 16/32-bit grey (I, I;16...); a palette of greys too (see _channels)
 _CACHE_FORMAT = 3  # bump when the cached content or the fingerprint changes
 _CACHE_KEY = "cache.key"  # the user's secret that authenticates the entries of a cache directory
 _KEY_BYTES = 32
@@ -225,9 +229,13 @@ def _read_member(archive: zipfile.ZipFile, member: zipfile.ZipInfo, name: str) -
     return archive.read(member)
 
 
-def _channels(mode: str) -> int:
-    """How many channels :func:`_pixels` makes of an image of this Pillow mode: grey ones keep one."""
-    return 1 if mode in ("L", "1") or mode.startswith("I") else 3
+def _channels(image: Image.Image) -> int:
+    """How many channels :func:`_pixels` makes of an image: grey ones keep one (without their alpha, and
+    a palette image whose colours are all grey too), every other one becomes RGB (CMYK included)."""
+    if image.mode in ("P", "PA"):
+        palette = image.getpalette() or [0]
+        return 1 if palette[0::3] == palette[1::3] == palette[2::3] else 3
+    return 1 if image.mode in _GREY or image.mode.startswith("I") else 3
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -242,21 +250,39 @@ def _pixels(image: Image.Image) -> np.ndarray:
         if array.size and (array.min() < 0 or array.max() > 0xFFFF):
             raise ValueError(f"{image.mode} pixel values outside 16 bits")
         return (array.astype(np.uint16) >> 8).astype(np.uint8)[..., None]
-    array = np.asarray(image.convert("L" if _channels(image.mode) == 1 else "RGB"))
+    array = np.asarray(image.convert("L" if _channels(image) == 1 else "RGB"))
     return array if array.ndim == 3 else array[..., None]
 
 
 def _declared_shape(name: str, image: Image.Image) -> tuple[int, int, int]:
-    """The [H, W, C] an opened image will decode to, from its header alone (within MAX_IMAGE_PIXELS)."""
+    """The [H, W, C] an opened image will decode to, from its header (within MAX_IMAGE_PIXELS; a palette image
+    is then decoded to read its palette)."""
     _check_size(name, image.width * image.height, "MAX_IMAGE_PIXELS", unit="pixels")
-    return image.height, image.width, _channels(image.mode)
+    return image.height, image.width, _channels(image)
+
+
+def _open(name: str, content: bytes) -> Image.Image:
+    """The image in `content`, decoded only as the format its suffix names (a mismatch is refused)."""
+    from PIL import Image, UnidentifiedImageError
+
+    expected = _FORMATS[os.path.splitext(name)[1].lower()]
+    try:
+        return Image.open(io.BytesIO(content), formats=[expected])
+    except UnidentifiedImageError:
+        raise DatasetError(f"{name} is not a {expected} image, as its suffix says: refusing to decode it") from None
+
+
+def _mismatch(source: Path, name: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...]) -> str:
+    """Why an image cannot join the first one's array: another channel count, or another size."""
+    if shape[2] != first_shape[2]:
+        return (f"images under {source} mix channel counts: {name} has {shape[2]}, {first} {first_shape[2]} "
+                f"(grey is 1, colour 3): make them all grey or all colour")
+    return f"images under {source} differ in size: {name} is {shape}, {first} {first_shape}"
 
 
 def _decode_folder(source: Path, split: str | None) -> ImageArrays:
     """Decode the split's images into one array, allocated from the first image's header once the split's size
     (count x that shape) is known to be within MAX_DATASET_BYTES: every image must have that shape."""
-    from PIL import Image
-
     with ExitStack() as stack:
         files = [(parts[-2], name, read) for parts, name, read in _image_files(source, stack)
                  if _in_split(parts, split)]
@@ -265,15 +291,14 @@ def _decode_folder(source: Path, split: str | None) -> ImageArrays:
             raise DatasetError(f"no images in the layout {where} under {source}")
         images = np.empty((0, 0, 0, 0), np.uint8)  # replaced at the first image
         for index, (_, name, read) in enumerate(files):
-            with _malformed(f"cannot decode image {name}"), Image.open(io.BytesIO(read())) as image:
+            with _malformed(f"cannot decode image {name}"), _open(name, read()) as image:
                 shape = _declared_shape(name, image)
                 if index == 0:
                     _check_split_size(f"the {len(files)} images of {source} (of {shape})", len(files),
                                       math.prod(shape))
                     images = np.empty((len(files), *shape), np.uint8)
                 elif shape != images.shape[1:]:
-                    raise DatasetError(f"images under {source} differ in size: {name} is {shape}, "
-                                       f"{files[0][1]} {images.shape[1:]}")
+                    raise DatasetError(_mismatch(source, name, shape, files[0][1], images.shape[1:]))
                 images[index] = _pixels(image)
     classes = tuple(sorted({label for label, *_ in files}))
     label_of = {name: i for i, name in enumerate(classes)}

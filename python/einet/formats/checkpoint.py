@@ -10,6 +10,8 @@ import dataclasses
 import hashlib
 import math
 import os
+import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, cast
@@ -113,6 +115,11 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     """
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:  # torch's message advises weights_only=False: never, for a hostile file
+        named = re.search(r"GLOBAL ([\w.]+)", str(error))
+        raise ValueError(f"{path} is refused: it holds objects a checkpoint may not hold"
+                         f"{f' ({named[1]})' if named else ''}, only tensors and plain data (or it is damaged)"
+                         ) from None
     except Exception as error:  # torch raises many types for a damaged file
         raise ValueError(f"{path} is not a readable einet checkpoint: {error}") from None
     version = state.get("version") if isinstance(state, dict) else None
