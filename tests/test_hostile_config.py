@@ -80,7 +80,7 @@ def test_finding_13_deeply_nested_kwargs_are_refused_when_the_config_is_read(tmp
     for _ in range(20):
         nested = f"[{nested}]"
     path = _config(tmp_path, f"[network]\nconstructor = 'torch.nn:Linear'\nkwargs = {{ a = {nested} }}\n")
-    with pytest.raises(ValueError, match="network.kwargs must be a table of plain values"):
+    with pytest.raises(ValueError, match=r"network\.kwargs must be a table of plain values"):
         read_config(path, "torch.nn:Linear")
 
 

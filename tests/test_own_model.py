@@ -364,7 +364,7 @@ def test_converted_specs_are_checked_before_the_real_build(nets, tmp_path, chang
 def test_resolving_a_constructor_name():
     from einet.models.constructor import resolve_constructor
 
-    assert resolve_constructor("collections:OrderedDict") is __import__("collections").OrderedDict
+    assert resolve_constructor("torch.nn:Identity") is nn.Identity
     for bad in ("collections", "collections:", "a b:c", "os:system;x", "../x:y"):
         with pytest.raises(ValueError, match=r"package\.module:callable"):
             resolve_constructor(bad)

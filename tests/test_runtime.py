@@ -66,6 +66,14 @@ def test_runs_to_completion_without_interrupt():
     assert answer.exits_run == (0, 1, 2, 3)
 
 
+def test_finding_10_a_runtime_without_an_input_spec_takes_a_batch_of_one():
+    with ElasticRuntime(slow_model(0.001), EveryExit()) as runtime:
+        for shape in ((2, 1), (0, 1), ()):
+            with pytest.raises(ValueError, match="a batch of one"):
+                runtime.infer(torch.zeros(shape))
+        assert runtime.infer(X).prediction is not None
+
+
 def test_rule_best_returns_the_most_confident():
     answer = ElasticRuntime(slow_model(0.001), EveryExit(), rule="best").infer(X)
     assert answer.exit == 2 and answer.prediction == 2

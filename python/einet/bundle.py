@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import platform
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -85,8 +86,9 @@ class DeviceEntry:
 class Bundle:
     """A bundle read and verified (:func:`read_bundle`); builds the network, policies and the runtime."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any]) -> None:
+    def __init__(self, folder: Path, manifest: dict[str, Any], path: Path | None = None) -> None:
         self.folder, self.manifest = folder, manifest
+        self.path = path or folder  # what messages name: a packed file is read from its cached copy, `folder`
         self.variant = Variant(**manifest["network"]["variant"])
         self.split = HeldOutSplit.from_dict(manifest["split"], "the bundle's split")
         exit_times = manifest["exit_times"]
@@ -99,7 +101,7 @@ class Bundle:
             try:
                 deployment = deployment_from_record(entry["deployment"], folder)
             except (TypeError, ValueError) as error:
-                raise BundleError(f"{folder}: the configuration of {entry['key']!r}: {error}") from None
+                raise BundleError(f"{self.path}: the configuration of {entry['key']!r}: {error}") from None
             self._check_deployment(entry["key"], deployment)
             self.devices.append(DeviceEntry(entry["key"], entry["device"], entry["et"], deployment))
 
@@ -110,15 +112,23 @@ class Bundle:
         for what, values in (("mask", deployment.mask), ("first_plan", deployment.first_plan),
                              ("ensemble weights", rule.weights)):
             if values is not None and len(values) != self.num_exits:
-                raise BundleError(f"{self.folder}: the {what} of {key!r} has {len(values)} entries for "
+                raise BundleError(f"{self.path}: the {what} of {key!r} has {len(values)} entries for "
                                   f"{self.num_exits} exits")
         if rule.time_zero_class is not None and not 0 <= rule.time_zero_class < len(self.classes):
-            raise BundleError(f"{self.folder}: the time-zero answer of {key!r} is class {rule.time_zero_class}, "
+            raise BundleError(f"{self.path}: the time-zero answer of {key!r} is class {rule.time_zero_class}, "
                               f"not one of the {len(self.classes)} classes")
+
+    def _read(self, read: Callable[..., Any], file: str, *args: Any) -> Any:
+        """`read` of one of the bundle's files; its errors name the file in the bundle the user named (not in
+        a packed bundle's cached copy) and are BundleErrors."""
+        try:
+            return read(self.folder / file, *args)
+        except ValueError as error:
+            raise BundleError(str(error).replace(str(self.folder), str(self.path))) from None
 
     def _fits(self, what: str, exits: int) -> None:
         if exits != self.num_exits:
-            raise BundleError(f"{self.folder}: its {what} has {exits} exits, its network {self.num_exits}")
+            raise BundleError(f"{self.path}: its {what} has {exits} exits, its network {self.num_exits}")
 
     @property
     def name(self) -> str:
@@ -141,11 +151,11 @@ class Bundle:
             if entry.key == key:
                 return entry
         known = "; ".join(entry.key for entry in self.devices) or "none"
-        raise BundleError(f"{self.folder} has no ET-profile for this device ({key}; it has: {known}): add one with "
-                          f"`einet profile {self.folder} --device {device.split(':')[0]} --runtime-threads {threads}`")
+        raise BundleError(f"{self.path} has no ET-profile for this device ({key}; it has: {known}): add one with "
+                          f"`einet profile {self.path} --device {device.split(':')[0]} --runtime-threads {threads}`")
 
     def et(self, entry: DeviceEntry) -> ETRecord:
-        record = ETRecord.load(self.folder / entry.et)
+        record = self._read(ETRecord.load, entry.et)
         self._fits(f"ET-profile for {entry.key!r}", len(record.conv))
         return record
 
@@ -157,23 +167,23 @@ class Bundle:
 
     def test(self) -> CSProfile:
         if self.manifest["test"] is None:
-            raise BundleError(f"{self.folder} holds no test-split CS-profile (built without a test split)")
+            raise BundleError(f"{self.path} holds no test-split CS-profile (built without a test split)")
         return self._profile(TEST, "test CS-profile")
 
     def _profile(self, file: str, what: str) -> CSProfile:
-        profile = CSProfile.load(self.folder / file)
+        profile = self._read(CSProfile.load, file)
         self._fits(what, profile.num_exits)
         if profile.labels.size and int(profile.labels.max()) >= len(self.classes):
-            raise BundleError(f"{self.folder}: its {what} has labels beyond its {len(self.classes)} classes")
+            raise BundleError(f"{self.path}: its {what} has labels beyond its {len(self.classes)} classes")
         return profile
 
     def timing_images(self) -> np.ndarray:
-        arrays, _ = read_arrays(self.folder / TIMING, "timing-images")
+        arrays, _ = self._read(read_arrays, TIMING, "timing-images")
         images = arrays.get("images")
         shape = tuple(self.manifest["input"]["shape"])
         if images is None or images.ndim != 4 or images.dtype != np.uint8 or \
                 (images.shape[3], *images.shape[1:3]) != shape or not len(images):
-            raise BundleError(f"{self.folder}: its timing images are not uint8 images of (C, H, W) = {shape}")
+            raise BundleError(f"{self.path}: its timing images are not uint8 images of (C, H, W) = {shape}")
         return images
 
     def distribution(self, kind: str | None = None) -> Distribution:
@@ -184,35 +194,31 @@ class Bundle:
 
         if entry.deployment.predictor is None:
             return None
-        return read_predictor(self.folder / entry.deployment.predictor).to_native()
+        return self._read(read_predictor, entry.deployment.predictor).to_native()
 
     def network(self, constructor: str | Any | None = None) -> Any:
         """The network the runtime runs (eval mode, CPU): the checkpoint's, with the bundle's variant."""
-        try:
-            built, state = load_variant(self.folder / NETWORK, self.variant, constructor)
-        except ValueError as error:
-            raise BundleError(str(error)) from None
+        built, state = self._read(load_variant, NETWORK, self.variant, constructor)
         spec = state["spec"]
         if spec.get("num_classes") != len(self.classes):
-            raise BundleError(f"{self.folder}: its network has {spec.get('num_classes')} classes, its manifest names "
+            raise BundleError(f"{self.path}: its network has {spec.get('num_classes')} classes, its manifest names "
                               f"{len(self.classes)}")
         if built.num_exits != self.num_exits:
-            raise BundleError(f"{self.folder}: the network has {built.num_exits} exits, the manifest says "
+            raise BundleError(f"{self.path}: the network has {built.num_exits} exits, the manifest says "
                               f"{self.num_exits}")
         return built
 
+    @property
+    def input_spec(self) -> Any:
+        """The network's input (:class:`einet.runtime.InputSpec`): its shape and normalisation."""
+        from .runtime.inputs import InputSpec
+
+        spec = self.manifest["input"]
+        return InputSpec.of(spec["shape"], spec["mean"], spec["std"])
+
     def preprocess(self, images: np.ndarray) -> Any:
         """uint8 images [N, H, W, C] to the normalised float tensor [N, C, H, W] the network takes."""
-        import torch
-
-        shape = tuple(self.manifest["input"]["shape"])
-        if images.ndim != 4 or images.dtype != np.uint8 or (images.shape[3], *images.shape[1:3]) != shape:
-            raise ValueError(f"images must be uint8 [N, H, W, C] with (C, H, W) = {shape}, got {images.dtype} "
-                             f"{images.shape}")
-        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
-        view = (1, shape[0], 1, 1)
-        mean, std = self.manifest["input"]["mean"], self.manifest["input"]["std"]
-        return (x - torch.tensor(mean).view(view)) / torch.tensor(std).view(view)
+        return self.input_spec.preprocess(images)
 
     def policy(self, entry: DeviceEntry, et: ETProfile, dist: Distribution | None = None,
                predictor: NativePredictor | None = None) -> Any:
@@ -242,6 +248,7 @@ class Bundle:
         from .runtime import ElasticRuntime
         from .runtime.adaptive import Adaptation
 
+        device, threads = _runtime_options(device, threads, adapt, constructor, inline)
         threads = threads or int(self.manifest["runtime"]["threads"])
         entry = self.entry(device, threads)
         predictor = self.predictor(entry)
@@ -254,9 +261,38 @@ class Bundle:
                                     self.distribution(), self.horizon_ms * 1e-3,
                                     **self.manifest["runtime"]["adaptation"])
             return ElasticRuntime(model, rule=rule, device=device, threads=runtime_threads, adapt=adaptation,
-                                  inline=inline)
+                                  inline=inline, input_spec=self.input_spec)
         return ElasticRuntime(model, self.policy(entry, et, None, predictor), rule, device, runtime_threads,
-                              inline=inline)
+                              inline=inline, input_spec=self.input_spec)
+
+
+def _runtime_options(device: object, threads: object, adapt: object, constructor: object,
+                     inline: object) -> tuple[str, int | None]:
+    """A runtime's options checked before anything is read or built: (device, threads); TypeError or
+    ValueError naming the option otherwise."""
+    import torch
+
+    from .validation import MAX_THREADS, number
+
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r:.40}")
+    try:
+        kind = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"device {device!r:.40} is not a device name such as 'cpu' or 'cuda:0'") from None
+    if kind.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {device!r:.40}: einet runs on 'cpu' or 'cuda', not {kind.type!r}")
+    if kind.type == "cuda" and not (torch.cuda.is_available() and (kind.index or 0) < torch.cuda.device_count()):
+        raise ValueError(f"device {device!r:.40}: no such CUDA device here (torch sees "
+                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 'none'})")
+    if adapt is not None and type(adapt) is not bool:
+        raise TypeError(f"adapt must be True, False or None (the bundle's choice), got {adapt!r:.40}")
+    if type(inline) is not bool:
+        raise TypeError(f"inline must be True or False, got {inline!r:.40}")
+    if constructor is not None and not (isinstance(constructor, str) or callable(constructor)):
+        raise TypeError(f"constructor must be a 'package.module:callable' name or a callable, got "
+                        f"{type(constructor).__name__}")
+    return device, None if threads is None else int(number("threads", threads, 1, MAX_THREADS, integer=True))
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
@@ -270,4 +306,4 @@ def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | No
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:
     """A bundle folder or packed file, verified (:func:`einet.formats.manifest.read_manifest`)."""
-    return Bundle(*read_manifest(path))
+    return Bundle(*read_manifest(path), Path(path))

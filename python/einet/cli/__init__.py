@@ -55,6 +55,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = "plot" if error.name == "matplotlib" else "torch"
         print(f"einet {args.command} needs {error.name}: pip install 'einet[{extra}]'", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C: what a command has finished is kept (a build resumes where it stopped)
+        again = "; run the same command again to resume" if args.command == "build" else ""
+        print(f"einet {args.command}: interrupted{again}", file=sys.stderr)
+        return 130
     except USER_ERRORS as error:
         if getattr(args, "debug", False):
             raise

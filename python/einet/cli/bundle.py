@@ -27,9 +27,21 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 0
 
 
+def refuse_unused(args: argparse.Namespace, command: str, **defaults: Any) -> None:
+    """Refuse options that `command` does not use with a BUNDLE (given, i.e. not at their `defaults`):
+    an option either does what it says or is refused, never ignored."""
+    given = [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
+    if given:
+        raise ValueError(f"einet {command} BUNDLE does not use {', '.join(given)}: the bundle holds "
+                         f"{'them' if len(given) > 1 else 'it'} (see einet {command} --help)")
+
+
 def profile_bundle(args: argparse.Namespace, device: str) -> int:
     """`einet profile BUNDLE --device D`: time the bundle's network here, select for this device, add it."""
     import torch
+
+    refuse_unused(args, "profile", dataset="cifar10", data=None, checkpoint=None, out_dir=None, batch_size=1,
+                  holdout=None, seed=None, skip_et=False, skip_cs=False, second_look=None, second_look_depth=None)
 
     from ..bundle import device_identity, read_bundle
     from ..formats.manifest import add_device
@@ -60,6 +72,8 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
     from ..bundle import read_bundle
     from ..evaluation.simulate import evaluate, paired_difference
 
+    refuse_unused(args, "evaluate", profiles=None, predictor=None, rule=None, scale=1.0, draws=100, compressed=None,
+                  out=None)
     bundles = [read_bundle(args.bundle), *([read_bundle(args.against)] if args.against else [])]
     tests = [b.test() for b in bundles]
     if len(bundles) == 2 and (bundles[0].manifest["test_data"] != bundles[1].manifest["test_data"]

@@ -37,6 +37,7 @@ import weakref
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -50,8 +51,10 @@ from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
 from ._worker import EXIT_JOIN_SECONDS, BlockLoop, Job, NonFiniteError, Worker
 from .adaptive import Adaptation
+from .inputs import InputSpec
 
-__all__ = ["EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "Interrupt", "NonFiniteError"]
+__all__ = ["EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "InputSpec", "Interrupt",
+           "NonFiniteError"]
 
 
 @dataclass(frozen=True)
@@ -96,11 +99,15 @@ class ElasticRuntime:
     only once the block in flight has ended, up to one block late. The lean choice where blocks
     are short and a late return costs nothing (the held answer is what the caller reads); an
     adaptive inline runtime learns in the caller's thread, after the answer is made.
+
+    Inputs: one sample at a time, a batch of one. With an `input_spec` (a bundle's runtime has its
+    own) each input must be exactly one normalised image of its shape, else ValueError before
+    anything runs; :meth:`prepare` normalises uint8 images as the bundle says.
     """
 
     def __init__(self, model: MultiExitNetwork, policy: Policy | None = None, rule: str | AnswerRule = "latest",
                  device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None,
-                 inline: bool = False) -> None:
+                 inline: bool = False, input_spec: InputSpec | None = None) -> None:
         rule = as_rule(rule)
         if type(inline) is not bool:
             raise TypeError(f"inline must be True or False, got {inline!r}")
@@ -123,6 +130,7 @@ class ElasticRuntime:
         self.model = model.to(self.device).eval()
         self._policy = policy
         self.rule = rule
+        self.input_spec = input_spec
         # torch's intra-op threads for the worker. One by default: a batch of one gains little from more
         # on a small CPU, and a second core stays free for the caller; profile_et uses the same default.
         self.threads = threads
@@ -131,6 +139,7 @@ class ElasticRuntime:
         self.dispatch_seconds = self._statistics.dispatch  # from infer() to the first block starting
         self.planning_seconds = self._statistics.planning  # policy time after each branch run
         self._lock = threading.Lock()  # one inference at a time
+        self._owner: int | None = None  # the thread holding it: its interrupt callable may not call back in
         self.last_policy: Policy = policy  # the policy of the latest infer() call
         self._closed = False
         if inline:
@@ -179,6 +188,11 @@ class ElasticRuntime:
         limit = InterruptCheck(interrupt, started)
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"the input must be a tensor, got {type(x).__name__}")
+        if self.input_spec is not None:
+            self.input_spec.check(x)
+        elif x.dim() == 0 or x.shape[0] != 1:
+            raise ValueError(f"the input must be a batch of one sample, got shape {tuple(x.shape)}")
+        self._refuse_reentry("infer()")
         if self._closed:
             raise RuntimeError("this runtime is closed")
         policy, planned = self.policy, 0.0
@@ -191,6 +205,7 @@ class ElasticRuntime:
         # (not acquired: another thread's inference held the runtime until the interrupt)
         if not (self._lock.acquire(False) or limit.wait(self._acquire)):
             return Answer(self.rule.time_zero_class, None, 0.0, time.perf_counter() - started, True)
+        self._owner = threading.get_ident()
         try:
             if self._closed:  # closed while this call waited for the lock
                 raise RuntimeError("this runtime is closed")
@@ -247,6 +262,7 @@ class ElasticRuntime:
                 except Exception as failure:  # raised by the next infer() or close(), as a worker's would be
                     self._late_errors.append(failure)
         finally:
+            self._owner = None
             self._lock.release()
         return answer
 
@@ -263,6 +279,19 @@ class ElasticRuntime:
         `timeout` seconds (False). A sample that should start on an idle device waits here first:
         otherwise its deadline, which counts from the call, also covers that block."""
         return self._worker is None or self._worker.idle.wait(timeout)  # (inline: nothing is ever left in flight)
+
+    def prepare(self, images: Any) -> torch.Tensor:
+        """uint8 images [N, H, W, C] (or one [H, W, C]) normalised as the network's bundle says, [N, C, H, W]:
+        the way in for raw images (``runtime.infer(runtime.prepare(image))``)."""
+        if self.input_spec is None:
+            raise ValueError("this runtime was made without an input spec (a bundle's): normalise inputs yourself")
+        return self.input_spec.preprocess(images)
+
+    def _refuse_reentry(self, what: str) -> None:
+        """An interrupt callable runs while its infer() holds the runtime: calling back in would wait for itself."""
+        if self._owner == threading.get_ident():
+            raise RuntimeError(f"{what} called from inside this runtime's own infer() (its interrupt callable): "
+                               "call it once infer() has returned")
 
     def _acquire(self, timeout: float | None) -> bool:
         return self._lock.acquire(timeout=-1 if timeout is None else timeout)
@@ -291,6 +320,7 @@ class ElasticRuntime:
         profile and the prior (e.g. after moving to another device)."""
         if self._adaptation is None:
             raise ValueError("a static runtime learns nothing to reset: give it adapt=Adaptation(...)")
+        self._refuse_reentry("reset_profile()")
         with self._lock:  # no inference starts meanwhile, and none is learnt from (the worker learns before idle)
             self.wait_idle()
             self._adaptation.reset()
@@ -303,6 +333,7 @@ class ElasticRuntime:
     def close(self) -> None:
         """Stop the worker after its block in flight, wait for it and give back Python's thread switch
         interval; then raise the error of an inference whose caller had already returned, if any."""
+        self._refuse_reentry("close()")
         with self._lock:
             self._closed = True
             if self._worker is not None:
