@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
+import json
 import os
 import subprocess
 import sys
+import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +18,7 @@ from PIL import Image
 
 from einet._atomic import atomic_write
 from einet.data import DatasetError, load_image_folder
+from einet.formats import manifest as manifests
 from einet.rules import AnswerRule
 from einet.validation import check_outputs
 
@@ -83,6 +88,67 @@ def test_finding_11_a_long_json_string_costs_a_few_times_its_size_not_a_hundred(
     result = subprocess.run([sys.executable, "-c", _NESTING_MEMORY], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert float(result.stdout) < 3.0  # json.loads itself needs ~2x: the decoded text and the string
+
+
+def _bundle(folder: Path, unlisted: str = "") -> Path:
+    """A bundle folder whose manifest verifies, over placeholder files (nothing here reads their content)."""
+    from einet.evaluation.select import Deployment, deployment_record
+
+    folder.mkdir()
+    names = ("network.pt", "cs-holdout.npz", "timing-images.npz", "et-0.npz")
+    for name in names:
+        (folder / name).write_bytes(f"placeholder {name}".encode())
+    device = {"kind": "cpu", "name": "a cpu", "threads": 1}
+    manifest = {
+        "format": "einet-bundle", "version": 1, "name": "hostile", "provenance": {},
+        "network": {"file": "network.pt", "variant": {"thumbnail": None, "second_look": None, "depth": None},
+                    "num_exits": 2},
+        "input": {"shape": [1, 8, 8], "mean": [0.5], "std": [0.25], "classes": ["a", "b"]},
+        "split": {"fraction": 0.2, "seed": 0, "data": "0" * 64}, "holdout": "cs-holdout.npz", "test": None,
+        "test_data": None, "timing_images": "timing-images.npz", "exit_times": {"kind": "uniform", "horizon_ms": 2.0},
+        "runtime": {"adapt": False, "threads": 1, "adaptation": {}},
+        "select": {"score_under": ["uniform"], "rules": ["latest"], "time_zero": [False], "signals": ["confidence"],
+                   "policies": None, "predictor_epochs": 3, "seed": 0, "planning_us": None},
+        "devices": [{"key": manifests.device_key(device), "device": device, "et": "et-0.npz",
+                     "deployment": deployment_record(Deployment("static 100%", AnswerRule("latest"), "uniform",
+                                                                mask=(True, True)))}],
+        "files": {name: hashlib.sha256((folder / name).read_bytes()).hexdigest() for name in names if name != unlisted}}
+    manifest["sha256"] = manifests.manifest_digest(manifest)
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    return folder
+
+
+def test_finding_19_a_packed_bundle_is_unpacked_once_and_its_errors_name_it(tmp_path, monkeypatch):
+    from einet.bundle import read_bundle
+
+    monkeypatch.setenv("EINET_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where each read used to unpack a copy
+    (tmp_path / "tmp").mkdir()
+    packed = manifests.pack(_bundle(tmp_path / "bundle"), tmp_path / "bundle.einet")
+    folders = {manifests.read_manifest(packed)[0] for _ in range(3)}
+    assert not list((tmp_path / "tmp").iterdir())
+    cached = sorted((tmp_path / "cache" / "bundles").iterdir())
+    assert list(folders) == cached and len(cached) == 1
+
+    bundle = read_bundle(packed)  # a file whose checksum holds but whose content is no ET-profile
+    with pytest.raises(manifests.BundleError) as refused:
+        bundle.et(bundle.devices[0])
+    assert str(packed / "et-0.npz") in str(refused.value) and str(tmp_path / "cache") not in str(refused.value)
+
+    damaged = tmp_path / "damaged.einet"
+    with zipfile.ZipFile(packed) as source, zipfile.ZipFile(damaged, "w") as target:
+        for member in source.infolist():
+            target.writestr(member, source.read(member) + (b"!" if member.filename == "et-0.npz" else b""))
+    with pytest.raises(manifests.BundleError, match=r"et-0\.npz fails its SHA-256") as refused:
+        manifests.read_manifest(damaged)
+    assert str(damaged) in str(refused.value) and str(tmp_path / "cache") not in str(refused.value)
+    assert sorted((tmp_path / "cache" / "bundles").iterdir()) == cached  # no copy kept of a damaged bundle
+
+
+def test_finding_22_a_manifest_that_does_not_list_the_network_is_refused(tmp_path):
+    manifests.read_manifest(_bundle(tmp_path / "listed"))
+    with pytest.raises(manifests.BundleError, match=r"network\.pt must be listed in files"):
+        manifests.read_manifest(_bundle(tmp_path / "unlisted", unlisted="network.pt"))
 
 
 def test_finding_20_grey_images_with_alpha_or_a_grey_palette_stay_grey(tmp_path):

@@ -14,7 +14,6 @@ import re
 import shutil
 import tempfile
 import zipfile
-import zlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,8 @@ from ..validation import number, open_regular, parse_json, printable_name
 from ..variants import Variant
 from .adaptation import check_adaptation
 from .npz import write_arrays
+from .packed import read_packed
+from .packed import unpack as unpack  # (callers find it here too)
 from .profiles import CSProfile, ETRecord
 from .split import HeldOutSplit
 
@@ -39,7 +40,6 @@ HOLDOUT = "cs-holdout.npz"
 TEST = "cs-test.npz"
 TIMING = "timing-images.npz"
 MAX_MANIFEST_BYTES = 16 * 1024**2
-MAX_BUNDLE_BYTES = 4 * 1024**3  # a packed bundle, unpacked
 _KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "test", "test_data", "timing_images",
          "exit_times",
          "runtime", "select", "devices", "provenance", "files", "sha256"}
@@ -181,22 +181,28 @@ def _write_manifest(folder: Path, manifest: dict[str, Any], listed: Sequence[str
 
 
 def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
-    """A bundle folder (or packed file, unpacked) and its manifest, verified: the manifest's checksum and
-    schema, every file's SHA-256. Anything wrong is a BundleError naming the bundle and the problem;
-    nothing is built or imported."""
+    """A bundle folder (or a packed file's cached copy, see :mod:`einet.formats.packed`) and its manifest,
+    verified: the manifest's checksum and schema, every file's SHA-256. Anything wrong is a BundleError
+    naming the bundle (the packed file, not its copy) and the problem; nothing is built or imported."""
     path = Path(path)
-    if path.is_file():
-        return read_manifest(unpack(path))
+    return read_packed(path) if path.is_file() else (path, verify_folder(path))
+
+
+def verify_folder(folder: Path, shown: Path | None = None) -> dict[str, Any]:
+    """The verified manifest of the bundle folder `folder`; errors name `shown` (default: the folder)."""
+    shown = shown or folder
     try:
-        with open_regular(path / MANIFEST) as f:
+        with open_regular(folder / MANIFEST) as f:
             text = f.read(MAX_MANIFEST_BYTES + 1)
         if len(text) > MAX_MANIFEST_BYTES:
             raise BundleError(f"its manifest is larger than {MAX_MANIFEST_BYTES} bytes")
-        return path, _checked_manifest(parse_json(text), path)
+        manifest = parse_json(text)
+        del text  # up to 16 MiB, not kept while the manifest is checked
+        return _checked_manifest(manifest, folder)
     except FileNotFoundError:
-        raise BundleError(f"{path} is not an einet bundle: no {MANIFEST} in it") from None
+        raise BundleError(f"{shown} is not an einet bundle: no {MANIFEST} in it") from None
     except (ValueError, TypeError) as error:
-        raise BundleError(f"{path} is not a readable einet bundle: {error}") from None
+        raise BundleError(f"{shown} is not a readable einet bundle: {error}") from None
 
 
 def _check_select(options: object) -> None:
@@ -238,6 +244,8 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     network = manifest["network"]
     if not isinstance(network, dict) or network.get("file") != NETWORK or not isinstance(network.get("variant"), dict):
         raise TypeError("network must name network.pt and its variant")
+    if NETWORK not in files:  # else its weights would load unverified
+        raise ValueError(f"{NETWORK} must be listed in files, with its SHA-256")
     if set(network["variant"]) != {"thumbnail", "second_look", "depth"}:
         raise ValueError("the network's variant must give thumbnail, second_look and depth")
     variant = Variant(**network["variant"])
@@ -322,45 +330,3 @@ def pack(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
             with open_regular(checked / name) as source, archive.open(info, "w") as target:
                 shutil.copyfileobj(source, target, 1 << 20)
     return Path(path)
-
-
-# what a damaged or foreign zip raises while it is read: each is a BundleError here
-_ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, RuntimeError, EOFError, OSError,
-               ValueError, zlib.error)
-
-
-def unpack(path: str | os.PathLike[str], into: str | os.PathLike[str] | None = None) -> Path:
-    """A packed bundle's files in a folder (default: a temporary one, removed at exit). Its manifest is
-    read first and only the files it lists are written; every member must be stored as :func:`pack`
-    stores it (no compression, no encryption, a plain name), sizes bounded before anything is written."""
-    import atexit
-
-    try:
-        with open_regular(path) as handle, zipfile.ZipFile(handle) as archive:
-            members = {m.filename: m for m in archive.infolist()}
-            if len(members) != len(archive.infolist()) or len(members) > 1024:
-                raise BundleError(f"{path} holds duplicate members or more than 1024")
-            if sum(m.file_size for m in members.values()) > MAX_BUNDLE_BYTES:
-                raise BundleError(f"{path} would unpack to more than {MAX_BUNDLE_BYTES} bytes")
-            for name, member in members.items():
-                if Path(name).name != name or name in (".", "..") or member.is_dir() or member.flag_bits & 0x1 \
-                        or member.compress_type != zipfile.ZIP_STORED or member.compress_size != member.file_size:
-                    raise BundleError(f"{path}: member {name!r} is not a plain stored file, as einet packs them")
-            if MANIFEST not in members or members[MANIFEST].file_size > MAX_MANIFEST_BYTES:
-                raise BundleError(f"{path} has no {MANIFEST} of at most {MAX_MANIFEST_BYTES} bytes")
-            listed = parse_json(archive.read(MANIFEST)).get("files", {})
-            wanted = [MANIFEST, *(name for name in listed if name in members)] if isinstance(listed, dict) else []
-            if into is None:
-                into = tempfile.mkdtemp(prefix="einet-bundle-")
-                atexit.register(shutil.rmtree, into, True)
-            folder = Path(into)
-            folder.mkdir(parents=True, exist_ok=True)
-            for name in wanted:  # read_manifest then verifies each file's checksum (and finds a missing one)
-                with archive.open(members[name]) as source, open(folder / name, "wb") as target:
-                    shutil.copyfileobj(source, target, 1 << 20)
-    except BundleError:
-        raise
-    except (*_ZIP_ERRORS, TypeError, AttributeError) as error:
-        raise BundleError(f"{path} is neither a bundle folder nor a readable packed bundle: "
-                          f"{type(error).__name__}: {error}") from None
-    return folder
