@@ -40,14 +40,14 @@ def test_finding_7_an_image_is_decoded_only_as_the_format_its_suffix_names(tmp_p
 
     _save(tmp_path / "train" / "a" / "ok.png", _grey(), "PNG")
     _save(tmp_path / "train" / "b" / "tiff.png", _grey(), "TIFF")  # Pillow would decode it as a TIFF
-    with pytest.raises(DatasetError, match=r"tiff\.png is not a PNG image"):
+    with pytest.raises(DatasetError, match=r"tiff\.png: it is not a PNG image"):
         load_image_folder(tmp_path, cache=False)
 
     ghostscript = []
     monkeypatch.setattr(EpsImagePlugin, "Ghostscript", lambda *args, **kwargs: ghostscript.append(args))
     (tmp_path / "train" / "b" / "tiff.png").write_bytes(b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 4 4\n"
                                                         b"showpage\n")
-    with pytest.raises(DatasetError, match=r"tiff\.png is not a PNG image"):
+    with pytest.raises(DatasetError, match=r"tiff\.png: it is not a PNG image"):
         load_image_folder(tmp_path, cache=False)
     assert not ghostscript  # the EPS plugin never saw it
 

@@ -108,7 +108,10 @@ def _checked_weights(weights: Sequence[float]) -> tuple[float, ...]:
     (all zero leaves no vote, and the simulator and the runtime would then break the tie differently)."""
     if not 1 <= len(weights) <= MAX_EXITS:
         raise ValueError(f"rule 'ensemble' needs 1 to {MAX_EXITS} weights, got {len(weights)}")
-    checked = tuple(float(number("an ensemble weight", w, 0.0, MAX_WEIGHT)) for w in weights)
+    checked = tuple(float(number("an ensemble weight", w, 0.0)) for w in weights)
+    if max(checked) > MAX_WEIGHT:
+        raise ValueError(f"an ensemble weight must be at most {MAX_WEIGHT:g} (fitted ones stay near 1), "
+                         f"got {max(checked)!r}")
     if not any(checked):
         raise ValueError(f"ensemble weights must not all be zero, got {list(weights)!r:.80}")
     return checked

@@ -269,7 +269,7 @@ def _open(name: str, content: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(content), formats=[expected])
     except UnidentifiedImageError:
-        raise DatasetError(f"{name} is not a {expected} image, as its suffix says: refusing to decode it") from None
+        raise DatasetError(f"cannot decode image {name}: it is not a {expected} image, as its suffix says") from None
 
 
 def _mismatch(source: Path, name: str, shape: tuple[int, ...], first: str, first_shape: tuple[int, ...]) -> str:
