@@ -63,7 +63,7 @@ def write_target(path: str | os.PathLike[str]) -> Path:
     target = Path(os.path.realpath(path))
     try:
         mode = os.stat(target).st_mode
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # a new file (under a file: fails when written)
         return target
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or a socket"

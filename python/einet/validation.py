@@ -136,10 +136,6 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str]],
                                  .rstrip() + ": give another output path")
         if path.is_dir():
             raise ValueError(f"{name} {given} is a folder: name a file")
-        try:
-            write_target(given)  # a FIFO or a device (/dev/stdout) would be replaced, not written to
-        except ValueError as error:
-            raise ValueError(f"{name} {error}") from None
         folder = path.parent
         if not folder.exists() and not creates_folders:
             raise FileNotFoundError(f"{name} {given}: the folder {Path(given).parent} does not exist")
@@ -149,6 +145,10 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str]],
             raise PermissionError(f"{name} {given}: cannot write into {folder}")
         if path.exists() and not os.access(path.parent, os.W_OK):
             raise PermissionError(f"{name} {given}: cannot replace it (its folder is not writable)")
+        try:
+            write_target(given)  # a FIFO or a device (/dev/stdout) would be replaced, not written to
+        except ValueError as error:
+            raise ValueError(f"{name} {error}") from None
 
 
 _SCAN_CHUNK = 1 << 18  # bytes of JSON scanned at once: the scan's own arrays stay a few MiB
