@@ -145,8 +145,16 @@ def test_a_bundle_without_this_device_names_the_command_that_adds_it(built, tmp_
     assert main(["profile", str(folder), "--device", "cpu", "--repeats", "5", "--warmup", "1", "--quiet"]) == 0
     bundle = bundles.read_bundle(folder)
     assert len(bundle.devices) == 2 and bundle.entry("cpu").device["threads"] == 1
+    # timed in its fastest verified form (layouts of the 3 base blocks under the thumbnail and second look),
+    # which its runtime runs; eager on request
+    form = bundle.form(bundle.entry("cpu"))
+    assert form.name == "prepared" and len(form.channels_last) == 3
+    x = bundle.preprocess(bundle.timing_images()[:1])
     with bundles.load(folder) as runtime:
-        assert runtime.infer(bundle.preprocess(bundle.timing_images()[:1])).prediction is not None
+        assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in runtime.model.modules())
+        assert runtime.infer(x).prediction is not None
+    with bundles.load(folder, eager=True) as runtime:
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in runtime.model.modules())
     # profiled again: that device's entry is replaced, its old files gone
     assert main(["profile", str(folder), "--device", "cpu", "--repeats", "5", "--warmup", "1", "--quiet"]) == 0
     assert len(bundles.read_bundle(folder).devices) == 2

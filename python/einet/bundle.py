@@ -196,9 +196,10 @@ class Bundle:
             return None
         return self._read(read_predictor, entry.deployment.predictor).to_native()
 
-    def network(self, constructor: str | Any | None = None) -> Any:
-        """The network the runtime runs (eval mode, CPU): the checkpoint's, with the bundle's variant."""
-        built, state = self._read(load_variant, NETWORK, self.variant, constructor)
+    def network(self, constructor: str | Any | None = None, form: Any = None) -> Any:
+        """The network the runtime runs (eval mode, CPU): the checkpoint's, with the bundle's variant, in
+        the inference `form` (:class:`einet.models.inference.InferenceForm`; None: as trained)."""
+        built, state = self._read(load_variant, NETWORK, self.variant, constructor, form)
         spec = state["spec"]
         if spec.get("num_classes") != len(self.classes):
             raise BundleError(f"{self.path}: its network has {spec.get('num_classes')} classes, its manifest names "
@@ -239,21 +240,47 @@ class Bundle:
         deployment = entry.deployment
         return charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
 
+    def time_here(self, device: str = "cpu", threads: int = 1, warmup: int = 20, repeats: int = 400,
+                  constructor: str | Any | None = None, progress: bool = False,
+                  log: Callable[[str], None] = print) -> ETRecord:
+        """The ET-profile of the bundle's network on this `device` with `threads` torch threads, in its
+        fastest verified inference form here (:func:`einet.profiling.fastest_form`), timed on its timing
+        images; the profile records the form, which a runtime then runs."""
+        from .profiling import profile_fastest_form
+
+        base, _ = self._read(load_variant, NETWORK, Variant(), constructor)
+        return profile_fastest_form(base, lambda form: self.network(constructor, form),
+                                    self.preprocess(self.timing_images()), device, threads, warmup, repeats,
+                                    self.name, progress, log)
+
+    def form(self, entry: DeviceEntry) -> Any:
+        """The inference form the entry's ET-profile timed (:class:`einet.models.inference.InferenceForm`):
+        what its runtime runs, so that its plans and promise hold (as trained where the profile says none)."""
+        from .models.inference import InferenceForm
+
+        try:  # (its layouts are checked against the network when applied: Bundle.network)
+            return InferenceForm.from_record(self.et(entry).meta.get("form"))
+        except ValueError as error:
+            raise BundleError(f"{self.path}: the ET-profile of {entry.key!r}: {error}") from None
+
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
-                constructor: str | Any | None = None, inline: bool = False) -> Any:
+                constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> Any:
         """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
         adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so. `inline`: the
         blocks in the caller's thread, with its torch settings (give it the `threads` the bundle was timed
-        with: ``torch.set_num_threads``)."""
+        with: ``torch.set_num_threads``). The network runs in the form its ET-profile timed
+        (:meth:`form`); `eager`: as trained instead, for comparison (plans still use the profile's times)."""
         from .runtime import ElasticRuntime
         from .runtime.adaptive import Adaptation
 
         device, threads = _runtime_options(device, threads, adapt, constructor, inline)
+        if type(eager) is not bool:
+            raise TypeError(f"eager must be True or False, got {eager!r:.40}")
         threads = threads or int(self.manifest["runtime"]["threads"])
         entry = self.entry(device, threads)
         predictor = self.predictor(entry)
         et = self.et(entry).profile
-        model = self.network(constructor)
+        model = self.network(constructor, None if eager else self.form(entry))
         rule = entry.deployment.rule
         runtime_threads = 1 if inline else threads  # (inline: the caller's thread and its torch settings)
         if adapt if adapt is not None else self.manifest["runtime"]["adapt"]:
@@ -296,12 +323,12 @@ def _runtime_options(device: object, threads: object, adapt: object, constructor
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
-         constructor: str | Any | None = None, inline: bool = False) -> Any:
+         constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> Any:
     """A ready :class:`einet.runtime.ElasticRuntime` from a bundle (folder or packed file): ``runtime.infer(x,
     interrupt=...)``. `constructor`: for a network converted from a user's constructor, its name
-    (importing it runs its code, so only when named) or the callable itself. `inline`: see
+    (importing it runs its code, so only when named) or the callable itself. `inline`, `eager`: see
     :meth:`Bundle.runtime`."""
-    return read_bundle(path).runtime(device, threads, adapt, constructor, inline)
+    return read_bundle(path).runtime(device, threads, adapt, constructor, inline, eager)
 
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:

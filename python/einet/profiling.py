@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import platform
 import time
-from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from .formats.profiles import LOG_PROB_CLASSES, CSProfile, ETRecord
+
+T = TypeVar("T")
 
 if TYPE_CHECKING:
     import torch
 
     from .data import ImageDataset
     from .models.base import MultiExitNetwork
+    from .models.inference import InferenceForm
 
 def environment(device: str, batch_size: int, dtype: str) -> dict[str, Any]:
     """Where a profile was measured: device name, batch size, dtype and library versions."""
@@ -73,8 +76,10 @@ def _timer(device: torch.device) -> Any:
 
 def profile_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: str = "cpu", batch_size: int = 1,
                warmup: int = 10, repeats: int = 50, dtype: str = "float32", progress: bool = True,
-               name: str | None = None, threads: int = 1, samples: torch.Tensor | None = None) -> ETRecord:
+               name: str | None = None, threads: int = 1, samples: torch.Tensor | None = None,
+               form: InferenceForm | None = None) -> ETRecord:
     """Measure every block's conv-part and branch time on `device` (inputs of `input_shape` without batch).
+    `form`: the inference form `model` is in, recorded in the profile (a runtime runs what was timed).
 
     Pass real inputs as `samples` ([K, *input_shape]; repeats cycle through them): block
     times depend on the data (on this project's CPU a trained B-AlexNet's last block takes
@@ -85,22 +90,60 @@ def profile_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: st
     will see. (On a small CPU, torch's thread team in a non-main thread behaves differently
     from the main thread's: profiling in the main thread mispredicts the runtime by up to 3x.)
     """
+    record = on_worker(threads, lambda: _measure_et(model, input_shape, device, batch_size, warmup, repeats, dtype,
+                                                    progress, name, threads, samples))
+    if form is not None:
+        record.meta["form"] = form.record()
+    return record
+
+
+def profile_fastest_form(base: MultiExitNetwork, build: Callable[[InferenceForm], MultiExitNetwork],
+                         samples: torch.Tensor, device: str = "cpu", threads: int = 1, warmup: int = 10,
+                         repeats: int = 50, name: str | None = None, progress: bool = False,
+                         log: Callable[[str], None] = print) -> ETRecord:
+    """The ET-profile of a network in its fastest verified inference form here: the form chosen on its
+    `base` network (:func:`fastest_form`), the network `build` makes in that form (a variant of it) timed
+    on `samples` (:func:`profile_et`), the form recorded in the profile."""
+    form = fastest_form(base, samples, threads, log)
+    return profile_et(build(form), tuple(samples.shape[1:]), device=device, warmup=warmup, repeats=repeats,
+                      threads=threads, samples=samples, name=name, progress=progress, form=form)
+
+
+def fastest_form(model: MultiExitNetwork, samples: torch.Tensor, threads: int = 1,
+                 log: Callable[[str], None] = print) -> InferenceForm:
+    """The fastest verified inference form of `model` here (:mod:`einet.models.inference`): prepared, each
+    block's layout timed on a worker with `threads` torch threads, checked against the network as trained
+    on `samples` (real inputs, a batch); the eager form, said in one line, where it does not check out."""
+    from .models.inference import InferenceForm, choose_form, verify
+
+    form = on_worker(threads, lambda: choose_form(model, samples[:1]))
+    try:
+        verify(model, form.apply(model), samples)
+    except ValueError as error:
+        log(f"inference form: {error}: running the network as trained (eager)")
+        return InferenceForm()
+    return form
+
+
+def on_worker(threads: int, work: Callable[[], T]) -> T:
+    """`work()` on a fresh thread with `threads` torch intra-op threads, as the runtime's worker runs blocks
+    (on a small CPU, torch's thread team in a non-main thread behaves differently from the main thread's);
+    its result, or its error raised here."""
     import threading
 
     import torch
 
-    result: list[ETRecord] = []
+    result: list[T] = []
     errors: list[BaseException] = []
 
-    def measure() -> None:
+    def run() -> None:
         torch.set_num_threads(threads)
         try:
-            result.append(_measure_et(model, input_shape, device, batch_size, warmup, repeats, dtype, progress,
-                                      name, threads, samples))
+            result.append(work())
         except BaseException as error:  # re-raised in the caller's thread
             errors.append(error)
 
-    worker = threading.Thread(target=measure, name="einet-profile")
+    worker = threading.Thread(target=run, name="einet-profile")
     worker.start()
     worker.join()
     if errors:

@@ -56,13 +56,17 @@ def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
     return np.asarray(kept, dtype=np.int64)
 
 
-def load_variant(checkpoint: Any, variant: Variant, constructor: Any = None) -> tuple[Any, dict[str, Any]]:
+def load_variant(checkpoint: Any, variant: Variant, constructor: Any = None,
+                 form: Any = None) -> tuple[Any, dict[str, Any]]:
     """`variant` of the network in a checkpoint (its thumbnail exit's weights from the same file), in
-    eval mode, and the checkpoint; ValueError when the file holds no thumbnail exit of the right shapes."""
+    eval mode, and the checkpoint; ValueError when the file holds no thumbnail exit of the right shapes.
+    `form` (an :class:`einet.models.inference.InferenceForm`): the base network's inference form."""
     from .formats.checkpoint import load_checkpoint
     from .models.thumbnail import ThumbnailClassifier
 
     model, state = load_checkpoint(checkpoint, constructor=constructor)
+    if form is not None:
+        model = form.apply(model)
     thumbnail = None
     if variant.thumbnail:
         spec = state["spec"]

@@ -46,23 +46,20 @@ def profile_bundle(args: argparse.Namespace, device: str) -> int:
     from ..bundle import device_identity, read_bundle
     from ..formats.manifest import add_device
     from ..pipeline import reselect
-    from ..profiling import profile_et
 
     bundle = read_bundle(args.bundle)
     if not Path(args.bundle).is_dir():
         raise ValueError(f"{args.bundle} is a packed bundle: profile its folder (unpack) and pack again")
     torch.set_num_threads(args.threads)
     threads = args.runtime_threads
-    samples = bundle.preprocess(bundle.timing_images())
-    record = profile_et(bundle.network(args.constructor), tuple(samples.shape[1:]), device=device,
-                        warmup=args.warmup, repeats=args.repeats, threads=threads, samples=samples, name=bundle.name,
-                        progress=not args.quiet and sys.stderr.isatty())
+    record = bundle.time_here(device, threads, args.warmup, args.repeats, args.constructor,
+                              progress=not args.quiet and sys.stderr.isatty())
     identity = device_identity(device, threads)
     deployment, predictor = reselect(Path(args.bundle), identity, record, progress=False)
     add_device(args.bundle, identity, record, deployment, predictor)
-    print(f"timed {bundle.name} on {identity['name']} ({threads} thread{'s' * (threads != 1)}): full inference "
-          f"{1e3 * record.profile.total():.3f} ms; chosen for it: {deployment.policy}, rule {deployment.rule.label()}; "
-          f"added to {args.bundle}")
+    print(f"timed {bundle.name} on {identity['name']} ({threads} thread{'s' * (threads != 1)}), "
+          f"{record.meta['form']['name']} form: full inference {1e3 * record.profile.total():.3f} ms; chosen for it: "
+          f"{deployment.policy}, rule {deployment.rule.label()}; added to {args.bundle}")
     return 0
 
 
@@ -150,7 +147,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     if args.inline:  # the blocks run in this thread: with the thread count the bundle was timed with
         torch.set_num_threads(int(bundle.manifest["runtime"]["threads"]))
-    with bundle.runtime("cpu", adapt=not args.static, constructor=args.constructor, inline=args.inline) as runtime:
+    with bundle.runtime("cpu", adapt=not args.static, constructor=args.constructor, inline=args.inline,
+                        eager=args.eager) as runtime:
         for k in range(min(args.warmup, len(labels))):  # a cold start, then the estimates settle
             runtime.infer(images[k:k + 1])
         entry = bundle.entry("cpu")
@@ -227,6 +225,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--static", action="store_true", help="do not adapt to measured block and exit times")
     p.add_argument("--inline", action="store_true",
                    help="run the blocks in this thread (no hand-over; a call returns once the block in flight ends)")
+    p.add_argument("--eager", action="store_true",
+                   help="run the network as trained, not in the form its ET-profile timed (for comparison)")
     p.add_argument("--limit", type=count, default=None, help="the first N images only")
     p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=100, help="uninterrupted runs first")
     p.add_argument("--seed", type=seed, default=0, help="fixes the drawn deadlines")
