@@ -68,7 +68,8 @@ def test_dropout_and_identity_layers_leave_and_a_converted_network_is_folded_too
 
 
 def test_a_batchnorm_that_does_not_follow_a_conv_stays():
-    blocks = [nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1)), nn.Sequential(nn.Conv2d(4, 5, 1), nn.BatchNorm2d(5))]
+    blocks = [nn.Sequential(nn.BatchNorm2d(3), nn.Conv2d(3, 4, 1)),
+              nn.Sequential(nn.Conv2d(4, 5, 1), nn.BatchNorm2d(5))]
     exits = [nn.Sequential(nn.Flatten(), nn.LazyLinear(3)) for _ in blocks]
     model = MultiExitNetwork(blocks, exits)
     x = torch.randn(4, 3, 4, 4)
