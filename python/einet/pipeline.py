@@ -1,7 +1,8 @@
 """``einet build CONFIG``: from data and a network to a deployment bundle, every lever a config option.
 
 Stages, each a library call, each resumable (a stage whose inputs are unchanged is not run again:
-its key, a SHA-256 of its settings and of the files it reads, is kept in the work folder):
+its key, a SHA-256 of its settings and of the files and data it reads, is kept in the work folder;
+a build stopped anywhere resumes, a training only if it is this config's: :mod:`einet.build_stages`):
 
 1. ``network``: train the network (a zoo model or the user's constructor, converted), or start
    from a checkpoint; the held-out split is recorded in it, once, and used by every later stage;
@@ -12,7 +13,9 @@ its key, a SHA-256 of its settings and of the files it reads, is kept in the wor
 5. ``select``: candidates (with and without the thumbnail exit; no second look or each depth asked
    for) selected on held-out data under the same exit times in milliseconds: policy, rule, time-zero
    answer and network, never looking at the test split;
-6. ``bundle``: the chosen variant, its profiles, predictor and configuration written as a bundle.
+6. ``bundle``: the chosen variant, its profiles, predictor and configuration written as a bundle; a
+   bundle replaced keeps the files it did not make, and other devices' entries while the network is
+   the same (:func:`einet.formats.manifest.write_bundle`).
 
 The config is TOML (see examples/); paths in it are relative to its own folder.
 """
@@ -22,85 +25,19 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import sys
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 from .build_config import BuildConfig
+from .build_stages import Stages, check_paths
 from .formats.manifest import file_sha256
-from .validation import open_regular, parse_json
 from .variants import Variant, load_variant, variant_exits
 
 
 def _key(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def check_paths(config: BuildConfig) -> None:
-    """Refuse, before any work, a bundle or work folder that would replace or hold an input (the config,
-    the data, a checkpoint, a measured profile), or each other, or that is something else already: a
-    build replaces its bundle folder whole and keeps its stage files in the work folder."""
-    from .formats.manifest import is_bundle_folder
-
-    out = config["output"]
-    bundle, work = config.path(out["bundle"]), config.path(out["work"])
-    assert bundle is not None and work is not None
-    inputs = {"the config": config.file, "data.path": config.path(config["data"]["path"]),
-              "network.checkpoint": config.path(config["network"]["checkpoint"]),
-              "network.backbone_weights": config.path(config["network"]["backbone_weights"]),
-              "profile.et": config.path(config["profile"]["et"])}
-    outputs = {"output.bundle": bundle.resolve(), "output.work": work.resolve()}
-    for name, path in outputs.items():
-        for source, given in inputs.items():
-            if given is None:
-                continue
-            other = given.resolve()
-            if path == other or path in other.parents or other in path.parents:
-                raise ValueError(f"{name} {path} and {source} {other} overlap: a build would replace or write "
-                                 "into it; give another output path")
-    bundle_path, work_path = outputs["output.bundle"], outputs["output.work"]
-    if bundle_path == work_path or bundle_path in work_path.parents or work_path in bundle_path.parents:
-        raise ValueError(f"output.bundle {bundle_path} and output.work {work_path} overlap: keep them apart")
-    if bundle_path.exists() and not is_bundle_folder(bundle_path):
-        raise ValueError(f"output.bundle {bundle_path} exists and is not an einet bundle: a build would replace it")
-    if work_path.exists() and (not work_path.is_dir() or (any(work_path.iterdir())
-                                                           and not (work_path / "stages.json").is_file())):
-        raise ValueError(f"output.work {work_path} exists and is not a build's work folder (no stages.json)")
-
-
-class Stages:
-    """Runs stages whose key changed, skips the others; records each one's key, wall time and peak memory."""
-
-    def __init__(self, work: Path, log: Callable[[str], None], force: bool = False) -> None:
-        self.work, self.log, self.force = work, log, force
-        self.file = work / "stages.json"
-        self.record: dict[str, Any] = {}
-        if self.file.exists():  # a damaged record only means every stage runs again
-            try:
-                with open_regular(self.file) as f:
-                    record = parse_json(f.read(1 << 20))
-            except (OSError, ValueError):
-                record = None
-            if isinstance(record, dict) and all(isinstance(v, dict) for v in record.values()):
-                self.record = record
-
-    def run(self, name: str, key: str, outputs: list[Path], make: Callable[[], None]) -> bool:
-        done = self.record.get(name, {})
-        if not self.force and done.get("key") == key and all(p.exists() for p in outputs):
-            self.log(f"[{name}] unchanged: kept ({', '.join(p.name for p in outputs)})")
-            return False
-        self.log(f"[{name}] running")
-        started = time.perf_counter()
-        make()
-        peak_gb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2  # kB on Linux
-        self.record[name] = {"key": key, "seconds": round(time.perf_counter() - started, 1),
-                             "peak_rss_gb_so_far": round(peak_gb, 2)}
-        self.file.write_text(json.dumps(self.record, indent=1) + "\n")
-        self.log(f"[{name}] done in {self.record[name]['seconds']:.0f} s (peak memory so far {peak_gb:.2f} GB)")
-        return True
 
 
 def build(config: BuildConfig, progress: bool = False, force: bool = False,
@@ -134,16 +71,22 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
                 for name, arrays in (("train", train_part), ("holdout", holdout_arrays), ("test", test_arrays))}
     log(f"data: {len(train_part)} training, {len(holdout_arrays)} held-out (fraction {d['holdout']}, seed "
         f"{d['seed']}), {len(test_arrays)} test images")
+    # What the stages read of the data, by fingerprint: the split names the training data's (its held-out
+    # part is cut from it), the normalisation is the dataset's or measured on the training part.
+    data_key = [split.as_dict(), [float(v) for v in mean], [float(v) for v in std]]
+    test_data = fingerprint(test_arrays)
 
     # 1. the network
     network_file = work / "network.pt"
     given = config.path(net["checkpoint"])
-    network_key = _key(net, config["train"] if given is None else None, split.as_dict(),
+    # (the test split only scores its epochs in the log: the weights never see it)
+    network_key = _key(net, config["train"] if given is None else None, data_key,
                        file_sha256(given) if given is not None else None)
 
     def make_network() -> None:
         from .formats.checkpoint import recorded_split
         from .training import TrainConfig, train
+        from .training.loop import resume_mismatch
 
         if given is not None:
             model, state = load_checkpoint(given, constructor=net["constructor"])
@@ -174,7 +117,11 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
         settings = TrainConfig(epochs=t["epochs"], batch_size=t["batch_size"], optimizer=t["optimizer"], lr=t["lr"],
                                schedule=t["schedule"], recipe=t["recipe"], exit_weights=t["exit_weights"],
                                seed=d["seed"])
-        partial = work / "training.pt"  # train() resumes from it after an interruption
+        partial = work / "training.pt"  # train() resumes from it after an interruption, if it is this run's
+        stale = resume_mismatch(partial, model, settings, spec, split.as_dict()) if partial.exists() else None
+        if stale:
+            log(f"  {partial} {stale}: discarded, training starts afresh")
+            partial.unlink()
         train(model, data.ImageDataset(train_part, mean, std, augment=True), datasets["test"], settings,
               checkpoint=partial, model_spec=spec, progress=progress, split=split.as_dict())
         os.replace(partial, network_file)
@@ -183,7 +130,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     refit_file = work / "refit.pt"
     # Each key covers the files a stage reads, not only its settings: an upstream stage run again
     # (e.g. by --force) with another result re-runs what follows.
-    refit_key = _key(file_sha256(network_file), lv["refit_pool"], lv["refit_epochs"], split.as_dict())
+    refit_key = _key(file_sha256(network_file), lv["refit_pool"], lv["refit_epochs"], data_key)
 
     def make_refit() -> None:
         from .models.base import light_pools
@@ -204,7 +151,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     # 3. the final network file: the base network's weights and, if asked, the thumbnail exit's
     final_file = work / "final.pt"
-    final_key = _key(file_sha256(base_file), lv["thumbnail"], lv["thumbnail_size"], split.as_dict())
+    final_key = _key(file_sha256(base_file), lv["thumbnail"], lv["thumbnail_size"], data_key)
 
     def make_final() -> None:
         model, state = load_checkpoint(base_file, constructor=net["constructor"])
@@ -228,7 +175,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     profile_files = [work / "et.npz", work / "cs-holdout.npz", work / "cs-test.npz"]
     measured_et = config.path(config["profile"]["et"])
     profile_key = _key(file_sha256(final_file), full.as_dict(), config["profile"], config["runtime"]["threads"],
-                       file_sha256(measured_et) if measured_et is not None else None)
+                       file_sha256(measured_et) if measured_et is not None else None, data_key, test_data,
+                       config.name)
 
     def make_profiles() -> None:
         from .formats.profiles import ETRecord
@@ -292,7 +240,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     stages.run("select", select_key, selected_files, make_selection)
     return _write(config, work, split, full, final_file, profile_files, selected_files, stages, holdout_arrays,
-                  (mean, std), train_all.classes, fingerprint(test_arrays))
+                  (mean, std), train_all.classes, test_data)
 
 
 def _blocks(full: Variant, et: Any) -> int:
@@ -345,7 +293,7 @@ def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_fil
                  select_options=select_options,
                  devices=[(device_identity("cpu", int(r["threads"])), et.subset_blocks(keep), deployment, predictor)],
                  provenance={"einet": __version__, "command": " ".join(["einet", *sys.argv[1:]]),
-                             "config": config.source, "stages": stages.record})
+                             "config": config.source, "stages": stages.record}, log=stages.log)
     stages.log(f"[bundle] wrote {out}: {chosen.label(blocks)}, {deployment.policy}, rule {deployment.rule.label()}")
     return out
 

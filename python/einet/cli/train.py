@@ -56,10 +56,12 @@ def cmd_train(args: argparse.Namespace) -> int:
                 "width": args.width}
         if args.exit_head != "paper":  # only when asked: checkpoints of the paper's branches keep their spec
             spec["exit_head"] = args.exit_head
-    if Path(args.out).exists():  # resumed: it must be this model (train() checks the settings)
+    if Path(args.out).exists():  # resumed: it must be this model (train() checks the rest)
+        from ..training.loop import comparable
+
         _, _, state = _model_from_checkpoint(args.out, args.constructor)
         stored = state["spec"]
-        if _without_defaults(stored) != _without_defaults(spec):
+        if comparable(stored) != comparable(spec):
             raise ValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
                              "give another --out, or the same model to resume it")
     # Under torchrun (WORLD_SIZE > 1) every process joins one group; train() then runs DDP on shards.
@@ -89,11 +91,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary_path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary, indent=2))
     return 0
-
-
-def _without_defaults(spec: dict[str, Any]) -> dict[str, Any]:
-    """A model spec without the keys that only repeat a default (the paper's exit head)."""
-    return {key: value for key, value in spec.items() if not (key == "exit_head" and value == "paper")}
 
 
 def _converted_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, Any]:

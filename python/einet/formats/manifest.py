@@ -7,6 +7,7 @@ section 12, for the fields. Numpy only: no torch here.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -14,7 +15,7 @@ import re
 import shutil
 import tempfile
 import zipfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -82,16 +83,17 @@ def manifest_digest(manifest: Mapping[str, Any]) -> str:
 def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | os.PathLike[str], variant: Variant,
                  num_exits: int, input_spec: Mapping[str, Any], split: HeldOutSplit, holdout: CSProfile,
                  test: CSProfile | None, test_data: str | None, timing_images: np.ndarray,
-                 exit_times: Mapping[str, Any],
-                 runtime: Mapping[str, Any], select_options: Mapping[str, Any],
+                 exit_times: Mapping[str, Any], runtime: Mapping[str, Any], select_options: Mapping[str, Any],
                  devices: Sequence[tuple[Mapping[str, Any], ETRecord, Deployment, Any]],
-                 provenance: Mapping[str, Any]) -> Path:
-    """Write a bundle folder at `path` (replacing one there): files first, the manifest last, into a
-    temporary folder that is then renamed, so a reader never sees half a bundle. `devices`: per device,
-    (identity, ET-profile, deployment, its torch predictor or None)."""
+                 provenance: Mapping[str, Any], log: Callable[[str], None] = print) -> Path:
+    """Write a bundle folder at `path`: files, then the manifest, into a staging folder swapped into place
+    (the path holds the old bundle or the new one, never half of one or none). A bundle replaced keeps the
+    files and other devices' entries this call did not make, the entries while the network is the same
+    (`log` names those dropped). `devices`: per device, (identity, ET-profile, deployment, predictor)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    _tidy(path)
+    staging = Path(tempfile.mkdtemp(prefix=f".{path.name}.staging-", dir=path.parent))
     try:
         staging.chmod(0o777 & ~process_umask())  # a folder like any other, not mkdtemp's private one
         shutil.copyfile(checkpoint, staging / NETWORK)
@@ -104,27 +106,88 @@ def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | o
             "network": {"file": NETWORK, "variant": variant.as_dict(), "num_exits": num_exits},
             "input": dict(input_spec), "split": split.as_dict(), "holdout": HOLDOUT,
             "test": TEST if test is not None else None, "test_data": test_data if test is not None else None,
-            "timing_images": TIMING, "exit_times": dict(exit_times),
-            "runtime": dict(runtime), "select": dict(select_options), "devices": [],
-            "provenance": dict(provenance)}
+            "timing_images": TIMING, "exit_times": dict(exit_times), "runtime": dict(runtime),
+            "select": dict(select_options), "devices": [], "provenance": dict(provenance)}
         for identity, et, deployment, predictor in devices:
             _add_device(staging, manifest, identity, et, deployment, predictor)
-        _write_manifest(staging, manifest)
-        read_manifest(staging)  # what cannot be read back is never published
-        if path.exists():
+        if os.path.lexists(path):
             if not is_bundle_folder(path):
                 raise BundleError(f"{path} exists and is not an einet bundle: refusing to replace it")
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            path.rename(old)
-            staging.rename(path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            staging.rename(path)
+            _keep(path, staging, manifest, log)
+        _write_manifest(staging, manifest)
+        read_manifest(staging)  # what cannot be read back is never published
+        _publish(staging, path)
     except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
+        _remove(staging)
         raise
     return path
+
+
+def _keep(old: Path, staging: Path, manifest: dict[str, Any], log: Callable[[str], None]) -> None:
+    """Copy into the new bundle in `staging` what the bundle `old` has that this build did not make: files
+    its manifest does not list, and other devices' entries (`einet profile BUNDLE`) while the network is
+    the same (network.pt and variant); entries that time another network are dropped, logged."""
+    try:
+        previous = read_manifest(old)[1]
+    except BundleError as error:
+        log(f"{old} is replaced whole, nothing of it kept: {error}")
+        return
+    same = previous["network"] == manifest["network"] and previous["files"][NETWORK] == file_sha256(staging / NETWORK)
+    others = [entry for entry in previous["devices"] if entry["key"] not in {e["key"] for e in manifest["devices"]}]
+    if others and not same:
+        log(f"{old}: dropped the entries of {'; '.join(entry['key'] for entry in others)}, timed for the network "
+            f"this build replaces (einet profile {old} --device ... times the new one)")
+    for entry in others if same else []:
+        index, deployment = _next_index(manifest), dict(entry["deployment"])
+        shutil.copyfile(old / entry["et"], staging / f"et-{index}.npz")
+        if deployment.get("predictor"):
+            shutil.copyfile(old / deployment["predictor"], staging / f"predictor-{index}.npz")
+            deployment["predictor"] = f"predictor-{index}.npz"
+        manifest["devices"].append(entry | {"et": f"et-{index}.npz", "deployment": deployment})
+    for item in sorted(set(os.listdir(old)) - {MANIFEST, *previous["files"]}):
+        if os.path.lexists(staging / item):
+            log(f"{old / item} is not kept: the new bundle has a file of that name")
+        elif (old / item).is_dir() and not (old / item).is_symlink():
+            shutil.copytree(old / item, staging / item, symlinks=True)
+        else:
+            shutil.copy2(old / item, staging / item, follow_symlinks=False)
+
+
+def _publish(staging: Path, path: Path) -> None:
+    """Put the folder `staging` at `path`, removing what was there: in one atomic exchange where the system
+    has one (Linux, most file systems), else by two renames, a crash between which leaves the old bundle
+    at .NAME.old for :func:`_tidy` to put back."""
+    import ctypes
+
+    try:
+        swap = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError, TypeError):  # not Linux, or an older C library
+        swap = None
+    if swap is not None and os.path.lexists(path):
+        if swap(-100, os.fsencode(staging), -100, os.fsencode(path), 2) == 0:  # AT_FDCWD, RENAME_EXCHANGE
+            _remove(staging)
+            return
+        if (error := ctypes.get_errno()) not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+            raise OSError(error, os.strerror(error), str(path))
+    old = path.with_name(f".{path.name}.old")
+    if os.path.lexists(path):
+        os.rename(path, old)
+    os.rename(staging, path)
+    _remove(old)
+
+
+def _tidy(path: Path) -> None:
+    """Undo a killed :func:`write_bundle` of `path`: its old bundle put back if none took its place, staging gone."""
+    old = path.with_name(f".{path.name}.old")
+    if os.path.lexists(old) and not os.path.lexists(path):
+        os.rename(old, path)
+    for item in [old, *(p for p in path.parent.iterdir() if p.name.startswith(f".{path.name}.staging-"))]:
+        _remove(item)
+
+
+def _remove(path: Path) -> None:
+    """Remove a folder, or a link (what an exchange with a linked bundle leaves), if there."""
+    path.unlink() if path.is_symlink() else shutil.rmtree(path, ignore_errors=True)
 
 
 def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ETRecord, deployment: Deployment,
@@ -144,14 +207,14 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
                 deployment: Deployment, predictor: Any) -> None:
     from dataclasses import replace
 
-    from ..predictor import save_predictor
-
     key = device_key(identity)
     devices = [entry for entry in manifest["devices"] if entry["key"] != key]
-    index = 1 + max([int(entry["et"][3:-4]) for entry in manifest["devices"]] or [-1])
+    index = _next_index(manifest)
     et_file = f"et-{index}.npz"
     et.save(folder / et_file)
     if deployment.spec.uses_predictor:
+        from ..predictor import save_predictor  # (torch: only for a predictor)
+
         if predictor is None:
             raise ValueError(f"the deployed {deployment.policy!r} needs its predictor")
         predictor_file = f"predictor-{index}.npz"
@@ -162,6 +225,11 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
     devices.append({"key": key, "device": dict(identity), "et": et_file,
                     "deployment": deployment_record(deployment)})
     manifest["devices"] = devices
+
+
+def _next_index(manifest: Mapping[str, Any]) -> int:
+    """The number of a new device's files (et-N.npz, predictor-N.npz): past every listed one."""
+    return 1 + max([int(entry["et"][3:-4]) for entry in manifest["devices"]] or [-1])
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any], listed: Sequence[str] = ()) -> None:

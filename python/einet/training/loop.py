@@ -16,6 +16,8 @@ everything needed to resume (model, optimiser, schedule, history, the held-out s
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
 import os
 import time
@@ -234,11 +236,46 @@ def _distributed_exit_accuracies(model: MultiExitNetwork, dataset: Any, batch_si
     return (counts[:-1] / counts[-1]).tolist()
 
 
+def comparable(value: object) -> Any:
+    """A setting or a model spec as plain JSON, a spec without the keys that only repeat a default (the
+    paper's exit head): what a resumed run must match."""
+    if isinstance(value, Mapping):
+        value = {key: item for key, item in value.items() if not (key == "exit_head" and item == "paper")}
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def resume_mismatch(path: str | os.PathLike[str], model: MultiExitNetwork, config: TrainConfig,
+                    model_spec: Mapping[str, Any] | None = None, split: Mapping[str, Any] | None = None,
+                    state: Mapping[str, Any] | None = None) -> str | None:
+    """Why :func:`train` would not resume the partial training at `path` (`state`, if read already) with
+    these arguments: unreadable, or of another run (settings, model, split, network shape); or None."""
+    try:
+        state = read_checkpoint(Path(path)) if state is None else state
+    except ValueError as error:
+        return f"is unreadable ({' '.join(str(error).split())})"
+    done: dict[str, Any] = state.get("config") or {}  # (asdict of the TrainConfig it ran)
+    was = {f.name: done.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)  # older files: the default
+           if f.name not in ("threads", "device", "precision", "channels_last")  # how fast, not what it learns
+           and comparable(done.get(f.name, f.default)) != comparable(getattr(config, f.name))}
+    weights, wanted = state.get("model"), model.state_dict()
+    if was:
+        return f"was trained with {was}; resume it with the same settings, not { {k: getattr(config, k) for k in was} }"
+    if model_spec is not None and comparable(state.get("spec")) != comparable(model_spec):
+        return f"holds a checkpoint of another model ({state.get('spec')}, not {dict(model_spec)})"
+    if split is not None and state.get("split") != dict(split):
+        return f"was trained with another held-out split ({state.get('split')}, not {dict(split)})"
+    if not (isinstance(weights, Mapping) and weights.keys() == wanted.keys()
+            and all(getattr(weights[k], "shape", None) == v.shape for k, v in wanted.items())):
+        return "holds the weights of a network of another shape"
+    return None
+
+
 def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: ImageDataset | Any | None = None,
           config: TrainConfig | None = None, checkpoint: str | os.PathLike[str] | None = None,
           model_spec: dict[str, Any] | None = None, progress: bool = True,
           split: Mapping[str, Any] | None = None) -> History:
-    """Train every exit with the weighted sum of their cross-entropies; resume from `checkpoint` if present.
+    """Train every exit with the weighted sum of their cross-entropies; resume `checkpoint` if there (and
+    this run's: one of other settings, model, split or shape is refused, :func:`resume_mismatch`).
 
     `train_set` and `test_set`: an ImageDataset, a map-style torch Dataset of (image tensor, label)
     or a DataLoader (:func:`einet.data.as_batches`). `model_spec` (e.g. ``{"name": "b_alexnet",
@@ -281,11 +318,8 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
                              f"machines, put the checkpoint on a file system they share")
     if path and path.exists():
         state = read_checkpoint(path)
-        stored = {k: state.get("config", {}).get(k, "joint" if k == "recipe" else None)
-                  for k in ("epochs", "batch_size", "schedule", "lr", "recipe")}
-        wanted = {k: getattr(config, k) for k in stored}
-        if stored != wanted:
-            raise ValueError(f"{path} was trained with {stored}; resume it with the same settings, not {wanted}")
+        if mismatch := resume_mismatch(path, model, config, model_spec, split, state):
+            raise ValueError(f"{path} {mismatch}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
