@@ -220,6 +220,9 @@ from einet.formats.split import HeldOutSplit
 from einet.variants import Variant
 
 path, source, crash = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+if sys.argv[4] == "renames":  # as where the system cannot swap two folders
+    import ctypes
+    ctypes.CDLL = None
 folder, m = manifest.read_manifest(source)
 entry, calls = m["devices"][0], []
 
@@ -243,21 +246,23 @@ manifest.write_bundle(
 """
 
 
-def test_finding_18_a_publish_killed_at_any_point_leaves_a_bundle_and_the_next_one_no_litter(finished, tmp_path):
-    """Killed before each rename or removal in turn: the path holds a bundle (on Linux, where the
-    folders are swapped in one step); the next write leaves nothing but the bundle."""
+@pytest.mark.parametrize("publish", ["exchange", "renames"])
+def test_finding_18_a_publish_killed_at_any_point_leaves_a_bundle_and_the_next_one_no_litter(finished, tmp_path,
+                                                                                              publish):
+    """Killed before each rename or removal in turn: the path holds a bundle (where the folders are
+    swapped in one step: Linux); the next write leaves the bundle (the old one put back if need be) alone."""
     bundle = Path(shutil.copytree(finished / "out.einet", tmp_path / "out.einet"))
 
     def rewrite(crash: int) -> int:
-        done = subprocess.run([sys.executable, "-c", REWRITE, str(bundle), str(finished / "out.einet"), str(crash)],
-                              capture_output=True, text=True, check=False)
+        done = subprocess.run([sys.executable, "-c", REWRITE, str(bundle), str(finished / "out.einet"), str(crash),
+                               publish], capture_output=True, text=True, check=False)
         assert done.returncode in (0, 3), done.stderr
         return done.returncode
 
     for crash in range(1, 10):
         if rewrite(crash) == 0:  # no crash: it made fewer calls
             break
-        if sys.platform == "linux":
+        if publish == "exchange" and sys.platform == "linux":
             read_manifest(bundle)  # the old bundle or the new one, never none
         assert rewrite(0) == 0
         assert sorted(p.name for p in tmp_path.iterdir()) == ["out.einet"]
