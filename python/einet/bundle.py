@@ -209,6 +209,11 @@ class Bundle:
                               f"{self.num_exits}")
         return built
 
+    def base_network(self, constructor: str | Any | None = None) -> Any:
+        """The checkpoint's network without the bundle's variant, as trained: what inference forms are
+        chosen on (einet.forms)."""
+        return self._read(load_variant, NETWORK, Variant(), constructor)[0]
+
     @property
     def input_spec(self) -> Any:
         """The network's input (:class:`einet.runtime.InputSpec`): its shape and normalisation."""
@@ -240,19 +245,6 @@ class Bundle:
         deployment = entry.deployment
         return charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
 
-    def time_here(self, device: str = "cpu", threads: int = 1, warmup: int = 20, repeats: int = 400,
-                  constructor: str | Any | None = None, progress: bool = False,
-                  log: Callable[[str], None] = print) -> ETRecord:
-        """The ET-profile of the bundle's network on this `device` with `threads` torch threads, in its
-        fastest verified inference form here (:func:`einet.profiling.fastest_form`), timed on its timing
-        images; the profile records the form, which a runtime then runs."""
-        from .profiling import profile_fastest_form
-
-        base, _ = self._read(load_variant, NETWORK, Variant(), constructor)
-        return profile_fastest_form(base, lambda form: self.network(constructor, form),
-                                    self.preprocess(self.timing_images()), device, threads, warmup, repeats,
-                                    self.name, progress, log)
-
     def form(self, entry: DeviceEntry) -> Any:
         """The inference form the entry's ET-profile timed (:class:`einet.models.inference.InferenceForm`):
         what its runtime runs, so that its plans and promise hold (as trained where the profile says none)."""
@@ -270,6 +262,7 @@ class Bundle:
         blocks in the caller's thread, with its torch settings (give it the `threads` the bundle was timed
         with: ``torch.set_num_threads``). The network runs in the form its ET-profile timed
         (:meth:`form`); `eager`: as trained instead, for comparison (plans still use the profile's times)."""
+        from .forms import network_in
         from .runtime import ElasticRuntime
         from .runtime.adaptive import Adaptation
 
@@ -280,7 +273,7 @@ class Bundle:
         entry = self.entry(device, threads)
         predictor = self.predictor(entry)
         et = self.et(entry).profile
-        model = self.network(constructor, None if eager else self.form(entry))
+        model = network_in(self, None if eager else self.form(entry), threads, constructor)
         rule = entry.deployment.rule
         runtime_threads = 1 if inline else threads  # (inline: the caller's thread and its torch settings)
         if adapt if adapt is not None else self.manifest["runtime"]["adapt"]:

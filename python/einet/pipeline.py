@@ -180,7 +180,7 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
 
     def make_profiles() -> None:
         from .formats.profiles import ETRecord
-        from .profiling import profile_cs, profile_et
+        from .profiling import fastest_form, profile_cs, profile_et
 
         network = _network(config, final_file, full)
         if measured_et is not None:  # timed before on this device, e.g. back to back with a reference
@@ -190,9 +190,11 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
                                  f"({full}) has {network.num_exits}")
         else:
             samples = data.ImageDataset(data.timing_arrays(holdout_arrays), mean, std).images
-            record = profile_et(network, tuple(samples.shape[1:]), warmup=config["profile"]["warmup"],
-                                repeats=config["profile"]["repeats"], threads=config["runtime"]["threads"],
-                                samples=samples, name=config.name, progress=progress)
+            threads = config["runtime"]["threads"]  # timed in the fastest verified form, which the bundle runs
+            form = fastest_form(_network(config, final_file, Variant()), samples, threads, log)
+            record = profile_et(_network(config, final_file, full, form), tuple(samples.shape[1:]),
+                                warmup=config["profile"]["warmup"], repeats=config["profile"]["repeats"],
+                                threads=threads, samples=samples, name=config.name, progress=progress, form=form)
         record.save(profile_files[0])
         for split_name, path in (("holdout", profile_files[1]), ("test", profile_files[2])):
             profile_cs(network, datasets[split_name], name=config.name, split=split_name,
@@ -249,9 +251,10 @@ def _blocks(full: Variant, et: Any) -> int:
     return n // 2 if full.second_look else n
 
 
-def _network(config: BuildConfig, checkpoint: Path, variant: Variant) -> Any:
-    """`variant` of the network in `checkpoint` (its thumbnail exit from the same file)."""
-    return load_variant(checkpoint, variant, config["network"]["constructor"])[0]
+def _network(config: BuildConfig, checkpoint: Path, variant: Variant, form: Any = None) -> Any:
+    """`variant` of the network in `checkpoint` (its thumbnail exit from the same file), in `form` (None: as
+    trained)."""
+    return load_variant(checkpoint, variant, config["network"]["constructor"], form)[0]
 
 
 def _write(config: BuildConfig, work: Path, split: Any, full: Variant, final_file: Path, profile_files: list[Path],

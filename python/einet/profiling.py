@@ -97,21 +97,35 @@ def profile_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: st
     return record
 
 
-def profile_fastest_form(base: MultiExitNetwork, build: Callable[[InferenceForm], MultiExitNetwork],
-                         samples: torch.Tensor, device: str = "cpu", threads: int = 1, warmup: int = 10,
-                         repeats: int = 50, name: str | None = None, progress: bool = False,
-                         log: Callable[[str], None] = print) -> ETRecord:
-    """The ET-profile of a network in its fastest verified inference form here: the form chosen on its
-    `base` network (:func:`fastest_form`), the network `build` makes in that form (a variant of it) timed
-    on `samples` (:func:`profile_et`), the form recorded in the profile."""
-    form = fastest_form(base, samples, threads, log)
-    return profile_et(build(form), tuple(samples.shape[1:]), device=device, warmup=warmup, repeats=repeats,
-                      threads=threads, samples=samples, name=name, progress=progress, form=form)
+def quickest(networks: Mapping[Any, MultiExitNetwork], sample: torch.Tensor, threads: int = 1,
+             rounds: int = 5, repeats: int = 10) -> Any:
+    """The key of the network in `networks` that runs all its blocks and exits on `sample` ([1, ...]) in the
+    least time, on a worker with `threads` torch threads: each the median of `repeats`, alternated over
+    `rounds` after one round of warm-up, the median round compared."""
+    import torch
+
+    def chain(network: MultiExitNetwork) -> float:
+        started = time.perf_counter()
+        h: Any = sample
+        for i in range(network.num_exits):
+            h = network.forward_block(i, h)
+            network.forward_exit(i, h)
+        return time.perf_counter() - started
+
+    def race() -> Any:
+        times: dict[Any, list[float]] = {key: [] for key in networks}
+        with torch.inference_mode():
+            for _ in range(rounds + 1):
+                for key, network in networks.items():
+                    times[key].append(sorted(chain(network) for _ in range(repeats))[repeats // 2])
+        return min(times, key=lambda key: sorted(times[key][1:])[rounds // 2])
+
+    return on_worker(threads, race)
 
 
 def fastest_form(model: MultiExitNetwork, samples: torch.Tensor, threads: int = 1,
                  log: Callable[[str], None] = print) -> InferenceForm:
-    """The fastest verified inference form of `model` here (:mod:`einet.models.inference`): prepared, each
+    """The fastest verified prepared form of `model` here (:mod:`einet.models.inference`): each
     block's layout timed on a worker with `threads` torch threads, checked against the network as trained
     on `samples` (real inputs, a batch); the eager form, said in one line, where it does not check out."""
     from .models.inference import InferenceForm, choose_form, verify

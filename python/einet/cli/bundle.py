@@ -42,18 +42,29 @@ def profile_bundle(args: argparse.Namespace, device: str) -> int:
 
     refuse_unused(args, "profile", dataset="cifar10", data=None, checkpoint=None, out_dir=None, batch_size=1,
                   holdout=None, seed=None, skip_et=False, skip_cs=False, second_look=None, second_look_depth=None)
+    bundle = _bundle_folder(args.bundle, "profile")
+    torch.set_num_threads(args.threads)
+    return _time_and_add(args, bundle, device, args.runtime_threads)
 
-    from ..bundle import device_identity, read_bundle
+
+def _bundle_folder(path: str, command: str) -> Any:
+    from ..bundle import read_bundle
+
+    bundle = read_bundle(path)
+    if not Path(path).is_dir():
+        raise ValueError(f"{path} is a packed bundle: {command} its folder (unpack) and pack again")
+    return bundle
+
+
+def _time_and_add(args: argparse.Namespace, bundle: Any, device: str, threads: int) -> int:
+    """Time the bundle's network here in its fastest verified form, select for this device, add the entry."""
+    from ..bundle import device_identity
     from ..formats.manifest import add_device
+    from ..forms import time_here
     from ..pipeline import reselect
 
-    bundle = read_bundle(args.bundle)
-    if not Path(args.bundle).is_dir():
-        raise ValueError(f"{args.bundle} is a packed bundle: profile its folder (unpack) and pack again")
-    torch.set_num_threads(args.threads)
-    threads = args.runtime_threads
-    record = bundle.time_here(device, threads, args.warmup, args.repeats, args.constructor,
-                              progress=not args.quiet and sys.stderr.isatty())
+    record = time_here(bundle, device, threads, args.warmup, args.repeats, args.constructor,
+                       progress=not args.quiet and sys.stderr.isatty())
     identity = device_identity(device, threads)
     deployment, predictor = reselect(Path(args.bundle), identity, record, progress=False)
     add_device(args.bundle, identity, record, deployment, predictor)
@@ -61,6 +72,26 @@ def profile_bundle(args: argparse.Namespace, device: str) -> int:
           f"{record.meta['form']['name']} form: full inference {1e3 * record.profile.total():.3f} ms; chosen for it: "
           f"{deployment.policy}, rule {deployment.rule.label()}; added to {args.bundle}")
     return 0
+
+
+def cmd_compile(args: argparse.Namespace) -> int:
+    """`einet compile BUNDLE`: its blocks and exits compiled for this CPU and thread count into the cache,
+    verified; then timed here and selected for, as `einet profile` does."""
+    import torch
+
+    from ..forms import compile_bundle
+    from ..models.compiled import CompileError
+
+    bundle = _bundle_folder(args.bundle, "compile")
+    threads = args.threads or int(bundle.manifest["runtime"]["threads"])
+    torch.set_num_threads(threads)
+    try:
+        folder = compile_bundle(bundle, threads, args.constructor, log=print if not args.quiet else lambda _: None)
+    except CompileError as error:
+        print(f"einet compile: {error}: {args.bundle} runs its prepared form", file=sys.stderr)
+        return 1
+    print(f"compiled {bundle.name} for this CPU and {threads} thread{'s' * (threads != 1)}, verified: {folder}")
+    return _time_and_add(args, bundle, "cpu", threads)
 
 
 def evaluate_bundles(args: argparse.Namespace) -> int:
@@ -212,6 +243,18 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
                    help="trust the config's network.constructor, named again here: building imports and runs it")
     p.set_defaults(run=cmd_build)
+
+    p = commands.add_parser("compile", help="compile a bundle's blocks and exits for this CPU (AOTInductor, into "
+                                            "the user's cache, verified), then time and select for them here")
+    p.add_argument("bundle", help="a bundle folder written by `einet build`")
+    p.add_argument("--threads", type=threads, default=None,
+                   help="torch threads the runtime will use (default: the bundle's); packages are fixed to them")
+    p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=20, help="untimed runs before timing")
+    p.add_argument("--repeats", type=count, default=400, help="timed runs of the ET-profile")
+    p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
+                   help="for a network converted from your constructor: its name (loading imports it)")
+    p.add_argument("--quiet", action="store_true", help="no progress")
+    p.set_defaults(run=cmd_compile)
 
     p = commands.add_parser("run", help="real-time elastic inference of a bundle on image files")
     p.add_argument("bundle", help="a bundle written by `einet build`")

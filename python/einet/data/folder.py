@@ -65,7 +65,7 @@ def load_image_folder(source: str | os.PathLike[str], split: str | None = "train
         return _decode_folder(source, split)
     directory = cache_dir()
     try:
-        key = _cache_key(directory)
+        key = cache_secret(directory)
     except OSError as error:
         warnings.warn(f"could not cache the decoded {source} in {directory}: {error}", stacklevel=2)
         return _decode_folder(source, split)
@@ -81,7 +81,7 @@ def load_image_folder(source: str | os.PathLike[str], split: str | None = "train
     return arrays
 
 
-def _cache_key(directory: Path) -> bytes:
+def cache_secret(directory: Path) -> bytes:
     """The user's secret key for the entries of the cache `directory`, made on first use (readable by the user only).
 
     Entries carry an HMAC under this key, so an entry planted by someone who can write to

@@ -30,7 +30,7 @@ from torch import nn
 
 from .base import MultiExitNetwork
 
-FORMS = ("eager", "prepared")
+FORMS = ("eager", "prepared", "compiled")
 _DROPPED = (nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout, nn.Identity)
 VERIFY_TOLERANCE = 1e-4  # relative error of any exit's logits, prepared against eager
 SAME_ANSWERS = 0.999  # share of inputs on which every exit answers the same class
@@ -38,8 +38,9 @@ SAME_ANSWERS = 0.999  # share of inputs on which every exit answers the same cla
 
 @dataclass(frozen=True)
 class InferenceForm:
-    """How a network is run: ``eager`` (as trained, eval mode) or ``prepared`` (BatchNorm folded,
-    dropout gone) with each block's layout (True: channels_last)."""
+    """How a network is run: ``eager`` (as trained, eval mode), ``prepared`` (BatchNorm folded, dropout
+    gone) with each block's layout (True: channels_last), or ``compiled`` (the prepared network's blocks
+    and exits as packages: :mod:`einet.models.compiled`)."""
 
     name: str = "eager"
     channels_last: tuple[bool, ...] = ()
@@ -47,13 +48,15 @@ class InferenceForm:
     def __post_init__(self) -> None:
         if self.name not in FORMS:
             raise ValueError(f"unknown inference form {self.name!r}: expected one of {', '.join(FORMS)}")
-        if self.name == "eager" and any(self.channels_last):
-            raise ValueError("the eager form runs every block in the layout it was trained in")
+        if self.name != "prepared" and any(self.channels_last):
+            raise ValueError(f"the {self.name} form has no layouts of its own")
 
     def apply(self, model: MultiExitNetwork) -> MultiExitNetwork:
         """`model` in this form: a prepared copy (the model itself is left as it is), or `model` in eval mode."""
         if self.name == "eager":
             return model.eval()
+        if self.name == "compiled":
+            raise ValueError("a compiled form is loaded from the cache of compiled blocks (einet.models.compiled)")
         if self.channels_last and len(self.channels_last) != model.num_exits:
             raise ValueError(f"the form has layouts for {len(self.channels_last)} blocks, the network "
                              f"{model.num_exits}")
@@ -206,13 +209,16 @@ def choose_form(model: MultiExitNetwork, example: torch.Tensor, repeats: int = 1
 
 
 def verify(eager: MultiExitNetwork, prepared: MultiExitNetwork, inputs: torch.Tensor,
-           tolerance: float = VERIFY_TOLERANCE, same_answers: float = SAME_ANSWERS) -> float:
-    """The largest relative error of any exit's logits, prepared against eager, over `inputs` (a batch);
-    ValueError when it exceeds `tolerance` or fewer than `same_answers` of an exit's answers (argmax) agree
-    (a near tie may flip under float rounding)."""
+           tolerance: float = VERIFY_TOLERANCE, same_answers: float = SAME_ANSWERS, one_at_a_time: bool = False,
+           ) -> float:
+    """The largest relative error of any exit's logits, prepared against eager, over `inputs` (a batch, run
+    `one_at_a_time` for a network fixed to a batch of one); ValueError when it exceeds `tolerance` or fewer
+    than `same_answers` of an exit's answers (argmax) agree (a near tie may flip under float rounding)."""
     with torch.inference_mode():
         worst = 0.0
-        for k, (a, b) in enumerate(zip(eager.eval()(inputs), prepared(inputs))):
+        outputs = ([torch.cat(logits) for logits in zip(*(prepared(x[None]) for x in inputs))] if one_at_a_time
+                   else prepared(inputs))
+        for k, (a, b) in enumerate(zip(eager.eval()(inputs), outputs)):
             error = float((a - b).abs().max() / a.abs().max().clamp_min(1e-12))
             agree = float((a.argmax(1) == b.argmax(1)).float().mean())
             worst = max(worst, error)

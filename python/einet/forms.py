@@ -1,0 +1,100 @@
+"""The forms a bundle's network runs in on this device: timed, compiled, loaded (needs torch).
+
+- :func:`time_here`: the bundle's network timed in its fastest verified form here (``einet profile``):
+  the prepared form with its layouts chosen here, or the compiled one where this device has verified
+  packages and they are faster; the ET-profile records the form.
+- :func:`compile_bundle`: every block and exit compiled for this device and thread count into the
+  user's cache, verified against the network as trained on the bundle's timing images (``einet compile``).
+- :func:`network_in`: the network in a form, as a runtime runs it; a compiled form whose packages are
+  missing, changed or unverified falls back to the prepared form, said in one line on einet's logger.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .formats.manifest import NETWORK
+
+if TYPE_CHECKING:
+    from .bundle import Bundle
+    from .formats.profiles import ETRecord
+    from .models.inference import InferenceForm
+
+LOG = logging.getLogger("einet")
+
+
+def _key(bundle: Bundle, threads: int) -> str:
+    from .models.compiled import cache_key
+
+    return cache_key(bundle.manifest["files"][NETWORK], bundle.variant.as_dict(), threads)
+
+
+def _contiguous(bundle: Bundle, constructor: Any) -> Any:
+    """The prepared form compiled blocks are made from: BatchNorm folded, the trained layout (Inductor
+    chooses its own)."""
+    from .models.inference import InferenceForm
+
+    base = bundle.base_network(constructor)
+    return InferenceForm("prepared", (False,) * base.num_exits)
+
+
+def network_in(bundle: Bundle, form: InferenceForm | None, threads: int, constructor: Any = None) -> Any:
+    """The bundle's network in `form` (None: as trained); compiled blocks for `threads` from the cache, or,
+    where there are none that verify, the prepared form with a one-line warning on the ``einet`` logger."""
+    from .models.compiled import CompileError, load_compiled
+
+    if form is not None and form.name == "compiled":
+        try:
+            return load_compiled(_key(bundle, threads), bundle.num_exits)
+        except CompileError as error:
+            LOG.warning("einet: %s: running the prepared form instead", error)
+            form = _contiguous(bundle, constructor)
+    return bundle.network(constructor, form)
+
+
+def compile_bundle(bundle: Bundle, threads: int, constructor: Any = None,
+                   log: Callable[[str], None] = print) -> Path:
+    """Compile the bundle's network for this CPU and `threads` into the cache, verified (relative error
+    <= 1e-4 at every exit on its timing images, the same answers on >= 99.9% of them, convolutions on
+    prepacked weights); its cache folder. :class:`einet.models.compiled.CompileError` otherwise."""
+    from .models.compiled import CompileError, compile_parts
+    from .models.inference import verify
+    from .profiling import on_worker
+
+    eager = bundle.network(constructor)
+    images = bundle.preprocess(bundle.timing_images())
+
+    def check(compiled: Any) -> dict[str, float]:
+        try:
+            error = verify(eager, compiled, images, one_at_a_time=True)
+        except ValueError as failure:
+            raise CompileError(str(failure).replace("prepared form", "compiled form")) from None
+        return {"relative_error": error, "images": len(images)}
+
+    network = bundle.network(constructor, _contiguous(bundle, constructor))
+    return on_worker(threads, lambda: compile_parts(network, images[:1], _key(bundle, threads), check, log))
+
+
+def time_here(bundle: Bundle, device: str = "cpu", threads: int = 1, warmup: int = 20, repeats: int = 400,
+              constructor: Any = None, progress: bool = False, log: Callable[[str], None] = print) -> ETRecord:
+    """The ET-profile of the bundle's network on `device` with `threads` torch threads, in its fastest
+    verified form here (the prepared one, or the compiled one where verified packages are cached and
+    quicker), timed on its timing images; the profile records the form, which a runtime then runs."""
+    from .models.compiled import CompileError, load_compiled
+    from .models.inference import InferenceForm
+    from .profiling import fastest_form, profile_et, quickest
+
+    samples = bundle.preprocess(bundle.timing_images())
+    base = bundle.base_network(constructor)
+    prepared = fastest_form(base, samples, threads, log)
+    candidates = {prepared: bundle.network(constructor, prepared)}
+    if device == "cpu":
+        with contextlib.suppress(CompileError):  # none compiled for this device and thread count (einet compile)
+            candidates[InferenceForm("compiled")] = load_compiled(_key(bundle, threads), bundle.num_exits)
+    form = quickest(candidates, samples[:1], threads) if len(candidates) > 1 else prepared
+    return profile_et(candidates[form], tuple(samples.shape[1:]), device=device, warmup=warmup, repeats=repeats,
+                      threads=threads, samples=samples, name=bundle.name, progress=progress, form=form)
