@@ -35,8 +35,9 @@ def run_demo(args: argparse.Namespace) -> int:
     from .evaluation.simulate import ci95_half_width, compare, evaluate_all
     from .evaluation.tables import markdown_table
     from .models import build
+    from .models.inference import InferenceForm
     from .predictor import load_predictor
-    from .profiling import profile_cs, profile_et
+    from .profiling import fastest_form, profile_cs, profile_et
     from .runtime import ElasticRuntime
     from .runtime.adaptive import Adaptation, replanning
     from .runtime.realtime import COLD_START_RUNS, run_stream, simulations
@@ -59,10 +60,14 @@ def run_demo(args: argparse.Namespace) -> int:
                     TrainConfig(epochs=args.epochs, batch_size=64, lr=0.05, seed=0, device=device), progress=progress)
     print("      test accuracy per exit (%): " + " ".join(f"{100 * a:.0f}" for a in history.test_accuracy[-1]))
 
-    print("[2/5] profiling block times on this machine (batch 1) and exit confidences")
+    model.eval()
     examples = dataset_for("mnist", holdout, False).images[:100]  # real inputs: block times depend on them
-    record = profile_et(model, (1, 28, 28), device=device, warmup=10, repeats=100, name="vgg16_fine (width 0.125)",
-                        samples=examples, progress=progress)
+    eager = getattr(args, "eager", False) or device != "cpu"
+    form = InferenceForm() if eager else fastest_form(model, examples, 1)
+    network = form.apply(model)  # what the runtime runs; the CS-profiles are the trained network's
+    print(f"[2/5] profiling block times on this machine (batch 1, {form.name} form) and exit confidences")
+    record = profile_et(network, (1, 28, 28), device=device, warmup=10, repeats=100, name="vgg16_fine (width 0.125)",
+                        samples=examples, progress=progress, form=form)
     holdout_cs = profile_cs(model, dataset_for("mnist", holdout, False), device=device, split="holdout",
                             progress=progress)
     test_cs = profile_cs(model, dataset_for("mnist", test, False), device=device, split="test", progress=progress)
@@ -106,7 +111,7 @@ def run_demo(args: argparse.Namespace) -> int:
                             if plans
                             else lambda profile, exit_times: deployment.build(profile, exit_times, native),
                             et, dist, full_inference_time(et))
-    with ElasticRuntime(model, rule=rule, device=device, adapt=adaptation, inline=inline) as runtime:
+    with ElasticRuntime(network, rule=rule, device=device, adapt=adaptation, inline=inline) as runtime:
         for k in range(COLD_START_RUNS + WARMUP_RUNS):  # a cold start, then the estimates settle
             runtime.infer(images[chosen[k % len(chosen)]:chosen[k % len(chosen)] + 1])
         stream = run_stream(runtime, images[chosen], test.labels[chosen], deadlines, progress=progress)

@@ -18,6 +18,7 @@ import numpy as np
 from .formats.profiles import LOG_PROB_CLASSES, CSProfile, ETRecord
 
 T = TypeVar("T")
+K = TypeVar("K")
 
 if TYPE_CHECKING:
     import torch
@@ -97,30 +98,37 @@ def profile_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: st
     return record
 
 
-def quickest(networks: Mapping[Any, MultiExitNetwork], sample: torch.Tensor, threads: int = 1,
-             rounds: int = 5, repeats: int = 10) -> Any:
-    """The key of the network in `networks` that runs all its blocks and exits on `sample` ([1, ...]) in the
-    least time, on a worker with `threads` torch threads: each the median of `repeats`, alternated over
-    `rounds` after one round of warm-up, the median round compared."""
+def chain_times(networks: Mapping[K, MultiExitNetwork], sample: torch.Tensor, rounds: int = 5,
+                repeats: int = 10) -> dict[K, np.ndarray]:
+    """Each network's part times in seconds ([N, 2]: conv part i, exit i) running all its blocks and exits
+    on `sample` ([1, ...]) in this thread: per round the median of `repeats` chains, the networks alternated
+    over `rounds` after one round of warm-up, the median round (side by side, so load hits all alike)."""
     import torch
 
-    def chain(network: MultiExitNetwork) -> float:
-        started = time.perf_counter()
+    def chain(network: MultiExitNetwork) -> np.ndarray:
+        times = np.empty((network.num_exits, 2))
         h: Any = sample
         for i in range(network.num_exits):
+            started = time.perf_counter()
             h = network.forward_block(i, h)
+            ended = time.perf_counter()
             network.forward_exit(i, h)
-        return time.perf_counter() - started
+            times[i] = ended - started, time.perf_counter() - ended
+        return times
 
-    def race() -> Any:
-        times: dict[Any, list[float]] = {key: [] for key in networks}
-        with torch.inference_mode():
-            for _ in range(rounds + 1):
-                for key, network in networks.items():
-                    times[key].append(sorted(chain(network) for _ in range(repeats))[repeats // 2])
-        return min(times, key=lambda key: sorted(times[key][1:])[rounds // 2])
+    measured: dict[K, list[np.ndarray]] = {key: [] for key in networks}
+    with torch.inference_mode():
+        for _ in range(rounds + 1):
+            for key, network in networks.items():
+                measured[key].append(np.median([chain(network) for _ in range(repeats)], axis=0))
+    return {key: np.median(per_round[1:], axis=0) for key, per_round in measured.items()}
 
-    return on_worker(threads, race)
+
+def quickest(networks: Mapping[K, MultiExitNetwork], sample: torch.Tensor, threads: int = 1) -> K:
+    """The key of the network in `networks` that runs all its blocks and exits on `sample` in the least
+    time (:func:`chain_times`), timed on a worker with `threads` torch threads."""
+    times = on_worker(threads, lambda: chain_times(networks, sample))
+    return min(times, key=lambda key: float(times[key].sum()))
 
 
 def fastest_form(model: MultiExitNetwork, samples: torch.Tensor, threads: int = 1,

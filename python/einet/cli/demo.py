@@ -38,6 +38,8 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--threaded", action="store_true",
                    help="run the blocks on the runtime's worker thread, which returns at an interrupt at once, "
                         "instead of in this thread (ElasticRuntime(inline=True), the default here)")
+    p.add_argument("--eager", action="store_true",
+                   help="run the network as trained, not in its fastest verified form here (for comparison)")
     _add_torch_arguments(p)
     p.set_defaults(run=cmd_demo)
 
