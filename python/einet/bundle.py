@@ -29,7 +29,7 @@ import platform
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -40,6 +40,9 @@ from .formats.profiles import CSProfile, ETRecord
 from .formats.split import HeldOutSplit
 from .planner import Distribution, ETProfile, NativePredictor
 from .variants import Variant, load_variant
+
+
+T = TypeVar("T")
 
 
 def cpu_name() -> str:
@@ -118,7 +121,7 @@ class Bundle:
             raise BundleError(f"{self.path}: the time-zero answer of {key!r} is class {rule.time_zero_class}, "
                               f"not one of the {len(self.classes)} classes")
 
-    def _read(self, read: Callable[..., Any], file: str, *args: Any) -> Any:
+    def _read(self, read: Callable[..., T], file: str, *args: Any) -> T:
         """`read` of one of the bundle's files; its errors name the file in the bundle the user named (not in
         a packed bundle's cached copy) and are BundleErrors."""
         try:

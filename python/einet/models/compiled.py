@@ -136,7 +136,8 @@ def compile_parts(network: MultiExitNetwork, example: torch.Tensor, key: str,
     folder.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".staging-", dir=folder.parent))
     try:
-        index = {"format": COMPILED_FORMAT, "key": key, "parts": {}}
+        parts: dict[str, dict[str, str]] = {}
+        index: dict[str, Any] = {"format": COMPILED_FORMAT, "key": key, "parts": parts}
         with _freezing(), torch.no_grad():
             h: Any = example
             for name, i, exit in _names(network.num_exits):
@@ -151,10 +152,10 @@ def compile_parts(network: MultiExitNetwork, example: torch.Tensor, key: str,
                                        f"{str(error).splitlines()[0] if str(error) else ''}"[:300]) from None
                 if convolutions and not _prepacked(package):
                     raise CompileError(f"{name}: its convolutions were not compiled to oneDNN's prepacked ones")
-                index["parts"][name] = {"file": package.name, "sha256": _sha256(package)}
+                parts[name] = {"file": package.name, "sha256": _sha256(package)}
                 if not exit:
                     h = network.forward_block(i, h)
-        index["verified"] = verify(_load(staging, index["parts"], network.num_exits))
+        index["verified"] = verify(_load(staging, parts, network.num_exits))
         _sign(staging, index)
         shutil.rmtree(folder, ignore_errors=True)
         staging.rename(folder)

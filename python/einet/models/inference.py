@@ -64,7 +64,7 @@ class InferenceForm:
         for i, last in enumerate(self.channels_last):
             if last:
                 prepared.blocks[i] = ChannelsLast(prepared.blocks[i])
-                prepared.exits[i] = prepared.exits[i].to(memory_format=torch.channels_last)
+                prepared.exits[i] = _to_channels_last(prepared.exits[i])
         return prepared
 
     def record(self) -> dict[str, Any]:
@@ -83,12 +83,17 @@ class InferenceForm:
         return cls(record["name"], tuple(record["channels_last"]))
 
 
+def _to_channels_last(module: nn.Module) -> nn.Module:
+    """`module` with its 4-d weights in channels_last (in place)."""
+    return cast(nn.Module, module.to(memory_format=torch.channels_last))  # type: ignore[call-overload]
+
+
 class ChannelsLast(nn.Module):
     """A block run in channels_last: its weights, and its input (a tensor or a list of them), in NHWC."""
 
     def __init__(self, block: nn.Module) -> None:
         super().__init__()
-        self.block = block.to(memory_format=torch.channels_last)
+        self.block = _to_channels_last(block)
 
     def forward(self, h: Any) -> Any:
         if isinstance(h, torch.Tensor):
@@ -196,7 +201,7 @@ def choose_form(model: MultiExitNetwork, example: torch.Tensor, repeats: int = 1
         for i in range(folded.num_exits):
             block, branch = folded.blocks[i], folded.exits[i]
             options = {False: (block, branch), True: (ChannelsLast(copy.deepcopy(block)),
-                                                      copy.deepcopy(branch).to(memory_format=torch.channels_last))}
+                                                      _to_channels_last(copy.deepcopy(branch)))}
             timings: dict[bool, list[float]] = {False: [], True: []}
             for _ in range(rounds + 1):  # the first round warms up
                 for last, (b, e) in options.items():
