@@ -41,7 +41,6 @@ from .formats.split import HeldOutSplit
 from .planner import Distribution, ETProfile, NativePredictor
 from .variants import Variant, load_variant
 
-
 T = TypeVar("T")
 
 
