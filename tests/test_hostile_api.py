@@ -132,3 +132,37 @@ def test_finding_17_ctrl_c_is_one_line(built, monkeypatch, capsys):
     assert main(["build", str(built.parent / "c.toml")]) == 130
     err = capsys.readouterr().err
     assert err == "einet build: interrupted; run the same command again to resume\n"
+
+
+# The peak of what Python allocates from einet.load to the first answer (the manifest is read by Python:
+# its cost shows here; the process's peak RSS is set earlier, by importing torch).
+_LOAD_PEAK = """
+import sys, tracemalloc, einet, torch
+import einet.bundle, einet.runtime
+tracemalloc.start()
+runtime = einet.load(sys.argv[1], adapt=False, inline=True)
+runtime.infer(torch.zeros(1, 1, 28, 28))
+print(tracemalloc.get_traced_memory()[1])
+"""
+
+
+def test_finding_11_load_and_infer_on_a_manifest_with_a_15_mb_string_peak_within_3x_the_file(built, tmp_path):
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    from einet.formats import manifest as manifests
+
+    big = tmp_path / "big.einet"
+    shutil.copytree(built, big)
+    record = json.loads((big / "manifest.json").read_text())
+    record["provenance"]["note"] = "x" * (15 * 1024**2)
+    record["sha256"] = manifests.manifest_digest(record)
+    (big / "manifest.json").write_text(json.dumps(record))
+    peaks = [int(subprocess.run([sys.executable, "-c", _LOAD_PEAK, str(path)], capture_output=True, text=True,
+                                check=True, timeout=300).stdout) for path in (built, big)]
+    size = (big / "manifest.json").stat().st_size
+    print(f"\npeak {peaks[0] / 2**20:.0f} MB plain, {peaks[1] / 2**20:.0f} MB with a {size / 2**20:.1f} MB manifest: "
+          f"{(peaks[1] - peaks[0]) / size:.2f}x the file")
+    assert peaks[1] - peaks[0] <= 3 * size
