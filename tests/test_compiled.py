@@ -30,10 +30,9 @@ def compiled_bundle(tmp_path_factory):
     (folder / "c.toml").write_text(
         f'name = "tiny"\n[data]\ndataset = "mnist"\npath = "{files("einet") / "resources"}"\nholdout = 0.2\n'
         '[network]\nzoo = "b_alexnet"\nwidth = 0.125\nexit_head = "light"\n[train]\nepochs = 1\nbatch_size = 64\n'
-        '[profile]\nrepeats = 10\nwarmup = 2\n[select]\npredictor_epochs = 2\nrules = ["latest"]\n'
+        '[profile]\nrepeats = 10\nwarmup = 2\ncompile = true\n[select]\npredictor_epochs = 2\nrules = ["latest"]\n'
         '[output]\nbundle = "tiny.einet"\n')
-    assert main(["build", str(folder / "c.toml"), "--quiet"]) == 0
-    assert main(["compile", str(folder / "tiny.einet"), "--threads", "1", "--repeats", "5", "--quiet"]) == 0
+    assert main(["build", str(folder / "c.toml"), "--quiet"]) == 0  # profile.compile: compiled, timed, selected
     yield folder / "tiny.einet"
     patch.undo()
 
@@ -88,6 +87,13 @@ def test_a_cache_entry_is_keyed_by_what_the_packages_depend_on(compiled_bundle):
     assert len(keys) == 3
     with pytest.raises(compiled.CompileError, match="no compiled blocks"):
         compiled.load_compiled(forms._key(bundle, 2), bundle.num_exits)
+
+
+def test_einet_compile_reuses_a_verified_entry_then_times_and_selects(compiled_bundle, capsys, monkeypatch):
+    monkeypatch.setattr(compiled, "compile_parts", None)  # (a compile would fail: the cached entry is used)
+    capsys.readouterr()
+    assert main(["compile", str(compiled_bundle), "--threads", "1", "--repeats", "5", "--quiet"]) == 0
+    assert "form: full inference" in capsys.readouterr().out
 
 
 def test_without_a_compiler_einet_compile_says_so_in_one_line(compiled_bundle, monkeypatch, capsys):

@@ -103,8 +103,9 @@ def real_time(copies: dict[str, Path], limit: int | None, seed: int = 0) -> dict
         for runtime in runtimes:
             runtime.close()
     test = first.test().subset(np.arange(count))
+    assert np.array_equal(test.labels, labels[:count]), "the test CS-profile is of other images"
     real = streams[1].correct.astype(float) - streams[0].correct.astype(float)
-    promised = [dict(simulations(stream, test, runtime.rule))for stream, runtime in zip(streams, runtimes)]
+    promised = [dict(simulations(stream, test, runtime.rule)) for stream, runtime in zip(streams, runtimes)]
     key = next(name for name in promised[0] if "promise" in name)
     predicted = promised[1][key] - promised[0][key]
     return {"images": count, "eager": streams[0].accuracy, "fast": streams[1].accuracy,

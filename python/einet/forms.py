@@ -7,12 +7,15 @@
   user's cache, verified against the network as trained on the bundle's timing images (``einet compile``).
 - :func:`network_in`: the network in a form, as a runtime runs it; a compiled form whose packages are
   missing, changed or unverified falls back to the prepared form, said in one line on einet's logger.
+- :func:`add_timed_device`: time here, select for this device, add its entry (``einet profile BUNDLE``,
+  ``einet compile``, and ``einet build`` with ``profile.compile``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -98,3 +101,30 @@ def time_here(bundle: Bundle, device: str = "cpu", threads: int = 1, warmup: int
     form = quickest(candidates, samples[:1], threads) if len(candidates) > 1 else prepared
     return profile_et(candidates[form], tuple(samples.shape[1:]), device=device, warmup=warmup, repeats=repeats,
                       threads=threads, samples=samples, name=bundle.name, progress=progress, form=form)
+
+
+def add_timed_device(path: str | os.PathLike[str], device: str = "cpu", threads: int = 1, warmup: int = 20,
+                     repeats: int = 400, constructor: Any = None, progress: bool = False,
+                     log: Callable[[str], None] = print) -> tuple[ETRecord, Any]:
+    """Time the bundle folder's network here (:func:`time_here`), select its configuration for this device on
+    its held-out data as the build did, and add (or replace) the device's entry; (record, deployment)."""
+    from .bundle import device_identity, read_bundle
+    from .formats.manifest import add_device
+    from .pipeline import reselect
+
+    record = time_here(read_bundle(path), device, threads, warmup, repeats, constructor, progress, log)
+    identity = device_identity(device, threads)
+    deployment, predictor = reselect(Path(path), identity, record, progress=False)
+    add_device(path, identity, record, deployment, predictor)
+    return record, deployment
+
+
+def ensure_compiled(bundle: Bundle, threads: int, constructor: Any = None,
+                    log: Callable[[str], None] = print) -> None:
+    """Compile the bundle's blocks for `threads` (:func:`compile_bundle`) unless a verified entry is cached."""
+    from .models.compiled import CompileError, load_compiled
+
+    try:
+        load_compiled(_key(bundle, threads), bundle.num_exits)
+    except CompileError:
+        compile_bundle(bundle, threads, constructor, log)

@@ -174,7 +174,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
     full = Variant(lv["thumbnail_size"] if lv["thumbnail"] else None, lv["second_look_view"] if depths else None)
     profile_files = [work / "et.npz", work / "cs-holdout.npz", work / "cs-test.npz"]
     measured_et = config.path(config["profile"]["et"])
-    profile_key = _key(file_sha256(final_file), full.as_dict(), config["profile"], config["runtime"]["threads"],
+    timing = {key: value for key, value in config["profile"].items() if key != "compile"}  # (compile: after bundle)
+    profile_key = _key(file_sha256(final_file), full.as_dict(), timing, config["runtime"]["threads"],
                        file_sha256(measured_et) if measured_et is not None else None, data_key, test_data,
                        config.name)
 
@@ -241,8 +242,31 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
             log(f"    {100 * score:6.2f}%  {candidate}")
 
     stages.run("select", select_key, selected_files, make_selection)
-    return _write(config, work, split, full, final_file, profile_files, selected_files, stages, holdout_arrays,
-                  (mean, std), train_all.classes, test_data)
+    bundle = _write(config, work, split, full, final_file, profile_files, selected_files, stages, holdout_arrays,
+                    (mean, std), train_all.classes, test_data)
+    if config["profile"]["compile"]:
+        _compile(config, bundle, log)
+    return bundle
+
+
+def _compile(config: BuildConfig, bundle: Path, log: Callable[[str], None]) -> None:
+    """``profile.compile``: the bundle's blocks compiled for this CPU (unless cached), then timed and selected
+    for as ``einet compile`` does; a failed compile leaves the prepared form's entry, said in one line."""
+    from .bundle import read_bundle
+    from .forms import add_timed_device, ensure_compiled
+    from .models.compiled import CompileError
+
+    threads, constructor = int(config["runtime"]["threads"]), config["network"]["constructor"]
+    log(f"[compile] blocks and exits for this CPU, {threads} thread{'s' * (threads != 1)}")
+    try:
+        ensure_compiled(read_bundle(bundle), threads, constructor, log)
+    except CompileError as error:
+        log(f"[compile] {error}: the bundle runs its prepared form")
+        return
+    record, deployment = add_timed_device(bundle, "cpu", threads, config["profile"]["warmup"],
+                                          config["profile"]["repeats"], constructor, log=log)
+    log(f"[compile] timed in the {record.meta['form']['name']} form: full inference "
+        f"{1e3 * record.profile.total():.3f} ms; chosen: {deployment.policy}, rule {deployment.rule.label()}")
 
 
 def _blocks(full: Variant, et: Any) -> int:

@@ -59,18 +59,14 @@ def _bundle_folder(path: str, command: str) -> Any:
 def _time_and_add(args: argparse.Namespace, bundle: Any, device: str, threads: int) -> int:
     """Time the bundle's network here in its fastest verified form, select for this device, add the entry."""
     from ..bundle import device_identity
-    from ..formats.manifest import add_device
-    from ..forms import time_here
-    from ..pipeline import reselect
+    from ..forms import add_timed_device
 
-    record = time_here(bundle, device, threads, args.warmup, args.repeats, args.constructor,
-                       progress=not args.quiet and sys.stderr.isatty())
-    identity = device_identity(device, threads)
-    deployment, predictor = reselect(Path(args.bundle), identity, record, progress=False)
-    add_device(args.bundle, identity, record, deployment, predictor)
-    print(f"timed {bundle.name} on {identity['name']} ({threads} thread{'s' * (threads != 1)}), "
-          f"{record.meta['form']['name']} form: full inference {1e3 * record.profile.total():.3f} ms; chosen for it: "
-          f"{deployment.policy}, rule {deployment.rule.label()}; added to {args.bundle}")
+    record, deployment = add_timed_device(args.bundle, device, threads, args.warmup, args.repeats, args.constructor,
+                                          progress=not args.quiet and sys.stderr.isatty())
+    print(f"timed {bundle.name} on {device_identity(device, threads)['name']} ({threads} "
+          f"thread{'s' * (threads != 1)}), {record.meta['form']['name']} form: full inference "
+          f"{1e3 * record.profile.total():.3f} ms; chosen for it: {deployment.policy}, rule "
+          f"{deployment.rule.label()}; added to {args.bundle}")
     return 0
 
 
@@ -79,18 +75,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
     verified; then timed here and selected for, as `einet profile` does."""
     import torch
 
-    from ..forms import compile_bundle
+    from ..forms import compile_bundle, ensure_compiled
     from ..models.compiled import CompileError
 
     bundle = _bundle_folder(args.bundle, "compile")
     threads = args.threads or int(bundle.manifest["runtime"]["threads"])
     torch.set_num_threads(threads)
     try:
-        folder = compile_bundle(bundle, threads, args.constructor, log=print if not args.quiet else lambda _: None)
+        (compile_bundle if args.force else ensure_compiled)(bundle, threads, args.constructor,
+                                                            log=print if not args.quiet else lambda _: None)
     except CompileError as error:
         print(f"einet compile: {error}: {args.bundle} runs its prepared form", file=sys.stderr)
         return 1
-    print(f"compiled {bundle.name} for this CPU and {threads} thread{'s' * (threads != 1)}, verified: {folder}")
+    print(f"compiled {bundle.name} for this CPU and {threads} thread{'s' * (threads != 1)}, verified")
     return _time_and_add(args, bundle, "cpu", threads)
 
 
@@ -253,6 +250,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--repeats", type=count, default=400, help="timed runs of the ET-profile")
     p.add_argument("--constructor", metavar="PACKAGE.MODULE:CALLABLE",
                    help="for a network converted from your constructor: its name (loading imports it)")
+    p.add_argument("--force", action="store_true", help="compile again, even where verified packages are cached")
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(run=cmd_compile)
 
