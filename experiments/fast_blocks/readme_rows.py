@@ -36,7 +36,7 @@ from einet.data import load
 from einet.distributions import sample_exit_times
 from einet.evaluation.simulate import ci95_half_width, evaluate, paired_difference
 from einet.formats.manifest import add_device
-from einet.forms import compile_bundle, time_here
+from einet.forms import ensure_compiled, time_here
 from einet.models.inference import InferenceForm
 from einet.pipeline import reselect
 from einet.profiling import profile_et
@@ -120,7 +120,7 @@ def study(name: str, limit: int | None, compile_too: bool) -> dict:
     bundle = read_bundle(source)
     torch.set_num_threads(1)
     if compile_too:
-        compile_bundle(bundle, 1, log=lambda _: None)
+        ensure_compiled(bundle, 1, log=lambda _: None)
     samples = bundle.preprocess(bundle.timing_images())
     eager = profile_et(bundle.network(), tuple(samples.shape[1:]), warmup=20, repeats=400, threads=1,
                        samples=samples, name=bundle.name, progress=False, form=InferenceForm())
