@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 _FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".bmp": "BMP", ".gif": "GIF", ".webp": "WEBP"}
 IMAGE_SUFFIXES = tuple(_FORMATS)
 _GREY = ("1", "L", "LA", "La", "F")  # and 16/32-bit grey (I, I;16...); a palette of greys too (see _channels)
-_CACHE_FORMAT = 3  # bump when the cached content or the fingerprint changes
+_CACHE_FORMAT = 4  # bump when the cached content or the fingerprint changes (4: grey with alpha or palette kept grey)
 _CACHE_KEY = "cache.key"  # the user's secret that authenticates the entries of a cache directory
 _KEY_BYTES = 32
 _MAC_BYTES = hashlib.sha256().digest_size
