@@ -33,6 +33,7 @@ from einet.distributions import relative_distribution
 from einet.evaluation.simulate import evaluate
 from einet.formats.checkpoint import load_checkpoint, recorded_split
 from einet.formats.profiles import CSProfile
+from einet.formats.split import HeldOutSplit
 from einet.models.compiled import _freezing, _Part, compile_parts, load_compiled
 from einet.models.inference import InferenceForm
 from einet.planner import ETProfile
@@ -48,8 +49,10 @@ CIFAR = HERE.parents[2] / "shared" / "data" / "cifar10-jpeg.zip"
 def held_out(checkpoint: Path) -> ImageDataset:
     """The checkpoint's held-out training images (its recorded split), normalised as it was trained."""
     _, state = load_checkpoint(checkpoint)
-    split = recorded_split(checkpoint, state)
-    _, holdout = split.apply(load("cifar10", str(CIFAR), "train"))
+    train = load("cifar10", str(CIFAR), "train")
+    # (the fixtures predate recorded splits: `einet train`'s default, 10% held out with seed 0, as einet profile)
+    split = recorded_split(checkpoint, state) or HeldOutSplit.of(train, 0.1, 0)
+    _, holdout = split.apply(train)
     return ImageDataset(holdout, *NORMALISATION["cifar10"])
 
 
@@ -64,13 +67,13 @@ def quantized_parts(network, calibration: torch.Tensor, folder: Path):
     quantized = []
     with torch.no_grad():
         for i in range(network.num_exits):
-            for exit in (False, True):
-                part = _Part(network, i, exit)
-                prepared = prepare_pt2e(torch.export.export(part, (inputs[0],)).module(), quantizer)
-                for h in inputs:
+            outputs = [network.forward_block(i, h) for h in inputs]
+            for exit, seen in ((False, inputs), (True, outputs)):  # block i takes its inputs, exit i its outputs
+                prepared = prepare_pt2e(torch.export.export(_Part(network, i, exit), (seen[0],)).module(), quantizer)
+                for h in seen:
                     prepared(h)
-                quantized.append((f"{'exit' if exit else 'block'}-{i}", convert_pt2e(prepared), inputs[0]))
-            inputs = [network.forward_block(i, h) for h in inputs]
+                quantized.append((f"{'exit' if exit else 'block'}-{i}", convert_pt2e(prepared), seen[0]))
+            inputs = outputs
     parts = {}
     with _freezing(), torch.no_grad():
         for name, module, example in quantized:
