@@ -65,7 +65,7 @@ def test_the_compiled_form_against_eager(benchmark, speed_goal, tmp_path, monkey
     monkeypatch.setenv("EINET_CACHE_DIR", str(tmp_path))
     eager = _network("vgg16_fine_w025_cpu_light")
     x = torch.randn(16, 3, 32, 32)
-    contiguous = InferenceForm("prepared", (False,) * eager.num_exits).apply(eager)
+    contiguous = InferenceForm("prepared").apply(eager)
     entry = compile_parts(contiguous, x[:1], "bench",
                           lambda c: {"relative_error": verify(eager, c, x, one_at_a_time=True)}, log=lambda _: None)
     compiled = load_compiled(entry.name, eager.num_exits)

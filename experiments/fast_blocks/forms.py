@@ -109,8 +109,8 @@ def study(label: str, fixture: str, x: torch.Tensor, compile_too: bool) -> dict:
     forms = {"eager": eager, "prepared": prepared}
     row: dict = {"network": label, "layouts": "".join("C" if last else "-" for last in form.channels_last)}
     if compile_too:
-        forms["compiled"], row["compile"] = compiled_form(fixture, InferenceForm(
-            "prepared", (False,) * eager.num_exits).apply(eager), eager, x[:64])
+        forms["compiled"], row["compile"] = compiled_form(fixture, InferenceForm("prepared").apply(eager),
+                                                            eager, x[:64])
     times = chain_times(forms, sample, rounds=7, repeats=20)
     flops = block_flops(eager, sample)
     largest = int(np.argmax(flops))

@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(1)
     checkpoint = FIXTURES / args.fixture / "model.pt"
     eager, _ = load_checkpoint(checkpoint)
-    network = InferenceForm("prepared", (False,) * eager.num_exits).apply(eager.eval())
+    network = InferenceForm("prepared").apply(eager.eval())
     data = held_out(checkpoint)
     calibration = data.images[:args.calibrate]
     scored = slice(args.calibrate, args.calibrate + args.images)

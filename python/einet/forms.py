@@ -36,13 +36,12 @@ def _key(bundle: Bundle, threads: int) -> str:
     return cache_key(bundle.manifest["files"][NETWORK], bundle.variant.as_dict(), threads)
 
 
-def _contiguous(bundle: Bundle, constructor: Any) -> Any:
-    """The prepared form compiled blocks are made from: BatchNorm folded, the trained layout (Inductor
-    chooses its own)."""
+# The form compiled blocks are made from: BatchNorm folded, every block in its trained layout (Inductor
+# chooses its own); what a compiled form falls back to.
+def _trained_layout() -> InferenceForm:
     from .models.inference import InferenceForm
 
-    base = bundle.base_network(constructor)
-    return InferenceForm("prepared", (False,) * base.num_exits)
+    return InferenceForm("prepared")
 
 
 def network_in(bundle: Bundle, form: InferenceForm | None, threads: int, constructor: Any = None) -> Any:
@@ -55,7 +54,7 @@ def network_in(bundle: Bundle, form: InferenceForm | None, threads: int, constru
             return load_compiled(_key(bundle, threads), bundle.num_exits)
         except CompileError as error:
             LOG.warning("einet: %s: running the prepared form instead", error)
-            form = _contiguous(bundle, constructor)
+            form = _trained_layout()
     return bundle.network(constructor, form)
 
 
@@ -78,7 +77,7 @@ def compile_bundle(bundle: Bundle, threads: int, constructor: Any = None,
             raise CompileError(str(failure).replace("prepared form", "compiled form")) from None
         return {"relative_error": error, "images": len(images)}
 
-    network = bundle.network(constructor, _contiguous(bundle, constructor))
+    network = bundle.network(constructor, _trained_layout())
     return on_worker(threads, lambda: compile_parts(network, images[:1], _key(bundle, threads), check, log))
 
 

@@ -39,8 +39,8 @@ SAME_ANSWERS = 0.999  # share of inputs on which every exit answers the same cla
 @dataclass(frozen=True)
 class InferenceForm:
     """How a network is run: ``eager`` (as trained, eval mode), ``prepared`` (BatchNorm folded, dropout
-    gone) with each block's layout (True: channels_last), or ``compiled`` (the prepared network's blocks
-    and exits as packages: :mod:`einet.models.compiled`)."""
+    gone) with each block's layout (True: channels_last; none given: every block in its trained layout),
+    or ``compiled`` (the prepared network's blocks and exits as packages: :mod:`einet.models.compiled`)."""
 
     name: str = "eager"
     channels_last: tuple[bool, ...] = ()
