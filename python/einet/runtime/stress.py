@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Any
+from typing import IO, Any, cast
 
 import numpy as np
 
@@ -34,7 +34,8 @@ __all__ = ["LOADS", "Burners", "Slowed", "switching_exit_times"]
 
 LOADS = ("idle", "steady", "switching")  # the load patterns the checks run under
 # A burner: busy until its time limit, or until its parent has gone. On Linux it is also killed with its
-# parent (PR_SET_PDEATHSIG), which reaches it while stopped too: a stopped burner runs no timer.
+# parent (PR_SET_PDEATHSIG), which reaches it while stopped too: a stopped burner runs no timer. It says
+# "ready" once that is armed, and is switched only after.
 _BURN = """import os, sys, time
 parent = int(sys.argv[2])
 try:
@@ -42,6 +43,8 @@ try:
     ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 except (OSError, AttributeError):
     pass
+sys.stdout.write("ready")  # armed: it may be stopped from now on
+sys.stdout.flush()
 end = time.monotonic() + float(sys.argv[1])
 while time.monotonic() < end and os.getppid() == parent:
     pass
@@ -71,8 +74,12 @@ class Burners:
         return cls(0 if load == "idle" else count, period if load == "switching" else None, limit)
 
     def __enter__(self) -> Burners:
-        self._processes = [subprocess.Popen([sys.executable, "-c", _BURN, str(self.limit), str(os.getpid())])
-                           for _ in range(self.count)]
+        self._processes = [subprocess.Popen([sys.executable, "-c", _BURN, str(self.limit), str(os.getpid())],
+                                            stdout=subprocess.PIPE) for _ in range(self.count)]
+        for process in self._processes:  # each burner busy, and dying with this process, before any switching
+            ready = cast(IO[bytes], process.stdout)  # (one stopped before it armed that would outlive us)
+            ready.read(5)
+            ready.close()
         if self.period is not None and self._processes:
             self._switcher = threading.Thread(target=self._switch, daemon=True, name="einet-burners")
             self._switcher.start()
