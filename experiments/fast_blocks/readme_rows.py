@@ -15,7 +15,7 @@ is missing; its blocks compiled for one thread unless --no-compile), on this mac
    the same deadlines from each copy's profile (the promise: planned times plus recent part delays).
 
 Run: python experiments/fast_blocks/readme_rows.py [--rows NAME ...] [--limit N] [--no-compile]
-Writes experiments/fast_blocks/results/readme_rows.{md,json}.
+Writes experiments/fast_blocks/results/readme_rows.{md,json}, keeping the rows not run again.
 """
 
 from __future__ import annotations
@@ -45,7 +45,9 @@ from einet.runtime.realtime import run_streams, simulations
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 CIFAR = ROOT.parent / "shared" / "data" / "cifar10-jpeg.zip"
-ROWS = {"vgg16_fine_deployed": "VGG-16 fine, w0.25", "b_alexnet_thumbnail": "B-AlexNet, w0.5"}
+ROWS = {"vgg16_fine_deployed": "VGG-16 fine, w0.25", "b_alexnet_thumbnail": "B-AlexNet, w0.5",
+        "b_alexnet_w025_light": "B-AlexNet, w0.25", "resnet50_fine": "ResNet-50 fine, w0.125",
+        "flex_vgg16": "FlexVGG-16, w0.25"}
 
 
 def bundle_of(name: str) -> Path:
@@ -164,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     if not CIFAR.exists():
         print(f"needs {CIFAR.relative_to(ROOT.parent)}", file=sys.stderr)
         return 2
-    rows = [study(name, args.limit, not args.no_compile) for name in args.rows]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    kept = json.loads(out.with_suffix(".json").read_text()) if out.with_suffix(".json").exists() else []
+    fresh = {ROWS[name]: study(name, args.limit, not args.no_compile) for name in args.rows}
+    rows = [fresh.pop(row["row"], row) for row in kept] + list(fresh.values())  # rows not run again are kept
     out.with_suffix(".json").write_text(json.dumps(rows, indent=1) + "\n")
     out.with_suffix(".md").write_text(table(rows))
     print(table(rows))

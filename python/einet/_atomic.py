@@ -28,6 +28,8 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import BinaryIO
 
+from .errors import EinetValueError
+
 __all__ = ["atomic_write", "write_target"]
 
 
@@ -67,7 +69,7 @@ def write_target(path: str | os.PathLike[str]) -> Path:
         return target
     if not stat.S_ISREG(mode):
         kind = "a folder" if stat.S_ISDIR(mode) else "a FIFO" if stat.S_ISFIFO(mode) else "a device or a socket"
-        raise ValueError(f"{path} is {kind}, not a regular file: einet writes whole files, name a file")
+        raise EinetValueError(f"{path} is {kind}, not a regular file: einet writes whole files, name a file")
     return target
 
 

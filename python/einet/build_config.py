@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .distributions import RELATIVE_KINDS
+from .errors import EinetValueError
 from .rules import RULES
 from .validation import plain_json, printable_name
 
@@ -138,28 +139,29 @@ _CONSTRUCTOR_ONLY, _ZOO_ONLY = ("kwargs", "exits", "backbone_weights"), ("width"
 def _check_network(path: Path, network: dict[str, Any], given: dict[str, Any], trusted: str | None) -> None:
     """One kind of network (a zoo name, or a constructor the caller trusts), and only the options it uses."""
     if (network["zoo"] is None) == (network["constructor"] is None):
-        raise ValueError(f"{path}: give exactly one of network.zoo and network.constructor")
+        raise EinetValueError(f"{path}: give exactly one of network.zoo and network.constructor")
     named = network["constructor"]
     unused = [option for option in (_ZOO_ONLY if named else _CONSTRUCTOR_ONLY) if option in given]
     if unused:
-        raise ValueError(f"{path}: network.{unused[0]} goes with network.{'zoo' if named else 'constructor'}, "
-                         f"not with network.{'constructor' if named else 'zoo'}: it would be ignored")
+        raise EinetValueError(f"{path}: network.{unused[0]} goes with network.{'zoo' if named else 'constructor'}, "
+                              f"not with network.{'constructor' if named else 'zoo'}: it would be ignored")
     if named is not None and named != trusted:
-        raise ValueError(f"{path}: network.constructor {named!r} imports and runs code: build it only if you trust "
-                         f"it, by naming it again on the command line (--constructor {named})")
+        raise EinetValueError(f"{path}: network.constructor {named!r} imports and runs code: build it only if "
+                              "you trust "
+                              f"it, by naming it again on the command line (--constructor {named})")
     if named is not None:  # trusted: imported now, so that what cannot make a network is refused before any work
         from .models.constructor import resolve_constructor
 
         try:
             resolve_constructor(named)
         except ValueError as error:
-            raise ValueError(f"{path}: network.constructor: {error}") from None
+            raise EinetValueError(f"{path}: network.constructor: {error}") from None
     else:
         from .models.zoo import ZOO  # (torch: a build needs it anyway)
 
         if network["zoo"] not in ZOO:
-            raise ValueError(f"{path}: network.zoo {network['zoo']!r} is not a zoo network: expected one of "
-                             f"{', '.join(ZOO)}")
+            raise EinetValueError(f"{path}: network.zoo {network['zoo']!r} is not a zoo network: expected one of "
+                                  f"{', '.join(ZOO)}")
 
 
 def read_config(path: str | os.PathLike[str], constructor: str | None = None) -> BuildConfig:
@@ -179,28 +181,28 @@ def read_config(path: str | os.PathLike[str], constructor: str | None = None) ->
         with open_regular(path) as f:
             source = tomllib.load(f)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError, RecursionError) as error:
-        raise ValueError(f"{path} is not valid TOML: {type(error).__name__}: {str(error)[:200]}") from None
+        raise EinetValueError(f"{path} is not valid TOML: {type(error).__name__}: {str(error)[:200]}") from None
     unknown = sorted(set(source) - set(SECTIONS) - TOP_LEVEL)
     if unknown:
-        raise ValueError(f"{path}: unknown section {unknown[0]!r}: expected {', '.join(SECTIONS)}")
+        raise EinetValueError(f"{path}: unknown section {unknown[0]!r}: expected {', '.join(SECTIONS)}")
     sections: dict[str, dict[str, Any]] = {}
     for name, defaults in SECTIONS.items():
         given = source.get(name, {})
         if not isinstance(given, dict):
-            raise ValueError(f"{path}: [{name}] must be a table")
+            raise EinetValueError(f"{path}: [{name}] must be a table")
         extra = sorted(set(given) - set(defaults))
         if extra:
-            raise ValueError(f"{path}: unknown option {name}.{extra[0]}: expected one of {', '.join(defaults)}")
+            raise EinetValueError(f"{path}: unknown option {name}.{extra[0]}: expected one of {', '.join(defaults)}")
         sections[name] = defaults | given
         for option, value in given.items():
             check, what = CHECKS[f"{name}.{option}"]
             if not check(value):
-                raise ValueError(f"{path}: {name}.{option} must be {what}, got {value!r:.80}")
+                raise EinetValueError(f"{path}: {name}.{option} must be {what}, got {value!r:.80}")
     if sections["data"]["path"] is None:
-        raise ValueError(f"{path}: data.path is required (the dataset's folder or file)")
+        raise EinetValueError(f"{path}: data.path is required (the dataset's folder or file)")
     _check_network(path, sections["network"], source.get("network", {}), constructor)
     if sections["output"]["bundle"] is None:
-        raise ValueError(f"{path}: output.bundle is required (the bundle folder to write)")
+        raise EinetValueError(f"{path}: output.bundle is required (the bundle folder to write)")
     select = sections["select"]
     # scored under each of these, averaged; deployed for the first (einet.evaluation.select.select_network)
     select["score_under"] = [select["dist"], *[kind for kind in select["score_under"] if kind != select["dist"]]]
@@ -209,10 +211,10 @@ def read_config(path: str | os.PathLike[str], constructor: str | None = None) ->
     try:
         check_adaptation(sections["runtime"]["adaptation"])
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: runtime: {error}") from None
+        raise EinetValueError(f"{path}: runtime: {error}") from None
     name = source.get("name", path.stem)
     if not printable_name(name):
-        raise ValueError(f"{path}: name must be a printable string of at most 200 characters, got {name!r:.80}")
+        raise EinetValueError(f"{path}: name must be a printable string of at most 200 characters, got {name!r:.80}")
     if sections["output"]["work"] is None:
         sections["output"]["work"] = f"{sections['output']['bundle']}.work"
     return BuildConfig(name, sections, path.resolve().parent, source, path.resolve())

@@ -13,6 +13,7 @@ from typing import Any
 
 from ._atomic import atomic_write
 from .build_config import BuildConfig
+from .errors import EinetValueError
 from .validation import open_regular, parse_json
 
 STAGES_FILE = "stages.json"
@@ -39,16 +40,17 @@ def check_paths(config: BuildConfig) -> None:
                 continue
             other = given.resolve()
             if path == other or path in other.parents or other in path.parents:
-                raise ValueError(f"{name} {path} and {source} {other} overlap: a build would replace or write "
-                                 "into it; give another output path")
+                raise EinetValueError(f"{name} {path} and {source} {other} overlap: a build would replace or write "
+                                      "into it; give another output path")
     bundle_path, work_path = outputs["output.bundle"], outputs["output.work"]
     if bundle_path == work_path or bundle_path in work_path.parents or work_path in bundle_path.parents:
-        raise ValueError(f"output.bundle {bundle_path} and output.work {work_path} overlap: keep them apart")
+        raise EinetValueError(f"output.bundle {bundle_path} and output.work {work_path} overlap: keep them apart")
     if bundle_path.exists() and not is_bundle_folder(bundle_path):
-        raise ValueError(f"output.bundle {bundle_path} exists and is not an einet bundle: a build would replace it")
+        raise EinetValueError(f"output.bundle {bundle_path} exists and is not an einet bundle: a build would "
+                              "replace it")
     if work_path.exists() and (not work_path.is_dir() or (any(work_path.iterdir())
                                                            and not (work_path / STAGES_FILE).is_file())):
-        raise ValueError(f"output.work {work_path} exists and is not a build's work folder (no {STAGES_FILE})")
+        raise EinetValueError(f"output.work {work_path} exists and is not a build's work folder (no {STAGES_FILE})")
 
 
 class Stages:

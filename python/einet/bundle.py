@@ -33,6 +33,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from .errors import EinetTypeError, EinetValueError
 from .evaluation.select import Deployment, deployment_from_record
 from .formats.manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, device_key, read_manifest
 from .formats.npz import read_arrays
@@ -270,7 +271,7 @@ class Bundle:
 
         device, threads = _runtime_options(device, threads, adapt, constructor, inline)
         if type(eager) is not bool:
-            raise TypeError(f"eager must be True or False, got {eager!r:.40}")
+            raise EinetTypeError(f"eager must be True or False, got {eager!r:.40}")
         threads = threads or int(self.manifest["runtime"]["threads"])
         entry = self.entry(device, threads)
         predictor = self.predictor(entry)
@@ -297,23 +298,23 @@ def _runtime_options(device: object, threads: object, adapt: object, constructor
     from .validation import MAX_THREADS, number
 
     if not isinstance(device, str):
-        raise TypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r:.40}")
+        raise EinetTypeError(f"device must be a string such as 'cpu' or 'cuda:0', got {device!r:.40}")
     try:
         kind = torch.device(device)
     except RuntimeError:
-        raise ValueError(f"device {device!r:.40} is not a device name such as 'cpu' or 'cuda:0'") from None
+        raise EinetValueError(f"device {device!r:.40} is not a device name such as 'cpu' or 'cuda:0'") from None
     if kind.type not in ("cpu", "cuda"):
-        raise ValueError(f"device {device!r:.40}: einet runs on 'cpu' or 'cuda', not {kind.type!r}")
+        raise EinetValueError(f"device {device!r:.40}: einet runs on 'cpu' or 'cuda', not {kind.type!r}")
     if kind.type == "cuda" and not (torch.cuda.is_available() and (kind.index or 0) < torch.cuda.device_count()):
-        raise ValueError(f"device {device!r:.40}: no such CUDA device here (torch sees "
-                         f"{torch.cuda.device_count() if torch.cuda.is_available() else 'none'})")
+        raise EinetValueError(f"device {device!r:.40}: no such CUDA device here (torch sees "
+                              f"{torch.cuda.device_count() if torch.cuda.is_available() else 'none'})")
     if adapt is not None and type(adapt) is not bool:
-        raise TypeError(f"adapt must be True, False or None (the bundle's choice), got {adapt!r:.40}")
+        raise EinetTypeError(f"adapt must be True, False or None (the bundle's choice), got {adapt!r:.40}")
     if type(inline) is not bool:
-        raise TypeError(f"inline must be True or False, got {inline!r:.40}")
+        raise EinetTypeError(f"inline must be True or False, got {inline!r:.40}")
     if constructor is not None and not (isinstance(constructor, str) or callable(constructor)):
-        raise TypeError(f"constructor must be a 'package.module:callable' name or a callable, got "
-                        f"{type(constructor).__name__}")
+        raise EinetTypeError(f"constructor must be a 'package.module:callable' name or a callable, got "
+                             f"{type(constructor).__name__}")
     return device, None if threads is None else int(number("threads", threads, 1, MAX_THREADS, integer=True))
 
 

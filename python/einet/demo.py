@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import EinetValueError
+
 WARMUP_RUNS = 100  # uninterrupted runs before the stream: the adaptive runtime's estimates settle
 
 
@@ -51,7 +53,7 @@ def run_demo(args: argparse.Namespace) -> int:
     with as_file(files("einet") / "resources") as root:
         train_all, test = load_mnist(root, "train"), load_mnist(root, "test")
     if not 1 <= args.samples <= len(test):
-        raise ValueError(f"--samples must lie in [1, {len(test)}] (the embedded test images), got {args.samples}")
+        raise EinetValueError(f"--samples must lie in [1, {len(test)}] (the embedded test images), got {args.samples}")
     train_part, holdout = train_all.split(0.2, seed=0)
     print(f"[1/5] training a 14-exit VGG-16 (width 1/8) on {len(train_part)} MNIST images "
           f"({len(holdout)} held out for the predictor, {len(test)} for testing)")

@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from .errors import EinetTypeError, EinetValueError
 from .planner import Deterministic, Distribution, Empirical, ETProfile, Exponential, Normal, Uniform
 
 # The named kinds, each made from a horizon H in seconds: uniform on [0, H], normal N(H/2, H/4)
@@ -31,10 +32,10 @@ def relative_distribution(kind: str, full_time: float, scale: float = 1.0) -> Di
     """Exit time relative to the full inference time T: uniform on [0, sT], normal N(sT/2, sT/4)
     truncated at 0, exponential with mean sT/2."""
     if not full_time > 0 or not scale > 0:
-        raise ValueError(f"full_time and scale must be > 0, got {full_time} and {scale}")
+        raise EinetValueError(f"full_time and scale must be > 0, got {full_time} and {scale}")
     horizon = scale * full_time
     if kind not in RELATIVE_KINDS:
-        raise ValueError(f"unknown distribution kind {kind!r}: expected {', '.join(RELATIVE_KINDS)}")
+        raise EinetValueError(f"unknown distribution kind {kind!r}: expected {', '.join(RELATIVE_KINDS)}")
     return RELATIVE_KINDS[kind](horizon)
 
 
@@ -42,7 +43,7 @@ def sample_exit_times(dist: Distribution, size: tuple[int, ...], rng: np.random.
     """Draws of tau from any of einet's distributions."""
     sampler = _SAMPLERS.get(type(dist))
     if sampler is None:
-        raise TypeError(f"unknown distribution {dist!r}")
+        raise EinetTypeError(f"unknown distribution {dist!r}")
     return sampler(dist, size, rng)
 
 
@@ -60,7 +61,7 @@ def _truncated_normal(mean: float, std: float, size: tuple[int, ...], rng: np.ra
     unit = NormalDist()
     above = unit.cdf(mean / std)  # the mass above 0
     if not above > 0:
-        raise ValueError(f"Normal({mean}, {std}) has no mass above 0 to draw exit times from")
+        raise EinetValueError(f"Normal({mean}, {std}) has no mass above 0 to draw exit times from")
     draws = rng.normal(mean, std, size) if above >= 0.5 else np.full(size, -1.0)
     for _ in range(_REDRAWS if above >= 0.5 else 0):
         negative = draws < 0

@@ -32,6 +32,7 @@ from typing import Any
 
 from .build_config import BuildConfig
 from .build_stages import Stages, check_paths
+from .errors import EinetValueError
 from .formats.manifest import file_sha256
 from .variants import Variant, load_variant, variant_exits
 
@@ -92,8 +93,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
             model, state = load_checkpoint(given, constructor=net["constructor"])
             recorded = recorded_split(given, state)
             if recorded is not None and recorded != split:
-                raise ValueError(f"{given} was trained with another held-out split ({recorded}) than [data] asks "
-                                 f"for ({split})")
+                raise EinetValueError(f"{given} was trained with another held-out split ({recorded}) than [data] asks "
+                                      f"for ({split})")
             save_checkpoint(network_file, model, dict(state["spec"]), config=state.get("config") or {},
                             split=split.as_dict())
             return
@@ -187,8 +188,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
         if measured_et is not None:  # timed before on this device, e.g. back to back with a reference
             record = ETRecord.load(measured_et)
             if len(record.conv) != network.num_exits:
-                raise ValueError(f"profile.et {measured_et} has {len(record.conv)} blocks; the network profiled "
-                                 f"({full}) has {network.num_exits}")
+                raise EinetValueError(f"profile.et {measured_et} has {len(record.conv)} blocks; the network profiled "
+                                      f"({full}) has {network.num_exits}")
         else:
             samples = data.ImageDataset(data.timing_arrays(holdout_arrays), mean, std).images
             threads = config["runtime"]["threads"]  # timed in the fastest verified form, which the bundle runs
@@ -220,7 +221,8 @@ def build(config: BuildConfig, progress: bool = False, force: bool = False,
         for thumb in ([False, True] if lv["thumbnail"] else [False]):
             for depth in [None, *depths]:
                 if depth is not None and depth > blocks:
-                    raise ValueError(f"levers.second_look depth {depth} is more than the network's {blocks} blocks")
+                    raise EinetValueError(f"levers.second_look depth {depth} is more than the network's "
+                                          f"{blocks} blocks")
                 variant = Variant(full.thumbnail if thumb else None, full.second_look if depth else None,
                                   None if depth == blocks else depth)
                 keep = variant_exits(blocks, full, variant)

@@ -17,6 +17,7 @@ import numpy.typing as npt
 from . import _core
 from ._core import Deterministic, Empirical, Exponential, Normal, SearchOptions, Uniform
 from ._core import Predictor as NativePredictor
+from .errors import EinetTypeError, EinetValueError
 
 __all__ = [
     "METHODS", "RULES", "ArrayLike", "BatchPlans", "Deterministic", "Distribution", "ETProfile", "Empirical",
@@ -37,20 +38,20 @@ def _real_array(values: ArrayLike, name: str, copy: bool = False) -> npt.NDArray
     try:
         array = np.asarray(values)
         if array.dtype.kind == "c":
-            raise TypeError(f"{name} must be real numbers, got dtype {array.dtype}")
+            raise EinetTypeError(f"{name} must be real numbers, got dtype {array.dtype}")
         return np.array(array, dtype=np.float64) if copy else np.asarray(array, dtype=np.float64)
     except OverflowError:
-        raise ValueError(f"{name} holds a number too large for a float") from None
+        raise EinetValueError(f"{name} holds a number too large for a float") from None
 
 
 def _times(values: ArrayLike, name: str) -> npt.NDArray[np.float64]:
     times = _real_array(values, f"{name} times", copy=True)
     if times.ndim != 1:
-        raise ValueError(f"{name} times must be 1-D, got shape {times.shape}")
+        raise EinetValueError(f"{name} times must be 1-D, got shape {times.shape}")
     bad = ~np.isfinite(times) | (times < 0)
     if bad.any():
         i = int(np.argmax(bad))
-        raise ValueError(f"{name} time[{i}] must be finite and >= 0, got {times[i]}")
+        raise EinetValueError(f"{name} time[{i}] must be finite and >= 0, got {times[i]}")
     times.flags.writeable = False
     return times
 
@@ -66,9 +67,9 @@ class ETProfile:
         self.conv = _times(conv, "conv")
         self.branch = _times(branch, "branch")
         if self.conv.size == 0:
-            raise ValueError("an ETProfile needs at least one block, got none")
+            raise EinetValueError("an ETProfile needs at least one block, got none")
         if self.conv.shape != self.branch.shape:
-            raise ValueError(f"conv and branch differ in length: {self.conv.size} vs {self.branch.size}")
+            raise EinetValueError(f"conv and branch differ in length: {self.conv.size} vs {self.branch.size}")
 
     @property
     def num_blocks(self) -> int:
@@ -112,9 +113,9 @@ def _count(value: int, name: str) -> int:
     try:
         number = operator.index(value)
     except TypeError:
-        raise ValueError(f"{name} must be an integer, got {value!r}") from None
+        raise EinetValueError(f"{name} must be an integer, got {value!r}") from None
     if number < 0:
-        raise ValueError(f"{name} must be >= 0, got {number}")
+        raise EinetValueError(f"{name} must be >= 0, got {number}")
     return number
 
 
@@ -122,13 +123,13 @@ def search_options(method: str = "hybrid", depth: int = 4, budget: int = 1000, s
     """How to search, as the native module takes it: every count checked here (ValueError naming it),
     the method name and the work caps by the native side (see :func:`search`)."""
     if not isinstance(method, str):
-        raise TypeError(f"method must be a string, got {method!r}")
+        raise EinetTypeError(f"method must be a string, got {method!r}")
     return SearchOptions(method, _count(depth, "depth"), _count(budget, "budget"), _count(seed, "seed"))
 
 
 def _check_et(et: ETProfile) -> None:
     if not isinstance(et, ETProfile):
-        raise TypeError(f"et must be an einet.ETProfile, got {type(et).__name__}")
+        raise EinetTypeError(f"et must be an einet.ETProfile, got {type(et).__name__}")
 
 
 def expected_accuracy(
@@ -203,17 +204,17 @@ def search_batch(scores: ArrayLike, et: ETProfile, dist: Distribution, method: s
     _check_et(et)
     scores = _real_array(scores, "batch scores")
     if scores.ndim != 2:
-        raise ValueError(f"batch scores must be 2-D [samples, blocks], got shape {scores.shape}")
+        raise EinetValueError(f"batch scores must be 2-D [samples, blocks], got shape {scores.shape}")
     per_sample = (scores.shape[0],)
     elapsed_array, held_array = _real_array(elapsed, "elapsed"), _real_array(held, "held")
     try:
         elapsed = np.ascontiguousarray(np.broadcast_to(elapsed_array, per_sample))
         held = np.ascontiguousarray(np.broadcast_to(held_array, per_sample))
     except ValueError:
-        raise ValueError(
-            f"elapsed and held must be scalars or have one entry per sample ({per_sample[0]}), "
-            f"got shapes {np.shape(elapsed)} and {np.shape(held)}"
-        ) from None
+        raise EinetValueError(
+                 f"elapsed and held must be scalars or have one entry per sample ({per_sample[0]}), "
+                 f"got shapes {np.shape(elapsed)} and {np.shape(held)}"
+             ) from None
     masks, values, evaluations = _core.search_batch(
         scores, et.conv, et.branch, dist, search_options(method, depth, budget, seed), _count(start, "start"), elapsed,
         held, rule, 0 if threads is None else _count(threads, "threads"),

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .errors import EinetValueError
 from .formats.npz import write_arrays
 from .formats.predictor_file import TARGETS, check_predictor_size, read_predictor
 from .formats.profiles import CSProfile
@@ -45,7 +46,7 @@ class ConfidencePredictor(nn.Module):
         # and the rule's weights and time-zero answer travel with the predictor file.
         self.rule = rule or AnswerRule()
         if target not in TARGETS:
-            raise ValueError(f"unknown target {target!r}: expected 'confidence' or 'correctness'")
+            raise EinetValueError(f"unknown target {target!r}: expected 'confidence' or 'correctness'")
         check_signal(signal, self.rule.name, target)
         self.signal = signal  # what it reads per observed exit (einet.signals)
         check_predictor_size(num_exits, hidden)  # the bounds its file must meet, before anything is allocated
@@ -116,9 +117,9 @@ def fit_predictor(profile: CSProfile, target: str = "correctness", hidden: Seque
     from tqdm.auto import tqdm
 
     if profile.meta.get("split") == "test":
-        raise ValueError("refusing to fit the predictor on a test-split CS-profile: use a held-out split")
+        raise EinetValueError("refusing to fit the predictor on a test-split CS-profile: use a held-out split")
     if epochs < 1 or batch_size < 1:
-        raise ValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
+        raise EinetValueError(f"epochs and batch_size must be >= 1, got {epochs} and {batch_size}")
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     rule = as_rule(rule)
@@ -169,7 +170,7 @@ def fit_ensemble_weights(profile: CSProfile, steps: int = 300, lr: float = 0.05,
     much each exit's vote counts and not how sharp the ensemble is (the held class does not
     depend on a common scale). Weights are softplus-parametrised (>= 0) and start equal."""
     if profile.meta.get("split") == "test":
-        raise ValueError("refusing to fit ensemble weights on a test-split CS-profile: use a held-out split")
+        raise EinetValueError("refusing to fit ensemble weights on a test-split CS-profile: use a held-out split")
     torch.manual_seed(seed)
     log_probs = torch.from_numpy(profile.dense_log_probs())  # [S, N, C]
     labels = torch.from_numpy(profile.labels)

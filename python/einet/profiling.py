@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
+from .errors import EinetValueError
 from .formats.profiles import LOG_PROB_CLASSES, CSProfile, ETRecord
 
 T = TypeVar("T")
@@ -180,15 +181,15 @@ def _measure_et(model: MultiExitNetwork, input_shape: tuple[int, ...], device: s
     from tqdm.auto import tqdm
 
     if repeats < 1 or warmup < 0 or batch_size < 1:
-        raise ValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 1; got {repeats}, {warmup}, {batch_size}")
+        raise EinetValueError(f"need repeats >= 1, warmup >= 0, batch_size >= 1; got {repeats}, {warmup}, {batch_size}")
     target = torch.device(device)
     torch_dtype = getattr(torch, dtype)
     model = model.to(target, torch_dtype).eval()
     if samples is None:
         samples = torch.randn(batch_size, *input_shape)
     elif tuple(samples.shape[1:]) != tuple(input_shape) or samples.shape[0] < batch_size:
-        raise ValueError(f"samples must be [K >= {batch_size}, {', '.join(map(str, input_shape))}], "
-                         f"got {tuple(samples.shape)}")
+        raise EinetValueError(f"samples must be [K >= {batch_size}, {', '.join(map(str, input_shape))}], "
+                              f"got {tuple(samples.shape)}")
     inputs = samples.to(target, torch_dtype)
     batches = max(1, inputs.shape[0] // batch_size)
     timer = _timer(target)
@@ -251,7 +252,7 @@ def profile_cs(model: MultiExitNetwork, dataset: ImageDataset | Any, device: str
                 log_probs.append(top.values.half().cpu())
                 top_classes.append(top.indices.short().cpu())
     if not labels:
-        raise ValueError("cannot profile an empty dataset")
+        raise EinetValueError("cannot profile an empty dataset")
     conf = torch.cat(confidence).numpy()
     pred = torch.cat(prediction).numpy().astype(np.int64)
     lab = torch.cat(labels).numpy().astype(np.int64)

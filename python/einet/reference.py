@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._core import Deterministic, Empirical, Exponential, Normal, Uniform
+from .errors import EinetTypeError, EinetValueError
 from .planner import ArrayLike, BatchPlans, Distribution, ETProfile, Plan
 
 TIE_TOLERANCE = 1e-12
@@ -60,7 +61,7 @@ def cdf(dist: Distribution, t: float) -> float:
         return bisect.bisect_right(samples, t) / len(samples)
     if isinstance(dist, Deterministic):
         return 1.0 if t >= dist.deadline else 0.0
-    raise TypeError(f"unknown distribution {dist!r}")
+    raise EinetTypeError(f"unknown distribution {dist!r}")
 
 
 def _evaluate(mask: Sequence[int], scores: Sequence[float], et: ETProfile, dist: Distribution,
@@ -194,7 +195,7 @@ def search(scores: ArrayLike, et: ETProfile, dist: Distribution, method: str = "
         mask, value = _best_of(_random_plans(n, budget, seed), evaluate)
         evaluations = budget
     else:
-        raise ValueError(f"unknown method {method!r}")
+        raise EinetValueError(f"unknown method {method!r}")
     return Plan(np.array(mask, dtype=bool), value, evaluations)
 
 

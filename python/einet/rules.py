@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import EinetTypeError, EinetValueError
 from .validation import MAX_CLASSES, number
 
 if TYPE_CHECKING:
@@ -44,15 +45,15 @@ class AnswerRule:
 
     def __post_init__(self) -> None:
         if self.name not in RULES:
-            raise ValueError(f"unknown rule {self.name!r}: expected one of {', '.join(RULES)}")
+            raise EinetValueError(f"unknown rule {self.name!r}: expected one of {', '.join(RULES)}")
         if (self.name == "ensemble") != (self.weights is not None):
-            raise ValueError("rule 'ensemble' needs per-exit weights, and only it takes them")
+            raise EinetValueError("rule 'ensemble' needs per-exit weights, and only it takes them")
         if self.weights is not None:
             object.__setattr__(self, "weights", _checked_weights(self.weights))
         if self.time_zero_class is not None:
             number("time_zero_class (the time-zero answer)", self.time_zero_class, 0, MAX_CLASSES - 1, integer=True)
             if not isinstance(self.time_zero_class, (int, np.integer)):
-                raise TypeError(f"time_zero_class must be an integer class index, got {self.time_zero_class!r}")
+                raise EinetTypeError(f"time_zero_class must be an integer class index, got {self.time_zero_class!r}")
         number("time_zero_accuracy", self.time_zero_accuracy, 0.0, 1.0)
 
     @property
@@ -78,25 +79,25 @@ class AnswerRule:
         `num_exits`, ensemble weights must match it. Files written before the time-zero answer had
         one name call its fields ``prior_class`` / ``prior_accuracy``: still read."""
         if not isinstance(record, dict):
-            raise TypeError(f"the rule must be an object, got {record!r:.80}")
+            raise EinetTypeError(f"the rule must be an object, got {record!r:.80}")
         renamed = {_OLDER_NAMES.get(key, key): value for key, value in record.items()}
         fields = {"name", "weights", "time_zero_class", "time_zero_accuracy"}
         unknown = sorted(str(key) for key in set(renamed) - fields)
         if unknown or len(renamed) < len(record):  # (both spellings of a field: ambiguous)
-            raise TypeError(f"the rule must have the fields name, weights, time_zero_class, time_zero_accuracy "
-                            f"(each spelt once), got {sorted(map(str, record))!r:.200}")
+            raise EinetTypeError(f"the rule must have the fields name, weights, time_zero_class, time_zero_accuracy "
+                                 f"(each spelt once), got {sorted(map(str, record))!r:.200}")
         record = renamed
         name, weights, answer = record.get("name"), record.get("weights"), record.get("time_zero_class")
         if not isinstance(name, str):
-            raise TypeError(f"the rule's name must be a string, got {name!r:.80}")
+            raise EinetTypeError(f"the rule's name must be a string, got {name!r:.80}")
         if weights is not None:
             if not isinstance(weights, list):
-                raise TypeError(f"ensemble weights must be a list of numbers, got {weights!r:.80}")
+                raise EinetTypeError(f"ensemble weights must be a list of numbers, got {weights!r:.80}")
             if num_exits is not None and len(weights) != num_exits:
-                raise ValueError(f"ensemble weights must be a list of {num_exits} numbers, got {len(weights)}")
+                raise EinetValueError(f"ensemble weights must be a list of {num_exits} numbers, got {len(weights)}")
             weights = tuple(weights)
         if answer is not None and type(answer) is not int:
-            raise TypeError(f"time_zero_class must be an integer class index, got {answer!r:.80}")
+            raise EinetTypeError(f"time_zero_class must be an integer class index, got {answer!r:.80}")
         return cls(name, weights, answer, record.get("time_zero_accuracy", 0.0))
 
     def label(self) -> str:
@@ -107,13 +108,13 @@ def _checked_weights(weights: Sequence[float]) -> tuple[float, ...]:
     """Ensemble weights as floats: 1 to MAX_EXITS of them, each finite in [0, MAX_WEIGHT], not all zero
     (all zero leaves no vote, and the simulator and the runtime would then break the tie differently)."""
     if not 1 <= len(weights) <= MAX_EXITS:
-        raise ValueError(f"rule 'ensemble' needs 1 to {MAX_EXITS} weights, got {len(weights)}")
+        raise EinetValueError(f"rule 'ensemble' needs 1 to {MAX_EXITS} weights, got {len(weights)}")
     checked = tuple(float(number("an ensemble weight", w, 0.0)) for w in weights)
     if max(checked) > MAX_WEIGHT:
-        raise ValueError(f"an ensemble weight must be at most {MAX_WEIGHT:g} (fitted ones stay near 1), "
-                         f"got {max(checked)!r}")
+        raise EinetValueError(f"an ensemble weight must be at most {MAX_WEIGHT:g} (fitted ones stay near 1), "
+                              f"got {max(checked)!r}")
     if not any(checked):
-        raise ValueError(f"ensemble weights must not all be zero, got {list(weights)!r:.80}")
+        raise EinetValueError(f"ensemble weights must not all be zero, got {list(weights)!r:.80}")
     return checked
 
 

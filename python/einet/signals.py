@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import EinetTypeError, EinetValueError
+
 SIGNALS = ("confidence", "entropy", "margin", "agreement")
 
 
@@ -21,10 +23,10 @@ def check_signal(signal: object, rule: str, target: str) -> None:
     best with the correctness target; only the confidence otherwise (under ensemble it reads the
     ensemble's confidence)."""
     if not isinstance(signal, str):
-        raise TypeError(f"signal must be a string, got {signal!r:.40}")
+        raise EinetTypeError(f"signal must be a string, got {signal!r:.40}")
     signal_index(signal)
     if signal != "confidence" and (rule == "ensemble" or target != "correctness"):
-        raise ValueError(f"signal {signal!r} goes with rules latest or best and the correctness target")
+        raise EinetValueError(f"signal {signal!r} goes with rules latest or best and the correctness target")
 
 
 def exit_signals(log_probs: np.ndarray) -> np.ndarray:
@@ -38,7 +40,7 @@ def exit_signals(log_probs: np.ndarray) -> np.ndarray:
 def signal_index(signal: str) -> int:
     """The native predictor's code of a signal name (its index in SIGNALS); ValueError for an unknown one."""
     if signal not in SIGNALS:
-        raise ValueError(f"unknown signal {signal!r}: expected one of {', '.join(SIGNALS)}")
+        raise EinetValueError(f"unknown signal {signal!r}: expected one of {', '.join(SIGNALS)}")
     return SIGNALS.index(signal)
 
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .distributions import RELATIVE_KINDS, relative_distribution
+from .errors import EinetValueError
 from .planner import Deterministic, Distribution, Empirical, ETProfile
 
 DISTRIBUTION_KINDS = (*RELATIVE_KINDS, "empirical", "deterministic")  # the named kinds and two stand-ins
@@ -24,14 +25,14 @@ def exit_distribution(kind: str, total: float, rng: np.random.Generator | None =
     deterministic: a deadline at 0.6 total.
     """
     if not total > 0:
-        raise ValueError(f"total must be > 0, got {total}")
+        raise EinetValueError(f"total must be > 0, got {total}")
     if kind in RELATIVE_KINDS:
         return relative_distribution(kind, total)
     if kind == "empirical":
         return Empirical((rng or np.random.default_rng(0)).uniform(0.0, total, 200))
     if kind == "deterministic":
         return Deterministic(0.6 * total)
-    raise ValueError(f"unknown distribution kind {kind!r}: expected one of {', '.join(DISTRIBUTION_KINDS)}")
+    raise EinetValueError(f"unknown distribution kind {kind!r}: expected one of {', '.join(DISTRIBUTION_KINDS)}")
 
 
 @dataclass(frozen=True)

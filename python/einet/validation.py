@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from ._atomic import write_target
+from .errors import EinetTypeError, EinetValueError
 
 __all__ = ["MAX_CLASSES", "MAX_JSON_DEPTH", "MAX_THREADS", "ResourceLimitError", "check_memory", "check_outputs",
            "integer_option", "memory_limit", "number", "open_regular", "parse_json", "plain_json", "printable_name",
@@ -45,7 +46,7 @@ MAX_JSON_DEPTH = 64  # nesting of a deployment or a file header: real ones nest 
 MEMORY_LIMIT_VARIABLE = "EINET_MEMORY_LIMIT_GB"
 
 
-class ResourceLimitError(ValueError):
+class ResourceLimitError(EinetValueError):
     """Work refused because its estimated size is above a limit the user can raise."""
 
 
@@ -55,21 +56,21 @@ def number(name: str, value: object, low: float | None = None, high: float | Non
     [low, high] (or (low, high] with `low_open`). Returns it as int or float; else TypeError or
     ValueError naming `name` and the value."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
-        raise TypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r:.40}")
+        raise EinetTypeError(f"{name} must be {'an integer' if integer else 'a number'}, got {value!r:.40}")
     whole = isinstance(value, (int, np.integer)) or (math.isfinite(value) and float(value).is_integer())
     if integer and not whole:
-        raise TypeError(f"{name} must be an integer, got {value!r:.40}")
+        raise EinetTypeError(f"{name} must be an integer, got {value!r:.40}")
     try:
         checked: int | float = int(value) if integer else float(value)
     except OverflowError:  # an int beyond float range (JSON reads 10**400 as one)
-        raise ValueError(f"{name} must be a finite number, got {value!r:.40}") from None
+        raise EinetValueError(f"{name} must be a finite number, got {value!r:.40}") from None
     if not integer and not math.isfinite(checked):
-        raise ValueError(f"{name} must be a finite number, got {value!r:.40}")
+        raise EinetValueError(f"{name} must be a finite number, got {value!r:.40}")
     too_low = low is not None and (checked <= low if low_open else checked < low)
     if too_low or (high is not None and checked > high):
         lower = "-inf" if low is None else f"{low:g}"
-        raise ValueError(f"{name} must lie in {'(' if low_open else '['}{lower}, "
-                         f"{'inf' if high is None else f'{high:g}'}], got {value!r:.40}")
+        raise EinetValueError(f"{name} must lie in {'(' if low_open else '['}{lower}, "
+                              f"{'inf' if high is None else f'{high:g}'}], got {value!r:.40}")
     return checked
 
 
@@ -127,15 +128,15 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str]],
     for name, given in outputs.items():
         path = _resolved(given)
         if path in written:
-            raise ValueError(f"{name} {given} is also {written[path]}: each output needs its own path")
+            raise EinetValueError(f"{name} {given} is also {written[path]}: each output needs its own path")
         written[path] = f"{name} {given}"
         for source, source_path in read:
             if path == source_path or (source_path.is_dir() and source_path in path.parents):
                 inside = "" if path == source_path else f"inside {source} "
-                raise ValueError(f"{name} {given} would overwrite {inside}{source} {source_path if inside else ''}"
-                                 .rstrip() + ": give another output path")
+                raise EinetValueError(f"{name} {given} would overwrite {inside}{source} {source_path if inside else ''}"
+                                      .rstrip() + ": give another output path")
         if path.is_dir():
-            raise ValueError(f"{name} {given} is a folder: name a file")
+            raise EinetValueError(f"{name} {given} is a folder: name a file")
         folder = path.parent
         if not folder.exists() and not creates_folders:
             raise FileNotFoundError(f"{name} {given}: the folder {Path(given).parent} does not exist")
@@ -148,7 +149,7 @@ def check_outputs(outputs: Mapping[str, str | os.PathLike[str]],
         try:
             write_target(given)  # a FIFO or a device (/dev/stdout) would be replaced, not written to
         except ValueError as error:
-            raise ValueError(f"{name} {error}") from None
+            raise EinetValueError(f"{name} {error}") from None
 
 
 _SCAN_CHUNK = 1 << 18  # bytes of JSON scanned at once: the scan's own arrays stay a few MiB
@@ -175,7 +176,7 @@ def _nesting(text: bytes) -> int:
 
 
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not a JSON number")
+    raise EinetValueError(f"{name} is not a JSON number")
 
 
 def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
@@ -185,11 +186,11 @@ def parse_json(text: str | bytes, max_depth: int = MAX_JSON_DEPTH) -> Any:
     raw = text.encode() if isinstance(text, str) else bytes(text)
     depth = _nesting(raw)
     if depth > max_depth:
-        raise ValueError(f"JSON nested {depth} deep, more than the {max_depth} allowed")
+        raise EinetValueError(f"JSON nested {depth} deep, more than the {max_depth} allowed")
     try:
         return json.loads(raw, parse_constant=_no_constant)
     except (UnicodeDecodeError, RecursionError) as error:
-        raise ValueError(f"not JSON: {type(error).__name__}: {error}") from None
+        raise EinetValueError(f"not JSON: {type(error).__name__}: {error}") from None
 
 
 def memory_limit() -> int:

@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from .errors import EinetValueError
+
 
 @dataclass(frozen=True)
 class Variant:
@@ -46,7 +48,7 @@ def variant_exits(blocks: int, full: Variant, candidate: Variant) -> np.ndarray:
     """The exits of the `full` variant (the largest one profiled) that `candidate` runs, in order: its
     profiles are the full one's cut to them (a depth-d second look runs passes 0..d-1 of each)."""
     if (candidate.thumbnail and not full.thumbnail) or (candidate.second_look and not full.second_look):
-        raise ValueError(f"{candidate} is not a part of {full}")
+        raise EinetValueError(f"{candidate} is not a part of {full}")
     offset = 1 if full.thumbnail else 0
     depth = candidate.depth or blocks
     kept = [0] if candidate.thumbnail else []
@@ -76,6 +78,6 @@ def load_variant(checkpoint: Any, variant: Variant, constructor: Any = None,
         stored = state.get("thumbnail")
         if not isinstance(stored, dict) or {key: tuple(getattr(value, "shape", ())) for key, value
                                             in stored.items()} != expected:
-            raise ValueError(f"{checkpoint}: no thumbnail exit of the shapes {expected}")
+            raise EinetValueError(f"{checkpoint}: no thumbnail exit of the shapes {expected}")
         thumbnail.load_state_dict(stored)
     return variant.build(model, thumbnail).eval(), state

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..distributions import RELATIVE_KINDS
+from ..errors import EinetValueError
 
 
 def cmd_build(args: argparse.Namespace) -> int:
@@ -32,8 +33,8 @@ def refuse_unused(args: argparse.Namespace, command: str, **defaults: Any) -> No
     an option either does what it says or is refused, never ignored."""
     given = [f"--{name.replace('_', '-')}" for name, default in defaults.items() if getattr(args, name) != default]
     if given:
-        raise ValueError(f"einet {command} BUNDLE does not use {', '.join(given)}: the bundle holds "
-                         f"{'them' if len(given) > 1 else 'it'} (see einet {command} --help)")
+        raise EinetValueError(f"einet {command} BUNDLE does not use {', '.join(given)}: the bundle holds "
+                              f"{'them' if len(given) > 1 else 'it'} (see einet {command} --help)")
 
 
 def profile_bundle(args: argparse.Namespace, device: str) -> int:
@@ -52,7 +53,7 @@ def _bundle_folder(path: str, command: str) -> Any:
 
     bundle = read_bundle(path)
     if not Path(path).is_dir():
-        raise ValueError(f"{path} is a packed bundle: {command} its folder (unpack) and pack again")
+        raise EinetValueError(f"{path} is a packed bundle: {command} its folder (unpack) and pack again")
     return bundle
 
 
@@ -103,8 +104,8 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
     tests = [b.test() for b in bundles]
     if len(bundles) == 2 and (bundles[0].manifest["test_data"] != bundles[1].manifest["test_data"]
                               or not np.array_equal(tests[0].labels, tests[1].labels)):
-        raise ValueError(f"{args.bundle} and {args.against} were not evaluated on the same test images (their "
-                         "test data's fingerprints differ): a paired difference needs the same images")
+        raise EinetValueError(f"{args.bundle} and {args.against} were not evaluated on the same test images (their "
+                              "test data's fingerprints differ): a paired difference needs the same images")
     horizon_ms = args.horizon_ms or bundles[0].horizon_ms
     kinds = [args.dist or bundles[0].dist_kind]
     print(f"exact expected accuracy on {tests[0].num_samples} test images, exit times over {horizon_ms:.3f} ms")
@@ -159,7 +160,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         arrays = arrays.subset(np.arange(min(args.limit, len(arrays))))
     unknown = sorted(set(arrays.classes) - set(bundle.classes))
     if unknown:
-        raise ValueError(f"--images has class folders the bundle does not know: {', '.join(unknown[:5])}")
+        raise EinetValueError(f"--images has class folders the bundle does not know: {', '.join(unknown[:5])}")
     labels = np.array([bundle.classes.index(arrays.classes[k]) for k in arrays.labels], dtype=np.int64)
     arrays = data.ImageArrays(arrays.images, labels, bundle.classes)  # the bundle's class indices
     images = bundle.preprocess(arrays.images)

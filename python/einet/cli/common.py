@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..errors import EinetValueError
 from ..validation import MAX_THREADS, integer_option, real_option
 
 # Option bounds: wide enough for any real use, narrow enough that no value can make a command
@@ -69,8 +70,8 @@ def _device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if requested == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: torch sees no CUDA device here (no GPU, or a CPU-only torch); "
-                         "use --device cpu or auto")
+        raise EinetValueError("--device cuda: torch sees no CUDA device here (no GPU, or a CPU-only torch); "
+                              "use --device cpu or auto")
     return requested
 
 
@@ -124,23 +125,25 @@ def _check_trained_on(args: argparse.Namespace, spec: dict[str, Any], arrays: An
     """Refuse a checkpoint whose input channels or classes are not the dataset's, before torch fails on it."""
     trained_on = (spec.get("in_channels", (spec.get("input_shape") or [None])[0]), spec.get("num_classes"))
     if trained_on != (arrays.channels, arrays.num_classes):
-        raise ValueError(f"{args.checkpoint} takes {trained_on[0]}-channel images and {trained_on[1]} classes, but "
-                         f"--dataset {args.dataset} --data {args.data} has {arrays.channels}-channel images and "
-                         f"{arrays.num_classes} classes: {verb} a checkpoint on the data it was trained on")
+        raise EinetValueError(f"{args.checkpoint} takes {trained_on[0]}-channel images and {trained_on[1]} "
+                              "classes, but "
+                              f"--dataset {args.dataset} --data {args.data} has {arrays.channels}-channel images and "
+                              f"{arrays.num_classes} classes: {verb} a checkpoint on the data it was trained on")
 
 
 def _require(args: argparse.Namespace, *options: str) -> None:
     """Options a command needs when it is not given a bundle (with one, the bundle holds them)."""
     missing = [f"--{name.replace('_', '-')}" for name in options if getattr(args, name) is None]
     if missing:
-        raise ValueError(f"without a BUNDLE, {' and '.join(missing)} {'is' if len(missing) == 1 else 'are'} required")
+        raise EinetValueError(f"without a BUNDLE, {' and '.join(missing)} "
+                              f"{'is' if len(missing) == 1 else 'are'} required")
 
 
 def _horizon(args: argparse.Namespace, full_time: float) -> float:
     """The exit-time horizon in seconds: --horizon-ms, else --scale x `full_time` (a network's full inference)."""
     for flag, value in (("--scale", args.scale), ("--horizon-ms", args.horizon_ms)):
         if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+            raise EinetValueError(f"{flag} must be a finite number > 0, got {value}")
     return float(args.scale * full_time if args.horizon_ms is None else args.horizon_ms * 1e-3)
 
 

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distributions import RELATIVE_KINDS
+from ..errors import EinetValueError
 from ..rules import RULES
 from ..validation import check_memory, check_outputs, integer_option
 from .common import (
@@ -29,8 +30,8 @@ def _rule_for(args: argparse.Namespace, rule: Any) -> Any:
     if args.rule is None or args.rule == rule.name:
         return rule
     if args.rule == "ensemble":
-        raise ValueError(f"{args.predictor} was fitted for rule {rule.name!r}: fit one with "
-                         "`einet fit-predictor --rule ensemble` to evaluate rule ensemble")
+        raise EinetValueError(f"{args.predictor} was fitted for rule {rule.name!r}: fit one with "
+                              "`einet fit-predictor --rule ensemble` to evaluate rule ensemble")
     return replace(rule, name=args.rule, weights=None)
 
 

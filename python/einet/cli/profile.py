@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import EinetValueError
 from ..validation import check_outputs, integer_option
 from .common import (
     COUNT,
@@ -32,7 +33,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
         return profile_bundle(args, _device(args.device))
     _require(args, "data", "checkpoint", "out_dir")
     if args.second_look_depth is not None and not args.second_look:
-        raise ValueError(f"--second-look-depth {args.second_look_depth} needs --second-look")
+        raise EinetValueError(f"--second-look-depth {args.second_look_depth} needs --second-look")
     out = Path(args.out_dir)
     written = ([] if args.skip_et else ["et.npz"]) + ([] if args.skip_cs else ["cs-holdout.npz", "cs-test.npz"])
     check_outputs({f"--out-dir {args.out_dir}: {name}": out / name for name in written},

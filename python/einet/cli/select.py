@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..distributions import RELATIVE_KINDS
+from ..errors import EinetValueError
 from ..rules import RULES
 from ..validation import check_outputs, real_option
 from .common import (
@@ -25,7 +26,7 @@ def cmd_select(args: argparse.Namespace) -> int:
     from ..formats.profiles import CSProfile, ETRecord
 
     if len({Path(folder).resolve() for folder in args.profiles}) != len(args.profiles):
-        raise ValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
+        raise EinetValueError(f"--profiles names a folder twice: {' '.join(args.profiles)}")
     check_outputs({"--out": args.out, "its predictor": Path(args.out).parent / DEPLOYED_PREDICTOR},
                   [(f"--profiles {folder}: {name}", Path(folder) / name) for folder in args.profiles
                    for name in ("et.npz", "cs-holdout.npz")])

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..errors import EinetValueError
 from ..validation import check_outputs, integer_option, real_option, summary_path
 from .common import (
     BATCH,
@@ -46,11 +47,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     split = HeldOutSplit.of(train_arrays, args.holdout, args.seed)  # recorded: later stages cut the same images
     train_arrays, _ = split.apply(train_arrays)  # kept out of training: the predictor is fitted on the rest
     if args.constructor and args.exit_head != "paper":
-        raise ValueError("--exit-head is for zoo models: a converted model's branches are the paper's")
+        raise EinetValueError("--exit-head is for zoo models: a converted model's branches are the paper's")
     if args.constructor:  # the user's own single-exit network, converted
         spec = _converted_spec(args, train_arrays)
     elif args.exits or args.backbone_weights or args.constructor_kwargs != "{}":
-        raise ValueError("--exits, --backbone-weights and --constructor-kwargs go with --constructor")
+        raise EinetValueError("--exits, --backbone-weights and --constructor-kwargs go with --constructor")
     else:
         spec = {"name": args.model, "num_classes": train_arrays.num_classes, "in_channels": train_arrays.channels,
                 "width": args.width}
@@ -62,8 +63,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         _, _, state = _model_from_checkpoint(args.out, args.constructor)
         stored = state["spec"]
         if comparable(stored) != comparable(spec):
-            raise ValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
-                             "give another --out, or the same model to resume it")
+            raise EinetValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
+                                  "give another --out, or the same model to resume it")
     # Under torchrun (WORLD_SIZE > 1) every process joins one group; train() then runs DDP on shards.
     rank, world_size, device = init_distributed(device)
     try:
@@ -98,9 +99,9 @@ def _converted_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, An
     try:
         kwargs = json.loads(args.constructor_kwargs)
     except json.JSONDecodeError as error:
-        raise ValueError(f"--constructor-kwargs is not JSON: {error}") from None
+        raise EinetValueError(f"--constructor-kwargs is not JSON: {error}") from None
     if not isinstance(kwargs, dict):
-        raise ValueError(f"--constructor-kwargs must be a JSON object, got {args.constructor_kwargs}")
+        raise EinetValueError(f"--constructor-kwargs must be a JSON object, got {args.constructor_kwargs}")
     return {"name": "converted", "constructor": args.constructor, "kwargs": kwargs, "exits": args.exits,
             "input_shape": [train_arrays.channels, *train_arrays.images.shape[1:3]],
             "num_classes": train_arrays.num_classes}
@@ -113,8 +114,8 @@ def _converted_model(args: argparse.Namespace, spec: dict[str, Any], train_set: 
     model, built = build_converted(args.constructor, spec["kwargs"], train_set.images[:8], args.exits,
                                    args.backbone_weights)
     if built["num_classes"] != spec["num_classes"]:
-        raise ValueError(f"{args.constructor} returns {built['num_classes']} classes but the dataset has "
-                         f"{spec['num_classes']}: set its class count in --constructor-kwargs")
+        raise EinetValueError(f"{args.constructor} returns {built['num_classes']} classes but the dataset has "
+                              f"{spec['num_classes']}: set its class count in --constructor-kwargs")
     return model
 
 

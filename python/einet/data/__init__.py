@@ -28,6 +28,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from ..errors import EinetValueError
 from . import limits
 from .arrays import SPLITS, DatasetError, ImageArrays
 from .batches import ImageShape, as_batches, count_batches, loader_is_sharded, shard_indices
@@ -79,4 +80,4 @@ def load(name: str, root: str | os.PathLike[str], split: str = "train") -> Image
         return load_cifar100(root, split)
     if name == "folder":
         return load_image_folder(root, split)
-    raise ValueError(f"unknown dataset {name!r}: expected mnist, fashion-mnist, cifar10, cifar100 or folder")
+    raise EinetValueError(f"unknown dataset {name!r}: expected mnist, fashion-mnist, cifar10, cifar100 or folder")

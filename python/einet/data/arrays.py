@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..errors import EinetValueError
 from . import limits
 
 SPLITS = ("train", "test")
 _CHUNK = 1 << 24  # bytes read at once from a dataset file
 
 
-class DatasetError(ValueError):
+class DatasetError(EinetValueError):
     """A dataset file is missing, corrupt, truncated, too large or not in the expected format."""
 
 
@@ -90,7 +91,7 @@ class ImageArrays:
     def split(self, fraction: float, seed: int = 0) -> tuple[ImageArrays, ImageArrays]:
         """A seeded random split into (1 - fraction, fraction): e.g. a held-out part of the training set."""
         if not 0.0 < fraction < 1.0:
-            raise ValueError(f"fraction must be in (0, 1), got {fraction}")
+            raise EinetValueError(f"fraction must be in (0, 1), got {fraction}")
         order = np.random.default_rng(seed).permutation(len(self))
         cut = len(self) - round(fraction * len(self))
         return self.subset(np.sort(order[:cut])), self.subset(np.sort(order[cut:]))
@@ -98,4 +99,4 @@ class ImageArrays:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
+        raise EinetValueError(f"split must be one of {SPLITS}, got {split!r}")

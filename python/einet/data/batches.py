@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from typing import TYPE_CHECKING, Optional
 
+from ..errors import EinetTypeError, EinetValueError
 from .dataset import ImageDataset
 
 if TYPE_CHECKING:
@@ -25,7 +26,7 @@ def shard_indices(size: int, shuffle: bool = False, generator: torch.Generator |
     import torch
 
     if not 0 <= rank < world_size:
-        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+        raise EinetValueError(f"rank must be in [0, {world_size}), got {rank}")
     order = torch.randperm(size, generator=generator) if shuffle else torch.arange(size)
     if world_size == 1:
         return order
@@ -56,17 +57,18 @@ def _checked_batch(batch: object, where: str, sample: Callable[[int], str], num_
     import torch
 
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise TypeError(f"{where} must yield (images, labels) batches, got a {type(batch).__name__}")
+        raise EinetTypeError(f"{where} must yield (images, labels) batches, got a {type(batch).__name__}")
     images, labels = batch[0], batch[1]
     if not isinstance(images, torch.Tensor):
-        raise TypeError(f"{where} yields images as {type(images).__name__}, not tensors: add a to-tensor transform")
+        raise EinetTypeError(f"{where} yields images as {type(images).__name__}, not tensors: add a to-tensor "
+                             "transform")
     _check_images(images, where, sample, expected_shape)
     if not bool(torch.isfinite(images).all()):  # one cheap pass per batch; the culprit is looked for only now
         first = int((~torch.isfinite(images)).flatten(1).any(1).byte().argmax())
-        raise ValueError(f"{sample(first)} of {where} has non-finite pixel values")
+        raise EinetValueError(f"{sample(first)} of {where} has non-finite pixel values")
     labels = _class_labels(labels, where, sample, num_classes)
     if labels.numel() != images.shape[0]:
-        raise ValueError(f"{where} yields a batch of {images.shape[0]} images with {labels.numel()} labels")
+        raise EinetValueError(f"{where} yields a batch of {images.shape[0]} images with {labels.numel()} labels")
     return images, labels
 
 
@@ -74,15 +76,15 @@ def _check_images(images: torch.Tensor, where: str, sample: Callable[[int], str]
                   expected_shape: ImageShape | None) -> None:
     """Floating-point [B, C, H, W] (of `expected_shape` [C, H, W] if given; None: any size there)."""
     if not images.is_floating_point():
-        raise TypeError(f"{where} yields images of dtype {images.dtype}: einet takes floating-point images "
-                        f"(e.g. pixels / 255, normalised)")
+        raise EinetTypeError(f"{where} yields images of dtype {images.dtype}: einet takes floating-point images "
+                             f"(e.g. pixels / 255, normalised)")
     if images.dim() != 4:
-        raise ValueError(f"{where} yields image batches of shape {tuple(images.shape)}, not "
-                         f"[batch, channels, height, width]")
+        raise EinetValueError(f"{where} yields image batches of shape {tuple(images.shape)}, not "
+                              f"[batch, channels, height, width]")
     if expected_shape is not None and not all(want is None or want == got
                                               for want, got in zip(expected_shape, images.shape[1:])):
-        raise ValueError(f"{sample(0)} of {where} is an image of shape {tuple(images.shape[1:])}, but "
-                         f"{tuple(expected_shape)} (channels, height, width) is expected")
+        raise EinetValueError(f"{sample(0)} of {where} is an image of shape {tuple(images.shape[1:])}, but "
+                              f"{tuple(expected_shape)} (channels, height, width) is expected")
 
 
 def _class_labels(labels: object, where: str, sample: Callable[[int], str],
@@ -94,17 +96,17 @@ def _class_labels(labels: object, where: str, sample: Callable[[int], str],
     try:
         labels = torch.as_tensor(labels).reshape(-1)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise TypeError(f"{where} yields labels that are not numbers ({type(labels).__name__}): {error}") from None
+        raise EinetTypeError(f"{where} yields labels that are not numbers ({type(labels).__name__}): {error}") from None
     if labels.is_floating_point() or labels.is_complex() or labels.dtype == torch.bool:
         fractional = ~torch.isfinite(labels) | (labels != labels.round()) if labels.is_floating_point() else labels
         first = int(fractional.bool().byte().argmax())  # the first that is not a whole number, else the first
-        raise ValueError(f"label {labels[first].item()} of {sample(first)} of {where} is not an integer class "
-                         f"index (the labels are {labels.dtype})")
+        raise EinetValueError(f"label {labels[first].item()} of {sample(first)} of {where} is not an integer class "
+                              f"index (the labels are {labels.dtype})")
     outside = labels < 0 if num_classes is None else (labels < 0) | (labels >= num_classes)
     if bool(outside.any()):
         first = int(outside.byte().argmax())
         allowed = "negative" if num_classes is None else f"outside [0, {num_classes})"
-        raise ValueError(f"label {labels[first].item()} of {sample(first)} of {where} is {allowed}")
+        raise EinetValueError(f"label {labels[first].item()} of {sample(first)} of {where} is {allowed}")
     return labels.long()
 
 
@@ -152,7 +154,7 @@ def as_batches(source: object, batch_size: int, shuffle: bool = False, generator
                     sampler.set_epoch(epoch)
         return _loader_batches(source, num_classes, expected_shape)  # type: ignore[arg-type]
     if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        raise EinetValueError(f"batch_size must be >= 1, got {batch_size}")
     if isinstance(source, ImageDataset):
         _check_images(source.images, "the ImageDataset", _dataset_sample, expected_shape)
         _class_labels(source.labels, "the ImageDataset", _dataset_sample, num_classes)
@@ -162,8 +164,8 @@ def as_batches(source: object, batch_size: int, shuffle: bool = False, generator
         return source.batches(batch_size, generator=generator, augment=augment, order=order,
                               shard=(rank, world_size))
     if not (hasattr(source, "__len__") and hasattr(source, "__getitem__")):
-        raise TypeError(f"cannot draw batches from a {type(source).__name__}: expected an einet ImageDataset, a "
-                        f"map-style torch Dataset (len and [i] -> (image tensor, label)) or a DataLoader")
+        raise EinetTypeError(f"cannot draw batches from a {type(source).__name__}: expected an einet ImageDataset, a "
+                             f"map-style torch Dataset (len and [i] -> (image tensor, label)) or a DataLoader")
     return _dataset_batches(source, batch_size, shard_indices(len(source), shuffle, generator, rank,
                                                               world_size, pad), num_workers, num_classes,
                             expected_shape)

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import EinetValueError
 from .arrays import ImageArrays
 
 if TYPE_CHECKING:
@@ -40,7 +41,7 @@ class ImageDataset:
             mean = tuple(images.mean(dim=(0, 2, 3)).tolist())
             std = tuple(images.std(dim=(0, 2, 3)).tolist())
         if len(mean) != arrays.channels or len(std) != arrays.channels:
-            raise ValueError(f"mean/std have {len(mean)}/{len(std)} entries for {arrays.channels} channels")
+            raise EinetValueError(f"mean/std have {len(mean)}/{len(std)} entries for {arrays.channels} channels")
         self.mean, self.std = tuple(mean), tuple(std)
         view = (1, arrays.channels, 1, 1)
         self.images = (images - torch.tensor(mean).view(view)) / torch.tensor(std).view(view)

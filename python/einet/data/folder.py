@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from ..errors import EinetValueError
 from ..validation import open_regular
 from . import limits
 from .arrays import _CHUNK, DatasetError, ImageArrays, _check_size, _check_split_size, _malformed
@@ -159,7 +160,7 @@ def _read_cache(entry: Path, fingerprint: str, key: bytes) -> ImageArrays | None
             size = os.fstat(f.fileno()).st_size
             # one split (up to MAX_DATASET_BYTES) and its class names: anything larger is not einet's
             if size > 2 * limits.MAX_DATASET_BYTES:
-                raise ValueError(f"{size} bytes")
+                raise EinetValueError(f"{size} bytes")
             content = f.read(size)
         if hmac.compare_digest(content[:_MAC_BYTES],
                                hmac.new(key, memoryview(content)[_MAC_BYTES:], hashlib.sha256).digest()):
@@ -248,7 +249,7 @@ def _pixels(image: Image.Image) -> np.ndarray:
     if image.mode.startswith("I"):  # I;16, I;16B... (16-bit grey PNG), or I (32-bit)
         array = np.asarray(image)
         if array.size and (array.min() < 0 or array.max() > 0xFFFF):
-            raise ValueError(f"{image.mode} pixel values outside 16 bits")
+            raise EinetValueError(f"{image.mode} pixel values outside 16 bits")
         return (array.astype(np.uint16) >> 8).astype(np.uint8)[..., None]
     array = np.asarray(image.convert("L" if _channels(image) == 1 else "RGB"))
     return array if array.ndim == 3 else array[..., None]

@@ -37,6 +37,7 @@ import numpy as np
 
 from .._atomic import atomic_write
 from ..distributions import RELATIVE_KINDS
+from ..errors import EinetTypeError, EinetValueError
 from ..formats.profiles import CSProfile
 from ..planner import Distribution, ETProfile, NativePredictor
 from ..policies import STANDARD_POLICIES, ConfidenceThreshold, EINet, FixedPlan, Policy, PolicySpec, standard_policies
@@ -91,13 +92,14 @@ class Deployment:
 
         for name, plan in (("mask", self.mask), ("first_plan", self.first_plan)):
             if plan is not None and len(plan) != et.num_blocks:
-                raise ValueError(f"the deployment's {name} has {len(plan)} exits but the ET-profile {et.num_blocks} "
-                                 "blocks: it was selected for another network")
+                raise EinetValueError(f"the deployment's {name} has {len(plan)} exits but the ET-profile "
+                                      f"{et.num_blocks} "
+                                      "blocks: it was selected for another network")
         spec = self.spec
         policy: Policy
         if spec.uses_predictor:
             if predictor is None:
-                raise ValueError(f"the deployed policy {self.policy!r} needs its predictor")
+                raise EinetValueError(f"the deployed policy {self.policy!r} needs its predictor")
             if self.first_plan is not None:
                 policy = EINet(predictor, et, dist, self.rule, first_plan=self.first_plan, margin=HEDGE_MARGIN,
                                name=spec.label, signal=self.signal)
@@ -106,7 +108,7 @@ class Deployment:
         elif self.threshold is not None:
             policy = ConfidenceThreshold(self.threshold)
         elif self.mask is None:
-            raise ValueError(f"the deployment of {self.policy!r} holds no plan")
+            raise EinetValueError(f"the deployment of {self.policy!r} holds no plan")
         else:
             policy = FixedPlan(self.mask, spec.label)
         policy.spec = spec
@@ -118,7 +120,7 @@ def spec_for_label(label: str) -> PolicySpec:
     for spec in STANDARD_POLICIES:
         if spec.label == label:
             return spec
-    raise ValueError(f"unknown policy {label!r}: expected one of {', '.join(s.label for s in STANDARD_POLICIES)}")
+    raise EinetValueError(f"unknown policy {label!r}: expected one of {', '.join(s.label for s in STANDARD_POLICIES)}")
 
 
 def _fit(holdout: CSProfile, rule_name: str, time_zero: bool, signal: str, predictor_epochs: int,
@@ -154,13 +156,13 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
 
     deployable = sorted({spec.kind for spec in STANDARD_POLICIES if spec.deployable})
     if policies is not None and (not policies or not set(policies) <= set(deployable)):
-        raise ValueError(f"policies must be deployable kinds ({', '.join(deployable)}), got {list(policies)}")
+        raise EinetValueError(f"policies must be deployable kinds ({', '.join(deployable)}), got {list(policies)}")
     if holdout.meta.get("split") == "test":
-        raise ValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
+        raise EinetValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
     if not rules or not time_zero or not kinds:
-        raise ValueError("need at least one rule, one time-zero setting and one distribution kind")
+        raise EinetValueError("need at least one rule, one time-zero setting and one distribution kind")
     if planning is not None and not (math.isfinite(planning) and planning >= 0):
-        raise ValueError(f"planning must be a finite number >= 0 of seconds per branch, got {planning}")
+        raise EinetValueError(f"planning must be a finite number >= 0 of seconds per branch, got {planning}")
     if "ensemble" in rules and not holdout.has_log_probs:
         rules = [r for r in rules if r != "ensemble"]  # format-1 profiles: no log-probabilities to ensemble
     order = np.random.default_rng(seed).permutation(holdout.num_samples)
@@ -189,9 +191,9 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
                 scores.setdefault((policy.name, rule_name, zero, signal), []).append(result.expected)
     means = {key: float(np.mean(values)) for key, values in scores.items()}
     if not means:
-        raise ValueError(f"no candidate left to select: policies {list(policies or [])}, rules {list(rules)} and "
-                         f"signals {list(signals)} exclude each other (signals other than confidence are read by "
-                         "EINet only, under rules latest and best)")
+        raise EinetValueError(f"no candidate left to select: policies {list(policies or [])}, rules {list(rules)} and "
+                              f"signals {list(signals)} exclude each other (signals other than confidence are read by "
+                              "EINet only, under rules latest and best)")
     best_policy, best_rule, best_zero, best_signal = max(means, key=lambda key: means[key])
     rule, native, model = _fit(holdout, best_rule, best_zero, best_signal, predictor_epochs, seed)
     # the winner, rebuilt on the whole held-out split for the first distribution kind asked for
@@ -217,7 +219,7 @@ def held_out_score(deployment: Deployment) -> float:
     """How a deployment scored on held-out data: its best candidate's score, the one it deploys.
     Networks are compared on it (:func:`select_network`)."""
     if not deployment.validation:
-        raise ValueError(f"the deployment of {deployment.policy!r} holds no held-out scores")
+        raise EinetValueError(f"the deployment of {deployment.policy!r} holds no held-out scores")
     return max(deployment.validation.values())
 
 
@@ -232,17 +234,18 @@ def select_network(candidates: Mapping[str, tuple[ETProfile, CSProfile]], kinds:
     from ..distributions import full_inference_time
 
     if not candidates:
-        raise ValueError("need at least one candidate network")
+        raise EinetValueError("need at least one candidate network")
     if "scale" in options:
-        raise TypeError("select_network takes `horizon` in seconds, not a scale per network")
+        raise EinetTypeError("select_network takes `horizon` in seconds, not a scale per network")
     first_et, first_holdout = next(iter(candidates.values()))
     for name, (_, holdout) in candidates.items():
         if not np.array_equal(holdout.labels, first_holdout.labels):
-            raise ValueError(f"network {name!r} was profiled on other held-out images than {next(iter(candidates))!r}"
-                             ": candidates must share the held-out split")
+            raise EinetValueError(f"network {name!r} was profiled on other held-out images than "
+                                  f"{next(iter(candidates))!r}"
+                                  ": candidates must share the held-out split")
     horizon = full_inference_time(first_et) if horizon is None else horizon
     if not (math.isfinite(horizon) and horizon > 0):
-        raise ValueError(f"horizon must be a finite number of seconds > 0, got {horizon}")
+        raise EinetValueError(f"horizon must be a finite number of seconds > 0, got {horizon}")
     chosen: tuple[float, Deployment, Any] | None = None
     validation: dict[str, float] = {}
     for name, (et, holdout) in candidates.items():
@@ -266,9 +269,9 @@ def save_deployment(path: str | os.PathLike[str], deployment: Deployment, predic
     _checked(json.loads(json.dumps(record)), path.parent)
     if deployment.predictor is not None:  # only policies that plan per sample need it
         if predictor is None:
-            raise ValueError(f"the deployment of {deployment.policy!r} needs its predictor to be saved with it")
+            raise EinetValueError(f"the deployment of {deployment.policy!r} needs its predictor to be saved with it")
         if (path.parent / deployment.predictor).resolve() == path.resolve():
-            raise ValueError(f"{path} is also the name of its predictor: name the deployment file otherwise")
+            raise EinetValueError(f"{path} is also the name of its predictor: name the deployment file otherwise")
         save_predictor(path.parent / deployment.predictor, predictor)
     with atomic_write(path) as f:
         f.write(json.dumps(record, indent=2).encode() + b"\n")
@@ -299,12 +302,12 @@ def load_deployment(path: str | os.PathLike[str]) -> Deployment:
         with open_regular(path) as f:
             text = f.read(MAX_DEPLOYMENT_BYTES + 1)
         if len(text) > MAX_DEPLOYMENT_BYTES:
-            raise ValueError(f"larger than {MAX_DEPLOYMENT_BYTES} bytes")
+            raise EinetValueError(f"larger than {MAX_DEPLOYMENT_BYTES} bytes")
         return _checked(parse_json(text), path.parent)
     except FileNotFoundError:
         raise
     except (ValueError, TypeError) as error:
-        raise ValueError(f"{path} is not a readable einet deployment: {error}") from None
+        raise EinetValueError(f"{path} is not a readable einet deployment: {error}") from None
 
 
 def _record_digest(record: Mapping[str, Any]) -> str:
@@ -319,25 +322,25 @@ def _checked(record: object, folder: Path) -> Deployment:
     from ..validation import number
 
     if not isinstance(record, dict):
-        raise TypeError("not a JSON object")
+        raise EinetTypeError("not a JSON object")
     version = record.get("version")
     if record.get("format") != "einet-deployment" or type(version) is not int or version not in READABLE_VERSIONS:
-        raise ValueError(f"not an einet deployment of versions {READABLE_VERSIONS}")
+        raise EinetValueError(f"not an einet deployment of versions {READABLE_VERSIONS}")
     if version >= 3 and record.get("sha256") != _record_digest(record):  # a checksum covers every field
-        raise ValueError("fails its SHA-256 checksum: the file is damaged or was edited")
+        raise EinetValueError("fails its SHA-256 checksum: the file is damaged or was edited")
     fields = {f.name for f in Deployment.__dataclass_fields__.values()}
     unknown = sorted(set(record) - fields - {"format", "version", "sha256"})
     if version < 4 and {"kind", "value"} & set(record):
         unknown = sorted({"kind", "value"} & set(record))
     if unknown:
-        raise ValueError(f"unknown field {unknown[0]!r}")
+        raise EinetValueError(f"unknown field {unknown[0]!r}")
 
     def text(name: str, optional: bool = True) -> str | None:
         value = record.get(name)
         if value is None and optional:
             return None
         if not isinstance(value, str) or not value or len(value) > 1000:
-            raise TypeError(f"{name} must be a non-empty string, got {value!r:.80}")
+            raise EinetTypeError(f"{name} must be a non-empty string, got {value!r:.80}")
         return value
 
     def plan(name: str) -> tuple[bool, ...] | None:
@@ -346,24 +349,24 @@ def _checked(record: object, folder: Path) -> Deployment:
             return None
         if not isinstance(value, list) or not 1 <= len(value) <= MAX_PLAN_EXITS \
                 or not all(type(b) is bool for b in value):
-            raise TypeError(f"{name} must be a list of 1 to {MAX_PLAN_EXITS} booleans, got {value!r:.80}")
+            raise EinetTypeError(f"{name} must be a list of 1 to {MAX_PLAN_EXITS} booleans, got {value!r:.80}")
         return tuple(value)
 
     rule = AnswerRule.from_record(record.get("rule"))
     dist = text("dist", optional=False)
     if dist not in RELATIVE_KINDS:
-        raise ValueError(f"dist must be one of {', '.join(RELATIVE_KINDS)}, got {dist!r}")
+        raise EinetValueError(f"dist must be one of {', '.join(RELATIVE_KINDS)}, got {dist!r}")
     predictor = text("predictor")
     if predictor is not None:
         inside = (folder / predictor).resolve()
         if Path(predictor).is_absolute() or folder.resolve() not in inside.parents:
-            raise ValueError(f"predictor {predictor!r} must be a file in the deployment's folder")
+            raise EinetValueError(f"predictor {predictor!r} must be a file in the deployment's folder")
     signal = record.get("signal", "confidence")
     if signal not in SIGNALS:
-        raise ValueError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
+        raise EinetValueError(f"signal must be one of {', '.join(SIGNALS)}, got {signal!r}")
     validation = record.get("validation", {})
     if not isinstance(validation, dict):
-        raise TypeError(f"validation must be an object of held-out scores, got {validation!r:.80}")
+        raise EinetTypeError(f"validation must be an object of held-out scores, got {validation!r:.80}")
     threshold = record.get("threshold")
     deployment = Deployment(
         policy=str(text("policy", optional=False)), rule=rule, dist=dist,
@@ -377,9 +380,9 @@ def _checked(record: object, folder: Path) -> Deployment:
         value=None if record.get("value") is None else number("value", record["value"], 0.0, 1.0, low_open=True))
     if deployment.spec.uses_predictor:
         if predictor is None:
-            raise ValueError(f"policy {deployment.policy!r} needs a predictor file")
+            raise EinetValueError(f"policy {deployment.policy!r} needs a predictor file")
     elif (deployment.mask is None) == (deployment.threshold is None):
-        raise ValueError(f"policy {deployment.policy!r} needs exactly one of a mask and a threshold")
+        raise EinetValueError(f"policy {deployment.policy!r} needs exactly one of a mask and a threshold")
     return deployment
 
 

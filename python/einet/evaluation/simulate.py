@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from ..distributions import sample_exit_times
+from ..errors import EinetValueError
 from ..formats.profiles import CSProfile
 from ..planner import Distribution, ETProfile, NativePredictor
 from ..policies import Policy, single_exit, standard_policies
@@ -45,11 +46,11 @@ def replay(policy: Policy, cs: CSProfile, et: ETProfile | Sequence[ETProfile],
     s_count, n = cs.confidence.shape
     profiles = [et] if isinstance(et, ETProfile) else list(et)
     if not isinstance(et, ETProfile) and len(profiles) != s_count:
-        raise ValueError(f"one ET-profile per sample: got {len(profiles)} for {s_count} samples")
+        raise EinetValueError(f"one ET-profile per sample: got {len(profiles)} for {s_count} samples")
     for k, profile in enumerate(profiles):
         if profile.num_blocks != n:
             which = "the ET-profile" if isinstance(et, ETProfile) else f"sample {k}'s ET-profile"
-            raise ValueError(f"the CS-profile has {n} exits but {which} {profile.num_blocks} blocks")
+            raise EinetValueError(f"the CS-profile has {n} exits but {which} {profile.num_blocks} blocks")
     rule = as_rule(rule)
     times = np.full((s_count, n), np.inf)
     exits = np.full((s_count, n), -1, dtype=np.int64)
@@ -90,8 +91,8 @@ def planning_seconds(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | A
     folds it into the branch times); next to light exits (~30 us) EINet's re-planning (~10-20 us) is
     no longer free, so a policy that plans is scored and planned with it (:func:`charged`)."""
     if samples < 1 or cs.num_samples < 1:
-        raise ValueError(f"need at least one sample to time the policy on, got samples={samples} and "
-                         f"{cs.num_samples} profiled")
+        raise EinetValueError(f"need at least one sample to time the policy on, got samples={samples} and "
+                              f"{cs.num_samples} profiled")
     trace = replay(policy, cs.subset(np.arange(min(samples, cs.num_samples))), et, rule)
     return trace.policy_seconds / max(int((trace.exits >= 0).sum()), 1)
 
@@ -99,7 +100,7 @@ def planning_seconds(policy: Policy, cs: CSProfile, et: ETProfile, rule: str | A
 def charged(et: ETProfile, seconds_per_branch: float) -> ETProfile:
     """`et` with `seconds_per_branch` added to every branch: what a policy costs, as the runtime sees it."""
     if not (math.isfinite(seconds_per_branch) and seconds_per_branch >= 0):
-        raise ValueError(f"seconds_per_branch must be a finite number >= 0, got {seconds_per_branch}")
+        raise EinetValueError(f"seconds_per_branch must be a finite number >= 0, got {seconds_per_branch}")
     return ETProfile(et.conv, et.branch + seconds_per_branch)
 
 
@@ -121,7 +122,7 @@ def evaluate(policy: Policy, cs: CSProfile, et: ETProfile, dist: Distribution, d
              rule: str | AnswerRule = "latest") -> PolicyResult:
     """Replay `policy` and score it under `draws` exit times per sample, and exactly."""
     if draws < 1:
-        raise ValueError(f"draws must be >= 1, got {draws}")
+        raise EinetValueError(f"draws must be >= 1, got {draws}")
     rule = as_rule(rule)
     trace = replay(policy, cs, et, rule)
     held = held_correctness(trace.exits, cs, rule)
@@ -148,7 +149,7 @@ def correct_at(policy: Policy, cs: CSProfile, et: ETProfile | Sequence[ETProfile
     one profile, or one per sample (see :func:`replay`)."""
     deadlines = np.asarray(deadlines, dtype=np.float64)
     if deadlines.shape != (cs.num_samples,):
-        raise ValueError(f"one deadline per sample: expected shape ({cs.num_samples},), got {deadlines.shape}")
+        raise EinetValueError(f"one deadline per sample: expected shape ({cs.num_samples},), got {deadlines.shape}")
     rule = as_rule(rule)
     trace = replay(policy, cs, et, rule)
     return _held_at(trace, held_correctness(trace.exits, cs, rule), deadlines[:, None])[:, 0]
@@ -180,7 +181,7 @@ def paired_difference(a: PolicyResult, b: PolicyResult) -> PairedDifference:
     """a minus b, paired over samples on their exact expectations. The samples must be the same."""
     if a.per_sample_expected.shape != b.per_sample_expected.shape or (
             a.labels is not None and b.labels is not None and not np.array_equal(a.labels, b.labels)):
-        raise ValueError(f"{a.name!r} and {b.name!r} were not evaluated on the same samples")
+        raise EinetValueError(f"{a.name!r} and {b.name!r} were not evaluated on the same samples")
     delta = a.per_sample_expected - b.per_sample_expected
     return PairedDifference(float(delta.mean()), ci95_half_width(delta))
 

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Union
 
+from ..errors import EinetTypeError, EinetValueError
 from ..validation import number
 
 Value = Union[bool, int, float]
@@ -30,7 +31,7 @@ class Setting:
         """`value` of this setting's type and within its bounds; TypeError/ValueError naming it otherwise."""
         if isinstance(self.default, bool):
             if type(value) is not bool:
-                raise TypeError(f"adaptation setting {name} must be true or false, got {value!r:.40}")
+                raise EinetTypeError(f"adaptation setting {name} must be true or false, got {value!r:.40}")
             return value
         checked: Value = number(f"adaptation setting {name}", value, self.low, self.high,
                                 integer=isinstance(self.default, int), low_open=self.low_open)
@@ -58,11 +59,11 @@ def check_adaptation(settings: object) -> dict[str, Value]:
     """Adaptation settings (a table: each known, of its type, within its bounds), checked; every one
     given returned, as checked. TypeError/ValueError naming the setting otherwise."""
     if not isinstance(settings, Mapping):
-        raise TypeError(f"runtime adaptation must be a table of settings, got {settings!r:.80}")
+        raise EinetTypeError(f"runtime adaptation must be a table of settings, got {settings!r:.80}")
     checked: dict[str, Value] = {}
     for name, value in settings.items():
         if name not in SETTINGS:
-            raise ValueError(f"unknown adaptation setting {name!r}: expected one of {', '.join(SETTINGS)}")
+            raise EinetValueError(f"unknown adaptation setting {name!r}: expected one of {', '.join(SETTINGS)}")
         checked[name] = SETTINGS[name].check(name, value)
     return checked
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
+from ..errors import EinetValueError
 from ..models.base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
 from ..models.constructor import CONVERTED, build_converted, resolve_constructor
 from ..validation import plain_json
@@ -117,22 +118,22 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:  # torch's message advises weights_only=False: never, for a hostile file
         named = re.search(r"GLOBAL ([\w.]+)", str(error))
-        raise ValueError(f"{path} is refused: it holds objects a checkpoint may not hold"
-                         f"{f' ({named[1]})' if named else ''}, only tensors and plain data (or it is damaged)"
-                         ) from None
+        raise EinetValueError(f"{path} is refused: it holds objects a checkpoint may not hold"
+                              f"{f' ({named[1]})' if named else ''}, only tensors and plain data (or it is damaged)"
+                              ) from None
     except Exception as error:  # torch raises many types for a damaged file
-        raise ValueError(f"{path} is not a readable einet checkpoint: {error}") from None
+        raise EinetValueError(f"{path} is not a readable einet checkpoint: {error}") from None
     version = state.get("version") if isinstance(state, dict) else None
     if type(version) is not int or version not in (1, CHECKPOINT_VERSION) or "model" not in state:
-        raise ValueError(f"{path} is not an einet checkpoint of version 1 or {CHECKPOINT_VERSION}")
+        raise EinetValueError(f"{path} is not an einet checkpoint of version 1 or {CHECKPOINT_VERSION}")
     if version >= 2:
         stored = state.get(_CHECKSUM)
         if not isinstance(stored, str):
-            raise ValueError(f"{path} has no checksum: a version {version} checkpoint must carry one (damaged?)")
+            raise EinetValueError(f"{path} has no checksum: a version {version} checkpoint must carry one (damaged?)")
         actual = state_digest(state)
         if actual != stored:
-            raise ValueError(f"{path} fails its checksum (SHA-256 {actual[:16]}..., stored {stored[:16]}...): "
-                             f"the file is damaged")
+            raise EinetValueError(f"{path} fails its checksum (SHA-256 {actual[:16]}..., stored {stored[:16]}...): "
+                                  f"the file is damaged")
     return cast("dict[str, Any]", state)  # a dict: only a dict has a "version"
 
 
@@ -142,31 +143,33 @@ def _checked_spec(path: str | os.PathLike[str], state: Mapping[str, Any]) -> tup
 
     spec = state.get("spec")
     if not isinstance(spec, dict):
-        raise ValueError(f"{path} has no model spec (a dict naming the zoo model and its sizes)")
+        raise EinetValueError(f"{path} has no model spec (a dict naming the zoo model and its sizes)")
     if "name" not in spec:
-        raise ValueError(f"{path} does not say which model it holds (no spec name)")
+        raise EinetValueError(f"{path} does not say which model it holds (no spec name)")
     kwargs = dict(spec)
     name = kwargs.pop("name")
     if not isinstance(name, str) or name not in ZOO:
-        raise ValueError(f"{path}: unknown model {name!r} in its spec: expected one of {', '.join(ZOO)}")
+        raise EinetValueError(f"{path}: unknown model {name!r} in its spec: expected one of {', '.join(ZOO)}")
     allowed = _SPEC_KEYS + (_MSDNET_SPEC_KEYS if name.startswith("msdnet") else ())
     unknown = sorted(str(key) for key in kwargs if key not in allowed)
     if unknown:
-        raise ValueError(f"{path}: unknown spec key {unknown[0]!r} for {name}: expected {', '.join(allowed)}")
+        raise EinetValueError(f"{path}: unknown spec key {unknown[0]!r} for {name}: expected {', '.join(allowed)}")
     for key, (low, high) in _SPEC_INTEGERS.items():
         if key in kwargs and not (type(kwargs[key]) is int and low <= kwargs[key] <= high):
-            raise ValueError(f"{path}: spec {key} must be an integer in [{low}, {high}], got {kwargs[key]!r}")
+            raise EinetValueError(f"{path}: spec {key} must be an integer in [{low}, {high}], got {kwargs[key]!r}")
     width = kwargs.get("width", 1.0)
     if type(width) not in (int, float) or not 0 < width <= _SPEC_MAX_WIDTH:  # NaN fails too
-        raise ValueError(f"{path}: spec width must be a number in (0, {_SPEC_MAX_WIDTH}], got {width!r}")
+        raise EinetValueError(f"{path}: spec width must be a number in (0, {_SPEC_MAX_WIDTH}], got {width!r}")
     if kwargs.get("exit_head", "paper") not in EXIT_HEADS:
-        raise ValueError(f"{path}: spec exit_head must be one of {', '.join(EXIT_HEADS)}, got {kwargs['exit_head']!r}")
+        raise EinetValueError(f"{path}: spec exit_head must be one of {', '.join(EXIT_HEADS)}, got "
+                              f"{kwargs['exit_head']!r}")
     pools = kwargs.get("exit_pools")
     if pools is not None and not (kwargs.get("exit_head") == "light" and isinstance(pools, list)
                                   and len(pools) <= _MAX_EXITS
                                   and all(is_light_pool(p) for p in pools)):
-        raise ValueError(f"{path}: spec exit_pools must be a list of whole numbers in 1..{MAX_LIGHT_POOL}, one per "
-                         f"light exit (exit_head 'light'), got {pools!r}")
+        raise EinetValueError(f"{path}: spec exit_pools must be a list of whole numbers in 1..{MAX_LIGHT_POOL}, "
+                              "one per "
+                              f"light exit (exit_head 'light'), got {pools!r}")
     return name, kwargs
 
 
@@ -174,27 +177,27 @@ def _checked_converted_spec(path: str | os.PathLike[str], spec: Mapping[str, Any
     """A converted model's spec, checked: known keys, a constructor name, plain kwargs, bounded exits and shape."""
     unknown = sorted(str(key) for key in spec if key not in _CONVERTED_KEYS)
     if unknown:
-        raise ValueError(f"{path}: unknown spec key {unknown[0]!r} for a converted model: expected "
-                         f"{', '.join(_CONVERTED_KEYS)}")
+        raise EinetValueError(f"{path}: unknown spec key {unknown[0]!r} for a converted model: expected "
+                              f"{', '.join(_CONVERTED_KEYS)}")
     constructor = spec.get("constructor")
     if not isinstance(constructor, str) or not 0 < len(constructor) <= _MAX_NAME:
-        raise ValueError(f"{path}: a converted model's spec must name its constructor, got {constructor!r}")
+        raise EinetValueError(f"{path}: a converted model's spec must name its constructor, got {constructor!r}")
     kwargs = spec.get("kwargs", {})
     if not isinstance(kwargs, dict) or not plain_json(kwargs, _MAX_KWARGS_ITEMS):
-        raise ValueError(f"{path}: spec kwargs must be a dict of plain JSON values (at most {_MAX_KWARGS_ITEMS})")
+        raise EinetValueError(f"{path}: spec kwargs must be a dict of plain JSON values (at most {_MAX_KWARGS_ITEMS})")
     exits = spec.get("exits")
     if exits is not None and not (isinstance(exits, list) and 0 < len(exits) <= _MAX_EXITS and all(
             isinstance(name, str) and 0 < len(name) <= _MAX_NAME for name in exits)):
-        raise ValueError(f"{path}: spec exits must be None or 1 to {_MAX_EXITS} module names, got {exits!r}")
+        raise EinetValueError(f"{path}: spec exits must be None or 1 to {_MAX_EXITS} module names, got {exits!r}")
     shape = spec.get("input_shape")
     if not (isinstance(shape, list) and 1 <= len(shape) <= 4 and all(type(n) is int and n >= 1 for n in shape)
             and math.prod(shape) <= _MAX_INPUT_SIZE):
-        raise ValueError(f"{path}: spec input_shape must be 1 to 4 positive sizes of at most {_MAX_INPUT_SIZE} "
-                         f"elements in all, got {shape!r}")
+        raise EinetValueError(f"{path}: spec input_shape must be 1 to 4 positive sizes of at most {_MAX_INPUT_SIZE} "
+                              f"elements in all, got {shape!r}")
     low, high = _SPEC_INTEGERS["num_classes"]
     if not (type(spec.get("num_classes")) is int and low <= spec["num_classes"] <= high):
-        raise ValueError(f"{path}: spec num_classes must be an integer in [{low}, {high}], "
-                         f"got {spec.get('num_classes')!r}")
+        raise EinetValueError(f"{path}: spec num_classes must be an integer in [{low}, {high}], "
+                              f"got {spec.get('num_classes')!r}")
     return {"constructor": constructor, "kwargs": kwargs, "exits": exits, "input_shape": shape}
 
 
@@ -205,27 +208,27 @@ def _converted_model(path: str | os.PathLike[str], spec: Mapping[str, Any], devi
         with torch.device(device):
             model, _ = build_converted(make, spec["kwargs"], torch.zeros(1, *spec["input_shape"]), spec["exits"])
     except ValueError as error:  # ConversionError included
-        raise ValueError(f"{path}: its spec does not build a converted {spec['constructor']}: {error}") from None
+        raise EinetValueError(f"{path}: its spec does not build a converted {spec['constructor']}: {error}") from None
     return model
 
 
 def _check_tensors(path: str | os.PathLike[str], name: str, stored: Any, expected: Mapping[str, torch.Tensor]) -> None:
     """The checkpoint's model tensors must be exactly the ones the spec's model has: names, shapes, kinds."""
     if not isinstance(stored, Mapping):
-        raise ValueError(f"{path}: its model state is a {type(stored).__name__}, not a dict of tensors")
+        raise EinetValueError(f"{path}: its model state is a {type(stored).__name__}, not a dict of tensors")
     missing = [key for key in expected if key not in stored]
     unexpected = [str(key) for key in stored if key not in expected]
     if missing or unexpected:
         parts = ([f"missing {', '.join(missing[:5])}"] if missing else []) + (
             [f"unexpected {', '.join(unexpected[:5])}"] if unexpected else [])
-        raise ValueError(f"{path} does not hold the {name} model its spec names: {'; '.join(parts)}")
+        raise EinetValueError(f"{path} does not hold the {name} model its spec names: {'; '.join(parts)}")
     for key, want in expected.items():
         got = stored[key]
         if not isinstance(got, torch.Tensor):
-            raise ValueError(f"{path}: {key} is not a tensor but a {type(got).__name__}")
+            raise EinetValueError(f"{path}: {key} is not a tensor but a {type(got).__name__}")
         if got.shape != want.shape or got.dtype.is_floating_point != want.dtype.is_floating_point:
-            raise ValueError(f"{path}: {key} has shape {tuple(got.shape)} ({got.dtype}); the spec's {name} needs "
-                             f"{tuple(want.shape)} ({want.dtype})")
+            raise EinetValueError(f"{path}: {key} has shape {tuple(got.shape)} ({got.dtype}); the spec's {name} needs "
+                                  f"{tuple(want.shape)} ({want.dtype})")
 
 
 def recorded_split(path: str | os.PathLike[str], state: Mapping[str, Any]) -> HeldOutSplit | None:
@@ -236,7 +239,7 @@ def recorded_split(path: str | os.PathLike[str], state: Mapping[str, Any]) -> He
     try:
         return HeldOutSplit.from_dict(record)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise EinetValueError(f"{path}: {error}") from None
 
 
 def load_checkpoint(path: str | os.PathLike[str], *, trust_constructor: bool = False,
@@ -273,13 +276,13 @@ def load_checkpoint(path: str | os.PathLike[str], *, trust_constructor: bool = F
         with torch.device("meta"):
             skeleton = zoo.build(name, **kwargs)
     except (ValueError, TypeError, OverflowError) as error:
-        raise ValueError(f"{path}: its spec does not build a {name}: {error}") from None
+        raise EinetValueError(f"{path}: its spec does not build a {name}: {error}") from None
     _check_tensors(path, name, state["model"], skeleton.state_dict())
     model = zoo.build(name, **kwargs)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
-        raise ValueError(f"{path}: its weights do not fit the {name} model: {error}") from None
+        raise EinetValueError(f"{path}: its weights do not fit the {name} model: {error}") from None
     return model.eval(), state
 
 
@@ -288,21 +291,22 @@ def _load_converted(path: str | os.PathLike[str], state: Mapping[str, Any], trus
     spec = _checked_converted_spec(path, state["spec"])
     named = spec["constructor"]
     if constructor is None and not trust_constructor:
-        raise ValueError(f"{path} holds a model converted from {named}; rebuilding it imports that module, which "
-                         f"runs its code. If you trust it, pass constructor={named!r} or trust_constructor=True to "
-                         f"load_checkpoint (einet commands: --constructor {named})")
+        raise EinetValueError(f"{path} holds a model converted from {named}; rebuilding it imports that module, which "
+                              f"runs its code. If you trust it, pass constructor={named!r} or "
+                              "trust_constructor=True to "
+                              f"load_checkpoint (einet commands: --constructor {named})")
     if isinstance(constructor, str) and constructor != named:
-        raise ValueError(f"{path} holds a model converted from {named}, not from {constructor}")
+        raise EinetValueError(f"{path} holds a model converted from {named}, not from {constructor}")
     try:
         make = constructor if constructor is not None and not isinstance(constructor, str) \
             else resolve_constructor(named)
     except ValueError as error:
-        raise ValueError(f"{path}: {error}") from None
+        raise EinetValueError(f"{path}: {error}") from None
     skeleton = _converted_model(path, spec, "meta", make)
     _check_tensors(path, named, state["model"], skeleton.state_dict())
     model = _converted_model(path, spec, "cpu", make)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
-        raise ValueError(f"{path}: its weights do not fit the model converted from {named}: {error}") from None
+        raise EinetValueError(f"{path}: its weights do not fit the model converted from {named}: {error}") from None
     return model.eval()

@@ -23,6 +23,7 @@ import numpy as np
 
 from .._atomic import process_umask
 from ..distributions import RELATIVE_KINDS
+from ..errors import EinetTypeError, EinetValueError
 from ..evaluation.select import Deployment, deployment_record
 from ..validation import number, open_regular, parse_json, printable_name
 from ..variants import Variant
@@ -46,7 +47,7 @@ _KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "t
          "runtime", "select", "devices", "provenance", "files", "sha256"}
 
 
-class BundleError(ValueError):
+class BundleError(EinetValueError):
     """A bundle that is damaged, edited, of another version, or that lacks what was asked of it."""
 
 
@@ -216,7 +217,7 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
         from ..predictor import save_predictor  # (torch: only for a predictor)
 
         if predictor is None:
-            raise ValueError(f"the deployed {deployment.policy!r} needs its predictor")
+            raise EinetValueError(f"the deployed {deployment.policy!r} needs its predictor")
         predictor_file = f"predictor-{index}.npz"
         deployment = replace(deployment, predictor=predictor_file)
         save_predictor(folder / predictor_file, predictor)
@@ -279,106 +280,108 @@ def _check_select(options: object) -> None:
 
     names = {"score_under", "rules", "time_zero", "signals", "policies", "predictor_epochs", "seed", "planning_us"}
     if not isinstance(options, dict) or set(options) != names:
-        raise ValueError(f"select must give {', '.join(sorted(names))}")
+        raise EinetValueError(f"select must give {', '.join(sorted(names))}")
     for name, value in options.items():
         check, what = CHECKS[f"select.{name}"]
         if not check(value):
-            raise ValueError(f"select {name} must be {what}, got {value!r:.80}")
+            raise EinetValueError(f"select {name} must be {what}, got {value!r:.80}")
 
 
 def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     """The manifest, every field checked (TypeError/ValueError name the field), every file's hash verified."""
     if not isinstance(manifest, dict):
-        raise TypeError("its manifest is not a JSON object")
+        raise EinetTypeError("its manifest is not a JSON object")
     version = manifest.get("version")
     if manifest.get("format") != BUNDLE_FORMAT or type(version) is not int:
-        raise ValueError("its manifest is not an einet bundle's")
+        raise EinetValueError("its manifest is not an einet bundle's")
     if version != BUNDLE_VERSION:
-        raise ValueError(f"it is bundle version {version}; this einet reads version {BUNDLE_VERSION}")
+        raise EinetValueError(f"it is bundle version {version}; this einet reads version {BUNDLE_VERSION}")
     if manifest.get("sha256") != manifest_digest(manifest):
-        raise ValueError("its manifest fails its SHA-256 checksum: it is damaged or was edited")
+        raise EinetValueError("its manifest fails its SHA-256 checksum: it is damaged or was edited")
     if set(manifest) != _KEYS:
-        raise ValueError(f"its manifest has the fields {sorted(manifest)}, expected {sorted(_KEYS)}")
+        raise EinetValueError(f"its manifest has the fields {sorted(manifest)}, expected {sorted(_KEYS)}")
     files = manifest["files"]
     if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise TypeError("files must map file names to SHA-256 digests")
+        raise EinetTypeError("files must map file names to SHA-256 digests")
     for name, digest in files.items():
         if Path(name).name != name or name == MANIFEST:
-            raise ValueError(f"file {name!r} must be a plain name inside the bundle")
+            raise EinetValueError(f"file {name!r} must be a plain name inside the bundle")
         if not (folder / name).is_file():
-            raise ValueError(f"its file {name} is missing")
+            raise EinetValueError(f"its file {name} is missing")
         if file_sha256(folder / name) != digest:
-            raise ValueError(f"its file {name} fails its SHA-256 checksum: it is damaged or was replaced")
+            raise EinetValueError(f"its file {name} fails its SHA-256 checksum: it is damaged or was replaced")
     network = manifest["network"]
     if not isinstance(network, dict) or network.get("file") != NETWORK or not isinstance(network.get("variant"), dict):
-        raise TypeError("network must name network.pt and its variant")
+        raise EinetTypeError("network must name network.pt and its variant")
     if NETWORK not in files:  # else its weights would load unverified
-        raise ValueError(f"{NETWORK} must be listed in files, with its SHA-256")
+        raise EinetValueError(f"{NETWORK} must be listed in files, with its SHA-256")
     if set(network["variant"]) != {"thumbnail", "second_look", "depth"}:
-        raise ValueError("the network's variant must give thumbnail, second_look and depth")
+        raise EinetValueError("the network's variant must give thumbnail, second_look and depth")
     variant = Variant(**network["variant"])
     for what, value, high in (("the thumbnail's side", variant.thumbnail, 64), ("the second look's depth",
                                                                                variant.depth, 100_000),
                               ("num_exits", network.get("num_exits"), 100_000)):
         if (value is not None or what == "num_exits") and (type(value) is not int or not 1 <= value <= high):
-            raise ValueError(f"{what} must be a whole number in 1..{high}, got {value!r:.40}")
+            raise EinetValueError(f"{what} must be a whole number in 1..{high}, got {value!r:.40}")
     if variant.second_look not in (None, "flip"):
-        raise ValueError(f"second_look must be null or 'flip', got {variant.second_look!r}")
+        raise EinetValueError(f"second_look must be null or 'flip', got {variant.second_look!r}")
     spec = manifest["input"]
     if not isinstance(spec, dict) or set(spec) != {"shape", "mean", "std", "classes"}:
-        raise TypeError("input must give shape, mean, std and classes")
+        raise EinetTypeError("input must give shape, mean, std and classes")
     shape = spec["shape"]
     if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and 1 <= n <= 65_536 for n in shape)):
-        raise ValueError(f"input shape must be [C, H, W], got {shape!r:.80}")
+        raise EinetValueError(f"input shape must be [C, H, W], got {shape!r:.80}")
     for field in ("mean", "std"):
         values = spec[field]
         if not isinstance(values, list) or len(values) != shape[0]:
-            raise ValueError(f"input {field} must have one number per channel")
+            raise EinetValueError(f"input {field} must have one number per channel")
         for v in values:  # a standard deviation is positive: a negative one turns every input over
             number(f"input {field}", v, 1e-6 if field == "std" else -1e3, 1e3)
     classes = spec["classes"]
     if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(printable_name(c) for c in classes)
             and len(set(classes)) == len(classes)):
-        raise ValueError("input classes must be 2 to 100,000 distinct names (printable, at most 200 characters)")
+        raise EinetValueError("input classes must be 2 to 100,000 distinct names (printable, at most 200 characters)")
     if not printable_name(manifest["name"]):
-        raise ValueError(f"name must be a printable string of at most 200 characters, got {manifest['name']!r:.80}")
+        raise EinetValueError(f"name must be a printable string of at most 200 characters, got "
+                              f"{manifest['name']!r:.80}")
     if manifest["test_data"] is not None and not (isinstance(manifest["test_data"], str)
                                                   and len(manifest["test_data"]) == 64):
-        raise ValueError("test_data must be null or the test split's SHA-256 fingerprint")
+        raise EinetValueError("test_data must be null or the test split's SHA-256 fingerprint")
     _check_select(manifest["select"])
     HeldOutSplit.from_dict(manifest["split"], "split")
     for field, expected in (("holdout", HOLDOUT), ("timing_images", TIMING)):
         if manifest[field] != expected or expected not in files:
-            raise ValueError(f"{field} must be {expected}, listed in files")
+            raise EinetValueError(f"{field} must be {expected}, listed in files")
     if manifest["test"] not in (None, TEST) or (manifest["test"] and TEST not in files):
-        raise ValueError(f"test must be null or {TEST}, listed in files")
+        raise EinetValueError(f"test must be null or {TEST}, listed in files")
     exit_times = manifest["exit_times"]
     if not isinstance(exit_times, dict) or exit_times.get("kind") not in RELATIVE_KINDS:
-        raise ValueError(f"exit_times kind must be one of {', '.join(RELATIVE_KINDS)}")
+        raise EinetValueError(f"exit_times kind must be one of {', '.join(RELATIVE_KINDS)}")
     number("exit_times horizon_ms", exit_times.get("horizon_ms"), 0.0, 1e9, low_open=True)
     runtime = manifest["runtime"]
     if not isinstance(runtime, dict) or type(runtime.get("adapt")) is not bool:
-        raise TypeError("runtime must say whether it adapts (adapt: true/false), its threads and adaptation settings")
+        raise EinetTypeError("runtime must say whether it adapts (adapt: true/false), its threads and "
+                             "adaptation settings")
     number("runtime threads", runtime.get("threads"), 1, 1024, integer=True)
     check_adaptation(runtime.get("adaptation"))
     devices = manifest["devices"]
     if not isinstance(devices, list) or not devices:
-        raise TypeError("devices must be a list of at least one device (its ET-profile and configuration)")
+        raise EinetTypeError("devices must be a list of at least one device (its ET-profile and configuration)")
     for entry in devices:
         if not isinstance(entry, dict) or set(entry) != {"key", "device", "et", "deployment"}:
-            raise TypeError("each device must give key, device, et and deployment")
+            raise EinetTypeError("each device must give key, device, et and deployment")
         if entry["et"] not in files or not re.fullmatch(r"et-\d{1,6}\.npz", str(entry["et"])):
-            raise ValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
+            raise EinetValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
         device = entry["device"]
         if not (isinstance(device, dict) and device.get("kind") in ("cpu", "cuda")
                 and printable_name(device.get("name"))
                 and type(device.get("threads")) is int and 1 <= device["threads"] <= 1024):
-            raise ValueError(f"a device must give kind (cpu or cuda), name and threads, got {device!r:.120}")
+            raise EinetValueError(f"a device must give kind (cpu or cuda), name and threads, got {device!r:.120}")
         if entry["key"] != device_key(device):
-            raise ValueError(f"device key {entry['key']!r} does not match its device")
+            raise EinetValueError(f"device key {entry['key']!r} does not match its device")
         predictor = entry["deployment"].get("predictor") if isinstance(entry["deployment"], dict) else None
         if predictor is not None and predictor not in files:
-            raise ValueError(f"a device's predictor {predictor!r} must be listed in files")
+            raise EinetValueError(f"a device's predictor {predictor!r} must be listed in files")
     return manifest
 
 

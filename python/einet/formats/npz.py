@@ -21,6 +21,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from .._atomic import atomic_write
+from ..errors import EinetValueError
 from ..validation import open_regular
 
 # 2: CS-profiles may carry log-probabilities. 3: the header lists every array and holds a SHA-256
@@ -29,7 +30,7 @@ FORMAT_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)  # format 1 files load; their CS-profiles simply have no log-probabilities
 
 
-class ProfileFormatError(ValueError):
+class ProfileFormatError(EinetValueError):
     """A profile or predictor file is unreadable, of another version or kind, or fails its schema."""
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import EinetValueError
 from ..planner import NativePredictor
 from ..rules import AnswerRule
 from ..signals import check_signal
@@ -70,7 +71,7 @@ def check_predictor_size(num_exits: int, hidden: Sequence[int]) -> None:
     (:func:`einet.validation.check_memory`): checked before any layer is allocated."""
     number("num_exits", num_exits, 1, MAX_PREDICTOR_EXITS, integer=True)
     if len(hidden) > MAX_PREDICTOR_HIDDEN_LAYERS:
-        raise ValueError(f"at most {MAX_PREDICTOR_HIDDEN_LAYERS} hidden layers, got {len(hidden)}")
+        raise EinetValueError(f"at most {MAX_PREDICTOR_HIDDEN_LAYERS} hidden layers, got {len(hidden)}")
     for h in hidden:
         number("a hidden layer size", h, 1, MAX_PREDICTOR_WIDTH, integer=True)
     sizes = [2 * num_exits, *hidden, num_exits]

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import EinetValueError
+
 if TYPE_CHECKING:
     from ..data import ImageArrays
 
@@ -43,7 +45,7 @@ class HeldOutSplit:
         number("the held-out fraction", self.fraction, 0.0, 0.99)
         number("the split's seed", self.seed, 0, 2**32 - 1, integer=True)
         if not (isinstance(self.data, str) and len(self.data) == 64):
-            raise ValueError(f"the split's data fingerprint must be a SHA-256 hex digest, got {self.data!r:.80}")
+            raise EinetValueError(f"the split's data fingerprint must be a SHA-256 hex digest, got {self.data!r:.80}")
 
     @classmethod
     def of(cls, arrays: ImageArrays, fraction: float, seed: int) -> HeldOutSplit:
@@ -52,8 +54,8 @@ class HeldOutSplit:
     def apply(self, arrays: ImageArrays, what: str = "the data") -> tuple[ImageArrays, ImageArrays]:
         """(training part, held-out part) of `arrays`, which must be the data the split was recorded on."""
         if fingerprint(arrays) != self.data:
-            raise ValueError(f"{what} is not the training data this split was recorded on (its fingerprint "
-                             f"differs): give the data the network was trained on")
+            raise EinetValueError(f"{what} is not the training data this split was recorded on (its fingerprint "
+                                  f"differs): give the data the network was trained on")
         if self.fraction == 0:
             return arrays, arrays.subset(arrays.labels[:0])
         return arrays.split(self.fraction, seed=self.seed)
@@ -64,7 +66,7 @@ class HeldOutSplit:
     @classmethod
     def from_dict(cls, record: object, what: str = "split") -> HeldOutSplit:
         if not isinstance(record, Mapping) or set(record) != {"fraction", "seed", "data"}:
-            raise ValueError(f"{what} must be an object with fraction, seed and data, got {record!r:.120}")
+            raise EinetValueError(f"{what} must be an object with fraction, seed and data, got {record!r:.120}")
         return cls(record["fraction"], record["seed"], record["data"])
 
 
@@ -76,6 +78,6 @@ def resolve(recorded: HeldOutSplit | None, fraction: float | None, seed: int | N
         return HeldOutSplit.of(arrays, 0.1 if fraction is None else fraction, 0 if seed is None else seed)
     for name, given, kept in (("--holdout", fraction, recorded.fraction), ("--seed", seed, recorded.seed)):
         if given is not None and given != kept:
-            raise ValueError(f"{name} {given}: {source} was trained with {name} {kept} held out; leave {name} out "
-                             "to use the recorded split")
+            raise EinetValueError(f"{name} {given}: {source} was trained with {name} {kept} held out; leave {name} out "
+                                  "to use the recorded split")
     return recorded

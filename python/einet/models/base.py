@@ -15,6 +15,8 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..errors import EinetValueError
+
 
 class MultiExitNetwork(nn.Module):
     """Blocks and exits held as two ModuleLists; ``forward`` returns every exit's logits."""
@@ -22,7 +24,7 @@ class MultiExitNetwork(nn.Module):
     def __init__(self, blocks: list[nn.Module], exits: list[nn.Module]) -> None:
         super().__init__()
         if len(blocks) != len(exits) or not blocks:
-            raise ValueError(f"need as many exits as blocks (at least one), got {len(blocks)} and {len(exits)}")
+            raise EinetValueError(f"need as many exits as blocks (at least one), got {len(blocks)} and {len(exits)}")
         self.blocks = nn.ModuleList(blocks)
         self.exits = nn.ModuleList(exits)
 
@@ -111,7 +113,7 @@ class LightBranch(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, pool: int = DEFAULT_LIGHT_POOL) -> None:
         super().__init__()
         if not is_light_pool(pool):
-            raise ValueError(f"a light exit's pool must be a whole number in 1..{MAX_LIGHT_POOL}, got {pool!r}")
+            raise EinetValueError(f"a light exit's pool must be a whole number in 1..{MAX_LIGHT_POOL}, got {pool!r}")
         self.in_channels, self.num_classes, self.pool = in_channels, num_classes, pool
         self.linear = nn.Linear(in_channels * pool * pool, num_classes)
 
@@ -139,7 +141,7 @@ def set_light_pools(model: MultiExitNetwork, pools: Sequence[int]) -> None:
     ``exit_pools``): an exit whose pool changes gets a new, untrained linear layer."""
     indices = light_exits(model)
     if len(pools) != len(indices):
-        raise ValueError(f"exit_pools has {len(pools)} entries for {len(indices)} light exits")
+        raise EinetValueError(f"exit_pools has {len(pools)} entries for {len(indices)} light exits")
     for i, pool in zip(indices, pools):
         branch = cast(LightBranch, model.exits[i])
         if pool != branch.pool:
@@ -152,11 +154,11 @@ def exit_branch(head: str, in_channels: int, num_classes: int, conv_channels: in
         return Branch(in_channels, num_classes, conv_channels)
     if head == "light":
         return LightBranch(in_channels, num_classes)
-    raise ValueError(f"unknown exit head {head!r}: expected one of {', '.join(EXIT_HEADS)}")
+    raise EinetValueError(f"unknown exit head {head!r}: expected one of {', '.join(EXIT_HEADS)}")
 
 
 def channels(base: int, width: float) -> int:
     """A channel count scaled by the width multiplier (at least 4)."""
     if width <= 0:
-        raise ValueError(f"width must be > 0, got {width}")
+        raise EinetValueError(f"width must be > 0, got {width}")
     return max(4, round(base * width))

@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
+from ..errors import EinetValueError
 from .base import MultiExitNetwork
 
 COMPILED_FORMAT = 1
@@ -45,7 +46,7 @@ _PREPACKED = "mkldnn__convolution_pointwise"  # oneDNN's convolution on prepacke
 _SIMD = re.compile(r"(sse|ssse|avx|fma|f16c|amx|vnni|neon|asimd|sve)")
 
 
-class CompileError(ValueError):
+class CompileError(EinetValueError):
     """Blocks that could not be compiled, or a cache entry that is missing, changed or not verified."""
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..errors import EinetValueError
 from .base import MultiExitNetwork
 from .convert import ConversionError, convert
 
@@ -30,15 +31,15 @@ def resolve_constructor(name: str) -> Callable[..., nn.Module]:
     The module must be importable (installed, or on ``PYTHONPATH``).
     """
     if not isinstance(name, str) or not _CONSTRUCTOR.match(name):
-        raise ValueError(f"a constructor is named 'package.module:callable', got {name!r}")
+        raise EinetValueError(f"a constructor is named 'package.module:callable', got {name!r}")
     module_name, _, qualname = name.partition(":")
     try:
         target: Any = importlib.import_module(module_name)
     except ImportError as error:
-        raise ValueError(f"cannot import {module_name!r} for the constructor {name}: {error}") from None
+        raise EinetValueError(f"cannot import {module_name!r} for the constructor {name}: {error}") from None
     for part in qualname.split("."):
         if not hasattr(target, part):
-            raise ValueError(f"{module_name} has no {qualname!r} (constructor {name})")
+            raise EinetValueError(f"{module_name} has no {qualname!r} (constructor {name})")
         target = getattr(target, part)
     _check_makes_module(name, target)
     return target  # type: ignore[no-any-return]
@@ -50,16 +51,16 @@ def _check_makes_module(name: str, target: Any) -> None:
     anything not callable. (A function without an annotation can only be known by calling it.)"""
     if inspect.isclass(target):
         if not issubclass(target, nn.Module):
-            raise ValueError(f"{name} is the class {target.__qualname__}, not an nn.Module")
+            raise EinetValueError(f"{name} is the class {target.__qualname__}, not an nn.Module")
         return
     if not callable(target) or inspect.isbuiltin(target) or inspect.ismethoddescriptor(target):
-        raise ValueError(f"{name} is a {type(target).__name__}, not a class or a function that makes a network")
+        raise EinetValueError(f"{name} is a {type(target).__name__}, not a class or a function that makes a network")
     try:
         returns = typing.get_type_hints(target).get("return")
     except Exception:  # an annotation that does not resolve says nothing either way
         returns = None
     if inspect.isclass(returns) and not issubclass(returns, nn.Module):
-        raise ValueError(f"{name} returns a {returns.__qualname__}, not an nn.Module")
+        raise EinetValueError(f"{name} returns a {returns.__qualname__}, not an nn.Module")
 
 
 def _constructor_name(constructor: str | Callable[..., nn.Module]) -> str:
@@ -76,20 +77,20 @@ def load_backbone(model: nn.Module, weights: str | os.PathLike[str] | Mapping[st
         try:
             state = torch.load(weights, map_location="cpu", weights_only=True)
         except Exception as error:  # torch raises many types for a damaged or foreign file
-            raise ValueError(f"{weights} is not a readable state_dict: {error}") from None
+            raise EinetValueError(f"{weights} is not a readable state_dict: {error}") from None
     if isinstance(state, Mapping):
         for key in ("state_dict", "model"):
             if isinstance(state.get(key), Mapping) and not isinstance(state.get(key), torch.Tensor):
                 state = state[key]
                 break
     if not isinstance(state, Mapping):
-        raise ValueError(f"{weights if isinstance(weights, (str, os.PathLike)) else 'the backbone weights'} "
-                         f"hold a {type(state).__name__}, not a state_dict")
+        raise EinetValueError(f"{weights if isinstance(weights, (str, os.PathLike)) else 'the backbone weights'} "
+                              f"hold a {type(state).__name__}, not a state_dict")
     try:
         model.load_state_dict(state)
     except (RuntimeError, TypeError, ValueError) as error:
         where = weights if isinstance(weights, (str, os.PathLike)) else "the backbone weights"
-        raise ValueError(f"{where} do not fit {type(model).__name__}: {error}") from None
+        raise EinetValueError(f"{where} do not fit {type(model).__name__}: {error}") from None
 
 
 def build_converted(constructor: str | Callable[..., nn.Module], kwargs: Mapping[str, Any] | None,

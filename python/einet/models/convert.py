@@ -31,10 +31,11 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.fx.passes.split_module import split_module
 
+from ..errors import EinetTypeError, EinetValueError
 from .base import Branch, MultiExitNetwork
 
 
-class ConversionError(ValueError):
+class ConversionError(EinetValueError):
     """The model cannot be turned into a multi-exit network; the message says why."""
 
 
@@ -121,7 +122,7 @@ def _traced_graph(module: nn.Module, leaves: set[str]) -> fx.Graph:
     for node in dead:
         if any(user not in dead for user in node.users) or (node.op != "placeholder" and node.users == {}
                                                           and node.target not in _ASSERTIONS):
-            raise TypeError(f"its forward uses its optional argument {inputs[0].target!r} beyond checking it")
+            raise EinetTypeError(f"its forward uses its optional argument {inputs[0].target!r} beyond checking it")
     for node in reversed(list(graph.nodes)):
         if node in dead:
             graph.erase_node(node)

@@ -28,6 +28,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..errors import EinetValueError
 from .base import MultiExitNetwork
 
 FORMS = ("eager", "prepared", "compiled")
@@ -47,19 +48,19 @@ class InferenceForm:
 
     def __post_init__(self) -> None:
         if self.name not in FORMS:
-            raise ValueError(f"unknown inference form {self.name!r}: expected one of {', '.join(FORMS)}")
+            raise EinetValueError(f"unknown inference form {self.name!r}: expected one of {', '.join(FORMS)}")
         if self.name != "prepared" and any(self.channels_last):
-            raise ValueError(f"the {self.name} form has no layouts of its own")
+            raise EinetValueError(f"the {self.name} form has no layouts of its own")
 
     def apply(self, model: MultiExitNetwork) -> MultiExitNetwork:
         """`model` in this form: a prepared copy (the model itself is left as it is), or `model` in eval mode."""
         if self.name == "eager":
             return model.eval()
         if self.name == "compiled":
-            raise ValueError("a compiled form is loaded from the cache of compiled blocks (einet.models.compiled)")
+            raise EinetValueError("a compiled form is loaded from the cache of compiled blocks (einet.models.compiled)")
         if self.channels_last and len(self.channels_last) != model.num_exits:
-            raise ValueError(f"the form has layouts for {len(self.channels_last)} blocks, the network "
-                             f"{model.num_exits}")
+            raise EinetValueError(f"the form has layouts for {len(self.channels_last)} blocks, the network "
+                                  f"{model.num_exits}")
         prepared = fold(model)
         for i, last in enumerate(self.channels_last):
             if last:
@@ -79,7 +80,7 @@ class InferenceForm:
         if not (isinstance(record, Mapping) and set(record) == {"name", "channels_last"}
                 and isinstance(record["channels_last"], list) and len(record["channels_last"]) <= 100_000
                 and all(type(v) is bool for v in record["channels_last"])):
-            raise ValueError(f"an inference form is a name and one layout flag per block, got {record!r:.120}")
+            raise EinetValueError(f"an inference form is a name and one layout flag per block, got {record!r:.120}")
         return cls(record["name"], tuple(record["channels_last"]))
 
 
@@ -228,7 +229,7 @@ def verify(eager: MultiExitNetwork, prepared: MultiExitNetwork, inputs: torch.Te
             agree = float((a.argmax(1) == b.argmax(1)).float().mean())
             worst = max(worst, error)
             if error > tolerance or agree < same_answers:
-                raise ValueError(f"the prepared form differs from the network at exit {k + 1}: relative error "
-                                 f"{error:.2e} (at most {tolerance:.0e}), answers agree on {100 * agree:.2f}% "
-                                 f"(at least {100 * same_answers:.1f}%)")
+                raise EinetValueError(f"the prepared form differs from the network at exit {k + 1}: relative error "
+                                      f"{error:.2e} (at most {tolerance:.0e}), answers agree on {100 * agree:.2f}% "
+                                      f"(at least {100 * same_answers:.1f}%)")
     return worst

@@ -30,6 +30,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..data import trained_with_flips
+from ..errors import EinetTypeError, EinetValueError
 from .base import MAX_LIGHT_POOL, LightBranch, MultiExitNetwork, is_light_pool, light_exits
 
 
@@ -63,17 +64,17 @@ def refit_light_exits(model: MultiExitNetwork, train: Any, holdout: Any, pool: i
     from tqdm.auto import tqdm
 
     if not isinstance(model, MultiExitNetwork):
-        raise TypeError(f"refit_light_exits needs a MultiExitNetwork, got {type(model).__name__}")
+        raise EinetTypeError(f"refit_light_exits needs a MultiExitNetwork, got {type(model).__name__}")
     if not is_light_pool(pool):
-        raise ValueError(f"pool must be a whole number in 1..{MAX_LIGHT_POOL}, got {pool!r}")
+        raise EinetValueError(f"pool must be a whole number in 1..{MAX_LIGHT_POOL}, got {pool!r}")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a whole number >= 1, got {value!r}")
+            raise EinetValueError(f"{name} must be a whole number >= 1, got {value!r}")
     for name, data in (("train", train), ("holdout", holdout)):
         if len(data.labels) == 0:
-            raise ValueError(f"the {name} split is empty: refitting needs images in both splits")
+            raise EinetValueError(f"the {name} split is empty: refitting needs images in both splits")
     if not light_exits(model):
-        raise ValueError("this network has no light exits to refit (train it with --exit-head light)")
+        raise EinetValueError("this network has no light exits to refit (train it with --exit-head light)")
     refitted = copy.deepcopy(model).eval()
     maps = _map_sizes(refitted, holdout.images[:1])
     heads = {i: cast(LightBranch, refitted.exits[i]) for i in light_exits(refitted)}

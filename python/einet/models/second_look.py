@@ -28,6 +28,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from ..errors import EinetTypeError, EinetValueError
 from .base import MultiExitNetwork
 
 VIEWS = ("flip",)
@@ -38,19 +39,19 @@ class SecondLook(MultiExitNetwork):
 
     def __init__(self, model: MultiExitNetwork, view: str = "flip", depth: int | None = None) -> None:
         if view not in VIEWS:
-            raise ValueError(f"unknown view {view!r}: expected one of {', '.join(VIEWS)}")
+            raise EinetValueError(f"unknown view {view!r}: expected one of {', '.join(VIEWS)}")
         if not isinstance(model, MultiExitNetwork):
-            raise TypeError(f"a second look needs a MultiExitNetwork, got {type(model).__name__}")
+            raise EinetTypeError(f"a second look needs a MultiExitNetwork, got {type(model).__name__}")
         overridden = [name for name in ("forward_block", "forward_exit", "num_exits")
                       if getattr(type(model), name) is not getattr(MultiExitNetwork, name)]
         if overridden:  # its blocks are called directly below: a network that changes how would be run wrongly
-            raise ValueError(f"a second look runs a network's blocks and exits as MultiExitNetwork does; "
-                             f"{type(model).__name__} overrides {', '.join(overridden)}")
+            raise EinetValueError(f"a second look runs a network's blocks and exits as MultiExitNetwork does; "
+                                  f"{type(model).__name__} overrides {', '.join(overridden)}")
         n = len(model.blocks)
         if depth is None:
             depth = n
         elif isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or not 1 <= depth <= n:
-            raise ValueError(f"depth must be a whole number of blocks in 1..{n}, got {depth!r}")
+            raise EinetValueError(f"depth must be a whole number of blocks in 1..{n}, got {depth!r}")
         depth = int(depth)
         super().__init__(list(model.blocks[:depth]), list(model.exits[:depth]))
         self.view = view

@@ -16,6 +16,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..errors import EinetValueError
 from .base import MultiExitNetwork
 
 
@@ -25,8 +26,8 @@ class ThumbnailClassifier(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, size: int = 8) -> None:
         super().__init__()
         if size < 1 or in_channels < 1 or num_classes < 2:
-            raise ValueError(f"need size >= 1, in_channels >= 1, num_classes >= 2; got {size}, {in_channels}, "
-                             f"{num_classes}")
+            raise EinetValueError(f"need size >= 1, in_channels >= 1, num_classes >= 2; got {size}, {in_channels}, "
+                                  f"{num_classes}")
         self.size = size
         self.linear = nn.Linear(in_channels * size * size, num_classes)
 
@@ -62,8 +63,8 @@ def fit_thumbnail(images: torch.Tensor, labels: torch.Tensor, num_classes: int, 
                   batch_size: int = 512, lr: float = 0.01, seed: int = 0) -> ThumbnailClassifier:
     """Train a thumbnail classifier (cross-entropy, Adam) on normalised images [N, C, H, W]."""
     if epochs < 1 or len(images) != len(labels) or len(images) == 0:
-        raise ValueError(f"need epochs >= 1 and as many labels as images (> 0), got {epochs}, {len(labels)}, "
-                         f"{len(images)}")
+        raise EinetValueError(f"need epochs >= 1 and as many labels as images (> 0), got {epochs}, {len(labels)}, "
+                              f"{len(images)}")
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
     model = ThumbnailClassifier(images.shape[1], num_classes, size)

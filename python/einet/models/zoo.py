@@ -15,6 +15,7 @@ from typing import cast
 import torch
 from torch import nn
 
+from ..errors import EinetValueError
 from .base import MultiExitNetwork, channels, exit_branch, set_light_pools
 
 
@@ -211,7 +212,7 @@ def msdnet(blocks: int = 21, num_classes: int = 10, in_channels: int = 3, width:
     keeping 40-block networks affordable.
     """
     if blocks < 1:
-        raise ValueError(f"blocks must be >= 1, got {blocks}")
+        raise EinetValueError(f"blocks must be >= 1, got {blocks}")
     widths = [channels(16 * f, width) for f in (1, 2, 4)]
     growths = [channels(growth * f, width) for f in (1, 2, 4)]
     growths = [g + g % 2 for g in growths]  # even: the finer scales split growth between two convs
@@ -244,7 +245,7 @@ def build(name: str, exit_pools: Sequence[int] | None = None, **kwargs: object) 
     `exit_pools`: its light exits' pools, one per light exit (as :func:`einet.models.refit.refit_light_exits`
     writes them into a checkpoint's spec); default: each head's own."""
     if name not in ZOO:
-        raise ValueError(f"unknown model {name!r}: expected one of {', '.join(ZOO)}")
+        raise EinetValueError(f"unknown model {name!r}: expected one of {', '.join(ZOO)}")
     model = ZOO[name](**kwargs)
     if exit_pools is not None:
         set_light_pools(model, exit_pools)

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .. import _core
+from ..errors import EinetValueError
 from ..planner import (
     Distribution,
     ETProfile,
@@ -46,15 +47,15 @@ class EINet(Policy):
                  seed: int = 0, name: str | None = None, first_plan: Sequence[bool] | np.ndarray | None = None,
                  margin: float = 0.0, signal: str = "confidence") -> None:
         if predictor.num_exits != et.num_blocks:
-            raise ValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
-                             f"{et.num_blocks} blocks")
+            raise EinetValueError(f"the predictor covers {predictor.num_exits} exits, the ET-profile "
+                                  f"{et.num_blocks} blocks")
         self.name = name or ("EINet" if method == "hybrid" else f"EINet ({method} search)")
         rule = as_rule(rule)
         # What the predictor reads per observed exit (einet.signals; the one it was fitted on).
         self.signal = signal_index(signal)
         if self.signal and rule.name == "ensemble":
-            raise ValueError(f"signal {signal!r} is for rules latest and best: under rule ensemble the predictor "
-                             "reads the ensemble's confidence")
+            raise EinetValueError(f"signal {signal!r} is for rules latest and best: under rule ensemble the predictor "
+                                  "reads the ensemble's confidence")
         self.needs_log_probs = self.signal > 0
         self._observed_signal = 0.0
         self._last_class = -1  # for signal agreement: the previous observed exit's class
@@ -65,7 +66,7 @@ class EINet(Policy):
                                      budget=budget, seed=seed).plan.mask
         first = np.asarray(first_plan, dtype=bool)
         if first.shape != (et.num_blocks,):
-            raise ValueError(f"first_plan must have {et.num_blocks} entries, got shape {first.shape}")
+            raise EinetValueError(f"first_plan must have {et.num_blocks} entries, got shape {first.shape}")
         # The first plan is the same for every sample; re-plans happen natively after each branch.
         # Under rule ensemble the predictor scores ensembles and sees the ensemble's confidence
         # (fit it with that rule), so the native session plans as rule latest.

@@ -7,6 +7,7 @@ from typing import cast
 
 import numpy as np
 
+from ..errors import EinetTypeError, EinetValueError
 from ..formats.profiles import CSProfile
 from ..planner import Distribution, ETProfile, expected_accuracy, search
 from ..reference import hybrid_search
@@ -20,7 +21,7 @@ class FixedPlan(Policy):
     def __init__(self, mask: Sequence[bool] | np.ndarray, name: str) -> None:
         mask = np.array(mask, dtype=bool)  # a copy: the caller's array may change
         if not mask.any():
-            raise ValueError(f"{name}: a fixed plan must run at least one branch")
+            raise EinetValueError(f"{name}: a fixed plan must run at least one branch")
         mask.flags.writeable = False
         self._mask = mask
         # Asked between blocks, where a tuple look-up costs a third of numpy's
@@ -39,7 +40,7 @@ class FixedPlan(Policy):
 def static_plan(num_exits: int, fraction: float) -> FixedPlan:
     """Run `fraction` of the exits, evenly spaced, the last always on (the paper's static plans)."""
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"fraction must be in (0, 1], got {fraction}")
+        raise EinetValueError(f"fraction must be in (0, 1], got {fraction}")
     count = max(1, round(fraction * num_exits))
     chosen = {int(np.ceil((j + 1) * num_exits / count)) - 1 for j in range(count)}
     mask = np.zeros(num_exits, dtype=bool)
@@ -66,7 +67,7 @@ def statistics_plan(holdout: CSProfile | Sequence[float], et: ETProfile, dist: D
     rule = as_rule(rule)
     if rule.name == "ensemble":
         if not isinstance(holdout, CSProfile):
-            raise TypeError("rule 'ensemble' needs the held-out CS-profile, not per-exit accuracies")
+            raise EinetTypeError("rule 'ensemble' needs the held-out CS-profile, not per-exit accuracies")
         return FixedPlan(ensemble_statistics_plan(holdout, et, dist, rule, memo=memo), "statistics")
     mean_accuracy = holdout.accuracy_per_exit() if isinstance(holdout, CSProfile) else holdout
     plan = search(np.asarray(mean_accuracy, dtype=np.float64), et, dist, method=method, rule=rule.native,
@@ -112,7 +113,7 @@ class ConfidenceThreshold(EveryExit):
 
     def __init__(self, threshold: float) -> None:
         if not 0.0 < threshold <= 1.0:
-            raise ValueError(f"threshold must be in (0, 1], got {threshold}")
+            raise EinetValueError(f"threshold must be in (0, 1], got {threshold}")
         self.threshold = threshold
         self.name = f"dynamic {round(100 * threshold)}%"
 

@@ -6,6 +6,7 @@ from typing import cast
 
 import numpy as np
 
+from ..errors import EinetValueError
 from ..formats.profiles import CSProfile
 from ..planner import (
     Distribution,
@@ -30,15 +31,15 @@ class Clairvoyant(Policy):
     def __init__(self, et: ETProfile, dist: Distribution, rule: str | AnswerRule = "latest") -> None:
         rule = as_rule(rule)
         if rule.name == "ensemble":
-            raise ValueError("the clairvoyant ceiling is defined for rules latest and best: under ensemble an "
-                             "exit's correctness depends on the branches run before it")
+            raise EinetValueError("the clairvoyant ceiling is defined for rules latest and best: under ensemble an "
+                                  "exit's correctness depends on the branches run before it")
         self.et, self.dist, self.rule, self.held = et, dist, rule.native, rule.time_zero_score
         self.method = "exhaustive" if et.num_blocks <= 20 else "hybrid"
         self._cache: dict[bytes, np.ndarray] = {}
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         if oracle is None:
-            raise ValueError("the clairvoyant policy needs each sample's per-exit correctness (simulation only)")
+            raise EinetValueError("the clairvoyant policy needs each sample's per-exit correctness (simulation only)")
         key = np.asarray(oracle, dtype=bool).tobytes()
         if key not in self._cache:
             scores = np.asarray(oracle, dtype=np.float64)
@@ -69,7 +70,7 @@ class NearestNeighbours(Policy):
                  k: int = 150, name: str = "nearest-neighbour reference") -> None:
         rule = as_rule(rule)
         if not 1 <= k <= holdout.num_samples:
-            raise ValueError(f"k must be in [1, {holdout.num_samples}], got {k}")
+            raise EinetValueError(f"k must be in [1, {holdout.num_samples}], got {k}")
         self.et, self.dist, self.rule, self.k, self.name = et, dist, rule, k, name
         self.log_probs = holdout.dense_log_probs()
         self.labels = holdout.labels

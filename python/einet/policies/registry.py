@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import cast
 
+from ..errors import EinetValueError
 from ..formats.profiles import CSProfile
 from ..planner import (
     Distribution,
@@ -28,11 +29,11 @@ class PolicySpec:
 
     def __post_init__(self) -> None:
         if self.kind not in POLICY_KINDS:
-            raise ValueError(f"unknown policy kind {self.kind!r}: expected one of {', '.join(POLICY_KINDS)}")
+            raise EinetValueError(f"unknown policy kind {self.kind!r}: expected one of {', '.join(POLICY_KINDS)}")
         if (self.kind in ("static", "dynamic")) != (self.value is not None):
-            raise ValueError(f"policy kind {self.kind!r} {'needs' if self.value is None else 'takes no'} a value")
+            raise EinetValueError(f"policy kind {self.kind!r} {'needs' if self.value is None else 'takes no'} a value")
         if self.value is not None and not (isinstance(self.value, (int, float)) and 0.0 < self.value <= 1.0):
-            raise ValueError(f"policy {self.kind!r}: value must be a number in (0, 1], got {self.value!r}")
+            raise EinetValueError(f"policy {self.kind!r}: value must be a number in (0, 1], got {self.value!r}")
 
     @property
     def label(self) -> str:
@@ -67,7 +68,7 @@ class PolicySpec:
         rule = as_rule(rule)
         n, planned = et.num_blocks, et if einet_et is None else einet_et
         if self.uses_predictor and predictor is None:
-            raise ValueError(f"policy {self.label!r} needs its predictor")
+            raise EinetValueError(f"policy {self.label!r} needs its predictor")
         policy: Policy
         if self.kind in ("statistics", "einet"):
             statistics = statistics or statistics_plan(holdout, et, dist, rule, memo=memo)

@@ -41,6 +41,7 @@ from typing import Any
 
 import torch
 
+from ..errors import EinetTypeError, EinetValueError
 from ..models.base import MultiExitNetwork
 from ..planner import ETProfile
 from ..policies import Policy
@@ -110,23 +111,24 @@ class ElasticRuntime:
                  inline: bool = False, input_spec: InputSpec | None = None) -> None:
         rule = as_rule(rule)
         if type(inline) is not bool:
-            raise TypeError(f"inline must be True or False, got {inline!r}")
+            raise EinetTypeError(f"inline must be True or False, got {inline!r}")
         threads = number("threads", threads, 1, 1024, integer=True)
         if inline and threads != 1:
-            raise ValueError("an inline runtime runs in the caller's thread with its torch settings: leave threads "
-                             "at 1 and call torch.set_num_threads yourself")
+            raise EinetValueError("an inline runtime runs in the caller's thread with its torch settings: leave "
+                                  "threads "
+                                  "at 1 and call torch.set_num_threads yourself")
         if (policy is None) == (adapt is None):
-            raise TypeError("give a policy, or an Adaptation (adapt=...) that plans one")
+            raise EinetTypeError("give a policy, or an Adaptation (adapt=...) that plans one")
         self._adaptation = adapt
         policy = adapt.policy if adapt is not None else policy
         assert policy is not None
         if rule.weights is not None and len(rule.weights) != model.num_exits:
-            raise ValueError(f"the ensemble has {len(rule.weights)} weights, the model {model.num_exits} exits")
+            raise EinetValueError(f"the ensemble has {len(rule.weights)} weights, the model {model.num_exits} exits")
         if policy.needs_oracle:
-            raise ValueError(f"{policy.name} needs each sample's true correctness: it can only be simulated")
+            raise EinetValueError(f"{policy.name} needs each sample's true correctness: it can only be simulated")
         self.device = torch.device(device)
         if inline and self.device.type != "cpu":  # queued CUDA blocks would end long after the interrupt is seen
-            raise ValueError(f"an inline runtime runs on the CPU only, not {self.device}: use the threaded one")
+            raise EinetValueError(f"an inline runtime runs on the CPU only, not {self.device}: use the threaded one")
         self.model = model.to(self.device).eval()
         self._policy = policy
         self.rule = rule
@@ -187,18 +189,18 @@ class ElasticRuntime:
         started = time.perf_counter()
         limit = InterruptCheck(interrupt, started)
         if not isinstance(x, torch.Tensor):
-            raise TypeError(f"the input must be a tensor, got {type(x).__name__}")
+            raise EinetTypeError(f"the input must be a tensor, got {type(x).__name__}")
         if self.input_spec is not None:
             self.input_spec.check(x)
         elif x.dim() == 0 or x.shape[0] != 1:
-            raise ValueError(f"the input must be a batch of one sample, got shape {tuple(x.shape)}")
+            raise EinetValueError(f"the input must be a batch of one sample, got shape {tuple(x.shape)}")
         self._refuse_reentry("infer()")
         if self._closed:
             raise RuntimeError("this runtime is closed")
         policy, planned = self.policy, 0.0
         if plan_for_deadline:
             if self._adaptation is None or limit.deadline is None:
-                raise ValueError("plan_for_deadline needs an adaptive runtime and a deadline in seconds")
+                raise EinetValueError("plan_for_deadline needs an adaptive runtime and a deadline in seconds")
             policy = self._adaptation.for_deadline(limit.deadline)
             planned = time.perf_counter() - started  # not block 0's time: the worker starts its clock after it
         self.last_policy = policy
@@ -284,7 +286,7 @@ class ElasticRuntime:
         """uint8 images [N, H, W, C] (or one [H, W, C]) normalised as the network's bundle says, [N, C, H, W]:
         the way in for raw images (``runtime.infer(runtime.prepare(image))``)."""
         if self.input_spec is None:
-            raise ValueError("this runtime was made without an input spec (a bundle's): normalise inputs yourself")
+            raise EinetValueError("this runtime was made without an input spec (a bundle's): normalise inputs yourself")
         return self.input_spec.preprocess(images)
 
     def _refuse_reentry(self, what: str) -> None:
@@ -319,7 +321,7 @@ class ElasticRuntime:
         """An adaptive runtime forgets what it learnt, block times and exit times: back to the offline
         profile and the prior (e.g. after moving to another device)."""
         if self._adaptation is None:
-            raise ValueError("a static runtime learns nothing to reset: give it adapt=Adaptation(...)")
+            raise EinetValueError("a static runtime learns nothing to reset: give it adapt=Adaptation(...)")
         self._refuse_reentry("reset_profile()")
         with self._lock:  # no inference starts meanwhile, and none is learnt from (the worker learns before idle)
             self.wait_idle()

@@ -9,6 +9,8 @@ import time
 from collections.abc import Callable
 from typing import Union
 
+from ..errors import EinetTypeError, EinetValueError
+
 Interrupt = Union[float, threading.Event, Callable[[], bool], None]
 
 POLL_SECONDS = 1e-4  # how often an Event or callable interrupt is asked
@@ -29,7 +31,7 @@ class InterruptCheck:
         if interrupt is None:
             pass
         elif isinstance(interrupt, bool):  # a Real too, but surely a mistake
-            raise TypeError("interrupt must be seconds, a threading.Event or a callable, got a bool")
+            raise EinetTypeError("interrupt must be seconds, a threading.Event or a callable, got a bool")
         elif type(interrupt) is float or isinstance(interrupt, numbers.Real):  # int, numpy scalars, Fraction, ...
             # (a float first: an ABC's isinstance costs microseconds, on every infer() call)
             try:
@@ -37,9 +39,9 @@ class InterruptCheck:
             except OverflowError:  # an int too large for a float
                 seconds = math.inf if interrupt > 0 else -math.inf
             if math.isnan(seconds):
-                raise ValueError("the deadline is NaN: give seconds >= 0 (inf for none)")
+                raise EinetValueError("the deadline is NaN: give seconds >= 0 (inf for none)")
             if seconds < 0:
-                raise ValueError(f"the deadline is negative ({seconds} s): give seconds >= 0 (inf for none)")
+                raise EinetValueError(f"the deadline is negative ({seconds} s): give seconds >= 0 (inf for none)")
             if seconds < threading.TIMEOUT_MAX:  # inf and beyond any timeout a thread can wait: none
                 self.deadline = seconds
                 self._at = started + seconds
@@ -50,8 +52,8 @@ class InterruptCheck:
         elif callable(interrupt):
             self._check = interrupt
         else:
-            raise TypeError(f"interrupt must be seconds, a threading.Event or a callable, "
-                            f"got {type(interrupt).__name__}")
+            raise EinetTypeError(f"interrupt must be seconds, a threading.Event or a callable, "
+                                 f"got {type(interrupt).__name__}")
 
     def wait(self, block: Callable[[float | None], bool]) -> bool:
         """Wait with `block(timeout)` (None: no limit; True once what it waits for has happened)

@@ -6,6 +6,7 @@ from collections import deque
 
 import numpy as np
 
+from ..errors import EinetValueError
 from ..planner import ETProfile
 
 
@@ -27,7 +28,7 @@ class Statistics:
         time is linear in when the branches finish, so their mean finishing times predict it; delays
         are skewed to the right, and medians would predict answers earlier than they come."""
         if not self.answers:
-            raise ValueError("run some uninterrupted inferences first: there is nothing to calibrate from")
+            raise EinetValueError("run some uninterrupted inferences first: there is nothing to calibrate from")
         dispatch = float(np.mean(list(self.dispatch)))
         planning_times = list(self.planning)
         planning = float(np.mean(planning_times)) if planning_times else 0.0

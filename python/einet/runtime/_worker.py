@@ -14,6 +14,7 @@ from contextlib import suppress
 
 import torch
 
+from ..errors import EinetValueError
 from ..models.base import MultiExitNetwork
 from ..policies import Policy
 from ..rules import AnswerRule, RunningAnswer
@@ -24,7 +25,7 @@ from .adaptive import Adaptation
 EXIT_JOIN_SECONDS = 60.0  # at interpreter exit, how long to wait for the workers' blocks in flight
 
 
-class NonFiniteError(ValueError):
+class NonFiniteError(EinetValueError):
     """An exit's scores were not finite (NaN or inf values in the input, or a broken network): that
     sample gets no answer. Checked on every answer a branch gives, not on the input (which would cost
     before block 0): a non-finite input that does not reach the scores is not caught."""

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import EinetValueError
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -32,9 +34,11 @@ class InputSpec:
         """Refuse (ValueError) a tensor that is not one normalised image of this shape: a batch of one,
         floating point (uint8 pixels go through :meth:`preprocess` first)."""
         if not x.is_floating_point() or x.shape != (1, *self.shape):
-            raise ValueError(f"the input must be one normalised image, a float tensor of shape (1, {self.shape[0]}, "
-                             f"{self.shape[1]}, {self.shape[2]}), got {x.dtype} {tuple(x.shape)}: give uint8 images "
-                             "to runtime.prepare() (the bundle's normalisation) and infer one at a time")
+            raise EinetValueError(f"the input must be one normalised image, a float tensor of shape (1, "
+                                  f"{self.shape[0]}, "
+                                  f"{self.shape[1]}, {self.shape[2]}), got {x.dtype} {tuple(x.shape)}: give "
+                                  "uint8 images "
+                                  "to runtime.prepare() (the bundle's normalisation) and infer one at a time")
 
     def preprocess(self, images: np.ndarray) -> torch.Tensor:
         """uint8 images [N, H, W, C] (or one [H, W, C]) to the normalised float tensor [N, C, H, W]."""
@@ -43,7 +47,7 @@ class InputSpec:
         if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.uint8 or \
                 (images.shape[3], *images.shape[1:3]) != self.shape:
             got = f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray) else type(images).__name__
-            raise ValueError(f"images must be uint8 [N, H, W, C] with (C, H, W) = {self.shape}, got {got}")
+            raise EinetValueError(f"images must be uint8 [N, H, W, C] with (C, H, W) = {self.shape}, got {got}")
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float().div_(255.0)
         view = (1, self.shape[0], 1, 1)
         return (x - torch.tensor(self.mean).view(view)) / torch.tensor(self.std).view(view)

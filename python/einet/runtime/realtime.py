@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..errors import EinetValueError
 from ..evaluation.simulate import ci95_half_width, correct_at
 from ..formats.profiles import CSProfile
 from ..planner import ETProfile
@@ -122,8 +123,8 @@ def check_against_simulator(runtime: ElasticRuntime, policy_for: Callable[[ETPro
     same policy on `cs` and scores the answer it holds at the same deadlines."""
     deadlines = np.asarray(deadlines, dtype=np.float64)
     if not len(images) == len(deadlines) == cs.num_samples:
-        raise ValueError(f"one image, deadline and CS-profile row per sample: got {len(images)} images, "
-                         f"{len(deadlines)} deadlines and {cs.num_samples} profiled samples")
+        raise EinetValueError(f"one image, deadline and CS-profile row per sample: got {len(images)} images, "
+                              f"{len(deadlines)} deadlines and {cs.num_samples} profiled samples")
     for k in range(min(COLD_START_RUNS, len(images))):
         runtime.infer(images[k:k + 1])
     runtime.reset_statistics()
@@ -183,7 +184,7 @@ def run_streams(runtimes: Sequence[tuple[ElasticRuntime, ETProfile | None]], ima
             adaptation = runtime.adaptation
             held = adaptation.planned_profile if adaptation is not None else profile
             if held is None:
-                raise ValueError("a static runtime's stream needs the profile it plans with")
+                raise EinetValueError("a static runtime's stream needs the profile it plans with")
             answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]), plan_for_deadline=plan_for_deadline)
             answers, policies, profiles = records[j]
             answers.append(answer)

@@ -27,6 +27,7 @@ from typing import IO, Any, cast
 
 import numpy as np
 
+from ..errors import EinetValueError
 from ..planner import Distribution
 from ..validation import number
 
@@ -60,7 +61,7 @@ class Burners:
         self.period = None if period is None else number("period", period, 0.0, 3600.0, low_open=True)
         self.limit = number("limit", limit, 0.0, 86400.0, low_open=True)
         if self.period is not None and not hasattr(signal, "SIGSTOP"):
-            raise ValueError("switching burners on and off needs SIGSTOP/SIGCONT (a POSIX system)")
+            raise EinetValueError("switching burners on and off needs SIGSTOP/SIGCONT (a POSIX system)")
         self._processes: list[subprocess.Popen[bytes]] = []
         self._done = threading.Event()
         self._switcher: threading.Thread | None = None
@@ -70,7 +71,7 @@ class Burners:
     def for_load(cls, load: str, count: int = 2, period: float = 1.5, limit: float = 3600.0) -> Burners:
         """The burners of a named load: ``idle`` (none), ``steady``, ``switching`` (every `period` s)."""
         if load not in LOADS:
-            raise ValueError(f"unknown load {load!r}: expected one of {', '.join(LOADS)}")
+            raise EinetValueError(f"unknown load {load!r}: expected one of {', '.join(LOADS)}")
         return cls(0 if load == "idle" else count, period if load == "switching" else None, limit)
 
     def __enter__(self) -> Burners:
@@ -144,5 +145,5 @@ def switching_exit_times(first: Distribution, second: Distribution, count: int, 
     from ..distributions import sample_exit_times
 
     if not 0 <= at <= count:
-        raise ValueError(f"the switch must come within the stream: 0 <= at <= {count}, got {at}")
+        raise EinetValueError(f"the switch must come within the stream: 0 <= at <= {count}, got {at}")
     return np.concatenate([sample_exit_times(first, (at,), rng), sample_exit_times(second, (count - at,), rng)])

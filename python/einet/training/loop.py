@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..data import ImageDataset, ImageShape, as_batches, count_batches, loader_is_sharded
+from ..errors import EinetTypeError, EinetValueError
 from ..formats.checkpoint import read_checkpoint, save_checkpoint
 from ..models.base import MultiExitNetwork
 from ..validation import number
@@ -43,7 +44,7 @@ from .distributed import all_reduce, world
 RECIPES = ("joint", "distill", "distill-ensemble")
 
 
-class DivergedError(ValueError):
+class DivergedError(EinetValueError):
     """Training stopped: its loss became NaN or infinite (the checkpoint keeps the last good epoch)."""
 
 
@@ -74,25 +75,25 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
+            raise EinetValueError(f"epochs and batch_size must be >= 1, got {self.epochs} and {self.batch_size}")
         number("lr", self.lr, 0.0, None, low_open=True)
         number("momentum", self.momentum, 0.0, 1.0)
         number("weight_decay", self.weight_decay, 0.0)
         for weight in self.exit_weights or ():
             number("an exit weight", weight, 0.0)
         if self.optimizer not in ("sgd", "adam"):
-            raise ValueError(f"unknown optimizer {self.optimizer!r}: expected 'sgd' or 'adam'")
+            raise EinetValueError(f"unknown optimizer {self.optimizer!r}: expected 'sgd' or 'adam'")
         if self.schedule not in ("onecycle", "cosine", "step", "constant"):
-            raise ValueError(f"unknown schedule {self.schedule!r}: expected onecycle, cosine, step or constant")
+            raise EinetValueError(f"unknown schedule {self.schedule!r}: expected onecycle, cosine, step or constant")
         if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
+            raise EinetValueError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
         if not (math.isfinite(self.temperature) and self.temperature > 0) or not 0.0 <= self.distill_weight <= 1.0:
-            raise ValueError(f"need temperature > 0 and 0 <= distill_weight <= 1, got {self.temperature} and "
-                             f"{self.distill_weight}")
+            raise EinetValueError(f"need temperature > 0 and 0 <= distill_weight <= 1, got {self.temperature} and "
+                                  f"{self.distill_weight}")
         if self.precision not in ("auto", "fp32", "bf16"):
-            raise ValueError(f"unknown precision {self.precision!r}: expected 'auto', 'fp32' or 'bf16'")
+            raise EinetValueError(f"unknown precision {self.precision!r}: expected 'auto', 'fp32' or 'bf16'")
         if self.channels_last not in (None, True, False):
-            raise TypeError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
+            raise EinetTypeError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
 
     @property
     def on_cuda(self) -> bool:
@@ -135,7 +136,7 @@ def exit_weights(model: MultiExitNetwork, config: TrainConfig) -> torch.Tensor:
     """The loss weight of each exit: the config's schedule, or 1 each; checked against the exit count."""
     weights = config.exit_weights if config.exit_weights is not None else [1.0] * model.num_exits
     if len(weights) != model.num_exits or any(not (w >= 0 and math.isfinite(w)) for w in weights):
-        raise ValueError(f"exit_weights must be {model.num_exits} finite values >= 0, got {list(weights)}")
+        raise EinetValueError(f"exit_weights must be {model.num_exits} finite values >= 0, got {list(weights)}")
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -222,7 +223,7 @@ def exit_accuracies(model: MultiExitNetwork, dataset: Any, batch_size: int = 500
     DataLoader: see :func:`einet.data.as_batches`), on the model's device."""
     counts = _correct_counts(model, dataset, batch_size)
     if counts[-1] == 0:
-        raise ValueError("cannot evaluate on an empty dataset")
+        raise EinetValueError("cannot evaluate on an empty dataset")
     return (counts[:-1] / counts[-1]).tolist()
 
 
@@ -291,12 +292,12 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
     config = config or TrainConfig()
     rank, world_size = world()
     if config.batch_size % world_size:
-        raise ValueError(f"batch_size {config.batch_size} is the global batch: it must be a multiple of the "
-                         f"{world_size} processes")
+        raise EinetValueError(f"batch_size {config.batch_size} is the global batch: it must be a multiple of the "
+                              f"{world_size} processes")
     local_batch = config.batch_size // world_size
     if world_size > 1 and not _shardable(train_set) and not loader_is_sharded(train_set):
-        raise ValueError("with several processes a DataLoader must draw through a DistributedSampler; or pass "
-                         "the Dataset itself, which einet shards")
+        raise EinetValueError("with several processes a DataLoader must draw through a DistributedSampler; or pass "
+                              "the Dataset itself, which einet shards")
     if config.threads:
         torch.set_num_threads(config.threads)
     torch.manual_seed(config.seed)
@@ -307,19 +308,19 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
     optimizer = _optimizer(_trainable(model, config), config)
     steps = count_batches(train_set, local_batch, world_size)
     if steps == 0:
-        raise ValueError("the training set is empty")
+        raise EinetValueError("the training set is empty")
     scheduler = _scheduler(optimizer, config, steps)
     history, first_epoch = History(), 0
     path = Path(checkpoint) if checkpoint else None
     if path and world_size > 1:  # every process resumes, or none: a rank without the file would start afresh
         found = all_reduce(torch.tensor([float(path.exists())], dtype=torch.float64), model)
         if 0 < float(found) < world_size:
-            raise ValueError(f"{path} exists for {int(found)} of the {world_size} processes: to resume on several "
-                             f"machines, put the checkpoint on a file system they share")
+            raise EinetValueError(f"{path} exists for {int(found)} of the {world_size} processes: to resume on several "
+                                  f"machines, put the checkpoint on a file system they share")
     if path and path.exists():
         state = read_checkpoint(path)
         if mismatch := resume_mismatch(path, model, config, model_spec, split, state):
-            raise ValueError(f"{path} {mismatch}")
+            raise EinetValueError(f"{path} {mismatch}")
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
