@@ -25,9 +25,10 @@ from ..errors import EinetValueError
 from ..validation import open_regular
 
 # 2: CS-profiles may carry log-probabilities. 3: the header lists every array and holds a SHA-256
-# of the arrays and the metadata, verified on load; class indices are int32.
+# of the arrays and the metadata, verified on load; class indices are int32. Versions 1 and 2 (no
+# checksum) were never released and are refused.
 FORMAT_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)  # format 1 files load; their CS-profiles simply have no log-probabilities
+READABLE_VERSIONS = (3,)
 
 
 class ProfileFormatError(EinetValueError):
@@ -169,12 +170,11 @@ def read_arrays(path: str | os.PathLike[str], kind: str,
     if header.get("kind") != kind:
         raise ProfileFormatError(f"{path} holds a {header.get('kind')!r}, not a {kind!r}")
     meta = header.get("meta", {})
-    if version >= 3:
-        if header.get("arrays") != sorted(arrays):
-            raise ProfileFormatError(f"{path} holds the arrays {sorted(arrays)}, not the {header.get('arrays')} "
-                                     "its header lists (damaged?)")
-        if header.get("sha256") != _content_digest(kind, arrays, meta):
-            raise ProfileFormatError(f"{path} fails its SHA-256 checksum: the file is damaged or was edited")
+    if header.get("arrays") != sorted(arrays):
+        raise ProfileFormatError(f"{path} holds the arrays {sorted(arrays)}, not the {header.get('arrays')} "
+                                 "its header lists (damaged?)")
+    if header.get("sha256") != _content_digest(kind, arrays, meta):
+        raise ProfileFormatError(f"{path} fails its SHA-256 checksum: the file is damaged or was edited")
     return arrays, meta
 
 

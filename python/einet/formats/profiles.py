@@ -83,10 +83,10 @@ def _check_classes(name: str, array: np.ndarray | None) -> None:
 class CSProfile:
     """Per sample and exit: confidence (max softmax), predicted class, correctness; plus the labels.
 
-    ``log_probs`` (format 2, float16 [S, N, K]) are each exit's log-probabilities: all classes
+    ``log_probs`` (optional, float16 [S, N, K]) are each exit's log-probabilities: all classes
     when there are at most ``LOG_PROB_CLASSES`` (K = classes), else the top K with their class
     indices in ``log_prob_classes``. They feed rule ``ensemble`` and the richer predictor
-    signals; profiles written by format 1 have none (``log_probs is None``).
+    signals; a profile measured without them has none (``log_probs is None``).
     """
 
     confidence: np.ndarray  # float32 [S, N]
@@ -136,7 +136,7 @@ class CSProfile:
     def dense_log_probs(self) -> np.ndarray:
         """float32 [S, N, C] log-probabilities; classes beyond the stored top K get the smallest stored value."""
         if self.log_probs is None:
-            raise ProfileFormatError("this CS-profile has no log-probabilities (format 1): regenerate it with "
+            raise ProfileFormatError("this CS-profile has no log-probabilities: regenerate it with "
                                      "`einet profile` to use rule 'ensemble' or the richer signals")
         values = self.log_probs.astype(np.float32)
         if self.log_prob_classes is None:
