@@ -6,9 +6,11 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import json
+import os
 import re
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -468,13 +470,49 @@ def test_debug_shows_the_traceback(tmp_path):
         main(["--debug", *argv])
 
 
-def test_internal_errors_keep_their_traceback(monkeypatch):
+@pytest.mark.parametrize("bug", [RuntimeError("deep inside torch"), AssertionError("a broken invariant"),
+                                 ValueError("a plain ValueError nobody raised on purpose")])
+def test_an_unexpected_exception_is_reported_as_a_bug_with_its_traceback_in_a_file(monkeypatch, capsys, tmp_path,
+                                                                                   bug):
     def broken(args):
-        raise AssertionError("a bug, not a mistake")
+        raise bug
 
     monkeypatch.setattr(evaluate_command, "cmd_evaluate", broken)
-    with pytest.raises(AssertionError, match="a bug"):
-        main(["evaluate", "--profiles", "x", "--predictor", "y"])
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where tempfile.gettempdir() points
+    argv = ["evaluate", "--profiles", "x", "--predictor", "y"]
+    assert main(argv) == 70
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "a bug in einet" in lines[0] and str(bug) in lines[0], lines
+    report = Path(re.search(r"traceback is in (\S+?):", lines[0]).group(1))
+    assert report.parent == tmp_path and report.name.startswith("einet-evaluate-")
+    text = report.read_text()
+    assert f"einet {einet.__version__}" in text and "command: einet evaluate --profiles x --predictor y" in text
+    assert "Traceback (most recent call last)" in text and f"{type(bug).__name__}: {bug}" in text
+    assert "python " in text and "torch " in text
+    with pytest.raises(type(bug), match=str(bug)):
+        main([*argv, "--debug"])
+
+
+def test_a_bug_with_no_writable_report_folder_prints_its_traceback(monkeypatch, capsys, tmp_path):
+    def broken(args):
+        raise RuntimeError("deep inside torch")
+
+    monkeypatch.setattr(evaluate_command, "cmd_evaluate", broken)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing"))
+    assert main(["evaluate", "--profiles", "x", "--predictor", "y"]) == 70
+    err = capsys.readouterr().err
+    assert "Traceback" in err and err.strip().splitlines()[-1].startswith("einet evaluate: internal error")
+
+
+def test_a_bug_in_a_real_process_exits_70_naming_its_report(tmp_path):
+    code = ("import sys; from einet import cli; from einet.cli import evaluate; "
+            "evaluate.cmd_evaluate = lambda args: 1 / 0; "
+            "sys.exit(cli.main(['evaluate', '--profiles', 'x', '--predictor', 'y']))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         env=os.environ | {"TMPDIR": str(tmp_path)})
+    assert out.returncode == 70, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1 and "ZeroDivisionError" in out.stderr
+    assert "ZeroDivisionError: division by zero" in next(tmp_path.glob("einet-evaluate-*.txt")).read_text()
 
 
 def test_missing_extra_is_named(monkeypatch, capsys):
