@@ -278,11 +278,12 @@ def test_deployment_fields_are_typed_and_range_checked(tmp_path, change, match):
     (tmp_path / "edited.json").write_text(json.dumps(record | change))
     with pytest.raises(ValueError, match=f"fails its SHA-256 checksum|{match}"):  # version 3: any edit at all
         load_deployment(tmp_path / "edited.json")
-    for key in ("sha256", "kind", "value"):  # a version 2 file (no checksum, policy named by its label)
-        del record[key]  # every field is still checked
-    (tmp_path / "v2.json").write_text(json.dumps(record | {"version": 2} | change))
+    from einet.formats.deployment import _record_digest
+
+    edited = record | change  # signed again: every field is still checked
+    (tmp_path / "signed.json").write_text(json.dumps(edited | {"sha256": _record_digest(edited)}))
     with pytest.raises(ValueError, match=match):
-        load_deployment(tmp_path / "v2.json")
+        load_deployment(tmp_path / "signed.json")
 
 
 def test_deployment_json_depth_and_literals_are_bounded(tmp_path):
@@ -308,13 +309,13 @@ def test_a_deployment_and_its_predictor_never_share_a_name(tmp_path):
 
 def test_a_plan_of_another_length_is_refused_when_built():
     import einet
-    from einet.evaluation.select import Deployment
+    from einet.evaluation.select import Deployment, deployed_policy
 
 
     deployment = Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, True))
     et = einet.ETProfile([1.0, 1.0, 1.0], [0.1, 0.1, 0.1])
     with pytest.raises(ValueError, match="mask has 2 exits but the ET-profile 3 blocks"):
-        deployment.build(et, einet.Uniform(0.0, 3.3))
+        deployed_policy(deployment, et, einet.Uniform(0.0, 3.3))
 
 
 # ---------------------------------------------------------------- numbers, through the API

@@ -45,7 +45,8 @@ def test_selection_charges_einet_for_its_planning():
     """With light exits (~30 us each) EINet's re-planning is not free: charged an absurd second per
     branch, EINet scores far lower on held-out data and is never deployed."""
     pytest.importorskip("torch")
-    from einet.evaluation.select import select
+    from einet.evaluation.select import Candidate, select
+    from einet.policies import PolicySpec
 
     et = ETRecord.load(LIGHT / "et.npz").profile
     holdout = CSProfile.load(LIGHT / "cs-holdout.npz").subset(np.arange(1000))
@@ -54,9 +55,11 @@ def test_selection_charges_einet_for_its_planning():
     free, _ = select(et, holdout, planning=0.0, **settings)
     costly, _ = select(et, holdout, planning=1.0, **settings)
     assert not costly.policy.startswith("EINet")
-    for name in ("EINet | latest", "EINet (paper) | latest"):
+    for kind in ("einet", "einet-paper"):
+        name = Candidate(PolicySpec(kind), "latest", time_zero=False).label
         assert costly.validation[name] < free.validation[name] - 0.1
-    assert costly.validation["statistics | latest"] == free.validation["statistics | latest"]
+    statistics = Candidate(PolicySpec("statistics"), "latest", time_zero=False).label
+    assert costly.validation[statistics] == free.validation[statistics]
     for bad in (-1e-6, float("inf")):
         with pytest.raises(ValueError, match="planning must be a finite number >= 0"):
             select(et, holdout, planning=bad, **settings)
@@ -117,22 +120,71 @@ def test_select_network_chooses_under_the_same_exit_times_in_seconds():
         select_network(profiles, scale=2.0, **settings)
 
 
-def test_deployment_files_keep_the_network_and_version_1_files_still_load(tmp_path):
+def test_deployment_files_keep_the_network_and_only_the_current_version_loads(tmp_path):
     import json
 
     from einet.evaluation.select import Deployment, load_deployment, save_deployment
+    from einet.formats.deployment import DEPLOYMENT_VERSION, _record_digest
     from einet.rules import AnswerRule
 
     deployment = Deployment("static 100%", AnswerRule("latest"), "normal", mask=(True, False), network="light")
     assert load_deployment(save_deployment(tmp_path / "d.json", deployment)) == deployment
     record = json.loads((tmp_path / "d.json").read_text())
-    for key in ("network", "kind", "value"):  # fields version 1 did not have: its policy is named by its label
-        del record[key]
-    record["version"] = 1
-    (tmp_path / "v1.json").write_text(json.dumps(record))
-    old = load_deployment(tmp_path / "v1.json")
-    assert old.network is None and old.spec == deployment.spec
-    record["version"] = 6
-    (tmp_path / "v6.json").write_text(json.dumps(record))
-    with pytest.raises(ValueError, match="not an einet deployment of versions"):
-        load_deployment(tmp_path / "v6.json")
+    for version in (1, 4, DEPLOYMENT_VERSION + 1):  # no committed file is of an older version
+        other = record | {"version": version}
+        (tmp_path / "other.json").write_text(json.dumps(other | {"sha256": _record_digest(other)}))
+        with pytest.raises(ValueError, match=f"it is deployment version {version}; this einet reads version "
+                                             f"{DEPLOYMENT_VERSION}"):
+            load_deployment(tmp_path / "other.json")
+
+
+def test_the_bundle_deploys_the_policy_the_selection_scored_for_every_deployable_kind(tmp_path):
+    """One policy factory: for each deployable kind, the policy a bundle builds from its stored deployment
+    makes the same decisions on a CS-profile as the one selection scores (einet.evaluation.select.deployed_policy)."""
+    pytest.importorskip("torch")
+    from einet.bundle import exit_distribution, read_bundle
+    from einet.distributions import full_inference_time
+    from einet.evaluation.select import deployed_policy, planned_profile, select
+    from einet.evaluation.simulate import evaluate
+    from einet.formats.manifest import write_bundle
+    from einet.formats.split import HeldOutSplit
+    from einet.policies import DEPLOYABLE_KINDS
+    from einet.variants import Variant
+
+    et = ETRecord.load(LIGHT / "et.npz")
+    holdout = CSProfile.load(LIGHT / "cs-holdout.npz")
+    holdout = holdout.subset(np.sort(np.random.default_rng(0).choice(holdout.num_samples, 400, replace=False)))
+    horizon_ms = 1e3 * full_inference_time(et.profile)
+    devices, chosen = [], {}
+    for threads, kind in enumerate(DEPLOYABLE_KINDS, 1):  # one device entry per kind
+        deployment, model = select(et.profile, holdout, kinds=("normal",), rules=("latest",), time_zero=(True,),
+                                   predictor_epochs=1, planning=2e-5, policies=[kind], progress=False)
+        assert deployment.kind == kind
+        devices.append(({"kind": "cpu", "name": "test", "threads": threads}, et, deployment, model))
+        chosen[threads] = (deployment, model.to_native())
+    (tmp_path / "network.pt").write_bytes(b"not read here")
+    classes = 10  # CIFAR-10
+    write_bundle(tmp_path / "bundle", name="kinds", checkpoint=tmp_path / "network.pt", variant=Variant(),
+                 num_exits=et.profile.num_blocks, input_spec={"shape": [3, 32, 32], "mean": [0.0] * 3,
+                                                              "std": [1.0] * 3,
+                                                              "classes": [f"class {c}" for c in range(classes)]},
+                 split=HeldOutSplit(0.1, 0, "0" * 64), holdout=holdout, test=None, test_data=None,
+                 timing_images=np.zeros((1, 32, 32, 3), np.uint8), exit_times={"kind": "normal",
+                                                                                "horizon_ms": horizon_ms},
+                 runtime={"adapt": True, "threads": 1, "adaptation": {}},
+                 select_options={"score_under": ["normal"], "rules": ["latest"], "time_zero": [True],
+                                 "signals": ["confidence"], "policies": None, "predictor_epochs": 1, "seed": 0,
+                                 "planning_us": 20.0},
+                 devices=devices, provenance={}, log=lambda line: None)
+    bundle = read_bundle(tmp_path / "bundle")
+    dist = exit_distribution("normal", horizon_ms)
+    for entry in bundle.devices:
+        scored, native = chosen[entry.device["threads"]]
+        deployed = bundle.policy(entry, et.profile, dist, bundle.predictor(entry))
+        assert deployed.spec == scored.spec and entry.deployment.rule == scored.rule
+        selected = deployed_policy(scored, et.profile, dist, native, holdout)
+        profile = planned_profile(scored, et.profile)
+        assert profile == bundle.planned_profile(entry, et.profile) or scored.planning_seconds == 0.0
+        ours, theirs = (evaluate(policy, holdout, profile, dist, draws=1, rule=scored.rule)
+                        for policy in (deployed, selected))
+        np.testing.assert_array_equal(ours.per_sample_expected, theirs.per_sample_expected, err_msg=scored.kind)

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from einet.distributions import full_inference_time, relative_distribution
-from einet.evaluation.select import held_out_score, select
+from einet.evaluation.select import deployed_policy, held_out_score, planned_profile, select
 from einet.evaluation.simulate import PolicyResult, charged, evaluate, paired_difference, planning_seconds
 from einet.formats.profiles import CSProfile, ETRecord
 from einet.planner import ETProfile
@@ -114,9 +114,9 @@ def configurations(folder: Path, kinds: list[str], knn_samples: int, epochs: int
                 EINet(native, et, dist, signal=signal), test, et, dist, draws=1)
         # what a user would ship for this distribution, chosen on held-out data
         deployment, predictor = deployed[kind]
-        profile = charged(et, deployment.planning_seconds)  # an EINet pays for its planning, as it was scored
-        policy = deployment.build(profile, dist, predictor.to_native())
-        results[kind, "deployed"] = evaluate(policy, test, profile, dist, draws=1, rule=deployment.rule)
+        policy = deployed_policy(deployment, et, dist, predictor.to_native())  # an EINet pays for its planning
+        results[kind, "deployed"] = evaluate(policy, test, planned_profile(deployment, et), dist, draws=1,
+                                             rule=deployment.rule)
     chosen = {kind: {"policy": d.policy, "rule": d.rule.label(), "held_out": held_out_score(d),
                      "validation_top3": dict(list(d.validation.items())[:3])} for kind, (d, _) in deployed.items()}
     return results, chosen

@@ -33,7 +33,7 @@ import torch
 
 from einet import data
 from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
-from einet.evaluation.select import select
+from einet.evaluation.select import deployed_policy, select
 from einet.evaluation.simulate import ci95_half_width
 from einet.formats.checkpoint import load_checkpoint
 from einet.formats.profiles import CSProfile
@@ -112,7 +112,7 @@ def main() -> None:
             native, rule = torch_predictor.to_native(), deployment.rule
 
             def policy_for(profile, deployment=deployment, native=native):
-                return deployment.build(profile, dist, native)
+                return deployed_policy(deployment, profile, dist, native)
             label = f"deployed ({deployment.policy}, rule {rule.label()})"
         with ElasticRuntime(model, policy_for(et), rule=rule) as runtime:
             check = check_against_simulator(runtime, policy_for, et, cs, images, deadlines, warmup=300)

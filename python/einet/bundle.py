@@ -34,12 +34,13 @@ from typing import Any, TypeVar
 import numpy as np
 
 from .errors import EinetTypeError, EinetValueError
-from .evaluation.select import Deployment, deployment_from_record
+from .formats.deployment import Deployment, deployment_from_record
 from .formats.manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, device_key, read_manifest
 from .formats.npz import read_arrays
 from .formats.profiles import CSProfile, ETRecord
 from .formats.split import HeldOutSplit
 from .planner import Distribution, ETProfile, NativePredictor
+from .policies import Policy
 from .variants import Variant, load_variant
 
 T = TypeVar("T")
@@ -230,23 +231,21 @@ class Bundle:
         return self.input_spec.preprocess(images)
 
     def policy(self, entry: DeviceEntry, et: ETProfile, dist: Distribution | None = None,
-               predictor: NativePredictor | None = None) -> Any:
-        """The deployed policy for profile `et` (what the runtime plans with) and `dist`."""
+               predictor: NativePredictor | None = None) -> Policy:
+        """The deployed policy for profile `et` (the device's, without EINet's planning) and `dist`: planned
+        kinds planned again from the held-out split for them (:func:`einet.evaluation.select.deployed_policy`)."""
+        from .evaluation.select import deployed_policy
+
         deployment = entry.deployment
-        dist = dist or self.distribution()
-        planned = self.planned_profile(entry, et)
-        if deployment.spec.plans:  # planned from the held-out split: made for this profile and distribution
-            return deployment.spec.build(et, dist, self.holdout(), deployment.rule, predictor, deployment.signal,
-                                         einet_et=planned, memo=self._memos.setdefault(entry.key, {}))
-        return deployment.build(et, dist, predictor)
+        holdout = self.holdout() if deployment.spec.plans else None
+        return deployed_policy(deployment, et, dist or self.distribution(), predictor, holdout,
+                               self._memos.setdefault(entry.key, {}))
 
     def planned_profile(self, entry: DeviceEntry, et: ETProfile) -> ETProfile:
-        """The profile a deployed EINet plans and is scored with: `et` with its own planning time per
-        branch, as selection charged it (einet.evaluation.select); other policies plan with `et` itself."""
-        from .evaluation.simulate import charged
+        """The profile the entry's policy plans and is scored with (:func:`einet.evaluation.select.planned_profile`)."""
+        from .evaluation.select import planned_profile
 
-        deployment = entry.deployment
-        return charged(et, deployment.planning_seconds) if deployment.spec.uses_predictor else et
+        return planned_profile(entry.deployment, et)
 
     def form(self, entry: DeviceEntry) -> Any:
         """The inference form the entry's ET-profile timed (:class:`einet.models.inference.InferenceForm`):

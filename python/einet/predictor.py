@@ -28,8 +28,7 @@ import torch
 from torch import nn
 
 from .errors import EinetValueError
-from .formats.npz import write_arrays
-from .formats.predictor_file import TARGETS, check_predictor_size, read_predictor
+from .formats.predictor_file import TARGETS, check_predictor_size, read_predictor, write_predictor
 from .formats.profiles import CSProfile
 from .planner import NativePredictor
 from .rules import AnswerRule, as_rule, ensemble_prefix_correct
@@ -190,11 +189,7 @@ def fit_ensemble_weights(profile: CSProfile, steps: int = 300, lr: float = 0.05,
 
 def save_predictor(path: str | os.PathLike[str], model: ConfidencePredictor) -> Path:
     """Write the predictor's weights in einet's file format (no pickle)."""
-    weights, biases = model.export()
-    arrays = {f"weight{k}": w for k, w in enumerate(weights)} | {f"bias{k}": b for k, b in enumerate(biases)}
-    meta = {"target": model.target, "hidden": list(model.hidden), "num_exits": model.num_exits,
-            "layers": len(weights), "rule": model.rule.record(), "signal": model.signal}
-    return write_arrays(path, "predictor", arrays, meta)
+    return write_predictor(path, model)
 
 
 def load_predictor(path: str | os.PathLike[str]) -> ConfidencePredictor:

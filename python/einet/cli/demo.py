@@ -11,18 +11,20 @@ from .common import COUNT, _add_torch_arguments, _device, _progress
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ..demo import run_demo
+    from ..demo import DemoOptions, run_demo
 
     if args.out_dir:
-        from ..evaluation.select import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
+        from ..formats.deployment import DEPLOYED_PREDICTOR, DEPLOYMENT_NAME
 
         check_outputs({f"--out-dir {args.out_dir}: {name}": Path(args.out_dir) / name
                        for name in (DEPLOYMENT_NAME, DEPLOYED_PREDICTOR)}, creates_folders=True)
-    args.device, args.progress = _device(args.device), _progress(args)
+    options = DemoOptions(epochs=args.epochs, samples=args.samples, out_dir=args.out_dir, threads=args.threads,
+                          device=_device(args.device), progress=_progress(args), threaded=args.threaded,
+                          eager=args.eager)
     from ..runtime.stress import Burners
 
     with Burners.for_load(args.stress, limit=3600):
-        return run_demo(args)
+        return run_demo(options)
 
 
 def add_commands(commands: Any) -> None:

@@ -24,14 +24,16 @@ import numpy as np
 from .._atomic import process_umask
 from ..distributions import RELATIVE_KINDS
 from ..errors import EinetTypeError, EinetValueError
-from ..evaluation.select import Deployment, deployment_record
 from ..validation import number, open_regular, parse_json, printable_name
 from ..variants import Variant
 from .adaptation import check_adaptation
+from .deployment import Deployment, deployment_record
 from .npz import write_arrays
 from .packed import read_packed
 from .packed import unpack as unpack  # (callers find it here too)
+from .predictor_file import ExportablePredictor, write_predictor
 from .profiles import CSProfile, ETRecord
+from .select_options import check_select_options
 from .split import HeldOutSplit
 
 BUNDLE_FORMAT = "einet-bundle"
@@ -85,7 +87,7 @@ def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | o
                  num_exits: int, input_spec: Mapping[str, Any], split: HeldOutSplit, holdout: CSProfile,
                  test: CSProfile | None, test_data: str | None, timing_images: np.ndarray,
                  exit_times: Mapping[str, Any], runtime: Mapping[str, Any], select_options: Mapping[str, Any],
-                 devices: Sequence[tuple[Mapping[str, Any], ETRecord, Deployment, Any]],
+                 devices: Sequence[tuple[Mapping[str, Any], ETRecord, Deployment, ExportablePredictor | None]],
                  provenance: Mapping[str, Any], log: Callable[[str], None] = print) -> Path:
     """Write a bundle folder at `path`: files, then the manifest, into a staging folder swapped into place
     (the path holds the old bundle or the new one, never half of one or none). A bundle replaced keeps the
@@ -192,7 +194,7 @@ def _remove(path: Path) -> None:
 
 
 def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ETRecord, deployment: Deployment,
-               predictor: Any) -> Path:
+               predictor: ExportablePredictor | None) -> Path:
     """Add (or replace) one device's ET-profile and configuration in a bundle folder."""
     folder = Path(path)
     if not folder.is_dir():
@@ -205,7 +207,7 @@ def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ET
 
 
 def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, Any], et: ETRecord,
-                deployment: Deployment, predictor: Any) -> None:
+                deployment: Deployment, predictor: ExportablePredictor | None) -> None:
     from dataclasses import replace
 
     key = device_key(identity)
@@ -214,13 +216,11 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
     et_file = f"et-{index}.npz"
     et.save(folder / et_file)
     if deployment.spec.uses_predictor:
-        from ..predictor import save_predictor  # (torch: only for a predictor)
-
         if predictor is None:
             raise EinetValueError(f"the deployed {deployment.policy!r} needs its predictor")
         predictor_file = f"predictor-{index}.npz"
         deployment = replace(deployment, predictor=predictor_file)
-        save_predictor(folder / predictor_file, predictor)
+        write_predictor(folder / predictor_file, predictor)
     else:
         deployment = replace(deployment, predictor=None)
     devices.append({"key": key, "device": dict(identity), "et": et_file,
@@ -228,9 +228,19 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
     manifest["devices"] = devices
 
 
+_DEVICE_FILE = re.compile(r"et-(\d{1,6})\.npz")  # a device's ET-profile: et-N.npz (its predictor predictor-N.npz)
+
+
 def _next_index(manifest: Mapping[str, Any]) -> int:
     """The number of a new device's files (et-N.npz, predictor-N.npz): past every listed one."""
-    return 1 + max([int(entry["et"][3:-4]) for entry in manifest["devices"]] or [-1])
+    return 1 + max([_device_index(entry["et"]) for entry in manifest["devices"]] or [-1])
+
+
+def _device_index(et_file: str) -> int:
+    """N of a device's et-N.npz (checked on reading: :func:`_checked_manifest`)."""
+    match = _DEVICE_FILE.fullmatch(et_file)
+    assert match is not None
+    return int(match.group(1))
 
 
 def _write_manifest(folder: Path, manifest: dict[str, Any], listed: Sequence[str] = ()) -> None:
@@ -272,19 +282,6 @@ def verify_folder(folder: Path, shown: Path | None = None) -> dict[str, Any]:
         raise BundleError(f"{shown} is not an einet bundle: no {MANIFEST} in it") from None
     except (ValueError, TypeError) as error:
         raise BundleError(f"{shown} is not a readable einet bundle: {error}") from None
-
-
-def _check_select(options: object) -> None:
-    """The options a new device is selected with (einet profile BUNDLE), checked as a build config's are."""
-    from ..build_config import CHECKS
-
-    names = {"score_under", "rules", "time_zero", "signals", "policies", "predictor_epochs", "seed", "planning_us"}
-    if not isinstance(options, dict) or set(options) != names:
-        raise EinetValueError(f"select must give {', '.join(sorted(names))}")
-    for name, value in options.items():
-        check, what = CHECKS[f"select.{name}"]
-        if not check(value):
-            raise EinetValueError(f"select {name} must be {what}, got {value!r:.80}")
 
 
 def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
@@ -347,7 +344,7 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     if manifest["test_data"] is not None and not (isinstance(manifest["test_data"], str)
                                                   and len(manifest["test_data"]) == 64):
         raise EinetValueError("test_data must be null or the test split's SHA-256 fingerprint")
-    _check_select(manifest["select"])
+    check_select_options(manifest["select"])
     HeldOutSplit.from_dict(manifest["split"], "split")
     for field, expected in (("holdout", HOLDOUT), ("timing_images", TIMING)):
         if manifest[field] != expected or expected not in files:
@@ -370,7 +367,7 @@ def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
     for entry in devices:
         if not isinstance(entry, dict) or set(entry) != {"key", "device", "et", "deployment"}:
             raise EinetTypeError("each device must give key, device, et and deployment")
-        if entry["et"] not in files or not re.fullmatch(r"et-\d{1,6}\.npz", str(entry["et"])):
+        if entry["et"] not in files or not _DEVICE_FILE.fullmatch(str(entry["et"])):
             raise EinetValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
         device = entry["device"]
         if not (isinstance(device, dict) and device.get("kind") in ("cpu", "cuda")

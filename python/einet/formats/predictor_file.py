@@ -1,6 +1,6 @@
 """Reading predictor files without torch: the checks, the native predictor and its rule.
 
-A predictor file (written by :func:`einet.predictor.save_predictor`) holds dense layers and a
+A predictor file (written by :func:`write_predictor`) holds dense layers and a
 header: target, sizes and the output rule it was fitted for. Everything is checked before
 anything is built: the header's values (types and bounds) and every array's presence, shape,
 dtype (floating point) and values (finite as float32), so a file cannot make a reader allocate
@@ -13,7 +13,8 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -22,12 +23,33 @@ from ..planner import NativePredictor
 from ..rules import AnswerRule
 from ..signals import check_signal
 from ..validation import check_memory, number
-from .npz import ProfileFormatError, read_arrays
+from .npz import ProfileFormatError, read_arrays, write_arrays
 
 if TYPE_CHECKING:
     from typing_extensions import TypeGuard
 
 TARGETS = ("confidence", "correctness")
+
+
+class ExportablePredictor(Protocol):
+    """What a predictor file is written from (:class:`einet.predictor.ConfidencePredictor`, torch)."""
+
+    num_exits: int
+    hidden: tuple[int, ...]
+    target: str
+    rule: AnswerRule
+    signal: str
+
+    def export(self) -> tuple[list[np.ndarray], list[np.ndarray]]: ...
+
+
+def write_predictor(path: str | os.PathLike[str], model: ExportablePredictor) -> Path:
+    """Write a predictor's weights and header in einet's file format (no pickle)."""
+    weights, biases = model.export()
+    arrays = {f"weight{k}": w for k, w in enumerate(weights)} | {f"bias{k}": b for k, b in enumerate(biases)}
+    meta = {"target": model.target, "hidden": list(model.hidden), "num_exits": model.num_exits,
+            "layers": len(weights), "rule": model.rule.record(), "signal": model.signal}
+    return write_arrays(path, "predictor", arrays, meta)
 
 
 @dataclass(frozen=True)

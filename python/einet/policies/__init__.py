@@ -27,10 +27,12 @@ from .fixed import (
     static_plan,
     statistics_plan,
 )
+from .kinds import DEPLOYABLE_KINDS, POLICY_KINDS, STANDARD_POLICIES, PolicySpec
 from .oracles import Clairvoyant, NearestNeighbours
-from .registry import POLICY_KINDS, STANDARD_POLICIES, PolicySpec, standard_policies
+from .registry import build_policy, standard_policies
 
 __all__ = [
+    "DEPLOYABLE_KINDS",
     "HEDGE_MARGIN",
     "POLICY_KINDS",
     "RANDOM_SEARCH_BUDGET",
@@ -43,6 +45,7 @@ __all__ = [
     "NearestNeighbours",
     "Policy",
     "PolicySpec",
+    "build_policy",
     "ensemble_statistics_plan",
     "single_exit",
     "standard_policies",

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from .registry import PolicySpec
+    from .kinds import PolicySpec
 
 
 class Policy:
@@ -17,7 +17,7 @@ class Policy:
     name: str
     needs_oracle = False
     needs_log_probs = False
-    spec: PolicySpec | None = None  # what it was built from (PolicySpec.build), for deployments
+    spec: PolicySpec | None = None  # what it was built from (registry.build_policy)
 
     def begin(self, oracle: np.ndarray | None = None) -> None:
         """A new sample starts."""

@@ -21,7 +21,6 @@ from .base import Policy
 
 RANDOM_SEARCH_BUDGET = 100  # plans drawn per step by "EINet (random search)"
 HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicted accuracy
-HEDGE_MARGIN = 0.005  # einet's EINet: re-plan only for half a point of predicted accuracy
 
 
 class EINet(Policy):

@@ -34,7 +34,7 @@ import numpy as np
 from ..formats.adaptation import SETTINGS, check_adaptation
 from ..formats.profiles import CSProfile
 from ..planner import Deterministic, Distribution, Empirical, ETProfile, NativePredictor
-from ..policies import HEDGE_MARGIN, EINet, Policy, statistics_plan
+from ..policies import Policy, PolicySpec, build_policy
 from ..rules import AnswerRule
 from ..validation import number
 
@@ -361,14 +361,13 @@ def replanning(holdout: CSProfile, rule: AnswerRule, predictor: NativePredictor 
                signal: str = "confidence") -> Callable[[ETProfile, Distribution], Policy]:
     """The `policy_for` of an :class:`Adaptation`: einet's EINet (the statistics plan of `holdout`
     first, re-planned per sample for a predicted gain of HEDGE_MARGIN) or, without a predictor,
-    the statistics plan itself, for any profile and distribution. Planning again is cheap: under
-    rule ensemble the held-out accuracies of exit sets are kept between calls."""
+    the statistics plan itself, for any profile and distribution (built by
+    :func:`einet.policies.build_policy`; a deployment's: :func:`einet.evaluation.select.deployed_policy`).
+    Planning again is cheap: under rule ensemble the held-out accuracies of exit sets are kept between calls."""
+    spec = PolicySpec("einet" if predictor is not None else "statistics")
     memo: dict[tuple[int, ...], float] = {}
 
     def policy_for(et: ETProfile, dist: Distribution) -> Policy:
-        first = statistics_plan(holdout, et, dist, rule, memo=memo)
-        if predictor is None:
-            return first
-        return EINet(predictor, et, dist, rule, first_plan=first.mask, margin=HEDGE_MARGIN, signal=signal)
+        return build_policy(spec, et, dist, rule, holdout=holdout, predictor=predictor, signal=signal, memo=memo)
 
     return policy_for
