@@ -6,7 +6,9 @@
   adaptive runtime minus static, never significantly negative on an idle machine.
 - Simulated: exit times assumed uniform, truly normal, exponential, bimodal, or switching
   mid-stream: after 500 samples the adaptive policy within 1 pp of an oracle that knows them.
-Under --benchmark-disable (CI) both studies run on a few samples, to check they run.
+Under --benchmark-disable (CI) both studies run on a few samples; the accuracy goals (the runtime
+within 2 pp of the replay of its own times, the simulated policy within 1 pp of the oracle) hold
+there too and are asserted always; adaptive minus static depends on the machine's load (a speed goal).
 Run: python -m pytest benchmarks/test_bench_adaptive.py --benchmark-only -s
 """
 
@@ -43,13 +45,13 @@ def test_adaptive_runtime_keeps_its_promise_under_load(benchmark, speed_goal, ca
     for row in rows:
         replay, versus = row["adaptive_minus_replay"], row["adaptive_minus_static"]
         assert isinstance(replay, dict) and isinstance(versus, dict)
-        speed_goal(abs(replay["mean_pp"]) <= 2.0, f"{row['model']}, {row['load']}: runtime - replay {replay}")
+        assert abs(replay["mean_pp"]) <= 2.0, f"{row['model']}, {row['load']}: runtime - replay {replay}"
         if row["load"] == "idle":
             speed_goal(versus["mean_pp"] + versus["ci95_pp"] >= 0, f"{row['model']}, idle: adaptive - static {versus}")
 
 
 @pytest.mark.benchmark(group="adaptive")
-def test_adaptive_exit_times_come_within_a_point_of_an_oracle(benchmark, speed_goal, capsys, tmp_path):
+def test_adaptive_exit_times_come_within_a_point_of_an_oracle(benchmark, capsys, tmp_path):
     args = ["exit-times"] + (["--models", "b_alexnet_w05_cpu", "--learn", "50", "--scored", "50",
                               "--switch-at", "50"] if benchmark.disabled else [])
     rows = benchmark.pedantic(study, args=(tmp_path, *args), rounds=1, iterations=1)
@@ -59,4 +61,4 @@ def test_adaptive_exit_times_come_within_a_point_of_an_oracle(benchmark, speed_g
     for row in rows:
         gap = row["adaptive_minus_oracle"]
         assert isinstance(gap, dict)
-        speed_goal(abs(gap["mean_pp"]) <= 1.0, f"{row['model']}, {row['true']}: adaptive - oracle {gap}")
+        assert abs(gap["mean_pp"]) <= 1.0, f"{row['model']}, {row['true']}: adaptive - oracle {gap}"
