@@ -1,18 +1,22 @@
-"""Turn a single-exit CNN into a fine-grained multi-exit network.
+"""Turn a single-exit CNN or vision transformer into a fine-grained multi-exit network.
 
 The model is traced with torch.fx (an ``nn.Sequential`` or any traceable
-module, residual networks included). It is cut after each conv layer's region
+module, residual networks included). A CNN is cut after each conv layer's region
 at the last point where exactly one tensor is live, so that a cut never splits
-a residual block; the part after the last feature map (pooling, flatten, fully
-connected layers) becomes the last exit, so that exit reproduces the original
-model exactly with the original weights. Every other cut gets a new
-:class:`~einet.models.base.Branch`.
+a residual block; a transformer (blocks of an ``nn.Sequential`` or
+``nn.ModuleList`` passing tokens [batch, tokens, dim], :mod:`.convert_tokens`)
+is cut after each block. The part after the last cut (pooling, flatten, norm,
+fully connected layers) becomes the last exit, so that exit reproduces the
+original model exactly with the original weights. Every other cut gets a new
+exit branch: :class:`~einet.models.base.Branch` on a feature map,
+:class:`~einet.models.convert_tokens.TokenBranch` on tokens.
 
 Or cut after modules you name (``exits=["layer2", "layer3"]``): each named
 module is traced as one leaf, and the network is cut right after it; the part
-after the last feature map stays the final exit. Anything that cannot be traced
-or cut, or whose result does not reproduce the original, is a
-:class:`ConversionError`.
+after the last feature map (or token tensor) stays the final exit. Anything that
+cannot be traced or cut, or whose result does not reproduce the original, is a
+:class:`ConversionError`; so is finding fewer than two cut points (a network with
+one exit has no elasticity) unless ``single_exit="warn"`` accepts it.
 
 :func:`build_converted` does the whole path from a constructor named
 ``package.module:callable`` (plus keyword arguments) to a converted network and
@@ -23,6 +27,7 @@ the spec a checkpoint stores to rebuild it (see
 from __future__ import annotations
 
 import inspect
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -33,6 +38,7 @@ from torch.fx.passes.split_module import split_module
 
 from ..errors import EinetTypeError, EinetValueError
 from .base import Branch, MultiExitNetwork
+from .convert_tokens import TokenBranch, block_ends, block_sequences, token_pooling
 
 
 class ConversionError(EinetValueError):
@@ -51,9 +57,14 @@ def _shape(node: fx.Node) -> tuple[int, ...] | None:
     return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
+def _dims(node: fx.Node) -> int:
+    """How many dimensions `node`'s tensor has: 4 for a feature map, 3 for tokens (0: not a tensor)."""
+    return len(_shape(node) or ())
+
+
 def _single_live(traced: fx.GraphModule) -> tuple[list[fx.Node], list[bool]]:
-    """The graph's activation nodes, and for each whether it is a feature map [B, C, H, W] that is the
-    only tensor live after it runs (a point where the network can be cut)."""
+    """The graph's activation nodes, and for each whether it is a feature map [B, C, H, W] or tokens
+    [B, N, D] that is the only tensor live after it runs (a point where the network can be cut)."""
     nodes = [n for n in traced.graph.nodes if n.op != "get_attr"]  # attributes are not activations
     position = {n: i for i, n in enumerate(nodes)}
     last_use = {n: max((position.get(u, len(nodes)) for u in n.users), default=position[n]) for n in nodes}
@@ -63,28 +74,58 @@ def _single_live(traced: fx.GraphModule) -> tuple[list[fx.Node], list[bool]]:
         live = {n for n in live if last_use[n] > k}
         if last_use[node] > k:
             live.add(node)
-        shape = _shape(node)
-        single.append(live == {node} and node.op not in ("placeholder", "output") and shape is not None
-                      and len(shape) == 4)
+        single.append(live == {node} and node.op not in ("placeholder", "output") and _dims(node) in (3, 4))
     return nodes, single
 
 
-def cut_points(traced: fx.GraphModule) -> list[fx.Node]:
-    """The nodes after which the network is cut: one per conv region, where a single tensor is live."""
+def _conv_cuts(traced: fx.GraphModule, nodes: list[fx.Node], single: list[bool]) -> list[int]:
+    """One cut per conv region, at its last point where a single feature map is live."""
     modules = dict(traced.named_modules())
-    nodes, single = _single_live(traced)
     convs = [k for k, n in enumerate(nodes) if _is_conv(n, modules)]
-    if not convs:
-        raise ConversionError("the model has no conv layers to cut after")
-    bounds = [*convs[1:], len(nodes)]
     cuts: list[int] = []
-    for start, stop in zip(convs, bounds):
-        candidates = [k for k in range(start, stop) if single[k]]
+    for start, stop in zip(convs, [*convs[1:], len(nodes)]):
+        candidates = [k for k in range(start, stop) if single[k] and _dims(nodes[k]) == 4]
         if candidates and (not cuts or candidates[-1] > cuts[-1]):
             cuts.append(candidates[-1])
-    if not cuts:
-        raise ConversionError("no point after a conv layer where a single feature map is live")
-    return [nodes[k] for k in cuts]
+    return cuts
+
+
+def cut_points(model: nn.Module, traced: fx.GraphModule) -> list[fx.Node]:
+    """The nodes after which `model` (`traced`) is cut, where a single tensor is live: after each block
+    that passes tokens (a transformer), else one per conv region. Maybe fewer than two: see convert."""
+    nodes, single = _single_live(traced)
+    blocks = {name for children in block_sequences(model).values() for name in children}
+    tokens = [k for k in block_ends(nodes, blocks) if single[k] and _dims(nodes[k]) == 3]
+    return [nodes[k] for k in (tokens or _conv_cuts(traced, nodes, single))]
+
+
+def _searched(model: nn.Module, traced: fx.GraphModule, names: list[str] | None) -> str:
+    """Where the cut points were looked for, for a message: the named modules, or the conv layers and
+    the block sequences the automatic cuts look at."""
+    if names is not None:
+        return f"after the modules named in exits ({', '.join(names)}) and the last feature map or tokens"
+    modules = dict(traced.named_modules())
+    convs = [str(n.target) if n.op == "call_module" else n.name for n in traced.graph.nodes if _is_conv(n, modules)]
+    sequences = [f"{name or type(model).__name__} ({len(children)} blocks)"
+                 for name, children in block_sequences(model).items()]
+    return (f"looked at {'conv layers ' + ', '.join(convs) if convs else 'no conv layers'}; "
+            f"{'block sequences ' + ', '.join(sequences) if sequences else 'no Sequential or ModuleList of blocks'}")
+
+
+SINGLE_EXIT = ("refuse", "warn")
+
+
+def _check_enough_cuts(cuts: list[fx.Node], single_exit: str, searched: str, model_name: str) -> None:
+    """Refuse (or, with ``single_exit="warn"``, warn about) fewer than two cut points: the network would
+    have one exit, exact but with no elasticity, which a caller would otherwise not notice."""
+    if len(cuts) >= 2:
+        return
+    found = f"found {len(cuts)} cut point{'' if len(cuts) == 1 else 's'} in {model_name} ({searched})"
+    if single_exit == "warn":
+        warnings.warn(f"{found}: the converted network has a single exit, no elasticity", stacklevel=4)
+        return
+    raise ConversionError(f"{found}: a multi-exit network needs at least two; name the modules to cut after with "
+                          f"exits=[...], or pass single_exit='warn' to accept a single exit")
 
 
 class _LeafTracer(fx.Tracer):
@@ -182,7 +223,7 @@ def _check_exit_names(model: nn.Module, exits: Sequence[str]) -> list[str]:
 
 def _named_cuts(traced: fx.GraphModule, names: list[str]) -> list[fx.Node]:
     """The call of each named module (in order, each where only its output is live), then the last
-    feature map, after which the original head remains."""
+    feature map (or token tensor), after which the original head remains."""
     nodes, single = _single_live(traced)
     index = {n: k for k, n in enumerate(nodes)}
     cuts: list[fx.Node] = []
@@ -194,9 +235,10 @@ def _named_cuts(traced: fx.GraphModule, names: list[str]) -> list[fx.Node]:
         node = calls[0]
         if not single[index[node]]:
             shape = _shape(node)
-            if shape is None or len(shape) != 4:
+            if _dims(node) not in (3, 4):
                 raise ConversionError(f"module {name!r} returns {shape or 'no tensor'}, not a feature map [batch, "
-                                      f"channels, height, width] that an exit branch can read")
+                                      f"channels, height, width] or tokens [batch, tokens, dim] that an exit "
+                                      f"branch can read")
             raise ConversionError(f"cutting after {name!r} would split the network: other tensors (a skip "
                                   f"connection?) are still live there")
         if cuts and index[node] <= index[cuts[-1]]:
@@ -246,20 +288,25 @@ def _own_attributes(part: fx.GraphModule, traced: fx.GraphModule, persistent: se
 
 
 def convert(model: nn.Module, example_input: torch.Tensor, num_classes: int | None = None,
-            exits: Sequence[str] | None = None, **branch_options: Any) -> MultiExitNetwork:
+            exits: Sequence[str] | None = None, single_exit: str = "refuse", **branch_options: Any) -> MultiExitNetwork:
     """A multi-exit network with the weights of `model`, whose last exit equals `model`'s output.
 
     `example_input` (one batch) is used to trace shapes and to check the result. `exits` names the
     modules to cut after (``model.named_modules()`` names, in the order they run; each must run
     once and leave only its output live): one exit branch after each, then the original head.
-    None: the automatic cuts (one per conv region). `branch_options` go to :class:`Branch`
-    (``hidden``, ``pool_in``, ``pool_out``, ``conv_channels``).
+    None: the automatic cuts (after each transformer block, else one per conv region).
+    `branch_options` go to :class:`Branch`, the exits on feature maps (``hidden``, ``pool_in``,
+    ``pool_out``, ``conv_channels``); exits on tokens are a :class:`TokenBranch`.
 
-    Any failure (untraceable control flow, a module name that is not there, a cut that would split
-    a skip connection, a network whose last exit does not reproduce the original) is a
+    Fewer than two cut points (one exit: no elasticity) is a :class:`ConversionError` naming what was
+    found and where it was looked for; ``single_exit="warn"`` accepts it with a warning instead.
+    Any other failure (untraceable control flow, a module name that is not there, a cut that would
+    split a skip connection, a network whose last exit does not reproduce the original) is a
     :class:`ConversionError` saying why. On the meta device (``example_input.is_meta``) the network
     is built as a shape-only skeleton and the numeric check is skipped.
     """
+    if single_exit not in SINGLE_EXIT:
+        raise ConversionError(f"single_exit must be one of {', '.join(SINGLE_EXIT)}, got {single_exit!r}")
     names = _check_exit_names(model, exits) if exits is not None else None
     traced = trace(model, set(names or ()))
     placeholders = [n for n in traced.graph.nodes if n.op == "placeholder"]
@@ -267,7 +314,7 @@ def convert(model: nn.Module, example_input: torch.Tensor, num_classes: int | No
         raise ConversionError(f"the model must take exactly one input, it takes {len(placeholders)}")
     was_training = model.training
     try:
-        network = _convert_traced(model, traced, example_input, num_classes, names, branch_options)
+        network = _convert_traced(model, traced, example_input, num_classes, names, single_exit, branch_options)
     except ConversionError:
         raise
     except Exception as error:  # anything torch or fx raise on a graph they cannot run or split
@@ -278,7 +325,7 @@ def convert(model: nn.Module, example_input: torch.Tensor, num_classes: int | No
 
 
 def _convert_traced(model: nn.Module, traced: fx.GraphModule, example_input: torch.Tensor, num_classes: int | None,
-                    names: list[str] | None, branch_options: dict[str, Any]) -> MultiExitNetwork:
+                    names: list[str] | None, single_exit: str, branch_options: dict[str, Any]) -> MultiExitNetwork:
     model.eval()
     with torch.no_grad():
         ShapeProp(traced).propagate(example_input)
@@ -286,7 +333,8 @@ def _convert_traced(model: nn.Module, traced: fx.GraphModule, example_input: tor
     if not isinstance(reference, torch.Tensor) or reference.dim() != 2:
         raise ConversionError("the model must return one tensor of logits [batch, classes]")
     num_classes = num_classes or int(reference.shape[1])
-    cuts = cut_points(traced) if names is None else _named_cuts(traced, names)
+    cuts = cut_points(model, traced) if names is None else _named_cuts(traced, names)
+    _check_enough_cuts(cuts, single_exit, _searched(model, traced, names), type(model).__name__)
     order = {n: i for i, n in enumerate(traced.graph.nodes)}
     cut_positions = [order[n] for n in cuts]
 
@@ -302,10 +350,8 @@ def _convert_traced(model: nn.Module, traced: fx.GraphModule, example_input: tor
         raise ConversionError("the part after the last feature map does not take a single tensor")
     if any(len(part.graph.find_nodes(op="placeholder")) != 1 for part in parts[:-1]):
         raise ConversionError("a block between two cuts does not take a single tensor")
-    blocks = parts[:-1]
-    exits: list[nn.Module] = [Branch(_shape(c)[1], num_classes, **branch_options) for c in cuts[:-1]]  # type: ignore[index]
-    exits.append(parts[-1])
-    network = MultiExitNetwork(blocks, exits).eval()
+    blocks = parts[:-1] or [nn.Identity()]  # no cut point (accepted with single_exit="warn"): one exit, the model
+    network = MultiExitNetwork(blocks, [*_exit_branches(traced, cuts, num_classes, branch_options), parts[-1]]).eval()
     with torch.no_grad():
         outputs = network(example_input)
     if any(o.shape != (example_input.shape[0], num_classes) for o in outputs):
@@ -315,3 +361,21 @@ def _convert_traced(model: nn.Module, traced: fx.GraphModule, example_input: tor
         raise ConversionError(f"the converted network's last exit does not reproduce the original (max difference "
                               f"{difference:.3g})")
     return network
+
+
+def _exit_branches(traced: fx.GraphModule, cuts: list[fx.Node], num_classes: int,
+                   branch_options: dict[str, Any]) -> list[nn.Module]:
+    """A new exit branch after each cut but the last (whose exit is the model's own head): a
+    :class:`Branch` on a feature map, a :class:`TokenBranch` pooling as the model's own head does on tokens."""
+    if branch_options and any(_dims(cut) == 3 for cut in cuts[:-1]):
+        raise ConversionError(f"branch options ({', '.join(sorted(branch_options))}) shape the exits on feature maps; "
+                              f"this model's exits read tokens")
+    nodes = list(traced.graph.nodes)
+    after_last_cut = nodes[nodes.index(cuts[-1]) + 1:] if cuts else []
+    pooling = token_pooling(next((n for n in after_last_cut if _dims(n) == 2), None))
+    exits: list[nn.Module] = []
+    for cut in cuts[:-1]:
+        shape = _shape(cut) or ()  # a cut is a feature map or tokens: see _single_live
+        exits.append(Branch(shape[1], num_classes, **branch_options) if len(shape) == 4
+                     else TokenBranch(shape[2], num_classes, pooling))
+    return exits
