@@ -276,7 +276,7 @@ def test_the_example_configs_read():
 
     for path in sorted(EXAMPLES.glob("*.toml")):
         config = read_config(path)
-        assert config["output"]["bundle"] and config["select"]["score_under"][0] == config["select"]["dist"]
+        assert config.output.bundle and config.select.score_under[0] == config.select.dist
 
 
 def test_variant_exits_cut_the_full_variant():

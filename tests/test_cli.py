@@ -424,6 +424,14 @@ def test_mistake_report_into_a_missing_folder(tmp_path, capsys, monkeypatch):
                                    "--out", "nodir/x.png"], r"--out nodir/x\.png: the folder nodir does not exist")
 
 
+@needs_torch
+@needs_fixture
+def test_mistake_report_in_a_format_matplotlib_cannot_write(tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    assert_one_line_error(capsys, ["report", "--profiles", str(FIXTURE), "--predictor", str(FIXTURE / "predictor.npz"),
+                                   "--out", str(tmp_path / "curve.xyz")], r"\.xyz is no image format .*\.png")
+
+
 @needs_torch  # evaluate and report read the predictor file with einet.predictor
 @pytest.mark.parametrize("command", ["evaluate", "report"])
 @pytest.mark.parametrize("missing", ["profiles", "predictor"])

@@ -80,7 +80,7 @@ def cmd_compile(args: argparse.Namespace) -> int:
     from ..models.compiled import CompileError
 
     bundle = _bundle_folder(args.bundle, "compile")
-    threads = args.threads or int(bundle.manifest["runtime"]["threads"])
+    threads = args.threads or bundle.threads
     torch.set_num_threads(threads)
     try:
         (compile_bundle if args.force else ensure_compiled)(bundle, threads, args.constructor,
@@ -95,8 +95,9 @@ def cmd_compile(args: argparse.Namespace) -> int:
 def evaluate_bundles(args: argparse.Namespace) -> int:
     """`einet evaluate BUNDLE [--against OTHER]`: exact expected accuracy on the test split's CS-profile,
     paired over the same images and exit times (the first bundle's horizon)."""
-    from ..bundle import read_bundle
-    from ..evaluation.simulate import evaluate, paired_difference
+    from ..bundle import exit_distribution, read_bundle
+    from ..evaluation.bundles import evaluate_bundle
+    from ..evaluation.simulate import paired_difference
 
     refuse_unused(args, "evaluate", profiles=None, predictor=None, rule=None, scale=1.0, draws=100, compressed=None,
                   out=None)
@@ -107,37 +108,30 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
         raise EinetValueError(f"{args.bundle} and {args.against} were not evaluated on the same test images (their "
                               "test data's fingerprints differ): a paired difference needs the same images")
     horizon_ms = args.horizon_ms or bundles[0].horizon_ms
-    kinds = [args.dist or bundles[0].dist_kind]
+    kind = args.dist or bundles[0].dist_kind
+    dist = exit_distribution(kind, horizon_ms)
     print(f"exact expected accuracy on {tests[0].num_samples} test images, exit times over {horizon_ms:.3f} ms")
-    for kind in kinds:
-        from ..bundle import exit_distribution
-
-        dist = exit_distribution(kind, horizon_ms)
-        results = []
-        for bundle, test in zip(bundles, tests):
-            entry = _entry(bundle)
-            et = bundle.et(entry).profile
-            deployment = entry.deployment
-            planned = bundle.planned_profile(entry, et)
-            policy = bundle.policy(entry, et, dist, bundle.predictor(entry))
-            results.append(evaluate(policy, test, planned, dist, draws=1, rule=deployment.rule))
-            print(f"  {kind:12s} {100 * results[-1].expected:6.2f}%  {bundle.name}: {deployment.policy}, rule "
-                  f"{deployment.rule.label()} ({entry.key})")
-        if len(results) == 2:
-            diff = paired_difference(results[0], results[1])
-            print(f"  {kind:12s} {bundles[0].name} minus {bundles[1].name}: {100 * diff.mean:+.2f} ± "
-                  f"{100 * diff.ci95:.2f} pp (paired 95%){' *' if diff.significant else ''}")
+    results = []
+    for bundle in bundles:
+        evaluation = evaluate_bundle(bundle, dist)
+        if not evaluation.own_device:
+            _say_other_device(bundle, evaluation.entry)
+        deployment = evaluation.entry.deployment
+        results.append(evaluation.result)
+        print(f"  {kind:12s} {100 * evaluation.result.expected:6.2f}%  {bundle.name}: {deployment.policy}, rule "
+              f"{deployment.rule.label()} ({evaluation.entry.key})")
+    if len(results) == 2:
+        diff = paired_difference(results[0], results[1])
+        print(f"  {kind:12s} {bundles[0].name} minus {bundles[1].name}: {100 * diff.mean:+.2f} ± "
+              f"{100 * diff.ci95:.2f} pp (paired 95%){' *' if diff.significant else ''}")
     return 0
 
 
-def _entry(bundle: Any) -> Any:
-    """This machine's device entry if the bundle has one, else its first (a simulation needs a profile only)."""
-    from ..formats.manifest import BundleError
-
-    try:
-        return bundle.entry("cpu")
-    except BundleError:
-        return bundle.devices[0]
+def _say_other_device(bundle: Any, entry: Any) -> None:
+    """One line on stderr: this machine has no entry in the bundle, so its figures are another device's."""
+    print(f"einet evaluate: note: {bundle.path} has no entry for this machine's cpu: evaluated with the entry of "
+          f"{entry.key}, so the figures are that device's (add this one with `einet profile {bundle.path}`)",
+          file=sys.stderr)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -145,10 +139,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     import torch
 
     from .. import data
-    from ..bundle import exit_distribution, read_bundle
-    from ..distributions import sample_exit_times
+    from ..bundle import read_bundle
+    from ..evaluation.bundles import draw_deadlines, remap_classes, run_images, simulate_run
     from ..evaluation.simulate import ci95_half_width
-    from ..runtime.realtime import run_stream, simulations
 
     if args.out:
         from ..validation import check_outputs
@@ -158,46 +151,25 @@ def cmd_run(args: argparse.Namespace) -> int:
     arrays = data.load_image_folder(args.images, args.split)
     if args.limit:
         arrays = arrays.subset(np.arange(min(args.limit, len(arrays))))
-    unknown = sorted(set(arrays.classes) - set(bundle.classes))
-    if unknown:
-        raise EinetValueError(f"--images has class folders the bundle does not know: {', '.join(unknown[:5])}")
-    labels = np.array([bundle.classes.index(arrays.classes[k]) for k in arrays.labels], dtype=np.int64)
-    arrays = data.ImageArrays(arrays.images, labels, bundle.classes)  # the bundle's class indices
-    images = bundle.preprocess(arrays.images)
-    rng = np.random.default_rng(args.seed)
-    if args.deadline_ms is not None:
-        deadlines = np.full(len(labels), args.deadline_ms * 1e-3)
-        what = f"deadline {args.deadline_ms} ms"
-    else:
-        kind, horizon = args.dist or bundle.dist_kind, args.horizon_ms or bundle.horizon_ms
-        deadlines = sample_exit_times(exit_distribution(kind, horizon), (len(labels),), rng)
-        what = f"{kind} exit times over {horizon:.3f} ms"
+    arrays = remap_classes(arrays, bundle.classes)
+    deadlines, what = draw_deadlines(bundle, len(arrays), args.deadline_ms, args.dist, args.horizon_ms, args.seed)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     if args.inline:  # the blocks run in this thread: with the thread count the bundle was timed with
         torch.set_num_threads(int(bundle.manifest["runtime"]["threads"]))
-    with bundle.runtime("cpu", adapt=not args.static, constructor=args.constructor, inline=args.inline,
-                        eager=args.eager) as runtime:
-        for k in range(min(args.warmup, len(labels))):  # a cold start, then the estimates settle
-            runtime.infer(images[k:k + 1])
-        entry = bundle.entry("cpu")
-        static_profile = None if runtime.adaptation else bundle.planned_profile(entry, bundle.et(entry).profile)
-        stream = run_stream(runtime, images, labels, deadlines, static_profile,
-                            progress=not args.quiet and sys.stderr.isatty())
+    stream = run_images(bundle, arrays, deadlines, adapt=not args.static, inline=args.inline, eager=args.eager,
+                        warmup=args.warmup, constructor=args.constructor,
+                        progress=not args.quiet and sys.stderr.isatty())
     seconds = time.perf_counter() - started
-    print(f"{len(labels)} images, {what}, {'static' if args.static else 'adaptive'} runtime: real-time accuracy "
+    print(f"{len(arrays)} images, {what}, {'static' if args.static else 'adaptive'} runtime: real-time accuracy "
           f"{100 * stream.accuracy:.2f}% ({seconds:.0f} s)")
     if args.check_simulator:
-        from ..profiling import profile_cs
-
-        cs = profile_cs(bundle.network(args.constructor), data.ImageDataset(arrays, *_normalisation(bundle)),
-                        progress=False)
-        for what, simulated in simulations(stream, cs, runtime.rule):
+        for how, simulated in simulate_run(bundle, stream, arrays, constructor=args.constructor):
             difference = stream.correct.astype(np.float64) - simulated
-            print(f"simulator at the same deadlines, {what}: {100 * simulated.mean():.2f}%; runtime minus simulator "
+            print(f"simulator at the same deadlines, {how}: {100 * simulated.mean():.2f}%; runtime minus simulator "
                   f"{100 * difference.mean():+.2f} ± {100 * ci95_half_width(difference):.2f} pp (paired 95%)")
     if args.out:
-        write_answers(args.out, stream, labels, deadlines, bundle.classes)
+        write_answers(args.out, stream, arrays.labels, deadlines, bundle.classes)
         print(f"wrote {args.out}")
     return 0
 
@@ -219,11 +191,6 @@ def write_answers(path: str, stream: Any, labels: np.ndarray, deadlines: np.ndar
                          int(stream.correct[k])])
     with atomic_write(path) as f:
         f.write(text.getvalue().encode())
-
-
-def _normalisation(bundle: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    spec = bundle.manifest["input"]
-    return tuple(spec["mean"]), tuple(spec["std"])
 
 
 def add_commands(commands: Any) -> None:

@@ -114,6 +114,17 @@ def cmd_table(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_image_format(out: str) -> None:
+    """Refuse an --out whose suffix names no image format the plot can be saved in, before any work."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    formats = FigureCanvasAgg.get_supported_filetypes()
+    suffix = Path(out).suffix.lower().lstrip(".")
+    if suffix and suffix not in formats:
+        raise EinetValueError(f"--out {out}: .{suffix} is no image format the plot can be saved in; "
+                              f"use one of {', '.join('.' + name for name in sorted(formats))}")
+
+
 def cmd_report(args: argparse.Namespace) -> int:
     import matplotlib  # noqa: F401  (the plot extra: named before any work is done)
 
@@ -123,6 +134,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ..policies import standard_policies
 
     check_outputs({"--out": args.out}, [("--predictor", args.predictor), *_profile_files([Path(args.profiles)])])
+    _check_image_format(args.out)
     args.dist = args.dist or "uniform"
     et = ETRecord.load(Path(args.profiles) / "et.npz").profile
     holdout = CSProfile.load(Path(args.profiles) / "cs-holdout.npz")

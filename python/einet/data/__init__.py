@@ -38,6 +38,7 @@ from .folder import IMAGE_SUFFIXES, cache_dir, load_image_folder
 from .idx import FASHION_CLASSES, load_mnist, read_idx
 
 __all__ = [
+    "DATASETS",
     "FASHION_CLASSES",
     "IMAGE_SUFFIXES",
     "NORMALISATION",
@@ -65,6 +66,9 @@ __all__ = [
 ]
 
 
+DATASETS = ("mnist", "fashion-mnist", "cifar10", "cifar100", "folder")  # the names :func:`load` knows
+
+
 def load(name: str, root: str | os.PathLike[str], split: str = "train") -> ImageArrays:
     """A dataset by name: mnist, fashion-mnist, cifar10, cifar100, or an image folder / zip path."""
     if name == "mnist":
@@ -80,4 +84,4 @@ def load(name: str, root: str | os.PathLike[str], split: str = "train") -> Image
         return load_cifar100(root, split)
     if name == "folder":
         return load_image_folder(root, split)
-    raise EinetValueError(f"unknown dataset {name!r}: expected mnist, fashion-mnist, cifar10, cifar100 or folder")
+    raise EinetValueError(f"unknown dataset {name!r}: expected {', '.join(DATASETS[:-1])} or {DATASETS[-1]}")

@@ -42,6 +42,8 @@ from .distributed import all_reduce, world
 # teacher that early exits can follow more closely than the final one (as in ensemble-teacher
 # self-distillation for anytime networks).
 RECIPES = ("joint", "distill", "distill-ensemble")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("onecycle", "cosine", "step", "constant")  # of the learning rate (:func:`_scheduler`)
 
 
 class DivergedError(EinetValueError):
@@ -55,11 +57,11 @@ class TrainConfig:
 
     epochs: int = 10
     batch_size: int = 128
-    optimizer: str = "sgd"  # sgd | adam
+    optimizer: str = "sgd"  # one of OPTIMIZERS
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    schedule: str = "onecycle"  # onecycle | cosine | step | constant
+    schedule: str = "onecycle"  # one of SCHEDULES
     exit_weights: Sequence[float] | None = None
     freeze_backbone: bool = False
     seed: int = 0
@@ -81,10 +83,10 @@ class TrainConfig:
         number("weight_decay", self.weight_decay, 0.0)
         for weight in self.exit_weights or ():
             number("an exit weight", weight, 0.0)
-        if self.optimizer not in ("sgd", "adam"):
-            raise EinetValueError(f"unknown optimizer {self.optimizer!r}: expected 'sgd' or 'adam'")
-        if self.schedule not in ("onecycle", "cosine", "step", "constant"):
-            raise EinetValueError(f"unknown schedule {self.schedule!r}: expected onecycle, cosine, step or constant")
+        if self.optimizer not in OPTIMIZERS:
+            raise EinetValueError(f"unknown optimizer {self.optimizer!r}: expected one of {', '.join(OPTIMIZERS)}")
+        if self.schedule not in SCHEDULES:
+            raise EinetValueError(f"unknown schedule {self.schedule!r}: expected one of {', '.join(SCHEDULES)}")
         if self.recipe not in RECIPES:
             raise EinetValueError(f"unknown recipe {self.recipe!r}: expected one of {', '.join(RECIPES)}")
         if not (math.isfinite(self.temperature) and self.temperature > 0) or not 0.0 <= self.distill_weight <= 1.0:
