@@ -2,6 +2,7 @@
 written as it goes (:mod:`.loop`), and training across processes (:mod:`.distributed`,
 DistributedDataParallel under torchrun)."""
 
-from .loop import RECIPES, DivergedError, History, TrainConfig, exit_accuracies, train
+from .accuracy import exit_accuracies
+from .loop import RECIPES, DivergedError, History, TrainConfig, train
 
 __all__ = ["RECIPES", "DivergedError", "History", "TrainConfig", "exit_accuracies", "train"]

@@ -16,8 +16,6 @@ everything needed to resume (model, optimiser, schedule, history, the held-out s
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
 import os
 import time
@@ -34,7 +32,10 @@ from ..errors import EinetTypeError, EinetValueError
 from ..formats.checkpoint import read_checkpoint, save_checkpoint
 from ..models.base import MultiExitNetwork
 from ..validation import number
+from .accuracy import distributed_exit_accuracies, shardable
 from .distributed import all_reduce, world
+from .resume import comparable as comparable  # (callers find it here too)
+from .resume import resume_mismatch as resume_mismatch  # (callers find it here too)
 
 # How the exits learn. ``joint``: the weighted sum of every exit's cross-entropy (the paper).
 # ``distill``: plus self-distillation from the final exit (Phuong & Lampert, ICCV 2019; BYOT).
@@ -179,12 +180,6 @@ def _set_train_mode(model: MultiExitNetwork, config: TrainConfig) -> None:
         model.exits[-1].eval()
 
 
-def _shardable(source: Any) -> bool:
-    from torch.utils.data import DataLoader
-
-    return not isinstance(source, DataLoader)
-
-
 def _optimizer(params: list[nn.Parameter], config: TrainConfig) -> torch.optim.Optimizer:
     if config.optimizer == "adam":
         return torch.optim.Adam(params, lr=config.lr, weight_decay=config.weight_decay)
@@ -205,74 +200,6 @@ def _scheduler(optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-@torch.no_grad()
-def _correct_counts(model: MultiExitNetwork, dataset: Any, batch_size: int, rank: int = 0,
-                    world_size: int = 1) -> torch.Tensor:
-    """[N + 1]: each exit's correct answers on this process's share of `dataset`, then the samples seen."""
-    model.eval()
-    device = next(model.parameters()).device
-    counts = torch.zeros(model.num_exits + 1, dtype=torch.float64)
-    for images, labels in as_batches(dataset, batch_size, augment=False, rank=rank, world_size=world_size, pad=False):
-        labels = labels.to(device)
-        for i, logits in enumerate(model(images.to(device))):
-            counts[i] += float((logits.argmax(1) == labels).sum())
-        counts[-1] += len(labels)
-    return counts
-
-
-def exit_accuracies(model: MultiExitNetwork, dataset: Any, batch_size: int = 500) -> list[float]:
-    """Per-exit accuracy on a dataset (an ImageDataset without augmentation, a torch Dataset or a
-    DataLoader: see :func:`einet.data.as_batches`), on the model's device."""
-    counts = _correct_counts(model, dataset, batch_size)
-    if counts[-1] == 0:
-        raise EinetValueError("cannot evaluate on an empty dataset")
-    return (counts[:-1] / counts[-1]).tolist()
-
-
-def _distributed_exit_accuracies(model: MultiExitNetwork, dataset: Any, batch_size: int, rank: int,
-                          world_size: int) -> list[float]:
-    """exit_accuracies() with every process scoring its shard of a dataset and the counts summed (a
-    DataLoader, which cannot be sharded here, is scored whole by every process)."""
-    if world_size == 1 or not _shardable(dataset):
-        return exit_accuracies(model, dataset, batch_size)
-    counts = all_reduce(_correct_counts(model, dataset, batch_size, rank, world_size), model)
-    return (counts[:-1] / counts[-1]).tolist()
-
-
-def comparable(value: object) -> Any:
-    """A setting or a model spec as plain JSON, a spec without the keys that only repeat a default (the
-    paper's exit head): what a resumed run must match."""
-    if isinstance(value, Mapping):
-        value = {key: item for key, item in value.items() if not (key == "exit_head" and item == "paper")}
-    return json.loads(json.dumps(value, sort_keys=True, default=str))
-
-
-def resume_mismatch(path: str | os.PathLike[str], model: MultiExitNetwork, config: TrainConfig,
-                    model_spec: Mapping[str, Any] | None = None, split: Mapping[str, Any] | None = None,
-                    state: Mapping[str, Any] | None = None) -> str | None:
-    """Why :func:`train` would not resume the partial training at `path` (`state`, if read already) with
-    these arguments: unreadable, or of another run (settings, model, split, network shape); or None."""
-    try:
-        state = read_checkpoint(Path(path)) if state is None else state
-    except ValueError as error:
-        return f"is unreadable ({' '.join(str(error).split())})"
-    done: dict[str, Any] = state.get("config") or {}  # (asdict of the TrainConfig it ran)
-    was = {f.name: done.get(f.name, f.default) for f in dataclasses.fields(TrainConfig)  # older files: the default
-           if f.name not in ("threads", "device", "precision", "channels_last")  # how fast, not what it learns
-           and comparable(done.get(f.name, f.default)) != comparable(getattr(config, f.name))}
-    weights, wanted = state.get("model"), model.state_dict()
-    if was:
-        return f"was trained with {was}; resume it with the same settings, not { {k: getattr(config, k) for k in was} }"
-    if model_spec is not None and comparable(state.get("spec")) != comparable(model_spec):
-        return f"holds a checkpoint of another model ({state.get('spec')}, not {dict(model_spec)})"
-    if split is not None and state.get("split") != dict(split):
-        return f"was trained with another held-out split ({state.get('split')}, not {dict(split)})"
-    if not (isinstance(weights, Mapping) and weights.keys() == wanted.keys()
-            and all(getattr(weights[k], "shape", None) == v.shape for k, v in wanted.items())):
-        return "holds the weights of a network of another shape"
-    return None
-
-
 def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: ImageDataset | Any | None = None,
           config: TrainConfig | None = None, checkpoint: str | os.PathLike[str] | None = None,
           model_spec: dict[str, Any] | None = None, progress: bool = True,
@@ -288,78 +215,147 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
 
     In a torch.distributed process group (e.g. under ``torchrun``) this trains with
     DistributedDataParallel, as the module docstring describes; only rank 0 writes `checkpoint`.
+    `config.threads` sets torch's thread count for the run only: it is restored on return.
     """
-    from tqdm.auto import tqdm
-
     config = config or TrainConfig()
-    rank, world_size = world()
-    if config.batch_size % world_size:
-        raise EinetValueError(f"batch_size {config.batch_size} is the global batch: it must be a multiple of the "
-                              f"{world_size} processes")
-    local_batch = config.batch_size // world_size
-    if world_size > 1 and not _shardable(train_set) and not loader_is_sharded(train_set):
-        raise EinetValueError("with several processes a DataLoader must draw through a DistributedSampler; or pass "
-                              "the Dataset itself, which einet shards")
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)  # alike in every process: one order to shard
-    weights = exit_weights(model, config).to(config.device)
-    # (memory_format is missing from torch's stubs of Module.to, not from torch)
-    model.to(config.device, memory_format=config.memory_format)  # type: ignore[call-overload]
-    optimizer = _optimizer(_trainable(model, config), config)
-    steps = count_batches(train_set, local_batch, world_size)
-    if steps == 0:
-        raise EinetValueError("the training set is empty")
-    scheduler = _scheduler(optimizer, config, steps)
-    history, first_epoch = History(), 0
-    path = Path(checkpoint) if checkpoint else None
-    if path and world_size > 1:  # every process resumes, or none: a rank without the file would start afresh
-        found = all_reduce(torch.tensor([float(path.exists())], dtype=torch.float64), model)
-        if 0 < float(found) < world_size:
-            raise EinetValueError(f"{path} exists for {int(found)} of the {world_size} processes: to resume on several "
-                                  f"machines, put the checkpoint on a file system they share")
-    if path and path.exists():
-        state = read_checkpoint(path)
-        if mismatch := resume_mismatch(path, model, config, model_spec, split, state):
-            raise EinetValueError(f"{path} {mismatch}")
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        generator.set_state(state["generator"])
-        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
-        history = History(**state["history"])
-        first_epoch = len(history.loss)
-    network: nn.Module = model
-    if world_size > 1:
-        from torch.nn.parallel import DistributedDataParallel
+    threads = torch.get_num_threads()
+    try:
+        if config.threads:
+            torch.set_num_threads(config.threads)
+        run = _Run.start(model, train_set, config, model_spec, split, Path(checkpoint) if checkpoint else None)
+        for epoch in range(len(run.history.loss), config.epochs):
+            run.epoch(epoch, train_set, test_set, progress and run.rank == 0)
+    finally:
+        torch.set_num_threads(threads)
+    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # handed back as it came
+    return run.history
 
-        device = torch.device(config.device)
-        network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    progress = progress and rank == 0
-    autocast = config.autocast_dtype
-    for epoch in range(first_epoch, config.epochs):
+
+@dataclass
+class _Run:
+    """One training run's state, as a checkpoint holds it, and its steps (:func:`train`)."""
+
+    model: MultiExitNetwork
+    network: nn.Module  # the model, or its DistributedDataParallel wrapper
+    config: TrainConfig
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    weights: torch.Tensor
+    steps: int
+    model_spec: dict[str, Any] | None
+    split: Mapping[str, Any] | None
+    path: Path | None
+    rank: int
+    world_size: int
+    history: History = field(default_factory=lambda: History())
+
+    @classmethod
+    def start(cls, model: MultiExitNetwork, train_set: Any, config: TrainConfig, model_spec: dict[str, Any] | None,
+              split: Mapping[str, Any] | None, path: Path | None) -> _Run:
+        """A fresh run, or the one `path` holds (refused if it is another run's)."""
+        rank, world_size = world()
+        if config.batch_size % world_size:
+            raise EinetValueError(f"batch_size {config.batch_size} is the global batch: it must be a multiple of "
+                                  f"the {world_size} processes")
+        if world_size > 1 and not shardable(train_set) and not loader_is_sharded(train_set):
+            raise EinetValueError("with several processes a DataLoader must draw through a DistributedSampler; or "
+                                  "pass the Dataset itself, which einet shards")
+        torch.manual_seed(config.seed)
+        generator = torch.Generator().manual_seed(config.seed)  # alike in every process: one order to shard
+        weights = exit_weights(model, config).to(config.device)
+        # (memory_format is missing from torch's stubs of Module.to, not from torch)
+        model.to(config.device, memory_format=config.memory_format)  # type: ignore[call-overload]
+        optimizer = _optimizer(_trainable(model, config), config)
+        steps = count_batches(train_set, config.batch_size // world_size, world_size)
+        if steps == 0:
+            raise EinetValueError("the training set is empty")
+        run = cls(model, model, config, optimizer, _scheduler(optimizer, config, steps), generator, weights, steps,
+                  model_spec, split, path, rank, world_size)
+        run.resume()
+        if world_size > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device = torch.device(config.device)
+            run.network = DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+        return run
+
+    def resume(self) -> None:
+        """Carry on from the checkpoint at `path`, if there is one (every process, or none)."""
+        path = self.path
+        if path and self.world_size > 1:  # a rank without the file would start afresh
+            found = all_reduce(torch.tensor([float(path.exists())], dtype=torch.float64), self.model)
+            if 0 < float(found) < self.world_size:
+                raise EinetValueError(f"{path} exists for {int(found)} of the {self.world_size} processes: to resume "
+                                      f"on several machines, put the checkpoint on a file system they share")
+        if not (path and path.exists()):
+            return
+        state = read_checkpoint(path)
+        if mismatch := resume_mismatch(path, self.model, self.config, self.model_spec, self.split, state):
+            raise EinetValueError(f"{path} {mismatch}")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])  # dropout draws from the global generator
+        self.history = History(**state["history"])
+
+    def epoch(self, epoch: int, train_set: Any, test_set: Any, progress: bool) -> None:
+        """Train one epoch, then record it (loss, test accuracy per exit, seconds) and save the checkpoint."""
         started = time.perf_counter()
+        loss = self._train_epoch(epoch, train_set, progress)
+        if not math.isfinite(loss):  # every process sees the same summed loss: all stop alike
+            kept = f"; {self.path} keeps epoch {epoch}'s weights" if self.path and self.path.exists() else ""
+            raise DivergedError(f"the training loss became {loss} in epoch {epoch + 1} (learning rate "
+                                f"{self.config.lr:g} too high, or non-finite inputs?){kept}")
+        history = self.history
+        history.loss.append(loss)
+        history.test_accuracy.append(distributed_exit_accuracies(self.model, test_set, 500, self.rank,
+                                                                  self.world_size) if test_set is not None else [])
+        history.seconds.append(time.perf_counter() - started)
+        if progress:
+            from tqdm.auto import tqdm
+
+            accuracy = " ".join(f"{100 * a:.1f}" for a in history.test_accuracy[-1])
+            tqdm.write(f"epoch {epoch + 1}: loss {history.loss[-1]:.3f}, test accuracy per exit [{accuracy}], "
+                       f"{history.seconds[-1]:.0f} s")
+        if self.path and self.rank == 0:
+            save_checkpoint(self.path, self.model, self.model_spec, optimizer=self.optimizer,
+                            scheduler=self.scheduler, generator=self.generator, torch_rng=torch.get_rng_state(),
+                            history=history, config=self.config, world_size=self.world_size,
+                            **({} if self.split is None else {"split": dict(self.split)}))
+        if self.world_size > 1:
+            import torch.distributed as dist
+
+            dist.barrier()  # the checkpoint is complete before any process goes on (or resumes from it)
+
+    def _train_epoch(self, epoch: int, train_set: Any, progress: bool) -> float:
+        """One pass over this process's shard; the mean training loss over every process."""
+        from tqdm.auto import tqdm
+
+        model, config = self.model, self.config
         _set_train_mode(model, config)
         total, seen = torch.zeros((), device=config.device), 0
         correct = torch.zeros(model.num_exits, device=config.device)
-        batches = as_batches(train_set, local_batch, shuffle=True, generator=generator, rank=rank,
-                             world_size=world_size, epoch=epoch, num_classes=(model_spec or {}).get("num_classes"),
-                             expected_shape=_expected_shape(model_spec))
-        bar = tqdm(batches, total=steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
+        batches = as_batches(train_set, config.batch_size // self.world_size, shuffle=True, generator=self.generator,
+                             rank=self.rank, world_size=self.world_size, epoch=epoch,
+                             num_classes=(self.model_spec or {}).get("num_classes"),
+                             expected_shape=_expected_shape(self.model_spec))
+        bar = tqdm(batches, total=self.steps, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not progress,
                    leave=False)
+        autocast = config.autocast_dtype
         for images, labels in bar:
             images = images.to(config.device, non_blocking=True)
             if images.dim() == 4:
                 images = images.contiguous(memory_format=config.memory_format)
             labels = labels.to(config.device, non_blocking=True)
             with torch.autocast(torch.device(config.device).type, dtype=autocast, enabled=autocast is not None):
-                outputs = network(images)
-                loss = (exit_losses(outputs, labels, config) * weights).sum()
-            optimizer.zero_grad(set_to_none=True)
+                outputs = self.network(images)
+                loss = (exit_losses(outputs, labels, config) * self.weights).sum()
+            self.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
-            optimizer.step()
-            scheduler.step()
+            self.optimizer.step()
+            self.scheduler.step()
             seen += len(labels)
             with torch.no_grad():
                 total += loss.detach() * len(labels)  # kept on the device: no sync per step
@@ -368,35 +364,12 @@ def train(model: MultiExitNetwork, train_set: ImageDataset | Any, test_set: Imag
             if progress and bar.n % 10 == 0:
                 bar.set_postfix(loss=f"{float(total) / seen:.3f}",
                                 acc=" ".join(f"{100 * c / seen:.0f}" for c in correct.tolist()))
-        if world_size > 1:
-            import torch.distributed as dist
+        if self.world_size == 1:
+            return float(total) / seen
+        import torch.distributed as dist
 
-            for buffer in model.buffers():  # BN statistics: rank 0's, as DDP broadcasts them before each step
-                dist.broadcast(buffer, 0)
-            summed = all_reduce(torch.stack([total.double().cpu(), torch.tensor(float(seen), dtype=torch.float64)]),
-                                 model)
-            epoch_loss = float(summed[0] / summed[1])
-        else:
-            epoch_loss = float(total) / seen
-        if not math.isfinite(epoch_loss):  # every process sees the same summed loss: all stop alike
-            kept = f"; {path} keeps epoch {epoch}'s weights" if path and path.exists() else ""
-            raise DivergedError(f"the training loss became {epoch_loss} in epoch {epoch + 1} (learning rate "
-                                f"{config.lr:g} too high, or non-finite inputs?){kept}")
-        history.loss.append(epoch_loss)
-        history.test_accuracy.append(_distributed_exit_accuracies(model, test_set, 500, rank, world_size)
-                                     if test_set is not None else [])
-        history.seconds.append(time.perf_counter() - started)
-        if progress:
-            accuracy = " ".join(f"{100 * a:.1f}" for a in history.test_accuracy[-1])
-            tqdm.write(f"epoch {epoch + 1}: loss {history.loss[-1]:.3f}, test accuracy per exit [{accuracy}], "
-                       f"{history.seconds[-1]:.0f} s")
-        if path and rank == 0:
-            save_checkpoint(path, model, model_spec, optimizer=optimizer, scheduler=scheduler, generator=generator,
-                            torch_rng=torch.get_rng_state(), history=history, config=config, world_size=world_size,
-                            **({} if split is None else {"split": dict(split)}))
-        if world_size > 1:
-            import torch.distributed as dist
-
-            dist.barrier()  # the checkpoint is complete before any process goes on (or resumes from it)
-    model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]  # handed back as it came
-    return history
+        for buffer in model.buffers():  # BN statistics: rank 0's, as DDP broadcasts them before each step
+            dist.broadcast(buffer, 0)
+        summed = all_reduce(torch.stack([total.double().cpu(), torch.tensor(float(seen), dtype=torch.float64)]),
+                            model)
+        return float(summed[0] / summed[1])
