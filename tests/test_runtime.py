@@ -350,7 +350,7 @@ def test_a_bad_interrupt_is_refused_before_anything_runs():
             begun.append(True)
 
     block = Counting()
-    model = MultiExitNetwork([block, Sleep(0.0)], [Constant(0, 0.9), Constant(1, 0.9)])
+    model = MultiExitNetwork([block, Sleep(0.0)], [Constant(0, 0.9), Constant(1, 0.9)]).eval()  # run as it is
     runtime = ElasticRuntime(model, Recording())
     for bad in ("soon", True, math.nan, -1.0, object()):
         with pytest.raises((TypeError, ValueError)):
@@ -423,6 +423,45 @@ def test_the_switch_interval_is_lowered_while_any_runtime_is_open():
         assert sys.getswitchinterval() == 0.005
     finally:
         sys.setswitchinterval(previous)
+
+
+def test_a_runtime_asked_not_to_leaves_the_switch_interval_alone():
+    gc.collect()
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(0.005)
+    try:
+        with ElasticRuntime(slow_model(0.001), EveryExit(), lower_switch_interval=False) as runtime:
+            assert runtime.infer(X).exit == 3
+            assert sys.getswitchinterval() == 0.005
+        with ElasticRuntime(slow_model(0.001), EveryExit(), inline=True):  # no second thread: nothing to lower
+            assert sys.getswitchinterval() == 0.005
+        assert sys.getswitchinterval() == 0.005
+        with pytest.raises(TypeError, match="lower_switch_interval"):
+            ElasticRuntime(slow_model(0.001), EveryExit(), lower_switch_interval=0)
+    finally:
+        sys.setswitchinterval(previous)
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_the_callers_model_keeps_its_training_mode_and_device(inline):
+    model = slow_model(0.001).train()
+    with ElasticRuntime(model, EveryExit(), inline=inline) as runtime:
+        assert runtime.infer(X).exit == 3
+        assert runtime.model is not model and not runtime.model.training
+    assert model.training and all(module.training for module in model.modules())
+
+
+def test_the_callers_model_stays_on_its_device():
+    model = slow_model(0.001)
+    with ElasticRuntime(model, EveryExit(), device="meta") as runtime:  # (never run: "meta" has no data)
+        assert runtime.model.exits[0].logits.device.type == "meta"
+    assert model.exits[0].logits.device.type == "cpu"
+
+
+def test_a_model_ready_to_run_is_run_as_it_is():
+    model = slow_model(0.001).eval()
+    with ElasticRuntime(model, EveryExit()) as runtime:
+        assert runtime.model is model
 
 
 def test_an_unclosed_runtime_stops_its_worker_when_collected():

@@ -199,7 +199,7 @@ def load_compiled(key: str, num_exits: int) -> CompiledNetwork:
 def _load(folder: Path, parts: Mapping[str, Any], num_exits: int) -> CompiledNetwork:
     loaded = {name: CompiledPart(folder / part["file"]) for name, part in parts.items()}
     return CompiledNetwork([loaded[f"block-{i}"] for i in range(num_exits)],
-                           [loaded[f"exit-{i}"] for i in range(num_exits)])
+                           [loaded[f"exit-{i}"] for i in range(num_exits)]).eval()  # (a runtime runs it as is)
 
 
 class CompiledPart(nn.Module):

@@ -24,12 +24,14 @@ reading a finished branch's confidence, which the planner needs.
 The pieces: :mod:`._interrupt` turns a deadline, Event or callable into one waiting function;
 :mod:`._worker` owns the thread and the block-by-block loop (one job per sample);
 :mod:`._statistics` keeps what the runtime adds to the model and folds it into an ET-profile
-(``calibrate``); :mod:`._switch` lowers Python's thread switch interval while a runtime is open;
+(``calibrate``); :mod:`._switch` lowers Python's thread switch interval while a threaded runtime is open;
 :class:`ElasticRuntime`, here, ties them together behind ``infer``.
 """
 
 from __future__ import annotations
 
+import copy
+import itertools
 import math
 import threading
 import time
@@ -75,6 +77,19 @@ class Answer:
     block_times: Sequence[tuple[int, float, float]] = field(default=(), compare=False)
 
 
+def _runnable(model: MultiExitNetwork, device: torch.device) -> MultiExitNetwork:
+    """`model` when it is in eval mode on `device` already, else an eval copy there: a runtime must not
+    change its caller's module (move it, or switch off its training mode) behind its back. A wrapper that
+    only has the network's methods (einet.lab.stress.Slowed) is asked to move itself: it decides what that means."""
+    if not isinstance(model, torch.nn.Module):
+        return model.to(device).eval()
+    tensors = itertools.chain(model.parameters(), model.buffers())
+    on_device = all(t.device == device or (device.index is None and t.device.type == device.type) for t in tensors)
+    if on_device and not any(module.training for module in model.modules()):
+        return model
+    return copy.deepcopy(model).to(device).eval()
+
+
 class ElasticRuntime:
     """Runs one sample at a time with `policy`, returning the best answer held when stopped.
 
@@ -88,10 +103,20 @@ class ElasticRuntime:
     sample), it is raised by the next ``infer`` or by ``close`` instead, never dropped; the
     runtime stays usable.
 
+    The model: the runtime runs ``model`` itself when it is already in eval mode on `device` (as a
+    bundle's network is on the CPU), else its own eval copy on `device` (``runtime.model``): the
+    caller's module is never moved or switched out of training mode (a wrapper that is no
+    ``nn.Module`` is asked to move itself, with its ``to`` and ``eval``).
+
+    Python's thread switch interval (process-wide): a threaded runtime lowers it to
+    ``SWITCH_INTERVAL`` while it is open, so that the caller and the worker hand over quickly;
+    counted across the runtimes open and given back when the last one closes (see
+    :mod:`einet.runtime._switch`). ``lower_switch_interval=False`` leaves it alone.
+
     Closing: ``close()`` (or ``with``) stops the worker after its block in flight, waits for it
-    and gives back Python's thread switch interval (lowered while any runtime is open). An
-    unclosed runtime's worker is a daemon thread that is stopped when the runtime is garbage
-    collected, and at interpreter exit after its block in flight (up to ``EXIT_JOIN_SECONDS``).
+    and gives back the switch interval. An unclosed runtime's worker is a daemon thread that is
+    stopped when the runtime is garbage collected, and at interpreter exit after its block in
+    flight (up to ``EXIT_JOIN_SECONDS``).
 
     ``inline=True``: no worker thread; ``infer`` runs the blocks in the caller's own thread (with
     its torch settings: `threads` is not applied), so nothing is handed between threads. The
@@ -108,10 +133,12 @@ class ElasticRuntime:
 
     def __init__(self, model: MultiExitNetwork, policy: Policy | None = None, rule: str | AnswerRule = "latest",
                  device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None,
-                 inline: bool = False, input_spec: InputSpec | None = None) -> None:
+                 inline: bool = False, input_spec: InputSpec | None = None,
+                 lower_switch_interval: bool = True) -> None:
         rule = as_rule(rule)
-        if type(inline) is not bool:
-            raise EinetTypeError(f"inline must be True or False, got {inline!r}")
+        for option, value in (("inline", inline), ("lower_switch_interval", lower_switch_interval)):
+            if type(value) is not bool:
+                raise EinetTypeError(f"{option} must be True or False, got {value!r}")
         threads = number("threads", threads, 1, 1024, integer=True)
         if inline and threads != 1:
             raise EinetValueError("an inline runtime runs in the caller's thread with its torch settings: leave "
@@ -129,7 +156,7 @@ class ElasticRuntime:
         self.device = torch.device(device)
         if inline and self.device.type != "cpu":  # queued CUDA blocks would end long after the interrupt is seen
             raise EinetValueError(f"an inline runtime runs on the CPU only, not {self.device}: use the threaded one")
-        self.model = model.to(self.device).eval()
+        self.model = _runnable(model, self.device)
         self._policy = policy
         self.rule = rule
         self.input_spec = input_spec
@@ -149,7 +176,8 @@ class ElasticRuntime:
             self._loop = BlockLoop(self.model, self.device, rule, self._statistics)
             self._late_errors: deque[BaseException] = deque()  # learning failed after an answer was made
         else:
-            self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt)
+            self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt,
+                                  lower_switch_interval)
             self._loop = self._worker.loop  # (run by the worker: read here for what it knows of the device)
             self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
             self._late_errors = self._worker.late_errors

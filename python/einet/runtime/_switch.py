@@ -1,4 +1,11 @@
-"""Python's thread switch interval, lowered while any runtime is open."""
+"""Python's thread switch interval, lowered while any threaded runtime that asks for it is open.
+
+The interval is process-wide (``sys.setswitchinterval``): how long a thread may hold the GIL while
+another waits. With Python's 5 ms default, a caller waiting for its deadline (or a worker waking to
+hand an answer back) may wait that long while the other thread runs Python, so a threaded runtime lowers
+it to ``SWITCH_INTERVAL`` while it is open, unless made with ``lower_switch_interval=False`` (an inline
+runtime has no second thread and leaves it alone). It is scoped: counted across the runtimes open, given back
+when the last one closes (or is collected), and left alone if someone else has set it meanwhile."""
 
 from __future__ import annotations
 
@@ -7,8 +14,6 @@ import threading
 
 SWITCH_INTERVAL = 1e-4  # seconds a thread may hold the GIL while another waits
 
-# Python's default 5 ms. It is process-wide, so it is lowered while any runtime is open and given back
-# when the last one closes (unless someone else has set it meanwhile), counted under a lock.
 _switch_lock = threading.RLock()  # re-entrant: a finaliser may run inside the holder's thread
 _switch_users = 0  # runtimes open
 _switch_saved: float | None = None  # the interval before the first of them lowered it
@@ -16,6 +21,7 @@ _switch_set: float | None = None  # what it was lowered to
 
 
 def lower_switch_interval() -> None:
+    """One more runtime holds the interval lowered (the first one lowers it); pair with a restore."""
     global _switch_users, _switch_saved, _switch_set
     with _switch_lock:
         if _switch_users == 0:
@@ -26,6 +32,7 @@ def lower_switch_interval() -> None:
 
 
 def restore_switch_interval() -> None:
+    """One runtime fewer holds it; the last one gives back the interval it found."""
     global _switch_users, _switch_saved, _switch_set
     with _switch_lock:
         _switch_users -= 1

@@ -194,7 +194,8 @@ class Worker:
     torch, costing more than a small model's whole inference."""
 
     def __init__(self, model: MultiExitNetwork, device: torch.device, rule: AnswerRule, threads: int,
-                 statistics: Statistics, adaptation: Adaptation | None = None) -> None:
+                 statistics: Statistics, adaptation: Adaptation | None = None,
+                 lowers_switch_interval: bool = True) -> None:
         self.loop, self.threads = BlockLoop(model, device, rule, statistics), threads
         self.adaptation = adaptation  # learnt from between samples, in this thread
         # Handed-over jobs (None: stop), and a bare lock released to wake the worker for them; both
@@ -209,7 +210,9 @@ class Worker:
         self.idle.set()
         self.stopping = False
         self.thread = threading.Thread(target=self._serve, daemon=True, name="einet-runtime")
-        lower_switch_interval()
+        self.lowers_switch_interval = lowers_switch_interval  # held lowered until stop() (see ._switch)
+        if lowers_switch_interval:
+            lower_switch_interval()
         WORKERS.add(self)
         self.thread.start()
 
@@ -231,7 +234,8 @@ class Worker:
             self.stopping = True
             self.jobs.append(None)
             self._signal()
-        restore_switch_interval()
+        if self.lowers_switch_interval:
+            restore_switch_interval()
 
     def join(self, timeout: float | None = None) -> None:
         if threading.current_thread() is not self.thread:
