@@ -161,7 +161,7 @@ def test_finding_5_other_test_data_remakes_the_test_profile(copy, capsys):
     assert "[profile] running" in out and "[network] unchanged" in out
     test = data.load("mnist", str(copy / "data"), "test")
     bundle = read_bundle(copy / "out.einet")
-    assert bundle.manifest["test_data"] == fingerprint(test)
+    assert bundle.test_data == fingerprint(test)
     assert np.array_equal(bundle.test().labels, test.labels)
 
 
@@ -212,7 +212,7 @@ def test_finding_17_ctrl_c_is_one_line_exit_130_and_the_build_resumes(fresh, mon
 REWRITE = """
 import os, shutil, sys
 from pathlib import Path
-from einet.evaluation.select import deployment_from_record
+from einet.formats.deployment import deployment_from_record
 from einet.formats import manifest
 from einet.formats.npz import read_arrays
 from einet.formats.profiles import CSProfile, ETRecord
@@ -223,7 +223,8 @@ path, source, crash = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 if sys.argv[4] == "renames":  # as where the system cannot swap two folders
     import ctypes
     ctypes.CDLL = None
-folder, m = manifest.read_manifest(source)
+folder, verified = manifest.read_manifest(source)
+m = verified.record  # the verified JSON, copied as a rebuild does
 entry, calls = m["devices"][0], []
 
 def dies(operation):

@@ -26,19 +26,22 @@ from __future__ import annotations
 
 import os
 import platform
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
 from .errors import EinetTypeError, EinetValueError
-from .formats.deployment import Deployment, deployment_from_record
-from .formats.manifest import HOLDOUT, NETWORK, TEST, TIMING, BundleError, device_key, read_manifest
+from .formats.manifest import read_manifest
+from .formats.manifest_schema import HOLDOUT, NETWORK, TEST, TIMING, BundleError, DeviceEntry, Manifest, device_key
+
+if TYPE_CHECKING:
+    from .runtime import ElasticRuntime
+
+__all__ = ["Bundle", "DeviceEntry", "cpu_name", "device_identity", "exit_distribution", "load", "read_bundle"]
 from .formats.npz import read_arrays
 from .formats.profiles import CSProfile, ETRecord
-from .formats.split import HeldOutSplit
 from .planner import Distribution, ETProfile, NativePredictor
 from .policies import Policy
 from .variants import Variant, load_variant
@@ -77,50 +80,17 @@ def exit_distribution(kind: str, horizon_ms: float) -> Distribution:
     return relative_distribution(kind, horizon_ms * 1e-3)
 
 
-@dataclass(frozen=True)
-class DeviceEntry:
-    """One device a bundle was timed on: its identity, ET-profile, and the configuration chosen for it."""
-
-    key: str
-    device: dict[str, Any]
-    et: str  # file
-    deployment: Deployment
-
-
 class Bundle:
     """A bundle read and verified (:func:`read_bundle`); builds the network, policies and the runtime."""
 
-    def __init__(self, folder: Path, manifest: dict[str, Any], path: Path | None = None) -> None:
+    def __init__(self, folder: Path, manifest: Manifest, path: Path | None = None) -> None:
         self.folder, self.manifest = folder, manifest
         self.path = path or folder  # what messages name: a packed file is read from its cached copy, `folder`
-        self.variant = Variant(**manifest["network"]["variant"])
-        self.split = HeldOutSplit.from_dict(manifest["split"], "the bundle's split")
-        exit_times = manifest["exit_times"]
-        self.dist_kind: str = exit_times["kind"]
-        self.horizon_ms: float = exit_times["horizon_ms"]
+        self.variant, self.split = manifest.variant, manifest.split
+        self.dist_kind, self.horizon_ms = manifest.exit_kind, manifest.horizon_ms
+        self.devices = list(manifest.devices)
         self._holdout: CSProfile | None = None
         self._memos: dict[str, dict[tuple[int, ...], float]] = {}  # per device entry: see policy()
-        self.devices = []
-        for entry in manifest["devices"]:
-            try:
-                deployment = deployment_from_record(entry["deployment"], folder)
-            except (TypeError, ValueError) as error:
-                raise BundleError(f"{self.path}: the configuration of {entry['key']!r}: {error}") from None
-            self._check_deployment(entry["key"], deployment)
-            self.devices.append(DeviceEntry(entry["key"], entry["device"], entry["et"], deployment))
-
-    def _check_deployment(self, key: str, deployment: Deployment) -> None:
-        """A device's configuration must fit the network: its plans and ensemble weights one per exit,
-        its time-zero answer one of the classes."""
-        rule = deployment.rule
-        for what, values in (("mask", deployment.mask), ("first_plan", deployment.first_plan),
-                             ("ensemble weights", rule.weights)):
-            if values is not None and len(values) != self.num_exits:
-                raise BundleError(f"{self.path}: the {what} of {key!r} has {len(values)} entries for "
-                                  f"{self.num_exits} exits")
-        if rule.time_zero_class is not None and not 0 <= rule.time_zero_class < len(self.classes):
-            raise BundleError(f"{self.path}: the time-zero answer of {key!r} is class {rule.time_zero_class}, "
-                              f"not one of the {len(self.classes)} classes")
 
     def _read(self, read: Callable[..., T], file: str, *args: Any) -> T:
         """`read` of one of the bundle's files; its errors name the file in the bundle the user named (not in
@@ -136,20 +106,39 @@ class Bundle:
 
     @property
     def name(self) -> str:
-        return str(self.manifest["name"])
+        return self.manifest.name
 
     @property
     def classes(self) -> tuple[str, ...]:
-        return tuple(self.manifest["input"]["classes"])
+        return self.manifest.input.classes
 
     @property
     def num_exits(self) -> int:
-        return int(self.manifest["network"]["num_exits"])
+        return self.manifest.num_exits
+
+    @property
+    def threads(self) -> int:
+        """The runtime's threads the bundle was built for (its ET-profile's, on a CPU)."""
+        return self.manifest.threads
+
+    @property
+    def test_data(self) -> str | None:
+        """The fingerprint of the test split its test CS-profile was measured on (None: none)."""
+        return self.manifest.test_data
+
+    @property
+    def select_options(self) -> Mapping[str, Any]:
+        """The options a new device is selected with (``einet profile BUNDLE``)."""
+        return self.manifest.select
+
+    @property
+    def network_sha256(self) -> str:
+        return self.manifest.files[NETWORK]
 
     def entry(self, device: str = "cpu", threads: int | None = None) -> DeviceEntry:
         """The entry for this machine's `device` (CPU: with `threads`, default the runtime's), or a
         BundleError naming the command that adds one."""
-        threads = threads or int(self.manifest["runtime"]["threads"])
+        threads = threads or self.threads
         key = device_key(device_identity(device, threads))
         for entry in self.devices:
             if entry.key == key:
@@ -170,7 +159,7 @@ class Bundle:
         return self._holdout
 
     def test(self) -> CSProfile:
-        if self.manifest["test"] is None:
+        if not self.manifest.has_test:
             raise BundleError(f"{self.path} holds no test-split CS-profile (built without a test split)")
         return self._profile(TEST, "test CS-profile")
 
@@ -184,7 +173,7 @@ class Bundle:
     def timing_images(self) -> np.ndarray:
         arrays, _ = self._read(read_arrays, TIMING, "timing-images")
         images = arrays.get("images")
-        shape = tuple(self.manifest["input"]["shape"])
+        shape = self.manifest.input.shape
         if images is None or images.ndim != 4 or images.dtype != np.uint8 or \
                 (images.shape[3], *images.shape[1:3]) != shape or not len(images):
             raise BundleError(f"{self.path}: its timing images are not uint8 images of (C, H, W) = {shape}")
@@ -223,8 +212,8 @@ class Bundle:
         """The network's input (:class:`einet.runtime.InputSpec`): its shape and normalisation."""
         from .runtime.inputs import InputSpec
 
-        spec = self.manifest["input"]
-        return InputSpec.of(spec["shape"], spec["mean"], spec["std"])
+        spec = self.manifest.input
+        return InputSpec.of(spec.shape, spec.mean, spec.std)
 
     def preprocess(self, images: np.ndarray) -> Any:
         """uint8 images [N, H, W, C] to the normalised float tensor [N, C, H, W] the network takes."""
@@ -258,7 +247,7 @@ class Bundle:
             raise BundleError(f"{self.path}: the ET-profile of {entry.key!r}: {error}") from None
 
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
-                constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> Any:
+                constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> ElasticRuntime:
         """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
         adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so. `inline`: the
         blocks in the caller's thread, with its torch settings (give it the `threads` the bundle was timed
@@ -271,17 +260,17 @@ class Bundle:
         device, threads = _runtime_options(device, threads, adapt, constructor, inline)
         if type(eager) is not bool:
             raise EinetTypeError(f"eager must be True or False, got {eager!r:.40}")
-        threads = threads or int(self.manifest["runtime"]["threads"])
+        threads = threads or self.threads
         entry = self.entry(device, threads)
         predictor = self.predictor(entry)
         et = self.et(entry).profile
         model = network_in(self, None if eager else self.form(entry), threads, constructor)
         rule = entry.deployment.rule
         runtime_threads = 1 if inline else threads  # (inline: the caller's thread and its torch settings)
-        if adapt if adapt is not None else self.manifest["runtime"]["adapt"]:
+        if adapt if adapt is not None else self.manifest.adapt:
             adaptation = Adaptation(lambda profile, dist: self.policy(entry, profile, dist, predictor), et,
                                     self.distribution(), self.horizon_ms * 1e-3,
-                                    **self.manifest["runtime"]["adaptation"])
+                                    **self.manifest.adaptation)
             return ElasticRuntime(model, rule=rule, device=device, threads=runtime_threads, adapt=adaptation,
                                   inline=inline, input_spec=self.input_spec)
         return ElasticRuntime(model, self.policy(entry, et, None, predictor), rule, device, runtime_threads,
@@ -318,7 +307,7 @@ def _runtime_options(device: object, threads: object, adapt: object, constructor
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
-         constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> Any:
+         constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> ElasticRuntime:
     """A ready :class:`einet.runtime.ElasticRuntime` from a bundle (folder or packed file): ``runtime.infer(x,
     interrupt=...)``. `constructor`: for a network converted from a user's constructor, its name
     (importing it runs its code, so only when named) or the callable itself. `inline`, `eager`: see

@@ -20,8 +20,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .formats.manifest import NETWORK
-
 if TYPE_CHECKING:
     from .bundle import Bundle
     from .formats.profiles import ETRecord
@@ -33,7 +31,7 @@ LOG = logging.getLogger("einet")
 def _key(bundle: Bundle, threads: int) -> str:
     from .models.compiled import cache_key
 
-    return cache_key(bundle.manifest["files"][NETWORK], bundle.variant.as_dict(), threads)
+    return cache_key(bundle.network_sha256, bundle.variant.as_dict(), threads)
 
 
 # The form compiled blocks are made from: BatchNorm folded, every block in its trained layout (Inductor

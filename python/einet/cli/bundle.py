@@ -103,7 +103,7 @@ def evaluate_bundles(args: argparse.Namespace) -> int:
                   out=None)
     bundles = [read_bundle(args.bundle), *([read_bundle(args.against)] if args.against else [])]
     tests = [b.test() for b in bundles]
-    if len(bundles) == 2 and (bundles[0].manifest["test_data"] != bundles[1].manifest["test_data"]
+    if len(bundles) == 2 and (bundles[0].test_data != bundles[1].test_data
                               or not np.array_equal(tests[0].labels, tests[1].labels)):
         raise EinetValueError(f"{args.bundle} and {args.against} were not evaluated on the same test images (their "
                               "test data's fingerprints differ): a paired difference needs the same images")
@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
     if args.inline:  # the blocks run in this thread: with the thread count the bundle was timed with
-        torch.set_num_threads(int(bundle.manifest["runtime"]["threads"]))
+        torch.set_num_threads(bundle.threads)
     stream = run_images(bundle, arrays, deadlines, adapt=not args.static, inline=args.inline, eager=args.eager,
                         warmup=args.warmup, constructor=args.constructor,
                         progress=not args.quiet and sys.stderr.isatty())

@@ -144,15 +144,7 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     from ..distributions import full_inference_time, relative_distribution
     from .simulate import evaluate, planning_seconds
 
-    if policies is not None and (not policies or not set(policies) <= set(DEPLOYABLE_KINDS)):
-        raise EinetValueError(f"policies must be deployable kinds ({', '.join(DEPLOYABLE_KINDS)}), got "
-                              f"{list(policies)}")
-    if holdout.meta.get("split") == "test":
-        raise EinetValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
-    if not rules or not time_zero or not kinds:
-        raise EinetValueError("need at least one rule, one time-zero setting and one distribution kind")
-    if planning is not None and not (math.isfinite(planning) and planning >= 0):
-        raise EinetValueError(f"planning must be a finite number >= 0 of seconds per branch, got {planning}")
+    _check_options(holdout, kinds, rules, time_zero, planning, policies)
     if "ensemble" in rules and not holdout.has_log_probs:
         rules = [r for r in rules if r != "ensemble"]  # format-1 profiles: no log-probabilities to ensemble
     order = np.random.default_rng(seed).permutation(holdout.num_samples)
@@ -191,6 +183,20 @@ def select(et: ETProfile, holdout: CSProfile, kinds: Sequence[str] = ("uniform",
     deployment = best.deployment(rule, kinds[0], planning if planning is not None else 0.0, scale=scale,
                                  validation=validation, **_stored_plans(best.spec, et, dists[kinds[0]], holdout, rule))
     return deployment, model
+
+
+def _check_options(holdout: CSProfile, kinds: Sequence[str], rules: Sequence[str], time_zero: Sequence[bool],
+                   planning: float | None, policies: Sequence[str] | None) -> None:
+    """Selection's options, refused (ValueError) before anything is fitted."""
+    if policies is not None and (not policies or not set(policies) <= set(DEPLOYABLE_KINDS)):
+        raise EinetValueError(f"policies must be deployable kinds ({', '.join(DEPLOYABLE_KINDS)}), got "
+                              f"{list(policies)}")
+    if holdout.meta.get("split") == "test":
+        raise EinetValueError("refusing to select on a test-split CS-profile: selection uses held-out data only")
+    if not rules or not time_zero or not kinds:
+        raise EinetValueError("need at least one rule, one time-zero setting and one distribution kind")
+    if planning is not None and not (math.isfinite(planning) and planning >= 0):
+        raise EinetValueError(f"planning must be a finite number >= 0 of seconds per branch, got {planning}")
 
 
 def _stored_plans(spec: PolicySpec, et: ETProfile, dist: Distribution, holdout: CSProfile,

@@ -1,17 +1,15 @@
 """A deployment bundle's files and manifest: written, verified, packed (what ``einet.bundle`` reads).
 
 The manifest (``manifest.json``, format ``einet-bundle`` version 1) carries a SHA-256 of itself and
-of every file it lists, and every field is checked before anything is built: see docs/design.md,
-section 12, for the fields. Numpy only: no torch here.
+of every file it lists, and every field is checked before anything is built (its schema and the typed :class:`Manifest`:
+:mod:`einet.formats.manifest_schema`; docs/design.md, section 12). Numpy only: no torch here.
 """
 
 from __future__ import annotations
 
 import errno
-import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 import zipfile
@@ -22,41 +20,36 @@ from typing import Any
 import numpy as np
 
 from .._atomic import process_umask
-from ..distributions import RELATIVE_KINDS
-from ..errors import EinetTypeError, EinetValueError
-from ..validation import number, open_regular, parse_json, printable_name
+from ..errors import EinetValueError
+from ..validation import open_regular, parse_json
 from ..variants import Variant
-from .adaptation import check_adaptation
 from .deployment import Deployment, deployment_record
+from .manifest_schema import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    DEVICE_FILE,
+    HOLDOUT,
+    MANIFEST,
+    MAX_MANIFEST_BYTES,
+    NETWORK,
+    TEST,
+    TIMING,
+    BundleError,
+    Manifest,
+    checked_manifest,
+    device_key,
+    file_sha256,
+    manifest_digest,
+)
 from .npz import write_arrays
 from .packed import read_packed
 from .packed import unpack as unpack  # (callers find it here too)
 from .predictor_file import ExportablePredictor, write_predictor
 from .profiles import CSProfile, ETRecord
-from .select_options import check_select_options
 from .split import HeldOutSplit
 
-BUNDLE_FORMAT = "einet-bundle"
-BUNDLE_VERSION = 1
-MANIFEST = "manifest.json"
-NETWORK = "network.pt"
-HOLDOUT = "cs-holdout.npz"
-TEST = "cs-test.npz"
-TIMING = "timing-images.npz"
-MAX_MANIFEST_BYTES = 16 * 1024**2
-_KEYS = {"format", "version", "name", "network", "input", "split", "holdout", "test", "test_data", "timing_images",
-         "exit_times",
-         "runtime", "select", "devices", "provenance", "files", "sha256"}
-
-
-class BundleError(EinetValueError):
-    """A bundle that is damaged, edited, of another version, or that lacks what was asked of it."""
-
-
-def device_key(identity: Mapping[str, Any]) -> str:
-    """How a bundle names a device's entry: "cpu: <model>, N threads" (see einet.bundle.device_identity)."""
-    return f"{identity['kind']}: {identity['name']}, {identity['threads']} thread{'s' * (identity['threads'] != 1)}"
-
+__all__ = ["HOLDOUT", "MANIFEST", "NETWORK", "TEST", "TIMING", "BundleError", "Manifest", "add_device", "device_key",
+           "file_sha256", "is_bundle_folder", "pack", "read_manifest", "unpack", "verify_folder", "write_bundle"]
 
 def is_bundle_folder(path: Path) -> bool:
     """Whether `path` is a folder holding an einet bundle's manifest (what a build may replace)."""
@@ -66,21 +59,6 @@ def is_bundle_folder(path: Path) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(record, dict) and record.get("format") == BUNDLE_FORMAT
-
-
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a regular file, read a MiB at a time."""
-    digest = hashlib.sha256()
-    with open_regular(path) as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def manifest_digest(manifest: Mapping[str, Any]) -> str:
-    """SHA-256 of a manifest without its own checksum, in a canonical JSON form."""
-    content = {key: value for key, value in manifest.items() if key != "sha256"}
-    return hashlib.sha256(json.dumps(content, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def write_bundle(path: str | os.PathLike[str], *, name: str, checkpoint: str | os.PathLike[str], variant: Variant,
@@ -131,7 +109,7 @@ def _keep(old: Path, staging: Path, manifest: dict[str, Any], log: Callable[[str
     its manifest does not list, and other devices' entries (`einet profile BUNDLE`) while the network is
     the same (network.pt and variant); entries that time another network are dropped, logged."""
     try:
-        previous = read_manifest(old)[1]
+        previous = read_manifest(old)[1].record
     except BundleError as error:
         log(f"{old} is replaced whole, nothing of it kept: {error}")
         return
@@ -199,7 +177,7 @@ def add_device(path: str | os.PathLike[str], identity: Mapping[str, Any], et: ET
     folder = Path(path)
     if not folder.is_dir():
         raise BundleError(f"{path} is a packed bundle: unpack it (einet.formats.manifest.unpack) to add a device")
-    manifest = json.loads(json.dumps(read_manifest(folder)[1]))
+    manifest = json.loads(json.dumps(read_manifest(folder)[1].record))
     listed = list(manifest["files"])
     _add_device(folder, manifest, identity, et, deployment, predictor)
     _write_manifest(folder, manifest, listed)
@@ -228,17 +206,14 @@ def _add_device(folder: Path, manifest: dict[str, Any], identity: Mapping[str, A
     manifest["devices"] = devices
 
 
-_DEVICE_FILE = re.compile(r"et-(\d{1,6})\.npz")  # a device's ET-profile: et-N.npz (its predictor predictor-N.npz)
-
-
 def _next_index(manifest: Mapping[str, Any]) -> int:
     """The number of a new device's files (et-N.npz, predictor-N.npz): past every listed one."""
     return 1 + max([_device_index(entry["et"]) for entry in manifest["devices"]] or [-1])
 
 
 def _device_index(et_file: str) -> int:
-    """N of a device's et-N.npz (checked on reading: :func:`_checked_manifest`)."""
-    match = _DEVICE_FILE.fullmatch(et_file)
+    """N of a device's et-N.npz (checked on reading: :func:`checked_manifest`)."""
+    match = DEVICE_FILE.fullmatch(et_file)
     assert match is not None
     return int(match.group(1))
 
@@ -259,7 +234,7 @@ def _write_manifest(folder: Path, manifest: dict[str, Any], listed: Sequence[str
         (folder / stale).unlink(missing_ok=True)
 
 
-def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
+def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, Manifest]:
     """A bundle folder (or a packed file's cached copy, see :mod:`einet.formats.packed`) and its manifest,
     verified: the manifest's checksum and schema, every file's SHA-256. Anything wrong is a BundleError
     naming the bundle (the packed file, not its copy) and the problem; nothing is built or imported."""
@@ -267,7 +242,7 @@ def read_manifest(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any]]:
     return read_packed(path) if path.is_file() else (path, verify_folder(path))
 
 
-def verify_folder(folder: Path, shown: Path | None = None) -> dict[str, Any]:
+def verify_folder(folder: Path, shown: Path | None = None) -> Manifest:
     """The verified manifest of the bundle folder `folder`; errors name `shown` (default: the folder)."""
     shown = shown or folder
     try:
@@ -277,109 +252,11 @@ def verify_folder(folder: Path, shown: Path | None = None) -> dict[str, Any]:
             raise BundleError(f"its manifest is larger than {MAX_MANIFEST_BYTES} bytes")
         manifest = parse_json(text)
         del text  # up to 16 MiB, not kept while the manifest is checked
-        return _checked_manifest(manifest, folder)
+        return checked_manifest(manifest, folder)
     except FileNotFoundError:
         raise BundleError(f"{shown} is not an einet bundle: no {MANIFEST} in it") from None
     except (ValueError, TypeError) as error:
         raise BundleError(f"{shown} is not a readable einet bundle: {error}") from None
-
-
-def _checked_manifest(manifest: object, folder: Path) -> dict[str, Any]:
-    """The manifest, every field checked (TypeError/ValueError name the field), every file's hash verified."""
-    if not isinstance(manifest, dict):
-        raise EinetTypeError("its manifest is not a JSON object")
-    version = manifest.get("version")
-    if manifest.get("format") != BUNDLE_FORMAT or type(version) is not int:
-        raise EinetValueError("its manifest is not an einet bundle's")
-    if version != BUNDLE_VERSION:
-        raise EinetValueError(f"it is bundle version {version}; this einet reads version {BUNDLE_VERSION}")
-    if manifest.get("sha256") != manifest_digest(manifest):
-        raise EinetValueError("its manifest fails its SHA-256 checksum: it is damaged or was edited")
-    if set(manifest) != _KEYS:
-        raise EinetValueError(f"its manifest has the fields {sorted(manifest)}, expected {sorted(_KEYS)}")
-    files = manifest["files"]
-    if not isinstance(files, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in files.items()):
-        raise EinetTypeError("files must map file names to SHA-256 digests")
-    for name, digest in files.items():
-        if Path(name).name != name or name == MANIFEST:
-            raise EinetValueError(f"file {name!r} must be a plain name inside the bundle")
-        if not (folder / name).is_file():
-            raise EinetValueError(f"its file {name} is missing")
-        if file_sha256(folder / name) != digest:
-            raise EinetValueError(f"its file {name} fails its SHA-256 checksum: it is damaged or was replaced")
-    network = manifest["network"]
-    if not isinstance(network, dict) or network.get("file") != NETWORK or not isinstance(network.get("variant"), dict):
-        raise EinetTypeError("network must name network.pt and its variant")
-    if NETWORK not in files:  # else its weights would load unverified
-        raise EinetValueError(f"{NETWORK} must be listed in files, with its SHA-256")
-    if set(network["variant"]) != {"thumbnail", "second_look", "depth"}:
-        raise EinetValueError("the network's variant must give thumbnail, second_look and depth")
-    variant = Variant(**network["variant"])
-    for what, value, high in (("the thumbnail's side", variant.thumbnail, 64), ("the second look's depth",
-                                                                               variant.depth, 100_000),
-                              ("num_exits", network.get("num_exits"), 100_000)):
-        if (value is not None or what == "num_exits") and (type(value) is not int or not 1 <= value <= high):
-            raise EinetValueError(f"{what} must be a whole number in 1..{high}, got {value!r:.40}")
-    if variant.second_look not in (None, "flip"):
-        raise EinetValueError(f"second_look must be null or 'flip', got {variant.second_look!r}")
-    spec = manifest["input"]
-    if not isinstance(spec, dict) or set(spec) != {"shape", "mean", "std", "classes"}:
-        raise EinetTypeError("input must give shape, mean, std and classes")
-    shape = spec["shape"]
-    if not (isinstance(shape, list) and len(shape) == 3 and all(type(n) is int and 1 <= n <= 65_536 for n in shape)):
-        raise EinetValueError(f"input shape must be [C, H, W], got {shape!r:.80}")
-    for field in ("mean", "std"):
-        values = spec[field]
-        if not isinstance(values, list) or len(values) != shape[0]:
-            raise EinetValueError(f"input {field} must have one number per channel")
-        for v in values:  # a standard deviation is positive: a negative one turns every input over
-            number(f"input {field}", v, 1e-6 if field == "std" else -1e3, 1e3)
-    classes = spec["classes"]
-    if not (isinstance(classes, list) and 2 <= len(classes) <= 100_000 and all(printable_name(c) for c in classes)
-            and len(set(classes)) == len(classes)):
-        raise EinetValueError("input classes must be 2 to 100,000 distinct names (printable, at most 200 characters)")
-    if not printable_name(manifest["name"]):
-        raise EinetValueError(f"name must be a printable string of at most 200 characters, got "
-                              f"{manifest['name']!r:.80}")
-    if manifest["test_data"] is not None and not (isinstance(manifest["test_data"], str)
-                                                  and len(manifest["test_data"]) == 64):
-        raise EinetValueError("test_data must be null or the test split's SHA-256 fingerprint")
-    check_select_options(manifest["select"])
-    HeldOutSplit.from_dict(manifest["split"], "split")
-    for field, expected in (("holdout", HOLDOUT), ("timing_images", TIMING)):
-        if manifest[field] != expected or expected not in files:
-            raise EinetValueError(f"{field} must be {expected}, listed in files")
-    if manifest["test"] not in (None, TEST) or (manifest["test"] and TEST not in files):
-        raise EinetValueError(f"test must be null or {TEST}, listed in files")
-    exit_times = manifest["exit_times"]
-    if not isinstance(exit_times, dict) or exit_times.get("kind") not in RELATIVE_KINDS:
-        raise EinetValueError(f"exit_times kind must be one of {', '.join(RELATIVE_KINDS)}")
-    number("exit_times horizon_ms", exit_times.get("horizon_ms"), 0.0, 1e9, low_open=True)
-    runtime = manifest["runtime"]
-    if not isinstance(runtime, dict) or type(runtime.get("adapt")) is not bool:
-        raise EinetTypeError("runtime must say whether it adapts (adapt: true/false), its threads and "
-                             "adaptation settings")
-    number("runtime threads", runtime.get("threads"), 1, 1024, integer=True)
-    check_adaptation(runtime.get("adaptation"))
-    devices = manifest["devices"]
-    if not isinstance(devices, list) or not devices:
-        raise EinetTypeError("devices must be a list of at least one device (its ET-profile and configuration)")
-    for entry in devices:
-        if not isinstance(entry, dict) or set(entry) != {"key", "device", "et", "deployment"}:
-            raise EinetTypeError("each device must give key, device, et and deployment")
-        if entry["et"] not in files or not _DEVICE_FILE.fullmatch(str(entry["et"])):
-            raise EinetValueError(f"a device's ET-profile {entry['et']!r} must be listed in files")
-        device = entry["device"]
-        if not (isinstance(device, dict) and device.get("kind") in ("cpu", "cuda")
-                and printable_name(device.get("name"))
-                and type(device.get("threads")) is int and 1 <= device["threads"] <= 1024):
-            raise EinetValueError(f"a device must give kind (cpu or cuda), name and threads, got {device!r:.120}")
-        if entry["key"] != device_key(device):
-            raise EinetValueError(f"device key {entry['key']!r} does not match its device")
-        predictor = entry["deployment"].get("predictor") if isinstance(entry["deployment"], dict) else None
-        if predictor is not None and predictor not in files:
-            raise EinetValueError(f"a device's predictor {predictor!r} must be listed in files")
-    return manifest
 
 
 def pack(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
@@ -392,7 +269,7 @@ def pack(folder: str | os.PathLike[str], path: str | os.PathLike[str]) -> Path:
         raise BundleError(f"{folder} is packed already: pack a bundle folder")
     check_outputs({"the packed bundle": path}, {"the bundle folder": checked})
     with atomic_write(path) as f, zipfile.ZipFile(f, "w", zipfile.ZIP_STORED) as archive:
-        for name in [MANIFEST, *manifest["files"]]:
+        for name in [MANIFEST, *manifest.files]:
             info = zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0))
             info.external_attr = 0o644 << 16
             with open_regular(checked / name) as source, archive.open(info, "w") as target:

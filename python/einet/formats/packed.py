@@ -18,9 +18,9 @@ import tempfile
 import zipfile
 import zlib
 from pathlib import Path
-from typing import Any
 
 from ..validation import open_regular, parse_json
+from .manifest_schema import MANIFEST, MAX_MANIFEST_BYTES, BundleError, Manifest
 
 MAX_BUNDLE_BYTES = 4 * 1024**3  # a packed bundle, unpacked
 MAX_MEMBERS = 1024
@@ -29,19 +29,17 @@ _ZIP_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, Ru
                ValueError, zlib.error)
 
 
-def read_packed(path: Path) -> tuple[Path, dict[str, Any]]:
+def read_packed(path: Path) -> tuple[Path, Manifest]:
     """A packed bundle's cached copy and its manifest, verified; errors name `path`, not the copy."""
-    from .manifest import BundleError
-
     try:
         return _verified_copy(path)
     except BundleError:  # damaged in the cache (then a fresh copy verifies), or packed so
         return _verified_copy(path)
 
 
-def _verified_copy(path: Path) -> tuple[Path, dict[str, Any]]:
+def _verified_copy(path: Path) -> tuple[Path, Manifest]:
     """The cached copy (made if missing) and its verified manifest; a copy that fails is removed."""
-    from .manifest import BundleError, verify_folder
+    from .manifest import verify_folder
 
     folder = unpack(path)
     try:
@@ -56,8 +54,6 @@ def unpack(path: str | os.PathLike[str], into: str | os.PathLike[str] | None = N
     read first and only the files it lists are written; every member must be stored as
     :func:`einet.formats.manifest.pack` stores it (no compression, no encryption, a plain name), sizes
     bounded before anything is written."""
-    from .manifest import BundleError
-
     try:
         with open_regular(path) as handle:
             digest = None if into is not None else hashlib.file_digest(handle, "sha256").hexdigest()
@@ -73,8 +69,6 @@ def unpack(path: str | os.PathLike[str], into: str | os.PathLike[str] | None = N
 def _unpack(path: str | os.PathLike[str], archive: zipfile.ZipFile, into: str | os.PathLike[str] | None,
             digest: str | None) -> Path:
     """:func:`unpack` of the open `archive`; `digest`: the packed file's SHA-256, when unpacked into the cache."""
-    from .manifest import MANIFEST
-
     members = _members(path, archive)
     manifest = archive.read(members[MANIFEST])
     if digest is not None:
@@ -104,8 +98,6 @@ def _unpack(path: str | os.PathLike[str], archive: zipfile.ZipFile, into: str | 
 
 def _members(path: str | os.PathLike[str], archive: zipfile.ZipFile) -> dict[str, zipfile.ZipInfo]:
     """The archive's members by name, if they are what pack writes: plain stored files, bounded, a manifest."""
-    from .manifest import MANIFEST, MAX_MANIFEST_BYTES, BundleError
-
     members = {m.filename: m for m in archive.infolist()}
     if len(members) != len(archive.infolist()) or len(members) > MAX_MEMBERS:
         raise BundleError(f"{path} holds duplicate members or more than {MAX_MEMBERS}")
@@ -123,8 +115,6 @@ def _members(path: str | os.PathLike[str], archive: zipfile.ZipFile) -> dict[str
 def _cached(path: str | os.PathLike[str], digest: str) -> Path:
     """Where the packed file with this SHA-256 is unpacked: in the user's cache directory, private to the user."""
     from ..data.folder import cache_dir
-    from .manifest import BundleError
-
     directory = cache_dir() / "bundles"
     try:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -137,8 +127,6 @@ def _cached(path: str | os.PathLike[str], digest: str) -> Path:
 def _holds(folder: Path, manifest: bytes) -> bool:
     """Whether the cached copy `folder` is there with this manifest (copies appear complete, renamed into
     place; its files are verified against the manifest on every read)."""
-    from .manifest import MANIFEST
-
     try:
         with open_regular(folder / MANIFEST, follow_symlinks=False) as f:
             return f.read(len(manifest) + 1) == manifest
