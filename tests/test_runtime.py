@@ -295,13 +295,13 @@ def test_a_deadline_counts_from_the_call_while_the_previous_block_is_in_flight()
 
 def test_an_inference_ending_after_its_deadline_is_interrupted_even_when_the_caller_looks_late(monkeypatch):
     with ElasticRuntime(slow_model(0.02), EveryExit()) as runtime:  # branches end at 0.02, 0.04, 0.06, 0.08 s
-        submit = runtime._worker.submit
+        submit = runtime._driver.worker.submit
 
         def submit_then_stall(job):  # the caller is descheduled until after the inference has ended
             submit(job)
             job.wait(5.0)
 
-        monkeypatch.setattr(runtime._worker, "submit", submit_then_stall)
+        monkeypatch.setattr(runtime._driver.worker, "submit", submit_then_stall)
         answer = runtime.infer(X, interrupt=0.05)
         assert answer.interrupted and answer.exit == 1 and answer.exits_run == (0, 1)  # what was held at 0.05 s
         event = threading.Event()
@@ -649,3 +649,27 @@ def test_an_inline_runtime_keeps_a_failed_update_for_the_next_call():
         assert runtime.infer(X).exits_run == (0, 1, 2, 3)  # the answer made is returned
         with pytest.raises(RuntimeError, match="learning failed"):
             runtime.infer(X)
+
+
+# --------------------------------------------------------------------------- answers are immutable
+
+
+@pytest.mark.parametrize("inline", [False, True])
+def test_an_answer_does_not_change_after_it_is_returned_and_completed_adds_the_block_in_flight(inline):
+    block = 0.03
+    with ElasticRuntime(slow_model(block), EveryExit(), inline=inline) as runtime:
+        answer = runtime.infer(X, interrupt=1.5 * block)  # during block 1
+        seen = answer.block_times
+        assert isinstance(seen, tuple)
+        runtime.wait_idle()
+        assert answer.block_times == seen  # the block in flight ended since: the answer is as it was returned
+        done = runtime.completed(answer)
+        assert done.block_times[-1][0] == 1 and math.isnan(done.block_times[-1][2])  # its branch never ran
+        assert (done.prediction, done.exit, done.exits_run, done.interrupted) == \
+            (answer.prediction, answer.exit, answer.exits_run, answer.interrupted)
+        if not inline:  # threaded, the call returned before block 1 ended
+            assert len(seen) == 1 and len(done.block_times) == 2
+        later = runtime.infer(X)
+        with pytest.raises(ValueError, match="only the latest answer"):
+            runtime.completed(answer)
+        assert runtime.completed(later).block_times == later.block_times

@@ -1,28 +1,32 @@
 """The online elastic inference loop, under real interrupts (docs/design.md section 8, the online runtime).
 
-A worker thread runs the model block by block. After each block's conv part
-the policy decides whether to run its branch; every finished branch's answer
-is published at once (rule ``latest``, ``best`` or ``ensemble``, see
-:mod:`einet.rules`; before the first, the rule's time-zero answer, if any),
-and its confidence goes to the policy, which re-plans (EINet: one native predict-and-search call) right
-after the next block has been issued: the plan is only needed once that block
-ends, so on CUDA the planning overlaps the queued kernels instead of idling the
-GPU. (On a CPU a planner thread would overlap too, but handing work between
-threads costs more than the ~10-40 us a re-planning step takes.) The caller
-waits for the inference or a forced exit, whichever comes first: a deadline in
-seconds, a ``threading.Event``, or a callable returning True. On a forced exit
-the held answer comes back at once; the block in flight is not waited for (the
-worker notices the stop when it ends, before the next block). Interrupts count
-from the call: when the worker is still finishing the previous, interrupted
-sample's block, the new sample waits behind it, and if its deadline passes
-first it returns, interrupted, with what it holds by then (the time-zero
-answer, or none).
+One engine runs a sample block by block (:class:`._worker.BlockLoop`): after each block's conv part
+the policy decides whether to run its branch; every finished branch's answer is published at once
+(rule ``latest``, ``best`` or ``ensemble``, see :mod:`einet.rules`; before the first, the rule's
+time-zero answer, if any), and its confidence goes to the policy, which re-plans (EINet: one native
+predict-and-search call) right after the next block has been issued: the plan is only needed once that
+block ends, so on CUDA the planning overlaps the queued kernels instead of idling the GPU.
+
+A driver decides where the engine runs (:mod:`._drivers`), behind one contract:
+
+- threaded (the default): a long-lived worker thread runs the blocks; the caller waits for the end or a
+  forced exit, whichever comes first: a deadline in seconds, a ``threading.Event``, or a callable
+  returning True. On a forced exit the held answer comes back at once; the block in flight is not
+  waited for (the worker notices the stop when it ends, before the next block). Interrupts count from
+  the call: when the worker is still finishing the previous, interrupted sample's block, the new sample
+  waits behind it, and if its deadline passes first it returns, interrupted, with what it holds by then
+  (the time-zero answer, or none). (On a CPU a planner thread would overlap the blocks too, but handing
+  work between threads costs more than the ~10-40 us a re-planning step takes.)
+- inline: the caller's own thread runs the blocks, asking the interrupt between parts; nothing is handed
+  between threads, and the call returns once the part in flight has ended, with the answer held when
+  the interrupt fired.
 
 On CUDA the blocks are queued asynchronously; the only synchronisation is
-reading a finished branch's confidence, which the planner needs.
+reading a finished branch's confidence, which the planner needs. An :class:`Answer` is immutable;
+:meth:`ElasticRuntime.completed` adds the time of the block that was in flight when it was returned.
 
 The pieces: :mod:`._interrupt` turns a deadline, Event or callable into one waiting function;
-:mod:`._worker` owns the thread and the block-by-block loop (one job per sample);
+:mod:`._worker` owns the engine (one job per sample) and the worker thread; :mod:`._drivers` the two drivers;
 :mod:`._statistics` keeps what the runtime adds to the model and folds it into an ET-profile
 (``calibrate``); :mod:`._switch` lowers Python's thread switch interval while a threaded runtime is open;
 :class:`ElasticRuntime`, here, ties them together behind ``infer``.
@@ -31,13 +35,12 @@ The pieces: :mod:`._interrupt` turns a deadline, Event or callable into one wait
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import math
 import threading
 import time
 import weakref
-from collections import deque
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -49,6 +52,7 @@ from ..planner import ETProfile
 from ..policies import Policy
 from ..rules import AnswerRule, as_rule
 from ..validation import number
+from ._drivers import Driver, InlineDriver, ThreadedDriver
 from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
@@ -71,10 +75,10 @@ class Answer:
     interrupted: bool  # True when a forced exit ended it
     exits_run: tuple[int, ...] = ()  # branches that finished before the end
     planning_seconds: float = 0.0  # time spent in the policy (predict + plan), included in elapsed
-    # (block, conv-part seconds, branch seconds or NaN when not run) of each block, as the worker measured
-    # them (CPU only: empty on CUDA). The worker's own list: after an interrupt, the block in flight is
-    # added when it ends (runtime.wait_idle() waits for that)
-    block_times: Sequence[tuple[int, float, float]] = field(default=(), compare=False)
+    # (block, conv-part seconds, branch seconds or NaN when not run) of each block ended when the answer was
+    # returned, as the loop measured them (CPU only: empty on CUDA). A threaded runtime's block in flight at
+    # an interrupt ends later: runtime.completed(answer) gives the answer with its time too
+    block_times: tuple[tuple[int, float, float], ...] = field(default=(), compare=False)
 
 
 def _runnable(model: MultiExitNetwork, device: torch.device) -> MultiExitNetwork:
@@ -171,16 +175,11 @@ class ElasticRuntime:
         self._owner: int | None = None  # the thread holding it: its interrupt callable may not call back in
         self.last_policy: Policy = policy  # the policy of the latest infer() call
         self._closed = False
-        if inline:
-            self._worker: Worker | None = None
-            self._loop = BlockLoop(self.model, self.device, rule, self._statistics)
-            self._late_errors: deque[BaseException] = deque()  # learning failed after an answer was made
-        else:
-            self._worker = Worker(self.model, self.device, rule, threads, self._statistics, adapt,
-                                  lower_switch_interval)
-            self._loop = self._worker.loop  # (run by the worker: read here for what it knows of the device)
-            self._stop = weakref.finalize(self, self._worker.stop)  # also when collected unclosed
-            self._late_errors = self._worker.late_errors
+        loop = BlockLoop(self.model, self.device, rule, self._statistics)
+        self._driver: Driver = (InlineDriver(loop, adapt) if inline else
+                                ThreadedDriver(Worker(loop, threads, adapt, lower_switch_interval)))
+        self._stop = weakref.finalize(self, self._driver.stop)  # also when collected unclosed
+        self._last: tuple[Answer, Job] | None = None  # the latest answer and its job (see completed())
 
     @property
     def policy(self) -> Policy:
@@ -242,16 +241,7 @@ class ElasticRuntime:
             self._raise_late_error()
             job = Job(x, policy, started)
             job.planning = planned
-            if self._worker is None:
-                finished = self._run_inline(job, limit)
-            else:
-                self._worker.submit(job)
-                try:
-                    finished = limit.wait(job.wait)
-                except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
-                    job.stopped = True
-                    job.collect()
-                    raise
+            finished = self._driver.run(job, limit)
             elapsed = time.perf_counter() - started
             if finished and limit.fired(job.ended):
                 finished = False  # it ended after the interrupt, and only a late caller saw it end
@@ -261,54 +251,54 @@ class ElasticRuntime:
             if error is not None:
                 raise error
             if finished and not job.queued:
-                self._statistics.answers.append(job.answers)  # (complete: the worker is done with it)
-            if self._adaptation is not None:  # a queued sample's first block waited: its times mislead
-                # The blocks that had ended by now; not the block in flight at an interrupt, which ends while
-                # the caller runs again (measured: learning from it made an idle device look 1.8x slower)
-                end = job.ended if finished else limit.cutoff(elapsed)
-                running_part = job.in_flight if not finished and not job.queued and self._loop.on_cpu else None
-                times = [] if job.queued else list(job.times)
-                if self._worker is None and running_part is not None and times and times[-1][0] == running_part[0]:
-                    # Inline, the part in flight at the interrupt has ended too, and its time is in `times`; learnt
-                    # as the threaded runtime learns it: a lower bound (the longest parts are the likeliest cut)
-                    block, conv, _ = times.pop()
-                    if running_part[1]:  # its branch was in flight: the conv part had ended before
-                        times.append((block, conv, math.nan))
-                self._adaptation.record(times, end, not finished,
-                                        None if running_part is None else (running_part[0], running_part[1],
-                                                                           end - running_part[2]))
-            held, exits_run = job.held(elapsed if finished else limit.cutoff(elapsed))
-            elapsed = time.perf_counter() - started
-            if held is None:  # no branch finished: the time-zero answer, if the rule holds one
-                answer = Answer(self.rule.time_zero_class, None, 0.0, elapsed, not finished, exits_run, job.planning,
-                                job.times)
-            else:
-                exit_index, prediction, confidence = held
-                answer = Answer(prediction, exit_index, confidence, elapsed, not finished, exits_run, job.planning,
-                                job.times)
-            if self._worker is None and self._adaptation is not None and self._adaptation.pending():
-                try:  # inline: here, once the answer is made (a worker learns between samples)
-                    self._adaptation.update()
-                except Exception as failure:  # raised by the next infer() or close(), as a worker's would be
-                    self._late_errors.append(failure)
+                self._statistics.answers.append(job.answers)  # (complete: the loop is done with it)
+            cutoff = elapsed if finished else limit.cutoff(elapsed)
+            if self._adaptation is not None:
+                self._learn(job, finished, job.ended if finished else cutoff)
+            answer = self._answer(job, finished, cutoff, started)
+            self._last = (answer, job)
+            self._driver.after_answer()
         finally:
             self._owner = None
             self._lock.release()
         return answer
 
-    def _run_inline(self, job: Job, limit: InterruptCheck) -> bool:
-        """Run `job` in this thread until it ends or its interrupt is seen between parts; True when it
-        ended without being stopped (whether a deadline passed first is decided, once, by the caller)."""
-        try:
-            return not self._loop.run(job, limit.poll, limit.at)
-        finally:
-            job.ended = time.perf_counter() - job.started
+    def _learn(self, job: Job, finished: bool, end: float) -> None:
+        """Hand the adaptation what `job` measured: the parts that had ended by `end` (not the part in flight
+        at an interrupt, which ends while the caller runs again: learning from it made an idle device look
+        1.8x slower), and that part as a lower bound on its time (the longest parts are the likeliest cut)."""
+        assert self._adaptation is not None
+        running_part = job.in_flight if not finished and not job.queued and self._driver.loop.on_cpu else None
+        times = [] if job.queued else list(job.times)  # a queued sample's first block waited: its times mislead
+        if self._driver.waits_for_part_in_flight and running_part is not None and times \
+                and times[-1][0] == running_part[0]:
+            block, conv, _ = times.pop()  # its time is in `times`: learnt as the threaded runtime learns it
+            if running_part[1]:  # its branch was in flight: the conv part had ended before
+                times.append((block, conv, math.nan))
+        self._adaptation.record(times, end, not finished, None if running_part is None else (
+            running_part[0], running_part[1], end - running_part[2]))
+
+    def _answer(self, job: Job, finished: bool, cutoff: float, started: float) -> Answer:
+        """The answer `job` held at `cutoff` seconds, with what the caller is told of how it ran."""
+        held, exits_run = job.held(cutoff)
+        exit_index, prediction, confidence = (None, self.rule.time_zero_class, 0.0) if held is None else held
+        return Answer(prediction, exit_index, confidence, time.perf_counter() - started, not finished, exits_run,
+                      job.planning, tuple(job.times))
+
+    def completed(self, answer: Answer) -> Answer:
+        """The latest `answer` with the time of the block that was in flight when it was returned, once that
+        block has ended (waits for it): what a replay of the sample needs. Answers are immutable; this is a
+        new one."""
+        if self._last is None or self._last[0] is not answer:
+            raise EinetValueError("only the latest answer of this runtime can be completed")
+        self.wait_idle()
+        return dataclasses.replace(answer, block_times=tuple(self._last[1].times))
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Wait until the block an interrupted inference left in flight has ended (True), or
         `timeout` seconds (False). A sample that should start on an idle device waits here first:
         otherwise its deadline, which counts from the call, also covers that block."""
-        return self._worker is None or self._worker.idle.wait(timeout)  # (inline: nothing is ever left in flight)
+        return self._driver.wait_idle(timeout)
 
     def prepare(self, images: Any) -> torch.Tensor:
         """uint8 images [N, H, W, C] (or one [H, W, C]) normalised as the network's bundle says, [N, C, H, W]:
@@ -328,8 +318,8 @@ class ElasticRuntime:
 
     def _raise_late_error(self) -> None:
         """Raise the first error of an inference whose caller had already returned, if any."""
-        if self._late_errors:  # (only this thread takes from it)
-            raise self._late_errors.popleft()
+        if self._driver.late_errors:  # (only this thread takes from it)
+            raise self._driver.late_errors.popleft()
 
     def calibrate(self, et: ETProfile) -> ETProfile:
         """`et` with what this runtime adds, as measured over its recent uninterrupted inferences:
@@ -366,9 +356,8 @@ class ElasticRuntime:
         self._refuse_reentry("close()")
         with self._lock:
             self._closed = True
-            if self._worker is not None:
-                self._stop()  # once: later calls do nothing
-                self._worker.join()
+            self._stop()  # once: later calls do nothing
+            self._driver.join()
             self._raise_late_error()
 
     def __enter__(self) -> ElasticRuntime:

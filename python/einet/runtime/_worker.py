@@ -193,10 +193,9 @@ class Worker:
     One long-lived thread: a fresh thread per sample would also build a fresh OpenMP team inside
     torch, costing more than a small model's whole inference."""
 
-    def __init__(self, model: MultiExitNetwork, device: torch.device, rule: AnswerRule, threads: int,
-                 statistics: Statistics, adaptation: Adaptation | None = None,
+    def __init__(self, loop: BlockLoop, threads: int, adaptation: Adaptation | None = None,
                  lowers_switch_interval: bool = True) -> None:
-        self.loop, self.threads = BlockLoop(model, device, rule, statistics), threads
+        self.loop, self.threads = loop, threads
         self.adaptation = adaptation  # learnt from between samples, in this thread
         # Handed-over jobs (None: stop), and a bare lock released to wake the worker for them; both
         # safe to use from a finaliser (no Python-level lock is taken).

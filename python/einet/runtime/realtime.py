@@ -186,13 +186,12 @@ def run_streams(runtimes: Sequence[tuple[ElasticRuntime, ETProfile | None]], ima
             if held is None:
                 raise EinetValueError("a static runtime's stream needs the profile it plans with")
             answer = runtime.infer(images[k:k + 1], interrupt=float(deadlines[k]), plan_for_deadline=plan_for_deadline)
+            answer = runtime.completed(answer)  # its block in flight at the deadline has ended: a replay needs it
             answers, policies, profiles = records[j]
             answers.append(answer)
             policies.append(runtime.last_policy)
             profiles.append(held)
             correct[j, k] = answer.prediction is not None and answer.prediction == int(labels[k])
-    for runtime, _ in runtimes:
-        runtime.wait_idle()  # the last block in flight has ended: every sample's block times are complete
     return [Stream(tuple(answers), tuple(policies), tuple(profiles), deadlines, correct[j])
             for j, (answers, policies, profiles) in enumerate(records)]
 

@@ -1,0 +1,105 @@
+"""How an inference is driven: in the caller's own thread, or on a worker thread that lets the caller
+return at the interrupt instant. Both run the same engine (:class:`._worker.BlockLoop`: the blocks, the
+policy, the held answer) and keep one contract, so :class:`einet.runtime.ElasticRuntime` holds one
+driver and never asks which."""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from typing import Protocol
+
+from ._interrupt import InterruptCheck
+from ._worker import BlockLoop, Job, Worker
+from .adaptive import Adaptation
+
+
+class Driver(Protocol):
+    """What the runtime asks of the way a call is driven."""
+
+    loop: BlockLoop  # the engine it drives
+    late_errors: deque[BaseException]  # errors after their caller had returned: raised by the next call
+    # Whether the part in flight at an interrupt has ended by the time the call returns (its time is then
+    # in the job's times): so in the caller's thread, where the call waits for it
+    waits_for_part_in_flight: bool
+
+    def run(self, job: Job, limit: InterruptCheck) -> bool:
+        """Run `job` until it ends (True, not stopped) or its interrupt fires (False)."""
+
+    def after_answer(self) -> None:
+        """Work left for after the answer is made (learning, in the caller's thread)."""
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until no block of an earlier job is in flight (True) or `timeout` seconds pass (False)."""
+
+    def stop(self) -> None:
+        """Stop taking jobs (never blocks); safe from a finaliser."""
+
+    def join(self) -> None:
+        """Wait for the block in flight after :meth:`stop`."""
+
+
+class InlineDriver:
+    """The caller's own thread runs the blocks: nothing is handed between threads; the interrupt is
+    asked between parts, so the call returns once the part in flight ends. Learning happens here too,
+    once the answer is made."""
+
+    waits_for_part_in_flight = True
+
+    def __init__(self, loop: BlockLoop, adaptation: Adaptation | None) -> None:
+        self.loop, self.adaptation = loop, adaptation
+        self.late_errors: deque[BaseException] = deque()  # learning failed after an answer was made
+
+    def run(self, job: Job, limit: InterruptCheck) -> bool:
+        try:
+            return not self.loop.run(job, limit.poll, limit.at)
+        finally:
+            job.ended = time.perf_counter() - job.started
+
+    def after_answer(self) -> None:
+        if self.adaptation is not None and self.adaptation.pending():
+            try:
+                self.adaptation.update()
+            except Exception as failure:  # raised by the next infer() or close(), as a worker's would be
+                self.late_errors.append(failure)
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        return True  # nothing is ever left in flight
+
+    def stop(self) -> None:
+        pass
+
+    def join(self) -> None:
+        pass
+
+
+class ThreadedDriver:
+    """A long-lived worker thread runs the blocks (:class:`._worker.Worker`); the caller waits for the
+    end or the interrupt, whichever comes first, and returns the held answer at once. The worker
+    learns between samples."""
+
+    waits_for_part_in_flight = False
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker, self.loop, self.late_errors = worker, worker.loop, worker.late_errors
+
+    def run(self, job: Job, limit: InterruptCheck) -> bool:
+        self.worker.submit(job)
+        try:
+            return limit.wait(job.wait)
+        except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
+            job.stopped = True
+            job.collect()
+            raise
+
+    def after_answer(self) -> None:
+        pass  # the worker learns before it is idle
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        return self.worker.idle.wait(timeout)
+
+    def stop(self) -> None:
+        self.worker.stop()
+
+    def join(self) -> None:
+        self.worker.join()
