@@ -46,25 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     test_arrays = data.load(args.dataset, args.data, "test")
     split = HeldOutSplit.of(train_arrays, args.holdout, args.seed)  # recorded: later stages cut the same images
     train_arrays, _ = split.apply(train_arrays)  # kept out of training: the predictor is fitted on the rest
-    if args.constructor and args.exit_head != "paper":
-        raise EinetValueError("--exit-head is for zoo models: a converted model's branches are the paper's")
-    if args.constructor:  # the user's own single-exit network, converted
-        spec = _converted_spec(args, train_arrays)
-    elif args.exits or args.backbone_weights or args.constructor_kwargs != "{}":
-        raise EinetValueError("--exits, --backbone-weights and --constructor-kwargs go with --constructor")
-    else:
-        spec = {"name": args.model, "num_classes": train_arrays.num_classes, "in_channels": train_arrays.channels,
-                "width": args.width}
-        if args.exit_head != "paper":  # only when asked: checkpoints of the paper's branches keep their spec
-            spec["exit_head"] = args.exit_head
-    if Path(args.out).exists():  # resumed: it must be this model (train() checks the rest)
-        from ..training.loop import comparable
-
-        _, _, state = _model_from_checkpoint(args.out, args.constructor)
-        stored = state["spec"]
-        if comparable(stored) != comparable(spec):
-            raise EinetValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
-                                  "give another --out, or the same model to resume it")
+    spec = _model_spec(args, train_arrays)
     # Under torchrun (WORLD_SIZE > 1) every process joins one group; train() then runs DDP on shards.
     rank, world_size, device = init_distributed(device)
     try:
@@ -92,6 +74,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         summary_path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
         print(json.dumps(summary, indent=2))
     return 0
+
+
+def _model_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, Any]:
+    """The spec of the network to train (a zoo model, or the user's converted one); when --out exists
+    already, it must hold this model (train() checks the rest before resuming)."""
+    if args.constructor and args.exit_head != "paper":
+        raise EinetValueError("--exit-head is for zoo models: a converted model's branches are the paper's")
+    if args.constructor:  # the user's own single-exit network, converted
+        spec = _converted_spec(args, train_arrays)
+    elif args.exits or args.backbone_weights or args.constructor_kwargs != "{}":
+        raise EinetValueError("--exits, --backbone-weights and --constructor-kwargs go with --constructor")
+    else:
+        spec = {"name": args.model, "num_classes": train_arrays.num_classes, "in_channels": train_arrays.channels,
+                "width": args.width}
+        if args.exit_head != "paper":  # only when asked: checkpoints of the paper's branches keep their spec
+            spec["exit_head"] = args.exit_head
+    if Path(args.out).exists():  # resumed: it must be this model (train() checks the rest)
+        from ..training.resume import comparable
+
+        _, _, state = _model_from_checkpoint(args.out, args.constructor)
+        stored = state["spec"]
+        if comparable(stored) != comparable(spec):
+            raise EinetValueError(f"--out {args.out} holds a checkpoint of another model ({stored}, not {spec}): "
+                                  "give another --out, or the same model to resume it")
+    return spec
 
 
 def _converted_spec(args: argparse.Namespace, train_arrays: Any) -> dict[str, Any]:

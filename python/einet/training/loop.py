@@ -34,8 +34,7 @@ from ..models.base import MultiExitNetwork
 from ..validation import number
 from .accuracy import distributed_exit_accuracies, shardable
 from .distributed import all_reduce, world
-from .resume import comparable as comparable  # (callers find it here too)
-from .resume import resume_mismatch as resume_mismatch  # (callers find it here too)
+from .resume import resume_mismatch as resume_mismatch  # (einet.pipeline finds it here too)
 
 # How the exits learn. ``joint``: the weighted sum of every exit's cross-entropy (the paper).
 # ``distill``: plus self-distillation from the final exit (Phuong & Lampert, ICCV 2019; BYOT).
