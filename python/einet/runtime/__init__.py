@@ -215,12 +215,7 @@ class ElasticRuntime:
         once more then)."""
         started = time.perf_counter()
         limit = InterruptCheck(interrupt, started)
-        if not isinstance(x, torch.Tensor):
-            raise EinetTypeError(f"the input must be a tensor, got {type(x).__name__}")
-        if self.input_spec is not None:
-            self.input_spec.check(x)
-        elif x.dim() == 0 or x.shape[0] != 1:
-            raise EinetValueError(f"the input must be a batch of one sample, got shape {tuple(x.shape)}")
+        self._check_input(x)
         self._refuse_reentry("infer()")
         if self._closed:
             raise RuntimeError("this runtime is closed")
@@ -262,6 +257,15 @@ class ElasticRuntime:
             self._owner = None
             self._lock.release()
         return answer
+
+    def _check_input(self, x: Any) -> None:
+        """One sample, as the bundle says (its input spec), before anything runs."""
+        if not isinstance(x, torch.Tensor):
+            raise EinetTypeError(f"the input must be a tensor, got {type(x).__name__}")
+        if self.input_spec is not None:
+            self.input_spec.check(x)
+        elif x.dim() == 0 or x.shape[0] != 1:
+            raise EinetValueError(f"the input must be a batch of one sample, got shape {tuple(x.shape)}")
 
     def _learn(self, job: Job, finished: bool, end: float) -> None:
         """Hand the adaptation what `job` measured: the parts that had ended by `end` (not the part in flight

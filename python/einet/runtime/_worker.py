@@ -117,68 +117,69 @@ class BlockLoop:
         perf_counter clock passing `at`, or by `stopped()` (None: never), both asked before every block
         (on the clock read when the previous part ended) and after every conv part. True when it was
         stopped so (an Event that is set and cleared again leaves no other trace)."""
-        clock = time.perf_counter
-        if clock() > at or (stopped is not None and stopped()):  # interrupted before its turn came
+        if time.perf_counter() > at or (stopped is not None and stopped()):  # interrupted before its turn came
             return True
-        policy, started = job.policy, job.started
-        policy.begin()
+        job.policy.begin()
+        self.running.reset()
+        with torch.inference_mode():
+            return self._blocks(job, stopped, at)
+
+    def _blocks(self, job: Job, stopped: Callable[[], bool] | None, at: float) -> bool:
+        """The loop of :meth:`run` over the blocks, the policy begun and the held answer reset."""
+        clock, isfinite, started = time.perf_counter, math.isfinite, job.started
+        policy, running, answers = job.policy, self.running, job.answers
         observes = type(policy).observe is not Policy.observe  # (a fixed plan is told nothing: no time spent on it)
         needs_log_probs = policy.needs_log_probs
-        running = self.running
-        running.reset()
         times = job.times if self.on_cpu else None  # on CUDA a block's time shows only at a sync
-        answers = job.answers
-        isfinite = math.isfinite
         forward_block, forward_exit = self.model.forward_block, self.model.forward_exit
         # Every statement below runs between two blocks, with the caches cold from the block before: a
         # cheap one here costs ~1 us (benchmarks/test_bench_runtime.py); keep them few.
-        with torch.inference_mode():
-            h = job.x if self.on_cpu and job.x.is_cpu else job.x.to(self.device, non_blocking=True)
-            pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
-            mark = started + job.planning  # where the next conv part's time starts (after a plan made for it)
-            if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
-                self.statistics.dispatch.append(clock() - mark)  # the call to block 0, less a plan made for it
-            for i in range(self.model.num_exits):
-                if mark > at or (stopped is not None and stopped()):
-                    return True
-                job.in_flight = (i, False, mark - started)
-                h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
-                now = clock()
-                if pending is not None:
-                    finish = policy.observe(*pending)
-                    after = clock()
-                    job.planning += after - now
-                    self.statistics.planning.append(after - now)
-                    now, pending = after, None
-                    if finish:
-                        return False
-                if now > at or (stopped is not None and stopped()):
-                    if times is not None:  # the block in flight's time: a replay of this sample needs it
-                        times.append((i, now - mark, math.nan))
-                    return True
-                # (the decision is a look-up, the plan having been made in observe: not timed apart)
-                if not policy.run_branch(i, now - started):
-                    if times is not None:
-                        times.append((i, now - mark, math.nan))
-                    mark = now
-                    continue
-                job.in_flight = (i, True, now - started)
-                log_probs = forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
-                if needs_log_probs:
-                    policy.record_log_probs(i, log_probs)
-                signal = running.add(i, log_probs)
-                if not isfinite(signal):  # NaN scores make a NaN answer: checked here, at no cost before block 0
-                    raise NonFiniteError(f"exit {i} answered with non-finite scores: the input (or the network) holds "
-                                         "NaN or inf values, and no answer can be trusted")
-                finished = clock()
-                answers.append((finished - started, i, running.exit, running.prediction, running.confidence))
+        h = job.x if self.on_cpu and job.x.is_cpu else job.x.to(self.device, non_blocking=True)
+        pending = None  # the last branch's (block, confidence, finish time), not yet told to the policy
+        mark = started + job.planning  # where the next conv part's time starts (after a plan made for it)
+        if not job.queued:  # (a queued job's wait for the previous block would skew the calibration)
+            self.statistics.dispatch.append(clock() - mark)  # the call to block 0, less a plan made for it
+        for i in range(self.model.num_exits):
+            if mark > at or (stopped is not None and stopped()):
+                return True
+            job.in_flight = (i, False, mark - started)
+            h = forward_block(i, h)  # on CUDA only queued: the planning below overlaps it
+            now = clock()
+            if pending is not None:
+                finish = policy.observe(*pending)
+                after = clock()
+                job.planning += after - now
+                self.statistics.planning.append(after - now)
+                now, pending = after, None
+                if finish:
+                    return False
+            if now > at or (stopped is not None and stopped()):
+                if times is not None:  # the block in flight's time: a replay of this sample needs it
+                    times.append((i, now - mark, math.nan))
+                return True
+            # (the decision is a look-up, the plan having been made in observe: not timed apart)
+            if not policy.run_branch(i, now - started):
                 if times is not None:
-                    times.append((i, now - mark, finished - now))
-                mark = finished
-                if observes:
-                    pending = (i, signal, finished - started)
-            if pending is not None:  # the last block's branch: the policy still hears of it
-                policy.observe(*pending)
+                    times.append((i, now - mark, math.nan))
+                mark = now
+                continue
+            job.in_flight = (i, True, now - started)
+            log_probs = forward_exit(i, h).float().log_softmax(-1)[0].cpu().numpy()  # one sync
+            if needs_log_probs:
+                policy.record_log_probs(i, log_probs)
+            signal = running.add(i, log_probs)
+            if not isfinite(signal):  # NaN scores make a NaN answer: checked here, at no cost before block 0
+                raise NonFiniteError(f"exit {i} answered with non-finite scores: the input (or the network) holds "
+                                     "NaN or inf values, and no answer can be trusted")
+            finished = clock()
+            answers.append((finished - started, i, running.exit, running.prediction, running.confidence))
+            if times is not None:
+                times.append((i, now - mark, finished - now))
+            mark = finished
+            if observes:
+                pending = (i, signal, finished - started)
+        if pending is not None:  # the last block's branch: the policy still hears of it
+            policy.observe(*pending)
         return False
 
 
