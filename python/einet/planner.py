@@ -20,7 +20,7 @@ from ._core import Predictor as NativePredictor
 from .errors import EinetTypeError, EinetValueError
 
 __all__ = [
-    "METHODS", "RULES", "ArrayLike", "BatchPlans", "Deterministic", "Distribution", "ETProfile", "Empirical",
+    "METHODS", "PLANNING_RULES", "ArrayLike", "BatchPlans", "Deterministic", "Distribution", "ETProfile", "Empirical",
     "Exponential", "NativePredictor", "Normal", "OnlineStep", "Plan", "Uniform", "expected_accuracy", "online_step",
     "search", "search_batch",
 ]
@@ -28,7 +28,9 @@ __all__ = [
 Distribution = Union[Uniform, Normal, Exponential, Empirical, Deterministic]
 ArrayLike = npt.ArrayLike
 
-RULES = ("latest", "best")
+# The rules the native objective plans for (the held answer: the latest exit run, or the best so far); the
+# output rules a runtime answers with are einet.rules.RULES (ensemble included, planned as latest)
+PLANNING_RULES = ("latest", "best")
 METHODS = ("exhaustive", "greedy", "hybrid", "random")
 
 

@@ -262,7 +262,7 @@ def any_method(r: random.Random, bad: float) -> Any:
 def any_rule(r: random.Random, bad: float) -> Any:
     if r.random() < bad:
         return r.choice(["ensemble", "LATEST", "", None, 0, b"best", "best\0", ["latest"]])
-    return r.choice(einet.planner.RULES)
+    return r.choice(einet.planner.PLANNING_RULES)
 
 
 def any_depth(r: random.Random, bad: float) -> Any:
