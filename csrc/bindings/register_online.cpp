@@ -98,7 +98,14 @@ void register_online(py::module_& m) {
                  const std::lock_guard<std::mutex> lock(s.mutex);
                  s.session.observe(block, confidence, elapsed);
              },
-             py::arg("block"), py::arg("confidence"), py::arg("elapsed"), py::call_guard<py::gil_scoped_release>());
+             py::arg("block"), py::arg("confidence"), py::arg("elapsed"), py::call_guard<py::gil_scoped_release>())
+        // For einet's native loop (einet.runtime.native), a separate module built against the same header: the
+        // session's and its lock's addresses, and the session's size (the loop refuses a session of another
+        // layout). Valid while this object lives; the loop holds the lock while it uses the session.
+        .def("_native_handle", [](LockedSession& s) {
+            return py::make_tuple(reinterpret_cast<std::uintptr_t>(&s.session),
+                                  reinterpret_cast<std::uintptr_t>(&s.mutex), sizeof(einet::OnlineSession));
+        });
 
     m.def(
         "online_step",

@@ -207,6 +207,7 @@ class CompiledPart(nn.Module):
 
     def __init__(self, package: Path) -> None:
         super().__init__()
+        self.package = package  # (the native loop loads the same package itself)
         self._loader = torch._C._aoti.AOTIModelPackageLoader(str(package), "model", False, 1, -1)
         self._out = pytree.treespec_loads(self._loader.get_call_spec()[1])
         # A tensor, or a tuple or list of tensors (a second look's, an MSDNet's scales), is packed and unpacked
@@ -237,6 +238,8 @@ class CompiledNetwork(MultiExitNetwork):
         super().__init__(list(blocks), list(exits))
         self._block_runs = tuple(block.run for block in blocks)
         self._exit_runs = tuple(branch.run for branch in exits)
+        self.block_packages = tuple(block.package for block in blocks)  # for the native loop
+        self.exit_packages = tuple(branch.package for branch in exits)
 
     def forward_block(self, i: int, h: Any) -> Any:
         return self._block_runs[i](h)

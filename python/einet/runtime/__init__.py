@@ -52,7 +52,7 @@ from ..planner import ETProfile
 from ..policies import Policy
 from ..rules import AnswerRule, as_rule
 from ..validation import number
-from ._drivers import Driver, InlineDriver, ThreadedDriver
+from ._drivers import Driver, Engine, InlineDriver, ThreadedDriver
 from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
@@ -94,6 +94,31 @@ def _runnable(model: MultiExitNetwork, device: torch.device) -> MultiExitNetwork
     return copy.deepcopy(model).to(device).eval()
 
 
+ENGINES = ("python", "native")  # what runs the blocks: the Python loop, or the native one (einet.runtime.native)
+
+
+def _engine(name: str, loop: BlockLoop, inline: bool) -> Engine:
+    """The engine `name` over `loop`'s network: the Python loop itself, or the native loop (with the Python
+    one for what it cannot run); ValueError saying why where the native one cannot run at all."""
+    if name not in ENGINES:
+        raise EinetValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r:.40}")
+    if name == "python":
+        return loop
+    from ..models.compiled import CompiledNetwork
+    from .native import NativeEngine, native_module
+
+    if not inline:
+        raise EinetValueError("the native engine runs in the caller's thread: engine='native' goes with inline=True")
+    if not isinstance(loop.model, CompiledNetwork):
+        raise EinetValueError("the native engine runs compiled blocks: compile the bundle (einet compile) or give a "
+                              "CompiledNetwork")
+    module = native_module()
+    if module is None:
+        raise EinetValueError("the native engine cannot be built here (no C++ compiler or ninja; the einet log says "
+                              "why): use engine='python'")
+    return NativeEngine(loop.model, loop.running.rule, loop.statistics, module, loop)
+
+
 class ElasticRuntime:
     """Runs one sample at a time with `policy`, returning the best answer held when stopped.
 
@@ -130,6 +155,9 @@ class ElasticRuntime:
     are short and a late return costs nothing (the held answer is what the caller reads); an
     adaptive inline runtime learns in the caller's thread, after the answer is made.
 
+    ``engine="native"`` (inline, a compiled network): the blocks, the policy and the rule run in C++
+    (:mod:`einet.runtime.native`) with the Python loop for what it cannot run; ``"python"``: the Python loop.
+
     Inputs: one sample at a time, a batch of one. With an `input_spec` (a bundle's runtime has its
     own) each input must be exactly one normalised image of its shape, else ValueError before
     anything runs; :meth:`prepare` normalises uint8 images as the bundle says.
@@ -138,7 +166,7 @@ class ElasticRuntime:
     def __init__(self, model: MultiExitNetwork, policy: Policy | None = None, rule: str | AnswerRule = "latest",
                  device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None,
                  inline: bool = False, input_spec: InputSpec | None = None,
-                 lower_switch_interval: bool = True) -> None:
+                 lower_switch_interval: bool = True, engine: str = "python") -> None:
         rule = as_rule(rule)
         for option, value in (("inline", inline), ("lower_switch_interval", lower_switch_interval)):
             if type(value) is not bool:
@@ -176,7 +204,8 @@ class ElasticRuntime:
         self.last_policy: Policy = policy  # the policy of the latest infer() call
         self._closed = False
         loop = BlockLoop(self.model, self.device, rule, self._statistics)
-        self._driver: Driver = (InlineDriver(loop, adapt) if inline else
+        self.engine = _engine(engine, loop, inline)
+        self._driver: Driver = (InlineDriver(self.engine, adapt) if inline else
                                 ThreadedDriver(Worker(loop, threads, adapt, lower_switch_interval)))
         self._stop = weakref.finalize(self, self._driver.stop)  # also when collected unclosed
         self._last: tuple[Answer, Job] | None = None  # the latest answer and its job (see completed())

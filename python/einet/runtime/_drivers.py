@@ -5,19 +5,33 @@ driver and never asks which."""
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Protocol
 
 from ._interrupt import InterruptCheck
-from ._worker import BlockLoop, Job, Worker
+from ._worker import Job, Worker
 from .adaptive import Adaptation
+
+
+class Engine(Protocol):
+    """What runs a sample's blocks: the Python loop (:class:`._worker.BlockLoop`) or the native one
+    (:class:`einet.runtime.native.NativeEngine`)."""
+
+    on_cpu: bool
+
+    def run(self, job: Job, stopped: Callable[[], bool] | None, at: float = math.inf) -> bool:
+        """Run `job` until it ends, or it is stopped (True): `stopped()` or the perf_counter clock past `at`."""
 
 
 class Driver(Protocol):
     """What the runtime asks of the way a call is driven."""
 
-    loop: BlockLoop  # the engine it drives
+    @property
+    def loop(self) -> Engine:
+        """The engine it drives."""
     late_errors: deque[BaseException]  # errors after their caller had returned: raised by the next call
     # Whether the part in flight at an interrupt has ended by the time the call returns (its time is then
     # in the job's times): so in the caller's thread, where the call waits for it
@@ -46,7 +60,7 @@ class InlineDriver:
 
     waits_for_part_in_flight = True
 
-    def __init__(self, loop: BlockLoop, adaptation: Adaptation | None) -> None:
+    def __init__(self, loop: Engine, adaptation: Adaptation | None) -> None:
         self.loop, self.adaptation = loop, adaptation
         self.late_errors: deque[BaseException] = deque()  # learning failed after an answer was made
 

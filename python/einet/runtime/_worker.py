@@ -111,13 +111,14 @@ class BlockLoop:
         # Asked once: between blocks even reading a device's type costs ~15 us (a cold torch call)
         self.on_cpu = device.type == "cpu"
         self.running = RunningAnswer(rule)  # the held answer, updated as branches finish
+        self.clock: Callable[[], float] = time.perf_counter  # (tests: a replay's virtual clock)
 
     def run(self, job: Job, stopped: Callable[[], bool] | None, at: float = math.inf) -> bool:
         """Run `job` block by block until its last exit, its policy stops it, or it is stopped: by the
         perf_counter clock passing `at`, or by `stopped()` (None: never), both asked before every block
         (on the clock read when the previous part ended) and after every conv part. True when it was
         stopped so (an Event that is set and cleared again leaves no other trace)."""
-        if time.perf_counter() > at or (stopped is not None and stopped()):  # interrupted before its turn came
+        if self.clock() > at or (stopped is not None and stopped()):  # interrupted before its turn came
             return True
         job.policy.begin()
         self.running.reset()
@@ -126,7 +127,7 @@ class BlockLoop:
 
     def _blocks(self, job: Job, stopped: Callable[[], bool] | None, at: float) -> bool:
         """The loop of :meth:`run` over the blocks, the policy begun and the held answer reset."""
-        clock, isfinite, started = time.perf_counter, math.isfinite, job.started
+        clock, isfinite, started = self.clock, math.isfinite, job.started
         policy, running, answers = job.policy, self.running, job.answers
         observes = type(policy).observe is not Policy.observe  # (a fixed plan is told nothing: no time spent on it)
         needs_log_probs = policy.needs_log_probs
