@@ -1,6 +1,6 @@
 """Planner speed over model sizes and exit-time distributions, as a markdown table.
 
-    python benchmarks/sweep.py            # prints the table and writes benchmarks/results/sweep.md
+    python -m benchmarks.sweep            # prints the table and writes benchmarks/results/sweep.md
 
 Per call from Python, on random instances (einet.synthetic.random_problem): one
 hybrid(depth=4) search, native and pure-Python reference, and one E evaluation
@@ -10,15 +10,12 @@ inside a batched native call. Times are the minimum over repeats.
 from __future__ import annotations
 
 import platform
-import sys
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from timing import best_time
-
 import einet
+from benchmarks.timing import best_time
 from einet import reference
 from einet.synthetic import DISTRIBUTION_KINDS, random_problem
 
@@ -40,7 +37,7 @@ def measure(n: int, kind: str) -> dict[str, float]:
 def main() -> None:
     lines = [
         f"Planner sweep on {platform.processor() or platform.machine()}, einet {einet.__version__}, "
-        f"Python {platform.python_version()} (`python benchmarks/sweep.py`).",
+        f"Python {platform.python_version()} (`python -m benchmarks.sweep`).",
         "",
         "| N | distribution | hybrid search (us) | reference search (ms) | speed-up | E per plan, batched (ns) "
         "| plans evaluated |",

@@ -20,7 +20,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from fixtures_lib import SHARED, folder
+
+from benchmarks.fixtures_lib import SHARED, folder
 
 SCRIPT = Path(__file__).resolve().parents[1] / "experiments" / "adaptive" / "adaptive_check.py"
 pytest.importorskip("torch")

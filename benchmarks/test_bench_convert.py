@@ -9,9 +9,9 @@ from __future__ import annotations
 import pytest
 
 torch = pytest.importorskip("torch")
-from architectures import ARCHITECTURES  # noqa: E402
 from torch import fx  # noqa: E402
 
+from benchmarks.architectures import ARCHITECTURES  # noqa: E402
 from einet.models import ConversionError, convert  # noqa: E402
 
 REFUSED = {"control flow in forward itself"}  # its own forward branches on the data: no trace can follow it

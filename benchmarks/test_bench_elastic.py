@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_lib import SHARED, available, folder
 
+from benchmarks.fixtures_lib import SHARED, available, folder
 from einet.distributions import full_inference_time, relative_distribution
 from einet.evaluation.simulate import compare
 from einet.evaluation.tables import csv_table, markdown_table

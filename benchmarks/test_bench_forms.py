@@ -12,7 +12,8 @@ Run: python -m pytest benchmarks/test_bench_forms.py --benchmark-only -s
 from __future__ import annotations
 
 import pytest
-from fixtures_lib import folder
+
+from benchmarks.fixtures_lib import folder
 
 torch = pytest.importorskip("torch")
 

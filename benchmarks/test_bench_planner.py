@@ -13,9 +13,9 @@ import os
 
 import numpy as np
 import pytest
-from timing import best_time, median_seconds
 
 import einet
+from benchmarks.timing import best_time, median_seconds
 from einet import reference
 
 PLANS = 10_000

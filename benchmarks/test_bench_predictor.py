@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from fixtures_lib import available, folder
-from timing import median_seconds
 
 import einet
+from benchmarks.fixtures_lib import available, folder
+from benchmarks.timing import median_seconds
 from einet.formats.profiles import CSProfile, ETRecord
 
 torch = pytest.importorskip("torch")

@@ -24,8 +24,9 @@ from typing import Any
 
 import numpy as np
 import pytest
-from fixtures_lib import folder, network_and_direct_run, rotated_timings
-from timing import unmet_speed_goal
+
+from benchmarks.fixtures_lib import folder, network_and_direct_run, rotated_timings
+from benchmarks.timing import unmet_speed_goal
 
 torch = pytest.importorskip("torch")
 

@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("torch")
 
 import torch
-from test_hostile_build import write_mnist  # tests/ is on the path under pytest
 
 from einet import pipeline
 from einet.build_config import OPTIONS, SECTION_TYPES, BuildConfig, read_config
 from einet.build_stages import StageWork, UndeclaredOptionError, declared_config
+from tests.test_hostile_build import write_mnist
 
 CONFIG = """name = "tiny"
 [data]

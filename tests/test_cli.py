@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import fake_cifar10  # tests/ is on the path under pytest
 
 import einet
 from einet import cli
@@ -23,6 +22,7 @@ from einet.cli import evaluate as evaluate_command
 from einet.cli import main
 from einet.cli.common import _device as device
 from einet.cli.common import _progress as progress
+from tests.helpers import fake_cifar10
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "vgg16_fine_w05_cuda"
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="needs torch")

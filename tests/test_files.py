@@ -26,14 +26,13 @@ from einet.formats.profiles import CSProfile
 
 torch = pytest.importorskip("torch")
 
-from fuzz.saves import check, kill_a_saver, reader, save, writer  # noqa: E402
-
 import einet.formats.checkpoint as checkpoint  # noqa: E402
 import einet.models.zoo as zoo  # noqa: E402
 import einet.predictor as predictor  # noqa: E402
 import einet.training.loop as training  # noqa: E402
 from einet.formats.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from einet.models import build  # noqa: E402
+from tests.fuzz.saves import check, kill_a_saver, reader, save, writer  # noqa: E402
 
 SPEC = {"name": "b_alexnet", "num_classes": 3, "in_channels": 1, "width": 0.125}
 REPO = Path(__file__).resolve().parents[1]
@@ -446,10 +445,9 @@ def forkserver(monkeypatch):
     if sys.platform == "win32" or "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("needs the forkserver start method (POSIX)")
     # Before 3.12 the fork server ignores the parent's sys.path: it finds the harness through PYTHONPATH.
-    here = str(Path(__file__).resolve().parent)
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])]))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]))
     context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["einet.profiling", "einet.training.loop", "fuzz.saves"])
+    context.set_forkserver_preload(["einet.profiling", "einet.training.loop", "tests.fuzz.saves"])
     return context
 
 

@@ -17,12 +17,12 @@ import time
 
 import numpy as np
 import pytest
-from fuzz import planner as fuzz
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import einet
 from einet import _core
+from tests.fuzz import planner as fuzz
 
 fuzz.LARGE_MODELS = False  # models of thousands of blocks: the script's job, not CI's
 

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from fuzz import readers as fuzz
 
 from einet.formats.checkpoint import load_checkpoint
 from einet.formats.npz import ProfileFormatError
 from einet.formats.profiles import CSProfile, ETRecord
+from tests.fuzz import readers as fuzz
 
 ROOT = Path(__file__).resolve().parents[1]
 ET = ROOT / "benchmarks" / "fixtures" / "b_alexnet_w025_mnist_cpu" / "et.npz"
@@ -160,7 +160,7 @@ def test_a_directory_comment_length_that_swallows_the_last_entries_is_refused(se
 
 
 def test_a_short_run_finds_nothing() -> None:
-    done = subprocess.run([sys.executable, str(ROOT / "tests" / "fuzz" / "readers.py"), "--mutations", "150",
+    done = subprocess.run([sys.executable, "-m", "tests.fuzz.readers", "--mutations", "150",
                            "--workers", "1", "--seed", "0"], capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert "mutations" in done.stdout, done.stderr[-3000:]
     for kind in fuzz.KINDS:  # checkpoints included

@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import fake_cifar10
 
 from einet.formats.npz import ProfileFormatError, read_arrays, write_arrays
 from einet.formats.profiles import CSProfile
 from einet.rules import AnswerRule
+from tests.helpers import fake_cifar10
 
 FIXTURE = Path(__file__).resolve().parents[1] / "benchmarks" / "fixtures" / "b_alexnet_w025_mnist_cpu"
 pytestmark = pytest.mark.skipif(not FIXTURE.exists(), reason="fixture missing")

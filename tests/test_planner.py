@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import exit_time_distribution
 
 import einet
 from einet import reference
 from einet.synthetic import DISTRIBUTION_KINDS as DIST_KINDS
+from tests.strategies import exit_time_distribution
 
 unit = st.floats(0.0, 1.0)
 

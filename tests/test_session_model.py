@@ -10,10 +10,10 @@ from __future__ import annotations
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from strategies import exit_time_distribution
 
 import einet
 from einet import _core, reference
+from tests.strategies import exit_time_distribution
 
 unit = st.floats(0.0, 1.0)
 confidences = st.one_of(unit, st.sampled_from([0.0, 0.5, 0.9, 1.0]))  # repeated values: ties under rule best

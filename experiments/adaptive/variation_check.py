@@ -10,7 +10,7 @@ for the mean times against the plan best averaged over the first half's patterns
 held-out split's per-exit accuracies), compared on the test split's accuracies with the second
 half's patterns, paired per pattern.
 
-    python experiments/adaptive/variation_check.py --load steady --samples 1000 --out experiments/adaptive/results
+    python -m experiments.adaptive.variation_check --load steady --samples 1000 --out experiments/adaptive/results
 
 Needs the committed fixtures with weights and ../shared/data (CIFAR-10 test images).
 """
@@ -26,12 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from adaptive_check import FIXTURES, MODELS, SHARED, paired, show
 
 from einet.distributions import full_inference_time, relative_distribution, sample_exit_times
 from einet.formats.profiles import CSProfile
 from einet.planner import Distribution, ETProfile, expected_accuracy
 from einet.validation import integer_option
+from experiments.adaptive.adaptive_check import FIXTURES, MODELS, SHARED, paired, show
 
 MAX_EXITS = 16  # every plan is scored: 2^N - 1 of them
 

@@ -8,7 +8,7 @@ einet.runtime.realtime.promised), paired, idle, with two steady CPU burners, and
 switched on and off every 1.5 s (einet.runtime.stress). Also `einet.load` to the first answer in a fresh
 process with a warm cache, five times.
 
-Run: python experiments/fast_blocks/promise.py [--bundle NAME] [--limit N]
+Run: python -m experiments.fast_blocks.promise [--bundle NAME] [--limit N]
 Writes experiments/fast_blocks/results/promise.{md,json}.
 """
 
@@ -22,7 +22,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from readme_rows import CIFAR, bundle_of
 
 from einet.bundle import read_bundle
 from einet.data import load
@@ -31,6 +30,7 @@ from einet.evaluation.simulate import ci95_half_width
 from einet.forms import add_timed_device, ensure_compiled
 from einet.runtime.realtime import promised, run_stream
 from einet.runtime.stress import Burners
+from experiments.fast_blocks.readme_rows import CIFAR, bundle_of
 
 HERE = Path(__file__).resolve().parent
 FIRST_ANSWER = """

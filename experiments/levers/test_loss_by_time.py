@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import loss_by_time
 import numpy as np
 import pytest
 
@@ -12,6 +11,7 @@ from einet.distributions import full_inference_time, relative_distribution
 from einet.evaluation.simulate import evaluate
 from einet.formats.profiles import CSProfile, ETRecord
 from einet.policies import statistics_plan
+from experiments.levers import loss_by_time
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "benchmarks" / "fixtures"

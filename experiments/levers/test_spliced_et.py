@@ -9,13 +9,12 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-import spliced_et  # noqa: E402
-from helpers import fake_cifar10  # noqa: E402
-
 from einet.formats.checkpoint import save_checkpoint  # noqa: E402
 from einet.formats.profiles import ETRecord  # noqa: E402
 from einet.models import build  # noqa: E402
 from einet.models.base import set_light_pools  # noqa: E402
+from experiments.levers import spliced_et  # noqa: E402
+from tests.helpers import fake_cifar10  # noqa: E402
 
 SPEC = {"name": "b_alexnet", "num_classes": 10, "in_channels": 3, "width": 0.125, "exit_head": "light"}
 

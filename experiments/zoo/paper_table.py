@@ -5,7 +5,7 @@ accuracy, exact expected accuracy of the statistics plan and of EINet under the 
 distribution, EINet minus statistics with its paired 95% interval (``einet table``), and the
 paper's "statistics" and "ours" on CIFAR-10 (EINet, TMC 2024). Then the MNIST models.
 
-    python experiments/zoo/paper_table.py --dist uniform > docs/zoo_table.md
+    python -m experiments.zoo.paper_table --dist uniform > docs/zoo_table.md
 """
 
 from __future__ import annotations
@@ -14,16 +14,12 @@ import argparse
 import contextlib
 import csv
 import io
-import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
-
-from fixtures_lib import folder
-
+from benchmarks.fixtures_lib import folder
 from einet.cli import main as einet
-from einet.evaluation.simulate import PAIRED_WITH_STATISTICS
+from einet.evaluation.tables import PAIRED_WITH_STATISTICS
 from einet.formats.profiles import CSProfile
 
 # zoo model: (fixture, the paper's CIFAR-10 "statistics" and "ours", %)

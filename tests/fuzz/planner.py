@@ -1,8 +1,8 @@
 """Fuzz every public planner entry point with hostile input, in worker subprocesses.
 
-    python tests/fuzz/planner.py                      # 10^5 calls on 2 workers
-    python tests/fuzz/planner.py --calls 20000 --workers 4 --seed 7
-    python tests/fuzz/planner.py --repro 0:1234       # rerun case 1234 of seed 0, printing each call
+    python -m tests.fuzz.planner                      # 10^5 calls on 2 workers
+    python -m tests.fuzz.planner --calls 20000 --workers 4 --seed 7
+    python -m tests.fuzz.planner --repro 0:1234       # rerun case 1234 of seed 0, printing each call
 
 Entry points: einet.expected_accuracy, einet.search (every method), einet.search_batch,
 einet.online_step, einet.ETProfile, einet.NativePredictor (construction and predict),
@@ -31,7 +31,6 @@ import argparse
 import collections
 import copy
 import math
-import os
 import pickle
 import random
 import sys
@@ -41,17 +40,13 @@ import traceback
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 import einet
 from einet import _core
-
-if not __package__:  # run as a script (python tests/fuzz/NAME.py): its package is tests/fuzz
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fuzz.pool import Worker, serve
+from tests.fuzz.pool import Worker, serve
 
 SLOW_S = 5.0
 ALLOWED = (ValueError, TypeError)
@@ -799,7 +794,6 @@ def label_of(seed: int, index: int, number: int) -> str:
 
 
 def run(calls: int, workers: int, seed: int, chunk: int, hang: float) -> Tally:
-    script = os.path.abspath(__file__)
     tally = Tally()
     pending: collections.deque[tuple[int, int]] = collections.deque()  # case ranges still to run
     next_case = 0
@@ -811,7 +805,8 @@ def run(calls: int, workers: int, seed: int, chunk: int, hang: float) -> Tally:
         else:
             first, stop = next_case, next_case + chunk
             next_case += chunk
-        return Worker([sys.executable, "-X", "faulthandler", script, "--worker", f"{seed}:{first}:{stop}"], first, stop)
+        return Worker([sys.executable, "-X", "faulthandler", "-m", __spec__.name, "--worker", f"{seed}:{first}:{stop}"],
+                      first, stop)
 
     def retire(w: Worker, stderr: str, hung: bool) -> None:
         if w.current is not None:  # died (or was killed) inside a call
@@ -887,7 +882,7 @@ def report(tally: Tally, seed: int, seconds: float, workers: int) -> int:
         if ": " in key:
             print(f"  {key}: {value}")
     if tally.findings:
-        print("findings (first 3 of each kind), reproduce with: python tests/fuzz/planner.py --repro SEED:CASE")
+        print("findings (first 3 of each kind), reproduce with: python -m tests.fuzz.planner --repro SEED:CASE")
         shown: collections.Counter[str] = collections.Counter()
         for what, index, number, detail in tally.findings:
             shown[what] += 1

@@ -1,9 +1,9 @@
 """Mutation fuzzing of einet's file readers, in worker subprocesses.
 
-    python tests/fuzz/readers.py                              # 10,000 mutations of each kind, 2 workers
-    python tests/fuzz/readers.py --kinds cs,deployment --mutations 2000 --seed 7
-    python tests/fuzz/readers.py --replay cs:0:1234           # rerun one mutation here, with its traceback
-    python tests/fuzz/readers.py --replay cs:0:1234 --write /tmp/bad.npz   # ... and keep the mutated file
+    python -m tests.fuzz.readers                              # 10,000 mutations of each kind, 2 workers
+    python -m tests.fuzz.readers --kinds cs,deployment --mutations 2000 --seed 7
+    python -m tests.fuzz.readers --replay cs:0:1234           # rerun one mutation here, with its traceback
+    python -m tests.fuzz.readers --replay cs:0:1234 --write /tmp/bad.npz   # ... and keep the mutated file
 
 Kinds, their readers and seed files (the files every mutation starts from):
 
@@ -67,9 +67,7 @@ from typing import Any
 
 import numpy as np
 
-if not __package__:  # run as a script (python tests/fuzz/NAME.py): its package is tests/fuzz
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from fuzz.pool import Worker, serve
+from tests.fuzz.pool import Worker, serve
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "benchmarks" / "fixtures"
@@ -542,7 +540,7 @@ def run(directory: Path, kinds: Sequence[str], mutations: int, workers: int, see
             return None
         kind, first, stop = pending.popleft()
         return Worker([sys.executable, *(["-S"] if sys.flags.no_site else []), "-X", "faulthandler",
-                    os.path.abspath(__file__), "--worker", f"{kind}:{seed}:{first}:{stop}", "--seeds", str(directory),
+                    "-m", __spec__.name, "--worker", f"{kind}:{seed}:{first}:{stop}", "--seeds", str(directory),
                     "--memory-gb", str(memory_gb)], first, stop, env, kind)
 
     def retire(w: Worker, stderr: str, hung: bool) -> None:
@@ -610,7 +608,7 @@ def report(tally: Tally, kinds: Sequence[str], seed: int, seconds: float, worker
     for kind, outcome, index, label, detail in tally.findings:
         seen[(kind, outcome)] += 1
         if seen[(kind, outcome)] <= shown:
-            print(f"  [{kind} {outcome}] python tests/fuzz/readers.py --replay {kind}:{seed}:{index}")
+            print(f"  [{kind} {outcome}] python -m tests.fuzz.readers --replay {kind}:{seed}:{index}")
             print(f"      {label}")
             print(f"      {detail[:300]}")
     return 1
