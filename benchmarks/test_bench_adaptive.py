@@ -34,6 +34,7 @@ def study(tmp_path: Path, *args: str) -> list[dict[str, object]]:
     return json.loads((tmp_path / f"{args[0]}.json").read_text())  # type: ignore[no-any-return]
 
 
+@pytest.mark.slow
 @pytest.mark.benchmark(group="adaptive")
 def test_adaptive_runtime_keeps_its_promise_under_load(benchmark, speed_goal, capsys, tmp_path):
     if not (SHARED / "cifar10-jpeg.zip").exists() or not (folder("b_alexnet_w05_cpu") / "model.pt").exists():

@@ -43,6 +43,7 @@ def comparison(name: str, kind: str, draws: int):
     return compare(results), test
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("kind", ["uniform", "normal"])
 @pytest.mark.parametrize("name", available())
 def test_einet_against_every_baseline(benchmark, results_folder, name, kind):

@@ -89,6 +89,7 @@ def error_table(name: str) -> tuple[str, list[dict[str, float]]]:
     return "\n".join(lines) + "\n", rows
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", available())
 def test_predictor_beats_the_dataset_mean(benchmark, results_folder, name):
     table, rows = benchmark.pedantic(error_table, args=(name,), rounds=1, iterations=1)
@@ -164,6 +165,7 @@ def test_et_profile_repeatability(benchmark, speed_goal):
     speed_goal(difference.max() <= 0.10, f"conv medians differ by up to {100 * difference.max():.1f}%")
 
 
+@pytest.mark.slow
 def test_which_target_plans_better(benchmark, results_folder):
     """EINet's accuracy with the paper's confidence target vs our correctness target (exact, all test images)."""
     from einet.distributions import full_inference_time, relative_distribution

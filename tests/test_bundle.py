@@ -49,6 +49,7 @@ def built(tmp_path_factory):
     return folder / "out.einet"
 
 
+@pytest.mark.slow
 def test_a_build_writes_a_bundle_that_loads_into_a_runtime(built):
     bundle = bundles.read_bundle(built)
     assert bundle.name == "tiny" and bundle.classes == tuple(str(d) for d in range(10))
@@ -74,6 +75,7 @@ def test_a_build_writes_a_bundle_that_loads_into_a_runtime(built):
         assert runtime.adaptation is None and runtime.infer(x).prediction is not None
 
 
+@pytest.mark.slow
 def test_a_second_build_reruns_nothing_unchanged_and_a_changed_option_reruns_its_stage_on(built, capsys):
     config = built.parent / "config.toml"
     assert main(["build", str(config), "--quiet"]) == 0
@@ -87,6 +89,7 @@ def test_a_second_build_reruns_nothing_unchanged_and_a_changed_option_reruns_its
     assert "[profile] unchanged" in out and "[select] running" in out
 
 
+@pytest.mark.slow
 def test_pack_load_pack_gives_the_same_bytes_and_the_same_weights(built, tmp_path):
     first = manifests.pack(built, tmp_path / "a.einet")
     unpacked = bundles.read_bundle(first)  # a packed bundle loads like a folder
@@ -111,6 +114,7 @@ def _rewrite(folder: Path, change) -> None:
     (folder / "manifest.json").write_text(json.dumps(manifest))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("tamper", "message"), [
     (lambda f: (f / "manifest.json").write_text((f / "manifest.json").read_text().replace('"adapt": true',
                                                                                            '"adapt": false')),
@@ -135,6 +139,7 @@ def test_a_tampered_or_foreign_bundle_is_one_error_and_nothing_is_built(built, t
     assert main(["evaluate", str(folder)]) == 2
 
 
+@pytest.mark.slow
 def test_a_bundle_without_this_device_names_the_command_that_adds_it(built, tmp_path, capsys):
     folder = _copy(built, tmp_path)
     _rewrite(folder, lambda m: m["devices"][0]["device"].update(threads=3) or m["devices"][0].update(
@@ -161,6 +166,7 @@ def test_a_bundle_without_this_device_names_the_command_that_adds_it(built, tmp_
     assert sorted(p.name for p in folder.glob("et-*.npz")) == ["et-0.npz", "et-2.npz"]
 
 
+@pytest.mark.slow
 def test_evaluate_pairs_a_bundle_with_another(built, capsys):
     assert main(["evaluate", str(built), "--against", str(built), "--dist", "uniform"]) == 0
     out = capsys.readouterr().out
@@ -181,6 +187,7 @@ def image_zip(path: Path, count: int = 60) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_run_answers_image_files_under_deadlines_and_agrees_with_the_simulator(built, tmp_path, capsys):
     images = image_zip(tmp_path / "images.zip")
     out = tmp_path / "answers.csv"
@@ -257,6 +264,7 @@ def test_every_config_option_has_a_check():
     assert set(CHECKS) == {f"{section}.{option}" for section, options in SECTIONS.items() for option in options}
 
 
+@pytest.mark.slow
 def test_the_mnist_example_builds_as_shipped(tmp_path, capsys):
     """examples/mnist.toml as the README runs it, its output moved into a temporary folder."""
     text = (EXAMPLES / "mnist.toml").read_text()
@@ -310,6 +318,7 @@ def test_a_build_never_replaces_or_writes_into_its_inputs(tmp_path, capsys, layo
     assert (tmp_path / "precious.txt").read_text() == "keep me" and len(list(data.iterdir())) == 5
 
 
+@pytest.mark.slow
 def test_pack_never_overwrites_its_bundle_and_profile_keeps_unlisted_files(built, tmp_path):
     folder = _copy(built, tmp_path)
     with pytest.raises(ValueError, match="would overwrite inside"):
@@ -330,6 +339,7 @@ def _packed_with(built: Path, tmp_path: Path, compress: int = zipfile.ZIP_STORED
     return path
 
 
+@pytest.mark.slow
 def test_a_packed_bundle_is_read_manifest_first_and_only_as_einet_packs_it(built, tmp_path):
     with pytest.raises(manifests.BundleError, match="not a plain stored file"):
         bundles.read_bundle(_packed_with(built, tmp_path, zipfile.ZIP_DEFLATED))
@@ -343,6 +353,7 @@ def test_a_packed_bundle_is_read_manifest_first_and_only_as_einet_packs_it(built
         bundles.read_bundle(damaged)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("change", "message"), [
     (lambda m: m["input"].update(std=[-0.3]), "input std"),
     (lambda m: m["network"]["variant"].update(thumbnail=8.0), "thumbnail's side must be a whole number"),

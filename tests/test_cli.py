@@ -78,6 +78,7 @@ def test_device_auto_is_cuda_only_when_available():
     assert device("cpu") == "cpu"
 
 
+@pytest.mark.slow
 @needs_torch
 @needs_fixture
 def test_fit_predictor_evaluate_and_report(tmp_path, capsys):
@@ -101,6 +102,7 @@ def test_fit_predictor_evaluate_and_report(tmp_path, capsys):
     assert (tmp_path / "curve.png").stat().st_size > 1000
 
 
+@pytest.mark.slow
 @needs_torch
 def test_demo_runs_end_to_end_on_the_embedded_data(capsys):
     assert main(["demo", "--epochs", "1", "--samples", "30", "--device", "cpu"]) == 0

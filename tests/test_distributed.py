@@ -88,6 +88,7 @@ def tiny_mnist(root: Path) -> Path:
     return root
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(textwrap.dedent(WORKER))

@@ -159,6 +159,7 @@ def test_a_directory_comment_length_that_swallows_the_last_entries_is_refused(se
     assert flipped >= 5
 
 
+@pytest.mark.slow
 def test_a_short_run_finds_nothing() -> None:
     done = subprocess.run([sys.executable, "-m", "tests.fuzz.readers", "--mutations", "150",
                            "--workers", "1", "--seed", "0"], capture_output=True, text=True, timeout=180, cwd=ROOT)

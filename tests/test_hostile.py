@@ -161,6 +161,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(CASES))
 def test_hostile_cli_is_refused_in_one_line_before_any_work(place, tmp_path, name, monkeypatch):
     argv, match = CASES[name]

@@ -146,6 +146,7 @@ print(tracemalloc.get_traced_memory()[1])
 """
 
 
+@pytest.mark.slow
 def test_finding_11_load_and_infer_on_a_manifest_with_a_15_mb_string_peak_within_3x_the_file(built, tmp_path):
     import json
     import shutil

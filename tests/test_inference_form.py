@@ -34,6 +34,7 @@ def _count(model: nn.Module, kind: type) -> int:
     return sum(isinstance(module, kind) for module in model.modules())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("exit_head", ["paper", "light"])
 @pytest.mark.parametrize("name", sorted(EXITS))
 def test_the_prepared_form_answers_as_the_network_at_every_exit_in_every_layout(name, exit_head):

@@ -506,6 +506,7 @@ def test_exiting_without_close_with_a_block_in_flight_exits_cleanly():
     assert (result.returncode, result.stderr, result.stdout.strip()) == (0, "", "True")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inline", [False, True])
 def test_runtime_agrees_with_the_simulator_at_the_same_deadlines(inline):
     """The one real-time check, paired: each sample's runtime answer against the simulator's at its own

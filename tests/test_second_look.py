@@ -14,6 +14,7 @@ from einet.rules import AnswerRule  # noqa: E402
 from einet.runtime import ElasticRuntime  # noqa: E402
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["b_alexnet", "msdnet21"])
 def test_second_pass_is_the_network_on_the_flipped_input(name):
     torch.manual_seed(0)
