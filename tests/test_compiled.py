@@ -18,7 +18,7 @@ from einet.cli import main  # noqa: E402
 from einet.models import compiled  # noqa: E402
 from einet.models.inference import InferenceForm, verify  # noqa: E402
 
-pytestmark = pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")]
 
 
 @pytest.fixture(scope="module")
@@ -101,3 +101,25 @@ def test_without_a_compiler_einet_compile_says_so_in_one_line(compiled_bundle, m
     assert main(["compile", str(compiled_bundle), "--threads", "2", "--quiet"]) == 1
     err = capsys.readouterr().err
     assert "no C++ compiler" in err and err.count("\n") == 1
+
+
+@pytest.mark.slow
+def test_a_compiled_bundle_runs_on_the_native_engine_as_on_the_python_loop(compiled_bundle):
+    from einet.runtime.native import native_module
+
+    if native_module() is None:
+        pytest.skip("the native module cannot be built here")
+    bundle = bundles.read_bundle(compiled_bundle)
+    images = bundle.preprocess(bundle.timing_images()[:5])
+    if bundle.form(bundle.entry("cpu")).name != "compiled":  # the prepared form was quicker here
+        with pytest.raises(ValueError, match="compiled blocks"):
+            bundles.load(compiled_bundle, inline=True, engine="native")
+        return
+    with bundles.load(compiled_bundle, inline=True, engine="native", adapt=False) as native, \
+            bundles.load(compiled_bundle, inline=True, adapt=False) as python:
+        from einet.policies.base import EveryExit
+
+        native.policy = python.policy = EveryExit()  # (the deployed policy may re-plan on the clock: not replayed)
+        for k in range(len(images)):
+            a, b = native.infer(images[k:k + 1]), python.infer(images[k:k + 1])
+            assert (a.prediction, a.exit, a.exits_run) == (b.prediction, b.exit, b.exits_run)

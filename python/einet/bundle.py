@@ -247,12 +247,14 @@ class Bundle:
             raise BundleError(f"{self.path}: the ET-profile of {entry.key!r}: {error}") from None
 
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
-                constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> ElasticRuntime:
+                constructor: str | Any | None = None, inline: bool = False, eager: bool = False,
+                engine: str = "python") -> ElasticRuntime:
         """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
         adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so. `inline`: the
         blocks in the caller's thread, with its torch settings (give it the `threads` the bundle was timed
         with: ``torch.set_num_threads``). The network runs in the form its ET-profile timed
-        (:meth:`form`); `eager`: as trained instead, for comparison (plans still use the profile's times)."""
+        (:meth:`form`); `eager`: as trained instead, for comparison (plans still use the profile's times); `engine`:
+        what runs the blocks (``"native"``: compiled blocks in C++, inline; see :class:`ElasticRuntime`)."""
         from .forms import network_in
         from .runtime import ElasticRuntime
         from .runtime.adaptive import Adaptation
@@ -272,9 +274,9 @@ class Bundle:
                                     self.distribution(), self.horizon_ms * 1e-3,
                                     **self.manifest.adaptation)
             return ElasticRuntime(model, rule=rule, device=device, threads=runtime_threads, adapt=adaptation,
-                                  inline=inline, input_spec=self.input_spec)
+                                  inline=inline, input_spec=self.input_spec, engine=engine)
         return ElasticRuntime(model, self.policy(entry, et, None, predictor), rule, device, runtime_threads,
-                              inline=inline, input_spec=self.input_spec)
+                              inline=inline, input_spec=self.input_spec, engine=engine)
 
 
 def _runtime_options(device: object, threads: object, adapt: object, constructor: object,
@@ -307,12 +309,13 @@ def _runtime_options(device: object, threads: object, adapt: object, constructor
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
-         constructor: str | Any | None = None, inline: bool = False, eager: bool = False) -> ElasticRuntime:
+         constructor: str | Any | None = None, inline: bool = False, eager: bool = False,
+         engine: str = "python") -> ElasticRuntime:
     """A ready :class:`einet.runtime.ElasticRuntime` from a bundle (folder or packed file): ``runtime.infer(x,
     interrupt=...)``. `constructor`: for a network converted from a user's constructor, its name
-    (importing it runs its code, so only when named) or the callable itself. `inline`, `eager`: see
+    (importing it runs its code, so only when named) or the callable itself. `inline`, `eager`, `engine`: see
     :meth:`Bundle.runtime`."""
-    return read_bundle(path).runtime(device, threads, adapt, constructor, inline, eager)
+    return read_bundle(path).runtime(device, threads, adapt, constructor, inline, eager, engine)
 
 
 def read_bundle(path: str | os.PathLike[str]) -> Bundle:

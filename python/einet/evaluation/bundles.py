@@ -88,15 +88,17 @@ def draw_deadlines(bundle: Bundle, count: int, deadline_ms: float | None = None,
 
 def run_images(bundle: Bundle, arrays: ImageArrays, deadlines: np.ndarray, *, device: str = "cpu",
                adapt: bool = True, inline: bool = False, eager: bool = False, warmup: int = 100,
-               constructor: str | None = None, progress: bool = False) -> Stream:
+               constructor: str | None = None, progress: bool = False, engine: str = "python") -> Stream:
     """Every image of `arrays` (labelled with the bundle's classes: :func:`remap_classes`) through the bundle's
     runtime on `device`, interrupted at its deadline (seconds); the first `warmup` images run uninterrupted
     first, so that a cold start does not count and an adaptive runtime's estimates settle. `inline`: the
-    blocks run in this thread, with its torch settings (see :meth:`einet.bundle.Bundle.runtime`)."""
+    blocks run in this thread, with its torch settings; `engine`: what runs them (see
+    :meth:`einet.bundle.Bundle.runtime`)."""
     from ..runtime.realtime import run_stream
 
     images = bundle.preprocess(arrays.images)
-    with bundle.runtime(device, adapt=adapt, constructor=constructor, inline=inline, eager=eager) as runtime:
+    with bundle.runtime(device, adapt=adapt, constructor=constructor, inline=inline, eager=eager,
+                        engine=engine) as runtime:
         for k in range(min(warmup, len(arrays))):
             runtime.infer(images[k:k + 1])
         entry = bundle.entry(device)

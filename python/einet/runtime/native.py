@@ -103,23 +103,29 @@ class NativeEngine:
         self.model, self.device, self.on_cpu, self.statistics = network, torch.device("cpu"), True, statistics
         self.fallback = fallback
         self.replay: tuple[list[float], list[float]] | None = None
+        self._policy: tuple[Policy, tuple[Any, int, int, int] | None] | None = None  # the last, as the loop takes it
         self._loop = module.NativeLoop([str(p) for p in network.block_packages],
                                        [str(p) for p in network.exit_packages], rule.name, list(rule.weights or ()),
                                        -1 if rule.time_zero_class is None else rule.time_zero_class)
 
     def runs_natively(self, policy: Policy) -> bool:
         """Whether a sample with `policy` runs in the native loop (else in the Python one)."""
-        return _native_policy(policy, self.model.num_exits) is not None
+        return self._as_native(policy) is not None
+
+    def _as_native(self, policy: Policy) -> tuple[Any, int, int, int] | None:
+        """:func:`_native_policy`, remembered for the policy of the last sample (asked before block 0 of each)."""
+        if self._policy is None or self._policy[0] is not policy:
+            self._policy = (policy, _native_policy(policy, self.model.num_exits))
+        return self._policy[1]
 
     def run(self, job: Job, stopped: Any, at: float = math.inf) -> bool:
         """:meth:`BlockLoop.run`, natively where it can: True when the job was stopped (its deadline passed or
         its interrupt fired) before it ended."""
-        policy = _native_policy(job.policy, self.model.num_exits)
+        policy = self._as_native(job.policy)
         if policy is None or stopped is not None or not job.x.is_cpu:
             return self.fallback.run(job, stopped, at)
-        x = job.x.to(torch.float32).contiguous()
         was_stopped, answers, times, in_flight, planning, dispatch, plans = self._loop.run(
-            [x], job.started, job.planning, at, job.queued, *policy, self.replay)
+            [job.x], job.started, job.planning, at, job.queued, *policy, self.replay)
         job.answers.extend(answers)
         job.times.extend(times)
         job.in_flight, job.planning = in_flight, planning

@@ -126,6 +126,21 @@ public:
 
     std::size_t num_exits() const { return blocks_.size(); }
 
+    /// Seconds to run every block and exit once, directly, nothing between them: what the loop's own cost is
+    /// measured against (experiments/native_loop).
+    double direct_chain(std::vector<at::Tensor> x) {
+        py::gil_scoped_release release;
+        const c10::InferenceMode inference;
+        const auto start = std::chrono::steady_clock::now();
+        std::vector<at::Tensor> h = std::move(x);
+        for (std::size_t i = 0; i < blocks_.size(); ++i) {
+            h = blocks_[i]->run(h);
+            const at::Tensor log_probs = exits_[i]->run(h).at(0).to(at::kFloat).log_softmax(-1)[0].contiguous();
+            if (log_probs.data_ptr<float>() == nullptr) throw std::runtime_error("no scores");
+        }
+        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    }
+
     /// One sample: see einet.runtime.native.NativeEngine.run for the arguments and what comes back.
     py::tuple run(std::vector<at::Tensor> x, double started, double planning, double at, bool queued,
                   const py::object& mask, std::uintptr_t session, std::uintptr_t lock, std::size_t session_size,
@@ -284,6 +299,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
                       std::vector<double>, std::int64_t>(),
              py::arg("blocks"), py::arg("exits"), py::arg("rule"), py::arg("weights"), py::arg("time_zero_class"))
         .def_property_readonly("num_exits", &NativeLoop::num_exits)
+        .def("direct_chain", &NativeLoop::direct_chain, py::arg("x"))
         .def("run", &NativeLoop::run, py::arg("x"), py::arg("started"), py::arg("planning"), py::arg("at"),
              py::arg("queued"), py::arg("mask"), py::arg("session"), py::arg("lock"), py::arg("session_size"),
              py::arg("replay"));
