@@ -57,6 +57,7 @@ def test_draw_deadlines_fixed_or_drawn_from_the_bundles_distribution():
     assert what == "normal exit times over 20.000 ms" and longer.mean() > 5 * drawn.mean()
 
 
+@pytest.mark.slow
 def test_evaluate_bundle_is_what_the_command_prints(built, capsys):
     from einet.bundle import read_bundle
     from einet.cli import main
@@ -70,6 +71,7 @@ def test_evaluate_bundle_is_what_the_command_prints(built, capsys):
     assert f"{100 * evaluation.result.expected:6.2f}%  tiny" in out.out and out.err == ""
 
 
+@pytest.mark.slow
 def test_a_bundle_without_this_device_is_evaluated_with_another_and_the_command_says_so(built, capsys, monkeypatch):
     from einet.bundle import Bundle, read_bundle
     from einet.cli import main
@@ -90,6 +92,7 @@ def test_a_bundle_without_this_device_is_evaluated_with_another_and_the_command_
     assert f"{100 * evaluation.result.expected:6.2f}%  tiny" in out.out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("inline", [False, True], ids=["threaded", "inline"])
 def test_run_images_answers_every_image_at_its_deadline_and_the_simulator_replays_them(built, inline):
     from einet import data
