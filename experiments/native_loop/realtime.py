@@ -1,0 +1,122 @@
+"""What a user is told and what a user gets, on the native engine against the Python loop.
+
+For a README bundle (default: the VGG-16 row's; runs/NAME.einet, built where missing), its blocks compiled
+for one thread and its cpu entry re-timed here in the fastest form (as `einet compile` + `einet profile`
+do), on the CIFAR-10 test images at deadlines drawn from its exit times, under each load (idle, two
+steady CPU burners, two burners switched every 1.5 s):
+
+- both adaptive inline runtimes side by side (einet.runtime.realtime.run_streams: each image through both,
+  the order rotating), the Python loop and the native engine: real-time accuracy, native minus Python
+  (paired);
+- each runtime minus its promise (the simulator with its planned times plus recent part delays, paired);
+- each runtime minus what `einet evaluate` says for the same device entry (the exact expected accuracy
+  over the bundle's exit times, on the same images).
+
+Run: python -m experiments.native_loop.realtime [--bundle NAME] [--limit N] [--loads idle steady switching]
+Writes experiments/native_loop/results/realtime.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from einet.bundle import read_bundle
+from einet.data import load
+from einet.distributions import sample_exit_times
+from einet.evaluation.bundles import evaluate_bundle
+from einet.evaluation.simulate import ci95_half_width
+from einet.forms import add_timed_device, ensure_compiled
+from einet.runtime.realtime import promised, run_streams
+from einet.runtime.stress import Burners
+from experiments.fast_blocks.readme_rows import CIFAR, bundle_of
+
+HERE = Path(__file__).resolve().parent
+ENGINES = ("python", "native")
+
+
+def paired(values: np.ndarray) -> dict[str, float]:
+    return {"mean": float(values.mean()), "ci95": float(ci95_half_width(values))}
+
+
+def run_under(path: Path, load_name: str, images: torch.Tensor, labels: np.ndarray, deadlines: np.ndarray,
+              evaluated: np.ndarray) -> dict:
+    bundle = read_bundle(path)
+    test = bundle.test().subset(np.arange(len(labels)))
+    assert np.array_equal(test.labels, labels), "the test CS-profile is of other images"
+    runtimes = [bundle.runtime("cpu", 1, inline=True, engine=engine) for engine in ENGINES]
+    try:
+        with Burners.for_load(load_name):
+            for runtime in runtimes:  # a cold start, then the estimates settle
+                for k in range(100):
+                    runtime.infer(images[k:k + 1])
+            streams = run_streams([(runtime, None) for runtime in runtimes], images, labels, deadlines)
+        promises = [promised(stream, test, runtime.rule) for stream, runtime in zip(streams, runtimes)]
+    finally:
+        for runtime in runtimes:
+            runtime.close()
+    correct = [stream.correct.astype(float) for stream in streams]
+    row: dict = {"load": load_name, "native_minus_python": paired(correct[1] - correct[0])}
+    for engine, right, promise in zip(ENGINES, correct, promises):
+        row[engine] = {"accuracy": float(right.mean()), "minus_promise": paired(right - promise),
+                       "minus_evaluate": paired(right - evaluated)}
+    return row
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--bundle", default="vgg16_fine_deployed")
+    parser.add_argument("--limit", type=int, default=10000, help="test images per load")
+    parser.add_argument("--loads", nargs="+", default=["idle", "steady", "switching"])
+    args = parser.parse_args(argv)
+    if not CIFAR.exists():
+        print(f"needs {CIFAR.name} in ../shared/data", file=sys.stderr)
+        return 2
+    path = bundle_of(args.bundle)
+    torch.set_num_threads(1)
+    ensure_compiled(read_bundle(path), 1, log=lambda _: None)
+    record, _ = add_timed_device(path, "cpu", 1, log=lambda _: None)
+    bundle = read_bundle(path)
+    arrays = load("cifar10", str(CIFAR), "test")
+    count = min(args.limit, len(arrays))
+    labels = np.array([bundle.classes.index(arrays.classes[k]) for k in arrays.labels[:count]])
+    images = bundle.preprocess(arrays.images[:count])
+    deadlines = sample_exit_times(bundle.distribution(), (count,), np.random.default_rng(0))
+    evaluation = evaluate_bundle(bundle, bundle.distribution(), "cpu")  # what `einet evaluate BUNDLE` says
+    evaluated = np.asarray(evaluation.result.per_sample_expected)[:count]
+    result = {"bundle": args.bundle, "form": record.meta["form"]["name"], "full_ms": 1e3 * record.profile.total(),
+              "images": count, "evaluate": float(evaluated.mean()), "loads": []}
+    for load_name in args.loads:
+        result["loads"].append(run_under(path, load_name, images, labels, deadlines, evaluated))
+        print(json.dumps(result["loads"][-1]), flush=True)
+    out = HERE / "results" / "realtime"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(result, indent=1) + "\n")
+    out.with_suffix(".md").write_text(table(result))
+    print(table(result))
+    return 0
+
+
+def table(result: dict) -> str:
+    def pp(figure: dict) -> str:
+        return f"{100 * figure['mean']:+.2f} ± {100 * figure['ci95']:.2f} pp"
+
+    lines = [f"{result['bundle']}, {result['form']} form ({result['full_ms']:.3f} ms full inference), "
+             f"{result['images']} CIFAR-10 test images per load; `einet evaluate` (this entry, the bundle's exit "
+             f"times): {100 * result['evaluate']:.2f}%", "",
+             "| load | Python loop: accuracy, minus promise, minus evaluate | native engine: accuracy, minus promise, "
+             "minus evaluate | native minus Python |", "|---|---|---|---:|"]
+    for row in result["loads"]:
+        cells = [f"{100 * row[e]['accuracy']:.2f}%, {pp(row[e]['minus_promise'])}, {pp(row[e]['minus_evaluate'])}"
+                 for e in ENGINES]
+        lines.append(f"| {row['load']} | {cells[0]} | {cells[1]} | {pp(row['native_minus_python'])} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
