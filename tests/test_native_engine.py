@@ -14,8 +14,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 import einet  # noqa: E402
-from einet.models import build  # noqa: E402
-from einet.models import compiled  # noqa: E402
+from einet.models import build, compiled  # noqa: E402
 from einet.policies import EINet  # noqa: E402
 from einet.policies.base import EveryExit  # noqa: E402
 from einet.policies.fixed import FixedPlan  # noqa: E402

@@ -745,8 +745,8 @@ def outcome_of(call: Callable[[], Any]) -> tuple[str, str, list[str]]:
             status, detail = "ok", ""
         except InvariantError as error:
             status, detail = "INVARIANT", str(error)
-        except ALLOWED as error:
-            status, detail = type(error).__name__, ""
+        except ALLOWED as error:  # named by the built-in kind it is (einet's own refusals derive from them)
+            status, detail = next(kind.__name__ for kind in ALLOWED if isinstance(error, kind)), ""
         except Exception as error:
             status, detail = f"BAD:{type(error).__name__}", f"{error}"[:300]
     return status, detail, sorted({w.category.__name__ for w in caught})
