@@ -11,9 +11,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "python" / "einet"
 
 # What einet.formats may import of einet: itself and the leaf modules beneath it (numpy and the native
 # planner at most: no policy building, selection, models, runtime or command).
-FORMATS_MAY_IMPORT = ("einet.formats", "einet._atomic", "einet._core", "einet.errors", "einet.validation",
-                      "einet.planner", "einet.distributions", "einet.rules", "einet.signals", "einet.policies.kinds",
-                      "einet.variants")
+FORMATS_MAY_IMPORT = ("einet.formats", "einet._atomic", "einet._core", "einet.errors", "einet.choices",
+                      "einet.validation", "einet.planner", "einet.distributions", "einet.rules", "einet.signals",
+                      "einet.policies.kinds", "einet.variants")
 FORMATS_MAY_IMPORT_OUTSIDE = ("numpy", "typing_extensions")  # and the standard library
 # Named exceptions, each a format that is torch's own or reads a cache: the checkpoint's loader builds the
 # network it holds (torch; the models it names), and a packed bundle is unpacked into the user's cache folder.

@@ -21,14 +21,13 @@ from dataclasses import Field, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from .choices import EXIT_HEADS, OPTIMIZERS, RECIPES, SCHEDULES
 from .data import DATASETS
 from .distributions import RELATIVE_KINDS
 from .errors import EinetValueError
 from .formats.select_options import COUNT, SEED, SELECT_OPTIONS, flag, list_of, number_in, one_of, optional
-from .models.base import EXIT_HEADS
 from .models.second_look import VIEWS
 from .rules import RULES
-from .training.loop import OPTIMIZERS, RECIPES, SCHEDULES
 from .validation import plain_json, printable_name
 
 

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from ..data import DATASETS
 from ..errors import EinetValueError
 from ..validation import MAX_THREADS, integer_option, real_option
 
@@ -45,8 +46,7 @@ class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
 
 
 def _add_data_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
-    parser.add_argument("--dataset", default="cifar10", choices=["mnist", "fashion-mnist", "cifar10", "cifar100",
-                                                                  "folder"], help="dataset format")
+    parser.add_argument("--dataset", default="cifar10", choices=DATASETS, help="dataset format")
     parser.add_argument("--data", required=required, help="dataset root, IDX folder, CIFAR batch folder, or image zip")
 
 

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from ..choices import LOADS
 from ..validation import check_outputs, integer_option
 from .common import COUNT, _add_torch_arguments, _device, _progress
 
@@ -34,7 +35,7 @@ def add_commands(commands: Any) -> None:
                    help="test samples run under real interrupts")
     p.add_argument("--out-dir", default=None, help="keep the deployment file (and its predictor) here "
                                                    "(default: a temporary folder)")
-    p.add_argument("--stress", default="idle", choices=["idle", "steady", "switching"],
+    p.add_argument("--stress", default="idle", choices=LOADS,
                    help="run it on a busy device: two CPU burners always on (steady) or switched on and off "
                         "every 1.5 s (switching), started and stopped with the demo (einet.runtime.stress)")
     p.add_argument("--threaded", action="store_true",

@@ -7,6 +7,7 @@ from typing import Any
 
 from ..formats.predictor_file import MAX_PREDICTOR_WIDTH
 from ..rules import RULES
+from ..signals import SIGNALS
 from ..validation import check_outputs, integer_option
 from .common import (
     COUNT,
@@ -44,7 +45,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--rule", default="latest", choices=RULES,
                    help="the output rule it predicts for; ensemble also fits per-exit ensemble weights "
                         "(default: %(default)s)")
-    p.add_argument("--signal", default="confidence", choices=["confidence", "entropy", "margin", "agreement"],
+    p.add_argument("--signal", default="confidence", choices=SIGNALS,
                    help="what it reads per observed exit (rules latest/best; needs log-probabilities)")
     p.add_argument("--time-zero", action="store_true",
                    help="hold the held-out split's most frequent class before the first branch finishes")

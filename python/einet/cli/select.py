@@ -9,6 +9,7 @@ from typing import Any
 from ..distributions import RELATIVE_KINDS
 from ..errors import EinetValueError
 from ..rules import RULES
+from ..signals import SIGNALS
 from ..validation import check_outputs, real_option
 from .common import (
     COUNT,
@@ -59,7 +60,7 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--rules", nargs="+", default=list(RULES),
                    choices=RULES, help="candidate output rules")
     p.add_argument("--signals", nargs="+", default=["confidence"],
-                   choices=["confidence", "entropy", "margin", "agreement"],
+                   choices=SIGNALS,
                    help="candidate signals EINet's predictor may read per observed exit (rules latest/best)")
     p.add_argument("--epochs", type=COUNT, default=40, help="predictor training epochs")
     p.add_argument("--seed", type=SEED, default=0, help="fixes the predictor training")

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..choices import EXIT_HEADS, OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 from ..errors import EinetValueError
 from ..validation import check_outputs, integer_option, real_option, summary_path
 from .common import (
@@ -167,19 +168,19 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--width", type=real_option(0.0, 16.0, low_open=True), default=1.0, help="channel width multiplier")
     p.add_argument("--epochs", type=COUNT, default=10, help="training epochs")
     p.add_argument("--batch-size", type=BATCH, default=128, help="training batch size")
-    p.add_argument("--optimizer", default="sgd", choices=["sgd", "adam"], help="optimizer")
+    p.add_argument("--optimizer", default="sgd", choices=OPTIMIZERS, help="optimizer")
     p.add_argument("--lr", type=real_option(0.0, 100.0, low_open=True), default=0.05, help="peak learning rate")
-    p.add_argument("--schedule", default="onecycle", choices=["onecycle", "cosine", "step", "constant"],
+    p.add_argument("--schedule", default="onecycle", choices=SCHEDULES,
                    help="learning-rate schedule")
-    p.add_argument("--exit-head", default="paper", choices=["paper", "light"],
+    p.add_argument("--exit-head", default="paper", choices=EXIT_HEADS,
                    help="the early exits' branch: paper (conv + two FC layers) or light (pool + one linear layer, "
                         "several times cheaper at batch size 1: docs/anytime.md) (default: %(default)s)")
     p.add_argument("--exit-weights", type=real_option(0.0, 1e6), nargs="+", default=None,
                    help="loss weight per exit (default: uniform)")
-    p.add_argument("--recipe", default="joint", choices=["joint", "distill", "distill-ensemble"],
+    p.add_argument("--recipe", default="joint", choices=RECIPES,
                    help="joint: every exit's cross-entropy (the paper); distill: plus self-distillation from the "
                         "final exit; distill-ensemble: from the ensemble of all exits (default: %(default)s)")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    p.add_argument("--precision", default="auto", choices=PRECISIONS,
                    help="bf16: forward and loss under bfloat16 autocast (weights stay float32); auto: bf16 on CUDA, "
                         "fp32 on CPU (default: %(default)s)")
     p.add_argument("--channels-last", action=argparse.BooleanOptionalAction, default=None,

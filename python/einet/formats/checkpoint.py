@@ -20,8 +20,9 @@ import torch
 from torch import nn
 
 from .._atomic import atomic_write
+from ..choices import EXIT_HEADS
 from ..errors import EinetValueError
-from ..models.base import EXIT_HEADS, MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
+from ..models.base import MAX_LIGHT_POOL, MultiExitNetwork, is_light_pool
 from ..models.constructor import CONVERTED, build_converted, resolve_constructor
 from ..validation import plain_json
 from .split import HeldOutSplit

@@ -15,6 +15,7 @@ from typing import Any, cast
 import torch
 from torch import nn
 
+from ..choices import EXIT_HEADS
 from ..errors import EinetValueError
 
 
@@ -123,7 +124,6 @@ class LightBranch(nn.Module):
         return cast(torch.Tensor, self.linear(h.flatten(1)))
 
 
-EXIT_HEADS = ("paper", "light")
 
 
 def light_exits(model: MultiExitNetwork) -> list[int]:

@@ -27,13 +27,13 @@ from typing import IO, Any, cast
 
 import numpy as np
 
+from ..choices import LOADS
 from ..errors import EinetValueError
 from ..planner import Distribution
 from ..validation import number
 
 __all__ = ["LOADS", "Burners", "Slowed", "switching_exit_times"]
 
-LOADS = ("idle", "steady", "switching")  # the load patterns the checks run under
 # A burner: busy until its time limit, or until its parent has gone. On Linux it is also killed with its
 # parent (PR_SET_PDEATHSIG), which reaches it while stopped too: a stopped burner runs no timer. It says
 # "ready" once that is armed, and is switched only after.

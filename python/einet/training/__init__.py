@@ -2,7 +2,8 @@
 written as it goes (:mod:`.loop`), and training across processes (:mod:`.distributed`,
 DistributedDataParallel under torchrun)."""
 
+from ..choices import RECIPES
 from .accuracy import exit_accuracies
-from .loop import RECIPES, DivergedError, History, TrainConfig, train
+from .loop import DivergedError, History, TrainConfig, train
 
 __all__ = ["RECIPES", "DivergedError", "History", "TrainConfig", "exit_accuracies", "train"]

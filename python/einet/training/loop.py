@@ -27,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..choices import OPTIMIZERS, PRECISIONS, RECIPES, SCHEDULES
 from ..data import ImageDataset, ImageShape, as_batches, count_batches, loader_is_sharded
 from ..errors import EinetTypeError, EinetValueError
 from ..formats.checkpoint import read_checkpoint, save_checkpoint
@@ -35,15 +36,6 @@ from ..validation import number
 from .accuracy import distributed_exit_accuracies, shardable
 from .distributed import all_reduce, world
 from .resume import resume_mismatch as resume_mismatch  # (einet.pipeline finds it here too)
-
-# How the exits learn. ``joint``: the weighted sum of every exit's cross-entropy (the paper).
-# ``distill``: plus self-distillation from the final exit (Phuong & Lampert, ICCV 2019; BYOT).
-# ``distill-ensemble``: plus distillation from the detached geometric ensemble of all exits, a
-# teacher that early exits can follow more closely than the final one (as in ensemble-teacher
-# self-distillation for anytime networks).
-RECIPES = ("joint", "distill", "distill-ensemble")
-OPTIMIZERS = ("sgd", "adam")
-SCHEDULES = ("onecycle", "cosine", "step", "constant")  # of the learning rate (:func:`_scheduler`)
 
 
 class DivergedError(EinetValueError):
@@ -92,8 +84,8 @@ class TrainConfig:
         if not (math.isfinite(self.temperature) and self.temperature > 0) or not 0.0 <= self.distill_weight <= 1.0:
             raise EinetValueError(f"need temperature > 0 and 0 <= distill_weight <= 1, got {self.temperature} and "
                                   f"{self.distill_weight}")
-        if self.precision not in ("auto", "fp32", "bf16"):
-            raise EinetValueError(f"unknown precision {self.precision!r}: expected 'auto', 'fp32' or 'bf16'")
+        if self.precision not in PRECISIONS:
+            raise EinetValueError(f"unknown precision {self.precision!r}: expected one of {', '.join(PRECISIONS)}")
         if self.channels_last not in (None, True, False):
             raise EinetTypeError(f"channels_last must be True, False or None (auto), got {self.channels_last!r}")
 
