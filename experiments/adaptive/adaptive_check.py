@@ -32,8 +32,10 @@ import argparse
 import json
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -42,7 +44,15 @@ from einet.evaluation.simulate import ci95_half_width, evaluate, replay
 from einet.formats.predictor_file import load_native_predictor
 from einet.formats.profiles import CSProfile, ETRecord
 from einet.planner import Distribution, Empirical, ETProfile
+from einet.policies import Policy
+from einet.rules import AnswerRule
 from einet.runtime.adaptive import Adaptation, replanning
+
+if TYPE_CHECKING:
+    import torch
+
+    from einet.data import ImageArrays
+    from einet.runtime.stress import Slowed
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "benchmarks" / "fixtures"
@@ -63,78 +73,111 @@ def show(cell: dict[str, float]) -> str:
 
 # ---------------------------------------------------------------- loads (real time)
 
+@dataclass
+class _Stream:
+    """One model's stream in the ``loads`` study: what every load runs, on the same images and deadlines."""
+
+    model: Slowed  # the network, every block and branch `factor["now"]` times as long (load "slowed")
+    factor: dict[str, float]
+    policy_for: Callable[[ETProfile, Distribution], Policy]
+    rule: AnswerRule
+    base: ETProfile  # measured idle, as a user profiles
+    horizon: float
+    dist: Distribution
+    cs: CSProfile  # the chosen test images'
+    x: torch.Tensor
+    y: np.ndarray
+    deadlines: np.ndarray
+
+
+def _stream(args: argparse.Namespace, name: str, test: ImageArrays, images: torch.Tensor) -> _Stream:
+    """Loads a fixture's network, profiles it idle and draws the images and deadlines its stream runs."""
+    from einet.formats.checkpoint import load_checkpoint
+    from einet.profiling import profile_et
+    from einet.runtime.stress import Slowed
+
+    folder = FIXTURES / name
+    network, _ = load_checkpoint(folder / "model.pt")
+    factor = {"now": 1.0}
+    # load "slowed": every block SLOWDOWN times as long once the stream starts
+    model = Slowed(network, lambda: factor["now"])
+    holdout, cs = CSProfile.load(folder / "cs-holdout.npz"), CSProfile.load(folder / "cs-test.npz")
+    native, rule = load_native_predictor(folder / MODELS[name])
+    policy_for = replanning(holdout, rule, native)
+    chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
+    base = profile_et(network, (3, 32, 32), warmup=20, repeats=args.repeats, progress=False,
+                      samples=images[chosen[:200]]).profile  # measured idle, as a user profiles
+    horizon = full_inference_time(base)
+    dist = relative_distribution(args.dist, horizon)
+    deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
+    return _Stream(model, factor, policy_for, rule, base, horizon, dist, cs.subset(chosen), images[chosen],
+                   test.labels[chosen], deadlines)
+
+
+def _under_load(args: argparse.Namespace, s: _Stream, load: str) -> dict[str, Any]:
+    """The static and the adaptive runtime side by side under one load, each against its simulator, its promise
+    and the other: the figures of one row."""
+    from einet.evaluation.simulate import correct_at
+    from einet.runtime import ElasticRuntime
+    from einet.runtime.realtime import COLD_START_RUNS, promised, replay_observed, run_streams
+    from einet.runtime.stress import Burners
+
+    x, rule, policy_for = s.x, s.rule, s.policy_for
+    s.factor["now"] = 1.0
+    with Burners.for_load("idle" if load == "slowed" else load, period=args.period, limit=3600):
+        time.sleep(0.5)  # the burners are running (or switching) before anything is timed
+        # static: calibrated once, under whatever load there is then (today's runtime); adaptive:
+        # the same warm-up feeds its estimates; then both side by side, image by image
+        adaptation = Adaptation(policy_for, s.base, s.dist, s.horizon, learn_exits=False)
+        with ElasticRuntime(s.model, policy_for(s.base, s.dist), rule=rule, inline=args.inline) as static_runtime, \
+                ElasticRuntime(s.model, rule=rule, adapt=adaptation, inline=args.inline) as adaptive_runtime:
+            for runtime in (static_runtime, adaptive_runtime):
+                for k in range(COLD_START_RUNS):
+                    runtime.infer(x[k:k + 1])
+                runtime.reset_statistics()
+                for k in range(args.warmup):
+                    runtime.infer(x[k % len(x):k % len(x) + 1])
+            calibrated = static_runtime.calibrate(s.base)
+            static_runtime.policy = policy_for(calibrated, s.dist)
+            if load == "slowed":
+                s.factor["now"] = SLOWDOWN
+            static, adaptive = run_streams([(static_runtime, calibrated), (adaptive_runtime, None)], x, s.y,
+                                           s.deadlines)
+            s.factor["now"] = 1.0
+            replans, slowdown = adaptation.replans, adaptation.block_times.slowdown
+            planning_ms = 1e3 * float(np.sum(adaptation.planning_seconds))
+        static_sim = correct_at(policy_for(calibrated, s.dist), s.cs, calibrated, s.deadlines, rule)
+        adaptive_sim = replay_observed(adaptive, s.cs, rule)
+        adaptive_means = replay_observed(adaptive, s.cs, rule, observed=False)
+        adaptive_promise = promised(adaptive, s.cs, rule)
+    return {"static": 100 * static.accuracy, "adaptive": 100 * adaptive.accuracy,
+            "static_minus_simulator": paired(static.correct.astype(float) - static_sim),
+            "adaptive_minus_replay": paired(adaptive.correct.astype(float) - adaptive_sim),
+            "adaptive_minus_simulator": paired(adaptive.correct.astype(float) - adaptive_means),
+            "adaptive_minus_promise": paired(adaptive.correct.astype(float) - adaptive_promise),
+            "adaptive_minus_static": paired(adaptive.correct.astype(float) - static.correct),
+            "replans": replans, "slowdown": slowdown, "planning_ms": planning_ms,
+            "static_profile_ms": 1e3 * full_inference_time(calibrated)}
+
+
 def loads(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The ``loads`` study: a row per model and load, each printed to stderr as it is done."""
     import torch
 
     from einet import data
-    from einet.evaluation.simulate import correct_at
-    from einet.formats.checkpoint import load_checkpoint
-    from einet.profiling import profile_et
-    from einet.runtime import ElasticRuntime
-    from einet.runtime.realtime import COLD_START_RUNS, promised, replay_observed, run_streams
-    from einet.runtime.stress import Burners, Slowed
 
     torch.set_num_threads(1)
     test = data.load("cifar10", SHARED / "cifar10-jpeg.zip", "test")
     images = data.dataset_for("cifar10", test, False).images
     rows = []
     for name in args.models:
-        folder = FIXTURES / name
-        network, _ = load_checkpoint(folder / "model.pt")
-        factor = {"now": 1.0}
-        # load "slowed": every block SLOWDOWN times as long once the stream starts
-        model = Slowed(network, lambda factor=factor: factor["now"])
-        holdout, cs = CSProfile.load(folder / "cs-holdout.npz"), CSProfile.load(folder / "cs-test.npz")
-        native, rule = load_native_predictor(folder / MODELS[name])
-        policy_for = replanning(holdout, rule, native)
-        chosen = np.random.default_rng(1).choice(len(test), args.samples, replace=False)
-        base = profile_et(network, (3, 32, 32), warmup=20, repeats=args.repeats, progress=False,
-                          samples=images[chosen[:200]]).profile  # measured idle, as a user profiles
-        horizon = full_inference_time(base)
-        dist = relative_distribution(args.dist, horizon)
-        deadlines = sample_exit_times(dist, (args.samples,), np.random.default_rng(2))
-        sub, x, y = cs.subset(chosen), images[chosen], test.labels[chosen]
+        stream = _stream(args, name, test, images)
         for load in args.loads:
-            factor["now"] = 1.0
-            with Burners.for_load("idle" if load == "slowed" else load, period=args.period, limit=3600):
-                time.sleep(0.5)  # the burners are running (or switching) before anything is timed
-                # static: calibrated once, under whatever load there is then (today's runtime); adaptive:
-                # the same warm-up feeds its estimates; then both side by side, image by image
-                adaptation = Adaptation(policy_for, base, dist, horizon, learn_exits=False)
-                with ElasticRuntime(model, policy_for(base, dist), rule=rule, inline=args.inline) as static_runtime, \
-                        ElasticRuntime(model, rule=rule, adapt=adaptation, inline=args.inline) as adaptive_runtime:
-                    for runtime in (static_runtime, adaptive_runtime):
-                        for k in range(COLD_START_RUNS):
-                            runtime.infer(x[k:k + 1])
-                        runtime.reset_statistics()
-                        for k in range(args.warmup):
-                            runtime.infer(x[k % len(x):k % len(x) + 1])
-                    calibrated = static_runtime.calibrate(base)
-                    static_runtime.policy = policy_for(calibrated, dist)
-                    if load == "slowed":
-                        factor["now"] = SLOWDOWN
-                    static, adaptive = run_streams([(static_runtime, calibrated), (adaptive_runtime, None)], x, y,
-                                                   deadlines)
-                    factor["now"] = 1.0
-                    replans, slowdown = adaptation.replans, adaptation.block_times.slowdown
-                    planning_ms = 1e3 * float(np.sum(adaptation.planning_seconds))
-                static_sim = correct_at(policy_for(calibrated, dist), sub, calibrated, deadlines, rule)
-                adaptive_sim = replay_observed(adaptive, sub, rule)
-                adaptive_means = replay_observed(adaptive, sub, rule, observed=False)
-                adaptive_promise = promised(adaptive, sub, rule)
             row = {"model": name, "load": load, "samples": args.samples, "dist": args.dist,
-                   "static": 100 * static.accuracy, "adaptive": 100 * adaptive.accuracy,
-                   "static_minus_simulator": paired(static.correct.astype(float) - static_sim),
-                   "adaptive_minus_replay": paired(adaptive.correct.astype(float) - adaptive_sim),
-                   "adaptive_minus_simulator": paired(adaptive.correct.astype(float) - adaptive_means),
-                   "adaptive_minus_promise": paired(adaptive.correct.astype(float) - adaptive_promise),
-                   "adaptive_minus_static": paired(adaptive.correct.astype(float) - static.correct),
-                   "replans": replans, "slowdown": slowdown, "planning_ms": planning_ms,
-                   "static_profile_ms": 1e3 * full_inference_time(calibrated)}
+                   **_under_load(args, stream, load)}
             rows.append(row)
             print(json.dumps(row), file=sys.stderr)
     return rows
-
 
 def loads_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| model | load | static | adaptive | static - its simulator | adaptive - its simulator (mean times) | "

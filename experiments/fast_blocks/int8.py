@@ -24,6 +24,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -105,20 +106,18 @@ def cs_profile(network, images: torch.Tensor, labels: torch.Tensor) -> CSProfile
                      log_probs.half().numpy())
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line: the fixture, how many held-out images calibrate and score, the horizon."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--fixture", default="vgg16_fine_w025_cpu_light")
     parser.add_argument("--calibrate", type=int, default=256, help="held-out images to calibrate on")
     parser.add_argument("--images", type=int, default=2000, help="other held-out images to score")
     parser.add_argument("--horizon-ms", type=float, default=4.2360125, help="the README row's horizon")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(1)
-    checkpoint = FIXTURES / args.fixture / "model.pt"
-    eager, _ = load_checkpoint(checkpoint)
-    network = InferenceForm("prepared").apply(eager.eval())
-    data = held_out(checkpoint)
-    calibration = data.images[:args.calibrate]
-    scored = slice(args.calibrate, args.calibrate + args.images)
+    return parser.parse_args(argv)
+
+
+def compile_forms(network, calibration: torch.Tensor) -> tuple[dict[str, Any], dict[str, int]]:
+    """Both compiled forms (fp32 as the packages are, int8 part by part) by name, and the seconds each took."""
     os.environ["EINET_CACHE_DIR"] = tempfile.mkdtemp(prefix="einet-int8-")
     started = time.perf_counter()
     fp32 = load_compiled(compile_parts(network, calibration[:1], "int8-fp32", lambda c: {}, log=lambda _: None).name,
@@ -127,11 +126,17 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     int8 = quantized_parts(network, calibration, Path(tempfile.mkdtemp(prefix="einet-int8-parts-")))
     int8_seconds = time.perf_counter() - started
-    profiles = {name: cs_profile(net, data.images[scored], data.labels[scored])
-                for name, net in (("fp32 compiled", fp32), ("int8 compiled", int8))}
-    times = chain_times({"fp32 compiled": fp32, "int8 compiled": int8}, calibration[:1], rounds=7, repeats=20)
-    result = {"fixture": args.fixture, "calibrated_on": args.calibrate, "scored": args.images,
-              "compile_seconds": {"fp32": round(fp32_seconds), "int8": round(int8_seconds)}, "forms": {}}
+    return {"fp32 compiled": fp32, "int8 compiled": int8}, {"fp32": round(fp32_seconds), "int8": round(int8_seconds)}
+
+
+def score_forms(args: argparse.Namespace, forms: dict[str, Any], data: ImageDataset,
+                calibration: torch.Tensor) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Each form's chain time, held-out exit accuracies and statistics-plan score under each distribution (planned
+    with its own times); the rows, and the scores by distribution and form."""
+    scored = slice(args.calibrate, args.calibrate + args.images)
+    profiles = {name: cs_profile(net, data.images[scored], data.labels[scored]) for name, net in forms.items()}
+    times = chain_times(forms, calibration[:1], rounds=7, repeats=20)
+    rows: dict[str, dict] = {}
     scores: dict[str, dict] = {}
     for name, cs in profiles.items():
         et = ETProfile(times[name][:, 0], times[name][:, 1])
@@ -142,14 +147,23 @@ def main(argv: list[str] | None = None) -> int:
             plan = statistics_plan(cs.correct.mean(0), et, dist)
             scores.setdefault(kind, {})[name] = evaluate(plan, cs, et, dist, draws=1, rule=AnswerRule("latest"))
             row[f"statistics_plan_{kind}"] = round(float(scores[kind][name].expected), 4)
-        result["forms"][name] = row
-    # The rule of the issue: int8 is adopted only where it scores higher on held-out data at the deadline,
-    # paired over the same images (its 95% interval above zero).
-    result["int8_minus_fp32"] = {}
+        rows[name] = row
+    return rows, scores
+
+
+def adoption(scores: dict[str, dict]) -> dict[str, dict]:
+    """The rule of the issue: int8 is adopted only where it scores higher on held-out data at the deadline,
+    paired over the same images (its 95% interval above zero)."""
+    adopted = {}
     for kind, by_form in scores.items():
         diff = paired_difference(by_form["int8 compiled"], by_form["fp32 compiled"])
-        result["int8_minus_fp32"][kind] = {"mean": round(float(diff.mean), 5), "ci95": round(float(diff.ci95), 5),
-                                           "adopt": bool(diff.mean - diff.ci95 > 0)}
+        adopted[kind] = {"mean": round(float(diff.mean), 5), "ci95": round(float(diff.ci95), 5),
+                         "adopt": bool(diff.mean - diff.ci95 > 0)}
+    return adopted
+
+
+def write_result(args: argparse.Namespace, result: dict[str, Any]) -> None:
+    """Prints the result and writes it as results/int8_FIXTURE.json and as a markdown table (.md)."""
     text = json.dumps(result, indent=1)
     print(text)
     out = HERE / "results" / f"int8_{args.fixture}"
@@ -165,8 +179,23 @@ def main(argv: list[str] | None = None) -> int:
         "scored images: " + ", ".join(f"{kind} {100 * d['mean']:+.2f} ± {100 * d['ci95']:.2f} pp "
                                       f"({'adopt' if d['adopt'] else 'not adopted'})"
                                       for kind, d in result["int8_minus_fp32"].items()) + "\n")
-    return 0
 
+
+def main(argv: list[str] | None = None) -> int:
+    """Compiles both forms of the fixture's network, scores them on held-out images and writes the result."""
+    args = parse_args(argv)
+    torch.set_num_threads(1)
+    checkpoint = FIXTURES / args.fixture / "model.pt"
+    eager, _ = load_checkpoint(checkpoint)
+    network = InferenceForm("prepared").apply(eager.eval())
+    data = held_out(checkpoint)
+    calibration = data.images[:args.calibrate]
+    forms, compile_seconds = compile_forms(network, calibration)
+    rows, scores = score_forms(args, forms, data, calibration)
+    result = {"fixture": args.fixture, "calibrated_on": args.calibrate, "scored": args.images,
+              "compile_seconds": compile_seconds, "forms": rows, "int8_minus_fp32": adoption(scores)}
+    write_result(args, result)
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

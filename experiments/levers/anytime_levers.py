@@ -126,7 +126,8 @@ def test_images(folder: Path) -> int:
     return CSProfile.load(folder / "cs-test.npz").num_samples
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line: the fixture, its twins, the distributions, the fits' sizes and where to write."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fixture", type=Path)
     parser.add_argument("--twin", type=Path, nargs="*", default=[],
@@ -136,11 +137,14 @@ def main() -> None:
                         help="test images for the (slower) nearest-neighbour reference; 0 skips it")
     parser.add_argument("--epochs", type=int, default=40, help="predictor training epochs")
     parser.add_argument("--out", type=Path, help="write the markdown table here (and the raw numbers as .json)")
-    args = parser.parse_args()
-    started = time.perf_counter()
+    return parser.parse_args()
+
+
+def run_all(args: argparse.Namespace) -> tuple[str, dict[str, tuple[dict, dict]], float]:
+    """Every configuration of the fixture and of each twin, by recipe (the twins under the fixture's exit times in
+    seconds): the fixture's recipe, the runs and the fixture's full inference time."""
     recipe = CSProfile.load(args.fixture / "cs-test.npz").meta.get("recipe", "joint")
-    results, chosen = configurations(args.fixture, args.dist, args.knn_samples, args.epochs)
-    runs = {recipe: (results, chosen)}
+    runs = {recipe: configurations(args.fixture, args.dist, args.knn_samples, args.epochs)}
     full_time = full_inference_time(ETRecord.load(args.fixture / "et.npz").profile)
     for twin in args.twin:
         twin_recipe = CSProfile.load(twin / "cs-test.npz").meta.get("recipe", twin.name)
@@ -148,12 +152,20 @@ def main() -> None:
             raise SystemExit(f"{twin} has the same recipe name as another fixture ({twin_recipe!r}): "
                              "the table could not tell them apart")
         runs[twin_recipe] = configurations(twin, args.dist, args.knn_samples, args.epochs, full_time)
+    return recipe, runs, full_time
 
-    def paper(kind: str, label: str) -> PolicyResult:
-        """The paper's method on the same images as `label`."""
-        prefix = label[:label.index("]") + 2] if label.startswith("[") else ""
-        return results[kind, f"{prefix}EINet (paper) | latest"]
 
+def paper(results: dict, kind: str, label: str) -> PolicyResult:
+    """The paper's method on the same images as `label`."""
+    prefix = label[:label.index("]") + 2] if label.startswith("[") else ""
+    return results[kind, f"{prefix}EINet (paper) | latest"]
+
+
+def comparison_table(args: argparse.Namespace, recipe: str, runs: dict[str, tuple[dict, dict]],
+                     full_time: float) -> tuple[list[str], dict]:
+    """The main table: every configuration of every network minus the fixture's paper's method, and the network
+    chosen on held-out data; its lines and the raw numbers."""
+    results = runs[recipe][0]
     lines = [f"Fixture `{args.fixture.name}`" + "".join(f", twin `{twin.name}`" for twin in args.twin)
              + f"; exact expected accuracy on {test_images(args.fixture)} test images (rows marked [n images]: the "
              "first n, paired with the paper's method on those); "
@@ -171,7 +183,7 @@ def main() -> None:
             cells = []
             for kind in args.dist:
                 r = res[kind, label]
-                difference = paired_difference(r, paper(kind, label))
+                difference = paired_difference(r, paper(results, kind, label))
                 cells += [f"{100 * r.expected:.2f}", str(difference)]
                 raw[f"{name} | {label} | {kind}"] = {"expected": r.expected, **vars(difference)}
             configuration, _, rule = label.partition(" | ")  # "deployed": its rule is in the notes below
@@ -181,14 +193,19 @@ def main() -> None:
         cells = []
         for kind in args.dist:
             r = runs[picked[kind]][0][kind, "deployed"]
-            difference = paired_difference(r, paper(kind, "deployed"))
+            difference = paired_difference(r, paper(results, kind, "deployed"))
             cells += [f"{100 * r.expected:.2f}", str(difference)]
             raw[f"network chosen on held-out data | {kind}"] = {"network": picked[kind], "expected": r.expected,
                                                                  **vars(difference)}
         networks = "; ".join(f"{kind}: {picked[kind]}" for kind in args.dist)
         lines.append(f"| chosen on held-out data ({networks}) | deployed | as chosen | " + " | ".join(cells) + " |")
-    lines += ["", "Per-sample planning against the statistics plan (same rule, same images), pp ± 95% CI:", "",
-              "| recipe | rule | planner | " + " | ".join(args.dist) + " |", "|---|---|---|" + "---:|" * len(args.dist)]
+    return lines, raw
+
+
+def planner_table(args: argparse.Namespace, runs: dict[str, tuple[dict, dict]]) -> list[str]:
+    """The second table: each per-sample planner minus the statistics plan, same rule, same images."""
+    lines = ["", "Per-sample planning against the statistics plan (same rule, same images), pp ± 95% CI:", "",
+             "| recipe | rule | planner | " + " | ".join(args.dist) + " |", "|---|---|---|" + "---:|" * len(args.dist)]
     for name, (res, _) in runs.items():
         for label in sorted({label for _, label in res if "statistics | " in label}):
             prefix, rule = label.split("statistics | ")
@@ -198,12 +215,24 @@ def main() -> None:
                     cells = [str(paired_difference(res[kind, f"{prefix}{planner} | {rule}"], res[kind, label]))
                              for kind in args.dist]
                     lines.append(f"| {name} | {rule} | {prefix}{planner} | " + " | ".join(cells) + " |")
-    lines.append("")
-    for name, (_, chosen) in runs.items():
-        for kind, deployed in chosen.items():
-            lines.append(f"Deployed for `{name}` under {kind} exit times (chosen on held-out data): "
-                         f"{deployed['policy']}, rule {deployed['rule']}; held-out scores of the top candidates: "
-                         + ", ".join(f"{k} {100 * v:.2f}%" for k, v in deployed["validation_top3"].items()) + ".")
+    return [*lines, ""]
+
+
+def deployed_notes(runs: dict[str, tuple[dict, dict]]) -> list[str]:
+    """A line per network and distribution: what was deployed, and the held-out scores it was chosen by."""
+    return [f"Deployed for `{name}` under {kind} exit times (chosen on held-out data): "
+            f"{deployed['policy']}, rule {deployed['rule']}; held-out scores of the top candidates: "
+            + ", ".join(f"{k} {100 * v:.2f}%" for k, v in deployed["validation_top3"].items()) + "."
+            for name, (_, chosen) in runs.items() for kind, deployed in chosen.items()]
+
+
+def main() -> None:
+    """Scores every configuration, prints the tables and writes them (and the raw numbers) to --out."""
+    args = parse_args()
+    started = time.perf_counter()
+    recipe, runs, full_time = run_all(args)
+    lines, raw = comparison_table(args, recipe, runs, full_time)
+    lines += planner_table(args, runs) + deployed_notes(runs)
     lines.append(f"\n{time.perf_counter() - started:.0f} s.")
     table = "\n".join(lines) + "\n"
     print(table)
@@ -211,7 +240,6 @@ def main() -> None:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(table)
         args.out.with_suffix(".json").write_text(json.dumps(raw, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     np.seterr(all="ignore")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -37,8 +38,10 @@ from einet.evaluation.select import deployed_policy, select
 from einet.evaluation.simulate import ci95_half_width
 from einet.formats.checkpoint import load_checkpoint
 from einet.formats.profiles import CSProfile
+from einet.models import MultiExitNetwork
 from einet.models.second_look import with_second_look
-from einet.policies import EINet
+from einet.planner import Distribution, ETProfile
+from einet.policies import EINet, Policy
 from einet.predictor import load_predictor
 from einet.profiling import profile_et
 from einet.rules import AnswerRule
@@ -46,7 +49,8 @@ from einet.runtime import ElasticRuntime
 from einet.runtime.realtime import check_against_simulator
 
 
-def main() -> None:
+def parse_args() -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    """The command line, checked; the parser too, to refuse what only loading the networks reveals."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--reference", type=Path, required=True, help="checkpoint of the paper's network")
     parser.add_argument("--reference-fixture", type=Path, required=True, help="its profiles and predictor.npz")
@@ -68,11 +72,12 @@ def main() -> None:
         parser.error(f"--samples and --rounds must be >= 1, got {args.samples} and {args.rounds}")
     if args.candidate_second_look_depth is not None and not args.candidate_second_look:
         parser.error("--candidate-second-look-depth needs --candidate-second-look")
-    torch.set_num_threads(1)
-    test = data.load("cifar10", args.data, "test")
-    count = min(args.samples, len(test.labels))
-    order = np.tile(np.arange(count), args.rounds)  # every image `rounds` times, each with its own deadline
-    images = data.dataset_for("cifar10", test, False).images[:count][order]
+    return parser, args
+
+
+def load_networks(parser: argparse.ArgumentParser,
+                  args: argparse.Namespace) -> tuple[dict[str, MultiExitNetwork], dict[str, Path]]:
+    """Both networks as run here (the candidate with its second look) and their fixtures, which must match them."""
     candidate = load_checkpoint(args.candidate)[0]
     if args.candidate_second_look:
         try:
@@ -86,6 +91,38 @@ def main() -> None:
         if profiled != model.num_exits:
             parser.error(f"{fixtures[name]} has {profiled} exits, the {name} as run here {model.num_exits}: "
                          "profile it the way it runs")
+    return models, fixtures
+
+
+def configuration(name: str, folder: Path, et: ETProfile, dist: Distribution, kind: str,
+                  full_time: float) -> tuple[Callable[[ETProfile], Policy], AnswerRule, str]:
+    """What a network runs (its policy for a given ET-profile, its rule, a label): the paper's method for the
+    reference; for the candidate, what its held-out data picks at the reference's deadlines."""
+    if name == "reference":
+        native, rule = load_predictor(folder / "predictor.npz").to_native(), AnswerRule("latest")
+
+        def paper(profile: ETProfile) -> Policy:
+            return EINet(native, profile, dist, rule)
+        return paper, rule, "paper's method (EINet (paper), rule latest)"
+    holdout = CSProfile.load(folder / "cs-holdout.npz")
+    deployment, torch_predictor = select(et, holdout, kinds=[kind], scale=full_time / full_inference_time(et),
+                                         progress=False)
+    native = torch_predictor.to_native()
+
+    def deployed(profile: ETProfile) -> Policy:
+        return deployed_policy(deployment, profile, dist, native)
+    return deployed, deployment.rule, f"deployed ({deployment.policy}, rule {deployment.rule.label()})"
+
+
+def main() -> None:
+    """Runs both networks under the same deadlines and prints each one's figures and their paired difference."""
+    parser, args = parse_args()
+    torch.set_num_threads(1)
+    test = data.load("cifar10", args.data, "test")
+    count = min(args.samples, len(test.labels))
+    order = np.tile(np.arange(count), args.rounds)  # every image `rounds` times, each with its own deadline
+    images = data.dataset_for("cifar10", test, False).images[:count][order]
+    models, fixtures = load_networks(parser, args)
     examples = images[np.random.default_rng(0).permutation(count)[:200]]
     ets = {name: profile_et(model, (3, 32, 32), repeats=args.repeats, progress=False, samples=examples).profile
            for name, model in models.items()}  # back to back, on the same inputs
@@ -99,21 +136,7 @@ def main() -> None:
         cs = CSProfile.load(folder / "cs-test.npz").subset(order)
         if not np.array_equal(cs.labels, test.labels[order]):
             raise ValueError(f"{folder}/cs-test.npz is not the CIFAR-10 test split in order")
-        if name == "reference":  # the paper's method
-            native, rule = load_predictor(folder / "predictor.npz").to_native(), AnswerRule("latest")
-
-            def policy_for(profile, native=native, rule=rule):
-                return EINet(native, profile, dist, rule)
-            label = "paper's method (EINet (paper), rule latest)"
-        else:  # what held-out data picks for it, at the reference's deadlines
-            holdout = CSProfile.load(folder / "cs-holdout.npz")
-            deployment, torch_predictor = select(et, holdout, kinds=[args.dist],
-                                                 scale=full_time / full_inference_time(et), progress=False)
-            native, rule = torch_predictor.to_native(), deployment.rule
-
-            def policy_for(profile, deployment=deployment, native=native):
-                return deployed_policy(deployment, profile, dist, native)
-            label = f"deployed ({deployment.policy}, rule {rule.label()})"
+        policy_for, rule, label = configuration(name, folder, et, dist, args.dist, full_time)
         with ElasticRuntime(model, policy_for(et), rule=rule) as runtime:
             check = check_against_simulator(runtime, policy_for, et, cs, images, deadlines, warmup=300)
         correct[name] = check.report.correct.astype(np.float64).reshape(args.rounds, count).mean(0)  # per image
@@ -134,7 +157,6 @@ def main() -> None:
           f"{100 * difference.mean():+.2f} ± {100 * ci95_half_width(difference):.2f} pp (paired)")
     if args.out:
         args.out.write_text(json.dumps(figures, indent=1) + "\n")
-
 
 if __name__ == "__main__":
     main()

@@ -41,11 +41,13 @@ import torch
 from einet import data
 from einet.formats.checkpoint import load_checkpoint
 from einet.formats.profiles import ETRecord
+from einet.models import MultiExitNetwork
 from einet.models.second_look import VIEWS, with_second_look
 from einet.profiling import profile_et
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
+    """The command line, refused where it asks for nothing to splice or for options that need others."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("fixture", type=Path, help="the base network's fixture (its et.npz is spliced)")
     parser.add_argument("--checkpoint", required=True, help="the base network's checkpoint")
@@ -71,14 +73,18 @@ def main() -> None:
         raise SystemExit("--base-has-second-look needs --second-look (the view and depth it has)")
     if not (args.variant or (args.second_look and not args.base_has_second_look)):
         raise SystemExit("nothing to splice: give --variant, --second-look or both")
+    return args
+
+
+def load_networks(args: argparse.Namespace) -> tuple[MultiExitNetwork, MultiExitNetwork, MultiExitNetwork,
+                                                      MultiExitNetwork]:
+    """The base and the variant as loaded (plain), then as timed (with the second look where asked)."""
     plain_base, _ = load_checkpoint(args.checkpoint)
     plain_variant, _ = load_checkpoint(args.variant) if args.variant else (plain_base, None)
     if len(plain_variant.blocks) != len(plain_base.blocks):
         raise SystemExit(f"{args.variant} has {len(plain_variant.blocks)} blocks, {args.checkpoint} "
                          f"{len(plain_base.blocks)}: a variant keeps its base's blocks")
     model, variant = plain_base, plain_variant
-    labels = [f"variant {Path(args.variant).name}"] if args.variant else []
-    adds_look = bool(args.second_look) and not args.base_has_second_look
     if args.second_look:
         try:
             variant = with_second_look(plain_variant, args.second_look, args.depth)
@@ -86,15 +92,12 @@ def main() -> None:
                 model = with_second_look(plain_base, args.second_look, args.depth)
         except ValueError as error:
             raise SystemExit(f"--depth/--second-look: {error}") from None
-        if adds_look:
-            labels.append(variant.label)
-    n = model.num_exits
-    # the base block each of the variant's blocks corresponds to, and the plain network's index of both
-    base_of = np.tile(np.arange(variant.num_exits // 2), 2) if adds_look else np.arange(n)
-    plain_index = base_of % len(variant.blocks)
-    base = ETRecord.load(args.fixture / "et.npz")
-    if len(base.conv) != n:
-        raise SystemExit(f"{args.fixture / 'et.npz'} has {len(base.conv)} blocks, the base network {n}")
+    return plain_base, plain_variant, model, variant
+
+
+def time_both(args: argparse.Namespace, model: MultiExitNetwork,
+              variant: MultiExitNetwork) -> tuple[list[ETRecord], list[ETRecord]]:
+    """ET-profiles of the base and the variant, alternating for --rounds, on the inputs `einet profile` times with."""
     _, holdout = data.load(args.dataset, args.data, "train").split(args.holdout, seed=args.seed)
     samples = data.timing_images(args.dataset, holdout)  # the inputs `einet profile` times with
     shape = tuple(samples.shape[1:])
@@ -102,11 +105,13 @@ def main() -> None:
     for _ in range(args.rounds):
         plain.append(profile_et(model, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
         varied.append(profile_et(variant, shape, repeats=args.repeats, warmup=20, progress=False, samples=samples))
-    # a module the base runs the same way (no second look added) with the same weights keeps the base's time
-    unchanged = {"conv": [not adds_look and _same_module(plain_base.blocks[j], plain_variant.blocks[j])
-                          for j in plain_index],
-                 "branch": [not adds_look and _same_module(plain_base.exits[j], plain_variant.exits[j])
-                            for j in plain_index]}
+    return plain, varied
+
+
+def splice(base: ETRecord, plain: list[ETRecord], varied: list[ETRecord], base_of: np.ndarray,
+           unchanged: dict[str, list[bool]]) -> tuple[dict[str, np.ndarray], dict[str, list[float]]]:
+    """Each time field of the variant: its base block's time plus what the variant measured adds there (nothing
+    where `unchanged`); and what was added, in us."""
     spliced, added_us = {}, {}
     for field in ETRecord.TIMES:
         measured_plain = np.mean([getattr(r, field) for r in plain], axis=0)
@@ -116,6 +121,31 @@ def main() -> None:
         base_times = getattr(base, field)[base_of]
         spliced[field] = np.maximum(base_times + added, 1e-7)
         added_us[field] = np.round(1e6 * (spliced[field] - base_times), 2).tolist()
+    return spliced, added_us
+
+
+def main() -> None:
+    """Times the base and the variant back to back and writes the base's ET-profile spliced with the difference."""
+    args = parse_args()
+    plain_base, plain_variant, model, variant = load_networks(args)
+    adds_look = bool(args.second_look) and not args.base_has_second_look
+    labels = [f"variant {Path(args.variant).name}"] if args.variant else []
+    if adds_look:
+        labels.append(variant.label)
+    n = model.num_exits
+    # the base block each of the variant's blocks corresponds to, and the plain network's index of both
+    base_of = np.tile(np.arange(variant.num_exits // 2), 2) if adds_look else np.arange(n)
+    plain_index = base_of % len(variant.blocks)
+    base = ETRecord.load(args.fixture / "et.npz")
+    if len(base.conv) != n:
+        raise SystemExit(f"{args.fixture / 'et.npz'} has {len(base.conv)} blocks, the base network {n}")
+    plain, varied = time_both(args, model, variant)
+    # a module the base runs the same way (no second look added) with the same weights keeps the base's time
+    unchanged = {"conv": [not adds_look and _same_module(plain_base.blocks[j], plain_variant.blocks[j])
+                          for j in plain_index],
+                 "branch": [not adds_look and _same_module(plain_base.exits[j], plain_variant.exits[j])
+                            for j in plain_index]}
+    spliced, added_us = splice(base, plain, varied, base_of, unchanged)
     provenance = {"rounds": args.rounds, "repeats": args.repeats, "added_conv_us": added_us["conv"],
                   "added_branch_us": added_us["branch"]}
     meta = {**base.meta, "model": " + ".join([base.meta.get("model", "model"), *labels]), "spliced": provenance}
@@ -125,7 +155,6 @@ def main() -> None:
     print(f"added per block (us): {added_us['conv']}")
     print(f"added per branch (us): {added_us['branch']}")
     print(f"wrote {args.out / 'et.npz'}")
-
 
 def _same_module(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     """The same kind of module with the same weights: it runs in the same time."""
