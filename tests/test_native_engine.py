@@ -22,6 +22,7 @@ from einet.rules import AnswerRule  # noqa: E402
 from einet.runtime import ElasticRuntime  # noqa: E402
 from einet.runtime._statistics import Statistics  # noqa: E402
 from einet.runtime._worker import BlockLoop, Job  # noqa: E402
+from einet.runtime.replay import ReplayedLoop  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")]
 
@@ -46,24 +47,6 @@ def network(tmp_path_factory):
     patch.undo()
 
 
-class VirtualTime:
-    """The Python loop's clock on replayed block times: each part advances it by its replayed seconds."""
-
-    def __init__(self, network):
-        self.network, self.now = network, 0.0
-        self.num_exits = network.num_exits
-
-    def forward_block(self, i, h):
-        out = self.network.forward_block(i, h)
-        self.now += CONV[i]
-        return out
-
-    def forward_exit(self, i, h):
-        out = self.network.forward_exit(i, h)
-        self.now += BRANCH[i]
-        return out
-
-
 def policies(num_exits):
     rng = np.random.default_rng(0)
     predictor = einet.NativePredictor([rng.normal(size=(8, 2 * num_exits)), rng.normal(size=(num_exits, 8))],
@@ -83,11 +66,8 @@ RULES = {"latest": AnswerRule("latest"), "best": AnswerRule("best"),
 
 
 def python_run(network, rule, policy, x, at):
-    virtual = VirtualTime(network)
-    loop = BlockLoop(virtual, torch.device("cpu"), rule, Statistics())
-    loop.clock = lambda: virtual.now
     job = Job(x, policy, 0.0)
-    return loop.run(job, None, at), job
+    return ReplayedLoop(network, rule, CONV, BRANCH).run(job, None, at), job
 
 
 def native_run(network, rule, policy, x, at):
