@@ -6,6 +6,7 @@ module of the package, re-exported here under a short name (``from einet.lab imp
 
 - ``stress``: CPU burners, a throttled model, exit times that switch mid-stream (a busy device);
 - ``realtime``: the runtime against the simulator, its promise, run side by side;
+- ``replay``: the Python loop on replayed block times (what the native engine is checked against);
 - ``oracles``: the reference policies no deployable policy can pass (they read the true answer);
 - ``select``: choosing the deployed configuration on held-out data, as ``einet build`` does;
 - ``tables``: markdown and CSV tables and plots of simulated results;
@@ -17,6 +18,6 @@ Needs the ``einet[torch]`` extra.
 from . import synthetic
 from .evaluation import select, tables
 from .policies import oracles
-from .runtime import realtime, stress
+from .runtime import realtime, replay, stress
 
-__all__ = ["oracles", "realtime", "select", "stress", "synthetic", "tables"]
+__all__ = ["oracles", "realtime", "replay", "select", "stress", "synthetic", "tables"]
