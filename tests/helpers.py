@@ -21,3 +21,19 @@ def fake_cifar10(root: Path, per_batch: int = 8) -> Path:
     return root
 
 
+
+
+def tiny_bundle(folder: Path, name: str, profile: str = "") -> Path:
+    """`einet build` of the embedded MNIST slice, one epoch of a tiny B-AlexNet, no levers: a bundle in seconds
+    (`profile`: more lines of its [profile] section, e.g. 'compile = true'). The bundle's path."""
+    from importlib.resources import files
+
+    from einet.cli import main
+
+    (folder / "c.toml").write_text(
+        f'name = "{name}"\n[data]\ndataset = "mnist"\npath = "{files("einet") / "resources"}"\nholdout = 0.2\n'
+        '[network]\nzoo = "b_alexnet"\nwidth = 0.125\nexit_head = "light"\n[train]\nepochs = 1\nbatch_size = 64\n'
+        f'[profile]\nrepeats = 10\nwarmup = 2\n{profile}[select]\npredictor_epochs = 2\nrules = ["latest"]\n'
+        f'[output]\nbundle = "{name}.einet"\n')
+    assert main(["build", str(folder / "c.toml"), "--quiet"]) == 0
+    return folder / f"{name}.einet"

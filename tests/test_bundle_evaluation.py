@@ -12,6 +12,7 @@ import pytest
 from einet.data import ImageArrays
 from einet.errors import EinetValueError
 from einet.evaluation.bundles import draw_deadlines, evaluate_bundle, remap_classes, run_images, simulate_run
+from tests.helpers import tiny_bundle
 
 MNIST = str(files("einet") / "resources")
 
@@ -20,16 +21,7 @@ MNIST = str(files("einet") / "resources")
 def built(tmp_path_factory):
     """The embedded MNIST slice, one epoch of a tiny B-AlexNet, no levers: a bundle in seconds."""
     pytest.importorskip("torch")
-    from einet.cli import main
-
-    folder = tmp_path_factory.mktemp("evaluation")
-    (folder / "c.toml").write_text(
-        f'name = "tiny"\n[data]\ndataset = "mnist"\npath = "{MNIST}"\nholdout = 0.2\n'
-        '[network]\nzoo = "b_alexnet"\nwidth = 0.125\nexit_head = "light"\n[train]\nepochs = 1\nbatch_size = 64\n'
-        '[profile]\nrepeats = 10\nwarmup = 2\n[select]\npredictor_epochs = 2\nrules = ["latest"]\n'
-        '[output]\nbundle = "tiny.einet"\n')
-    assert main(["build", str(folder / "c.toml"), "--quiet"]) == 0
-    return folder / "tiny.einet"
+    return tiny_bundle(tmp_path_factory.mktemp("evaluation"), "tiny")
 
 
 def images(classes: tuple[str, ...], labels: list[int]) -> ImageArrays:

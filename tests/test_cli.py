@@ -639,3 +639,13 @@ def test_evaluate_with_rule_ensemble_needs_no_torch(tmp_path):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "rule ensemble + time-zero answer" in done.stdout and "| statistics |" in done.stdout
+
+
+def test_run_refuses_an_unknown_engine_in_one_line_before_any_work(tmp_path, capsys):
+    pytest.importorskip("torch")
+    from einet.cli import main
+
+    missing = tmp_path / "no.einet"  # not read: the engine is checked first
+    assert main(["run", str(missing), "--images", str(tmp_path), "--engine", "c++"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "engine must be one of python, native" in err

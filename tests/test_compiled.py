@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import shutil
-from importlib.resources import files
 
 import pytest
 
@@ -17,6 +16,7 @@ from einet import forms  # noqa: E402
 from einet.cli import main  # noqa: E402
 from einet.models import compiled  # noqa: E402
 from einet.models.inference import InferenceForm, verify  # noqa: E402
+from tests.helpers import tiny_bundle  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")]
 
@@ -27,13 +27,7 @@ def compiled_bundle(tmp_path_factory):
     folder = tmp_path_factory.mktemp("compiled")
     patch = pytest.MonkeyPatch()
     patch.setenv("EINET_CACHE_DIR", str(folder / "cache"))
-    (folder / "c.toml").write_text(
-        f'name = "tiny"\n[data]\ndataset = "mnist"\npath = "{files("einet") / "resources"}"\nholdout = 0.2\n'
-        '[network]\nzoo = "b_alexnet"\nwidth = 0.125\nexit_head = "light"\n[train]\nepochs = 1\nbatch_size = 64\n'
-        '[profile]\nrepeats = 10\nwarmup = 2\ncompile = true\n[select]\npredictor_epochs = 2\nrules = ["latest"]\n'
-        '[output]\nbundle = "tiny.einet"\n')
-    assert main(["build", str(folder / "c.toml"), "--quiet"]) == 0  # profile.compile: compiled, timed, selected
-    yield folder / "tiny.einet"
+    yield tiny_bundle(folder, "tiny", "compile = true\n")  # profile.compile: compiled, timed, selected
     patch.undo()
 
 

@@ -5,7 +5,6 @@ hang, and Ctrl-C one line."""
 from __future__ import annotations
 
 import threading
-from importlib.resources import files
 
 import numpy as np
 import pytest
@@ -15,19 +14,13 @@ torch = pytest.importorskip("torch")
 import einet  # noqa: E402
 from einet import bundle as bundles  # noqa: E402
 from einet.cli import main  # noqa: E402
+from tests.helpers import tiny_bundle  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     """The embedded MNIST slice, one epoch of a tiny B-AlexNet, no levers: a bundle in seconds."""
-    folder = tmp_path_factory.mktemp("api")
-    (folder / "c.toml").write_text(
-        f'name = "api"\n[data]\ndataset = "mnist"\npath = "{files("einet") / "resources"}"\nholdout = 0.2\n'
-        '[network]\nzoo = "b_alexnet"\nwidth = 0.125\nexit_head = "light"\n[train]\nepochs = 1\nbatch_size = 64\n'
-        '[profile]\nrepeats = 10\nwarmup = 2\n[select]\npredictor_epochs = 2\nrules = ["latest"]\n'
-        '[output]\nbundle = "api.einet"\n')
-    assert main(["build", str(folder / "c.toml"), "--quiet"]) == 0
-    return folder / "api.einet"
+    return tiny_bundle(tmp_path_factory.mktemp("api"), "api")
 
 
 @pytest.fixture(params=[False, True], ids=["threaded", "inline"])

@@ -27,6 +27,7 @@ from einet.bundle import read_bundle
 from einet.data import load
 from einet.distributions import sample_exit_times
 from einet.evaluation.simulate import ci95_half_width
+from einet.formats.profiles import ETRecord
 from einet.forms import add_timed_device, ensure_compiled
 from einet.runtime.realtime import promised, run_stream
 from einet.runtime.stress import Burners
@@ -51,6 +52,21 @@ def first_answer(path: Path, times: int = 5) -> dict:
                            check=True).stdout.split() for _ in range(times)]
     return {"seconds": [round(float(r[1]), 2) for r in runs], "imports": [round(float(r[0]), 2) for r in runs],
             "network": runs[0][2]}
+
+
+def compiled_test_stream(path: Path, limit: int) -> tuple[ETRecord, torch.Tensor, np.ndarray, np.ndarray]:
+    """The bundle at `path` compiled for one thread and its cpu entry timed in the fastest form (as `einet
+    compile` does; one torch thread from now on); its first `limit` CIFAR-10 test images normalised, their
+    labels in its classes, and deadlines drawn from its exit times (seed 0)."""
+    torch.set_num_threads(1)
+    ensure_compiled(read_bundle(path), 1, log=lambda _: None)
+    record, _ = add_timed_device(path, "cpu", 1, log=lambda _: None)
+    bundle = read_bundle(path)
+    arrays = load("cifar10", str(CIFAR), "test")
+    count = min(limit, len(arrays))
+    labels = np.array([bundle.classes.index(arrays.classes[k]) for k in arrays.labels[:count]])
+    deadlines = sample_exit_times(bundle.distribution(), (count,), np.random.default_rng(0))
+    return record, bundle.preprocess(arrays.images[:count]), labels, deadlines
 
 
 def stream_under(path: Path, load_name: str, inline: bool, images: torch.Tensor, labels: np.ndarray,
@@ -80,16 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.first_answer_only:
         print(json.dumps(first_answer(path)))
         return 0
-    torch.set_num_threads(1)
-    ensure_compiled(read_bundle(path), 1, log=lambda _: None)
-    record, _ = add_timed_device(path, "cpu", 1, log=lambda _: None)
+    record, images, labels, deadlines = compiled_test_stream(path, args.limit)
+    count = len(labels)
     print(f"{args.bundle}: timed in the {record.meta['form']['name']} form, {1e3 * record.profile.total():.3f} ms")
-    bundle = read_bundle(path)
-    arrays = load("cifar10", str(CIFAR), "test")
-    count = min(args.limit, len(arrays))
-    labels = np.array([bundle.classes.index(arrays.classes[k]) for k in arrays.labels[:count]])
-    images = bundle.preprocess(arrays.images[:count])
-    deadlines = sample_exit_times(bundle.distribution(), (count,), np.random.default_rng(0))
     rows = []
     for load_name in ("idle", "steady", "switching"):
         for inline in (True, False):

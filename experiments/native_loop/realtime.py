@@ -27,13 +27,11 @@ import numpy as np
 import torch
 
 from einet.bundle import read_bundle
-from einet.data import load
-from einet.distributions import sample_exit_times
 from einet.evaluation.bundles import evaluate_bundle
 from einet.evaluation.simulate import ci95_half_width
-from einet.forms import add_timed_device, ensure_compiled
 from einet.runtime.realtime import promised, run_streams
 from einet.runtime.stress import Burners
+from experiments.fast_blocks.promise import compiled_test_stream
 from experiments.fast_blocks.readme_rows import CIFAR, bundle_of
 
 HERE = Path(__file__).resolve().parent
@@ -78,15 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"needs {CIFAR.name} in ../shared/data", file=sys.stderr)
         return 2
     path = bundle_of(args.bundle)
-    torch.set_num_threads(1)
-    ensure_compiled(read_bundle(path), 1, log=lambda _: None)
-    record, _ = add_timed_device(path, "cpu", 1, log=lambda _: None)
-    bundle = read_bundle(path)
-    arrays = load("cifar10", str(CIFAR), "test")
-    count = min(args.limit, len(arrays))
-    labels = np.array([bundle.classes.index(arrays.classes[k]) for k in arrays.labels[:count]])
-    images = bundle.preprocess(arrays.images[:count])
-    deadlines = sample_exit_times(bundle.distribution(), (count,), np.random.default_rng(0))
+    record, images, labels, deadlines = compiled_test_stream(path, args.limit)
+    count, bundle = len(labels), read_bundle(path)
     evaluation = evaluate_bundle(bundle, bundle.distribution(), "cpu")  # what `einet evaluate BUNDLE` says
     evaluated = np.asarray(evaluation.result.per_sample_expected)[:count]
     result = {"bundle": args.bundle, "form": record.meta["form"]["name"], "full_ms": 1e3 * record.profile.total(),

@@ -142,7 +142,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ..bundle import read_bundle
     from ..evaluation.bundles import draw_deadlines, remap_classes, run_images, simulate_run
     from ..evaluation.simulate import ci95_half_width
+    from ..runtime import check_engine
 
+    check_engine(args.engine)
     if args.out:
         from ..validation import check_outputs
 

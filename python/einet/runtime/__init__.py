@@ -52,7 +52,7 @@ from ..planner import ETProfile
 from ..policies import Policy
 from ..rules import AnswerRule, as_rule
 from ..validation import number
-from ._drivers import Driver, Engine, InlineDriver, ThreadedDriver
+from ._drivers import ENGINES, Driver, InlineDriver, ThreadedDriver, check_engine, make_engine
 from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
@@ -60,8 +60,8 @@ from ._worker import EXIT_JOIN_SECONDS, BlockLoop, Job, NonFiniteError, Worker
 from .adaptive import Adaptation
 from .inputs import InputSpec
 
-__all__ = ["EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "InputSpec", "Interrupt",
-           "NonFiniteError"]
+__all__ = ["ENGINES", "EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "InputSpec", "Interrupt",
+           "NonFiniteError", "check_engine"]
 
 
 @dataclass(frozen=True)
@@ -92,31 +92,6 @@ def _runnable(model: MultiExitNetwork, device: torch.device) -> MultiExitNetwork
     if on_device and not any(module.training for module in model.modules()):
         return model
     return copy.deepcopy(model).to(device).eval()
-
-
-ENGINES = ("python", "native")  # what runs the blocks: the Python loop, or the native one (einet.runtime.native)
-
-
-def _engine(name: str, loop: BlockLoop, inline: bool) -> Engine:
-    """The engine `name` over `loop`'s network: the Python loop itself, or the native loop (with the Python
-    one for what it cannot run); ValueError saying why where the native one cannot run at all."""
-    if name not in ENGINES:
-        raise EinetValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r:.40}")
-    if name == "python":
-        return loop
-    from ..models.compiled import CompiledNetwork
-    from .native import NativeEngine, native_module
-
-    if not inline:
-        raise EinetValueError("the native engine runs in the caller's thread: engine='native' goes with inline=True")
-    if not isinstance(loop.model, CompiledNetwork):
-        raise EinetValueError("the native engine runs compiled blocks: compile the bundle (einet compile) or give a "
-                              "CompiledNetwork")
-    module = native_module()
-    if module is None:
-        raise EinetValueError("the native engine cannot be built here (no C++ compiler or ninja; the einet log says "
-                              "why): use engine='python'")
-    return NativeEngine(loop.model, loop.running.rule, loop.statistics, module, loop)
 
 
 class ElasticRuntime:
@@ -204,7 +179,7 @@ class ElasticRuntime:
         self.last_policy: Policy = policy  # the policy of the latest infer() call
         self._closed = False
         loop = BlockLoop(self.model, self.device, rule, self._statistics)
-        self.engine = _engine(engine, loop, inline)
+        self.engine = make_engine(engine, loop, inline)
         self._driver: Driver = (InlineDriver(self.engine, adapt) if inline else
                                 ThreadedDriver(Worker(loop, threads, adapt, lower_switch_interval)))
         self._stop = weakref.finalize(self, self._driver.stop)  # also when collected unclosed

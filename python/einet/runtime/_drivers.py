@@ -11,8 +11,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Protocol
 
+from ..errors import EinetValueError
 from ._interrupt import InterruptCheck
-from ._worker import Job, Worker
+from ._worker import BlockLoop, Job, Worker
 from .adaptive import Adaptation
 
 
@@ -117,3 +118,33 @@ class ThreadedDriver:
 
     def join(self) -> None:
         self.worker.join()
+
+
+ENGINES = ("python", "native")  # what runs the blocks: the Python loop, or the native one (einet.runtime.native)
+
+
+def check_engine(name: object) -> str:
+    """`name` if it names an engine; ValueError otherwise (the command asks before any work)."""
+    if name not in ENGINES:
+        raise EinetValueError(f"engine must be one of {', '.join(ENGINES)}, got {name!r:.40}")
+    return str(name)
+
+
+def make_engine(name: str, loop: BlockLoop, inline: bool) -> Engine:
+    """The engine `name` over `loop`'s network: the Python loop itself, or the native loop (with the Python
+    one for what it cannot run); ValueError saying why where the native one cannot run at all."""
+    if check_engine(name) == "python":
+        return loop
+    from ..models.compiled import CompiledNetwork
+    from .native import NativeEngine, native_module
+
+    if not inline:
+        raise EinetValueError("the native engine runs in the caller's thread: engine='native' goes with inline=True")
+    if not isinstance(loop.model, CompiledNetwork):
+        raise EinetValueError("the native engine runs compiled blocks: compile the bundle (einet compile) or give a "
+                              "CompiledNetwork")
+    module = native_module()
+    if module is None:
+        raise EinetValueError("the native engine cannot be built here (no C++ compiler or ninja; the einet log says "
+                              "why): use engine='python'")
+    return NativeEngine(loop.model, loop.running.rule, loop.statistics, module, loop)
