@@ -95,12 +95,17 @@ def test_nothing_held_before_the_first_branch():
 
 def test_event_and_callable_interrupts():
     event = threading.Event()  # (blocks of 0.1 s, stops at 0.15 s: 50 ms either side for a loaded machine)
+    # The runtimes are made first: the interrupts count from the call, not from making one (its eval copy of
+    # the model takes a while on a loaded machine)
+    first, second = ElasticRuntime(slow_model(0.1), EveryExit()), ElasticRuntime(slow_model(0.1), EveryExit())
     threading.Timer(0.15, event.set).start()
-    answer = ElasticRuntime(slow_model(0.1), EveryExit()).infer(X, interrupt=event)
+    answer = first.infer(X, interrupt=event)
     assert answer.interrupted and answer.exit == 0
     stop_at = time.perf_counter() + 0.15
-    answer = ElasticRuntime(slow_model(0.1), EveryExit()).infer(X, interrupt=lambda: time.perf_counter() >= stop_at)
+    answer = second.infer(X, interrupt=lambda: time.perf_counter() >= stop_at)
     assert answer.interrupted and answer.exit == 0
+    first.close()
+    second.close()
 
 
 def test_policies_drive_the_runtime():
