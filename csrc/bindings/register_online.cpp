@@ -1,14 +1,19 @@
 // Binds EINet's online loop: OnlineSession (the per-sample session held natively, behind one
 // lock) and online_step (predict every exit's score, then search the remaining blocks).
+// The session also goes to and from text (save, load: einet/session_file.hpp).
 #include <cstddef>
 #include <cstdint>
+#include <istream>
+#include <memory>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <utility>
 #include <vector>
 
 #include "common.hpp"
 #include "einet/online.hpp"
+#include "einet/session_file.hpp"
 
 namespace einet_binding {
 /// One OnlineSession and the lock that keeps its state consistent when several Python threads
@@ -99,6 +104,28 @@ void register_online(py::module_& m) {
                  s.session.observe(block, confidence, elapsed);
              },
              py::arg("block"), py::arg("confidence"), py::arg("elapsed"), py::call_guard<py::gil_scoped_release>())
+        .def("save",
+             [](LockedSession& s) {
+                 const std::lock_guard<std::mutex> lock(s.mutex);
+                 std::ostringstream out;
+                 einet::write_session(out, s.session);
+                 return out.str();
+             },
+             "The session file (docs/design.md section 8): what the session was made from, as text that "
+             "OnlineSession.load, or einet/session_file.hpp's read_session in C++, makes the same session from.")
+        .def_static(
+            "load",
+            [](const std::string& text) {
+                std::istringstream in(text);
+                auto session = std::make_unique<LockedSession>(einet::read_session(in));
+                if (!(in >> std::ws).eof()) {
+                    throw std::invalid_argument("einet session file: text after its last line, 'end'");
+                }
+                return session;
+            },
+            py::arg("text"),
+            "The session a save() wrote, at begin(). ValueError naming the line, keyword and value for a "
+            "malformed, truncated or other-version file.")
         // For einet's native loop (einet.runtime.native), a separate module built against the same header: the
         // session's and its lock's addresses, and the session's size (the loop refuses a session of another
         // layout). Valid while this object lives; the loop holds the lock while it uses the session.

@@ -6,8 +6,11 @@
 #include <cstdio>
 #include <cstdlib>
 #include <limits>
+#include <locale>
 #include <random>
+#include <sstream>
 #include <stdexcept>
+#include <string>
 #include <vector>
 
 #include "einet/distributions.hpp"
@@ -15,6 +18,7 @@
 #include "einet/online.hpp"
 #include "einet/predictor.hpp"
 #include "einet/search.hpp"
+#include "einet/session_file.hpp"
 
 namespace {
 
@@ -209,6 +213,139 @@ void test_predictor_and_session(std::mt19937_64& rng) {
     CHECK(throws<std::invalid_argument>([&] { einet::Predictor({last}, true); }));
 }
 
+// A locale that writes numbers as badly as it can: decimal comma, digits grouped in threes.
+struct CommaGrouping : std::numpunct<char> {
+    char do_decimal_point() const override { return ','; }
+    char do_thousands_sep() const override { return '.'; }
+    std::string do_grouping() const override { return "\3"; }
+};
+
+std::string saved(const einet::OnlineSession& session) {
+    std::ostringstream out;
+    einet::write_session(out, session);
+    return out.str();
+}
+
+einet::OnlineSession loaded(const std::string& text) {
+    std::istringstream in(text);
+    return einet::read_session(in);
+}
+
+// The error read_session gives for `text` ("" if none).
+std::string load_error(const std::string& text) {
+    try {
+        loaded(text);
+    } catch (const std::invalid_argument& error) {
+        return error.what();
+    }
+    return "";
+}
+
+bool mentions(const std::string& message, const char* part) { return message.find(part) != std::string::npos; }
+
+std::string replaced(std::string text, const std::string& from, const std::string& to) {
+    const auto at = text.find(from);
+    return at == std::string::npos ? text : text.replace(at, from.size(), to);
+}
+
+// `text` with the first value on the first line of `keyword` set to `value`.
+std::string with_value(std::string text, const std::string& keyword, const std::string& value) {
+    const auto start = text.find("\n" + keyword + " ") + keyword.size() + 2;
+    return text.replace(start, text.find_first_of(" \n", start) - start, value);
+}
+
+// A random predictor of `n` exits: one layer, or two with 7 hidden units.
+einet::Predictor random_predictor(std::mt19937_64& rng, std::size_t n, std::size_t num_layers, bool calibrated) {
+    std::normal_distribution<double> weight(0.0, 1.0);
+    std::vector<std::size_t> widths{2 * n, 7, n};
+    if (num_layers == 1) widths.erase(widths.begin() + 1);
+    std::vector<einet::DenseLayer> layers;
+    for (std::size_t k = 0; k + 1 < widths.size(); ++k) {
+        einet::DenseLayer layer{widths[k], widths[k + 1], {}, {}};
+        for (std::size_t i = 0; i < layer.inputs * layer.outputs; ++i) layer.weight.push_back(weight(rng));
+        for (std::size_t o = 0; o < layer.outputs; ++o) layer.bias.push_back(weight(rng));
+        layers.push_back(layer);
+    }
+    return einet::Predictor(layers, calibrated);
+}
+
+// write_session then read_session gives a session that makes the same decisions, and writes the same text:
+// every distribution, one and two layers, calibrated or not, every rule and method.
+void test_session_file(std::mt19937_64& rng) {
+    const std::size_t n = 5;
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    const einet::Method methods[] = {einet::Method::exhaustive, einet::Method::greedy, einet::Method::hybrid,
+                                     einet::Method::random};
+    std::string example;
+    for (int combination = 0; combination < 5 * 2 * 2 * 2 * 4; ++combination) {
+        const int kind = combination % 5;
+        const std::size_t num_layers = 1 + combination / 5 % 2;
+        const bool calibrated = combination / 10 % 2 == 1;
+        const einet::Rule rule = combination / 20 % 2 ? einet::Rule::best : einet::Rule::latest;
+        const einet::SearchOptions options{methods[combination / 40], 2, 50, rng()};
+        const Case c = random_case(rng, n, kind);
+        std::vector<std::uint8_t> first(n);
+        for (auto& run : first) run = static_cast<std::uint8_t>(rng() & 1);
+        einet::OnlineSession original(random_predictor(rng, n, num_layers, calibrated), c.conv, c.branch, c.dist,
+                                      rule, options, first, 0.1 * unit(rng));
+        const std::string text = saved(original);
+        einet::OnlineSession copy = loaded(text);
+        CHECK(saved(copy) == text);
+        CHECK(copy.conv() == original.conv() && copy.branch() == original.branch());
+        CHECK(copy.margin() == original.margin() && copy.first_plan() == original.first_plan());
+        CHECK(copy.options().seed == options.seed && copy.rule() == rule && copy.options().method == options.method);
+        CHECK(copy.predictor().layers().back().weight == original.predictor().layers().back().weight);
+        for (int sample = 0; sample < 4; ++sample) {
+            original.begin();
+            copy.begin();
+            double t = 0.0;
+            for (std::size_t b = 0; b < n; ++b) {
+                t += c.conv[b];
+                CHECK(copy.run_branch(b) == original.run_branch(b));
+                if (original.run_branch(b)) {
+                    t += c.branch[b];
+                    const double confidence = unit(rng);
+                    original.observe(b, confidence, t);
+                    copy.observe(b, confidence, t);
+                }
+            }
+        }
+        if (kind == 3 && num_layers == 2) example = text;  // the last: calibrated, rule best, random search
+    }
+
+    // The caller's stream locale changes nothing; a decimal number is read as well as a hexfloat.
+    const einet::OnlineSession session = loaded(example);
+    std::ostringstream commas;
+    commas.imbue(std::locale(std::locale::classic(), new CommaGrouping));
+    einet::write_session(commas, session);
+    CHECK(commas.str() == example);
+    CHECK(loaded(with_value(example, "margin", "0.25")).margin() == 0.25);
+
+    // Malformed, truncated and other-version files, each named in the message.
+    CHECK(mentions(load_error("einet-offline-session 1\n"), "'einet-offline-session', not 'einet-online-session'"));
+    CHECK(mentions(load_error(replaced(example, "einet-online-session 1", "einet-online-session 2")), "version '2'"));
+    CHECK(mentions(load_error(""), "truncated"));
+    CHECK(mentions(load_error(example.substr(0, example.find("\nrule") + 1)), "truncated: it ends after line"));
+    CHECK(mentions(load_error(example.substr(0, example.find("\nrule") - 3)), "truncated: it ends inside line"));
+    CHECK(saved(loaded(example.substr(0, example.size() - 1))) == example);  // the last newline may go
+    for (std::size_t cut = 0; cut + 1 < example.size(); ++cut) {
+        const std::string error = load_error(example.substr(0, cut));
+        CHECK(mentions(error, "einet session file"));
+        if (error.empty()) std::fprintf(stderr, "a file cut to %zu bytes was read\n", cut);
+    }
+    CHECK(mentions(load_error(with_value(example, "weight", "nan")), "'nan' is not a finite number"));
+    CHECK(mentions(load_error(replaced(example, "\nweight ", "\nweight 0x1p+0 ")), "(weight): expected 70"));
+    CHECK(mentions(load_error(with_value(example, "conv", "abc")), "(conv): 'abc' is not a finite number"));
+    CHECK(mentions(load_error(replaced(example, "\ndepth 2", "\ndepth two")), "'two' is not an unsigned integer"));
+    CHECK(mentions(load_error(replaced(example, "\nrule best", "\nrule first")), "(rule): unknown rule 'first'"));
+    CHECK(mentions(load_error(replaced(example, "\nmargin 0x", "\nmargin 0.25 0x")), "(margin): expected 1"));
+    CHECK(mentions(load_error(replaced(example, "\nblocks 5", "\nblocks 4")), "(conv): expected 4"));
+    CHECK(mentions(load_error(replaced(example, "\nbranch ", "\nbrunch ")), "expected 'branch', got 'brunch'"));
+    CHECK(mentions(load_error(replaced(example, "\nmargin 0x", "\nmargin -0x")), "margin must be >= 0"));
+    CHECK(mentions(load_error(replaced(example, "distribution empirical", "distribution empiricle")),
+                   "unknown distribution 'empiricle'"));
+}
+
 bool close(double a, double b, double rel) { return std::fabs(a - b) <= rel * std::fabs(b); }
 
 void test_normal_tails_and_nan_policy() {
@@ -337,6 +474,7 @@ int main() {
     test_normal_tails_and_nan_policy();
     test_work_caps(rng);
     test_stop_check(rng);
+    test_session_file(rng);
     if (failures) {
         std::fprintf(stderr, "%d check(s) failed\n", failures);
         return EXIT_FAILURE;

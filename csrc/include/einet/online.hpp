@@ -86,6 +86,16 @@ public:
         best_confidence_ = -1.0;
     }
 
+    // What the session was made from (what session_file.hpp writes).
+    const Predictor& predictor() const { return predictor_; }
+    const std::vector<double>& conv() const { return conv_; }
+    const std::vector<double>& branch() const { return branch_; }
+    const Distribution& distribution() const { return dist_; }
+    Rule rule() const { return rule_; }
+    const SearchOptions& options() const { return options_; }
+    const std::vector<std::uint8_t>& first_plan() const { return first_plan_; }
+    double margin() const { return margin_; }
+
     bool run_branch(std::size_t block) const {
         return block >= plan_start_ && block - plan_start_ < plan_.size() && plan_[block - plan_start_];
     }
