@@ -648,4 +648,4 @@ def test_run_refuses_an_unknown_engine_in_one_line_before_any_work(tmp_path, cap
     missing = tmp_path / "no.einet"  # not read: the engine is checked first
     assert main(["run", str(missing), "--images", str(tmp_path), "--engine", "c++"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "engine must be one of python, native" in err
+    assert err.count("\n") == 0 and "engine must be one of auto, python, native" in err

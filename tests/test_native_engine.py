@@ -29,22 +29,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(compiled.compiler() is None, 
 CONV, BRANCH = [0.004, 0.003, 0.005], [0.001, 0.002, 0.001]  # the replayed seconds of each part
 
 
-@pytest.fixture(scope="module")
-def network(tmp_path_factory):
-    """A tiny 3-exit network's compiled blocks, and the native module, built into a private cache."""
-    patch = pytest.MonkeyPatch()
-    patch.setenv("EINET_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
-    torch.manual_seed(0)
-    model = build("b_alexnet", num_classes=10, in_channels=1, width=0.125, exit_head="light").eval()
-    example = torch.randn(1, 1, 28, 28)
-    folder = compiled.compile_parts(model, example, "native-test", lambda net: {}, log=lambda _: None)
-    network = compiled.load_compiled(folder.name, model.num_exits)
-    from einet.runtime.native import native_module
-
-    if native_module() is None:
-        pytest.skip("the native module cannot be built here")
-    yield network
-    patch.undo()
+@pytest.fixture
+def network(compiled_tiny):
+    return compiled_tiny
 
 
 def policies(num_exits):
@@ -127,8 +114,6 @@ def test_what_the_native_loop_cannot_run_goes_to_the_python_loop(network):
 
 
 def test_the_native_engine_where_it_cannot_run_is_a_value_error(network):
-    with pytest.raises(ValueError, match="inline=True"):
-        ElasticRuntime(network, EveryExit(), engine="native")
     model = build("b_alexnet", num_classes=10, in_channels=1, width=0.125).eval()
     with pytest.raises(ValueError, match="compiled blocks"):
         ElasticRuntime(model, EveryExit(), inline=True, engine="native")

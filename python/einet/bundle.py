@@ -248,13 +248,14 @@ class Bundle:
 
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
                 constructor: str | Any | None = None, inline: bool = False, eager: bool = False,
-                engine: str = "python") -> ElasticRuntime:
+                engine: str = "auto") -> ElasticRuntime:
         """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
         adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so. `inline`: the
         blocks in the caller's thread, with its torch settings (give it the `threads` the bundle was timed
         with: ``torch.set_num_threads``). The network runs in the form its ET-profile timed
         (:meth:`form`); `eager`: as trained instead, for comparison (plans still use the profile's times); `engine`:
-        what runs the blocks (``"native"``: compiled blocks in C++, inline; see :class:`ElasticRuntime`)."""
+        what runs the blocks (by default the native loop over the compiled blocks where the bundle is compiled
+        and a compiler is here, else the Python loop; see :class:`ElasticRuntime`)."""
         from .forms import network_in
         from .runtime import ElasticRuntime
         from .runtime.adaptive import Adaptation
@@ -310,7 +311,7 @@ def _runtime_options(device: object, threads: object, adapt: object, constructor
 
 def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
          constructor: str | Any | None = None, inline: bool = False, eager: bool = False,
-         engine: str = "python") -> ElasticRuntime:
+         engine: str = "auto") -> ElasticRuntime:
     """A ready :class:`einet.runtime.ElasticRuntime` from a bundle (folder or packed file): ``runtime.infer(x,
     interrupt=...)``. `constructor`: for a network converted from a user's constructor, its name
     (importing it runs its code, so only when named) or the callable itself. `inline`, `eager`, `engine`: see

@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     deadlines, what = draw_deadlines(bundle, len(arrays), args.deadline_ms, args.dist, args.horizon_ms, args.seed)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    inline = args.inline or args.engine == "native"  # (the native engine runs in this thread)
+    inline = args.inline
     if inline:  # the blocks run in this thread: with the thread count the bundle was timed with
         torch.set_num_threads(bundle.threads)
     stream = run_images(bundle, arrays, deadlines, adapt=not args.static, inline=inline, eager=args.eager,
@@ -239,9 +239,10 @@ def add_commands(commands: Any) -> None:
                    help="run the blocks in this thread (no hand-over; a call returns once the block in flight ends)")
     p.add_argument("--eager", action="store_true",
                    help="run the network as trained, not in the form its ET-profile timed (for comparison)")
-    p.add_argument("--engine", default="python",  # (checked by the runtime, which defines the engines)
-                   help="what runs the blocks: python (the Python loop) or native (compiled blocks in C++, in this "
-                        "thread)")
+    p.add_argument("--engine", default="auto",  # (checked by the runtime, which defines the engines)
+                   help="what runs the blocks: native (the compiled blocks, the policy and the rule in C++), python "
+                        "(the Python loop) or auto (native where the bundle is compiled and a compiler is here; the "
+                        "default)")
     p.add_argument("--limit", type=count, default=None, help="the first N images only")
     p.add_argument("--warmup", type=integer_option(0, 1_000_000), default=100, help="uninterrupted runs first")
     p.add_argument("--seed", type=seed, default=0, help="fixes the drawn deadlines")

@@ -21,12 +21,16 @@ A driver decides where the engine runs (:mod:`._drivers`), behind one contract:
   between threads, and the call returns once the part in flight has ended, with the answer held when
   the interrupt fired.
 
+And an engine runs the blocks: the Python loop, or for a compiled network the native loop
+(:mod:`einet.runtime.native`: blocks, policy and rule in C++, without the GIL), the default where it can be
+built. Threaded, the native loop runs on its own C++ worker while the caller waits with the GIL released.
+
 On CUDA the blocks are queued asynchronously; the only synchronisation is
 reading a finished branch's confidence, which the planner needs. An :class:`Answer` is immutable;
 :meth:`ElasticRuntime.completed` adds the time of the block that was in flight when it was returned.
 
 The pieces: :mod:`._interrupt` turns a deadline, Event or callable into one waiting function;
-:mod:`._worker` owns the engine (one job per sample) and the worker thread; :mod:`._drivers` the two drivers;
+:mod:`._worker` owns the Python engine (one job per sample) and its worker thread; :mod:`._drivers` the drivers;
 :mod:`._statistics` keeps what the runtime adds to the model and folds it into an ET-profile
 (``calibrate``); :mod:`._switch` lowers Python's thread switch interval while a threaded runtime is open;
 :class:`ElasticRuntime`, here, ties them together behind ``infer``.
@@ -52,11 +56,11 @@ from ..planner import ETProfile
 from ..policies import Policy
 from ..rules import AnswerRule, as_rule
 from ..validation import number
-from ._drivers import ENGINES, Driver, InlineDriver, ThreadedDriver, check_engine, make_engine
+from ._drivers import ENGINES, Driver, check_engine, make_driver
 from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
-from ._worker import EXIT_JOIN_SECONDS, BlockLoop, Job, NonFiniteError, Worker
+from ._worker import EXIT_JOIN_SECONDS, BlockLoop, Job, NonFiniteError
 from .adaptive import Adaptation
 from .inputs import InputSpec
 
@@ -130,8 +134,11 @@ class ElasticRuntime:
     are short and a late return costs nothing (the held answer is what the caller reads); an
     adaptive inline runtime learns in the caller's thread, after the answer is made.
 
-    ``engine="native"`` (inline, a compiled network): the blocks, the policy and the rule run in C++
-    (:mod:`einet.runtime.native`) with the Python loop for what it cannot run; ``"python"``: the Python loop.
+    ``engine``: what runs the blocks. ``"native"`` (a compiled network): the blocks, the policy and the rule
+    run in C++ without the GIL (:mod:`einet.runtime.native`), inline or on the loop's own C++ worker, with
+    the Python loop for what it cannot run; ValueError where it cannot run at all. ``"python"``: the Python
+    loop. ``"auto"`` (the default): native for a compiled network where the loop can be built here, else
+    Python.
 
     Inputs: one sample at a time, a batch of one. With an `input_spec` (a bundle's runtime has its
     own) each input must be exactly one normalised image of its shape, else ValueError before
@@ -141,7 +148,7 @@ class ElasticRuntime:
     def __init__(self, model: MultiExitNetwork, policy: Policy | None = None, rule: str | AnswerRule = "latest",
                  device: str = "cpu", threads: int = 1, adapt: Adaptation | None = None,
                  inline: bool = False, input_spec: InputSpec | None = None,
-                 lower_switch_interval: bool = True, engine: str = "python") -> None:
+                 lower_switch_interval: bool = True, engine: str = "auto") -> None:
         rule = as_rule(rule)
         for option, value in (("inline", inline), ("lower_switch_interval", lower_switch_interval)):
             if type(value) is not bool:
@@ -179,9 +186,8 @@ class ElasticRuntime:
         self.last_policy: Policy = policy  # the policy of the latest infer() call
         self._closed = False
         loop = BlockLoop(self.model, self.device, rule, self._statistics)
-        self.engine = make_engine(engine, loop, inline)
-        self._driver: Driver = (InlineDriver(self.engine, adapt) if inline else
-                                ThreadedDriver(Worker(loop, threads, adapt, lower_switch_interval)))
+        self._driver: Driver = make_driver(engine, loop, inline, threads, adapt, lower_switch_interval)
+        self.engine = self._driver.loop  # what runs the blocks: the Python loop, or the native one
         self._stop = weakref.finalize(self, self._driver.stop)  # also when collected unclosed
         self._last: tuple[Answer, Job] | None = None  # the latest answer and its job (see completed())
 

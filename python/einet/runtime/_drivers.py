@@ -1,7 +1,9 @@
 """How an inference is driven: in the caller's own thread, or on a worker thread that lets the caller
-return at the interrupt instant. Both run the same engine (:class:`._worker.BlockLoop`: the blocks, the
-policy, the held answer) and keep one contract, so :class:`einet.runtime.ElasticRuntime` holds one
-driver and never asks which."""
+return at the interrupt instant. Every driver runs an engine (the Python :class:`._worker.BlockLoop`, or the
+native loop: the blocks, the policy, the held answer) and keeps one contract, so
+:class:`einet.runtime.ElasticRuntime` holds one driver and never asks which. The drivers: :class:`InlineDriver`
+(either engine), :class:`ThreadedDriver` (the Python worker), and the native engine's own worker,
+:class:`einet.runtime.native.NativeDriver`."""
 
 from __future__ import annotations
 
@@ -9,12 +11,15 @@ import math
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from ..errors import EinetValueError
 from ._interrupt import InterruptCheck
 from ._worker import BlockLoop, Job, Worker
 from .adaptive import Adaptation
+
+if TYPE_CHECKING:
+    from .native import NativeEngine
 
 
 class Engine(Protocol):
@@ -120,7 +125,9 @@ class ThreadedDriver:
         self.worker.join()
 
 
-ENGINES = ("python", "native")  # what runs the blocks: the Python loop, or the native one (einet.runtime.native)
+# What runs the blocks: the native loop where it can run (a compiled network, and a compiler here to build the
+# loop), else the Python loop; the Python loop; the native loop (einet.runtime.native), or a ValueError why not
+ENGINES = ("auto", "python", "native")
 
 
 def check_engine(name: object) -> str:
@@ -130,21 +137,41 @@ def check_engine(name: object) -> str:
     return str(name)
 
 
-def make_engine(name: str, loop: BlockLoop, inline: bool) -> Engine:
-    """The engine `name` over `loop`'s network: the Python loop itself, or the native loop (with the Python
-    one for what it cannot run); ValueError saying why where the native one cannot run at all."""
-    if check_engine(name) == "python":
-        return loop
+def make_driver(engine: str, loop: BlockLoop, inline: bool, threads: int, adaptation: Adaptation | None,
+                lower_switch_interval: bool) -> Driver:
+    """The driver of the engine `engine` over `loop`'s network, in the caller's thread (`inline`) or on a worker;
+    ValueError saying why where the native engine was asked for and cannot run."""
+    native = _native_engine(check_engine(engine), loop)
+
+    def python_worker(late_errors: deque[BaseException] | None = None) -> ThreadedDriver:
+        return ThreadedDriver(Worker(loop, threads, adaptation, lower_switch_interval, late_errors))
+
+    if inline:
+        return InlineDriver(loop if native is None else native, adaptation)
+    if native is None:
+        return python_worker()
+    from .native import NativeDriver
+
+    return NativeDriver(native, threads, adaptation, python_worker)
+
+
+def _native_engine(engine: str, loop: BlockLoop) -> NativeEngine | None:
+    """The native engine over `loop`'s network (with `loop` for what it cannot run) where `engine` asks for it and
+    it can run; None for the Python loop."""
+    if engine == "python":
+        return None
     from ..models.compiled import CompiledNetwork
     from .native import NativeEngine, native_module
 
-    if not inline:
-        raise EinetValueError("the native engine runs in the caller's thread: engine='native' goes with inline=True")
     if not isinstance(loop.model, CompiledNetwork):
+        if engine == "auto":
+            return None
         raise EinetValueError("the native engine runs compiled blocks: compile the bundle (einet compile) or give a "
                               "CompiledNetwork")
-    module = native_module()
+    module = native_module()  # (None is said once, on the einet logger)
     if module is None:
+        if engine == "auto":
+            return None
         raise EinetValueError("the native engine cannot be built here (no C++ compiler or ninja; the einet log says "
                               "why): use engine='python'")
     return NativeEngine(loop.model, loop.running.rule, loop.statistics, module, loop)

@@ -59,6 +59,8 @@ class InterruptCheck:
         """Wait with `block(timeout)` (None: no limit; True once what it waits for has happened)
         until it succeeds (True) or the interrupt fires first (False)."""
         if self._check is not None:
+            if self._check():  # fired before the wait began: what is waited for does not count
+                return False
             while not block(POLL_SECONDS):
                 if self._check():
                     return False

@@ -11,6 +11,7 @@ import weakref
 from collections import deque
 from collections.abc import Callable
 from contextlib import suppress
+from typing import Protocol
 
 import torch
 
@@ -184,7 +185,15 @@ class BlockLoop:
         return False
 
 
-WORKERS: weakref.WeakSet[Worker] = weakref.WeakSet()  # the live ones, stopped at exit
+class Stoppable(Protocol):
+    """A worker thread, Python or native (einet.runtime.native.NativeDriver), as it is stopped at exit."""
+
+    def stop(self) -> None: ...
+
+    def join(self, timeout: float | None = None) -> None: ...
+
+
+WORKERS: weakref.WeakSet[Stoppable] = weakref.WeakSet()  # the live ones, stopped at exit
 
 
 class Worker:
@@ -196,7 +205,7 @@ class Worker:
     torch, costing more than a small model's whole inference."""
 
     def __init__(self, loop: BlockLoop, threads: int, adaptation: Adaptation | None = None,
-                 lowers_switch_interval: bool = True) -> None:
+                 lowers_switch_interval: bool = True, late_errors: deque[BaseException] | None = None) -> None:
         self.loop, self.threads = loop, threads
         self.adaptation = adaptation  # learnt from between samples, in this thread
         # Handed-over jobs (None: stop), and a bare lock released to wake the worker for them; both
@@ -204,7 +213,8 @@ class Worker:
         self.jobs: deque[Job | None] = deque()
         self._wake = _thread.allocate_lock()
         self._wake.acquire()
-        self.late_errors: deque[BaseException] = deque()  # raised after their callers had returned
+        # Raised after their callers had returned (a deque shared with another worker of the runtime, if given)
+        self.late_errors: deque[BaseException] = deque() if late_errors is None else late_errors
         self._lock = threading.RLock()  # re-entrant: the finaliser may run inside this thread
         self._pending = 0  # jobs handed over and not yet ended
         self.idle = threading.Event()  # set while no job is handed over or running

@@ -1,17 +1,18 @@
-"""The native engine: a compiled network's blocks, its policy and its output rule run by C++ between two
-Python calls (``native_loop.cpp``), without the GIL and without a Python statement between two blocks.
+"""The native engine: a compiled network's blocks, its policy and its output rule run by C++
+(``einet/native/loop.hpp``, bound by ``native_loop.cpp``) without the GIL and without a Python statement
+between two blocks.
 
-It keeps :class:`._worker.BlockLoop`'s contract (``run(job, stopped, at)``) and runs under the inline
-driver: the caller's thread is inside C++ until the sample ends or its deadline passes (checked where the
-Python loop checks it), and the answers come back when it returns. The threaded driver's caller reads the
-held answer while the worker runs, which the native loop does not publish yet: a threaded runtime keeps
-the Python loop. What it cannot run natively it hands to the Python loop, sample by sample: an Event or
-callable interrupt (asked between parts from Python), a policy that is neither a fixed plan nor EINet
-reading its exits' confidence.
+It keeps :class:`._worker.BlockLoop`'s contract (``run(job, stopped, at)``) for the inline driver, whose
+caller is inside C++ until the sample ends or its deadline passes; and it has its own worker thread, in C++,
+for :class:`NativeDriver`: the caller hands the sample over and waits on it with the GIL released, until the
+sample ends or the interrupt fires (a deadline, an Event or a callable, asked by the caller as the Python
+worker's caller asks it), then returns the answer held at that instant while the part in flight runs on.
+What it cannot run natively goes to the Python loop, sample by sample: a policy that is neither a fixed plan
+nor EINet reading its exits' confidence; inline, also an Event or callable interrupt (asked between parts).
 
 Where it is built: the loop links libtorch, so it is compiled here, against the installed torch, by the
-same compiler that compiles the blocks (``einet compile``), once per (source, torch, Python) into the
-user's cache (``einet.data.cache_dir()/native``), and loaded from there after. With no compiler (or no
+same compiler that compiles the blocks (``einet compile``), once per (source, headers, torch, Python) into
+the user's cache (``einet.data.cache_dir()/native``), and loaded from there after. With no compiler (or no
 ninja) there is no native engine: the Python loop runs, said once in one line on the ``einet`` logger.
 """
 
@@ -22,9 +23,11 @@ import hashlib
 import logging
 import math
 import sys
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -33,19 +36,23 @@ from ..policies import EINet, Policy
 from ..policies.base import EveryExit
 from ..policies.fixed import FixedPlan
 from ..rules import AnswerRule
+from ._drivers import ThreadedDriver
+from ._interrupt import InterruptCheck
 from ._statistics import Statistics
-from ._worker import BlockLoop, Job
+from ._worker import WORKERS, BlockLoop, Job, NonFiniteError
+from .adaptive import Adaptation
 
 SOURCE = Path(__file__).with_name("native_loop.cpp")
 LOG = logging.getLogger("einet")
 
 
 def _include_dir() -> Path:
-    """The planner's headers: installed with the package (a wheel), or in the source tree (a checkout)."""
+    """The planner's and the loop's headers: in the source tree (a checkout, editable or not), or installed
+    with the package (a wheel)."""
     from .. import _core
 
-    installed, checkout = Path(_core.__file__).parent, Path(__file__).resolve().parents[3] / "csrc"
-    for candidate in (installed / "include", checkout / "include"):
+    checkout, installed = Path(__file__).resolve().parents[3] / "csrc", Path(_core.__file__).parent
+    for candidate in (checkout / "include", installed / "include"):
         if (candidate / "einet" / "online.hpp").is_file():
             return candidate
     raise FileNotFoundError("einet's planner headers (einet/include) are not installed with this package")
@@ -54,7 +61,7 @@ def _include_dir() -> Path:
 def _key(include: Path) -> str:
     """What the built module depends on: its source, the planner's headers, torch and Python."""
     digest = hashlib.sha256(SOURCE.read_bytes())
-    for header in sorted((include / "einet").glob("*.hpp")):
+    for header in sorted((include / "einet").rglob("*.hpp")):
         digest.update(header.read_bytes())
     digest.update(f"{torch.__version__} {sys.version_info[:2]} {sys.platform}".encode())
     return digest.hexdigest()[:16]
@@ -93,10 +100,46 @@ def _native_policy(policy: Policy, num_exits: int) -> tuple[Any, int, int, int] 
     return None
 
 
+def _raise_if_failed(progress: Progress) -> None:
+    """The error the loop published, as the Python loop raises it."""
+    if progress.non_finite:
+        raise NonFiniteError(progress.error)
+    if progress.error:
+        raise RuntimeError(f"the native loop failed: {progress.error}")
+
+
+class Progress(NamedTuple):
+    """A native job's progress, as ``native_loop.cpp`` hands it over (einet/native/loop.hpp, Progress)."""
+
+    done: bool
+    stopped: bool
+    answers: list[tuple[float, int, int | None, int | None, float]]
+    times: list[tuple[int, float, float]]
+    in_flight: tuple[int, bool, float] | None
+    planning: float
+    dispatch: float
+    plans: list[float]
+    ended: float
+    non_finite: bool
+    error: str
+
+    def into(self, job: Job) -> None:
+        """Hand what the sample published so far to the Python `job` (the runtime reads that one)."""
+        job.answers[:] = self.answers
+        job.times[:] = self.times
+        job.in_flight, job.planning, job.ended = self.in_flight, self.planning, self.ended
+
+    def count_into(self, statistics: Statistics) -> None:
+        """What the runtime added to the model in this sample (once the sample is done)."""
+        if not math.isnan(self.dispatch):
+            statistics.dispatch.append(self.dispatch)
+        statistics.planning.extend(self.plans)
+
+
 class NativeEngine:
     """A compiled network run by the native loop, with the Python loop (`fallback`) for what it cannot run.
-    `replay` (tests): each part's seconds, (conv, branch), instead of the clock: the loop's decisions on the
-    same block times as a simulation's."""
+    `replay` (tests, inline): each part's seconds, (conv, branch), instead of the clock: the loop's decisions
+    on the same block times as a simulation's."""
 
     def __init__(self, network: CompiledNetwork, rule: AnswerRule, statistics: Statistics, module: ModuleType,
                  fallback: BlockLoop) -> None:
@@ -104,15 +147,15 @@ class NativeEngine:
         self.fallback = fallback
         self.replay: tuple[list[float], list[float]] | None = None
         self._policy: tuple[Policy, tuple[Any, int, int, int] | None] | None = None  # the last, as the loop takes it
-        self._loop = module.NativeLoop([str(p) for p in network.block_packages],
-                                       [str(p) for p in network.exit_packages], rule.name, list(rule.weights or ()),
-                                       -1 if rule.time_zero_class is None else rule.time_zero_class)
+        self.loop = module.NativeLoop([str(p) for p in network.block_packages],
+                                      [str(p) for p in network.exit_packages], rule.name, list(rule.weights or ()),
+                                      -1 if rule.time_zero_class is None else rule.time_zero_class)
 
     def runs_natively(self, policy: Policy) -> bool:
         """Whether a sample with `policy` runs in the native loop (else in the Python one)."""
-        return self._as_native(policy) is not None
+        return self.as_native(policy) is not None
 
-    def _as_native(self, policy: Policy) -> tuple[Any, int, int, int] | None:
+    def as_native(self, policy: Policy) -> tuple[Any, int, int, int] | None:
         """:func:`_native_policy`, remembered for the policy of the last sample (asked before block 0 of each)."""
         if self._policy is None or self._policy[0] is not policy:
             self._policy = (policy, _native_policy(policy, self.model.num_exits))
@@ -121,15 +164,114 @@ class NativeEngine:
     def run(self, job: Job, stopped: Any, at: float = math.inf) -> bool:
         """:meth:`BlockLoop.run`, natively where it can: True when the job was stopped (its deadline passed or
         its interrupt fired) before it ended."""
-        policy = self._as_native(job.policy)
+        policy = self.as_native(job.policy)
         if policy is None or stopped is not None or not job.x.is_cpu:
             return self.fallback.run(job, stopped, at)
-        was_stopped, answers, times, in_flight, planning, dispatch, plans = self._loop.run(
-            [job.x], job.started, job.planning, at, job.queued, *policy, self.replay)
-        job.answers.extend(answers)
-        job.times.extend(times)
-        job.in_flight, job.planning = in_flight, planning
-        if not math.isnan(dispatch):
-            self.statistics.dispatch.append(dispatch)
-        self.statistics.planning.extend(plans)
-        return bool(was_stopped)
+        progress = Progress(*self.loop.run([job.x], job.started, job.planning, at, job.queued, *policy, self.replay))
+        progress.into(job)
+        progress.count_into(self.statistics)
+        _raise_if_failed(progress)
+        return progress.stopped
+
+
+def _learn_between_samples(adaptation: Adaptation, late_errors: deque[BaseException]) -> None:
+    """What the native worker calls when it is idle: learn, as the Python worker does (an error is raised by
+    the next call). (A function of these two, not a driver's method: the C++ loop holding the driver would
+    make a cycle the garbage collector cannot see.)"""
+    if adaptation.pending():
+        try:
+            adaptation.update()
+        except Exception as error:
+            late_errors.append(error)
+
+
+class NativeDriver:
+    """The worker-driven mode of the native engine: the loop's C++ worker thread runs the samples without the
+    GIL; the caller waits on its sample with the GIL released until it ends or the interrupt fires, and
+    returns the answer held then. Samples the native loop cannot run go to a Python worker (made when first
+    needed); the two never run at once (each waits for the other to be idle, within the sample's interrupt).
+    """
+
+    waits_for_part_in_flight = False
+
+    def __init__(self, engine: NativeEngine, threads: int, adaptation: Adaptation | None,
+                 python_driver: Callable[[deque[BaseException]], ThreadedDriver]) -> None:
+        self.loop, self.late_errors = engine, deque[BaseException]()
+        learn = None if adaptation is None else functools.partial(_learn_between_samples, adaptation,
+                                                                  self.late_errors)
+        engine.loop.start_worker(threads, learn)
+        self._make_python_driver = python_driver
+        self._python: ThreadedDriver | None = None
+        # Samples the C++ loop may still run (interrupted while a part was in flight), with their Python jobs:
+        # those keep each one's policy and input alive until the loop is done with them
+        self._running: list[tuple[Job, Any]] = []
+        WORKERS.add(self)
+
+    def run(self, job: Job, limit: InterruptCheck) -> bool:
+        policy = self.loop.as_native(job.policy)
+        if policy is None:  # a policy the native loop cannot run: the Python worker, once the native one is idle
+            if not limit.wait(self._native_idle):
+                return False
+            if self._python is None:
+                self._python = self._make_python_driver(self.late_errors)
+            return self._python.run(job, limit)
+        if self._python is not None and not limit.wait(self._python.wait_idle):
+            return False
+        self._harvest()
+        native_job = self.loop.loop.submit([job.x], job.started, job.planning, limit.at, *policy)
+        job.queued = native_job.queued
+        try:
+            finished = limit.wait(native_job.wait)
+        finally:  # (also when the callable interrupt failed, or the caller was interrupted itself)
+            native_job.stop()  # nothing when it is done
+            progress = Progress(*native_job.progress())
+            progress.into(job)
+            if progress.done:
+                self._done(progress, job)
+            else:
+                self._running.append((job, native_job))
+        return finished and not progress.stopped
+
+    def _native_idle(self, timeout: float | None) -> bool:
+        idle = bool(self.loop.loop.wait_idle(math.inf if timeout is None else timeout))
+        if idle:
+            self._harvest()
+        return idle
+
+    def _done(self, progress: Progress, job: Job) -> None:
+        """A sample the loop is done with: count it; its error goes to its caller, or to the next call."""
+        progress.count_into(self.loop.statistics)
+        try:
+            _raise_if_failed(progress)
+        except Exception as error:
+            if not job.fail(error):
+                self.late_errors.append(error)
+
+    def _harvest(self) -> None:
+        """Count the samples the loop has finished since they were returned (an error: raised by the next call)."""
+        running = []
+        for job, native_job in self._running:
+            progress = Progress(*native_job.progress())
+            if progress.done:
+                progress.into(job)
+                self._done(progress, job)
+            else:
+                running.append((job, native_job))
+        self._running = running
+
+    def after_answer(self) -> None:
+        pass  # the worker learns before it is idle
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        idle = self._native_idle(timeout)
+        return idle and (self._python is None or self._python.wait_idle(timeout))
+
+    def stop(self) -> None:
+        self.loop.loop.stop()
+        if self._python is not None:
+            self._python.stop()
+
+    def join(self, timeout: float | None = None) -> None:
+        self.loop.loop.join(math.inf if timeout is None else timeout)
+        if self._python is not None:
+            self._python.join()

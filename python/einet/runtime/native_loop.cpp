@@ -1,292 +1,152 @@
-// einet's native elastic loop: one sample through a network's compiled blocks and exits (frozen
-// AOTInductor packages), its policy and output rule between them, without the GIL and without a Python
-// call between two blocks. The semantics are einet.runtime._worker.BlockLoop's, line for line: the same
-// clock (steady_clock is CLOCK_MONOTONIC, as Python's perf_counter), the same checks of the deadline, the
-// same parts timed, the same answers held. Built by einet.runtime.native against the installed torch.
-#include <torch/csrc/inductor/aoti_package/model_package_loader.h>
+// The Python face of einet's native elastic loop (einet/native/loop.hpp): built by einet.runtime.native
+// against the installed torch. A sample runs without the GIL, in the caller's thread (run) or on the
+// loop's worker thread (submit, then the caller waits on the job with the GIL released).
 #include <torch/extension.h>
 
-#include <chrono>
-#include <cmath>
 #include <cstdint>
 #include <limits>
 #include <memory>
-#include <mutex>
-#include <stdexcept>
+#include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
-#include "einet/online.hpp"
+#include "einet/native/loop.hpp"
 
 namespace {
 
-using Loader = torch::inductor::AOTIModelPackageLoader;
-constexpr double NaN = std::numeric_limits<double>::quiet_NaN();
+namespace native = einet::native;
 
-/// The held answer under an output rule, as einet.rules.RunningAnswer computes it (in double, from each
-/// exit's float log-probabilities).
-class RunningAnswer {
-public:
-    RunningAnswer(std::string rule, std::vector<double> weights, std::int64_t time_zero_class)
-        : latest_(rule == "latest"), weights_(std::move(weights)), time_zero_class_(time_zero_class) {
-        if (rule != "latest" && rule != "best" && rule != "ensemble") throw std::invalid_argument("unknown rule " + rule);
-        if ((rule == "ensemble") != !weights_.empty()) throw std::invalid_argument("ensemble weights go with rule ensemble");
-        reset();
-    }
-
-    void reset() {
-        prediction = time_zero_class_;
-        exit = -1;
-        confidence = 0.0;
-        started_ = false;
-    }
-
-    /// A branch finished with these log-probabilities; returns the confidence the policy observes.
-    double add(std::int64_t exit_index, const float* log_probs, std::int64_t classes) {
-        if (weights_.empty()) {
-            std::int64_t best = 0;
-            for (std::int64_t c = 1; c < classes; ++c) if (log_probs[c] > log_probs[best]) best = c;
-            const double conf = std::exp(static_cast<double>(log_probs[best]));
-            if (latest_ || !started_ || conf > confidence) {
-                prediction = best;
-                exit = exit_index;
-                confidence = conf;
-            }
-            started_ = true;
-            return conf;
+/// The policy as Python hands it over: a mask (a fixed plan), or the address, lock and size of the native
+/// session a Python EINet policy owns (checked against this build's layout).
+native::Policy as_policy(const py::object& mask, std::uintptr_t session, std::uintptr_t lock, std::size_t session_size,
+                         std::size_t num_exits) {
+    native::Policy policy;
+    if (session != 0) {
+        if (session_size != sizeof(einet::OnlineSession)) {
+            throw std::invalid_argument("the policy's session was built from another version of einet's planner");
         }
-        if (static_cast<std::int64_t>(total_.size()) != classes) total_.assign(static_cast<std::size_t>(classes), 0.0);
-        const double w = weights_.at(static_cast<std::size_t>(exit_index));
-        for (std::int64_t c = 0; c < classes; ++c) {
-            const double term = w * static_cast<double>(log_probs[c]);
-            total_[static_cast<std::size_t>(c)] = started_ ? total_[static_cast<std::size_t>(c)] + term : term;
-        }
-        std::int64_t best = 0;
-        for (std::int64_t c = 1; c < classes; ++c) if (total_[c] > total_[best]) best = c;
-        double sum = 0.0;
-        for (std::int64_t c = 0; c < classes; ++c) sum += std::exp(total_[c] - total_[best]);
-        prediction = best;
-        exit = exit_index;
-        confidence = 1.0 / sum;
-        started_ = true;
-        return confidence;
+        policy.session = reinterpret_cast<einet::OnlineSession*>(session);
+        policy.lock = reinterpret_cast<std::mutex*>(lock);
+    } else {
+        policy.mask = mask.cast<std::vector<std::uint8_t>>();
+        if (policy.mask.size() != num_exits) throw std::invalid_argument("the plan's mask has another length");
     }
+    return policy;
+}
 
-    std::int64_t prediction = -1, exit = -1;
-    double confidence = 0.0;
-
-private:
-    bool latest_;
-    std::vector<double> weights_;
-    std::int64_t time_zero_class_;
-    std::vector<double> total_;
-    bool started_ = false;
-};
-
-/// What decides the branches: a fixed plan (a mask), or EINet's native online session (shared with the
-/// Python policy that owns it, under its lock).
-struct Policy {
-    std::vector<std::uint8_t> mask;
-    einet::OnlineSession* session = nullptr;
-    std::mutex* lock = nullptr;
-
-    bool run_branch(std::size_t block) const {
-        if (session == nullptr) return mask[block] != 0;
-        const std::lock_guard<std::mutex> guard(*lock);
-        return session->run_branch(block);
+/// A job's progress as Python tuples: (done, stopped, answers, times, in_flight, planning, dispatch, plans,
+/// ended, non_finite, error), the answers and times as einet.runtime._worker.Job holds them.
+py::tuple as_python(const native::Progress& p) {
+    py::list answers, times;
+    for (const auto& a : p.answers) {
+        answers.append(py::make_tuple(a.finished, a.exit, a.held_exit < 0 ? py::object(py::none()) : py::int_(a.held_exit),
+                                      a.prediction < 0 ? py::object(py::none()) : py::int_(a.prediction), a.confidence));
     }
-    void observe(std::size_t block, double confidence, double elapsed) const {
-        const std::lock_guard<std::mutex> guard(*lock);
-        session->observe(block, confidence, elapsed);
-    }
-};
+    for (const auto& t : p.times) times.append(py::make_tuple(t.block, t.conv, t.branch));
+    const py::object in_flight = p.in_flight_block < 0
+        ? py::object(py::none())
+        : py::object(py::make_tuple(p.in_flight_block, p.in_flight_branch, p.in_flight_since));
+    return py::make_tuple(p.done, p.stopped, answers, times, in_flight, p.planning, p.dispatch, p.plans, p.ended,
+                          p.non_finite, p.error);
+}
 
-/// The clock: the real one, or block times replayed (virtual seconds advanced by each part as it ends).
-struct Clock {
-    const std::vector<double>* conv = nullptr;  // replayed parts' seconds (empty: the real clock)
-    const std::vector<double>* branch = nullptr;
-    double virtual_now = 0.0;
-
-    bool replaying() const { return conv != nullptr; }
-    double now() const {
-        if (replaying()) return virtual_now;
-        return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-    }
-};
-
+/// The loop with its worker (started by start_worker): what einet.runtime.native.NativeEngine holds.
 class NativeLoop {
 public:
     NativeLoop(const std::vector<std::string>& blocks, const std::vector<std::string>& exits, const std::string& rule,
                std::vector<double> weights, std::int64_t time_zero_class)
-        : running_(rule, std::move(weights), time_zero_class) {
-        if (blocks.size() != exits.size() || blocks.empty()) throw std::invalid_argument("one exit per block");
-        for (const auto& path : blocks) blocks_.emplace_back(std::make_unique<Loader>(path, "model", false, 1, -1));
-        for (const auto& path : exits) exits_.emplace_back(std::make_unique<Loader>(path, "model", false, 1, -1));
-    }
+        : loop_(native::Network(blocks, exits), native::RunningAnswer(rule, std::move(weights), time_zero_class)) {}
 
-    std::size_t num_exits() const { return blocks_.size(); }
-
-    /// Seconds to run every block and exit once, directly, nothing between them: what the loop's own cost is
-    /// measured against (experiments/native_loop).
-    double direct_chain(std::vector<at::Tensor> x) {
-        py::gil_scoped_release release;
-        const c10::InferenceMode inference;
-        const auto start = std::chrono::steady_clock::now();
-        std::vector<at::Tensor> h = std::move(x);
-        for (std::size_t i = 0; i < blocks_.size(); ++i) {
-            h = blocks_[i]->run(h);
-            const at::Tensor log_probs = exits_[i]->run(h).at(0).to(at::kFloat).log_softmax(-1)[0].contiguous();
-            if (log_probs.data_ptr<float>() == nullptr) throw std::runtime_error("no scores");
+    ~NativeLoop() {
+        if (worker_) {
+            const py::gil_scoped_release release;  // its between-samples call may wait for the GIL
+            worker_.reset();
         }
-        return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
     }
 
-    /// One sample: see einet.runtime.native.NativeEngine.run for the arguments and what comes back.
+    std::size_t num_exits() const { return loop_.num_exits(); }
+
+    double direct_chain(std::vector<at::Tensor> x) {
+        const py::gil_scoped_release release;
+        return loop_.direct_chain(std::move(x));
+    }
+
+    /// One sample in the caller's thread; `replay`: each part's seconds (conv, branch) instead of the clock.
     py::tuple run(std::vector<at::Tensor> x, double started, double planning, double at, bool queued,
                   const py::object& mask, std::uintptr_t session, std::uintptr_t lock, std::size_t session_size,
                   const py::object& replay) {
-        Policy policy;
-        if (session != 0) {
-            if (session_size != sizeof(einet::OnlineSession)) {
-                throw std::invalid_argument("the policy's session was built from another version of einet's planner");
-            }
-            policy.session = reinterpret_cast<einet::OnlineSession*>(session);
-            policy.lock = reinterpret_cast<std::mutex*>(lock);
-        } else {
-            policy.mask = mask.cast<std::vector<std::uint8_t>>();
-            if (policy.mask.size() != num_exits()) throw std::invalid_argument("the plan's mask has another length");
-        }
-        std::vector<double> replay_conv, replay_branch;
-        Clock clock;
+        native::Job job(std::move(x), started, planning, at, as_policy(mask, session, lock, session_size, num_exits()));
+        job.queued = queued;
+        std::pair<std::vector<double>, std::vector<double>> parts;
+        native::Clock clock;
         if (!replay.is_none()) {
-            const auto parts = replay.cast<std::pair<std::vector<double>, std::vector<double>>>();
-            replay_conv = parts.first;
-            replay_branch = parts.second;
-            clock.conv = &replay_conv;
-            clock.branch = &replay_branch;
+            parts = replay.cast<std::pair<std::vector<double>, std::vector<double>>>();
+            clock.conv = &parts.first;
+            clock.branch = &parts.second;
             clock.virtual_now = started + planning;
         }
-        Outcome out;
         {
-            py::gil_scoped_release release;
-            out = blocks_loop(std::move(x), started, planning, at, queued, policy, clock);
+            const py::gil_scoped_release release;
+            loop_.run(job, clock);
         }
-        if (!out.error.empty()) throw py::value_error(out.error);
-        py::list answers, times;
-        for (const auto& a : out.answers) {
-            answers.append(py::make_tuple(a.finished, a.exit, a.held_exit < 0 ? py::object(py::none()) : py::int_(a.held_exit),
-                                          a.prediction < 0 ? py::object(py::none()) : py::int_(a.prediction), a.confidence));
+        return as_python(job.progress);
+    }
+
+    /// Start the worker thread: `threads` intra-op threads; `between_samples()` is called (with the GIL) when
+    /// a job ends and none waits, and must not raise.
+    void start_worker(int threads, py::object between_samples) {
+        if (worker_) throw std::runtime_error("the worker is already started");
+        between_samples_ = std::move(between_samples);
+        std::function<void()> call;
+        if (!between_samples_.is_none()) {
+            call = [fn = &between_samples_] {
+                const py::gil_scoped_acquire gil;
+                try {
+                    (*fn)();
+                } catch (py::error_already_set& error) {
+                    error.discard_as_unraisable("einet's native worker between samples");
+                }
+            };
         }
-        for (const auto& t : out.times) times.append(py::make_tuple(t.block, t.conv, t.branch));
-        py::object in_flight = out.in_flight_block < 0 ? py::object(py::none())
-                                                       : py::object(py::make_tuple(out.in_flight_block, out.in_flight_branch,
-                                                                                   out.in_flight_since));
-        return py::make_tuple(out.stopped, answers, times, in_flight, out.planning, out.dispatch, out.plans);
+        worker_ = std::make_unique<native::Worker>(loop_, threads, std::move(call));
+    }
+
+    /// Hand one sample to the worker; the job to wait on, stop and read.
+    std::shared_ptr<native::Job> submit(std::vector<at::Tensor> x, double started, double planning, double at,
+                                        const py::object& mask, std::uintptr_t session, std::uintptr_t lock,
+                                        std::size_t session_size) {
+        auto job = std::make_shared<native::Job>(std::move(x), started, planning, at,
+                                                 as_policy(mask, session, lock, session_size, num_exits()));
+        worker().submit(job);
+        return job;
+    }
+
+    bool wait_idle(double seconds) {
+        if (!worker_) return true;
+        const py::gil_scoped_release release;
+        return worker_->wait_idle(seconds);
+    }
+
+    void stop() {
+        if (worker_) worker_->stop();
+    }
+
+    bool join(double seconds) {
+        if (!worker_) return true;
+        const py::gil_scoped_release release;
+        return worker_->join_for(seconds);
     }
 
 private:
-    struct Answer {
-        double finished;
-        std::int64_t exit, held_exit, prediction;
-        double confidence;
-    };
-    struct Part {
-        std::int64_t block;
-        double conv, branch;
-    };
-    struct Outcome {
-        bool stopped = false;
-        std::vector<Answer> answers;
-        std::vector<Part> times;
-        std::int64_t in_flight_block = -1;
-        bool in_flight_branch = false;
-        double in_flight_since = 0.0, planning = 0.0, dispatch = NaN;
-        std::vector<double> plans;  // each re-planning step's seconds
-        std::string error;
-    };
-
-    /// BlockLoop._blocks, in C++ (the same statements in the same order).
-    Outcome blocks_loop(std::vector<at::Tensor> h, double started, double planning, double at, bool queued,
-                        const Policy& policy, Clock& clock) {
-        Outcome out;
-        out.planning = planning;
-        const c10::InferenceMode inference;
-        if (clock.now() > at) {  // interrupted before its turn came
-            out.stopped = true;
-            return out;
-        }
-        if (policy.session != nullptr) {
-            const std::lock_guard<std::mutex> guard(*policy.lock);
-            policy.session->begin();
-        }
-        running_.reset();
-        bool pending = false;
-        std::size_t pending_block = 0;
-        double pending_signal = 0.0, pending_elapsed = 0.0;
-        double mark = started + planning;
-        if (!queued) out.dispatch = clock.now() - mark;
-        const std::size_t n = num_exits();
-        for (std::size_t i = 0; i < n; ++i) {
-            if (mark > at) {
-                out.stopped = true;
-                return out;
-            }
-            set_in_flight(out, i, false, mark - started);
-            h = blocks_[i]->run(h);
-            if (clock.replaying()) clock.virtual_now += (*clock.conv)[i];
-            double now = clock.now();
-            if (pending) {
-                policy.observe(pending_block, pending_signal, pending_elapsed);
-                const double after = clock.now();
-                out.planning += after - now;
-                out.plans.push_back(after - now);
-                now = after;
-                pending = false;
-            }
-            if (now > at) {
-                out.times.push_back({static_cast<std::int64_t>(i), now - mark, NaN});
-                out.stopped = true;
-                return out;
-            }
-            if (!policy.run_branch(i)) {
-                out.times.push_back({static_cast<std::int64_t>(i), now - mark, NaN});
-                mark = now;
-                continue;
-            }
-            set_in_flight(out, i, true, now - started);
-            const at::Tensor log_probs = exits_[i]->run(h).at(0).to(at::kFloat).log_softmax(-1)[0].contiguous();
-            const double signal = running_.add(static_cast<std::int64_t>(i), log_probs.data_ptr<float>(),
-                                               log_probs.size(0));
-            if (!std::isfinite(signal)) {
-                out.error = "exit " + std::to_string(i) + " answered with non-finite scores: the input (or the network) "
-                            "holds NaN or inf values, and no answer can be trusted";
-                return out;
-            }
-            if (clock.replaying()) clock.virtual_now += (*clock.branch)[i];
-            const double finished = clock.now();
-            out.answers.push_back({finished - started, static_cast<std::int64_t>(i), running_.exit, running_.prediction,
-                                   running_.confidence});
-            out.times.push_back({static_cast<std::int64_t>(i), now - mark, finished - now});
-            mark = finished;
-            if (policy.session != nullptr) {
-                pending = true;
-                pending_block = i;
-                pending_signal = signal;
-                pending_elapsed = finished - started;
-            }
-        }
-        if (pending) policy.observe(pending_block, pending_signal, pending_elapsed);
-        return out;
+    native::Worker& worker() {
+        if (!worker_) throw std::runtime_error("the worker is not started");
+        return *worker_;
     }
 
-    static void set_in_flight(Outcome& out, std::size_t block, bool branch, double since) {
-        out.in_flight_block = static_cast<std::int64_t>(block);
-        out.in_flight_branch = branch;
-        out.in_flight_since = since;
-    }
-
-    std::vector<std::unique_ptr<Loader>> blocks_, exits_;
-    RunningAnswer running_;
+    native::Loop loop_;
+    py::object between_samples_;  // (declared before the worker: freed after it, with the GIL)
+    std::unique_ptr<native::Worker> worker_;
 };
 
 }  // namespace
@@ -294,6 +154,14 @@ private:
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
     m.doc() = "einet's native elastic loop (built by einet.runtime.native against the installed torch)";
     m.attr("SESSION_SIZE") = sizeof(einet::OnlineSession);
+    py::class_<native::Job, std::shared_ptr<native::Job>>(m, "Job")
+        .def("wait", [](native::Job& job, std::optional<double> seconds) {  // (None: no limit)
+            const py::gil_scoped_release release;
+            return job.wait_for(seconds.value_or(std::numeric_limits<double>::infinity()));
+        }, py::arg("seconds"))
+        .def("stop", &native::Job::stop)
+        .def("progress", [](const native::Job& job) { return as_python(job.snapshot()); })
+        .def_property_readonly("queued", [](const native::Job& job) { return job.queued; });
     py::class_<NativeLoop>(m, "NativeLoop")
         .def(py::init<const std::vector<std::string>&, const std::vector<std::string>&, const std::string&,
                       std::vector<double>, std::int64_t>(),
@@ -302,5 +170,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("direct_chain", &NativeLoop::direct_chain, py::arg("x"))
         .def("run", &NativeLoop::run, py::arg("x"), py::arg("started"), py::arg("planning"), py::arg("at"),
              py::arg("queued"), py::arg("mask"), py::arg("session"), py::arg("lock"), py::arg("session_size"),
-             py::arg("replay"));
+             py::arg("replay"))
+        .def("start_worker", &NativeLoop::start_worker, py::arg("threads"), py::arg("between_samples"))
+        .def("submit", &NativeLoop::submit, py::arg("x"), py::arg("started"), py::arg("planning"), py::arg("at"),
+             py::arg("mask"), py::arg("session"), py::arg("lock"), py::arg("session_size"))
+        .def("wait_idle", &NativeLoop::wait_idle, py::arg("seconds"))
+        .def("stop", &NativeLoop::stop)
+        .def("join", &NativeLoop::join, py::arg("seconds"));
 }
