@@ -92,6 +92,19 @@ def cmd_compile(args: argparse.Namespace) -> int:
     return _time_and_add(args, bundle, "cpu", threads)
 
 
+def cmd_export_native(args: argparse.Namespace) -> int:
+    """`einet export-native BUNDLE OUT`: the compiled bundle as a folder for the Python-free program."""
+    from ..native_export import MANIFEST, export_native
+
+    exported = export_native(args.bundle, args.out, args.threads)
+    if exported.timed_form != "compiled":
+        print(f"einet export-native: note: the device entry's ET-profile timed the {exported.timed_form} form, not "
+              "the compiled packages: its plans (and --replay) use those times", file=sys.stderr)
+    print(f"exported {args.bundle} for the Python-free program: {exported.policy}, rule {exported.rule}, into "
+          f"{exported.folder} ({MANIFEST}); run it with `einet-run {exported.folder} INPUTS.pt`")
+    return 0
+
+
 def evaluate_bundles(args: argparse.Namespace) -> int:
     """`einet evaluate BUNDLE [--against OTHER]`: exact expected accuracy on the test split's CS-profile,
     paired over the same images and exit times (the first bundle's horizon)."""
@@ -224,6 +237,14 @@ def add_commands(commands: Any) -> None:
     p.add_argument("--force", action="store_true", help="compile again, even where verified packages are cached")
     p.add_argument("--quiet", action="store_true", help="no progress")
     p.set_defaults(run=cmd_compile)
+
+    p = commands.add_parser("export-native", help="a compiled bundle as a folder for the Python-free program "
+                                                  "einet-run (its packages and a text manifest; no adaptation)")
+    p.add_argument("bundle", help="a bundle compiled for this CPU (`einet compile`)")
+    p.add_argument("out", help="the folder to write (new, empty, or an earlier export, which is replaced)")
+    p.add_argument("--threads", type=threads, default=None,
+                   help="the threads the packages were compiled for (default: the bundle's)")
+    p.set_defaults(run=cmd_export_native)
 
     p = commands.add_parser("run", help="real-time elastic inference of a bundle on image files")
     p.add_argument("bundle", help="a bundle written by `einet build`")
