@@ -107,6 +107,7 @@ def test_an_event_or_a_callable_interrupt_stops_the_sample(compiled_tiny, mode, 
 def test_an_answer_does_not_change_and_completed_adds_the_part_in_flight(compiled_tiny, mode):
     with runtime(compiled_tiny, mode) as rt:
         answer = rt.infer(images(1), interrupt=1e-9)
+        assert rt.wait_idle() is True and rt.wait_idle(0.0) is True  # (no limit: it waits for the part in flight)
         before = dataclasses.astuple(answer)
         done = rt.completed(answer)
         assert dataclasses.astuple(answer) == before  # immutable

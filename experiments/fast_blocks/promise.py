@@ -72,7 +72,7 @@ def compiled_test_stream(path: Path, limit: int) -> tuple[ETRecord, torch.Tensor
 def stream_under(path: Path, load_name: str, inline: bool, images: torch.Tensor, labels: np.ndarray,
                  deadlines: np.ndarray) -> dict:
     bundle = read_bundle(path)
-    with Burners.for_load(load_name), bundle.runtime("cpu", 1, inline=inline) as runtime:
+    with Burners.for_load(load_name), bundle.runtime("cpu", 1, inline=inline, engine="python") as runtime:
         for k in range(100):  # a cold start, then the estimates settle
             runtime.infer(images[k:k + 1])
         stream = run_stream(runtime, images, labels, deadlines)

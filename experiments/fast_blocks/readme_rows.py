@@ -95,7 +95,7 @@ def real_time(copies: dict[str, Path], limit: int | None, seed: int = 0) -> dict
     count = min(limit or len(labels), len(labels))
     images = first.preprocess(arrays.images[:count])
     deadlines = sample_exit_times(first.distribution(), (count,), np.random.default_rng(seed))
-    runtimes = [bundles[form].runtime("cpu", 1, inline=True) for form in ("eager", "fast")]
+    runtimes = [bundles[form].runtime("cpu", 1, inline=True, engine="python") for form in ("eager", "fast")]
     try:
         for runtime in runtimes:  # a cold start, then the estimates settle
             for k in range(100):

@@ -5,9 +5,9 @@ for one thread and its cpu entry re-timed here in the fastest form (as `einet co
 do), on the CIFAR-10 test images at deadlines drawn from its exit times, under each load (idle, two
 steady CPU burners, two burners switched every 1.5 s):
 
-- both adaptive inline runtimes side by side (einet.runtime.realtime.run_streams: each image through both,
-  the order rotating), the Python loop and the native engine: real-time accuracy, native minus Python
-  (paired);
+- the four adaptive runtimes side by side (einet.runtime.realtime.run_streams: each image through each,
+  the order rotating): the Python loop and the native engine, each inline and on a worker (threaded, the
+  default driver): real-time accuracy, native minus Python per driver (paired);
 - each runtime minus its promise (the simulator with its planned times plus recent part delays, paired);
 - each runtime minus what `einet evaluate` says for the same device entry (the exact expected accuracy
   over the bundle's exit times, on the same images).
@@ -35,7 +35,8 @@ from experiments.fast_blocks.promise import compiled_test_stream
 from experiments.fast_blocks.readme_rows import CIFAR, bundle_of
 
 HERE = Path(__file__).resolve().parent
-ENGINES = ("python", "native")
+MODES = {"Python inline": ("python", True), "native inline": ("native", True),
+         "Python threaded": ("python", False), "native threaded": ("native", False)}
 
 
 def paired(values: np.ndarray) -> dict[str, float]:
@@ -47,7 +48,7 @@ def run_under(path: Path, load_name: str, images: torch.Tensor, labels: np.ndarr
     bundle = read_bundle(path)
     test = bundle.test().subset(np.arange(len(labels)))
     assert np.array_equal(test.labels, labels), "the test CS-profile is of other images"
-    runtimes = [bundle.runtime("cpu", 1, inline=True, engine=engine) for engine in ENGINES]
+    runtimes = [bundle.runtime("cpu", 1, inline=inline, engine=engine) for engine, inline in MODES.values()]
     try:
         with Burners.for_load(load_name):
             for runtime in runtimes:  # a cold start, then the estimates settle
@@ -58,11 +59,12 @@ def run_under(path: Path, load_name: str, images: torch.Tensor, labels: np.ndarr
     finally:
         for runtime in runtimes:
             runtime.close()
-    correct = [stream.correct.astype(float) for stream in streams]
-    row: dict = {"load": load_name, "native_minus_python": paired(correct[1] - correct[0])}
-    for engine, right, promise in zip(ENGINES, correct, promises):
-        row[engine] = {"accuracy": float(right.mean()), "minus_promise": paired(right - promise),
-                       "minus_evaluate": paired(right - evaluated)}
+    correct = dict(zip(MODES, [stream.correct.astype(float) for stream in streams]))
+    row: dict = {"load": load_name, "native_minus_python": {
+        driver: paired(correct[f"native {driver}"] - correct[f"Python {driver}"]) for driver in ("inline", "threaded")}}
+    for mode, promise in zip(MODES, promises):
+        row[mode] = {"accuracy": float(correct[mode].mean()), "minus_promise": paired(correct[mode] - promise),
+                     "minus_evaluate": paired(correct[mode] - evaluated)}
     return row
 
 
@@ -100,12 +102,14 @@ def table(result: dict) -> str:
     lines = [f"{result['bundle']}, {result['form']} form ({result['full_ms']:.3f} ms full inference), "
              f"{result['images']} CIFAR-10 test images per load; `einet evaluate` (this entry, the bundle's exit "
              f"times): {100 * result['evaluate']:.2f}%", "",
-             "| load | Python loop: accuracy, minus promise, minus evaluate | native engine: accuracy, minus promise, "
-             "minus evaluate | native minus Python |", "|---|---|---|---:|"]
+             "| load | runtime | accuracy | minus its promise | minus `einet evaluate` | native minus Python |",
+             "|---|---|---:|---:|---:|---:|"]
     for row in result["loads"]:
-        cells = [f"{100 * row[e]['accuracy']:.2f}%, {pp(row[e]['minus_promise'])}, {pp(row[e]['minus_evaluate'])}"
-                 for e in ENGINES]
-        lines.append(f"| {row['load']} | {cells[0]} | {cells[1]} | {pp(row['native_minus_python'])} |")
+        for mode in MODES:
+            figure = row[mode]
+            versus = pp(row["native_minus_python"][mode.split()[1]]) if mode.startswith("native") else ""
+            lines.append(f"| {row['load']} | {mode} | {100 * figure['accuracy']:.2f}% | {pp(figure['minus_promise'])} "
+                         f"| {pp(figure['minus_evaluate'])} | {versus} |")
     return "\n".join(lines) + "\n"
 
 

@@ -220,8 +220,8 @@ class NativeDriver:
         self._harvest()
         native_job = self.loop.loop.submit([job.x], job.started, job.planning, limit.at, *policy)
         job.queued = native_job.queued
-        try:
-            finished = limit.wait(native_job.wait)
+        try:  # a deadline: one sleep in C++ until it (an Event or callable: asked as the Python worker's caller asks)
+            finished = native_job.wait_until(limit.at) if limit.poll is None else limit.wait(native_job.wait)
         finally:  # (also when the callable interrupt failed, or the caller was interrupted itself)
             native_job.stop()  # nothing when it is done
             progress = Progress(*native_job.progress())

@@ -159,6 +159,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
             const py::gil_scoped_release release;
             return job.wait_for(seconds.value_or(std::numeric_limits<double>::infinity()));
         }, py::arg("seconds"))
+        .def("wait_until", [](native::Job& job, double at) {
+            const py::gil_scoped_release release;
+            return job.wait_until(at);
+        }, py::arg("at"))
         .def("stop", &native::Job::stop)
         .def("progress", [](const native::Job& job) { return as_python(job.snapshot()); })
         .def_property_readonly("queued", [](const native::Job& job) { return job.queued; });

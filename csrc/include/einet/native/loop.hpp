@@ -42,6 +42,17 @@ inline double steady_seconds() {
     return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
+/// Wait on `cv` until `ready()` (true) or `seconds` pass (false); inf (or any wait too long for the clock):
+/// no limit.
+template <class Ready>
+bool wait_for_seconds(std::condition_variable& cv, std::unique_lock<std::mutex>& guard, double seconds, Ready ready) {
+    if (!(seconds < 1e9)) {
+        cv.wait(guard, ready);
+        return true;
+    }
+    return cv.wait_for(guard, std::chrono::duration<double>(std::max(seconds, 0.0)), ready);
+}
+
 /// The held answer under an output rule, as einet.rules.RunningAnswer computes it (in double, from each
 /// exit's float log-probabilities).
 class RunningAnswer {
@@ -185,12 +196,20 @@ public:
     /// Wait until the loop is done with the sample (true) or `seconds` pass (false).
     bool wait_for(double seconds) {
         std::unique_lock<std::mutex> guard(mutex);
-        if (!(seconds < 1e9)) {
+        return wait_for_seconds(done_, guard, seconds, [&] { return progress.done; });
+    }
+
+    /// Wait until the loop is done with the sample (true) or the steady clock reads `at` seconds (false): one
+    /// sleep, not a poll (a caller waking every 0.1 ms slowed the worker's blocks by ~40% on two vCPUs).
+    bool wait_until(double at) {
+        std::unique_lock<std::mutex> guard(mutex);
+        if (!(at < 1e300)) {
             done_.wait(guard, [&] { return progress.done; });
             return true;
         }
-        return done_.wait_for(guard, std::chrono::duration<double>(std::max(seconds, 0.0)),
-                              [&] { return progress.done; });
+        const auto when = std::chrono::steady_clock::time_point(
+            std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(at)));
+        return done_.wait_until(guard, when, [&] { return progress.done; });
     }
 
     Progress snapshot() const {
@@ -403,8 +422,7 @@ public:
     /// Wait until no job is handed over or running (true) or `seconds` pass (false).
     bool wait_idle(double seconds) {
         std::unique_lock<std::mutex> guard(mutex_);
-        return idle_.wait_for(guard, std::chrono::duration<double>(std::max(seconds, 0.0)),
-                              [&] { return pending_ == 0; });
+        return wait_for_seconds(idle_, guard, seconds, [&] { return pending_ == 0; });
     }
 
     /// End the thread after the jobs handed over; never blocks.
@@ -420,9 +438,7 @@ public:
     bool join_for(double seconds) {
         {
             std::unique_lock<std::mutex> guard(mutex_);
-            if (!idle_.wait_for(guard, std::chrono::duration<double>(std::max(seconds, 0.0)), [&] { return exited_; })) {
-                return false;
-            }
+            if (!wait_for_seconds(idle_, guard, seconds, [&] { return exited_; })) return false;
         }
         if (thread_.joinable()) thread_.join();
         return true;
