@@ -3,9 +3,9 @@
 For a README bundle (default: the VGG-16 row's, compiled for one thread, its cpu entry timed in the
 compiled form), its first timing images one after another, each interrupted at a deadline drawn uniformly
 from [0, 1.2 x its full inference] after the call: lateness = when ``infer()`` returned minus when its
-deadline was due (0 when it returned earlier, the inference having ended). The three runtimes (Python loop
-threaded, Python loop inline, native engine inline) alternate call by call; idle and with two steady CPU
-burners. The threaded runtime answers at the deadline itself; an inline one once the part in flight ends.
+deadline was due (0 when it returned earlier, the inference having ended). The four runtimes (the Python
+loop and the native engine, each threaded and inline) alternate call by call; idle and with two steady CPU
+burners. A threaded runtime answers at the deadline itself; an inline one once the part in flight ends.
 
 Run: python -m experiments.native_loop.latency [--bundle NAME] [--calls N] [--loads idle steady]
 Writes experiments/native_loop/results/latency.{md,json}.
@@ -27,7 +27,9 @@ from einet.runtime.stress import Burners
 from experiments.fast_blocks.readme_rows import bundle_of
 
 HERE = Path(__file__).resolve().parent
-RUNTIMES = {"Python loop, threaded": {"inline": False}, "Python loop, inline": {"inline": True},
+RUNTIMES = {"Python loop, threaded": {"inline": False, "engine": "python"},
+            "Python loop, inline": {"inline": True, "engine": "python"},
+            "native engine, threaded": {"inline": False, "engine": "native"},
             "native engine, inline": {"inline": True, "engine": "native"}}
 
 

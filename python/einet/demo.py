@@ -173,6 +173,9 @@ def _run_for_real(options: DemoOptions, trained: _Trained, deployment: Deploymen
     print(f"[5/5] {deployment.policy} for real, in the adaptive {'inline' if inline else 'threaded'} runtime (it "
           f"learns block times and exit times as it runs): {samples} test images, each interrupted by a timer "
           f"at a random moment")
+    # (engine "auto": the native loop runs compiled blocks only; compiling this network would take minutes)
+    print("      the Python loop runs the blocks: the demo's network is not compiled (a bundle compiled by `einet "
+          "compile` runs in the native loop)")
     dist = relative_distribution("uniform", full_inference_time(et))
     chosen = np.random.default_rng(1).choice(len(test), samples, replace=False)
     deadlines = sample_exit_times(dist, (samples,), np.random.default_rng(2))

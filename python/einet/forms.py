@@ -76,7 +76,9 @@ def compile_bundle(bundle: Bundle, threads: int, constructor: Any = None,
         return {"relative_error": error, "images": len(images)}
 
     network = bundle.network(constructor, _trained_layout())
-    return on_worker(threads, lambda: compile_parts(network, images[:1], _key(bundle, threads), check, log))
+    folder = on_worker(threads, lambda: compile_parts(network, images[:1], _key(bundle, threads), check, log))
+    build_native_loop(log)
+    return folder
 
 
 def time_here(bundle: Bundle, device: str = "cpu", threads: int = 1, warmup: int = 20, repeats: int = 400,
@@ -125,3 +127,16 @@ def ensure_compiled(bundle: Bundle, threads: int, constructor: Any = None,
         load_compiled(_key(bundle, threads), bundle.num_exits)
     except CompileError:
         compile_bundle(bundle, threads, constructor, log)
+    build_native_loop(log)
+
+
+def build_native_loop(log: Callable[[str], None] = print) -> bool:
+    """Build the native loop that runs compiled blocks (einet.runtime.native; once per torch, into the cache)
+    now, so that the first einet.load need not: True where it is built; where it cannot be, the einet log says
+    why in one line and the Python loop runs the blocks."""
+    from .runtime.native import native_module
+
+    built = native_module() is not None
+    if built:
+        log("the native loop is built: einet.load and einet run run the compiled blocks in C++")
+    return built
