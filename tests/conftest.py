@@ -29,3 +29,27 @@ def compiled_tiny(tmp_path_factory):
         yield network
     finally:
         patch.undo()
+
+
+@pytest.fixture(scope="session")
+def compiled_bundle_files(tmp_path_factory):
+    """A tiny bundle (3 blocks, no levers) compiled for one thread into a private cache: (the bundle, the
+    cache folder); skips where it cannot be compiled here. Tests take :func:`compiled_bundle`."""
+    pytest.importorskip("torch")
+    from einet.models import compiled
+    from tests.helpers import tiny_bundle
+
+    if compiled.compiler() is None:
+        pytest.skip("no C++ compiler")
+    folder = tmp_path_factory.mktemp("compiled")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("EINET_CACHE_DIR", str(folder / "cache"))
+        return tiny_bundle(folder, "tiny", "compile = true\n"), folder / "cache"  # compiled, timed, selected
+
+
+@pytest.fixture
+def compiled_bundle(compiled_bundle_files, monkeypatch):
+    """The tiny compiled bundle's path, its cache the user's cache (EINET_CACHE_DIR) for the test."""
+    bundle, cache = compiled_bundle_files
+    monkeypatch.setenv("EINET_CACHE_DIR", str(cache))
+    return bundle

@@ -16,19 +16,8 @@ from einet import forms  # noqa: E402
 from einet.cli import main  # noqa: E402
 from einet.models import compiled  # noqa: E402
 from einet.models.inference import InferenceForm, verify  # noqa: E402
-from tests.helpers import tiny_bundle  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")]
-
-
-@pytest.fixture(scope="module")
-def compiled_bundle(tmp_path_factory):
-    """A tiny bundle (3 blocks, no levers), compiled for one thread into a private cache."""
-    folder = tmp_path_factory.mktemp("compiled")
-    patch = pytest.MonkeyPatch()
-    patch.setenv("EINET_CACHE_DIR", str(folder / "cache"))
-    yield tiny_bundle(folder, "tiny", "compile = true\n")  # profile.compile: compiled, timed, selected
-    patch.undo()
 
 
 def _entry(bundle):
