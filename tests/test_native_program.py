@@ -7,6 +7,7 @@ option, input or export is one line on stderr and exit status 2."""
 from __future__ import annotations
 
 import math
+import os
 import re
 import shutil
 import subprocess
@@ -38,7 +39,9 @@ SAMPLES = 12
 
 @pytest.fixture(scope="session")
 def einet_run(tmp_path_factory):
-    """The program, built once per run by CMake (Release, EINET_NATIVE=ON) against this torch's libtorch."""
+    """The program, built once per run by CMake (Release, EINET_NATIVE=ON) against this torch's libtorch; with
+    EINET_NATIVE_SANITIZE=1 (.ci/run), under AddressSanitizer and UBSan instead, so that every test here runs
+    the native loop (einet/native/loop.hpp) under them."""
     cmake = shutil.which("cmake")
     generator = "Ninja" if shutil.which("ninja") else "Unix Makefiles" if shutil.which("make") else None
     if cmake is None or generator is None:
@@ -46,8 +49,10 @@ def einet_run(tmp_path_factory):
     import torch.utils
 
     build = tmp_path_factory.mktemp("einet-run-build")
+    sanitize = os.environ.get("EINET_NATIVE_SANITIZE") == "1"
     for step in ([cmake, "-S", str(ROOT), "-B", str(build), "-G", generator, "-DCMAKE_BUILD_TYPE=Release",
-                  "-DEINET_NATIVE=ON", f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
+                  f"-DEINET_SANITIZE={'ON' if sanitize else 'OFF'}", "-DEINET_NATIVE=ON",
+                  f"-DCMAKE_PREFIX_PATH={torch.utils.cmake_prefix_path}"],
                  [cmake, "--build", str(build), "--target", "einet-run"]):
         done = subprocess.run(step, capture_output=True, text=True)
         assert done.returncode == 0, f"{' '.join(step[:3])} failed:\n{(done.stdout + done.stderr)[-3000:]}"
