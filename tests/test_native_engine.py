@@ -103,8 +103,9 @@ def test_what_the_native_loop_cannot_run_goes_to_the_python_loop(network):
     x = torch.randn(1, 1, 28, 28)
     event = threading.Event()
 
-    class Custom(EveryExit):  # a policy that is neither a fixed plan nor EINet
-        pass
+    class Custom(EveryExit):  # a policy deciding in Python: neither a fixed plan nor EINet as they decide
+        def observe(self, block, confidence, elapsed):
+            return False
 
     with ElasticRuntime(network, EveryExit(), inline=True, engine="native") as runtime:
         assert runtime.infer(x, interrupt=event).exits_run == (0, 1, 2)  # an Event is asked between parts in Python

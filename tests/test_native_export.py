@@ -35,8 +35,11 @@ def test_a_fixed_plan_and_every_exit_are_masks_and_einet_is_its_session_file():
 
 
 def test_a_policy_that_needs_python_is_refused_by_name():
-    class Custom(EveryExit):
+    class Custom(EveryExit):  # deciding in Python (a subclass deciding as its base is written as the base)
         name = "my custom policy"
+
+        def run_branch(self, block, elapsed):
+            return block % 2 == 0
 
     with pytest.raises(EinetValueError, match="'my custom policy' cannot run without Python"):
         native_policy(Custom(), 3)

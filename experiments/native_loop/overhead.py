@@ -6,11 +6,12 @@ bundle's first timing image:
 
 - direct: every block and exit called from C++ one after the other, nothing between them
   (``NativeLoop.direct_chain``);
-- native: an inline runtime with ``engine="native"``, every branch run (EveryExit), ``infer()`` from the
-  call to its return;
-- python: the same runtime with the Python loop.
+- the native loop alone: one sample through ``NativeLoop.run`` (the C++ loop, called from Python with its
+  arguments as the engine passes them), every branch run;
+- the four runtimes, ``infer()`` from the call to its return, every branch run (EveryExit): the native
+  engine and the Python loop, each inline and threaded.
 
-Rounds alternate the three (each round: 20 calls of each, in rotating order); the figures are medians over
+Rounds alternate them (each round: 20 calls of each, in rotating order); the figures are medians over
 the rounds. "To the first block": the runtime's own measure (``runtime.dispatch_seconds``), from ``infer()``
 to block 0 starting.
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -49,11 +51,18 @@ def measure(name: str, rounds: int, calls: int = 20) -> dict:
     x = bundle.preprocess(bundle.timing_images()[:1])
     chain = native_module().NativeLoop([str(p) for p in network.block_packages],
                                        [str(p) for p in network.exit_packages], "latest", [], -1)
-    runtimes = {engine: ElasticRuntime(network, EveryExit(), inline=True, engine=engine)
-                for engine in ("native", "python")}
-    timers = {"direct": lambda: chain.direct_chain([x]),
-              "native": lambda: runtimes["native"].infer(x).elapsed,
-              "python": lambda: runtimes["python"].infer(x).elapsed}
+    runtimes = {f"{engine} {driver}": ElasticRuntime(network, EveryExit(), inline=driver == "inline", engine=engine)
+                for engine in ("native", "python") for driver in ("inline", "threaded")}
+    every = [1] * network.num_exits
+
+    def loop_alone() -> float:
+        started = time.perf_counter()
+        chain.run([x], started, 0.0, math.inf, False, every, 0, 0, 0, None)
+        return time.perf_counter() - started
+
+    timers = {"direct": lambda: chain.direct_chain([x]), "loop": loop_alone}
+    for key, runtime in runtimes.items():
+        timers[key] = lambda runtime=runtime: runtime.infer(x).elapsed
     for timer in timers.values():  # warm
         for _ in range(calls):
             timer()
@@ -62,7 +71,7 @@ def measure(name: str, rounds: int, calls: int = 20) -> dict:
     samples: dict[str, list[float]] = {key: [] for key in timers}
     order = list(timers)
     for r in range(rounds):
-        for key in order[r % 3:] + order[:r % 3]:
+        for key in order[r % len(order):] + order[:r % len(order)]:
             samples[key].append(float(np.median([timers[key]() for _ in range(calls)])))
     median = {key: float(np.median(values)) for key, values in samples.items()}
     dispatch = {engine: float(np.median(runtime.dispatch_seconds)) for engine, runtime in runtimes.items()}
@@ -70,20 +79,25 @@ def measure(name: str, rounds: int, calls: int = 20) -> dict:
         runtime.close()
     branches = network.num_exits
     return {"bundle": name, "branches": branches, "direct_us": 1e6 * median["direct"],
-            "native_over_direct_us": 1e6 * (median["native"] - median["direct"]),
-            "python_over_direct_us": 1e6 * (median["python"] - median["direct"]),
+            "over_direct_us": {key: 1e6 * (median[key] - median["direct"]) for key in timers if key != "direct"},
             "goal_us": 5.0 + 1.0 * branches,
-            "to_first_block_us": {engine: 1e6 * value for engine, value in dispatch.items()}}
+            "to_first_block_us": {key: 1e6 * value for key, value in dispatch.items()}}
+
+
+MODES = ("native inline", "native threaded", "python inline", "python threaded")
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| bundle (branches) | direct C++ chain | native engine over it | Python loop over it | goal (5 us + 1 us "
-             "a branch) | infer() to the first block: native / Python |", "|---|---:|---:|---:|---:|---:|"]
+    lines = ["Per inference over the direct C++ chain (median): the native loop alone, then `infer()` of each runtime; "
+             "and `infer()` to the first block.", "",
+             "| bundle (branches) | direct C++ chain | goal (5 us + 1 us a branch) | native loop alone | "
+             + " | ".join(f"{mode} infer()" for mode in MODES) + " | to the first block: " + " / ".join(MODES) + " |",
+             "|---|---:|---:|---:|" + "---:|" * (len(MODES) + 1)]
     for row in rows:
-        first = row["to_first_block_us"]
-        lines.append(f"| {row['bundle']} ({row['branches']}) | {row['direct_us']:,.0f} us | "
-                     f"{row['native_over_direct_us']:+.1f} us | {row['python_over_direct_us']:+.1f} us | "
-                     f"{row['goal_us']:.0f} us | {first['native']:.1f} / {first['python']:.1f} us |")
+        over, first = row["over_direct_us"], row["to_first_block_us"]
+        lines.append(f"| {row['bundle']} ({row['branches']}) | {row['direct_us']:,.0f} us | {row['goal_us']:.0f} us | "
+                     f"{over['loop']:+.1f} us | " + " | ".join(f"{over[mode]:+.1f} us" for mode in MODES) + " | "
+                     + " / ".join(f"{first[mode]:.1f}" for mode in MODES) + " us |")
     return "\n".join(lines) + "\n"
 
 

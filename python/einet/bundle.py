@@ -247,17 +247,19 @@ class Bundle:
             raise BundleError(f"{self.path}: the ET-profile of {entry.key!r}: {error}") from None
 
     def runtime(self, device: str = "cpu", threads: int | None = None, adapt: bool | None = None,
-                constructor: str | Any | None = None, inline: bool = False, eager: bool = False,
+                constructor: str | Any | None = None, inline: bool | None = None, eager: bool = False,
                 engine: str = "auto") -> ElasticRuntime:
         """An :class:`einet.runtime.ElasticRuntime` running the deployed configuration on `device`;
         adaptive (einet.runtime.adaptive) unless `adapt` is False or the bundle says so. `inline`: the
         blocks in the caller's thread, with its torch settings (give it the `threads` the bundle was timed
-        with: ``torch.set_num_threads``). The network runs in the form its ET-profile timed
+        with: ``torch.set_num_threads``); False: on a worker; None (the default): inline where the native
+        engine runs parts no longer than the latency goal, else on a worker
+        (:func:`einet.runtime.inline_by_default`). The network runs in the form its ET-profile timed
         (:meth:`form`); `eager`: as trained instead, for comparison (plans still use the profile's times); `engine`:
         what runs the blocks (by default the native loop over the compiled blocks where the bundle is compiled
         and a compiler is here, else the Python loop; see :class:`ElasticRuntime`)."""
         from .forms import network_in
-        from .runtime import ElasticRuntime
+        from .runtime import ElasticRuntime, inline_by_default
         from .runtime.adaptive import Adaptation
 
         device, threads = _runtime_options(device, threads, adapt, constructor, inline)
@@ -268,6 +270,8 @@ class Bundle:
         predictor = self.predictor(entry)
         et = self.et(entry).profile
         model = network_in(self, None if eager else self.form(entry), threads, constructor)
+        if inline is None:
+            inline = inline_by_default(model, device, engine, et)
         rule = entry.deployment.rule
         runtime_threads = 1 if inline else threads  # (inline: the caller's thread and its torch settings)
         if adapt if adapt is not None else self.manifest.adapt:
@@ -301,8 +305,8 @@ def _runtime_options(device: object, threads: object, adapt: object, constructor
                               f"{torch.cuda.device_count() if torch.cuda.is_available() else 'none'})")
     if adapt is not None and type(adapt) is not bool:
         raise EinetTypeError(f"adapt must be True, False or None (the bundle's choice), got {adapt!r:.40}")
-    if type(inline) is not bool:
-        raise EinetTypeError(f"inline must be True or False, got {inline!r:.40}")
+    if inline is not None and type(inline) is not bool:
+        raise EinetTypeError(f"inline must be True, False or None (chosen for the bundle), got {inline!r:.40}")
     if constructor is not None and not (isinstance(constructor, str) or callable(constructor)):
         raise EinetTypeError(f"constructor must be a 'package.module:callable' name or a callable, got "
                              f"{type(constructor).__name__}")
@@ -310,7 +314,7 @@ def _runtime_options(device: object, threads: object, adapt: object, constructor
 
 
 def load(path: str | os.PathLike[str], device: str = "cpu", *, threads: int | None = None, adapt: bool | None = None,
-         constructor: str | Any | None = None, inline: bool = False, eager: bool = False,
+         constructor: str | Any | None = None, inline: bool | None = None, eager: bool = False,
          engine: str = "auto") -> ElasticRuntime:
     """A ready :class:`einet.runtime.ElasticRuntime` from a bundle (folder or packed file): ``runtime.infer(x,
     interrupt=...)``. `constructor`: for a network converted from a user's constructor, its name

@@ -74,16 +74,13 @@ def _numbers(keyword: str, values: Sequence[float]) -> str:
 def native_policy(policy: Any, num_exits: int) -> tuple[str, str | None]:
     """The policy as the manifest holds it: (its ``policy`` line's values, the session file's text or None);
     EinetValueError naming it where the Python-free program cannot run it."""
-    from .policies import EINet
-    from .policies.base import EveryExit
-    from .policies.fixed import FixedPlan
+    from .policies.native import native_plan
 
-    if isinstance(policy, FixedPlan):
-        return "mask " + " ".join(str(int(run)) for run in policy.mask), None
-    if type(policy) is EveryExit:
-        return "mask " + " ".join(["1"] * num_exits), None
-    if isinstance(policy, EINet) and not policy.needs_log_probs:
-        return f"session {SESSION}", policy.session.save()
+    plan = native_plan(policy, num_exits)
+    if isinstance(plan, list):
+        return "mask " + " ".join(map(str, plan)), None
+    if plan is not None:
+        return f"session {SESSION}", plan.session.save()
     raise EinetValueError(f"the policy {getattr(policy, 'name', type(policy).__name__)!r} cannot run without Python: "
                           "the Python-free program runs fixed plans and EINet reading its exits' confidence")
 

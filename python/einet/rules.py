@@ -16,6 +16,7 @@ runtime keeps them live (:class:`RunningAnswer`). A test checks the two agree. N
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -195,13 +196,15 @@ class RunningAnswer:
         """A branch finished with these log-probabilities: update the held answer (``prediction``,
         ``exit``, ``confidence``) and return the confidence the policy observes: the ensemble's
         under rule ``ensemble`` (its predictor is trained on that), else this exit's own."""
+        # (in double, as the native loop computes it: the two engines hold the same answer on every tie)
         if self.weights is None:
             prediction = int(log_probs.argmax())
-            confidence = float(np.exp(log_probs[prediction]))
+            confidence = math.exp(float(log_probs[prediction]))
             if self.rule.name == "latest" or not self._started or confidence > self.confidence:
                 self.prediction, self.exit, self.confidence = prediction, exit_index, confidence
             self._started = True
             return confidence
+        log_probs = log_probs.astype(np.float64, copy=False)
         if self._total.shape != log_probs.shape:
             self._total = np.zeros(log_probs.shape)
         if self._started:

@@ -170,8 +170,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     deadlines, what = draw_deadlines(bundle, len(arrays), args.deadline_ms, args.dist, args.horizon_ms, args.seed)
     torch.set_num_threads(args.threads)
     started = time.perf_counter()
-    inline = args.inline
-    if inline:  # the blocks run in this thread: with the thread count the bundle was timed with
+    inline = True if args.inline else False if args.threaded else None  # (None: the runtime's rule decides)
+    if args.inline:  # the blocks run in this thread: with the thread count the bundle was timed with
         torch.set_num_threads(bundle.threads)
     stream = run_images(bundle, arrays, deadlines, adapt=not args.static, inline=inline, eager=args.eager,
                         warmup=args.warmup, constructor=args.constructor,
@@ -256,8 +256,13 @@ def add_commands(commands: Any) -> None:
                           help="deadlines drawn from this distribution (default: the bundle's)")
     p.add_argument("--horizon-ms", type=positive, default=None, help="its horizon (default: the bundle's)")
     p.add_argument("--static", action="store_true", help="do not adapt to measured block and exit times")
-    p.add_argument("--inline", action="store_true",
-                   help="run the blocks in this thread (no hand-over; a call returns once the block in flight ends)")
+    driver = p.add_mutually_exclusive_group()
+    driver.add_argument("--inline", action="store_true",
+                        help="run the blocks in this thread (no hand-over; a call returns once the part in flight "
+                             "ends)")
+    driver.add_argument("--threaded", action="store_true",
+                        help="run the blocks on a worker thread (a call returns at its deadline). Default: inline "
+                             "where the native engine runs parts of at most 0.5 ms, else threaded")
     p.add_argument("--eager", action="store_true",
                    help="run the network as trained, not in the form its ET-profile timed (for comparison)")
     p.add_argument("--engine", default="auto",  # (checked by the runtime, which defines the engines)

@@ -87,7 +87,7 @@ def draw_deadlines(bundle: Bundle, count: int, deadline_ms: float | None = None,
 
 
 def run_images(bundle: Bundle, arrays: ImageArrays, deadlines: np.ndarray, *, device: str = "cpu",
-               adapt: bool = True, inline: bool = False, eager: bool = False, warmup: int = 100,
+               adapt: bool = True, inline: bool | None = None, eager: bool = False, warmup: int = 100,
                constructor: str | None = None, progress: bool = False, engine: str = "auto") -> Stream:
     """Every image of `arrays` (labelled with the bundle's classes: :func:`remap_classes`) through the bundle's
     runtime on `device`, interrupted at its deadline (seconds); the first `warmup` images run uninterrupted

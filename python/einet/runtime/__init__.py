@@ -56,7 +56,7 @@ from ..planner import ETProfile
 from ..policies import Policy
 from ..rules import AnswerRule, as_rule
 from ..validation import number
-from ._drivers import ENGINES, Driver, check_engine, make_driver
+from ._drivers import ENGINES, INLINE_PART_SECONDS, Driver, check_engine, inline_by_default, make_driver
 from ._interrupt import Interrupt, InterruptCheck
 from ._statistics import Statistics
 from ._switch import SWITCH_INTERVAL
@@ -64,8 +64,8 @@ from ._worker import EXIT_JOIN_SECONDS, BlockLoop, Job, NonFiniteError
 from .adaptive import Adaptation
 from .inputs import InputSpec
 
-__all__ = ["ENGINES", "EXIT_JOIN_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime", "InputSpec", "Interrupt",
-           "NonFiniteError", "check_engine"]
+__all__ = ["ENGINES", "EXIT_JOIN_SECONDS", "INLINE_PART_SECONDS", "SWITCH_INTERVAL", "Answer", "ElasticRuntime",
+           "InputSpec", "Interrupt", "NonFiniteError", "check_engine", "inline_by_default"]
 
 
 @dataclass(frozen=True)

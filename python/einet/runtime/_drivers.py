@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from ..errors import EinetValueError
+from ..planner import ETProfile
 from ._interrupt import InterruptCheck
 from ._worker import BlockLoop, Job, Worker
 from .adaptive import Adaptation
@@ -38,7 +39,9 @@ class Driver(Protocol):
     @property
     def loop(self) -> Engine:
         """The engine it drives."""
-    late_errors: deque[BaseException]  # errors after their caller had returned: raised by the next call
+    @property
+    def late_errors(self) -> deque[BaseException]:
+        """Errors after their caller had returned: raised by the next call."""
     # Whether the part in flight at an interrupt has ended by the time the call returns (its time is then
     # in the job's times): so in the caller's thread, where the call waits for it
     waits_for_part_in_flight: bool
@@ -55,8 +58,8 @@ class Driver(Protocol):
     def stop(self) -> None:
         """Stop taking jobs (never blocks); safe from a finaliser."""
 
-    def join(self) -> None:
-        """Wait for the block in flight after :meth:`stop`."""
+    def join(self, timeout: float | None = None) -> None:
+        """Wait for the block in flight after :meth:`stop` (up to `timeout` seconds)."""
 
 
 class InlineDriver:
@@ -89,7 +92,7 @@ class InlineDriver:
     def stop(self) -> None:
         pass
 
-    def join(self) -> None:
+    def join(self, timeout: float | None = None) -> None:
         pass
 
 
@@ -121,8 +124,8 @@ class ThreadedDriver:
     def stop(self) -> None:
         self.worker.stop()
 
-    def join(self) -> None:
-        self.worker.join()
+    def join(self, timeout: float | None = None) -> None:
+        self.worker.join(timeout)
 
 
 # What runs the blocks: the native loop where it can run (a compiled network, and a compiler here to build the
@@ -137,20 +140,40 @@ def check_engine(name: object) -> str:
     return str(name)
 
 
+# A driver's rule: inline, a call returns up to one part late, where a worker returns at the interrupt instant
+# plus a thread's wake-up. With the native engine's short parts inline is quicker to answer and more accurate
+# (experiments/native_loop: on two vCPUs a wake-up's p99 is 0.5-1.2 ms idle, 9 ms beside two busy
+# processes; a VGG-16 part's 0.1 ms), so it is the default where no part takes longer than this.
+INLINE_PART_SECONDS = 5e-4
+
+
+def inline_by_default(model: object, device: str, engine: str, et: ETProfile) -> bool:
+    """Whether a runtime of `model` is inline unless told: where the native engine runs it (a compiled network
+    on the CPU, `engine` not "python", the loop built here) and no part of `et` takes over INLINE_PART_SECONDS.
+    Elsewhere on a worker: the Python loop's parts cost more, and a CUDA block ends only at a sync."""
+    from ..models.compiled import CompiledNetwork
+
+    if check_engine(engine) == "python" or device != "cpu" or not isinstance(model, CompiledNetwork):
+        return False
+    from .native import native_module
+
+    return native_module() is not None and max(float(et.conv.max()), float(et.branch.max())) <= INLINE_PART_SECONDS
+
+
 def make_driver(engine: str, loop: BlockLoop, inline: bool, threads: int, adaptation: Adaptation | None,
                 lower_switch_interval: bool) -> Driver:
     """The driver of the engine `engine` over `loop`'s network, in the caller's thread (`inline`) or on a worker;
     ValueError saying why where the native engine was asked for and cannot run."""
     native = _native_engine(check_engine(engine), loop)
 
-    def python_worker(late_errors: deque[BaseException] | None = None) -> ThreadedDriver:
-        return ThreadedDriver(Worker(loop, threads, adaptation, lower_switch_interval, late_errors))
-
     if inline:
         return InlineDriver(loop if native is None else native, adaptation)
     if native is None:
-        return python_worker()
+        return ThreadedDriver(Worker(loop, threads, adaptation, lower_switch_interval))
     from .native import NativeDriver
+
+    def python_worker(late_errors: deque[BaseException]) -> ThreadedDriver:  # (the native driver's learner learns)
+        return ThreadedDriver(Worker(loop, threads, None, lower_switch_interval, late_errors))
 
     return NativeDriver(native, threads, adaptation, python_worker)
 

@@ -23,6 +23,7 @@ import hashlib
 import logging
 import math
 import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from pathlib import Path
@@ -32,9 +33,8 @@ from typing import Any, NamedTuple
 import torch
 
 from ..models.compiled import CompiledNetwork
-from ..policies import EINet, Policy
-from ..policies.base import EveryExit
-from ..policies.fixed import FixedPlan
+from ..policies import Policy
+from ..policies.native import native_plan
 from ..rules import AnswerRule
 from ._drivers import ThreadedDriver
 from ._interrupt import InterruptCheck
@@ -90,14 +90,12 @@ def native_module() -> ModuleType | None:
 
 
 def _native_policy(policy: Policy, num_exits: int) -> tuple[Any, int, int, int] | None:
-    """The policy as the native loop takes it: (mask, session, lock, session size); None where it cannot."""
-    if isinstance(policy, FixedPlan):
-        return policy.mask.astype("uint8").tolist(), 0, 0, 0
-    if type(policy) is EveryExit:
-        return [1] * num_exits, 0, 0, 0
-    if isinstance(policy, EINet) and not policy.needs_log_probs:  # reads each exit's (or the ensemble's) confidence
-        return (None, *policy.session._native_handle())
-    return None
+    """The policy as the native loop takes it: (mask, session, lock, session size); None where it cannot
+    (:func:`einet.policies.native.native_plan`)."""
+    plan = native_plan(policy, num_exits)
+    if plan is None or isinstance(plan, list):
+        return None if plan is None else (plan, 0, 0, 0)
+    return (None, *plan.session._native_handle())
 
 
 def _raise_if_failed(progress: Progress) -> None:
@@ -174,15 +172,55 @@ class NativeEngine:
         return progress.stopped
 
 
-def _learn_between_samples(adaptation: Adaptation, late_errors: deque[BaseException]) -> None:
-    """What the native worker calls when it is idle: learn, as the Python worker does (an error is raised by
-    the next call). (A function of these two, not a driver's method: the C++ loop holding the driver would
-    make a cycle the garbage collector cannot see.)"""
-    if adaptation.pending():
-        try:
-            adaptation.update()
-        except Exception as error:
-            late_errors.append(error)
+class Learner:
+    """The native driver's learner: a Python thread that learns from each sample once its caller has recorded
+    it (:meth:`request`), beside the next sample's blocks; an error is raised by the next call. (The C++ worker
+    never runs Python; learning there, between samples, would hold the next sample back, and a sample handed
+    over meanwhile counts as queued and is not learnt from.)"""
+
+    def __init__(self, adaptation: Adaptation, late_errors: deque[BaseException]) -> None:
+        self._adaptation, self._late_errors = adaptation, late_errors
+        self._wanted = threading.Condition()
+        self._requested = self._stopping = False
+        self._busy = False
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="einet-learner")
+        self._thread.start()
+
+    def request(self) -> None:
+        with self._wanted:
+            self._requested = True
+            self._wanted.notify_all()
+
+    def wait_idle(self, timeout: float | None) -> bool:
+        """Wait until nothing is requested or being learnt (True) or `timeout` seconds pass (False)."""
+        with self._wanted:
+            return self._wanted.wait_for(lambda: not (self._requested or self._busy), timeout)
+
+    def stop(self) -> None:
+        with self._wanted:
+            self._stopping = True
+            self._wanted.notify_all()
+
+    def join(self, timeout: float | None) -> None:
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout)
+
+    def _serve(self) -> None:
+        while True:
+            with self._wanted:
+                self._wanted.wait_for(lambda: self._requested or self._stopping)
+                if self._stopping:
+                    return
+                self._requested, self._busy = False, True
+            try:
+                if self._adaptation.pending():
+                    self._adaptation.update()
+            except Exception as error:
+                self._late_errors.append(error)
+            finally:
+                with self._wanted:
+                    self._busy = False
+                    self._wanted.notify_all()
 
 
 class NativeDriver:
@@ -196,40 +234,49 @@ class NativeDriver:
 
     def __init__(self, engine: NativeEngine, threads: int, adaptation: Adaptation | None,
                  python_driver: Callable[[deque[BaseException]], ThreadedDriver]) -> None:
-        self.loop, self.late_errors = engine, deque[BaseException]()
-        learn = None if adaptation is None else functools.partial(_learn_between_samples, adaptation,
-                                                                  self.late_errors)
-        engine.loop.start_worker(threads, learn)
+        self.loop, self._late_errors = engine, deque[BaseException]()
+        engine.loop.start_worker(threads)
+        self._learner = None if adaptation is None else Learner(adaptation, self._late_errors)
         self._make_python_driver = python_driver
         self._python: ThreadedDriver | None = None
-        # Samples the C++ loop may still run (interrupted while a part was in flight), with their Python jobs:
-        # those keep each one's policy and input alive until the loop is done with them
+        # Samples handed to the C++ loop and not yet counted (the loop itself keeps what each one reads alive)
         self._running: list[tuple[Job, Any]] = []
+        self._lock = threading.Lock()  # (wait_idle and completed() may harvest beside an infer() call)
         WORKERS.add(self)
+
+    @property
+    def late_errors(self) -> deque[BaseException]:
+        """Errors of samples whose callers had returned: those the loop has finished since, counted first."""
+        self._harvest()
+        return self._late_errors
 
     def run(self, job: Job, limit: InterruptCheck) -> bool:
         policy = self.loop.as_native(job.policy)
-        if policy is None:  # a policy the native loop cannot run: the Python worker, once the native one is idle
+        if policy is None or not job.x.is_cpu:  # what the native loop cannot run: the Python worker, once idle
             if not limit.wait(self._native_idle):
                 return False
             if self._python is None:
-                self._python = self._make_python_driver(self.late_errors)
+                self._python = self._make_python_driver(self._late_errors)
             return self._python.run(job, limit)
         if self._python is not None and not limit.wait(self._python.wait_idle):
             return False
-        self._harvest()
-        native_job = self.loop.loop.submit([job.x], job.started, job.planning, limit.at, *policy)
+        if limit.poll is not None and limit.poll():  # fired already: nothing starts
+            return False
+        native_job = self.loop.loop.submit([job.x], job.started, job.planning, limit.at, *policy, job.policy)
         job.queued = native_job.queued
+        with self._lock:
+            self._running.append((job, native_job))
         try:  # a deadline: one sleep in C++ until it (an Event or callable: asked as the Python worker's caller asks)
             finished = native_job.wait_until(limit.at) if limit.poll is None else limit.wait(native_job.wait)
-        finally:  # (also when the callable interrupt failed, or the caller was interrupted itself)
-            native_job.stop()  # nothing when it is done
-            progress = Progress(*native_job.progress())
-            progress.into(job)
-            if progress.done:
-                self._done(progress, job)
-            else:
-                self._running.append((job, native_job))
+        except BaseException:  # the callable interrupt failed, or the caller was interrupted itself
+            native_job.stop()
+            job.stopped = True
+            job.collect()
+            raise
+        native_job.stop()  # (nothing when it is done)
+        progress = Progress(*native_job.progress())
+        progress.into(job)
+        self._harvest()  # (counts it, and hands its error to its caller, if it is done)
         return finished and not progress.stopped
 
     def _native_idle(self, timeout: float | None) -> bool:
@@ -238,40 +285,42 @@ class NativeDriver:
             self._harvest()
         return idle
 
-    def _done(self, progress: Progress, job: Job) -> None:
-        """A sample the loop is done with: count it; its error goes to its caller, or to the next call."""
-        progress.count_into(self.loop.statistics)
-        try:
-            _raise_if_failed(progress)
-        except Exception as error:
-            if not job.fail(error):
-                self.late_errors.append(error)
-
     def _harvest(self) -> None:
-        """Count the samples the loop has finished since they were returned (an error: raised by the next call)."""
-        running = []
-        for job, native_job in self._running:
+        """Count the samples the loop is done with; each one's error goes to its caller, or, if it has returned,
+        to the next call."""
+        with self._lock:
+            done = [(job, native_job) for job, native_job in self._running if native_job.progress()[0]]
+            self._running = [pair for pair in self._running if pair not in done]
+        for job, native_job in done:
             progress = Progress(*native_job.progress())
-            if progress.done:
-                progress.into(job)
-                self._done(progress, job)
-            else:
-                running.append((job, native_job))
-        self._running = running
+            progress.into(job)
+            progress.count_into(self.loop.statistics)
+            try:
+                _raise_if_failed(progress)
+            except Exception as error:
+                if not job.fail(error):
+                    self._late_errors.append(error)
 
     def after_answer(self) -> None:
-        pass  # the worker learns before it is idle
+        """The caller has made its answer and recorded what is learnt from it: learn, beside the next sample."""
+        if self._learner is not None:
+            self._learner.request()
 
     def wait_idle(self, timeout: float | None) -> bool:
-        idle = self._native_idle(timeout)
+        idle = self._native_idle(timeout) and (self._learner is None or self._learner.wait_idle(timeout))
         return idle and (self._python is None or self._python.wait_idle(timeout))
 
     def stop(self) -> None:
         self.loop.loop.stop()
+        if self._learner is not None:
+            self._learner.stop()
         if self._python is not None:
             self._python.stop()
 
     def join(self, timeout: float | None = None) -> None:
         self.loop.loop.join(math.inf if timeout is None else timeout)
+        self._harvest()  # (an error of the last part in flight: raised by close())
+        if self._learner is not None:
+            self._learner.join(timeout)
         if self._python is not None:
-            self._python.join()
+            self._python.join(timeout)

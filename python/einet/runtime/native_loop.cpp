@@ -3,6 +3,7 @@
 // loop's worker thread (submit, then the caller waits on the job with the GIL released).
 #include <torch/extension.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <limits>
 #include <memory>
@@ -60,7 +61,7 @@ public:
 
     ~NativeLoop() {
         if (worker_) {
-            const py::gil_scoped_release release;  // its between-samples call may wait for the GIL
+            const py::gil_scoped_release release;  // (joins its thread, which never needs the GIL)
             worker_.reset();
         }
     }
@@ -93,32 +94,23 @@ public:
         return as_python(job.progress);
     }
 
-    /// Start the worker thread: `threads` intra-op threads; `between_samples()` is called (with the GIL) when
-    /// a job ends and none waits, and must not raise.
-    void start_worker(int threads, py::object between_samples) {
+    /// Start the worker thread with `threads` intra-op threads.
+    void start_worker(int threads) {
         if (worker_) throw std::runtime_error("the worker is already started");
-        between_samples_ = std::move(between_samples);
-        std::function<void()> call;
-        if (!between_samples_.is_none()) {
-            call = [fn = &between_samples_] {
-                const py::gil_scoped_acquire gil;
-                try {
-                    (*fn)();
-                } catch (py::error_already_set& error) {
-                    error.discard_as_unraisable("einet's native worker between samples");
-                }
-            };
-        }
-        worker_ = std::make_unique<native::Worker>(loop_, threads, std::move(call));
+        worker_ = std::make_unique<native::Worker>(loop_, threads);
     }
 
-    /// Hand one sample to the worker; the job to wait on, stop and read.
+    /// Hand one sample to the worker; the job to wait on, stop and read. `owner` (the policy whose session the
+    /// job reads) is kept alive until the loop is done with the job, whatever Python frees meanwhile.
     std::shared_ptr<native::Job> submit(std::vector<at::Tensor> x, double started, double planning, double at,
                                         const py::object& mask, std::uintptr_t session, std::uintptr_t lock,
-                                        std::size_t session_size) {
+                                        std::size_t session_size, py::object owner) {
         auto job = std::make_shared<native::Job>(std::move(x), started, planning, at,
                                                  as_policy(mask, session, lock, session_size, num_exits()));
+        kept_.erase(std::remove_if(kept_.begin(), kept_.end(), [](const auto& kept) { return kept.first->done(); }),
+                    kept_.end());
         worker().submit(job);
+        kept_.emplace_back(job, std::move(owner));
         return job;
     }
 
@@ -145,7 +137,8 @@ private:
     }
 
     native::Loop loop_;
-    py::object between_samples_;  // (declared before the worker: freed after it, with the GIL)
+    // Jobs handed to the worker and what they read (declared before it: freed after it has ended, with the GIL)
+    std::vector<std::pair<std::shared_ptr<native::Job>, py::object>> kept_;
     std::unique_ptr<native::Worker> worker_;
 };
 
@@ -175,9 +168,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         .def("run", &NativeLoop::run, py::arg("x"), py::arg("started"), py::arg("planning"), py::arg("at"),
              py::arg("queued"), py::arg("mask"), py::arg("session"), py::arg("lock"), py::arg("session_size"),
              py::arg("replay"))
-        .def("start_worker", &NativeLoop::start_worker, py::arg("threads"), py::arg("between_samples"))
+        .def("start_worker", &NativeLoop::start_worker, py::arg("threads"))
         .def("submit", &NativeLoop::submit, py::arg("x"), py::arg("started"), py::arg("planning"), py::arg("at"),
-             py::arg("mask"), py::arg("session"), py::arg("lock"), py::arg("session_size"))
+             py::arg("mask"), py::arg("session"), py::arg("lock"), py::arg("session_size"), py::arg("owner"))
         .def("wait_idle", &NativeLoop::wait_idle, py::arg("seconds"))
         .def("stop", &NativeLoop::stop)
         .def("join", &NativeLoop::join, py::arg("seconds"));

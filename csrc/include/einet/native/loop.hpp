@@ -21,7 +21,6 @@
 #include <cstdint>
 #include <deque>
 #include <exception>
-#include <functional>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -203,13 +202,18 @@ public:
     /// sleep, not a poll (a caller waking every 0.1 ms slowed the worker's blocks by ~40% on two vCPUs).
     bool wait_until(double at) {
         std::unique_lock<std::mutex> guard(mutex);
-        if (!(at < 1e300)) {
+        if (!(at - steady_seconds() < 1e9)) {  // none, or beyond what the clock's integer type holds
             done_.wait(guard, [&] { return progress.done; });
             return true;
         }
         const auto when = std::chrono::steady_clock::time_point(
             std::chrono::duration_cast<std::chrono::steady_clock::duration>(std::chrono::duration<double>(at)));
         return done_.wait_until(guard, when, [&] { return progress.done; });
+    }
+
+    bool done() const {
+        const std::lock_guard<std::mutex> guard(mutex);
+        return progress.done;
     }
 
     Progress snapshot() const {
@@ -318,7 +322,11 @@ private:
         std::size_t pending_block = 0;
         double pending_signal = 0.0, pending_elapsed = 0.0;
         double mark = started + out.planning;  // where the next conv part's time starts
-        if (!job.queued) out.dispatch = clock.now() - mark;
+        if (!job.queued) {
+            const double dispatch = clock.now() - mark;
+            const std::lock_guard<std::mutex> guard(job.mutex);
+            out.dispatch = dispatch;
+        }
         for (std::size_t i = 0; i < num_exits(); ++i) {
             if (mark > at || job.stop_requested()) return true;
             set_in_flight(job, i, false, mark - started);
@@ -391,14 +399,12 @@ private:
 };
 
 /// A long-lived thread that runs the jobs handed to it one at a time (einet.runtime._worker.Worker): its
-/// caller waits on the job (Job::wait_for) until the deadline or its interrupt, and returns the answer then
-/// held while the part in flight runs on. `between_samples` runs in this thread when a job ends and none
-/// is waiting (an adaptive runtime learns there).
+/// caller waits on the job (Job::wait_for, Job::wait_until) until the deadline or its interrupt, and returns
+/// the answer then held while the part in flight runs on. It runs nothing but the loop (learning from the
+/// samples is its caller's: einet.runtime.native.NativeDriver's learner thread).
 class Worker {
 public:
-    Worker(Loop& loop, int threads, std::function<void()> between_samples = {})
-        : loop_(loop), threads_(threads), between_samples_(std::move(between_samples)),
-          thread_([this] { serve(); }) {}
+    Worker(Loop& loop, int threads) : loop_(loop), threads_(threads), thread_([this] { serve(); }) {}
 
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
@@ -448,41 +454,27 @@ private:
     void serve() {
         at::set_num_threads(threads_);
         Clock clock;
+        std::unique_lock<std::mutex> guard(mutex_);
         while (true) {
-            std::shared_ptr<Job> job;
-            {
-                std::unique_lock<std::mutex> guard(mutex_);
-                wake_.wait(guard, [&] { return !jobs_.empty() || stopping_; });
-                if (jobs_.empty()) break;
-                job = std::move(jobs_.front());
-                jobs_.pop_front();
-            }
+            wake_.wait(guard, [&] { return !jobs_.empty() || stopping_; });
+            if (jobs_.empty()) break;
+            std::shared_ptr<Job> job = std::move(jobs_.front());
+            jobs_.pop_front();
+            guard.unlock();
             loop_.run(*job, clock);
-            job.reset();  // (its input and policy are the caller's to free)
-            bool last;
-            {
-                const std::lock_guard<std::mutex> guard(mutex_);
-                last = pending_ == 1;
-            }
-            if (last && between_samples_) between_samples_();
-            {
-                const std::lock_guard<std::mutex> guard(mutex_);
-                --pending_;
-            }
+            job.reset();
+            guard.lock();
+            --pending_;
             idle_.notify_all();
         }
-        {
-            const std::lock_guard<std::mutex> guard(mutex_);
-            exited_ = true;
-        }
+        exited_ = true;
         idle_.notify_all();
     }
 
     Loop& loop_;
     const int threads_;
-    std::function<void()> between_samples_;
     std::mutex mutex_;
-    std::condition_variable wake_, idle_;
+    std::condition_variable wake_, idle_;  // wake_: jobs and stop; idle_: pending_ and exited_
     std::deque<std::shared_ptr<Job>> jobs_;
     int pending_ = 0;  // jobs handed over and not yet ended
     bool stopping_ = false, exited_ = false;
