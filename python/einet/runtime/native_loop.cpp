@@ -1,4 +1,4 @@
-// The Python face of einet's native elastic loop (einet/native/loop.hpp): built by einet.runtime.native
+// The Python face of einet's native elastic loop (einet/native/loop.hpp, worker.hpp): built by einet.runtime.native
 // against the installed torch. A sample runs without the GIL, in the caller's thread (run) or on the
 // loop's worker thread (submit, then the caller waits on the job with the GIL released).
 #include <torch/extension.h>
@@ -12,7 +12,7 @@
 #include <utility>
 #include <vector>
 
-#include "einet/native/loop.hpp"
+#include "einet/native/worker.hpp"
 
 namespace {
 

@@ -1,6 +1,6 @@
 // einet's native elastic loop, Python-free: one sample through a network's compiled blocks and exits
-// (frozen AOTInductor packages), its policy and output rule between them, and a worker thread that runs
-// samples while its caller waits for the deadline or the interrupt. The semantics are
+// (frozen AOTInductor packages), its policy and output rule between them (worker.hpp: the thread that runs
+// samples while its caller waits for the deadline or the interrupt). The semantics are
 // einet.runtime._worker.BlockLoop's, line for line: the same clock (steady_clock is CLOCK_MONOTONIC, as
 // Python's perf_counter), the same checks of the deadline and of the stop request, the same parts timed,
 // the same answers held and published as they come.
@@ -19,14 +19,12 @@
 #include <cmath>
 #include <condition_variable>
 #include <cstdint>
-#include <deque>
 #include <exception>
 #include <limits>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
-#include <thread>
 #include <utility>
 #include <vector>
 
@@ -396,89 +394,6 @@ private:
 
     Network network_;
     RunningAnswer running_;
-};
-
-/// A long-lived thread that runs the jobs handed to it one at a time (einet.runtime._worker.Worker): its
-/// caller waits on the job (Job::wait_for, Job::wait_until) until the deadline or its interrupt, and returns
-/// the answer then held while the part in flight runs on. It runs nothing but the loop (learning from the
-/// samples is its caller's: einet.runtime.native.NativeDriver's learner thread).
-class Worker {
-public:
-    Worker(Loop& loop, int threads) : loop_(loop), threads_(threads), thread_([this] { serve(); }) {}
-
-    Worker(const Worker&) = delete;
-    Worker& operator=(const Worker&) = delete;
-    ~Worker() {
-        stop();
-        if (thread_.joinable()) thread_.join();
-    }
-
-    /// Hand `job` over; it is queued (job->queued) when an earlier one is still running.
-    void submit(const std::shared_ptr<Job>& job) {
-        {
-            const std::lock_guard<std::mutex> guard(mutex_);
-            if (stopping_) throw std::runtime_error("this runtime is closed");
-            job->queued = pending_ > 0;
-            ++pending_;
-            jobs_.push_back(job);
-        }
-        wake_.notify_one();
-    }
-
-    /// Wait until no job is handed over or running (true) or `seconds` pass (false).
-    bool wait_idle(double seconds) {
-        std::unique_lock<std::mutex> guard(mutex_);
-        return wait_for_seconds(idle_, guard, seconds, [&] { return pending_ == 0; });
-    }
-
-    /// End the thread after the jobs handed over; never blocks.
-    void stop() {
-        {
-            const std::lock_guard<std::mutex> guard(mutex_);
-            stopping_ = true;
-        }
-        wake_.notify_one();
-    }
-
-    /// After stop(): wait up to `seconds` for the thread to end (true once it has, and is joined).
-    bool join_for(double seconds) {
-        {
-            std::unique_lock<std::mutex> guard(mutex_);
-            if (!wait_for_seconds(idle_, guard, seconds, [&] { return exited_; })) return false;
-        }
-        if (thread_.joinable()) thread_.join();
-        return true;
-    }
-
-private:
-    void serve() {
-        at::set_num_threads(threads_);
-        Clock clock;
-        std::unique_lock<std::mutex> guard(mutex_);
-        while (true) {
-            wake_.wait(guard, [&] { return !jobs_.empty() || stopping_; });
-            if (jobs_.empty()) break;
-            std::shared_ptr<Job> job = std::move(jobs_.front());
-            jobs_.pop_front();
-            guard.unlock();
-            loop_.run(*job, clock);
-            job.reset();
-            guard.lock();
-            --pending_;
-            idle_.notify_all();
-        }
-        exited_ = true;
-        idle_.notify_all();
-    }
-
-    Loop& loop_;
-    const int threads_;
-    std::mutex mutex_;
-    std::condition_variable wake_, idle_;  // wake_: jobs and stop; idle_: pending_ and exited_
-    std::deque<std::shared_ptr<Job>> jobs_;
-    int pending_ = 0;  // jobs handed over and not yet ended
-    bool stopping_ = false, exited_ = false;
-    std::thread thread_;  // last: started once everything it reads is made
 };
 
 }  // namespace einet::native
