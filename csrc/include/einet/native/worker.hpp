@@ -34,7 +34,8 @@ public:
         {
             const std::lock_guard<std::mutex> guard(mutex_);
             if (stopping_) throw std::runtime_error("this runtime is closed");
-            job->queued = pending_ > 0;
+            // (a job whose loop is done, its worker about to take the next, holds nothing back)
+            job->queued = !jobs_.empty() || (running_ && !running_->done());
             ++pending_;
             jobs_.push_back(job);
         }
@@ -74,12 +75,12 @@ private:
         while (true) {
             wake_.wait(guard, [&] { return !jobs_.empty() || stopping_; });
             if (jobs_.empty()) break;
-            std::shared_ptr<Job> job = std::move(jobs_.front());
+            running_ = std::move(jobs_.front());
             jobs_.pop_front();
             guard.unlock();
-            loop_.run(*job, clock);
-            job.reset();
+            loop_.run(*running_, clock);
             guard.lock();
+            running_.reset();
             --pending_;
             idle_.notify_all();
         }
@@ -92,6 +93,7 @@ private:
     std::mutex mutex_;
     std::condition_variable wake_, idle_;  // wake_: jobs and stop; idle_: pending_ and exited_
     std::deque<std::shared_ptr<Job>> jobs_;
+    std::shared_ptr<Job> running_;  // the job whose loop runs (its input and policy are its caller's to free)
     int pending_ = 0;  // jobs handed over and not yet ended
     bool stopping_ = false, exited_ = false;
     std::thread thread_;  // last: started once everything it reads is made
